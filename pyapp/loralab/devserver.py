@@ -1,0 +1,66 @@
+"""A static file server for `dist/` with the headers LoRA Lab needs.
+
+PyScript workers that reach `window` need SharedArrayBuffer, which browsers only give to
+cross-origin isolated pages: every response carries COOP/COEP (and CORP, so our own
+sub-resources pass COEP). Standard library only: `build.py serve` imports it before any
+virtual environment exists, and the test rig serves the built site with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+ISOLATION_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+MIME_TYPES = {
+    ".mjs": "text/javascript",
+    ".js": "text/javascript",
+    ".wasm": "application/wasm",
+    ".json": "application/json",
+    ".wgsl": "text/plain; charset=utf-8",
+    ".zip": "application/zip",
+    ".gguf": "application/octet-stream",
+    ".safetensors": "application/octet-stream",
+    ".svg": "image/svg+xml",
+    ".css": "text/css",
+    ".html": "text/html; charset=utf-8",
+    ".py": "text/x-python; charset=utf-8",
+}
+
+
+class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
+    quiet = False
+
+    def end_headers(self) -> None:
+        for name, value in ISOLATION_HEADERS.items():
+            self.send_header(name, value)
+        # A development server: always revalidate so a rebuild is seen on reload.
+        self.send_header("Cache-Control", "no-cache")
+        super().end_headers()
+
+    def log_message(self, format: str, *args) -> None:
+        if not self.quiet:
+            super().log_message(format, *args)
+
+
+def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False):
+    """A threading HTTP server for `root`; port 0 picks a free port (see `server.server_port`)."""
+    handler = functools.partial(type("Handler", (IsolatedHandler,), {"quiet": quiet}), directory=str(root))
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_background(root: Path, host: str = "127.0.0.1", port: int = 0):
+    """Start a quiet server on a thread; returns (server, base_url). Call server.shutdown() to stop."""
+    server = make_server(root, host, port, quiet=True)
+    threading.Thread(target=server.serve_forever, name="loralab-devserver", daemon=True).start()
+    return server, f"http://{host}:{server.server_port}/"

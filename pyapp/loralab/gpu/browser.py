@@ -1,0 +1,166 @@
+"""The browser driver: `navigator.gpu` through Pyodide's JS FFI, inside the engine worker.
+
+Only this module (with the worker entry and the UI) imports `js`/`pyodide`. JS errors are turned
+into the device layer's exceptions here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import js  # type: ignore[import-not-found]
+from pyodide.ffi import JsException, create_proxy, jsnull, to_js  # type: ignore[import-not-found]
+
+from .device import (
+    OPTIONAL_FEATURES,
+    RAISED_LIMITS,
+    REQUIRED_LIMITS,
+    AdapterInfo,
+    Buffer,
+    BufferUsage,
+    Copy,
+    Device,
+    GpuError,
+    ShaderError,
+    check_limits,
+    requested_limits,
+)
+
+NO_WEBGPU = (
+    "WebGPU is not available in this browser. LoRA Lab needs WebGPU: use Chrome or Edge 121 or newer "
+    "(on Linux, enable it at chrome://flags/#enable-unsafe-webgpu and chrome://flags/#enable-vulkan, "
+    "or start Chrome with --enable-unsafe-webgpu --enable-features=Vulkan)."
+)
+NO_ADAPTER = (
+    "WebGPU is present but no GPU adapter is usable (it may be disabled or blocklisted). "
+    "Check chrome://gpu; on Linux start Chrome with --enable-unsafe-webgpu --enable-features=Vulkan."
+)
+
+
+def _absent(value) -> bool:
+    """JS null and undefined (Pyodide maps them to jsnull and None)."""
+    return value is None or value is jsnull
+
+
+def _js(value):
+    """A Python dict/list as a plain JS object/array (what WebGPU descriptors must be)."""
+    return to_js(value, dict_converter=js.Object.fromEntries)
+
+
+class BrowserDevice(Device):
+    def __init__(self, adapter, device, info: AdapterInfo):
+        super().__init__(info)
+        self.adapter = adapter
+        self.device = device
+        self._on_lost = create_proxy(self._lost)  # kept alive as long as the device
+        device.lost.then(self._on_lost)
+
+    def _lost(self, info) -> None:
+        self.lost_reason = f"{info.reason}: {info.message}" if info.message else str(info.reason)
+
+    @classmethod
+    async def create(cls, power_preference: str = "high-performance") -> "BrowserDevice":
+        gpu = getattr(js.navigator, "gpu", None)
+        if _absent(gpu):
+            raise GpuError(NO_WEBGPU)
+        adapter = await gpu.requestAdapter(_js({"powerPreference": power_preference}))
+        if _absent(adapter):
+            raise GpuError(NO_ADAPTER)
+        names = set(RAISED_LIMITS) | set(REQUIRED_LIMITS)
+        limits = {name: int(getattr(adapter.limits, name)) for name in names if hasattr(adapter.limits, name)}
+        check_limits(limits)
+        features = frozenset(str(f) for f in js.Array.from_(adapter.features))
+        wanted = [f for f in OPTIONAL_FEATURES if f in features]
+        try:
+            device = await adapter.requestDevice(
+                _js({"label": "loralab", "requiredFeatures": wanted, "requiredLimits": requested_limits(limits)})
+            )
+        except JsException as exc:
+            raise GpuError(f"The GPU refused a device with the limits LoRA Lab asked for: {exc}") from exc
+        raw = adapter.info
+        info = AdapterInfo(
+            driver="browser",
+            vendor=str(raw.vendor),
+            architecture=str(raw.architecture),
+            device=str(raw.device),
+            description=str(raw.description),
+            features=features,
+            limits={name: int(getattr(device.limits, name)) for name in names if hasattr(device.limits, name)},
+        )
+        return cls(adapter, device, info)
+
+    def _create_buffer(self, size: int, usage: int, label: str):
+        return self.device.createBuffer(_js({"size": size, "usage": usage, "label": label}))
+
+    def _write_buffer(self, handle, offset: int, data) -> None:
+        # bytes-like data is copied into JS once; JS ArrayBuffers/typed arrays go straight through.
+        source = to_js(memoryview(data).cast("B")) if isinstance(data, (bytes, bytearray, memoryview)) else data
+        self.device.queue.writeBuffer(handle, offset, source)
+
+    async def _compile(self, code: str, entry_point: str, label: str):
+        self.device.pushErrorScope("validation")
+        module = self.device.createShaderModule(_js({"code": code, "label": label}))
+        compilation = await module.getCompilationInfo()
+        errors = [
+            f"line {m.lineNum}:{m.linePos}: {m.message}" for m in compilation.messages if str(m.type) == "error"
+        ]
+        pipeline = None
+        if not errors:
+            pipeline = self.device.createComputePipeline(
+                _js({"label": label, "layout": "auto", "compute": {"module": module, "entryPoint": entry_point}})
+            )
+        scope_error = await self.device.popErrorScope()
+        if errors or not _absent(scope_error):
+            detail = "; ".join(errors) if errors else str(scope_error.message)
+            raise ShaderError(f"kernel {label} ({entry_point}) failed to compile: {detail}")
+        return pipeline
+
+    def _create_bind_group(self, pipeline, entries: list[tuple[int, Buffer]]):
+        return self.device.createBindGroup(
+            _js(
+                {
+                    "layout": pipeline.getBindGroupLayout(0),
+                    "entries": [
+                        {"binding": binding, "resource": {"buffer": buf.handle, "offset": 0, "size": buf.size}}
+                        for binding, buf in entries
+                    ],
+                }
+            )
+        )
+
+    def _submit(self, commands) -> None:
+        encoder = self.device.createCommandEncoder()
+        compute_pass = None
+        for command in commands:
+            if isinstance(command, Copy):
+                if compute_pass is not None:
+                    compute_pass.end()
+                    compute_pass = None
+                encoder.copyBufferToBuffer(
+                    command.src.handle, command.src_offset, command.dst.handle, command.dst_offset, command.size
+                )
+            else:
+                if compute_pass is None:
+                    compute_pass = encoder.beginComputePass()
+                compute_pass.setPipeline(command.pipeline)
+                compute_pass.setBindGroup(0, command.bind_group)
+                compute_pass.dispatchWorkgroups(*command.grid)
+        if compute_pass is not None:
+            compute_pass.end()
+        self.device.queue.submit(to_js([encoder.finish()]))
+
+    async def _read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
+        staging = self.device.createBuffer(_js({"size": size, "usage": BufferUsage.MAP_READ | BufferUsage.COPY_DST}))
+        encoder = self.device.createCommandEncoder()
+        encoder.copyBufferToBuffer(buffer.handle, offset, staging, 0, size)
+        self.device.queue.submit(to_js([encoder.finish()]))
+        try:
+            await staging.mapAsync(js.GPUMapMode.READ)
+        except JsException as exc:
+            self._check_alive()
+            raise GpuError(f"reading buffer {buffer.label!r} back failed: {exc}") from exc
+        data = js.Uint8Array.new(staging.getMappedRange()).to_bytes()
+        staging.unmap()
+        staging.destroy()
+        return data
+
+    def _destroy_buffer(self, handle) -> None:
+        handle.destroy()

@@ -1,0 +1,240 @@
+"""The one GPU API that LoRA Lab's engine uses, implemented by two drivers.
+
+`native.py` drives wgpu-native through wgpu-py on CPython; `browser.py` drives `navigator.gpu`
+through Pyodide's JS FFI inside the engine worker. Both mirror WebGPU, so this layer stays thin:
+buffers, compiled compute pipelines, recorded command lists submitted at once, and readback.
+Nothing here knows about models; nothing here imports numpy or js.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+
+class GpuError(RuntimeError):
+    """A GPU operation failed; the message says what and, where known, why."""
+
+
+class DeviceLostError(GpuError):
+    """The GPU device went away (driver reset, tab backgrounded too long, out of memory)."""
+
+
+class MissingCapabilityError(GpuError):
+    """The adapter cannot provide a limit or feature LoRA Lab needs."""
+
+
+class ShaderError(GpuError):
+    """A WGSL module failed to compile or its pipeline failed validation."""
+
+
+class BufferUsage:
+    """WebGPU's GPUBufferUsage flags (identical values in both drivers)."""
+
+    MAP_READ = 0x0001
+    MAP_WRITE = 0x0002
+    COPY_SRC = 0x0004
+    COPY_DST = 0x0008
+    UNIFORM = 0x0040
+    STORAGE = 0x0080
+
+
+STORAGE_RW = BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST
+
+# Limits (WebGPU's camelCase names) that every kernel may rely on: the WebGPU defaults that
+# SwiftShader, lavapipe and every browser GPU provide. Devices ask for the adapter's maximum.
+REQUIRED_LIMITS = {
+    "maxStorageBufferBindingSize": 128 * 2**20,
+    "maxBufferSize": 256 * 2**20,
+    "maxComputeWorkgroupStorageSize": 16384,
+    "maxComputeInvocationsPerWorkgroup": 256,
+    "maxStorageBuffersPerShaderStage": 8,
+    "maxComputeWorkgroupsPerDimension": 65535,
+}
+# Limits requested at the adapter's maximum rather than the default.
+RAISED_LIMITS = (
+    "maxStorageBufferBindingSize",
+    "maxBufferSize",
+    "maxComputeWorkgroupStorageSize",
+    "maxComputeInvocationsPerWorkgroup",
+    "maxComputeWorkgroupSizeX",
+    "maxComputeWorkgroupSizeY",
+    "maxStorageBuffersPerShaderStage",
+)
+# Optional features used when present (kernels keep a fallback without them).
+OPTIONAL_FEATURES = ("shader-f16", "subgroups", "timestamp-query")
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    driver: str  # "native" (wgpu-native) or "browser" (navigator.gpu)
+    vendor: str
+    architecture: str
+    device: str
+    description: str
+    features: frozenset[str]
+    limits: dict[str, int] = field(hash=False)
+
+    @property
+    def has_f16(self) -> bool:
+        return "shader-f16" in self.features
+
+    @property
+    def has_subgroups(self) -> bool:
+        return "subgroups" in self.features
+
+    def summary(self) -> dict:
+        """A plain dict for display and for the worker protocol."""
+        return {
+            "driver": self.driver,
+            "vendor": self.vendor,
+            "architecture": self.architecture,
+            "device": self.device,
+            "description": self.description,
+            "f16": self.has_f16,
+            "subgroups": self.has_subgroups,
+            "features": sorted(self.features),
+            "limits": {name: self.limits.get(name) for name in RAISED_LIMITS + ("maxComputeWorkgroupsPerDimension",)},
+        }
+
+
+def check_limits(limits: dict[str, int]) -> None:
+    """Raise MissingCapabilityError naming every limit below what LoRA Lab needs."""
+    short = [
+        f"{name} is {limits.get(name, 0):,} (LoRA Lab needs at least {need:,})"
+        for name, need in REQUIRED_LIMITS.items()
+        if limits.get(name, 0) < need
+    ]
+    if short:
+        raise MissingCapabilityError("This GPU cannot run LoRA Lab: " + "; ".join(short) + ".")
+
+
+def requested_limits(adapter_limits: dict[str, int]) -> dict[str, int]:
+    return {name: adapter_limits[name] for name in RAISED_LIMITS if name in adapter_limits}
+
+
+@dataclass(eq=False)
+class Buffer:
+    """A GPU buffer: the driver's handle plus what the engine needs to know about it."""
+
+    handle: object
+    size: int
+    usage: int
+    label: str
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    pipeline: object
+    bind_group: object
+    grid: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Copy:
+    src: Buffer
+    src_offset: int
+    dst: Buffer
+    dst_offset: int
+    size: int
+
+
+class Device(abc.ABC):
+    """A WebGPU device. Subclasses implement the driver primitives (the `_` methods)."""
+
+    info: AdapterInfo
+
+    def __init__(self, info: AdapterInfo):
+        self.info = info
+        self.lost_reason: str | None = None
+        self._uniforms: dict[bytes, Buffer] = {}
+        self._bind_groups: dict[tuple, object] = {}
+
+    # -- driver primitives ------------------------------------------------------------------
+    @abc.abstractmethod
+    def _create_buffer(self, size: int, usage: int, label: str) -> object: ...
+
+    @abc.abstractmethod
+    def _write_buffer(self, handle: object, offset: int, data) -> None: ...
+
+    @abc.abstractmethod
+    async def _compile(self, code: str, entry_point: str, label: str) -> object: ...
+
+    @abc.abstractmethod
+    def _create_bind_group(self, pipeline: object, entries: list[tuple[int, Buffer]]) -> object: ...
+
+    @abc.abstractmethod
+    def _submit(self, commands: list[Dispatch | Copy]) -> None: ...
+
+    @abc.abstractmethod
+    async def _read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def _destroy_buffer(self, handle: object) -> None: ...
+
+    # -- the API the engine uses ------------------------------------------------------------
+    def _check_alive(self) -> None:
+        if self.lost_reason is not None:
+            raise DeviceLostError(f"The GPU device was lost ({self.lost_reason}). Reload to start a new one.")
+
+    def create_buffer(self, size: int, *, label: str, usage: int = STORAGE_RW) -> Buffer:
+        self._check_alive()
+        size = max(4, (size + 3) // 4 * 4)  # WebGPU wants sizes in multiples of 4
+        max_size = self.info.limits.get("maxBufferSize", 0)
+        if size > max_size:
+            raise GpuError(f"buffer {label!r} needs {size:,} bytes; this GPU allows at most {max_size:,} per buffer")
+        return Buffer(self._create_buffer(size, usage, label), size, usage, label)
+
+    def write_buffer(self, buffer: Buffer, data, offset: int = 0) -> None:
+        """Upload bytes (or, in the browser, a JS ArrayBuffer/typed array) at `offset`."""
+        self._check_alive()
+        self._write_buffer(buffer.handle, offset, data)
+
+    def create_buffer_with_data(self, data, *, label: str, usage: int = STORAGE_RW) -> Buffer:
+        buffer = self.create_buffer(len(data), label=label, usage=usage)
+        self.write_buffer(buffer, data)
+        return buffer
+
+    def destroy_buffer(self, buffer: Buffer) -> None:
+        self._destroy_buffer(buffer.handle)
+
+    async def read_buffer(self, buffer: Buffer, offset: int = 0, size: int | None = None) -> bytes:
+        """Copy a range back to the host. Costs a round trip: never inside a training step."""
+        self._check_alive()
+        size = buffer.size - offset if size is None else size
+        if offset % 4 or offset + size > buffer.size:
+            raise GpuError(f"cannot read {size} bytes at offset {offset} of buffer {buffer.label!r} ({buffer.size} bytes)")
+        data = await self._read_buffer(buffer, offset, (size + 3) // 4 * 4)
+        return data[:size]
+
+    async def compile(self, code: str, entry_point: str, *, label: str) -> object:
+        self._check_alive()
+        return await self._compile(code, entry_point, label)
+
+    def uniform(self, data: bytes) -> Buffer:
+        """An immutable uniform buffer holding `data`, shared by every dispatch that uses the same bytes."""
+        buffer = self._uniforms.get(data)
+        if buffer is None:
+            buffer = self.create_buffer_with_data(data, label="params", usage=BufferUsage.UNIFORM | BufferUsage.COPY_DST)
+            self._uniforms[data] = buffer
+        return buffer
+
+    def bind_group(self, pipeline: object, entries: list[tuple[int, Buffer]]) -> object:
+        # Buffers hash by identity and the key holds them, so a key never outlives its buffers.
+        key = (id(pipeline), tuple(entries))
+        group = self._bind_groups.get(key)
+        if group is None:
+            group = self._create_bind_group(pipeline, entries)
+            self._bind_groups[key] = group
+        return group
+
+    def forget_bind_groups(self, buffer: Buffer) -> None:
+        """Drop cached bind groups that reference `buffer` (call before destroying it)."""
+        for key in [k for k in self._bind_groups if any(buf is buffer for _, buf in k[1])]:
+            del self._bind_groups[key]
+
+    def submit(self, commands: list[Dispatch | Copy]) -> None:
+        """Encode `commands` into one command buffer and submit it."""
+        self._check_alive()
+        if commands:
+            self._submit(commands)

@@ -1,0 +1,125 @@
+"""The native driver: wgpu-native through wgpu-py (CPython: tests, CLI, benchmarks)."""
+
+from __future__ import annotations
+
+import re
+
+import wgpu
+
+from .device import (
+    OPTIONAL_FEATURES,
+    AdapterInfo,
+    Buffer,
+    BufferUsage,
+    Copy,
+    Device,
+    GpuError,
+    ShaderError,
+    check_limits,
+    requested_limits,
+)
+
+# wgpu-py spells a few feature names differently from the WebGPU spec.
+_FEATURE_ALIASES = {"subgroup": "subgroups"}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("-")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _kebab(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "-" + m.group(1).lower(), name)
+
+
+class NativeDevice(Device):
+    def __init__(self, adapter, device, info: AdapterInfo):
+        super().__init__(info)
+        self.adapter = adapter
+        self.device = device
+
+    @classmethod
+    async def create(cls, power_preference: str = "high-performance") -> "NativeDevice":
+        adapter = await wgpu.gpu.request_adapter_async(power_preference=power_preference)
+        if adapter is None:
+            raise GpuError("No WebGPU adapter found (wgpu-native): install a Vulkan driver (Debian: mesa-vulkan-drivers).")
+        limits = {_camel(k): v for k, v in adapter.limits.items()}
+        check_limits(limits)
+        native_features = {f for f in adapter.features}
+        features = {_FEATURE_ALIASES.get(f, f) for f in native_features}
+        wanted = [f for f in native_features if _FEATURE_ALIASES.get(f, f) in OPTIONAL_FEATURES]
+        device = await adapter.request_device_async(
+            label="loralab",
+            required_features=wanted,
+            required_limits={_kebab(k): v for k, v in requested_limits(limits).items()},
+        )
+        raw = adapter.info
+        info = AdapterInfo(
+            driver="native",
+            vendor=raw.get("vendor", ""),
+            architecture=raw.get("architecture", ""),
+            device=raw.get("device", ""),
+            description=f"{raw.get('description', '')} ({raw.get('backend_type', '')}, {raw.get('adapter_type', '')})",
+            features=frozenset(features),
+            limits={_camel(k): v for k, v in device.limits.items()},
+        )
+        return cls(adapter, device, info)
+
+    def _create_buffer(self, size: int, usage: int, label: str):
+        return self.device.create_buffer(size=size, usage=usage, label=label)
+
+    def _write_buffer(self, handle, offset: int, data) -> None:
+        self.device.queue.write_buffer(handle, offset, data)
+
+    async def _compile(self, code: str, entry_point: str, label: str):
+        try:
+            module = self.device.create_shader_module(code=code, label=label)
+            return self.device.create_compute_pipeline(
+                layout="auto", compute={"module": module, "entry_point": entry_point}, label=label
+            )
+        except wgpu.GPUError as exc:
+            raise ShaderError(f"kernel {label} ({entry_point}) failed to compile: {exc}") from exc
+
+    def _create_bind_group(self, pipeline, entries: list[tuple[int, Buffer]]):
+        return self.device.create_bind_group(
+            layout=pipeline.get_bind_group_layout(0),
+            entries=[
+                {"binding": binding, "resource": {"buffer": buf.handle, "offset": 0, "size": buf.size}}
+                for binding, buf in entries
+            ],
+        )
+
+    def _submit(self, commands) -> None:
+        encoder = self.device.create_command_encoder()
+        compute_pass = None
+        for command in commands:
+            if isinstance(command, Copy):
+                if compute_pass is not None:
+                    compute_pass.end()
+                    compute_pass = None
+                encoder.copy_buffer_to_buffer(
+                    command.src.handle, command.src_offset, command.dst.handle, command.dst_offset, command.size
+                )
+            else:
+                if compute_pass is None:
+                    compute_pass = encoder.begin_compute_pass()
+                compute_pass.set_pipeline(command.pipeline)
+                compute_pass.set_bind_group(0, command.bind_group)
+                compute_pass.dispatch_workgroups(*command.grid)
+        if compute_pass is not None:
+            compute_pass.end()
+        self.device.queue.submit([encoder.finish()])
+
+    async def _read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
+        staging = self.device.create_buffer(size=size, usage=BufferUsage.MAP_READ | BufferUsage.COPY_DST)
+        encoder = self.device.create_command_encoder()
+        encoder.copy_buffer_to_buffer(buffer.handle, offset, staging, 0, size)
+        self.device.queue.submit([encoder.finish()])
+        await staging.map_async("READ")
+        data = bytes(staging.read_mapped())
+        staging.unmap()
+        staging.destroy()
+        return data
+
+    def _destroy_buffer(self, handle) -> None:
+        handle.destroy()

@@ -1,0 +1,51 @@
+"""The first page: local Pyodide, the engine in a worker, WebGPU from Python, a checked kernel."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loralab.selftest import matmul_check
+from tests.rig import CHROMIUM, PageGuard, wait_for_engine
+
+pytestmark = pytest.mark.browser
+
+
+def test_engine_reaches_ready_on_webgpu(app_page):
+    assert wait_for_engine(app_page) == "ready"
+    hw = app_page.locator("[data-testid=hw-info]")
+    assert hw.get_attribute("data-vendor") == "google"
+    assert hw.get_attribute("data-architecture") == "swiftshader"
+    text = hw.inner_text()
+    assert "swiftshader" in text and "shader-f16" in text and "verified" in text
+    assert app_page.locator("[data-testid=error]").is_hidden()
+
+
+def test_browser_and_native_kernels_agree(app_page, gpu, kernels, run):
+    native = run(matmul_check(gpu, kernels))
+    assert wait_for_engine(app_page) == "ready"
+    browser = json.loads(app_page.locator("[data-testid=hw-info]").get_attribute("data-check"))
+    assert browser["ok"] and native["ok"]
+    assert browser["shape"] == native["shape"]
+    assert browser["sha256"] == native["sha256"], "SwiftShader and lavapipe returned different bits"
+
+
+def test_without_webgpu_the_page_says_so(playwright, site):
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+    )
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        guard = PageGuard(context, page)
+        page.goto(site)
+        status = wait_for_engine(page)
+        assert "ready" not in status.lower()
+        error = page.inner_text("[data-testid=error]")
+        assert "WebGPU" in error and "Chrome" in error
+        assert page.locator("[data-testid=error]").is_visible()
+        guard.check()
+    finally:
+        browser.close()
