@@ -77,3 +77,41 @@ def page_guard(context, page):
 def app_page(page, page_guard, site):
     page.goto(site)
     return page
+
+
+@pytest.fixture(scope="session")
+def ops(gpu, kernels, run):
+    from loralab.ops import Ops
+
+    return run(Ops.load(gpu, kernels))
+
+
+class GpuArrays:
+    """numpy <-> GPU buffers for kernel tests."""
+
+    def __init__(self, gpu, run):
+        self.gpu, self.run = gpu, run
+
+    def up(self, array, label: str = "test"):
+        import numpy as np
+
+        return self.gpu.create_buffer_with_data(np.ascontiguousarray(array).tobytes(), label=label)
+
+    def empty(self, count: int, label: str = "out"):
+        return self.gpu.create_buffer(count * 4, label=label)
+
+    def submit(self, *dispatches):
+        flat = []
+        for d in dispatches:
+            flat.extend(d if isinstance(d, list) else [d])
+        self.gpu.submit(flat)
+
+    def down(self, buffer, shape, dtype="float32"):
+        import numpy as np
+
+        return np.frombuffer(self.run(self.gpu.read_buffer(buffer)), dtype).reshape(shape).copy()
+
+
+@pytest.fixture(scope="session")
+def arrays(gpu, run):
+    return GpuArrays(gpu, run)

@@ -11,7 +11,6 @@ inputs, then read_write outputs.
 
 from __future__ import annotations
 
-import math
 import re
 import struct
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ _BINDING = re.compile(
 _STRUCT = re.compile(r"struct\s+Params\s*\{([^}]*)\}")
 _FIELD = re.compile(r"(\w+)\s*:\s*(\w+)")
 _ENTRY = re.compile(r"@compute\s+@workgroup_size\(([^)]*)\)\s*fn\s+(\w+)")
+_COMMENT = re.compile(r"//[^\n]*")
 _PARAM_FORMATS = {"u32": "I", "i32": "i", "f32": "f"}
 
 
@@ -49,20 +49,21 @@ class KernelSource:
 
     @classmethod
     def parse(cls, name: str, code: str) -> "KernelSource":
+        bare = _COMMENT.sub("", code)
         bindings = []
-        for group, index, space, access, var, typ in _BINDING.findall(code):
+        for group, index, space, access, var, typ in _BINDING.findall(bare):
             if group != "0":
                 raise ValueError(f"wgsl/{name}.wgsl: only bind group 0 is supported, found @group({group})")
             bindings.append(Binding(int(index), var, space, access or "", typ.strip()))
         bindings.sort(key=lambda b: b.index)
-        struct_match = _STRUCT.search(code)
+        struct_match = _STRUCT.search(bare)
         params = tuple(_FIELD.findall(struct_match.group(1))) if struct_match else ()
         for field_name, typ in params:
             if typ not in _PARAM_FORMATS:
                 raise ValueError(f"wgsl/{name}.wgsl: Params.{field_name} has type {typ}; only u32, i32, f32 are allowed")
         entries = {}
-        for size, entry in _ENTRY.findall(code):
-            dims = [int(eval_const(d.strip(), code)) for d in size.split(",")]
+        for size, entry in _ENTRY.findall(bare):
+            dims = [int(eval_const(d.strip(), bare)) for d in size.split(",")]
             entries[entry] = tuple(dims + [1] * (3 - len(dims)))
         if not entries:
             raise ValueError(f"wgsl/{name}.wgsl declares no @compute entry point")
@@ -70,7 +71,7 @@ class KernelSource:
 
     def constant(self, name: str) -> int:
         """The value of an integer `const` of the WGSL (tile sizes that decide the dispatch grid)."""
-        return eval_const(name, self.code)
+        return eval_const(name, _COMMENT.sub("", self.code))
 
     def pack_params(self, values: dict[str, float | int]) -> bytes:
         """The Params struct as bytes (padded to 16), every field given exactly once."""
@@ -122,11 +123,6 @@ class Kernel:
         if any(g > limit for g in grid3):
             raise ValueError(f"kernel {self.entry_point}: grid {grid3} exceeds {limit} workgroups per dimension")
         return Dispatch(self.pipeline, device.bind_group(self.pipeline, entries), grid3)
-
-
-def groups(n: int, size: int) -> int:
-    """How many workgroups of `size` cover `n` items."""
-    return max(1, math.ceil(n / size))
 
 
 SourceReader = Callable[[str], Awaitable[str]]

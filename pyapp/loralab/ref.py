@@ -11,3 +11,146 @@ import numpy as np
 def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """C[M, N] = A[M, K] · B[N, K]ᵀ (wgsl/matmul.wgsl)."""
     return (A.astype(np.float32) @ B.astype(np.float32).T).astype(np.float32)
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(y, rstd) for x [T, C], w [C] (wgsl/rmsnorm.wgsl)."""
+    x = x.astype(np.float32)
+    rstd = (1.0 / np.sqrt((x * x).mean(-1) + np.float32(eps))).astype(np.float32)
+    return (x * rstd[:, None] * w).astype(np.float32), rstd
+
+
+def rmsnorm_backward(x: np.ndarray, w: np.ndarray, rstd: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """dx for frozen w (wgsl/rmsnorm_backward.wgsl, accumulate = 0)."""
+    g = dy * w
+    C = x.shape[-1]
+    k = rstd**2 * (g * x).sum(-1) / C
+    return (rstd[:, None] * (g - x * k[:, None])).astype(np.float32)
+
+
+def rope_inv_freq(D: int, theta: float) -> np.ndarray:
+    return (1.0 / theta ** (np.arange(0, D, 2, dtype=np.float64) / D)).astype(np.float32)
+
+
+def rope(x: np.ndarray, pos: np.ndarray, inv_freq: np.ndarray, backward: bool = False) -> np.ndarray:
+    """x [T, H, D] rotated by rotate_half (wgsl/rope.wgsl); backward applies the inverse rotation."""
+    half = x.shape[-1] // 2
+    angle = pos.astype(np.float32)[:, None] * inv_freq[None, :]  # [T, D/2]
+    c, s = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]
+    if backward:
+        s = -s
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1).astype(np.float32)
+
+
+def silu(g: np.ndarray) -> np.ndarray:
+    return g / (1.0 + np.exp(-g))
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    return (silu(gate) * up).astype(np.float32)
+
+
+def swiglu_backward(gate: np.ndarray, up: np.ndarray, dh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sig = 1.0 / (1.0 + np.exp(-gate))
+    return (dh * up * sig * (1 + gate * (1 - sig))).astype(np.float32), (dh * silu(gate)).astype(np.float32)
+
+
+def embedding(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(ids), table.shape[1]), np.float32)
+    ok = ids < table.shape[0]
+    out[ok] = table[ids[ok]]
+    return out
+
+
+def cross_entropy(logits: np.ndarray, targets: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(loss [R], dlogits [R, V]) as wgsl/cross_entropy.wgsl computes them."""
+    logits = logits.astype(np.float64)
+    valid = (targets >= 0) & (targets < logits.shape[1])
+    m = logits.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[:, 0]
+    t = np.where(valid, targets, 0)
+    loss = np.where(valid, lse - logits[np.arange(len(t)), t], 0.0)
+    grad = np.exp(logits - lse[:, None])
+    grad[np.arange(len(t)), t] -= 1.0
+    grad = np.where(valid[:, None], grad * scale, 0.0)
+    return loss.astype(np.float32), grad.astype(np.float32)
+
+
+def _heads(x: np.ndarray, B: int, S: int, H: int, D: int) -> np.ndarray:
+    return x.reshape(B, S, H, D).transpose(0, 2, 1, 3).astype(np.float64)  # [B, H, S, D]
+
+
+def attention(q, k, v, B: int, S: int, Hq: int, Hkv: int, D: int):
+    """(o [B·S, Hq·D], lse [B, Hq, S]) of causal GQA attention (wgsl/attention.wgsl)."""
+    rep = Hq // Hkv
+    Q = _heads(q, B, S, Hq, D)
+    K = np.repeat(_heads(k, B, S, Hkv, D), rep, axis=1)
+    V = np.repeat(_heads(v, B, S, Hkv, D), rep, axis=1)
+    s = Q @ K.transpose(0, 1, 3, 2) / np.sqrt(D)
+    s = np.where(np.tril(np.ones((S, S), bool)), s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    lse = m + np.log(np.exp(s - m).sum(-1, keepdims=True))
+    o = np.exp(s - lse) @ V
+    return o.transpose(0, 2, 1, 3).reshape(B * S, Hq * D).astype(np.float32), lse[..., 0].astype(np.float32)
+
+
+def attention_backward(q, k, v, d_o, B: int, S: int, Hq: int, Hkv: int, D: int):
+    """(dq, dk, dv) in the projections' layouts (wgsl/attention_backward_*.wgsl)."""
+    rep = Hq // Hkv
+    Q = _heads(q, B, S, Hq, D)
+    K = np.repeat(_heads(k, B, S, Hkv, D), rep, axis=1)
+    V = np.repeat(_heads(v, B, S, Hkv, D), rep, axis=1)
+    dO = _heads(d_o, B, S, Hq, D)
+    scale = 1 / np.sqrt(D)
+    s = np.where(np.tril(np.ones((S, S), bool)), Q @ K.transpose(0, 1, 3, 2) * scale, -np.inf)
+    P = np.exp(s - s.max(-1, keepdims=True))
+    P /= P.sum(-1, keepdims=True)
+    dV = P.transpose(0, 1, 3, 2) @ dO
+    dP = dO @ V.transpose(0, 1, 3, 2)
+    dS = P * (dP - (dP * P).sum(-1, keepdims=True)) * scale
+    dQ = dS @ K
+    dK = dS.transpose(0, 1, 3, 2) @ Q
+
+    def merge(x, H):  # sum the query heads of each kv group, back to [B·S, H·D]
+        if H != Hq:
+            x = x.reshape(B, H, rep, S, D).sum(2)
+        return x.transpose(0, 2, 1, 3).reshape(B * S, H * D).astype(np.float32)
+
+    return merge(dQ, Hq), merge(dK, Hkv), merge(dV, Hkv)
+
+
+def grad_clip(grad: np.ndarray, max_norm: float) -> tuple[float, float]:
+    """(norm, coefficient) as torch.nn.utils.clip_grad_norm_ computes them."""
+    norm = float(np.sqrt((grad.astype(np.float64) ** 2).sum()))
+    return norm, (min(1.0, max_norm / (norm + 1e-6)) if max_norm > 0 else 1.0)
+
+
+def adamw(param, m, v, grad, lr, t, beta1, beta2, eps, weight_decay, clip=1.0):
+    """One torch.optim.AdamW step (step number t ≥ 1); returns new (param, m, v)."""
+    g = grad * clip
+    p = param * (1 - lr * weight_decay)
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    bc1, bc2 = 1 - beta1**t, 1 - beta2**t
+    p = p - (lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + eps)
+    return p.astype(np.float32), m.astype(np.float32), v.astype(np.float32)
+
+
+def sgd(param, grad, lr, weight_decay, clip=1.0):
+    return (param - lr * (grad * clip + weight_decay * param)).astype(np.float32)
+
+
+def _pcg(v: np.ndarray) -> np.ndarray:
+    v = v.astype(np.uint64)
+    mask = np.uint64(0xFFFFFFFF)
+    state = (v * np.uint64(747796405) + np.uint64(2891336453)) & mask
+    word = (((state >> ((state >> np.uint64(28)) + np.uint64(4))) ^ state) * np.uint64(277803737)) & mask
+    return ((word >> np.uint64(22)) ^ word) & mask
+
+
+def lora_init(offset: int, N: int, fan_in: int, seed: int) -> np.ndarray:
+    """The values wgsl/lora_init.wgsl writes at [offset, offset + N)."""
+    r = _pcg(_pcg(np.array([seed], np.uint64)) ^ (np.uint64(offset) + np.arange(N, dtype=np.uint64)))
+    u = (r >> np.uint64(8)).astype(np.float32) / np.float32(16777216.0)
+    return ((np.float32(2.0) * u - np.float32(1.0)) * np.float32(1.0 / np.sqrt(fan_in))).astype(np.float32)

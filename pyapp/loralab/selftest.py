@@ -12,7 +12,8 @@ import struct
 import time
 
 from .gpu.device import Device
-from .kernels import KernelLibrary, groups
+from .kernels import KernelLibrary
+from .ops import Ops
 
 
 def check_inputs(M: int, N: int, K: int) -> tuple[list[float], list[float]]:
@@ -36,13 +37,12 @@ def unpack_f32(data: bytes) -> list[float]:
 async def matmul_check(device: Device, library: KernelLibrary, M: int = 37, N: int = 45, K: int = 70) -> dict:
     """Run wgsl/matmul.wgsl on [M,K]·[N,K]ᵀ and compare with the reference; returns a plain dict."""
     started = time.perf_counter()
-    kernel = await library.get("matmul")
+    ops = Ops(device, {"matmul": await library.get("matmul")})
     a, b = check_inputs(M, N, K)
     A = device.create_buffer_with_data(pack_f32(a), label="check.A")
     B = device.create_buffer_with_data(pack_f32(b), label="check.B")
     C = device.create_buffer(M * N * 4, label="check.C")
-    tile_n, tile_m = kernel.source.constant("TILE_N"), kernel.source.constant("TILE_M")
-    device.submit([kernel.dispatch(device, (groups(N, tile_n), groups(M, tile_m)), {"M": M, "N": N, "K": K}, A=A, B=B, C=C)])
+    device.submit([ops.matmul(C, A, B, M, N, K)])
     raw = await device.read_buffer(C)
     for buf in (A, B, C):
         device.forget_bind_groups(buf)

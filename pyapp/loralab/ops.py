@@ -1,0 +1,145 @@
+"""Every kernel as a Python call that records one dispatch: outputs, then inputs, then sizes.
+
+`Ops` loads and compiles all of `wgsl/` once; each method returns the `Dispatch` to put in a
+command list (one list per training step, submitted at once). Grids are derived from the
+workgroup sizes and tile constants declared in the WGSL. The numpy twin of each method is the
+function of the same name in `loralab.ref`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .gpu.device import Buffer, Device, Dispatch
+from .kernels import Kernel, KernelLibrary
+
+KERNELS = (
+    "matmul",
+    "rmsnorm",
+    "rmsnorm_backward",
+    "rope",
+    "swiglu",
+    "swiglu_backward",
+    "embedding",
+    "cross_entropy",
+    "attention",
+    "attention_backward_dq",
+    "attention_backward_dkv",
+    "adamw",
+    "sgd",
+    "sumsq",
+    "grad_clip",
+    "lora_init",
+)
+
+MAX_GROUPS = 65535
+
+
+def grid_1d(workgroups: int) -> tuple[int, int]:
+    """`workgroups` laid out as (x, y) within the per-dimension limit; kernels index
+    x + y · 65535 (rows) or gid.x + gid.y · nwg.x · WG (elements)."""
+    workgroups = max(1, workgroups)
+    if workgroups <= MAX_GROUPS:
+        return (workgroups, 1)
+    return (MAX_GROUPS, math.ceil(workgroups / MAX_GROUPS))
+
+
+class Ops:
+    def __init__(self, device: Device, kernels: dict[str, Kernel]):
+        self.device = device
+        self.k = kernels
+
+    @classmethod
+    async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
+        return cls(device, {name: await library.get(name) for name in KERNELS})
+
+    def _elementwise(self, name: str, n: int, params: dict, **buffers: Buffer) -> Dispatch:
+        kernel = self.k[name]
+        return kernel.dispatch(self.device, grid_1d(math.ceil(n / kernel.workgroup_size[0])), params, **buffers)
+
+    def _rows(self, name: str, rows: int, params: dict, **buffers: Buffer) -> Dispatch:
+        return self.k[name].dispatch(self.device, grid_1d(rows), params, **buffers)
+
+    # -- linear algebra -----------------------------------------------------------------------
+    def matmul(self, C: Buffer, A: Buffer, B: Buffer, M: int, N: int, K: int, *,
+               trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0) -> Dispatch:
+        """C[M,N] = alpha · op(A)[M,K] · op(B)[N,K]ᵀ + beta · C.
+        A is stored [M,K] (or [K,M] with trans_a); B is stored [N,K] (or [K,N] with trans_b)."""
+        kernel = self.k["matmul"]
+        src = kernel.source
+        a_sm, a_sk = (1, M) if trans_a else (K, 1)
+        b_sn, b_sk = (1, N) if trans_b else (K, 1)
+        grid = (math.ceil(N / src.constant("TILE_N")), math.ceil(M / src.constant("TILE_M")))
+        params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta)
+        return kernel.dispatch(self.device, grid, params, A=A, B=B, C=C)
+
+    # -- transformer layers -------------------------------------------------------------------
+    def rmsnorm(self, y: Buffer, rstd: Buffer, x: Buffer, w: Buffer, T: int, C: int, eps: float) -> Dispatch:
+        return self._rows("rmsnorm", T, dict(T=T, C=C, eps=eps), x=x, w=w, y=y, rstd=rstd)
+
+    def rmsnorm_backward(self, dx: Buffer, x: Buffer, w: Buffer, rstd: Buffer, dy: Buffer, T: int, C: int,
+                         accumulate: bool = False) -> Dispatch:
+        return self._rows("rmsnorm_backward", T, dict(T=T, C=C, accumulate=int(accumulate)),
+                          x=x, w=w, rstd=rstd, dy=dy, dx=dx)
+
+    def rope(self, x: Buffer, pos: Buffer, inv_freq: Buffer, T: int, H: int, D: int, backward: bool = False) -> Dispatch:
+        return self._elementwise("rope", T * H * (D // 2), dict(T=T, H=H, D=D, sign=-1.0 if backward else 1.0),
+                                 pos=pos, inv_freq=inv_freq, x=x)
+
+    def swiglu(self, h: Buffer, gate: Buffer, up: Buffer, N: int) -> Dispatch:
+        return self._elementwise("swiglu", N, dict(N=N), gate=gate, up=up, h=h)
+
+    def swiglu_backward(self, dgate: Buffer, dup: Buffer, gate: Buffer, up: Buffer, dh: Buffer, N: int) -> Dispatch:
+        return self._elementwise("swiglu_backward", N, dict(N=N), gate=gate, up=up, dh=dh, dgate=dgate, dup=dup)
+
+    def embedding(self, out: Buffer, ids: Buffer, table: Buffer, T: int, C: int, V: int) -> Dispatch:
+        return self._elementwise("embedding", T * C, dict(T=T, C=C, V=V), ids=ids, table=table, out=out)
+
+    def cross_entropy(self, loss: Buffer, logits: Buffer, targets: Buffer, R: int, V: int, scale: float) -> Dispatch:
+        """Per-row loss into `loss`; `logits` is overwritten by scale · d(loss)/d(logits)."""
+        return self._rows("cross_entropy", R, dict(R=R, V=V, scale=scale), targets=targets, logits=logits, loss=loss)
+
+    def _attention_params(self, B: int, S: int, Hq: int, Hkv: int, D: int) -> dict:
+        if Hq % Hkv or D > 256:
+            raise ValueError(f"attention needs Hq divisible by Hkv and head size ≤ 256 (got Hq={Hq}, Hkv={Hkv}, D={D})")
+        return dict(B=B, S=S, Hq=Hq, Hkv=Hkv, D=D, scale=1.0 / math.sqrt(D))
+
+    def attention(self, o: Buffer, lse: Buffer, q: Buffer, k: Buffer, v: Buffer,
+                  B: int, S: int, Hq: int, Hkv: int, D: int) -> Dispatch:
+        return self._elementwise("attention", B * Hq * S, self._attention_params(B, S, Hq, Hkv, D),
+                                 q=q, k=k, v=v, o=o, lse=lse)
+
+    def attention_backward(self, dq: Buffer, dk: Buffer, dv: Buffer, delta: Buffer, q: Buffer, k: Buffer, v: Buffer,
+                           o: Buffer, d_o: Buffer, lse: Buffer, B: int, S: int, Hq: int, Hkv: int, D: int) -> list[Dispatch]:
+        params = self._attention_params(B, S, Hq, Hkv, D)
+        return [
+            self._elementwise("attention_backward_dq", B * Hq * S, params,
+                              q=q, k=k, v=v, o=o, d_o=d_o, lse=lse, dq=dq, delta=delta),
+            self._elementwise("attention_backward_dkv", B * Hkv * S, params,
+                              q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta, dk=dk, dv=dv),
+        ]
+
+    # -- optimisation -------------------------------------------------------------------------
+    def grad_norm(self, clip: Buffer, partial: Buffer, grad: Buffer, N: int, max_norm: float) -> list[Dispatch]:
+        """clip ← [‖grad‖₂, min(1, max_norm / (‖grad‖₂ + 1e-6))]; `partial` holds sumsq_partials(N) floats."""
+        P = self.sumsq_partials(N)
+        return [
+            self._rows("sumsq", P, dict(N=N), x=grad, partial=partial),
+            self.k["grad_clip"].dispatch(self.device, (1, 1), dict(P=P, max_norm=max_norm), partial=partial, clip=clip),
+        ]
+
+    def sumsq_partials(self, N: int) -> int:
+        return max(1, math.ceil(N / self.k["sumsq"].source.constant("CHUNK")))
+
+    def adamw(self, param: Buffer, m: Buffer, v: Buffer, grad: Buffer, step: Buffer, clip: Buffer, N: int, *,
+              beta1: float, beta2: float, eps: float, weight_decay: float) -> Dispatch:
+        params = dict(N=N, beta1=beta1, beta2=beta2, one_minus_beta1=1 - beta1, one_minus_beta2=1 - beta2,
+                      eps=eps, weight_decay=weight_decay)
+        return self._elementwise("adamw", N, params,
+                                 grad=grad, step=step, clip=clip, param=param, m=m, v=v)
+
+    def sgd(self, param: Buffer, grad: Buffer, step: Buffer, clip: Buffer, N: int, *, weight_decay: float) -> Dispatch:
+        return self._elementwise("sgd", N, dict(N=N, weight_decay=weight_decay), grad=grad, step=step, clip=clip, param=param)
+
+    def lora_init(self, A: Buffer, offset: int, N: int, fan_in: int, seed: int) -> Dispatch:
+        return self._elementwise("lora_init", N, dict(N=N, offset=offset, seed=seed, bound=1.0 / math.sqrt(fan_in)), A=A)

@@ -1,0 +1,178 @@
+"""Every kernel against its numpy twin in loralab.ref, at odd sizes (not multiples of a tile).
+
+Tolerances are explicit: float32 kernels vs float32/float64 numpy, so they scale with the
+length of the reductions involved.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loralab import ref
+
+RTOL = 1e-5
+
+
+def rng(*key):
+    return np.random.default_rng(abs(hash(key)) % 2**32)
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (37, 45, 70), (130, 67, 96), (8, 576, 576)])
+def test_matmul_transposes(ops, arrays, M, N, K, trans_a, trans_b):
+    r = rng("mm", M, N, K, trans_a, trans_b)
+    A = r.standard_normal((M, K), dtype=np.float32)
+    B = r.standard_normal((N, K), dtype=np.float32)
+    C0 = r.standard_normal((M, N), dtype=np.float32)
+    a = arrays.up(A.T.copy() if trans_a else A)
+    b = arrays.up(B.T.copy() if trans_b else B)
+    c = arrays.up(C0)
+    arrays.submit(ops.matmul(c, a, b, M, N, K, trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=1.0))
+    np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + C0, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+
+
+def test_matmul_selftest_is_exact(gpu, kernels, run):
+    from loralab.selftest import matmul_check
+
+    check = run(matmul_check(gpu, kernels))
+    assert check["ok"] and check["max_abs_error"] == 0.0
+
+
+@pytest.mark.parametrize("T, C", [(1, 7), (5, 64), (33, 300)])
+def test_rmsnorm_forward_and_backward(ops, arrays, T, C):
+    r = rng("rms", T, C)
+    x = r.standard_normal((T, C), dtype=np.float32)
+    w = r.standard_normal(C, dtype=np.float32)
+    dy = r.standard_normal((T, C), dtype=np.float32)
+    dx0 = r.standard_normal((T, C), dtype=np.float32)
+    bx, bw, bdy = arrays.up(x), arrays.up(w), arrays.up(dy)
+    y, rstd, dx = arrays.empty(T * C), arrays.empty(T), arrays.up(dx0)
+    arrays.submit(ops.rmsnorm(y, rstd, bx, bw, T, C, 1e-5), ops.rmsnorm_backward(dx, bx, bw, rstd, bdy, T, C, accumulate=True))
+    y_ref, rstd_ref = ref.rmsnorm(x, w, 1e-5)
+    np.testing.assert_allclose(arrays.down(y, (T, C)), y_ref, rtol=RTOL, atol=1e-5)
+    np.testing.assert_allclose(arrays.down(rstd, (T,)), rstd_ref, rtol=RTOL)
+    np.testing.assert_allclose(arrays.down(dx, (T, C)), dx0 + ref.rmsnorm_backward(x, w, rstd_ref, dy), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("T, H, D, theta", [(3, 2, 8, 10000.0), (17, 3, 64, 100000.0)])
+def test_rope_forward_and_inverse(ops, arrays, T, H, D, theta):
+    r = rng("rope", T, H, D)
+    x = r.standard_normal((T, H, D), dtype=np.float32)
+    pos = (np.arange(T) % 11).astype(np.uint32)
+    inv_freq = ref.rope_inv_freq(D, theta)
+    bx, bpos, bf = arrays.up(x), arrays.up(pos), arrays.up(inv_freq)
+    arrays.submit(ops.rope(bx, bpos, bf, T, H, D))
+    np.testing.assert_allclose(arrays.down(bx, (T, H, D)), ref.rope(x, pos, inv_freq), rtol=1e-5, atol=1e-5)
+    arrays.submit(ops.rope(bx, bpos, bf, T, H, D, backward=True))
+    np.testing.assert_allclose(arrays.down(bx, (T, H, D)), x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("N", [1, 1000, 70001])
+def test_swiglu_forward_and_backward(ops, arrays, N):
+    r = rng("swiglu", N)
+    g, u, dh = (r.standard_normal(N, dtype=np.float32) * 3 for _ in range(3))
+    bg, bu, bdh = arrays.up(g), arrays.up(u), arrays.up(dh)
+    h, dg, du = arrays.empty(N), arrays.empty(N), arrays.empty(N)
+    arrays.submit(ops.swiglu(h, bg, bu, N), ops.swiglu_backward(dg, du, bg, bu, bdh, N))
+    np.testing.assert_allclose(arrays.down(h, (N,)), ref.swiglu(g, u), rtol=1e-5, atol=1e-6)
+    dg_ref, du_ref = ref.swiglu_backward(g, u, dh)
+    np.testing.assert_allclose(arrays.down(dg, (N,)), dg_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(arrays.down(du, (N,)), du_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_lookup(ops, arrays):
+    T, C, V = 13, 19, 50
+    r = rng("emb")
+    table = r.standard_normal((V, C), dtype=np.float32)
+    ids = r.integers(0, V, T).astype(np.uint32)
+    ids[3] = V + 5  # out of range reads as zeros, never out of bounds
+    out = arrays.empty(T * C)
+    arrays.submit(ops.embedding(out, arrays.up(ids), arrays.up(table), T, C, V))
+    np.testing.assert_array_equal(arrays.down(out, (T, C)), ref.embedding(ids, table))
+
+
+@pytest.mark.parametrize("R, V", [(1, 5), (9, 1000), (4, 49157)])
+def test_cross_entropy_loss_and_gradient(ops, arrays, R, V):
+    r = rng("ce", R, V)
+    logits = r.standard_normal((R, V), dtype=np.float32) * 4
+    targets = r.integers(0, V, R).astype(np.int32)
+    targets[::3] = -100
+    n_valid = max(1, int((targets >= 0).sum()))
+    bl, loss = arrays.up(logits), arrays.empty(R)
+    arrays.submit(ops.cross_entropy(loss, bl, arrays.up(targets), R, V, 1.0 / n_valid))
+    loss_ref, grad_ref = ref.cross_entropy(logits, targets, 1.0 / n_valid)
+    np.testing.assert_allclose(arrays.down(loss, (R,)), loss_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(arrays.down(bl, (R, V)), grad_ref, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("B, S, Hq, Hkv, D", [(1, 1, 1, 1, 4), (2, 7, 4, 2, 8), (1, 19, 3, 1, 64), (2, 5, 2, 2, 33)])
+def test_attention_forward_and_backward(ops, arrays, B, S, Hq, Hkv, D):
+    r = rng("attn", B, S, Hq, Hkv, D)
+    q = r.standard_normal((B * S, Hq * D), dtype=np.float32)
+    k = r.standard_normal((B * S, Hkv * D), dtype=np.float32)
+    v = r.standard_normal((B * S, Hkv * D), dtype=np.float32)
+    d_o = r.standard_normal((B * S, Hq * D), dtype=np.float32)
+    bq, bk, bv, bdo = arrays.up(q), arrays.up(k), arrays.up(v), arrays.up(d_o)
+    o, lse = arrays.empty(B * S * Hq * D), arrays.empty(B * Hq * S)
+    dq, dk, dv, delta = arrays.empty(B * S * Hq * D), arrays.empty(B * S * Hkv * D), arrays.empty(B * S * Hkv * D), arrays.empty(B * Hq * S)
+    arrays.submit(
+        ops.attention(o, lse, bq, bk, bv, B, S, Hq, Hkv, D),
+        ops.attention_backward(dq, dk, dv, delta, bq, bk, bv, o, bdo, lse, B, S, Hq, Hkv, D),
+    )
+    o_ref, lse_ref = ref.attention(q, k, v, B, S, Hq, Hkv, D)
+    np.testing.assert_allclose(arrays.down(o, o_ref.shape), o_ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(arrays.down(lse, lse_ref.shape), lse_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip((dq, dk, dv), ref.attention_backward(q, k, v, d_o, B, S, Hq, Hkv, D)):
+        np.testing.assert_allclose(arrays.down(got, want.shape), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("N, max_norm", [(3, 1.0), (10007, 0.5), (10007, 0.0), (5000, 1e6)])
+def test_grad_norm_and_clip(ops, arrays, N, max_norm):
+    grad = rng("norm", N).standard_normal(N, dtype=np.float32)
+    clip, partial = arrays.empty(2), arrays.empty(ops.sumsq_partials(N))
+    arrays.submit(ops.grad_norm(clip, partial, arrays.up(grad), N, max_norm))
+    norm, coefficient = arrays.down(clip, (2,))
+    norm_ref, coefficient_ref = ref.grad_clip(grad, max_norm)
+    assert norm == pytest.approx(norm_ref, rel=1e-5)
+    assert coefficient == pytest.approx(coefficient_ref, rel=1e-5)
+
+
+def test_adamw_steps(ops, arrays):
+    N, lr, b1, b2, eps, wd = 1031, 1e-3, 0.9, 0.999, 1e-8, 0.01
+    r = rng("adamw")
+    p = r.standard_normal(N, dtype=np.float32)
+    m, v = np.zeros(N, np.float32), np.zeros(N, np.float32)
+    bp, bm, bv = arrays.up(p), arrays.up(m), arrays.up(v)
+    step, clip = arrays.empty(3), arrays.up(np.array([0.0, 0.7], np.float32))
+    for t in range(1, 4):
+        g = r.standard_normal(N, dtype=np.float32)
+        arrays.gpu.write_buffer(step, np.array([lr, 1 - b1**t, 1 - b2**t], np.float32).tobytes())
+        arrays.submit(ops.adamw(bp, bm, bv, arrays.up(g), step, clip, N, beta1=b1, beta2=b2, eps=eps, weight_decay=wd))
+        p, m, v = ref.adamw(p, m, v, g, lr, t, b1, b2, eps, wd, clip=0.7)
+    np.testing.assert_allclose(arrays.down(bp, (N,)), p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(arrays.down(bm, (N,)), m, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(arrays.down(bv, (N,)), v, rtol=1e-5, atol=1e-9)
+
+
+def test_sgd_step(ops, arrays):
+    N = 777
+    r = rng("sgd")
+    p, g = r.standard_normal(N, dtype=np.float32), r.standard_normal(N, dtype=np.float32)
+    bp = arrays.up(p)
+    step, clip = arrays.up(np.array([0.1, 1.0, 1.0], np.float32)), arrays.up(np.array([0.0, 0.5], np.float32))
+    arrays.submit(ops.sgd(bp, arrays.up(g), step, clip, N, weight_decay=0.01))
+    np.testing.assert_allclose(arrays.down(bp, (N,)), ref.sgd(p, g, 0.1, 0.01, clip=0.5), rtol=1e-6, atol=1e-7)
+
+
+def test_lora_init_is_seeded_uniform(ops, arrays):
+    N, fan_in, offset = 64 * 96, 96, 40
+    flat = arrays.up(np.full(offset + N + 8, 7.0, np.float32))
+    arrays.submit(ops.lora_init(flat, offset, N, fan_in, seed=1234))
+    out = arrays.down(flat, (offset + N + 8,))
+    assert (out[:offset] == 7).all() and (out[offset + N:] == 7).all(), "writes stay inside their slice"
+    A = out[offset : offset + N]
+    np.testing.assert_array_equal(A, ref.lora_init(offset, N, fan_in, 1234))
+    bound = 1 / np.sqrt(fan_in)
+    assert np.abs(A).max() <= bound and A.std() == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    assert not np.array_equal(A, ref.lora_init(offset, N, fan_in, 1235))

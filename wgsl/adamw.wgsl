@@ -1,0 +1,42 @@
+// adamw: one AdamW step over a flat parameter buffer (torch.optim.AdamW semantics).
+//   g ← grad · clip[1]   (clip = [norm, coefficient] from grad_clip.wgsl; 1 when not clipping)
+//   p ← p − lr · wd · p;  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
+//   p ← p − (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps)
+//   step: [lr, bc1, bc2] written by the host each step (bc = 1 − β^t), so the uniform stays fixed.
+//   param, m, v: [N] updated in place; grad: [N].
+// Work split: one invocation per element, 256 per workgroup, 2-D grid for large N.
+
+struct Params {
+  N: u32,
+  beta1: f32,
+  beta2: f32,
+  one_minus_beta1: f32,  // 1 − β computed in double on the host, as torch does: f32(1) − f32(β)
+  one_minus_beta2: f32,  // would be off by up to 1e-5 relative for β2 = 0.999
+  eps: f32,
+  weight_decay: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;         // [N]
+@group(0) @binding(2) var<storage, read> step: array<f32>;         // [lr, bc1, bc2]
+@group(0) @binding(3) var<storage, read> clip: array<f32>;         // [norm, coefficient]
+@group(0) @binding(4) var<storage, read_write> param: array<f32>;  // [N]
+@group(0) @binding(5) var<storage, read_write> m: array<f32>;      // [N]
+@group(0) @binding(6) var<storage, read_write> v: array<f32>;      // [N]
+
+const WG = 256u;
+
+@compute @workgroup_size(WG)
+fn adamw(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= params.N) { return; }
+  let lr = step[0];
+  let g = grad[i] * clip[1];
+  var p = param[i] * (1.0 - lr * params.weight_decay);
+  let mi = params.beta1 * m[i] + params.one_minus_beta1 * g;
+  let vi = params.beta2 * v[i] + params.one_minus_beta2 * g * g;
+  m[i] = mi;
+  v[i] = vi;
+  p -= (lr / step[1]) * mi / (sqrt(vi) / sqrt(step[2]) + params.eps);
+  param[i] = p;
+}

@@ -1,0 +1,28 @@
+// embedding: out[t, :] = table[ids[t], :] (token embedding lookup; ids outside [0, V) give 0).
+//   ids: [T] u32, table: [V, C] → out: [T, C]
+// Work split: one invocation per output element, 256 per workgroup, 2-D grid for large T·C.
+
+struct Params {
+  T: u32,
+  C: u32,
+  V: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;      // [T]
+@group(0) @binding(2) var<storage, read> table: array<f32>;    // [V, C]
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // [T, C]
+
+const WG = 256u;
+
+@compute @workgroup_size(WG)
+fn embedding(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= params.T * params.C) { return; }
+  let t = i / params.C;
+  let c = i % params.C;
+  let id = ids[t];
+  var v = 0.0;
+  if (id < params.V) { v = table[id * params.C + c]; }
+  out[i] = v;
+}

@@ -1,0 +1,36 @@
+// grad_clip: the global gradient norm and torch's clip_grad_norm_ coefficient, on the GPU so
+// the step needs no readback.
+//   partial: [P] (from sumsq.wgsl) → clip = [norm, coefficient],
+//   norm = sqrt(Σ partial), coefficient = min(1, max_norm / (norm + 1e-6)); max_norm = 0 → 1.
+// Work split: one workgroup of 256 invocations.
+
+struct Params {
+  P: u32,
+  max_norm: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> partial: array<f32>;   // [P]
+@group(0) @binding(2) var<storage, read_write> clip: array<f32>;  // [norm, coefficient]
+
+const WG = 256u;
+var<workgroup> red: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn grad_clip(@builtin(local_invocation_index) li: u32) {
+  var s = 0.0;
+  for (var i = li; i < params.P; i += WG) { s += partial[i]; }
+  red[li] = s;
+  workgroupBarrier();
+  for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+    if (li < stride) { red[li] += red[li + stride]; }
+    workgroupBarrier();
+  }
+  if (li == 0u) {
+    let norm = sqrt(red[0]);
+    var coefficient = 1.0;
+    if (params.max_norm > 0.0) { coefficient = min(1.0, params.max_norm / (norm + 1e-6)); }
+    clip[0] = norm;
+    clip[1] = coefficient;
+  }
+}

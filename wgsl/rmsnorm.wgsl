@@ -1,0 +1,37 @@
+// rmsnorm: y = x / sqrt(mean(x²) + eps) · w, per row (Llama/Qwen2 RMSNorm, in f32).
+//   x: [T, C], w: [C] → y: [T, C], rstd: [T] (1/sqrt(mean(x²)+eps), kept for the backward pass)
+// Work split: one workgroup of 256 invocations per row; a tree reduction in workgroup memory.
+
+struct Params {
+  T: u32,
+  C: u32,
+  eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;           // [T, C]
+@group(0) @binding(2) var<storage, read> w: array<f32>;           // [C]
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // [T, C]
+@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;  // [T]
+
+const WG = 256u;
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn rmsnorm(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let t = wg.x + wg.y * 65535u;
+  if (t >= params.T) { return; }  // uniform per workgroup: no barrier is skipped by part of it
+  let C = params.C;
+  let base = t * C;
+  var s = 0.0;
+  for (var c = li; c < C; c += WG) { let v = x[base + c]; s += v * v; }
+  partial[li] = s;
+  workgroupBarrier();
+  for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+    if (li < stride) { partial[li] += partial[li + stride]; }
+    workgroupBarrier();
+  }
+  let r = inverseSqrt(partial[0] / f32(C) + params.eps);
+  for (var c = li; c < C; c += WG) { y[base + c] = x[base + c] * r * w[c]; }
+  if (li == 0u) { rstd[t] = r; }
+}

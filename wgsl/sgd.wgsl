@@ -1,0 +1,26 @@
+// sgd: one plain SGD step with decoupled-free weight decay (torch.optim.SGD, no momentum):
+//   g ← grad · clip[1] + wd · p;  p ← p − lr · g
+//   step: [lr, ...] written by the host; clip: [norm, coefficient] from grad_clip.wgsl.
+// Work split: one invocation per element, 256 per workgroup, 2-D grid for large N.
+
+struct Params {
+  N: u32,
+  weight_decay: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;         // [N]
+@group(0) @binding(2) var<storage, read> step: array<f32>;         // [lr, ...]
+@group(0) @binding(3) var<storage, read> clip: array<f32>;         // [norm, coefficient]
+@group(0) @binding(4) var<storage, read_write> param: array<f32>;  // [N]
+
+const WG = 256u;
+
+@compute @workgroup_size(WG)
+fn sgd(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= params.N) { return; }
+  let p = param[i];
+  let g = grad[i] * clip[1] + params.weight_decay * p;
+  param[i] = p - step[0] * g;
+}
