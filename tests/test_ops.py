@@ -81,6 +81,15 @@ def test_swiglu_forward_and_backward(ops, arrays, N):
     np.testing.assert_allclose(arrays.down(du, (N,)), du_ref, rtol=1e-5, atol=1e-6)
 
 
+def test_bias_add(ops, arrays):
+    T, N = 7, 45
+    r = rng("bias")
+    y, bias = r.standard_normal((T, N), dtype=np.float32), r.standard_normal(N, dtype=np.float32)
+    by = arrays.up(y)
+    arrays.submit(ops.bias_add(by, arrays.up(bias), T, N))
+    np.testing.assert_array_equal(arrays.down(by, (T, N)), ref.bias_add(y, bias))
+
+
 def test_embedding_lookup(ops, arrays):
     T, C, V = 13, 19, 50
     r = rng("emb")
@@ -127,15 +136,27 @@ def test_attention_forward_and_backward(ops, arrays, B, S, Hq, Hkv, D):
         np.testing.assert_allclose(arrays.down(got, want.shape), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("N, max_norm", [(3, 1.0), (10007, 0.5), (10007, 0.0), (5000, 1e6)])
-def test_grad_norm_and_clip(ops, arrays, N, max_norm):
+@pytest.mark.parametrize("N, max_norm, scale", [(3, 1.0, 1.0), (10007, 0.5, 0.25), (10007, 0.0, 0.5), (5000, 1e6, 1.0)])
+def test_grad_norm_and_clip(ops, arrays, N, max_norm, scale):
     grad = rng("norm", N).standard_normal(N, dtype=np.float32)
     clip, partial = arrays.empty(2), arrays.empty(ops.sumsq_partials(N))
-    arrays.submit(ops.grad_norm(clip, partial, arrays.up(grad), N, max_norm))
-    norm, coefficient = arrays.down(clip, (2,))
-    norm_ref, coefficient_ref = ref.grad_clip(grad, max_norm)
+    step = arrays.up(np.array([1e-3, 1, 1, scale, 0], np.float32))
+    arrays.submit(ops.grad_norm(clip, partial, arrays.up(grad), step, N, max_norm))
+    norm, factor = arrays.down(clip, (2,))
+    norm_ref, coefficient_ref = ref.grad_clip(grad * np.float32(scale), max_norm)
     assert norm == pytest.approx(norm_ref, rel=1e-5)
-    assert coefficient == pytest.approx(coefficient_ref, rel=1e-5)
+    assert factor == pytest.approx(coefficient_ref * scale, rel=1e-5)
+
+
+def test_loss_sum_accumulates_into_the_step_slot(ops, arrays):
+    T = 1000
+    loss = rng("loss", T).random(T, dtype=np.float32)
+    history = arrays.up(np.zeros(4, np.float32))
+    step = arrays.up(np.array([0, 1, 1, 1, 2], np.float32))
+    arrays.submit(ops.loss_sum(history, arrays.up(loss), step, T), ops.loss_sum(history, arrays.up(loss), step, T))
+    got = arrays.down(history, (4,))
+    assert got[[0, 1, 3]].tolist() == [0, 0, 0]
+    assert got[2] == pytest.approx(2 * loss.astype(np.float64).sum(), rel=1e-5)
 
 
 def test_adamw_steps(ops, arrays):

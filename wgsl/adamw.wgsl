@@ -1,5 +1,6 @@
 // adamw: one AdamW step over a flat parameter buffer (torch.optim.AdamW semantics).
-//   g ← grad · clip[1]   (clip = [norm, coefficient] from grad_clip.wgsl; 1 when not clipping)
+//   g ← grad · clip[1]   (clip = [norm, factor] from grad_clip.wgsl: the mean-loss scale times
+//   the clipping coefficient)
 //   p ← p − lr · wd · p;  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
 //   p ← p − (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps)
 //   step: [lr, bc1, bc2] written by the host each step (bc = 1 − β^t), so the uniform stays fixed.

@@ -1,5 +1,5 @@
 // sgd: one plain SGD step with decoupled-free weight decay (torch.optim.SGD, no momentum):
-//   g ← grad · clip[1] + wd · p;  p ← p − lr · g
+//   g ← grad · clip[1] + wd · p;  p ← p − lr · g   (clip[1]: mean-loss scale × clip coefficient)
 //   step: [lr, ...] written by the host; clip: [norm, coefficient] from grad_clip.wgsl.
 // Work split: one invocation per element, 256 per workgroup, 2-D grid for large N.
 

@@ -30,6 +30,8 @@ KERNELS = (
     "sumsq",
     "grad_clip",
     "lora_init",
+    "loss_sum",
+    "bias_add",
 )
 
 MAX_GROUPS = 65535
@@ -72,6 +74,10 @@ class Ops:
         grid = (math.ceil(N / src.constant("TILE_N")), math.ceil(M / src.constant("TILE_M")))
         params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta)
         return kernel.dispatch(self.device, grid, params, A=A, B=B, C=C)
+
+    def bias_add(self, y: Buffer, bias: Buffer, T: int, N: int) -> Dispatch:
+        """y[T, N] += bias[N]."""
+        return self._elementwise("bias_add", T * N, dict(T=T, N=N), bias=bias, y=y)
 
     # -- transformer layers -------------------------------------------------------------------
     def rmsnorm(self, y: Buffer, rstd: Buffer, x: Buffer, w: Buffer, T: int, C: int, eps: float) -> Dispatch:
@@ -120,13 +126,19 @@ class Ops:
         ]
 
     # -- optimisation -------------------------------------------------------------------------
-    def grad_norm(self, clip: Buffer, partial: Buffer, grad: Buffer, N: int, max_norm: float) -> list[Dispatch]:
-        """clip ← [‖grad‖₂, min(1, max_norm / (‖grad‖₂ + 1e-6))]; `partial` holds sumsq_partials(N) floats."""
+    def grad_norm(self, clip: Buffer, partial: Buffer, grad: Buffer, step: Buffer, N: int, max_norm: float) -> list[Dispatch]:
+        """clip ← [norm, factor] of the gradient grad · step[3] (see grad_clip.wgsl);
+        `partial` holds sumsq_partials(N) floats."""
         P = self.sumsq_partials(N)
         return [
             self._rows("sumsq", P, dict(N=N), x=grad, partial=partial),
-            self.k["grad_clip"].dispatch(self.device, (1, 1), dict(P=P, max_norm=max_norm), partial=partial, clip=clip),
+            self.k["grad_clip"].dispatch(self.device, (1, 1), dict(P=P, max_norm=max_norm),
+                                         partial=partial, step=step, clip=clip),
         ]
+
+    def loss_sum(self, history: Buffer, loss: Buffer, step: Buffer, T: int) -> Dispatch:
+        """history[step[4]] += Σ loss[:T]."""
+        return self.k["loss_sum"].dispatch(self.device, (1, 1), dict(T=T), loss=loss, step=step, history=history)
 
     def sumsq_partials(self, N: int) -> int:
         return max(1, math.ceil(N / self.k["sumsq"].source.constant("CHUNK")))

@@ -13,6 +13,10 @@ def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return (A.astype(np.float32) @ B.astype(np.float32).T).astype(np.float32)
 
 
+def bias_add(y: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    return (y + bias).astype(np.float32)
+
+
 def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """(y, rstd) for x [T, C], w [C] (wgsl/rmsnorm.wgsl)."""
     x = x.astype(np.float32)

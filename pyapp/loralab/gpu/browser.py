@@ -119,7 +119,7 @@ class BrowserDevice(Device):
                 {
                     "layout": pipeline.getBindGroupLayout(0),
                     "entries": [
-                        {"binding": binding, "resource": {"buffer": buf.handle, "offset": 0, "size": buf.size}}
+                        {"binding": binding, "resource": {"buffer": buf.handle, "offset": buf.offset, "size": buf.size}}
                         for binding, buf in entries
                     ],
                 }
@@ -135,7 +135,8 @@ class BrowserDevice(Device):
                     compute_pass.end()
                     compute_pass = None
                 encoder.copyBufferToBuffer(
-                    command.src.handle, command.src_offset, command.dst.handle, command.dst_offset, command.size
+                    command.src.handle, command.src.offset + command.src_offset,
+                    command.dst.handle, command.dst.offset + command.dst_offset, command.size,
                 )
             else:
                 if compute_pass is None:
@@ -147,16 +148,16 @@ class BrowserDevice(Device):
             compute_pass.end()
         self.device.queue.submit(to_js([encoder.finish()]))
 
-    async def _read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
+    async def _read_buffer(self, handle, offset: int, size: int, label: str) -> bytes:
         staging = self.device.createBuffer(_js({"size": size, "usage": BufferUsage.MAP_READ | BufferUsage.COPY_DST}))
         encoder = self.device.createCommandEncoder()
-        encoder.copyBufferToBuffer(buffer.handle, offset, staging, 0, size)
+        encoder.copyBufferToBuffer(handle, offset, staging, 0, size)
         self.device.queue.submit(to_js([encoder.finish()]))
         try:
             await staging.mapAsync(js.GPUMapMode.READ)
         except JsException as exc:
             self._check_alive()
-            raise GpuError(f"reading buffer {buffer.label!r} back failed: {exc}") from exc
+            raise GpuError(f"reading buffer {label!r} back failed: {exc}") from exc
         data = js.Uint8Array.new(staging.getMappedRange()).to_bytes()
         staging.unmap()
         staging.destroy()

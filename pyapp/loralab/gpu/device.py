@@ -113,14 +113,29 @@ def requested_limits(adapter_limits: dict[str, int]) -> dict[str, int]:
     return {name: adapter_limits[name] for name in RAISED_LIMITS if name in adapter_limits}
 
 
+# Offsets of buffer views are multiples of this: the largest minStorageBufferOffsetAlignment
+# WebGPU allows, so views made once work on every adapter.
+VIEW_ALIGNMENT = 256
+
+
 @dataclass(eq=False)
 class Buffer:
-    """A GPU buffer: the driver's handle plus what the engine needs to know about it."""
+    """A GPU buffer, or a view of `size` bytes at `offset` into one (bound and copied as if it
+    were a buffer of its own). Hashes by identity: make views once, not per dispatch."""
 
     handle: object
     size: int
     usage: int
     label: str
+    offset: int = 0
+
+    def view(self, offset: int, size: int, label: str | None = None) -> "Buffer":
+        if offset % VIEW_ALIGNMENT or offset < 0 or offset + size > self.size:
+            raise GpuError(
+                f"view [{offset}, {offset + size}) of {self.label!r} ({self.size} bytes) must lie inside it "
+                f"and start at a multiple of {VIEW_ALIGNMENT}"
+            )
+        return Buffer(self.handle, size, self.usage, label or f"{self.label}[{offset}:{offset + size}]", self.offset + offset)
 
 
 @dataclass(frozen=True)
@@ -167,7 +182,7 @@ class Device(abc.ABC):
     def _submit(self, commands: list[Dispatch | Copy]) -> None: ...
 
     @abc.abstractmethod
-    async def _read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes: ...
+    async def _read_buffer(self, handle: object, offset: int, size: int, label: str) -> bytes: ...
 
     @abc.abstractmethod
     def _destroy_buffer(self, handle: object) -> None: ...
@@ -188,7 +203,7 @@ class Device(abc.ABC):
     def write_buffer(self, buffer: Buffer, data, offset: int = 0) -> None:
         """Upload bytes (or, in the browser, a JS ArrayBuffer/typed array) at `offset`."""
         self._check_alive()
-        self._write_buffer(buffer.handle, offset, data)
+        self._write_buffer(buffer.handle, buffer.offset + offset, data)
 
     def create_buffer_with_data(self, data, *, label: str, usage: int = STORAGE_RW) -> Buffer:
         buffer = self.create_buffer(len(data), label=label, usage=usage)
@@ -196,6 +211,8 @@ class Device(abc.ABC):
         return buffer
 
     def destroy_buffer(self, buffer: Buffer) -> None:
+        """Free a whole buffer (not a view) and the bind groups cached for it."""
+        self.forget_bind_groups(buffer)
         self._destroy_buffer(buffer.handle)
 
     async def read_buffer(self, buffer: Buffer, offset: int = 0, size: int | None = None) -> bytes:
@@ -204,7 +221,7 @@ class Device(abc.ABC):
         size = buffer.size - offset if size is None else size
         if offset % 4 or offset + size > buffer.size:
             raise GpuError(f"cannot read {size} bytes at offset {offset} of buffer {buffer.label!r} ({buffer.size} bytes)")
-        data = await self._read_buffer(buffer, offset, (size + 3) // 4 * 4)
+        data = await self._read_buffer(buffer.handle, buffer.offset + offset, (size + 3) // 4 * 4, buffer.label)
         return data[:size]
 
     async def compile(self, code: str, entry_point: str, *, label: str) -> object:
@@ -230,7 +247,7 @@ class Device(abc.ABC):
 
     def forget_bind_groups(self, buffer: Buffer) -> None:
         """Drop cached bind groups that reference `buffer` (call before destroying it)."""
-        for key in [k for k in self._bind_groups if any(buf is buffer for _, buf in k[1])]:
+        for key in [k for k in self._bind_groups if any(buf.handle is buffer.handle for _, buf in k[1])]:
             del self._bind_groups[key]
 
     def submit(self, commands: list[Dispatch | Copy]) -> None:

@@ -84,7 +84,7 @@ class NativeDevice(Device):
         return self.device.create_bind_group(
             layout=pipeline.get_bind_group_layout(0),
             entries=[
-                {"binding": binding, "resource": {"buffer": buf.handle, "offset": 0, "size": buf.size}}
+                {"binding": binding, "resource": {"buffer": buf.handle, "offset": buf.offset, "size": buf.size}}
                 for binding, buf in entries
             ],
         )
@@ -98,7 +98,8 @@ class NativeDevice(Device):
                     compute_pass.end()
                     compute_pass = None
                 encoder.copy_buffer_to_buffer(
-                    command.src.handle, command.src_offset, command.dst.handle, command.dst_offset, command.size
+                    command.src.handle, command.src.offset + command.src_offset,
+                    command.dst.handle, command.dst.offset + command.dst_offset, command.size,
                 )
             else:
                 if compute_pass is None:
@@ -110,10 +111,10 @@ class NativeDevice(Device):
             compute_pass.end()
         self.device.queue.submit([encoder.finish()])
 
-    async def _read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
+    async def _read_buffer(self, handle, offset: int, size: int, label: str) -> bytes:
         staging = self.device.create_buffer(size=size, usage=BufferUsage.MAP_READ | BufferUsage.COPY_DST)
         encoder = self.device.create_command_encoder()
-        encoder.copy_buffer_to_buffer(buffer.handle, offset, staging, 0, size)
+        encoder.copy_buffer_to_buffer(handle, offset, staging, 0, size)
         self.device.queue.submit([encoder.finish()])
         await staging.map_async("READ")
         data = bytes(staging.read_mapped())

@@ -1,0 +1,133 @@
+"""safetensors in pure Python: the header is parsed here, tensor bytes stay where they are.
+
+Layout: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape,
+data_offsets: [begin, end]}, "__metadata__": {str: str}}, then the data (offsets are relative
+to the end of the header). Used in the browser (bytes in JS ArrayBuffers, ranges uploaded
+straight to the GPU) and on CPython alike; never imports numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+MAX_HEADER = 100 * 2**20
+
+
+class SafetensorsError(ValueError):
+    """A malformed safetensors file; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    filename: str
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    data_start: int
+
+
+def header_length(prefix: bytes, file_size: int, filename: str) -> int:
+    """The JSON header's length from the file's first 8 bytes, checked against the file size."""
+    if len(prefix) < 8 or file_size < 8:
+        raise SafetensorsError(f"{filename}: truncated file ({file_size} bytes), not a safetensors file")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > MAX_HEADER:
+        raise SafetensorsError(f"{filename}: header length {n:,} is implausible; the file is corrupt or not safetensors")
+    if 8 + n > file_size:
+        raise SafetensorsError(f"{filename}: header length {n:,} runs past the end of the file ({file_size:,} bytes); the file is truncated or corrupt")
+    return n
+
+
+def parse_header(header: bytes, file_size: int, filename: str) -> SafetensorsHeader:
+    """Parse and validate the header (`header` = the file's first 8 + N bytes)."""
+    n = header_length(header, file_size, filename)
+    try:
+        raw = json.loads(bytes(header[8 : 8 + n]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SafetensorsError(f"{filename}: the header is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise SafetensorsError(f"{filename}: the header is not a JSON object")
+    data_start = 8 + n
+    metadata = raw.pop("__metadata__", None) or {}
+    tensors = {}
+    for name, entry in raw.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise SafetensorsError(f"{filename}: tensor {name!r} has a malformed header entry") from None
+        if dtype not in DTYPE_SIZES:
+            raise SafetensorsError(f"{filename}: tensor {name!r} has unknown dtype {dtype!r}")
+        info = TensorInfo(name, dtype, shape, data_start + int(begin), data_start + int(end))
+        if info.end - info.start != info.numel * DTYPE_SIZES[dtype] or begin < 0:
+            raise SafetensorsError(f"{filename}: tensor {name!r} {dtype}{list(shape)} has {end - begin} bytes of data, expected {info.numel * DTYPE_SIZES[dtype]}")
+        if info.end > file_size:
+            raise SafetensorsError(f"{filename}: tensor {name!r} ends at byte {info.end:,}, past the end of the file ({file_size:,} bytes); the file is truncated")
+        tensors[name] = info
+    return SafetensorsHeader(filename, tensors, {str(k): str(v) for k, v in metadata.items()}, data_start)
+
+
+def read_header(path) -> SafetensorsHeader:
+    """Parse the header of a local file (CPython)."""
+    import os
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        n = header_length(prefix, size, os.path.basename(str(path)))
+        return parse_header(prefix + f.read(n), size, os.path.basename(str(path)))
+
+
+def serialize(tensors: dict[str, tuple[str, tuple[int, ...], bytes]], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file from {name: (dtype, shape, raw little-endian bytes)}, names sorted."""
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in sorted(tensors):
+        dtype, shape, data = tensors[name]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(blob)) + blob + b"".join(bytes(tensors[name][2]) for name in sorted(tensors))
+
+
+def to_f32_bytes(dtype: str, data: bytes) -> bytes:
+    """Float tensor bytes as little-endian float32 (F32 unchanged)."""
+    if dtype == "F32":
+        return bytes(data)
+    try:  # CPython: numpy converts at memory speed; Pyodide has no numpy and takes the loops below
+        import numpy as np
+
+        if dtype == "BF16":
+            return (np.frombuffer(data, np.uint16).astype(np.uint32) << 16).tobytes()
+        if dtype in ("F16", "F64"):
+            return np.frombuffer(data, np.float16 if dtype == "F16" else np.float64).astype(np.float32).tobytes()
+    except ImportError:
+        pass
+    if dtype == "BF16":
+        halves = struct.unpack(f"<{len(data) // 2}H", data)
+        return struct.pack(f"<{len(halves)}I", *(h << 16 for h in halves))
+    if dtype == "F16":
+        values = struct.unpack(f"<{len(data) // 2}e", data)
+        return struct.pack(f"<{len(values)}f", *values)
+    if dtype == "F64":
+        values = struct.unpack(f"<{len(data) // 8}d", data)
+        return struct.pack(f"<{len(values)}f", *values)
+    raise SafetensorsError(f"dtype {dtype} is not a float type")

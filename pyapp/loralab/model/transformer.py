@@ -1,0 +1,212 @@
+"""Llama, Mistral and Qwen2 decoders on the GPU: forward, loss and backward with LoRA, recorded
+as dispatch lists (one submit per micro-batch, no readback inside).
+
+Shapes: B batch, S sequence, T = B·S tokens, C hidden, I intermediate, V vocabulary,
+Hq/Hkv query/key-value heads of size D, r LoRA rank. Activations are row-major [T, features],
+the layout every projection reads and writes, so no transposes are ever materialised.
+Base weights are frozen: only the LoRA tensors get gradients.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ..gpu.device import Buffer, Copy, Device
+from ..lora import LoraState
+from ..ops import Ops
+from .config import ModelConfig
+
+LOGITS_CHUNK_BYTES = 64 * 2**20  # the [rows, V] logits block computed at once
+ROW_ALIGN = 64  # chunk starts are multiples of 64 rows: 64 · 4 bytes keeps views 256-aligned
+
+
+@dataclass
+class LayerActivations:
+    """What the forward pass of one layer keeps for the backward pass."""
+
+    xn1: Buffer  # [T, C] input_layernorm output (input of q, k, v)
+    rstd1: Buffer  # [T]
+    q: Buffer  # [T, Hq·D] after RoPE
+    k: Buffer  # [T, Hkv·D] after RoPE
+    v: Buffer  # [T, Hkv·D]
+    attn: Buffer  # [T, Hq·D] attention output (input of o_proj)
+    lse: Buffer  # [B, Hq, S]
+    mid: Buffer  # [T, C] residual stream after attention
+    xn2: Buffer  # [T, C] post_attention_layernorm output
+    rstd2: Buffer  # [T]
+    gate: Buffer  # [T, I]
+    up: Buffer  # [T, I]
+    h: Buffer  # [T, I] silu(gate) · up (input of down_proj)
+    u: dict  # module -> [T, r]: x · Aᵀ, the LoRA inner activation
+
+
+class Transformer:
+    def __init__(self, device: Device, ops: Ops, config: ModelConfig, weights: dict[str, Buffer],
+                 lora: LoraState | None, batch: int, seq_len: int):
+        self.device, self.ops, self.config, self.w, self.lora = device, ops, config, weights, lora
+        self.B, self.S, self.T = batch, seq_len, batch * seq_len
+        cfg, T = config, self.T
+        C, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+
+        def buf(count: int, label: str) -> Buffer:
+            return device.create_buffer(count * 4, label=label)
+
+        self.ids = buf(T, "ids")  # [T] u32
+        self.targets = buf(T, "targets")  # [T] i32, the next token or -100
+        self.pos = device.create_buffer_with_data(struct.pack(f"<{T}I", *(t % seq_len for t in range(T))), label="pos")
+        inv_freq = cfg.inv_freq()
+        self.inv_freq = device.create_buffer_with_data(struct.pack(f"<{len(inv_freq)}f", *inv_freq), label="inv_freq")
+        self.res = [buf(T * C, f"res.{l}") for l in range(cfg.num_layers + 1)]
+        r = lora.config.r if lora else 0
+        self.layers = [
+            LayerActivations(
+                xn1=buf(T * C, f"l{l}.xn1"), rstd1=buf(T, f"l{l}.rstd1"),
+                q=buf(T * cfg.q_size, f"l{l}.q"), k=buf(T * cfg.kv_size, f"l{l}.k"), v=buf(T * cfg.kv_size, f"l{l}.v"),
+                attn=buf(T * cfg.q_size, f"l{l}.attn"), lse=buf(T * cfg.num_heads, f"l{l}.lse"),
+                mid=buf(T * C, f"l{l}.mid"), xn2=buf(T * C, f"l{l}.xn2"), rstd2=buf(T, f"l{l}.rstd2"),
+                gate=buf(T * I, f"l{l}.gate"), up=buf(T * I, f"l{l}.up"), h=buf(T * I, f"l{l}.h"),
+                u={m: buf(T * r, f"l{l}.u.{m}") for m in (lora.config.targets if lora else ()) if lora.has(l, m)},
+            )
+            for l in range(cfg.num_layers)
+        ]
+        self.xnf, self.rstdf = buf(T * C, "xnf"), buf(T, "rstdf")
+        self.token_loss = buf(T, "token_loss")  # [T] per-token loss
+        # Logits in row chunks: the [T, V] block never exists at once.
+        rows = max(1, LOGITS_CHUNK_BYTES // (V * 4))
+        rows = T if rows >= T else max(ROW_ALIGN, rows // ROW_ALIGN * ROW_ALIGN)
+        self.logits = buf(min(rows, T) * V, "logits")  # [rows, V], then d(loss)/d(logits) in place
+        self.chunks = []
+        for r0 in range(0, T, rows):
+            n = min(rows, T - r0)
+            self.chunks.append((n, self.xnf.view(r0 * C * 4, n * C * 4), self.targets.view(r0 * 4, n * 4),
+                                self.token_loss.view(r0 * 4, n * 4)))
+        # Backward scratch, shared by all layers.
+        self.d_res, self.d_mid, self.dxn = buf(T * C, "d_res"), buf(T * C, "d_mid"), buf(T * C, "dxn")
+        self.dxnf = buf(T * C, "dxnf")
+        self.dxnf_chunks = [self.dxnf.view(r0 * C * 4, min(rows, T - r0) * C * 4) for r0 in range(0, T, rows)]
+        self.dh, self.dgate, self.dup = buf(T * I, "dh"), buf(T * I, "dgate"), buf(T * I, "dup")
+        self.d_attn, self.dq = buf(T * cfg.q_size, "d_attn"), buf(T * cfg.q_size, "dq")
+        self.dk, self.dv = buf(T * cfg.kv_size, "dk"), buf(T * cfg.kv_size, "dv")
+        self.delta = buf(T * cfg.num_heads, "delta")
+        self.du = buf(T * max(r, 1), "du")
+
+    @property
+    def lm_head(self) -> Buffer:
+        return self.w["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"]
+
+    def _weight(self, layer: int, module: str, suffix: str = "weight") -> Buffer:
+        block = "mlp" if module in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+        return self.w[f"model.layers.{layer}.{block}.{module}.{suffix}"]
+
+    def write_batch(self, ids: list[int], targets: list[int]) -> None:
+        """Token ids [T] and next-token targets [T] (-100 = ignored) of the next micro-batch."""
+        self.device.write_buffer(self.ids, struct.pack(f"<{self.T}I", *ids))
+        self.device.write_buffer(self.targets, struct.pack(f"<{self.T}i", *targets))
+
+    # -- one projection ---------------------------------------------------------------------
+    def _linear(self, cmds: list, y: Buffer, x: Buffer, layer: int, module: str, beta: float = 0.0) -> None:
+        """y (+)= x · Wᵀ (+ bias) + s · (x · Aᵀ) · Bᵀ."""
+        out_f, in_f = self.config.projection_shape(module)
+        T, ops = self.T, self.ops
+        cmds.append(ops.matmul(y, x, self._weight(layer, module), T, out_f, in_f, beta=beta))
+        if self.config.attention_bias and module in ("q_proj", "k_proj", "v_proj"):
+            cmds.append(ops.bias_add(y, self._weight(layer, module, "bias"), T, out_f))
+        if self.lora and self.lora.has(layer, module):
+            r, s = self.lora.config.r, self.lora.config.scaling
+            u = self.layers[layer].u[module]
+            cmds.append(ops.matmul(u, x, self.lora.param(layer, module, "A"), T, r, in_f))
+            cmds.append(ops.matmul(y, u, self.lora.param(layer, module, "B"), T, out_f, r, alpha=s, beta=1.0))
+
+    def _linear_backward(self, cmds: list, dx: Buffer | None, dy: Buffer, x: Buffer, layer: int, module: str,
+                         accumulate_dx: bool, accumulate_grads: bool) -> None:
+        """dx (+)= dy · W (+ dy · s·B · A); LoRA gradients dB (+)= s · dyᵀ · u, dA (+)= (s · dy · B)ᵀ · x."""
+        out_f, in_f = self.config.projection_shape(module)
+        T, ops = self.T, self.ops
+        if dx is not None:
+            cmds.append(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True,
+                                   beta=1.0 if accumulate_dx else 0.0))
+        if self.lora and self.lora.has(layer, module):
+            r, s, lora = self.lora.config.r, self.lora.config.scaling, self.lora
+            g = 1.0 if accumulate_grads else 0.0
+            u = self.layers[layer].u[module]
+            cmds.append(ops.matmul(lora.grad(layer, module, "B"), dy, u, out_f, r, T, trans_a=True, trans_b=True, alpha=s, beta=g))
+            cmds.append(ops.matmul(self.du, dy, lora.param(layer, module, "B"), T, r, out_f, trans_b=True, alpha=s))
+            cmds.append(ops.matmul(lora.grad(layer, module, "A"), self.du, x, r, in_f, T, trans_a=True, trans_b=True, beta=g))
+            if dx is not None:
+                cmds.append(ops.matmul(dx, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True, beta=1.0))
+
+    # -- whole model ------------------------------------------------------------------------
+    def forward(self) -> list:
+        """Embedding, every layer, the final norm: xnf holds the normalised last hidden states."""
+        cfg, ops, T, B, S = self.config, self.ops, self.T, self.B, self.S
+        C, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+        cmds: list = [ops.embedding(self.res[0], self.ids, self.w["model.embed_tokens.weight"], T, C, cfg.vocab_size)]
+        for l, a in enumerate(self.layers):
+            p = f"model.layers.{l}."
+            cmds.append(ops.rmsnorm(a.xn1, a.rstd1, self.res[l], self.w[p + "input_layernorm.weight"], T, C, cfg.rms_norm_eps))
+            self._linear(cmds, a.q, a.xn1, l, "q_proj")
+            self._linear(cmds, a.k, a.xn1, l, "k_proj")
+            self._linear(cmds, a.v, a.xn1, l, "v_proj")
+            cmds.append(ops.rope(a.q, self.pos, self.inv_freq, T, cfg.num_heads, D))
+            cmds.append(ops.rope(a.k, self.pos, self.inv_freq, T, cfg.num_kv_heads, D))
+            cmds.append(ops.attention(a.attn, a.lse, a.q, a.k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D))
+            cmds.append(Copy(self.res[l], 0, a.mid, 0, T * C * 4))
+            self._linear(cmds, a.mid, a.attn, l, "o_proj", beta=1.0)
+            cmds.append(ops.rmsnorm(a.xn2, a.rstd2, a.mid, self.w[p + "post_attention_layernorm.weight"], T, C, cfg.rms_norm_eps))
+            self._linear(cmds, a.gate, a.xn2, l, "gate_proj")
+            self._linear(cmds, a.up, a.xn2, l, "up_proj")
+            cmds.append(ops.swiglu(a.h, a.gate, a.up, T * I))
+            cmds.append(Copy(a.mid, 0, self.res[l + 1], 0, T * C * 4))
+            self._linear(cmds, self.res[l + 1], a.h, l, "down_proj", beta=1.0)
+        cmds.append(ops.rmsnorm(self.xnf, self.rstdf, self.res[-1], self.w["model.norm.weight"], T, C, cfg.rms_norm_eps))
+        return cmds
+
+    def logits_into(self, out: Buffer) -> list:
+        """All logits [T, V] into `out` (tests and generation; training uses loss_and_grad)."""
+        cfg = self.config
+        return [self.ops.matmul(out, self.xnf, self.lm_head, self.T, cfg.vocab_size, cfg.hidden_size)]
+
+    def loss(self, history: Buffer, step: Buffer, backward: bool) -> list:
+        """Per-token losses summed into history[step[4]]; with `backward`, dxnf = d(Σ loss)/d(xnf)."""
+        cfg, ops = self.config, self.ops
+        C, V = cfg.hidden_size, cfg.vocab_size
+        cmds = []
+        for (rows, xnf, targets, loss), dxnf in zip(self.chunks, self.dxnf_chunks):
+            cmds.append(ops.matmul(self.logits, xnf, self.lm_head, rows, V, C))
+            cmds.append(ops.cross_entropy(loss, self.logits, targets, rows, V, 1.0))
+            if backward:
+                cmds.append(ops.matmul(dxnf, self.logits, self.lm_head, rows, C, V, trans_b=True))
+        cmds.append(ops.loss_sum(history, self.token_loss, step, self.T))
+        return cmds
+
+    def backward(self, accumulate_grads: bool) -> list:
+        """LoRA gradients of Σ loss (written, or added with `accumulate_grads`)."""
+        cfg, ops, T, B, S = self.config, self.ops, self.T, self.B, self.S
+        C, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+        acc = accumulate_grads
+        cmds = [ops.rmsnorm_backward(self.d_res, self.res[-1], self.w["model.norm.weight"], self.rstdf, self.dxnf, T, C)]
+        for l in reversed(range(cfg.num_layers)):
+            a, p = self.layers[l], f"model.layers.{l}."
+            first = l == 0  # the embedding is frozen: layer 0 needs no input gradient
+            self._linear_backward(cmds, self.dh, self.d_res, a.h, l, "down_proj", False, acc)
+            cmds.append(ops.swiglu_backward(self.dgate, self.dup, a.gate, a.up, self.dh, T * I))
+            self._linear_backward(cmds, self.dxn, self.dgate, a.xn2, l, "gate_proj", False, acc)
+            self._linear_backward(cmds, self.dxn, self.dup, a.xn2, l, "up_proj", True, acc)
+            cmds.append(Copy(self.d_res, 0, self.d_mid, 0, T * C * 4))
+            cmds.append(ops.rmsnorm_backward(self.d_mid, a.mid, self.w[p + "post_attention_layernorm.weight"], a.rstd2,
+                                             self.dxn, T, C, accumulate=True))
+            self._linear_backward(cmds, self.d_attn, self.d_mid, a.attn, l, "o_proj", False, acc)
+            cmds.extend(ops.attention_backward(self.dq, self.dk, self.dv, self.delta, a.q, a.k, a.v, a.attn, self.d_attn,
+                                               a.lse, B, S, cfg.num_heads, cfg.num_kv_heads, D))
+            cmds.append(ops.rope(self.dq, self.pos, self.inv_freq, T, cfg.num_heads, D, backward=True))
+            cmds.append(ops.rope(self.dk, self.pos, self.inv_freq, T, cfg.num_kv_heads, D, backward=True))
+            dxn = None if first else self.dxn
+            self._linear_backward(cmds, dxn, self.dq, a.xn1, l, "q_proj", False, acc)
+            self._linear_backward(cmds, dxn, self.dk, a.xn1, l, "k_proj", True, acc)
+            self._linear_backward(cmds, dxn, self.dv, a.xn1, l, "v_proj", True, acc)
+            if not first:
+                cmds.append(Copy(self.d_mid, 0, self.d_res, 0, T * C * 4))
+                cmds.append(ops.rmsnorm_backward(self.d_res, self.res[l], self.w[p + "input_layernorm.weight"], a.rstd1,
+                                                 self.dxn, T, C, accumulate=True))
+        return cmds

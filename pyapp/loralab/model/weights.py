@@ -1,0 +1,119 @@
+"""A model's weights: which tensors a config needs, checking them, uploading them as float32.
+
+Sources hand over tensors by Hugging Face name; `HFFolder` reads a local model folder
+(CPython). Bytes go from the file straight to a GPU buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Protocol
+
+from ..formats.safetensors import SafetensorsError, TensorInfo, read_header, to_f32_bytes
+from ..gpu.device import Buffer, Device
+from .config import ModelConfig, ModelConfigError
+
+
+class WeightsError(ValueError):
+    """Weights missing or with shapes that do not match config.json."""
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    C, V = config.hidden_size, config.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, C)
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (C,)
+        shapes[p + "post_attention_layernorm.weight"] = (C,)
+        for module in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[f"{p}self_attn.{module}.weight"] = config.projection_shape(module)
+        if config.attention_bias:
+            for module in ("q_proj", "k_proj", "v_proj"):
+                shapes[f"{p}self_attn.{module}.bias"] = (config.projection_shape(module)[0],)
+        for module in ("gate_proj", "up_proj", "down_proj"):
+            shapes[f"{p}mlp.{module}.weight"] = config.projection_shape(module)
+    return shapes
+
+
+class WeightSource(Protocol):
+    name: str
+
+    def tensors(self) -> dict[str, TensorInfo]: ...
+
+    async def read(self, info: TensorInfo) -> bytes: ...
+
+
+class HFFolder:
+    """A Hugging Face model folder on disk: config.json + model.safetensors (or sharded)."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self.name = os.path.basename(os.path.normpath(self.path))
+        config_path = os.path.join(self.path, "config.json")
+        if not os.path.isfile(config_path):
+            raise ModelConfigError(f"{self.path}: config.json is missing; is this a Hugging Face model folder?")
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                self.config_dict = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ModelConfigError(f"{config_path}: not valid JSON ({exc})") from None
+        self.config = ModelConfig.from_dict(self.config_dict, config_path)
+        self._files: dict[str, str] = {}  # tensor name -> file path
+        self._infos: dict[str, TensorInfo] = {}
+        index = os.path.join(self.path, "model.safetensors.index.json")
+        single = os.path.join(self.path, "model.safetensors")
+        if os.path.isfile(index):
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f).get("weight_map", {})
+            shards = sorted(set(weight_map.values()))
+        elif os.path.isfile(single):
+            shards = ["model.safetensors"]
+        else:
+            bins = [f for f in os.listdir(self.path) if f.endswith(".bin")]
+            hint = " (only pickle .bin weights were found; LoRA Lab reads safetensors only)" if bins else ""
+            raise WeightsError(f"{self.path}: model.safetensors is missing{hint}")
+        for shard in shards:
+            file = os.path.join(self.path, shard)
+            if not os.path.isfile(file):
+                raise WeightsError(f"{self.path}: shard {shard} named by the index is missing")
+            for name, info in read_header(file).tensors.items():
+                self._files[name] = file
+                self._infos[name] = info
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        return self._infos
+
+    async def read(self, info: TensorInfo) -> bytes:
+        with open(self._files[info.name], "rb") as f:
+            f.seek(info.start)
+            return f.read(info.end - info.start)
+
+
+async def upload_weights(device: Device, config: ModelConfig, source: WeightSource) -> dict[str, Buffer]:
+    """Check every tensor the config needs against the source, then upload each as float32."""
+    available = source.tensors()
+    shapes = expected_shapes(config)
+    missing = [n for n in shapes if n not in available]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise WeightsError(f"{source.name}: tensors missing from the weights: {', '.join(missing[:3])}{more}")
+    for name, shape in shapes.items():
+        info = available[name]
+        if tuple(info.shape) != shape:
+            raise WeightsError(
+                f"{source.name}: tensor {name} has shape {list(info.shape)}, but config.json implies {list(shape)}"
+            )
+        if info.dtype not in ("F32", "F16", "BF16"):
+            raise WeightsError(f"{source.name}: tensor {name} has dtype {info.dtype}; float weights are needed")
+    weights = {}
+    for name in shapes:
+        info = available[name]
+        try:
+            data = to_f32_bytes(info.dtype, await source.read(info))
+        except SafetensorsError as exc:
+            raise WeightsError(f"{source.name}: {exc}") from None
+        weights[name] = device.create_buffer_with_data(data, label=name)
+    return weights

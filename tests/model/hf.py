@@ -1,0 +1,93 @@
+"""Tiny random Hugging Face models and PEFT references for the end-to-end checks (CPU torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_model(kind: str, path: Path, seed: int = 0, tied: bool = True) -> Path:
+    """Build, seed and save a tiny model of `kind` (llama, qwen2, mistral) as safetensors."""
+    import torch
+    import transformers
+
+    common = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-5, tie_word_embeddings=tied)
+    if kind == "llama":
+        config = transformers.LlamaConfig(**common, rope_theta=10000.0)
+        cls = transformers.LlamaForCausalLM
+    elif kind == "llama3":
+        config = transformers.LlamaConfig(**common, rope_theta=500000.0, rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64})
+        cls = transformers.LlamaForCausalLM
+    elif kind == "qwen2":
+        config = transformers.Qwen2Config(**common, rope_theta=1000000.0)
+        cls = transformers.Qwen2ForCausalLM
+    elif kind == "mistral":
+        config = transformers.MistralConfig(**common, rope_theta=10000.0, sliding_window=None)
+        cls = transformers.MistralForCausalLM
+    else:
+        raise ValueError(kind)
+    torch.manual_seed(seed)
+    model = cls(config).float().eval()
+    with torch.no_grad():  # larger-than-default weights so the maths is not all near zero
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def load_hf(path: Path):
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype="float32").eval()
+
+
+def peft_model(path: Path, r: int = 4, alpha: float = 8.0, targets=PROJECTIONS, b_std: float = 0.0, seed: int = 1,
+               use_rslora: bool = False):
+    """The model wrapped by PEFT; B is random (std b_std) when b_std > 0 so gradients reach A."""
+    import peft
+    import torch
+
+    torch.manual_seed(seed)
+    model = peft.get_peft_model(load_hf(path), peft.LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none",
+        task_type="CAUSAL_LM", use_rslora=use_rslora))
+    if b_std:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(b_std * torch.randn_like(p))
+    return model
+
+
+def lora_state(model) -> dict[str, np.ndarray]:
+    """PEFT's adapter state dict as float32 numpy arrays, keys as saved on disk."""
+    import peft
+
+    return {k: v.detach().float().numpy().copy() for k, v in peft.get_peft_model_state_dict(model).items()}
+
+
+def lora_grads(model) -> dict[str, np.ndarray]:
+    out = {}
+    for name, p in model.named_parameters():
+        if "lora_" in name and p.grad is not None:
+            out[name.replace(".default", "")] = p.grad.detach().numpy().copy()
+    return out
+
+
+def batch(seed: int, B: int, S: int, vocab: int = 96, ignore_prefix: int = 0):
+    """Random ids and labels [B, S]; labels of the first `ignore_prefix` tokens are -100."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (B, S))
+    labels = ids.copy()
+    labels[:, :ignore_prefix] = -100
+    return ids, labels

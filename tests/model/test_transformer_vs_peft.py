@@ -1,0 +1,74 @@
+"""The whole model against transformers + PEFT on CPU: logits, loss and every LoRA gradient."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from loralab.data.batches import Sequence, make_batch
+from loralab.lora import LoraConfig, LoraState
+from loralab.model.transformer import Transformer
+from loralab.model.weights import HFFolder, upload_weights
+from tests.model import hf
+
+torch = pytest.importorskip("torch")
+
+KINDS = [("llama", True), ("qwen2", False), ("mistral", True), ("llama3", False)]
+
+
+@pytest.fixture(scope="module", params=KINDS, ids=[f"{k}-{'tied' if t else 'untied'}" for k, t in KINDS])
+def model_dir(request, tmp_path_factory):
+    kind, tied = request.param
+    return hf.tiny_model(kind, tmp_path_factory.mktemp(kind), seed=3, tied=tied)
+
+
+def build(gpu, ops, run, path, lora_config, B, S):
+    source = HFFolder(str(path))
+    weights = run(upload_weights(gpu, source.config, source))
+    lora = LoraState(gpu, source.config, lora_config) if lora_config else None
+    return source.config, lora, Transformer(gpu, ops, source.config, weights, lora, B, S)
+
+
+def test_logits_equal_base_model_when_b_is_zero(gpu, ops, run, arrays, model_dir):
+    B, S = 2, 11
+    config, lora, model = build(gpu, ops, run, model_dir, LoraConfig(r=4, alpha=8), B, S)
+    gpu.submit(lora.init_dispatches(ops, seed=7))
+    ids, _ = hf.batch(0, B, S)
+    model.write_batch(ids.reshape(-1).tolist(), [-100] * (B * S))
+    logits = arrays.empty(B * S * config.vocab_size)
+    gpu.submit(model.forward() + model.logits_into(logits))
+    ours = arrays.down(logits, (B, S, config.vocab_size))
+    with torch.no_grad():
+        ref = hf.load_hf(model_dir)(torch.tensor(ids)).logits.numpy()
+    assert np.abs(ours - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_dir, rslora):
+    B, S, r, alpha = 2, 9, 4, 8.0
+    pm = hf.peft_model(model_dir, r=r, alpha=alpha, b_std=0.05, use_rslora=rslora)
+    ids, labels = hf.batch(1, B, S, ignore_prefix=3)
+    labels[1, 6:] = -100
+    out = pm(input_ids=torch.tensor(ids), labels=torch.tensor(labels))
+    out.loss.backward()
+    ref_grads = hf.lora_grads(pm)
+
+    config, lora, model = build(gpu, ops, run, model_dir, LoraConfig(r=r, alpha=alpha, use_rslora=rslora), B, S)
+    lora.load_state({k: v.tobytes() for k, v in hf.lora_state(pm).items()})
+    flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
+    model.write_batch(flat_ids, targets)
+    history = arrays.up(np.zeros(1, np.float32))
+    step = arrays.up(np.zeros(5, np.float32))
+    gpu.submit(model.forward() + model.loss(history, step, backward=True) + model.backward(accumulate_grads=False))
+    loss = arrays.down(history, (1,))[0] / n
+    assert loss == pytest.approx(out.loss.item(), rel=1e-4)
+    grads = np.frombuffer(run(gpu.read_buffer(lora.grads)), np.float32) / n
+    assert set(ref_grads) == set(lora.by_key)
+    for key, ref in ref_grads.items():
+        t = lora.by_key[key]
+        ours = grads[t.offset // 4 : t.offset // 4 + t.numel].reshape(t.shape)
+        scale = np.abs(ref).max()
+        assert scale > 0, key
+        np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-3 * scale, err_msg=key)
