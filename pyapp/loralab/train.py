@@ -1,0 +1,213 @@
+"""Training: the configuration, the learning-rate schedule, the step and the loop.
+
+A step is recorded into one command list per micro-batch (the last one also holds the gradient
+norm, clipping and the optimizer update) and submitted with no readback. Per-step scalars (the
+learning rate, bias corrections, the mean-loss scale, the history slot) go through one small
+`step` buffer written before the submit, so the recorded dispatches never change. Losses and
+gradient norms land in history buffers on the GPU and are read back every `report_every`
+steps; the callback then gets one plain dict per optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+from .data.batches import BatchOrder, Sequence, make_batch
+from .gpu.device import Copy, Device
+from .lora import LoraState
+from .model.transformer import Transformer
+from .ops import Ops
+
+SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = field(default=0, metadata={"help": "optimizer steps (0: use epochs)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training set when steps is 0"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per micro-batch"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per sequence; longer ones are truncated"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant, linear or cosine decay after warmup"})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear warmup from 0"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw (torch.optim.AdamW) or sgd"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (AdamW) / L2 (SGD)"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW β1"})
+    beta2: float = field(default=0.999, metadata={"help": "AdamW β2"})
+    eps: float = field(default=1e-8, metadata={"help": "AdamW ε"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0: off)"})
+    seed: int = field(default=0, metadata={"help": "seed for LoRA init and shuffling"})
+    shuffle: bool = field(default=True, metadata={"help": "shuffle records each epoch"})
+    report_every: int = field(default=10, metadata={"help": "read losses back every N steps"})
+    eval_every: int = field(default=0, metadata={"help": "validation loss every N steps (0: at the end only)"})
+
+    def __post_init__(self):
+        problems = []
+        for name in ("batch_size", "seq_len", "grad_accum", "report_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.steps < 0 or self.epochs <= 0 and self.steps == 0:
+            problems.append("give a positive number of steps or epochs")
+        if self.lr_schedule not in SCHEDULES:
+            problems.append(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.lr < 0 or self.weight_decay < 0 or self.max_grad_norm < 0 or self.warmup_steps < 0:
+            problems.append("lr, weight_decay, max_grad_norm and warmup_steps cannot be negative")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    def total_steps(self, train_records: int) -> int:
+        if self.steps:
+            return self.steps
+        per_epoch = math.ceil(train_records / (self.batch_size * self.grad_accum))
+        return max(1, math.ceil(per_epoch * self.epochs))
+
+
+def lr_at(config: TrainConfig, step: int, total: int) -> float:
+    """Learning rate of 0-based optimizer step `step` (transformers' get_scheduler: the first
+    step of a warmup runs at 0; `constant` with warmup is constant_with_warmup)."""
+    w = config.warmup_steps
+    if step < w:
+        return config.lr * step / max(1, w)
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = (step - w) / max(1, total - w)
+    if config.lr_schedule == "linear":
+        return config.lr * max(0.0, 1.0 - progress)
+    return config.lr * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int):
+        super().__init__(f"the loss became NaN or infinite at step {step}; training stopped and the adapter "
+                         f"was restored to the last step with a finite loss")
+        self.step = step
+
+
+class Trainer:
+    """Trains `lora` on `model` (built for batch_size × seq_len) over token sequences."""
+
+    def __init__(self, device: Device, ops: Ops, model: Transformer, lora: LoraState, config: TrainConfig,
+                 train: list[Sequence], valid: list[Sequence] | None = None, pad_id: int = 0):
+        if model.B != config.batch_size or model.S != config.seq_len:
+            raise ValueError("the model was built for another batch size or sequence length")
+        self.device, self.ops, self.model, self.lora, self.config = device, ops, model, lora, config
+        self.train_set, self.valid_set, self.pad_id = train, valid or [], pad_id
+        self.order = BatchOrder(len(train), config.batch_size, config.shuffle, config.seed)
+        self.total_steps = config.total_steps(len(train))
+        self.step = 0  # optimizer steps done
+        n = config.report_every
+        self.step_buf = device.create_buffer(32, label="step")  # [lr, bc1, bc2, grad_scale, slot]
+        self.loss_hist = device.create_buffer(4 * n, label="loss_history")
+        self.norm_hist = device.create_buffer(4 * n, label="grad_norm_history")
+        self.clip = device.create_buffer(8, label="clip")
+        self.partial = device.create_buffer(4 * ops.sumsq_partials(lora.numel), label="sumsq_partial")
+        self.snapshot = device.create_buffer(lora.nbytes, label="lora.last_good")
+        self.eval_hist = device.create_buffer(4, label="eval_loss")
+        self.tokens_seen = 0
+        self.history: list[dict] = []
+
+    # -- recording ----------------------------------------------------------------------------
+    def _optimizer(self) -> list:
+        c, ops, lora = self.config, self.ops, self.lora
+        cmds = ops.grad_norm(self.clip, self.partial, lora.grads, self.step_buf, lora.numel, c.max_grad_norm)
+        if c.optimizer == "adamw":
+            cmds.append(ops.adamw(lora.params, lora.m, lora.v, lora.grads, self.step_buf, self.clip, lora.numel,
+                                  beta1=c.beta1, beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay))
+        else:
+            cmds.append(ops.sgd(lora.params, lora.grads, self.step_buf, self.clip, lora.numel, weight_decay=c.weight_decay))
+        return cmds
+
+    def _write_step(self, lr: float, t: int, grad_scale: float, slot: int) -> None:
+        c = self.config
+        bc1, bc2 = 1 - c.beta1**t, 1 - c.beta2**t
+        self.device.write_buffer(self.step_buf, struct.pack("<5f", lr, bc1, bc2, grad_scale, slot))
+
+    def _batches(self) -> list[tuple[list[int], list[int], int]]:
+        out = []
+        for _ in range(self.config.grad_accum):
+            seqs = [self.train_set[i] for i in self.order.next()]
+            out.append(make_batch(seqs, self.config.batch_size, self.config.seq_len, self.pad_id))
+        return out
+
+    def run_step(self, slot: int) -> int:
+        """Record and submit optimizer step self.step + 1; returns its target-token count."""
+        batches = self._batches()
+        n_targets = sum(n for _, _, n in batches)
+        lr = lr_at(self.config, self.step, self.total_steps)
+        self._write_step(lr, self.step + 1, 1.0 / max(1, n_targets), slot)
+        for micro, (ids, targets, _) in enumerate(batches):
+            self.model.write_batch(ids, targets)
+            cmds = self.model.forward() + self.model.loss(self.loss_hist, self.step_buf, backward=True)
+            cmds += self.model.backward(accumulate_grads=micro > 0)
+            if micro == len(batches) - 1:
+                cmds += self._optimizer()
+                cmds.append(Copy(self.clip, 0, self.norm_hist, 4 * slot, 4))
+            self.device.submit(cmds)
+        self.step += 1
+        self.tokens_seen += self.config.batch_size * self.config.seq_len * self.config.grad_accum
+        return n_targets
+
+    # -- the loop -----------------------------------------------------------------------------
+    async def train(self, on_report: Callable[[dict], None] | None = None) -> list[dict]:
+        """Run to total_steps; on_report gets a dict per step (kind "train") and per evaluation
+        (kind "eval"). Raises NonFiniteLoss after restoring the last good adapter."""
+        c = self.config
+        self.device.submit([Copy(self.lora.params, 0, self.snapshot, 0, self.lora.nbytes)])
+        while self.step < self.total_steps:
+            window = min(c.report_every, self.total_steps - self.step)
+            self.device.write_buffer(self.loss_hist, bytes(4 * c.report_every))
+            started, first = time.perf_counter(), self.step
+            counts = [self.run_step(slot) for slot in range(window)]
+            losses = struct.unpack(f"<{window}f", await self.device.read_buffer(self.loss_hist, 0, 4 * window))
+            norms = struct.unpack(f"<{window}f", await self.device.read_buffer(self.norm_hist, 0, 4 * window))
+            elapsed = time.perf_counter() - started
+            tokens_per_step = c.batch_size * c.seq_len * c.grad_accum
+            for i in range(window):
+                loss = losses[i] / max(1, counts[i])
+                if not math.isfinite(loss) or not math.isfinite(norms[i]):
+                    self.device.submit([Copy(self.snapshot, 0, self.lora.params, 0, self.lora.nbytes)])
+                    raise NonFiniteLoss(first + i + 1)
+                record = {
+                    "kind": "train", "step": first + i + 1, "total_steps": self.total_steps, "loss": loss,
+                    "lr": lr_at(c, first + i, self.total_steps), "grad_norm": norms[i], "targets": counts[i],
+                    "tokens": (first + i + 1) * tokens_per_step, "tokens_per_s": window * tokens_per_step / elapsed,
+                    "epoch": self.order.epoch + self.order.index / self.order.count,
+                }
+                self.history.append(record)
+                if on_report:
+                    on_report(record)
+            self.device.submit([Copy(self.lora.params, 0, self.snapshot, 0, self.lora.nbytes)])
+            due = c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps
+            if self.valid_set and (due or self.step == self.total_steps):
+                record = {"kind": "eval", "step": self.step, **await evaluate(self.device, self.model, self.valid_set,
+                                                                               self.eval_hist, self.step_buf, self.pad_id)}
+                self.history.append(record)
+                if on_report:
+                    on_report(record)
+        return self.history
+
+
+async def evaluate(device: Device, model: Transformer, records: list[Sequence], history, step_buf, pad_id: int = 0) -> dict:
+    """Mean loss over every target token of `records` (one readback at the end)."""
+    device.write_buffer(history, bytes(4))
+    device.write_buffer(step_buf, struct.pack("<5f", 0.0, 1.0, 1.0, 1.0, 0.0))
+    total = 0
+    for start in range(0, len(records), model.B):
+        ids, targets, n = make_batch(records[start : start + model.B], model.B, model.S, pad_id)
+        total += n
+        model.write_batch(ids, targets)
+        device.submit(model.forward() + model.loss(history, step_buf, backward=False))
+    (loss_sum,) = struct.unpack("<f", await device.read_buffer(history, 0, 4))
+    return {"loss": loss_sum / max(1, total), "tokens": total}
