@@ -91,7 +91,7 @@ def lr_at(config: TrainConfig, step: int, total: int) -> float:
 class NonFiniteLoss(RuntimeError):
     def __init__(self, step: int):
         super().__init__(f"the loss became NaN or infinite at step {step}; training stopped and the adapter "
-                         f"was restored to the last step with a finite loss")
+                         f"was restored to the last one whose loss was finite")
         self.step = step
 
 
@@ -113,7 +113,9 @@ class Trainer:
         self.norm_hist = device.create_buffer(4 * n, label="grad_norm_history")
         self.clip = device.create_buffer(8, label="clip")
         self.partial = device.create_buffer(4 * ops.sumsq_partials(lora.numel), label="sumsq_partial")
+        # The last adapter whose loss was read back finite, and the candidate for it.
         self.snapshot = device.create_buffer(lora.nbytes, label="lora.last_good")
+        self.pending = device.create_buffer(lora.nbytes, label="lora.pending")
         self.eval_hist = device.create_buffer(4, label="eval_loss")
         self.tokens_seen = 0
         self.history: list[dict] = []
@@ -141,8 +143,10 @@ class Trainer:
             out.append(make_batch(seqs, self.config.batch_size, self.config.seq_len, self.pad_id))
         return out
 
-    def run_step(self, slot: int) -> int:
-        """Record and submit optimizer step self.step + 1; returns its target-token count."""
+    def run_step(self, slot: int, keep_params: bool = False) -> int:
+        """Record and submit optimizer step self.step + 1; returns its target-token count.
+        With keep_params, the parameters this step's loss is computed with are copied to
+        `pending` (they become the last good adapter once that loss is read back finite)."""
         batches = self._batches()
         n_targets = sum(n for _, _, n in batches)
         lr = lr_at(self.config, self.step, self.total_steps)
@@ -152,6 +156,8 @@ class Trainer:
             cmds = self.model.forward() + self.model.loss(self.loss_hist, self.step_buf, backward=True)
             cmds += self.model.backward(accumulate_grads=micro > 0)
             if micro == len(batches) - 1:
+                if keep_params:
+                    cmds.append(Copy(self.lora.params, 0, self.pending, 0, self.lora.nbytes))
                 cmds += self._optimizer()
                 cmds.append(Copy(self.clip, 0, self.norm_hist, 4 * slot, 4))
             self.device.submit(cmds)
@@ -169,7 +175,7 @@ class Trainer:
             window = min(c.report_every, self.total_steps - self.step)
             self.device.write_buffer(self.loss_hist, bytes(4 * c.report_every))
             started, first = time.perf_counter(), self.step
-            counts = [self.run_step(slot) for slot in range(window)]
+            counts = [self.run_step(slot, keep_params=slot == window - 1) for slot in range(window)]
             losses = struct.unpack(f"<{window}f", await self.device.read_buffer(self.loss_hist, 0, 4 * window))
             norms = struct.unpack(f"<{window}f", await self.device.read_buffer(self.norm_hist, 0, 4 * window))
             elapsed = time.perf_counter() - started
@@ -188,7 +194,7 @@ class Trainer:
                 self.history.append(record)
                 if on_report:
                     on_report(record)
-            self.device.submit([Copy(self.lora.params, 0, self.snapshot, 0, self.lora.nbytes)])
+            self.device.submit([Copy(self.pending, 0, self.snapshot, 0, self.lora.nbytes)])
             due = c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps
             if self.valid_set and (due or self.step == self.total_steps):
                 record = {"kind": "eval", "step": self.step, **await evaluate(self.device, self.model, self.valid_set,

@@ -9,7 +9,7 @@ from loralab.data.batches import Sequence, make_batch
 from loralab.lora import LoraConfig, LoraState
 from loralab.model.transformer import Transformer
 from loralab.model.weights import HFFolder, upload_weights
-from loralab.train import NonFiniteLoss, TrainConfig, Trainer, lr_at
+from loralab.train import NonFiniteLoss, TrainConfig, Trainer, evaluate, lr_at
 from tests.model import hf
 
 torch = pytest.importorskip("torch")
@@ -140,7 +140,8 @@ def test_nan_loss_stops_and_keeps_last_good_adapter(gpu, ops, run, llama_dir):
     with pytest.raises(NonFiniteLoss) as info:
         run(Trainer(gpu, ops, model, lora, config, data).train(reports.append))
     assert 1 < info.value.step <= 6 and len(reports) == info.value.step - 1
+    assert reports[-1]["step"] == info.value.step - 1 and np.isfinite(reports[-1]["loss"])
     kept = {k: np.frombuffer(b, np.float32) for k, (_, b) in run(lora.read_state()).items()}
     assert all(np.isfinite(v).all() for v in kept.values())
-    last_good = reports[-1]["step"]
-    assert last_good == info.value.step - 1 and np.isfinite(reports[-1]["loss"])
+    trainer = Trainer(gpu, ops, model, lora, config, data)
+    assert np.isfinite(run(evaluate(gpu, model, data, trainer.eval_hist, trainer.step_buf))["loss"])
