@@ -136,6 +136,22 @@ def test_attention_forward_and_backward(ops, arrays, B, S, Hq, Hkv, D):
         np.testing.assert_allclose(arrays.down(got, want.shape), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("T, start, Hq, Hkv, D", [(5, 0, 4, 2, 8), (1, 9, 3, 1, 16), (3, 4, 2, 2, 33)])
+def test_attention_with_kv_cache(ops, arrays, T, start, Hq, Hkv, D):
+    r = rng("cache", T, start)
+    cap = start + T + 2
+    q = r.standard_normal((T, Hq * D), dtype=np.float32)
+    kc = r.standard_normal((cap, Hkv * D), dtype=np.float32)
+    vc = r.standard_normal((cap, Hkv * D), dtype=np.float32)
+    o = arrays.empty(T * Hq * D)
+    arrays.submit(ops.attention_cached(o, arrays.up(q), arrays.up(kc), arrays.up(vc), T, start, Hq, Hkv, D))
+    want = ref.attention_cached(q, kc, vc, T, start, Hq, Hkv, D)
+    np.testing.assert_allclose(arrays.down(o, want.shape), want, rtol=1e-4, atol=1e-5)
+    if start == 0:  # prefill equals full causal attention
+        full, _ = ref.attention(q, kc[:T], vc[:T], 1, T, Hq, Hkv, D)
+        np.testing.assert_allclose(want, full, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("N, max_norm, scale", [(3, 1.0, 1.0), (10007, 0.5, 0.25), (10007, 0.0, 0.5), (5000, 1e6, 1.0)])
 def test_grad_norm_and_clip(ops, arrays, N, max_norm, scale):
     grad = rng("norm", N).standard_normal(N, dtype=np.float32)

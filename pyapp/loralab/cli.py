@@ -1,16 +1,93 @@
-"""`loralab`: the native command line (CPython, wgpu-native)."""
+"""`loralab`: the native command line (CPython, wgpu-native).
+
+    loralab info
+    loralab train MODEL DATA --out DIR [options]
+    loralab eval MODEL DATA [--adapter DIR]
+    loralab generate MODEL --prompt TEXT [--adapter DIR]
+
+User errors (bad files, unsupported models, GPU limits) print one line and exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
+import time
 
+from .data.formats import DatasetError
+from .formats.peft import AdapterError
+from .formats.safetensors import SafetensorsError
 from .gpu.device import GpuError
+from .model.config import PROJECTIONS, ModelConfigError
+from .model.weights import WeightsError
+from .data.tokenizer import TokenizerError
+
+USER_ERRORS = (GpuError, DatasetError, AdapterError, SafetensorsError, ModelConfigError, WeightsError, TokenizerError,
+               FileNotFoundError, IsADirectoryError, ValueError)
 
 
-async def _info() -> dict:
+class Session:
+    """A native device with every kernel compiled, and a model folder with its tokenizer."""
+
+    @classmethod
+    async def open(cls, model_path: str) -> "Session":
+        from .gpu.native import NativeDevice
+        from .kernels import KernelLibrary, directory_reader
+        from .model.weights import HFFolder
+        from .ops import Ops
+
+        self = cls()
+        if not os.path.exists(model_path):
+            raise FileNotFoundError(f"{model_path}: no such model folder")
+        self.source = HFFolder(model_path)  # validates config.json and the safetensors headers first
+        self.config = self.source.config
+        self.device = await NativeDevice.create()
+        self.ops = await Ops.load(self.device, KernelLibrary(self.device, directory_reader()))
+        self.tokenizer = None
+        if os.path.isfile(os.path.join(model_path, "tokenizer.json")):
+            from .data.tokenizer import HFTokenizer
+
+            self.tokenizer = HFTokenizer.from_folder(model_path)
+        return self
+
+    async def weights(self):
+        from .model.weights import upload_weights
+
+        return await upload_weights(self.device, self.config, self.source)
+
+    def dataset(self, path: str, fmt: str, seq_len: int):
+        from .data.formats import load_dataset
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such dataset file")
+        with open(path, encoding="utf-8", errors="strict") as f:
+            try:
+                text = f.read()
+            except UnicodeDecodeError:
+                raise DatasetError(f"{path}: not a UTF-8 text file") from None
+        return load_dataset(os.path.basename(path), text, fmt, self.tokenizer, seq_len, self.config.vocab_size)
+
+    def adapter(self, path: str):
+        from .formats.peft import check_fits, files_from_path, parse_adapter
+
+        lora_config, state, _ = parse_adapter(files_from_path(path), path)
+        check_fits(lora_config, state, self.config, path)
+        return lora_config, state
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id if self.tokenizer else 0
+
+
+def _seq_len(records, limit: int) -> int:
+    """The model is built for the longest record (right padding changes no loss), capped at limit."""
+    return max(1, min(limit, max(len(r.input_ids) for r in records)))
+
+
+async def cmd_info(args) -> int:
     from .gpu.native import NativeDevice
     from .kernels import KernelLibrary, directory_reader
     from .selftest import matmul_check
@@ -18,23 +95,188 @@ async def _info() -> dict:
     device = await NativeDevice.create()
     check = await matmul_check(device, KernelLibrary(device, directory_reader()))
     check.pop("output")
-    return {"adapter": device.info.summary(), "check": check}
+    print(json.dumps({"adapter": device.info.summary(), "check": check}, indent=1))
+    return 0 if check["ok"] else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+async def cmd_train(args) -> int:
+    from .formats.peft import adapter_files, save_adapter
+    from .lora import LoraConfig, LoraState
+    from .model.transformer import Transformer
+    from .train import NonFiniteLoss, TrainConfig, Trainer
+
+    s = await Session.open(args.model)
+    records, summary = s.dataset(args.data, args.format, args.seq_len)
+    valid = []
+    if args.valid:
+        valid, _ = s.dataset(args.valid, args.format, args.seq_len)
+    elif args.valid_fraction:
+        n = max(1, int(len(records) * args.valid_fraction))
+        if n >= len(records):
+            raise DatasetError(f"{args.data}: too few records ({len(records)}) for a validation split")
+        records, valid = records[:-n], records[-n:]
+    state = None
+    if args.adapter:
+        lora_config, state = s.adapter(args.adapter)
+    else:
+        targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+        lora_config = LoraConfig(r=args.rank, alpha=args.alpha if args.alpha is not None else 2.0 * args.rank,
+                                 targets=targets, use_rslora=args.rslora)
+    seq_len = _seq_len(records + valid, args.seq_len)
+    config = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, seq_len=seq_len,
+                         grad_accum=args.grad_accum, lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+                         optimizer=args.optimizer, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+                         seed=args.seed, shuffle=not args.no_shuffle, report_every=args.report_every)
+    lora = LoraState(s.device, s.config, lora_config)
+    if state is not None:
+        lora.load_state({k: data for k, (_, data) in state.items()})
+    else:
+        s.device.submit(lora.init_dispatches(s.ops, args.seed))
+    model = Transformer(s.device, s.ops, s.config, await s.weights(), lora, config.batch_size, config.seq_len)
+    trainer = Trainer(s.device, s.ops, model, lora, config, records, valid, s.pad_id)
+    print(json.dumps({"event": "start", "dataset": summary.as_dict(), "steps": trainer.total_steps,
+                      "trainable_parameters": lora.trainable_parameters, "seq_len": seq_len}), file=sys.stderr)
+    metrics = open(args.metrics, "w", encoding="utf-8") if args.metrics else None
+
+    def report(record: dict) -> None:
+        if metrics and record["kind"] == "train":
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+        print(json.dumps(record), file=sys.stderr)
+
+    failure = None
+    try:
+        await trainer.train(report)
+    except NonFiniteLoss as exc:
+        failure = exc
+    finally:
+        if metrics:
+            metrics.close()
+    files = adapter_files(await lora.read_state(), lora_config, os.path.abspath(args.model),
+                          {"loralab_history": json.dumps(trainer.history[-1000:])})
+    save_adapter(args.out, files)
+    if failure:
+        print(f"loralab: {failure}; the adapter in {args.out} is that last good one", file=sys.stderr)
+        return 3
+    print(json.dumps({"event": "saved", "out": args.out, "steps": trainer.step}), file=sys.stderr)
+    return 0
+
+
+async def cmd_eval(args) -> int:
+    from .lora import LoraState
+    from .model.transformer import Transformer
+    from .train import evaluate
+
+    s = await Session.open(args.model)
+    records, _ = s.dataset(args.data, args.format, args.seq_len)
+    lora = None
+    if args.adapter:
+        lora_config, state = s.adapter(args.adapter)
+        lora = LoraState(s.device, s.config, lora_config)
+        lora.load_state({k: data for k, (_, data) in state.items()})
+    model = Transformer(s.device, s.ops, s.config, await s.weights(), lora, args.batch_size, _seq_len(records, args.seq_len))
+    history = s.device.create_buffer(4, label="eval_loss")
+    step = s.device.create_buffer(32, label="step")
+    result = await evaluate(s.device, model, records, history, step, s.pad_id)
+    print(json.dumps(result))
+    return 0
+
+
+async def cmd_generate(args) -> int:
+    from .generate import Generator
+    from .lora import LoraState
+
+    s = await Session.open(args.model)
+    if s.tokenizer is None:
+        raise TokenizerError(f"{args.model}: tokenizer.json is missing; generate needs the model's tokenizer")
+    lora = None
+    if args.adapter:
+        lora_config, state = s.adapter(args.adapter)
+        lora = LoraState(s.device, s.config, lora_config)
+        lora.load_state({k: data for k, (_, data) in state.items()})
+    prompt = args.prompt
+    if not args.raw and s.tokenizer.chat_template:
+        prompt = s.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        ids = s.tokenizer.encode(prompt, add_special_tokens=False)
+    else:
+        ids = s.tokenizer.encode(prompt)
+    max_len = min(s.config.max_position_embeddings, len(ids) + args.max_new_tokens)
+    gen = Generator(s.device, s.ops, s.config, await s.weights(), lora, max_len)
+    started = time.perf_counter()
+    out = await gen.generate(ids, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                             stop_ids={s.tokenizer.eos_id} if s.tokenizer.eos_id is not None else set())
+    elapsed = time.perf_counter() - started
+    print(s.tokenizer.decode(out))
+    print(json.dumps({"prompt_tokens": len(ids), "new_tokens": len(out), "tokens_per_s": len(out) / elapsed}), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import OPTIMIZERS, SCHEDULES
+
     parser = argparse.ArgumentParser(prog="loralab", description="LoRA fine-tuning on WebGPU (native driver).")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="describe the GPU adapter and run the kernel self-check; prints JSON")
-    args = parser.parse_args(argv)
+
+    formats = ["auto", "tokens", "text", "completion", "chat", "alpaca"]
+    t = sub.add_parser("train", help="train a LoRA adapter; writes a PEFT adapter folder")
+    t.add_argument("model", help="Hugging Face model folder (config.json, model.safetensors, tokenizer.json)")
+    t.add_argument("data", help="dataset file: .jsonl, .json, .csv or .txt")
+    t.add_argument("--out", required=True, help="folder for adapter_model.safetensors + adapter_config.json")
+    t.add_argument("--adapter", help="start from this PEFT adapter (folder or .zip); its r/alpha/targets win")
+    t.add_argument("--steps", type=int, default=0, help="optimizer steps (default: --epochs over the data)")
+    t.add_argument("--epochs", type=float, default=1.0)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--seq-len", type=int, default=256)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--lr-schedule", choices=SCHEDULES, default="constant")
+    t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+    t.add_argument("--rank", type=int, default=8)
+    t.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 × rank)")
+    t.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(rank)")
+    t.add_argument("--targets", default=",".join(PROJECTIONS), help="comma-separated projections")
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-shuffle", action="store_true")
+    t.add_argument("--format", choices=formats, default="auto")
+    t.add_argument("--valid", help="a separate validation file")
+    t.add_argument("--valid-fraction", type=float, default=0.0, help="hold out this fraction of the records")
+    t.add_argument("--report-every", type=int, default=10, help="read losses back every N steps")
+    t.add_argument("--metrics", help="write one JSON line per optimizer step to this file")
+
+    e = sub.add_parser("eval", help="mean loss over every target token of a dataset; prints JSON")
+    e.add_argument("model")
+    e.add_argument("data")
+    e.add_argument("--adapter")
+    e.add_argument("--format", choices=formats, default="auto")
+    e.add_argument("--seq-len", type=int, default=256)
+    e.add_argument("--batch-size", type=int, default=4)
+
+    g = sub.add_parser("generate", help="continue a prompt (the chat template is applied when the model has one)")
+    g.add_argument("model")
+    g.add_argument("--adapter")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    return parser
+
+
+COMMANDS = {"info": cmd_info, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "info":
-            result = asyncio.run(_info())
-            print(json.dumps(result, indent=1))
-            return 0 if result["check"]["ok"] else 1
-    except GpuError as exc:
+        return asyncio.run(COMMANDS[args.command](args))
+    except USER_ERRORS as exc:
         print(f"loralab: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ KERNELS = (
     "lora_init",
     "loss_sum",
     "bias_add",
+    "attention_cached",
 )
 
 MAX_GROUPS = 65535
@@ -114,6 +115,12 @@ class Ops:
                   B: int, S: int, Hq: int, Hkv: int, D: int) -> Dispatch:
         return self._elementwise("attention", B * Hq * S, self._attention_params(B, S, Hq, Hkv, D),
                                  q=q, k=k, v=v, o=o, lse=lse)
+
+    def attention_cached(self, o: Buffer, q: Buffer, k_cache: Buffer, v_cache: Buffer, T: int, start: int,
+                         Hq: int, Hkv: int, D: int) -> Dispatch:
+        params = self._attention_params(1, 1, Hq, Hkv, D)
+        params = dict(T=T, start=start, Hq=Hq, Hkv=Hkv, D=D, scale=params["scale"])
+        return self._elementwise("attention_cached", T * Hq, params, q=q, k_cache=k_cache, v_cache=v_cache, o=o)
 
     def attention_backward(self, dq: Buffer, dk: Buffer, dv: Buffer, delta: Buffer, q: Buffer, k: Buffer, v: Buffer,
                            o: Buffer, d_o: Buffer, lse: Buffer, B: int, S: int, Hq: int, Hkv: int, D: int) -> list[Dispatch]:

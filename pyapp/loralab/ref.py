@@ -158,3 +158,18 @@ def lora_init(offset: int, N: int, fan_in: int, seed: int) -> np.ndarray:
     r = _pcg(_pcg(np.array([seed], np.uint64)) ^ (np.uint64(offset) + np.arange(N, dtype=np.uint64)))
     u = (r >> np.uint64(8)).astype(np.float32) / np.float32(16777216.0)
     return ((np.float32(2.0) * u - np.float32(1.0)) * np.float32(1.0 / np.sqrt(fan_in))).astype(np.float32)
+
+
+def attention_cached(q, k_cache, v_cache, T: int, start: int, Hq: int, Hkv: int, D: int) -> np.ndarray:
+    """o [T, Hq·D] of T new tokens at positions start… against the cache (wgsl/attention_cached.wgsl)."""
+    rep = Hq // Hkv
+    Q = q.reshape(T, Hq, D).transpose(1, 0, 2).astype(np.float64)
+    n = start + T
+    K = np.repeat(k_cache[:n].reshape(n, Hkv, D).transpose(1, 0, 2), rep, axis=0).astype(np.float64)
+    V = np.repeat(v_cache[:n].reshape(n, Hkv, D).transpose(1, 0, 2), rep, axis=0).astype(np.float64)
+    s = Q @ K.transpose(0, 2, 1) / np.sqrt(D)
+    mask = np.arange(n)[None, :] <= (start + np.arange(T))[:, None]
+    s = np.where(mask, s, -np.inf)
+    P = np.exp(s - s.max(-1, keepdims=True))
+    P /= P.sum(-1, keepdims=True)
+    return (P @ V).transpose(1, 0, 2).reshape(T, Hq * D).astype(np.float32)

@@ -9,7 +9,7 @@ import numpy as np
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def tiny_model(kind: str, path: Path, seed: int = 0, tied: bool = True) -> Path:
+def tiny_model(kind: str, path: Path, seed: int = 0, tied: bool = True, **overrides) -> Path:
     """Build, seed and save a tiny model of `kind` (llama, qwen2, mistral) as safetensors."""
     import torch
     import transformers
@@ -17,6 +17,7 @@ def tiny_model(kind: str, path: Path, seed: int = 0, tied: bool = True) -> Path:
     common = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                   rms_norm_eps=1e-5, tie_word_embeddings=tied)
+    common.update(overrides)
     if kind == "llama":
         config = transformers.LlamaConfig(**common, rope_theta=10000.0)
         cls = transformers.LlamaForCausalLM

@@ -22,6 +22,20 @@ ROW_ALIGN = 64  # chunk starts are multiples of 64 rows: 64 · 4 bytes keeps vie
 
 
 @dataclass
+class KVCache:
+    """Per-layer keys and values [max_len, Hkv·D] of the tokens generated so far."""
+
+    k: list[Buffer]
+    v: list[Buffer]
+
+    @classmethod
+    def create(cls, device: Device, config: ModelConfig, max_len: int) -> "KVCache":
+        size = max_len * config.kv_size * 4
+        return cls([device.create_buffer(size, label=f"kcache.{l}") for l in range(config.num_layers)],
+                   [device.create_buffer(size, label=f"vcache.{l}") for l in range(config.num_layers)])
+
+
+@dataclass
 class LayerActivations:
     """What the forward pass of one layer keeps for the backward pass."""
 
@@ -105,10 +119,10 @@ class Transformer:
         self.device.write_buffer(self.targets, struct.pack(f"<{self.T}i", *targets))
 
     # -- one projection ---------------------------------------------------------------------
-    def _linear(self, cmds: list, y: Buffer, x: Buffer, layer: int, module: str, beta: float = 0.0) -> None:
-        """y (+)= x · Wᵀ (+ bias) + s · (x · Aᵀ) · Bᵀ."""
+    def _linear(self, cmds: list, y: Buffer, x: Buffer, layer: int, module: str, T: int, beta: float = 0.0) -> None:
+        """y (+)= x · Wᵀ (+ bias) + s · (x · Aᵀ) · Bᵀ over the first T rows."""
         out_f, in_f = self.config.projection_shape(module)
-        T, ops = self.T, self.ops
+        ops = self.ops
         cmds.append(ops.matmul(y, x, self._weight(layer, module), T, out_f, in_f, beta=beta))
         if self.config.attention_bias and module in ("q_proj", "k_proj", "v_proj"):
             cmds.append(ops.bias_add(y, self._weight(layer, module, "bias"), T, out_f))
@@ -137,28 +151,38 @@ class Transformer:
                 cmds.append(ops.matmul(dx, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True, beta=1.0))
 
     # -- whole model ------------------------------------------------------------------------
-    def forward(self) -> list:
-        """Embedding, every layer, the final norm: xnf holds the normalised last hidden states."""
-        cfg, ops, T, B, S = self.config, self.ops, self.T, self.B, self.S
+    def forward(self, rows: int | None = None, cache: "KVCache | None" = None, start: int = 0) -> list:
+        """Embedding, every layer, the final norm: xnf holds the normalised last hidden states.
+        With a KV cache (generation, B = 1): only the first `rows` tokens, at positions
+        start…start+rows−1 (written to `pos` by the caller), attending to the cache."""
+        cfg, ops, B, S = self.config, self.ops, self.B, self.S
+        T = rows or self.T
         C, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
         cmds: list = [ops.embedding(self.res[0], self.ids, self.w["model.embed_tokens.weight"], T, C, cfg.vocab_size)]
         for l, a in enumerate(self.layers):
             p = f"model.layers.{l}."
             cmds.append(ops.rmsnorm(a.xn1, a.rstd1, self.res[l], self.w[p + "input_layernorm.weight"], T, C, cfg.rms_norm_eps))
-            self._linear(cmds, a.q, a.xn1, l, "q_proj")
-            self._linear(cmds, a.k, a.xn1, l, "k_proj")
-            self._linear(cmds, a.v, a.xn1, l, "v_proj")
+            self._linear(cmds, a.q, a.xn1, l, "q_proj", T)
+            self._linear(cmds, a.k, a.xn1, l, "k_proj", T)
+            self._linear(cmds, a.v, a.xn1, l, "v_proj", T)
             cmds.append(ops.rope(a.q, self.pos, self.inv_freq, T, cfg.num_heads, D))
             cmds.append(ops.rope(a.k, self.pos, self.inv_freq, T, cfg.num_kv_heads, D))
-            cmds.append(ops.attention(a.attn, a.lse, a.q, a.k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D))
+            if cache is None:
+                cmds.append(ops.attention(a.attn, a.lse, a.q, a.k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D))
+            else:
+                kv_bytes = cfg.kv_size * 4
+                cmds.append(Copy(a.k, 0, cache.k[l], start * kv_bytes, T * kv_bytes))
+                cmds.append(Copy(a.v, 0, cache.v[l], start * kv_bytes, T * kv_bytes))
+                cmds.append(ops.attention_cached(a.attn, a.q, cache.k[l], cache.v[l], T, start,
+                                                 cfg.num_heads, cfg.num_kv_heads, D))
             cmds.append(Copy(self.res[l], 0, a.mid, 0, T * C * 4))
-            self._linear(cmds, a.mid, a.attn, l, "o_proj", beta=1.0)
+            self._linear(cmds, a.mid, a.attn, l, "o_proj", T, beta=1.0)
             cmds.append(ops.rmsnorm(a.xn2, a.rstd2, a.mid, self.w[p + "post_attention_layernorm.weight"], T, C, cfg.rms_norm_eps))
-            self._linear(cmds, a.gate, a.xn2, l, "gate_proj")
-            self._linear(cmds, a.up, a.xn2, l, "up_proj")
+            self._linear(cmds, a.gate, a.xn2, l, "gate_proj", T)
+            self._linear(cmds, a.up, a.xn2, l, "up_proj", T)
             cmds.append(ops.swiglu(a.h, a.gate, a.up, T * I))
             cmds.append(Copy(a.mid, 0, self.res[l + 1], 0, T * C * 4))
-            self._linear(cmds, self.res[l + 1], a.h, l, "down_proj", beta=1.0)
+            self._linear(cmds, self.res[l + 1], a.h, l, "down_proj", T, beta=1.0)
         cmds.append(ops.rmsnorm(self.xnf, self.rstdf, self.res[-1], self.w["model.norm.weight"], T, C, cfg.rms_norm_eps))
         return cmds
 

@@ -1,0 +1,212 @@
+"""Datasets: reading records from .jsonl/.json/.txt/.csv, detecting their format, and turning
+them into token sequences with loss masks.
+
+Formats: tokens {"input_ids", "labels"?}; text {"text"} (or plain text, one document per
+blank-line-separated block); completion {"prompt", "completion"}; chat {"messages": [{"role",
+"content"}]} or ShareGPT {"conversations": [{"from", "value"}]}; alpaca {"instruction",
+"input"?, "output"}. By default the loss covers completions and assistant turns only (TRL's
+convention, the end-of-turn token included); `train_on_prompt` takes it on every token.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from typing import Protocol
+
+from .batches import IGNORE, Sequence
+
+FORMATS = ("tokens", "text", "completion", "chat", "alpaca")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+                  "model": "assistant", "bot": "assistant"}
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message names the file and, where it helps, the line."""
+
+
+class Tokenizer(Protocol):
+    eos_id: int | None
+    pad_id: int
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]: ...
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str: ...
+
+
+@dataclass
+class DatasetSummary:
+    format: str
+    detected: bool
+    records: int
+    tokens: int
+    trained_tokens: int
+    truncated: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__, trained_fraction=self.trained_tokens / max(1, self.tokens))
+
+
+def read_records(name: str, text: str) -> list[dict]:
+    """Records of a file by its extension; errors name the file and line."""
+    lower = name.lower()
+    if lower.endswith(".jsonl"):
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{name} line {number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(value, dict):
+                raise DatasetError(f"{name} line {number}: expected a JSON object, found {type(value).__name__}")
+            records.append(value)
+    elif lower.endswith(".json"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{name} line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        if isinstance(value, dict):
+            value = next((v for v in value.values() if isinstance(v, list)), [value])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise DatasetError(f"{name}: expected a JSON array of objects")
+        records = value
+    elif lower.endswith(".csv"):
+        records = [dict(row) for row in csv.DictReader(io.StringIO(text))]
+    elif lower.endswith(".txt") or "." not in lower.rsplit("/", 1)[-1]:
+        blocks = [b.strip() for b in text.replace("\r\n", "\n").split("\n\n")]
+        records = [{"text": b} for b in blocks if b]
+    else:
+        raise DatasetError(f"{name}: unsupported file type; use .jsonl, .json, .csv or .txt")
+    if not records:
+        raise DatasetError(f"{name}: the dataset is empty")
+    return records
+
+
+def detect_format(record: dict) -> str | None:
+    keys = set(record)
+    if "input_ids" in keys:
+        return "tokens"
+    if "messages" in keys or "conversations" in keys:
+        return "chat"
+    if {"prompt", "completion"} <= keys:
+        return "completion"
+    if {"instruction", "output"} <= keys:
+        return "alpaca"
+    if "text" in keys:
+        return "text"
+    return None
+
+
+def _messages(record: dict, where: str) -> list[dict]:
+    if "messages" in record:
+        raw, role_key, content_key = record["messages"], "role", "content"
+    else:
+        raw, role_key, content_key = record["conversations"], "from", "value"
+    if not isinstance(raw, list) or not raw:
+        raise DatasetError(f"{where}: the conversation is empty")
+    out = []
+    for m in raw:
+        if not isinstance(m, dict) or role_key not in m or content_key not in m:
+            raise DatasetError(f"{where}: each message needs {role_key!r} and {content_key!r}")
+        role = SHAREGPT_ROLES.get(str(m[role_key]).lower()) if role_key == "from" else str(m[role_key])
+        if role is None:
+            raise DatasetError(f"{where}: unknown speaker {m[role_key]!r}")
+        out.append({"role": role, "content": str(m[content_key])})
+    return out
+
+
+def _with_eos(ids: list[int], tok: Tokenizer) -> list[int]:
+    return ids + [tok.eos_id] if tok.eos_id is not None and (not ids or ids[-1] != tok.eos_id) else ids
+
+
+def encode_record(record: dict, fmt: str, tok: Tokenizer | None, where: str, train_on_prompt: bool = False) -> Sequence:
+    if fmt == "tokens":
+        ids = record.get("input_ids")
+        labels = record.get("labels", ids)
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and i >= 0 for i in ids):
+            raise DatasetError(f"{where}: input_ids must be a non-empty list of non-negative integers")
+        if not isinstance(labels, list) or len(labels) != len(ids) or not all(isinstance(i, int) for i in labels):
+            raise DatasetError(f"{where}: labels must be a list of integers as long as input_ids")
+        return Sequence(list(ids), list(labels))
+    if tok is None:
+        raise DatasetError(f"{where}: the {fmt} format needs the model's tokenizer (tokenizer.json)")
+    if fmt == "text":
+        if not isinstance(record.get("text"), str):
+            raise DatasetError(f"{where}: 'text' must be a string")
+        ids = _with_eos(tok.encode(record["text"]), tok)
+        return Sequence(ids, list(ids))
+    if fmt in ("completion", "alpaca"):
+        if fmt == "alpaca":
+            instruction, extra = str(record.get("instruction", "")), str(record.get("input") or "")
+            user = instruction + ("\n\n" + extra if extra else "")
+            try:
+                chat = [{"role": "user", "content": user}, {"role": "assistant", "content": str(record["output"])}]
+                return _encode_chat(chat, tok, where, train_on_prompt)
+            except DatasetError:
+                prompt, completion = f"### Instruction:\n{user}\n\n### Response:\n", str(record["output"])
+        else:
+            prompt, completion = record.get("prompt"), record.get("completion")
+            if not isinstance(prompt, str) or not isinstance(completion, str):
+                raise DatasetError(f"{where}: 'prompt' and 'completion' must be strings")
+        p = tok.encode(prompt)
+        c = _with_eos(tok.encode(completion, add_special_tokens=False), tok)
+        return Sequence(p + c, (p if train_on_prompt else [IGNORE] * len(p)) + c)
+    if fmt == "chat":
+        return _encode_chat(_messages(record, where), tok, where, train_on_prompt)
+    raise DatasetError(f"{where}: unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def _encode_chat(messages: list[dict], tok: Tokenizer, where: str, train_on_prompt: bool) -> Sequence:
+    """Render with the model's template; the loss covers each assistant turn's characters, found by
+    rendering the conversation up to that turn with and without it."""
+    try:
+        full = tok.apply_chat_template(messages)
+    except Exception as exc:
+        raise DatasetError(f"{where}: the chat template failed ({exc})") from None
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tok.apply_chat_template(messages[:i], add_generation_prompt=True)
+        upto = tok.apply_chat_template(messages[: i + 1])
+        if full.startswith(upto) and upto.startswith(before):
+            spans.append((len(before), len(upto)))
+    ids, offsets = tok.encode_with_offsets(full)
+    if train_on_prompt:
+        return Sequence(ids, list(ids))
+    labels = [i if any(a <= start < b for a, b in spans) else IGNORE for i, (start, _) in zip(ids, offsets)]
+    return Sequence(ids, labels)
+
+
+def load_dataset(name: str, text: str, fmt: str = "auto", tokenizer: Tokenizer | None = None, seq_len: int | None = None,
+                 vocab_size: int | None = None, train_on_prompt: bool = False) -> tuple[list[Sequence], DatasetSummary]:
+    records = read_records(name, text)
+    detected = fmt == "auto"
+    if detected:
+        fmt = detect_format(records[0]) or ""
+        if not fmt:
+            raise DatasetError(f"{name}: cannot tell the format of the first record (keys {sorted(records[0])}); "
+                               f"pass a format: {', '.join(FORMATS)}")
+    sequences, tokens, trained, truncated = [], 0, 0, 0
+    for number, record in enumerate(records, 1):
+        where = f"{name} record {number}"
+        seq = encode_record(record, fmt, tokenizer, where, train_on_prompt)
+        if vocab_size is not None:
+            bad = next((i for i in seq.input_ids if i >= vocab_size), None)
+            if bad is not None:
+                raise DatasetError(f"{where}: token id {bad} is outside the model's vocabulary ({vocab_size})")
+        if seq_len is not None and len(seq.input_ids) > seq_len:
+            truncated += 1
+        n = min(len(seq.input_ids), seq_len or len(seq.input_ids))
+        tokens += n
+        trained += sum(1 for label in seq.labels[1:n] if label != IGNORE)
+        sequences.append(seq)
+    if trained == 0:
+        raise DatasetError(f"{name}: no token is trained on (every label is masked)")
+    return sequences, DatasetSummary(fmt, detected, len(records), tokens, trained, truncated)

@@ -1,0 +1,179 @@
+"""PEFT adapters in and out: adapter_model.safetensors + adapter_config.json.
+
+Keys: base_model.model.model.layers.{i}.{self_attn|mlp}.{proj}.lora_{A|B}.weight, A (r, in),
+B (out, r), float32 on export. Anything else in an adapter is refused with the tensor's name.
+Pure Python: used by the CLI and, with bytes from JS, by the browser.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+
+from ..lora import LoraConfig, LoraState
+from ..model.config import PROJECTIONS, ModelConfig
+from .safetensors import SafetensorsError, parse_header, serialize, to_f32_bytes
+
+ADAPTER_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.default)?\.weight$")
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be read or does not fit the model; the message says which file/tensor."""
+
+
+def adapter_config(lora: LoraConfig, base_model: str) -> dict:
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "target_modules": sorted(lora.targets, key=PROJECTIONS.index),
+        "lora_dropout": lora.dropout,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": lora.use_rslora,
+        "use_dora": False,
+        "modules_to_save": None,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "layers_to_transform": None,
+    }
+
+
+def adapter_files(state: dict[str, tuple[tuple[int, int], bytes]], lora: LoraConfig, base_model: str,
+                  metadata: dict[str, str] | None = None) -> dict[str, bytes]:
+    """{file name: bytes} of a PEFT adapter from LoraState.read_state()."""
+    tensors = {key: ("F32", shape, data) for key, (shape, data) in state.items()}
+    return {
+        ADAPTER_FILE: serialize(tensors, {"format": "pt", **(metadata or {})}),
+        CONFIG_FILE: json.dumps(adapter_config(lora, base_model), indent=2).encode(),
+    }
+
+
+def save_adapter(directory: str, files: dict[str, bytes]) -> None:
+    os.makedirs(directory, exist_ok=True)
+    for name, data in files.items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+
+
+def files_from_path(path: str) -> dict[str, bytes]:
+    """The adapter's files from a folder, a .zip, or a path to adapter_model.safetensors."""
+    if os.path.isdir(path):
+        names = os.listdir(path)
+        found = {n: os.path.join(path, n) for n in names if n in (ADAPTER_FILE, CONFIG_FILE)}
+        if ADAPTER_FILE not in found and any(n.endswith((".bin", ".pt", ".pth")) for n in names):
+            raise AdapterError(f"{path}: only a pickle adapter (adapter_model.bin) was found; LoRA Lab reads "
+                               f"safetensors only, since pickle files can run code. Re-save it with "
+                               f"safe_serialization=True.")
+        out = {}
+        for name, file in found.items():
+            with open(file, "rb") as f:
+                out[name] = f.read()
+        return out
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            return {os.path.basename(n): zf.read(n) for n in zf.namelist() if os.path.basename(n) in (ADAPTER_FILE, CONFIG_FILE, "adapter_model.bin")}
+    if path.endswith(".bin"):
+        raise AdapterError(f"{path}: pickle adapters are refused (they can run code); use adapter_model.safetensors")
+    if not os.path.exists(path):
+        raise AdapterError(f"{path}: no such file or folder")
+    with open(path, "rb") as f:
+        out = {ADAPTER_FILE: f.read()}
+    beside = os.path.join(os.path.dirname(path), CONFIG_FILE)
+    if os.path.exists(beside):
+        with open(beside, "rb") as f:
+            out[CONFIG_FILE] = f.read()
+    return out
+
+
+def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[LoraConfig, dict[str, tuple[tuple[int, ...], bytes]], dict]:
+    """(LoraConfig, {key: (shape, float32 bytes)}, raw config) from an adapter's two files."""
+    if ADAPTER_FILE not in files:
+        if "adapter_model.bin" in files:
+            raise AdapterError(f"{source}: only a pickle adapter (adapter_model.bin) was found; LoRA Lab reads safetensors only")
+        raise AdapterError(f"{source}: {ADAPTER_FILE} is missing")
+    if CONFIG_FILE not in files:
+        raise AdapterError(f"{source}: {CONFIG_FILE} is missing (it holds r, lora_alpha and target_modules)")
+    try:
+        raw = json.loads(files[CONFIG_FILE].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"{source}/{CONFIG_FILE}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("peft_type", "LORA") != "LORA":
+        raise AdapterError(f"{source}/{CONFIG_FILE}: not a LoRA adapter config (peft_type {raw.get('peft_type') if isinstance(raw, dict) else '?'})")
+    for unsupported in ("use_dora",):
+        if raw.get(unsupported):
+            raise AdapterError(f"{source}/{CONFIG_FILE}: {unsupported} adapters are not supported")
+    if raw.get("rank_pattern") or raw.get("alpha_pattern"):
+        raise AdapterError(f"{source}/{CONFIG_FILE}: per-module rank_pattern/alpha_pattern are not supported yet")
+    data = files[ADAPTER_FILE]
+    try:
+        header = parse_header(data, len(data), f"{source}/{ADAPTER_FILE}")
+    except SafetensorsError as exc:
+        raise AdapterError(str(exc)) from None
+    state, targets, ranks = {}, set(), set()
+    for name, info in header.tensors.items():
+        m = KEY.match(name)
+        if not m or m.group(3) not in PROJECTIONS:
+            raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} is not a LoRA A/B matrix of a supported projection")
+        if info.dtype not in ("F32", "F16", "BF16"):
+            raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} has dtype {info.dtype}; float is needed")
+        if len(info.shape) != 2:
+            raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} has shape {list(info.shape)}; LoRA matrices are 2-D")
+        key = name.replace(".default.weight", ".weight")
+        state[key] = (info.shape, to_f32_bytes(info.dtype, data[info.start : info.end]))
+        targets.add(m.group(3))
+        ranks.add(info.shape[0] if m.group(4) == "A" else info.shape[1])
+    if not state:
+        raise AdapterError(f"{source}/{ADAPTER_FILE}: holds no LoRA tensors")
+    try:
+        r = int(raw.get("r", 8))
+        lora = LoraConfig(r=r, alpha=float(raw.get("lora_alpha", r)), targets=tuple(p for p in PROJECTIONS if p in targets),
+                          dropout=float(raw.get("lora_dropout") or 0.0), use_rslora=bool(raw.get("use_rslora", False)))
+    except (TypeError, ValueError) as exc:
+        raise AdapterError(f"{source}/{CONFIG_FILE}: {exc}") from None
+    if ranks != {r}:
+        raise AdapterError(f"{source}: adapter_config.json says r = {r}, but the tensors have rank {sorted(ranks)}")
+    return lora, state, raw
+
+
+def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = "adapter") -> None:
+    """Every tensor of the adapter matches the model's layers and shapes, and every expected one is there."""
+    expected = {}
+    for layer in range(model.num_layers):
+        for module in lora.targets:
+            out_f, in_f = model.projection_shape(module)
+            block = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+            base = f"base_model.model.model.layers.{layer}.{block}.{module}"
+            expected[f"{base}.lora_A.weight"] = (lora.r, in_f)
+            expected[f"{base}.lora_B.weight"] = (out_f, lora.r)
+    for key, (shape, _) in state.items():
+        if key not in expected:
+            raise AdapterError(f"{source}: tensor {key} does not exist in this model ({model.num_layers} layers); "
+                               f"the adapter was made for another model")
+        if tuple(shape) != expected[key]:
+            raise AdapterError(f"{source}: tensor {key} has shape {list(shape)}, expected {list(expected[key])} "
+                               f"for this model; the adapter was made for another model")
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise AdapterError(f"{source}: tensor {missing[0]} is missing ({len(missing)} missing in all)")
+
+
+def load_into(lora_state: LoraState, state: dict) -> None:
+    lora_state.load_state({key: data for key, (_, data) in state.items()})
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()

@@ -1,0 +1,158 @@
+"""`loralab train / eval / generate` end to end on tiny models, and their error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.model import hf
+
+torch = pytest.importorskip("torch")
+LORALAB = str(Path(sys.executable).with_name("loralab"))
+
+
+def loralab(*args, ok=True):
+    out = subprocess.run([LORALAB, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if ok:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = hf.tiny_model("qwen2", tmp_path_factory.mktemp("m") / "tiny-qwen2", seed=4, tied=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokens_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("d") / "train.jsonl"
+    with open(path, "w") as f:
+        for i in range(12):
+            ids = rng.integers(0, 96, int(rng.integers(5, 20))).tolist()
+            record = {"input_ids": ids}
+            if i % 2:
+                record["labels"] = [-100] * 3 + ids[3:]
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+def test_train_writes_a_peft_adapter_that_reproduces_our_eval_loss(tmp_path, model_dir, tokens_file):
+    out, metrics = tmp_path / "adapter", tmp_path / "metrics.jsonl"
+    loralab("train", model_dir, tokens_file, "--out", out, "--steps", 6, "--batch-size", 3, "--seq-len", 16,
+            "--lr", 1e-2, "--lr-schedule", "cosine", "--warmup-steps", 2, "--rank", 4, "--alpha", 8, "--metrics", metrics,
+            "--report-every", 4)
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
+    assert all({"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= set(m) for m in lines)
+    assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
+
+    ours = json.loads(loralab("eval", model_dir, tokens_file, "--adapter", out, "--seq-len", 16).stdout)
+    import peft
+
+    model = peft.PeftModel.from_pretrained(hf.load_hf(model_dir), str(out))
+    missing = [k for k in model.state_dict() if "lora_" in k and k.endswith(".weight")]
+    assert missing, "PEFT loaded no LoRA weights"
+    losses, count = 0.0, 0
+    for line in tokens_file.read_text().splitlines():
+        rec = json.loads(line)
+        ids = rec["input_ids"][:16]
+        labels = rec.get("labels", rec["input_ids"])[:16]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+        targets = torch.tensor(labels[1:])
+        losses += torch.nn.functional.cross_entropy(logits[:-1], targets, ignore_index=-100, reduction="sum").item()
+        count += int((targets != -100).sum())
+    assert ours["tokens"] == count
+    assert ours["loss"] == pytest.approx(losses / count, abs=1e-4)
+    base = json.loads(loralab("eval", model_dir, tokens_file, "--seq-len", 16).stdout)
+    assert base["loss"] > ours["loss"], "training should lower the loss on its own data"
+
+
+def test_adapter_loads_in_peft_with_no_missing_or_unexpected_keys(tmp_path, model_dir, tokens_file):
+    import peft
+    from safetensors.torch import load_file
+
+    out = tmp_path / "a"
+    loralab("train", model_dir, tokens_file, "--out", out, "--steps", 1, "--rank", 2, "--targets", "q_proj,v_proj,down_proj")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 2 and config["lora_alpha"] == 4
+    assert sorted(config["target_modules"]) == ["down_proj", "q_proj", "v_proj"]
+    model = peft.get_peft_model(hf.load_hf(model_dir), peft.LoraConfig(r=2, lora_alpha=4, target_modules=config["target_modules"]))
+    result = peft.set_peft_model_state_dict(model, load_file(out / "adapter_model.safetensors"))
+    assert not result.unexpected_keys
+    assert not [k for k in result.missing_keys if "lora_" in k]
+
+
+def test_generate_prints_text(model_dir, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(96)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path / "with-tokenizer"
+    folder.mkdir()
+    for f in model_dir.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    tok.save(str(folder / "tokenizer.json"))
+    out = loralab("generate", folder, "--prompt", "w1 w2 w3", "--max-new-tokens", 5, "--raw")
+    assert len(out.stdout.split()) == 5
+    assert json.loads(out.stderr.strip().splitlines()[-1])["new_tokens"] == 5
+
+
+@pytest.mark.parametrize("case", ["bad_json", "empty", "missing_model", "unsupported_arch", "bad_shape", "foreign_adapter",
+                                  "pickle_adapter", "vocab"])
+def test_user_errors_are_one_clear_line(tmp_path, model_dir, tokens_file, case):
+    data, model, extra = tokens_file, model_dir, []
+    expect = ""
+    if case == "bad_json":
+        data = tmp_path / "bad.jsonl"
+        data.write_text('{"input_ids": [1, 2]}\n{"input_ids": [1, 2\n')
+        expect = "bad.jsonl line 2: invalid JSON"
+    elif case == "empty":
+        data = tmp_path / "empty.jsonl"
+        data.write_text("\n")
+        expect = "empty"
+    elif case == "missing_model":
+        model, expect = tmp_path / "nope", "no such model folder"
+    elif case in ("unsupported_arch", "bad_shape"):
+        model = tmp_path / "m"
+        model.mkdir()
+        cfg = json.loads((model_dir / "config.json").read_text())
+        if case == "unsupported_arch":
+            cfg["architectures"] = ["GPT2LMHeadModel"]
+            expect = "GPT2LMHeadModel is not supported"
+        else:
+            cfg["intermediate_size"] = 100
+            expect = "implies [100, 64]"
+        (model / "config.json").write_text(json.dumps(cfg))
+        (model / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes())
+    elif case == "foreign_adapter":
+        other = hf.tiny_model("llama", tmp_path / "other", seed=1, intermediate_size=96)
+        adapter = tmp_path / "foreign"
+        loralab("train", other, tokens_file, "--out", adapter, "--steps", 1, "--rank", 2)
+        cfg = json.loads((adapter / "adapter_config.json").read_text())
+        extra, expect = ["--adapter", adapter], "made for another model"
+        assert cfg["r"] == 2
+    elif case == "pickle_adapter":
+        adapter = tmp_path / "pickled"
+        adapter.mkdir()
+        (adapter / "adapter_model.bin").write_bytes(b"\x80\x04not really")
+        (adapter / "adapter_config.json").write_text("{}")
+        extra, expect = ["--adapter", adapter], "pickle"
+    elif case == "vocab":
+        data = tmp_path / "big.jsonl"
+        data.write_text('{"input_ids": [1, 2, 500]}\n')
+        expect = "token id 500 is outside the model's vocabulary"
+    out = loralab("train", model, data, "--out", tmp_path / "o", "--steps", 1, *extra, ok=False)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("loralab: ") and expect in last, last
