@@ -34,10 +34,10 @@ class Session:
 
     @classmethod
     async def open(cls, model_path: str) -> "Session":
+        from .engine import load_ops
         from .gpu.native import NativeDevice
-        from .kernels import KernelLibrary, directory_reader
+        from .kernels import directory_reader
         from .model.weights import HFFolder
-        from .ops import Ops
 
         self = cls()
         if not os.path.exists(model_path):
@@ -45,7 +45,7 @@ class Session:
         self.source = HFFolder(model_path)  # validates config.json and the safetensors headers first
         self.config = self.source.config
         self.device = await NativeDevice.create()
-        self.ops = await Ops.load(self.device, KernelLibrary(self.device, directory_reader()))
+        self.ops = await load_ops(self.device, directory_reader())
         self.tokenizer = None
         if os.path.isfile(os.path.join(model_path, "tokenizer.json")):
             from .data.tokenizer import HFTokenizer
@@ -82,11 +82,6 @@ class Session:
         return self.tokenizer.pad_id if self.tokenizer else 0
 
 
-def _seq_len(records, limit: int) -> int:
-    """The model is built for the longest record (right padding changes no loss), capped at limit."""
-    return max(1, min(limit, max(len(r.input_ids) for r in records)))
-
-
 async def cmd_info(args) -> int:
     from .gpu.native import NativeDevice
     from .kernels import KernelLibrary, directory_reader
@@ -100,10 +95,10 @@ async def cmd_info(args) -> int:
 
 
 async def cmd_train(args) -> int:
+    from .engine import fit_seq_len, prepare_training
     from .formats.peft import adapter_files, save_adapter
-    from .lora import LoraConfig, LoraState
-    from .model.transformer import Transformer
-    from .train import NonFiniteLoss, TrainConfig, Trainer
+    from .lora import LoraConfig
+    from .train import NonFiniteLoss, TrainConfig
 
     s = await Session.open(args.model)
     records, summary = s.dataset(args.data, args.format, args.seq_len)
@@ -122,18 +117,13 @@ async def cmd_train(args) -> int:
         targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
         lora_config = LoraConfig(r=args.rank, alpha=args.alpha if args.alpha is not None else 2.0 * args.rank,
                                  targets=targets, use_rslora=args.rslora)
-    seq_len = _seq_len(records + valid, args.seq_len)
+    seq_len = fit_seq_len(records + valid, args.seq_len)
     config = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, seq_len=seq_len,
                          grad_accum=args.grad_accum, lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
                          optimizer=args.optimizer, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
                          seed=args.seed, shuffle=not args.no_shuffle, report_every=args.report_every)
-    lora = LoraState(s.device, s.config, lora_config)
-    if state is not None:
-        lora.load_state({k: data for k, (_, data) in state.items()})
-    else:
-        s.device.submit(lora.init_dispatches(s.ops, args.seed))
-    model = Transformer(s.device, s.ops, s.config, await s.weights(), lora, config.batch_size, config.seq_len)
-    trainer = Trainer(s.device, s.ops, model, lora, config, records, valid, s.pad_id)
+    trainer = await prepare_training(s.ops, s.source, s.config, records, valid, lora_config, state, config, s.pad_id)
+    lora = trainer.lora
     print(json.dumps({"event": "start", "dataset": summary.as_dict(), "steps": trainer.total_steps,
                       "trainable_parameters": lora.trainable_parameters, "seq_len": seq_len}), file=sys.stderr)
     metrics = open(args.metrics, "w", encoding="utf-8") if args.metrics else None
@@ -163,18 +153,14 @@ async def cmd_train(args) -> int:
 
 
 async def cmd_eval(args) -> int:
-    from .lora import LoraState
+    from .engine import fit_seq_len, make_lora
     from .model.transformer import Transformer
     from .train import evaluate
 
     s = await Session.open(args.model)
     records, _ = s.dataset(args.data, args.format, args.seq_len)
-    lora = None
-    if args.adapter:
-        lora_config, state = s.adapter(args.adapter)
-        lora = LoraState(s.device, s.config, lora_config)
-        lora.load_state({k: data for k, (_, data) in state.items()})
-    model = Transformer(s.device, s.ops, s.config, await s.weights(), lora, args.batch_size, _seq_len(records, args.seq_len))
+    lora = make_lora(s.ops, s.config, *s.adapter(args.adapter)) if args.adapter else None
+    model = Transformer(s.device, s.ops, s.config, await s.weights(), lora, args.batch_size, fit_seq_len(records, args.seq_len))
     history = s.device.create_buffer(4, label="eval_loss")
     step = s.device.create_buffer(32, label="step")
     result = await evaluate(s.device, model, records, history, step, s.pad_id)
@@ -183,17 +169,13 @@ async def cmd_eval(args) -> int:
 
 
 async def cmd_generate(args) -> int:
+    from .engine import make_lora
     from .generate import Generator
-    from .lora import LoraState
 
     s = await Session.open(args.model)
     if s.tokenizer is None:
         raise TokenizerError(f"{args.model}: tokenizer.json is missing; generate needs the model's tokenizer")
-    lora = None
-    if args.adapter:
-        lora_config, state = s.adapter(args.adapter)
-        lora = LoraState(s.device, s.config, lora_config)
-        lora.load_state({k: data for k, (_, data) in state.items()})
+    lora = make_lora(s.ops, s.config, *s.adapter(args.adapter)) if args.adapter else None
     prompt = args.prompt
     if not args.raw and s.tokenizer.chat_template:
         prompt = s.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)

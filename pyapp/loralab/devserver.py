@@ -38,10 +38,15 @@ MIME_TYPES = {
 class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
     quiet = False
+    cross_origin = False  # serve files to other origins too, as a model hub does
 
     def end_headers(self) -> None:
         for name, value in ISOLATION_HEADERS.items():
+            if self.cross_origin and name == "Cross-Origin-Resource-Policy":
+                value = "cross-origin"
             self.send_header(name, value)
+        if self.cross_origin:
+            self.send_header("Access-Control-Allow-Origin", "*")
         # A development server: always revalidate so a rebuild is seen on reload.
         self.send_header("Cache-Control", "no-cache")
         super().end_headers()
@@ -51,16 +56,17 @@ class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False):
+def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False, cross_origin: bool = False):
     """A threading HTTP server for `root`; port 0 picks a free port (see `server.server_port`)."""
-    handler = functools.partial(type("Handler", (IsolatedHandler,), {"quiet": quiet}), directory=str(root))
+    attrs = {"quiet": quiet, "cross_origin": cross_origin}
+    handler = functools.partial(type("Handler", (IsolatedHandler,), attrs), directory=str(root))
     server = http.server.ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
 
 
-def serve_in_background(root: Path, host: str = "127.0.0.1", port: int = 0):
+def serve_in_background(root: Path, host: str = "127.0.0.1", port: int = 0, cross_origin: bool = False):
     """Start a quiet server on a thread; returns (server, base_url). Call server.shutdown() to stop."""
-    server = make_server(root, host, port, quiet=True)
+    server = make_server(root, host, port, quiet=True, cross_origin=cross_origin)
     threading.Thread(target=server.serve_forever, name="loralab-devserver", daemon=True).start()
     return server, f"http://{host}:{server.server_port}/"

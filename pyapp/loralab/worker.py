@@ -13,10 +13,22 @@ import traceback
 
 import js  # type: ignore[import-not-found]
 
+from .data.formats import DatasetError, load_dataset
+from .engine import fit_seq_len, load_ops, prepare_training
+from .formats.peft import AdapterError, check_fits, parse_adapter
+from .formats.remote import FetchError, RemoteFolder, fetch
+from .formats.safetensors import SafetensorsError
 from .gpu.browser import BrowserDevice
 from .gpu.device import GpuError
 from .kernels import KernelLibrary, SourceReader
+from .lora import LoraConfig
+from .model.config import ModelConfigError
+from .model.weights import WeightsError
 from .selftest import matmul_check
+from .train import NonFiniteLoss, TrainConfig
+
+USER_ERRORS = (GpuError, FileNotFoundError, FetchError, DatasetError, AdapterError, SafetensorsError,
+               ModelConfigError, WeightsError, NonFiniteLoss, ValueError)
 
 _engine: dict = {}
 
@@ -39,7 +51,7 @@ def _result(fn):
     async def wrapped(*args):
         try:
             return json.dumps({"ok": True, **await fn(*args)})
-        except (GpuError, FileNotFoundError) as exc:
+        except USER_ERRORS as exc:
             return json.dumps({"ok": False, "error": str(exc)})
         except Exception as exc:  # an engine bug: say so, keep the page alive
             return json.dumps({"ok": False, "error": f"internal error: {exc}", "detail": traceback.format_exc()})
@@ -60,4 +72,42 @@ async def probe(base_url: str) -> dict:
     return {"adapter": device.info.summary(), "check": check}
 
 
-EXPORTS = {"probe": probe}
+async def _ops():
+    if "ops" not in _engine:
+        if "device" not in _engine:
+            raise GpuError("the engine has no GPU device yet")
+        _engine["ops"] = await load_ops(_engine["device"], _engine["kernels"].read_source)
+    return _engine["ops"]
+
+
+@_result
+async def train_run(request: str) -> dict:
+    """Train on a model folder and a dataset given by URL; returns the per-step history.
+
+    request: {"model_url", "data_url", "format"?, "adapter_url"?, "lora": {r, alpha, targets?},
+    "train": {TrainConfig fields}}. (The app's own training console builds on the same path.)
+    """
+    req = json.loads(request)
+    ops = await _ops()
+    source = await RemoteFolder.open(req["model_url"])
+    data = await fetch(req["data_url"])
+    train_fields = dict(req.get("train", {}))
+    records, summary = load_dataset(req["data_url"].rsplit("/", 1)[-1], data.text(), req.get("format", "auto"), None,
+                                    train_fields.get("seq_len", 256), source.config.vocab_size)
+    state = None
+    if req.get("adapter_url"):
+        base = req["adapter_url"].rstrip("/") + "/"
+        files = {name: (await fetch(base + name)).bytes() for name in ("adapter_model.safetensors", "adapter_config.json")}
+        lora_config, state, _ = parse_adapter(files, base)
+        check_fits(lora_config, state, source.config, base)
+    else:
+        lora_config = LoraConfig(**req.get("lora", {}))
+    train_fields["seq_len"] = fit_seq_len(records, train_fields.get("seq_len", 256))
+    config = TrainConfig(**train_fields)
+    trainer = await prepare_training(ops, source, source.config, records, [], lora_config, state, config)
+    history = await trainer.train()
+    return {"history": history, "dataset": summary.as_dict(), "adapter": {
+        key: list(shape) for key, (shape, _) in (await trainer.lora.read_state()).items()}}
+
+
+EXPORTS = {"probe": probe, "train_run": train_run}

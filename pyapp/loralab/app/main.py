@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 
-from pyscript import document, workers  # type: ignore[import-not-found]
+from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
+from pyscript import document, window, workers  # type: ignore[import-not-found]
 
 
 def _el(testid: str):
@@ -62,9 +63,19 @@ def render_hw_info(adapter: dict, check: dict) -> None:
     dl.dataset.check = json.dumps({k: check[k] for k in ("ok", "sha256", "max_abs_error", "shape")})
 
 
+def expose_engine(engine) -> None:
+    """window.loralabEngine(name, json) -> Promise<json>: the worker protocol, for scripts and tests."""
+
+    async def call(name: str, payload: str = "{}") -> str:
+        return await getattr(engine, name)(payload)
+
+    window.loralabEngine = create_proxy(call)
+
+
 async def start() -> None:
     set_status("Starting the engine…")
     engine = await workers["engine"]
+    expose_engine(engine)
     set_status("Looking for a WebGPU adapter…")
     result = json.loads(await engine.probe(document.baseURI))
     if not result["ok"]:

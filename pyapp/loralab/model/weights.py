@@ -43,7 +43,7 @@ class WeightSource(Protocol):
 
     def tensors(self) -> dict[str, TensorInfo]: ...
 
-    async def read(self, info: TensorInfo) -> bytes: ...
+    async def read(self, info: TensorInfo): ...  # bytes-like, or a JS typed array in the browser
 
 
 class HFFolder:
@@ -92,6 +92,12 @@ class HFFolder:
             return f.read(info.end - info.start)
 
 
+def _host_bytes(raw) -> bytes:
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw)
+    return raw.to_bytes()  # a JS typed array (browser)
+
+
 async def upload_weights(device: Device, config: ModelConfig, source: WeightSource) -> dict[str, Buffer]:
     """Check every tensor the config needs against the source, then upload each as float32."""
     available = source.tensors()
@@ -111,8 +117,9 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
     weights = {}
     for name in shapes:
         info = available[name]
-        try:
-            data = to_f32_bytes(info.dtype, await source.read(info))
+        raw = await source.read(info)
+        try:  # float32 goes to the GPU as it is (in the browser: a JS view, never copied into Python)
+            data = raw if info.dtype == "F32" else to_f32_bytes(info.dtype, _host_bytes(raw))
         except SafetensorsError as exc:
             raise WeightsError(f"{source.name}: {exc}") from None
         weights[name] = device.create_buffer_with_data(data, label=name)

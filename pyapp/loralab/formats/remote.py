@@ -1,0 +1,116 @@
+"""Model files fetched over HTTP(S): a Hugging Face folder served by any static host or hub.
+
+`fetch_bytes` uses the browser's fetch in Pyodide (the body stays a JS ArrayBuffer, so weights
+never pass through the wasm heap) and urllib on CPython. Browser-only imports are guarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from ..model.config import ModelConfig, ModelConfigError
+from .safetensors import TensorInfo, header_length, parse_header
+
+IN_BROWSER = sys.platform == "emscripten"
+
+
+class FetchError(OSError):
+    pass
+
+
+class Body:
+    """A fetched file: its size, Python bytes of a range, and (browser) a JS view of a range."""
+
+    def __init__(self, url: str, data):
+        self.url, self._data = url, data
+        self.size = int(data.byteLength) if IN_BROWSER else len(data)
+
+    def bytes(self, start: int = 0, end: int | None = None) -> bytes:
+        end = self.size if end is None else end
+        if IN_BROWSER:
+            import js  # type: ignore[import-not-found]
+
+            return js.Uint8Array.new(self._data, start, end - start).to_bytes()
+        return self._data[start:end]
+
+    def view(self, start: int, end: int):
+        """What device.write_buffer takes: a JS Uint8Array over the range (no copy) or bytes."""
+        if IN_BROWSER:
+            import js  # type: ignore[import-not-found]
+
+            return js.Uint8Array.new(self._data, start, end - start)
+        return memoryview(self._data)[start:end]
+
+    def text(self) -> str:
+        return self.bytes().decode("utf-8")
+
+
+async def fetch(url: str, missing_ok: bool = False) -> Body | None:
+    if IN_BROWSER:
+        import js  # type: ignore[import-not-found]
+
+        try:
+            response = await js.fetch(url)
+        except Exception as exc:
+            raise FetchError(f"{url}: could not be fetched ({exc})") from None
+        if response.status == 404 and missing_ok:
+            return None
+        if not response.ok:
+            raise FetchError(f"{url}: HTTP {response.status}")
+        return Body(url, await response.arrayBuffer())
+
+    import urllib.error
+    import urllib.request
+
+    def get() -> bytes | None:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                return r.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and missing_ok:
+                return None
+            raise FetchError(f"{url}: HTTP {exc.code}") from None
+        except urllib.error.URLError as exc:
+            raise FetchError(f"{url}: could not be fetched ({exc.reason})") from None
+
+    data = await asyncio.get_running_loop().run_in_executor(None, get)
+    return None if data is None else Body(url, data)
+
+
+class RemoteFolder:
+    """A Hugging Face model folder at `base_url` (ending in /): config.json + safetensors."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.name = self.base_url.rstrip("/").rsplit("/", 1)[-1]
+        self.config: ModelConfig | None = None
+        self._infos: dict[str, TensorInfo] = {}
+        self._bodies: dict[str, Body] = {}
+
+    @classmethod
+    async def open(cls, base_url: str) -> "RemoteFolder":
+        self = cls(base_url)
+        cfg = await fetch(self.base_url + "config.json", missing_ok=True)
+        if cfg is None:
+            raise ModelConfigError(f"{self.base_url}config.json is missing")
+        try:
+            self.config = ModelConfig.from_dict(json.loads(cfg.text()), self.base_url + "config.json")
+        except json.JSONDecodeError as exc:
+            raise ModelConfigError(f"{self.base_url}config.json: not valid JSON ({exc})") from None
+        index = await fetch(self.base_url + "model.safetensors.index.json", missing_ok=True)
+        shards = sorted(set(json.loads(index.text())["weight_map"].values())) if index else ["model.safetensors"]
+        for shard in shards:
+            body = await fetch(self.base_url + shard)
+            n = header_length(body.bytes(0, min(8, body.size)), body.size, shard)
+            for name, info in parse_header(body.bytes(0, 8 + n), body.size, shard).tensors.items():
+                self._infos[name] = info
+                self._bodies[name] = body
+        return self
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        return self._infos
+
+    async def read(self, info: TensorInfo):
+        return self._bodies[info.name].view(info.start, info.end)
