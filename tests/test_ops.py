@@ -101,6 +101,16 @@ def test_embedding_lookup(ops, arrays):
     np.testing.assert_array_equal(arrays.down(out, (T, C)), ref.embedding(ids, table))
 
 
+def test_embedding_backward_sums_repeated_ids(ops, arrays):
+    T, C, V = 29, 70, 11
+    r = rng("embb")
+    ids = r.integers(0, V + 2, T).astype(np.uint32)  # repeats, and two out-of-range ids ignored
+    d_out = r.standard_normal((T, C), dtype=np.float32)
+    d_table = arrays.up(np.zeros((V, C), np.float32))
+    arrays.submit(ops.embedding_backward(d_table, arrays.up(ids), arrays.up(d_out), T, C, V))
+    np.testing.assert_allclose(arrays.down(d_table, (V, C)), ref.embedding_backward(ids, d_out, V), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("R, V", [(1, 5), (9, 1000), (4, 49157)])
 def test_cross_entropy_loss_and_gradient(ops, arrays, R, V):
     r = rng("ce", R, V)
@@ -200,6 +210,20 @@ def test_sgd_step(ops, arrays):
     step, clip = arrays.up(np.array([0.1, 1.0, 1.0], np.float32)), arrays.up(np.array([0.0, 0.5], np.float32))
     arrays.submit(ops.sgd(bp, arrays.up(g), step, clip, N, weight_decay=0.01))
     np.testing.assert_allclose(arrays.down(bp, (N,)), ref.sgd(p, g, 0.1, 0.01, clip=0.5), rtol=1e-6, atol=1e-7)
+
+
+def test_dropout_mask_scaling_and_accumulate(ops, arrays):
+    N, p, seed, stream = 5003, 0.25, 987654321, 17
+    x = rng("drop").standard_normal(N, dtype=np.float32)
+    y0 = rng("drop0").standard_normal(N, dtype=np.float32)
+    step = arrays.up(np.array([0, 1, 1, 1, 0, np.uint32(seed).view(np.float32)], np.float32))
+    y, acc = arrays.empty(N), arrays.up(y0)
+    arrays.submit(ops.dropout(y, arrays.up(x), step, N, p, stream), ops.dropout(acc, arrays.up(x), step, N, p, stream, accumulate=True))
+    want = ref.dropout(x, p, seed, stream)
+    np.testing.assert_allclose(arrays.down(y, (N,)), want, rtol=1e-6)
+    np.testing.assert_allclose(arrays.down(acc, (N,)), y0 + want, rtol=1e-6)
+    assert (want == 0).mean() == pytest.approx(p, abs=0.02)
+    assert not np.array_equal(ref.dropout_mask(N, p, seed, stream), ref.dropout_mask(N, p, seed, stream + 1))
 
 
 def test_lora_init_is_seeded_uniform(ops, arrays):

@@ -116,12 +116,13 @@ async def cmd_train(args) -> int:
     else:
         targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
         lora_config = LoraConfig(r=args.rank, alpha=args.alpha if args.alpha is not None else 2.0 * args.rank,
-                                 targets=targets, use_rslora=args.rslora)
+                                 targets=targets, use_rslora=args.rslora, dropout=args.dropout)
     seq_len = fit_seq_len(records + valid, args.seq_len)
     config = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, seq_len=seq_len,
                          grad_accum=args.grad_accum, lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
                          optimizer=args.optimizer, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-                         seed=args.seed, shuffle=not args.no_shuffle, report_every=args.report_every)
+                         seed=args.seed, shuffle=not args.no_shuffle, report_every=args.report_every,
+                         gradient_checkpointing=args.gradient_checkpointing)
     trainer = await prepare_training(s.ops, s.source, s.config, records, valid, lora_config, state, config, s.pad_id)
     lora = trainer.lora
     print(json.dumps({"event": "start", "dataset": summary.as_dict(), "steps": trainer.total_steps,
@@ -219,8 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rank", type=int, default=8)
     t.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 × rank)")
     t.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(rank)")
+    t.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout on the adapters' input")
     t.add_argument("--targets", default=",".join(PROJECTIONS), help="comma-separated projections")
     t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--gradient-checkpointing", action="store_true", help="recompute layers in the backward pass to save memory")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-shuffle", action="store_true")
     t.add_argument("--format", choices=formats, default="auto")

@@ -38,5 +38,5 @@ async def prepare_training(ops: Ops, source: WeightSource, config: ModelConfig, 
                            pad_id: int = 0) -> Trainer:
     lora = make_lora(ops, config, lora_config, state, train.seed)
     weights = await upload_weights(ops.device, config, source)
-    model = Transformer(ops.device, ops, config, weights, lora, train.batch_size, train.seq_len)
+    model = Transformer(ops.device, ops, config, weights, lora, train.batch_size, train.seq_len, train.gradient_checkpointing)
     return Trainer(ops.device, ops, model, lora, train, records, valid, pad_id)

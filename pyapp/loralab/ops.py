@@ -33,6 +33,8 @@ KERNELS = (
     "loss_sum",
     "bias_add",
     "attention_cached",
+    "dropout",
+    "embedding_backward",
 )
 
 MAX_GROUPS = 65535
@@ -102,6 +104,10 @@ class Ops:
     def embedding(self, out: Buffer, ids: Buffer, table: Buffer, T: int, C: int, V: int) -> Dispatch:
         return self._elementwise("embedding", T * C, dict(T=T, C=C, V=V), ids=ids, table=table, out=out)
 
+    def embedding_backward(self, d_table: Buffer, ids: Buffer, d_out: Buffer, T: int, C: int, V: int) -> Dispatch:
+        """d_table[ids[t]] += d_out[t] (accumulates)."""
+        return self._elementwise("embedding_backward", C, dict(T=T, C=C, V=V), ids=ids, d_out=d_out, d_table=d_table)
+
     def cross_entropy(self, loss: Buffer, logits: Buffer, targets: Buffer, R: int, V: int, scale: float) -> Dispatch:
         """Per-row loss into `loss`; `logits` is overwritten by scale · d(loss)/d(logits)."""
         return self._rows("cross_entropy", R, dict(R=R, V=V, scale=scale), targets=targets, logits=logits, loss=loss)
@@ -159,6 +165,10 @@ class Ops:
 
     def sgd(self, param: Buffer, grad: Buffer, step: Buffer, clip: Buffer, N: int, *, weight_decay: float) -> Dispatch:
         return self._elementwise("sgd", N, dict(N=N, weight_decay=weight_decay), grad=grad, step=step, clip=clip, param=param)
+
+    def dropout(self, y: Buffer, x: Buffer, step: Buffer, N: int, p: float, stream: int, accumulate: bool = False) -> Dispatch:
+        """y (+)= x · mask / (1 − p), the mask drawn from (step[5] seed, stream)."""
+        return self._elementwise("dropout", N, dict(N=N, p=p, stream=stream, accumulate=int(accumulate)), x=x, step=step, y=y)
 
     def lora_init(self, A: Buffer, offset: int, N: int, fan_in: int, seed: int) -> Dispatch:
         return self._elementwise("lora_init", N, dict(N=N, offset=offset, seed=seed, bound=1.0 / math.sqrt(fan_in)), A=A)

@@ -67,6 +67,13 @@ def embedding(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
     return out
 
 
+def embedding_backward(ids: np.ndarray, d_out: np.ndarray, V: int) -> np.ndarray:
+    d_table = np.zeros((V, d_out.shape[1]), np.float64)
+    ok = ids < V
+    np.add.at(d_table, ids[ok], d_out[ok])
+    return d_table.astype(np.float32)
+
+
 def cross_entropy(logits: np.ndarray, targets: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """(loss [R], dlogits [R, V]) as wgsl/cross_entropy.wgsl computes them."""
     logits = logits.astype(np.float64)
@@ -173,3 +180,16 @@ def attention_cached(q, k_cache, v_cache, T: int, start: int, Hq: int, Hkv: int,
     P = np.exp(s - s.max(-1, keepdims=True))
     P /= P.sum(-1, keepdims=True)
     return (P @ V).transpose(1, 0, 2).reshape(T, Hq * D).astype(np.float32)
+
+
+def dropout_mask(N: int, p: float, seed: int, stream: int) -> np.ndarray:
+    """The keep mask wgsl/dropout.wgsl draws (True = kept)."""
+    inner = _pcg(np.uint64(seed) ^ _pcg(np.array([stream], np.uint64)))
+    r = _pcg(inner ^ np.arange(N, dtype=np.uint64))
+    u = (r >> np.uint64(8)).astype(np.float32) / np.float32(16777216.0)
+    return u >= np.float32(p)
+
+
+def dropout(x: np.ndarray, p: float, seed: int, stream: int) -> np.ndarray:
+    keep = dropout_mask(x.size, p, seed, stream).reshape(x.shape)
+    return np.where(keep, x / np.float32(1.0 - p), 0.0).astype(np.float32)

@@ -42,6 +42,7 @@ class TrainConfig:
     beta2: float = field(default=0.999, metadata={"help": "AdamW β2"})
     eps: float = field(default=1e-8, metadata={"help": "AdamW ε"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0: off)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer in the backward pass: far less activation memory, about a third more compute"})
     seed: int = field(default=0, metadata={"help": "seed for LoRA init and shuffling"})
     shuffle: bool = field(default=True, metadata={"help": "shuffle records each epoch"})
     report_every: int = field(default=10, metadata={"help": "read losses back every N steps"})
@@ -108,7 +109,7 @@ class Trainer:
         self.total_steps = config.total_steps(len(train))
         self.step = 0  # optimizer steps done
         n = config.report_every
-        self.step_buf = device.create_buffer(32, label="step")  # [lr, bc1, bc2, grad_scale, slot]
+        self.step_buf = device.create_buffer(32, label="step")  # see _write_step
         self.loss_hist = device.create_buffer(4 * n, label="loss_history")
         self.norm_hist = device.create_buffer(4 * n, label="grad_norm_history")
         self.clip = device.create_buffer(8, label="clip")
@@ -131,10 +132,13 @@ class Trainer:
             cmds.append(ops.sgd(lora.params, lora.grads, self.step_buf, self.clip, lora.numel, weight_decay=c.weight_decay))
         return cmds
 
-    def _write_step(self, lr: float, t: int, grad_scale: float, slot: int) -> None:
+    def _write_step(self, lr: float, t: int, grad_scale: float, slot: int, micro: int) -> None:
+        """[lr, bc1, bc2, grad_scale, slot, dropout seed]: written before each micro-batch's submit
+        (queue writes are ordered with submits, so each submit sees its own values)."""
         c = self.config
         bc1, bc2 = 1 - c.beta1**t, 1 - c.beta2**t
-        self.device.write_buffer(self.step_buf, struct.pack("<5f", lr, bc1, bc2, grad_scale, slot))
+        seed = (c.seed * 1_000_003 + t * c.grad_accum + micro) & 0xFFFFFFFF
+        self.device.write_buffer(self.step_buf, struct.pack("<5fI", lr, bc1, bc2, grad_scale, slot, seed))
 
     def _batches(self) -> list[tuple[list[int], list[int], int]]:
         out = []
@@ -150,11 +154,12 @@ class Trainer:
         batches = self._batches()
         n_targets = sum(n for _, _, n in batches)
         lr = lr_at(self.config, self.step, self.total_steps)
-        self._write_step(lr, self.step + 1, 1.0 / max(1, n_targets), slot)
         for micro, (ids, targets, _) in enumerate(batches):
+            self._write_step(lr, self.step + 1, 1.0 / max(1, n_targets), slot, micro)
             self.model.write_batch(ids, targets)
-            cmds = self.model.forward() + self.model.loss(self.loss_hist, self.step_buf, backward=True)
-            cmds += self.model.backward(accumulate_grads=micro > 0)
+            step = self.step_buf
+            cmds = self.model.forward(step=step) + self.model.loss(self.loss_hist, step, backward=True)
+            cmds += self.model.backward(accumulate_grads=micro > 0, step=step)
             if micro == len(batches) - 1:
                 if keep_params:
                     cmds.append(Copy(self.lora.params, 0, self.pending, 0, self.lora.nbytes))
@@ -208,7 +213,7 @@ class Trainer:
 async def evaluate(device: Device, model: Transformer, records: list[Sequence], history, step_buf, pad_id: int = 0) -> dict:
     """Mean loss over every target token of `records` (one readback at the end)."""
     device.write_buffer(history, bytes(4))
-    device.write_buffer(step_buf, struct.pack("<5f", 0.0, 1.0, 1.0, 1.0, 0.0))
+    device.write_buffer(step_buf, struct.pack("<5fI", 0.0, 1.0, 1.0, 1.0, 0.0, 0))
     total = 0
     for start in range(0, len(records), model.B):
         ids, targets, n = make_batch(records[start : start + model.B], model.B, model.S, pad_id)

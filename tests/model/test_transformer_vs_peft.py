@@ -24,11 +24,11 @@ def model_dir(request, tmp_path_factory):
     return hf.tiny_model(kind, tmp_path_factory.mktemp(kind), seed=3, tied=tied)
 
 
-def build(gpu, ops, run, path, lora_config, B, S):
+def build(gpu, ops, run, path, lora_config, B, S, checkpointing=False):
     source = HFFolder(str(path))
     weights = run(upload_weights(gpu, source.config, source))
     lora = LoraState(gpu, source.config, lora_config) if lora_config else None
-    return source.config, lora, Transformer(gpu, ops, source.config, weights, lora, B, S)
+    return source.config, lora, Transformer(gpu, ops, source.config, weights, lora, B, S, checkpointing)
 
 
 def test_logits_equal_base_model_when_b_is_zero(gpu, ops, run, arrays, model_dir):
@@ -45,8 +45,9 @@ def test_logits_equal_base_model_when_b_is_zero(gpu, ops, run, arrays, model_dir
     assert np.abs(ours - ref).max() <= 1e-4
 
 
-@pytest.mark.parametrize("rslora", [False, True])
-def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_dir, rslora):
+@pytest.mark.parametrize("rslora, checkpointing", [(False, False), (True, False), (False, True)],
+                         ids=["lora", "rslora", "checkpointing"])
+def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_dir, rslora, checkpointing):
     B, S, r, alpha = 2, 9, 4, 8.0
     pm = hf.peft_model(model_dir, r=r, alpha=alpha, b_std=0.05, use_rslora=rslora)
     ids, labels = hf.batch(1, B, S, ignore_prefix=3)
@@ -55,7 +56,7 @@ def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_di
     out.loss.backward()
     ref_grads = hf.lora_grads(pm)
 
-    config, lora, model = build(gpu, ops, run, model_dir, LoraConfig(r=r, alpha=alpha, use_rslora=rslora), B, S)
+    config, lora, model = build(gpu, ops, run, model_dir, LoraConfig(r=r, alpha=alpha, use_rslora=rslora), B, S, checkpointing)
     lora.load_state({k: v.tobytes() for k, v in hf.lora_state(pm).items()})
     flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
     model.write_batch(flat_ids, targets)
@@ -72,3 +73,46 @@ def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_di
         scale = np.abs(ref).max()
         assert scale > 0, key
         np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-3 * scale, err_msg=key)
+
+
+def test_lora_dropout_matches_peft_with_the_same_masks(gpu, ops, run, arrays, model_dir):
+    """PEFT's nn.Dropout replaced by our kernel's masks: loss and gradients must then agree."""
+    from loralab import ref
+    from loralab.model.config import PROJECTIONS
+
+    B, S, r, alpha, p, seed = 2, 7, 4, 8.0, 0.3, 4242
+    pm = hf.peft_model(model_dir, r=r, alpha=alpha, b_std=0.05)
+
+    class FixedMask(torch.nn.Module):
+        def __init__(self, keep):
+            super().__init__()
+            self.keep = torch.tensor(keep)
+
+        def forward(self, x):
+            return x * self.keep.reshape(x.shape) / (1 - p)
+
+    for name, module in pm.named_modules():
+        if hasattr(module, "lora_dropout") and "default" in module.lora_dropout:
+            layer = int(name.split(".layers.")[1].split(".")[0])
+            proj = name.rsplit(".", 1)[1]
+            in_f = module.in_features
+            keep = ref.dropout_mask(B * S * in_f, p, seed, layer * len(PROJECTIONS) + PROJECTIONS.index(proj))
+            module.lora_dropout["default"] = FixedMask(keep)
+    ids, labels = hf.batch(3, B, S)
+    out = pm(input_ids=torch.tensor(ids), labels=torch.tensor(labels))
+    out.loss.backward()
+    ref_grads = hf.lora_grads(pm)
+
+    config, lora, model = build(gpu, ops, run, model_dir, LoraConfig(r=r, alpha=alpha, dropout=p), B, S)
+    lora.load_state({k: v.tobytes() for k, v in hf.lora_state(pm).items()})
+    flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
+    model.write_batch(flat_ids, targets)
+    history = arrays.up(np.zeros(1, np.float32))
+    step = arrays.up(np.array([0, 1, 1, 1, 0, np.uint32(seed).view(np.float32)], np.float32))
+    gpu.submit(model.forward(step=step) + model.loss(history, step, backward=True) + model.backward(False, step=step))
+    assert arrays.down(history, (1,))[0] / n == pytest.approx(out.loss.item(), rel=1e-4)
+    grads = np.frombuffer(run(gpu.read_buffer(lora.grads)), np.float32) / n
+    for key, want in ref_grads.items():
+        t = lora.by_key[key]
+        got = grads[t.offset // 4 : t.offset // 4 + t.numel].reshape(t.shape)
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max(), err_msg=key)

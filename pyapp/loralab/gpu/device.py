@@ -163,6 +163,8 @@ class Device(abc.ABC):
         self.info = info
         self.lost_reason: str | None = None
         self._uniforms: dict[bytes, Buffer] = {}
+        self.allocated_bytes = 0  # live buffers created through this layer
+        self.peak_bytes = 0
         self._bind_groups: dict[tuple, object] = {}
 
     # -- driver primitives ------------------------------------------------------------------
@@ -198,7 +200,10 @@ class Device(abc.ABC):
         max_size = self.info.limits.get("maxBufferSize", 0)
         if size > max_size:
             raise GpuError(f"buffer {label!r} needs {size:,} bytes; this GPU allows at most {max_size:,} per buffer")
-        return Buffer(self._create_buffer(size, usage, label), size, usage, label)
+        buffer = Buffer(self._create_buffer(size, usage, label), size, usage, label)
+        self.allocated_bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)
+        return buffer
 
     def write_buffer(self, buffer: Buffer, data, offset: int = 0) -> None:
         """Upload bytes (or, in the browser, a JS ArrayBuffer/typed array) at `offset`."""
@@ -214,6 +219,7 @@ class Device(abc.ABC):
         """Free a whole buffer (not a view) and the bind groups cached for it."""
         self.forget_bind_groups(buffer)
         self._destroy_buffer(buffer.handle)
+        self.allocated_bytes -= buffer.size
 
     async def read_buffer(self, buffer: Buffer, offset: int = 0, size: int | None = None) -> bytes:
         """Copy a range back to the host. Costs a round trip: never inside a training step."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..gpu.device import Buffer, Copy, Device
 from ..lora import LoraState
 from ..ops import Ops
-from .config import ModelConfig
+from .config import PROJECTIONS, ModelConfig
 
 LOGITS_CHUNK_BYTES = 64 * 2**20  # the [rows, V] logits block computed at once
 ROW_ALIGN = 64  # chunk starts are multiples of 64 rows: 64 · 4 bytes keeps views 256-aligned
@@ -57,9 +57,12 @@ class LayerActivations:
 
 class Transformer:
     def __init__(self, device: Device, ops: Ops, config: ModelConfig, weights: dict[str, Buffer],
-                 lora: LoraState | None, batch: int, seq_len: int):
+                 lora: LoraState | None, batch: int, seq_len: int, checkpointing: bool = False):
+        """checkpointing: keep only each layer's input and recompute the layer during the
+        backward pass (one layer's activations in memory instead of all of them)."""
         self.device, self.ops, self.config, self.w, self.lora = device, ops, config, weights, lora
         self.B, self.S, self.T = batch, seq_len, batch * seq_len
+        self.checkpointing = checkpointing
         cfg, T = config, self.T
         C, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
 
@@ -73,17 +76,19 @@ class Transformer:
         self.inv_freq = device.create_buffer_with_data(struct.pack(f"<{len(inv_freq)}f", *inv_freq), label="inv_freq")
         self.res = [buf(T * C, f"res.{l}") for l in range(cfg.num_layers + 1)]
         r = lora.config.r if lora else 0
-        self.layers = [
+        kept = 1 if checkpointing else cfg.num_layers  # with checkpointing all layers share one set
+        layers = [
             LayerActivations(
                 xn1=buf(T * C, f"l{l}.xn1"), rstd1=buf(T, f"l{l}.rstd1"),
                 q=buf(T * cfg.q_size, f"l{l}.q"), k=buf(T * cfg.kv_size, f"l{l}.k"), v=buf(T * cfg.kv_size, f"l{l}.v"),
                 attn=buf(T * cfg.q_size, f"l{l}.attn"), lse=buf(T * cfg.num_heads, f"l{l}.lse"),
                 mid=buf(T * C, f"l{l}.mid"), xn2=buf(T * C, f"l{l}.xn2"), rstd2=buf(T, f"l{l}.rstd2"),
                 gate=buf(T * I, f"l{l}.gate"), up=buf(T * I, f"l{l}.up"), h=buf(T * I, f"l{l}.h"),
-                u={m: buf(T * r, f"l{l}.u.{m}") for m in (lora.config.targets if lora else ()) if lora.has(l, m)},
+                u={m: buf(T * r, f"l{l}.u.{m}") for m in (lora.config.targets if lora else ())},
             )
-            for l in range(cfg.num_layers)
+            for l in range(kept)
         ]
+        self.layers = layers * cfg.num_layers if checkpointing else layers
         self.xnf, self.rstdf = buf(T * C, "xnf"), buf(T, "rstdf")
         self.token_loss = buf(T, "token_loss")  # [T] per-token loss
         # Logits in row chunks: the [T, V] block never exists at once.
@@ -104,6 +109,9 @@ class Transformer:
         self.dk, self.dv = buf(T * cfg.kv_size, "dk"), buf(T * cfg.kv_size, "dv")
         self.delta = buf(T * cfg.num_heads, "delta")
         self.du = buf(T * max(r, 1), "du")
+        if lora and lora.config.dropout > 0:  # the dropped adapter input and its gradient
+            widest = max(C, I, cfg.q_size)
+            self.x_drop, self.dx_drop = buf(T * widest, "lora.x_drop"), buf(T * widest, "lora.dx_drop")
 
     @property
     def lm_head(self) -> Buffer:
@@ -119,8 +127,23 @@ class Transformer:
         self.device.write_buffer(self.targets, struct.pack(f"<{self.T}i", *targets))
 
     # -- one projection ---------------------------------------------------------------------
-    def _linear(self, cmds: list, y: Buffer, x: Buffer, layer: int, module: str, T: int, beta: float = 0.0) -> None:
-        """y (+)= x · Wᵀ (+ bias) + s · (x · Aᵀ) · Bᵀ over the first T rows."""
+    def _lora_input(self, cmds: list, x: Buffer, layer: int, module: str, T: int, step: Buffer | None) -> Buffer:
+        """The adapter's input: x, or dropout(x) in training (mask regenerated from step's seed)."""
+        p = self.lora.config.dropout
+        if step is None or p == 0.0:
+            return x
+        in_f = self.config.projection_shape(module)[1]
+        cmds.append(self.ops.dropout(self.x_drop, x, step, T * in_f, p, self._stream(layer, module)))
+        return self.x_drop
+
+    @staticmethod
+    def _stream(layer: int, module: str) -> int:
+        return layer * len(PROJECTIONS) + PROJECTIONS.index(module)
+
+    def _linear(self, cmds: list, y: Buffer, x: Buffer, layer: int, module: str, T: int, beta: float = 0.0,
+                step: Buffer | None = None) -> None:
+        """y (+)= x · Wᵀ (+ bias) + s · (dropout(x) · Aᵀ) · Bᵀ over the first T rows; `step`
+        (training) supplies the dropout seed."""
         out_f, in_f = self.config.projection_shape(module)
         ops = self.ops
         cmds.append(ops.matmul(y, x, self._weight(layer, module), T, out_f, in_f, beta=beta))
@@ -129,12 +152,14 @@ class Transformer:
         if self.lora and self.lora.has(layer, module):
             r, s = self.lora.config.r, self.lora.config.scaling
             u = self.layers[layer].u[module]
-            cmds.append(ops.matmul(u, x, self.lora.param(layer, module, "A"), T, r, in_f))
+            x_in = self._lora_input(cmds, x, layer, module, T, step)
+            cmds.append(ops.matmul(u, x_in, self.lora.param(layer, module, "A"), T, r, in_f))
             cmds.append(ops.matmul(y, u, self.lora.param(layer, module, "B"), T, out_f, r, alpha=s, beta=1.0))
 
     def _linear_backward(self, cmds: list, dx: Buffer | None, dy: Buffer, x: Buffer, layer: int, module: str,
-                         accumulate_dx: bool, accumulate_grads: bool) -> None:
-        """dx (+)= dy · W (+ dy · s·B · A); LoRA gradients dB (+)= s · dyᵀ · u, dA (+)= (s · dy · B)ᵀ · x."""
+                         accumulate_dx: bool, accumulate_grads: bool, step: Buffer | None = None) -> None:
+        """dx (+)= dy · W (+ dropout'(dy · s·B · A)); LoRA gradients dB (+)= s · dyᵀ · u,
+        dA (+)= (s · dy · B)ᵀ · dropout(x)."""
         out_f, in_f = self.config.projection_shape(module)
         T, ops = self.T, self.ops
         if dx is not None:
@@ -146,45 +171,66 @@ class Transformer:
             u = self.layers[layer].u[module]
             cmds.append(ops.matmul(lora.grad(layer, module, "B"), dy, u, out_f, r, T, trans_a=True, trans_b=True, alpha=s, beta=g))
             cmds.append(ops.matmul(self.du, dy, lora.param(layer, module, "B"), T, r, out_f, trans_b=True, alpha=s))
-            cmds.append(ops.matmul(lora.grad(layer, module, "A"), self.du, x, r, in_f, T, trans_a=True, trans_b=True, beta=g))
-            if dx is not None:
+            x_in = self._lora_input(cmds, x, layer, module, T, step)
+            cmds.append(ops.matmul(lora.grad(layer, module, "A"), self.du, x_in, r, in_f, T, trans_a=True, trans_b=True, beta=g))
+            if dx is None:
+                return
+            if x_in is x:
                 cmds.append(ops.matmul(dx, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True, beta=1.0))
+            else:  # through the dropout: dx += mask · (du · A) / (1 − p)
+                cmds.append(ops.matmul(self.dx_drop, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True))
+                cmds.append(ops.dropout(dx, self.dx_drop, step, T * in_f, lora.config.dropout,
+                                        self._stream(layer, module), accumulate=True))
 
     # -- whole model ------------------------------------------------------------------------
-    def forward(self, rows: int | None = None, cache: "KVCache | None" = None, start: int = 0) -> list:
+    def forward(self, rows: int | None = None, cache: "KVCache | None" = None, start: int = 0,
+                step: Buffer | None = None) -> list:
         """Embedding, every layer, the final norm: xnf holds the normalised last hidden states.
         With a KV cache (generation, B = 1): only the first `rows` tokens, at positions
-        start…start+rows−1 (written to `pos` by the caller), attending to the cache."""
-        cfg, ops, B, S = self.config, self.ops, self.B, self.S
-        T = rows or self.T
-        C, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-        cmds: list = [ops.embedding(self.res[0], self.ids, self.w["model.embed_tokens.weight"], T, C, cfg.vocab_size)]
-        for l, a in enumerate(self.layers):
-            p = f"model.layers.{l}."
-            cmds.append(ops.rmsnorm(a.xn1, a.rstd1, self.res[l], self.w[p + "input_layernorm.weight"], T, C, cfg.rms_norm_eps))
-            self._linear(cmds, a.q, a.xn1, l, "q_proj", T)
-            self._linear(cmds, a.k, a.xn1, l, "k_proj", T)
-            self._linear(cmds, a.v, a.xn1, l, "v_proj", T)
-            cmds.append(ops.rope(a.q, self.pos, self.inv_freq, T, cfg.num_heads, D))
-            cmds.append(ops.rope(a.k, self.pos, self.inv_freq, T, cfg.num_kv_heads, D))
-            if cache is None:
-                cmds.append(ops.attention(a.attn, a.lse, a.q, a.k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D))
-            else:
-                kv_bytes = cfg.kv_size * 4
-                cmds.append(Copy(a.k, 0, cache.k[l], start * kv_bytes, T * kv_bytes))
-                cmds.append(Copy(a.v, 0, cache.v[l], start * kv_bytes, T * kv_bytes))
-                cmds.append(ops.attention_cached(a.attn, a.q, cache.k[l], cache.v[l], T, start,
-                                                 cfg.num_heads, cfg.num_kv_heads, D))
-            cmds.append(Copy(self.res[l], 0, a.mid, 0, T * C * 4))
-            self._linear(cmds, a.mid, a.attn, l, "o_proj", T, beta=1.0)
-            cmds.append(ops.rmsnorm(a.xn2, a.rstd2, a.mid, self.w[p + "post_attention_layernorm.weight"], T, C, cfg.rms_norm_eps))
-            self._linear(cmds, a.gate, a.xn2, l, "gate_proj", T)
-            self._linear(cmds, a.up, a.xn2, l, "up_proj", T)
-            cmds.append(ops.swiglu(a.h, a.gate, a.up, T * I))
-            cmds.append(Copy(a.mid, 0, self.res[l + 1], 0, T * C * 4))
-            self._linear(cmds, self.res[l + 1], a.h, l, "down_proj", T, beta=1.0)
-        cmds.append(ops.rmsnorm(self.xnf, self.rstdf, self.res[-1], self.w["model.norm.weight"], T, C, cfg.rms_norm_eps))
+        start…start+rows−1 (written to `pos` by the caller), attending to the cache.
+        `step` marks a training pass: LoRA dropout draws its masks from step's seed."""
+        cfg, T = self.config, rows or self.T
+        cmds: list = [self.ops.embedding(self.res[0], self.ids, self.w["model.embed_tokens.weight"], T, cfg.hidden_size,
+                                         cfg.vocab_size)]
+        for l in range(cfg.num_layers):
+            self._layer_forward(cmds, l, T, cache, start, step=step)
+        cmds.append(self.ops.rmsnorm(self.xnf, self.rstdf, self.res[-1], self.w["model.norm.weight"], T, cfg.hidden_size,
+                                     cfg.rms_norm_eps))
         return cmds
+
+    def _layer_forward(self, cmds: list, l: int, T: int, cache: "KVCache | None" = None, start: int = 0,
+                       recompute: bool = False, step: Buffer | None = None) -> None:
+        """Layer l from res[l] to res[l+1]. `recompute` (gradient checkpointing) rebuilds the
+        layer's activations for its backward pass and leaves res[l+1] alone."""
+        cfg, ops, B, S = self.config, self.ops, self.B, self.S
+        C, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+        a, p = self.layers[l], f"model.layers.{l}."
+        cmds.append(ops.rmsnorm(a.xn1, a.rstd1, self.res[l], self.w[p + "input_layernorm.weight"], T, C, cfg.rms_norm_eps))
+        self._linear(cmds, a.q, a.xn1, l, "q_proj", T, step=step)
+        self._linear(cmds, a.k, a.xn1, l, "k_proj", T, step=step)
+        self._linear(cmds, a.v, a.xn1, l, "v_proj", T, step=step)
+        cmds.append(ops.rope(a.q, self.pos, self.inv_freq, T, cfg.num_heads, D))
+        cmds.append(ops.rope(a.k, self.pos, self.inv_freq, T, cfg.num_kv_heads, D))
+        if cache is None:
+            cmds.append(ops.attention(a.attn, a.lse, a.q, a.k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D))
+        else:
+            kv_bytes = cfg.kv_size * 4
+            cmds.append(Copy(a.k, 0, cache.k[l], start * kv_bytes, T * kv_bytes))
+            cmds.append(Copy(a.v, 0, cache.v[l], start * kv_bytes, T * kv_bytes))
+            cmds.append(ops.attention_cached(a.attn, a.q, cache.k[l], cache.v[l], T, start,
+                                             cfg.num_heads, cfg.num_kv_heads, D))
+        cmds.append(Copy(self.res[l], 0, a.mid, 0, T * C * 4))
+        self._linear(cmds, a.mid, a.attn, l, "o_proj", T, beta=1.0, step=step)
+        cmds.append(ops.rmsnorm(a.xn2, a.rstd2, a.mid, self.w[p + "post_attention_layernorm.weight"], T, C, cfg.rms_norm_eps))
+        self._linear(cmds, a.gate, a.xn2, l, "gate_proj", T, step=step)
+        self._linear(cmds, a.up, a.xn2, l, "up_proj", T, step=step)
+        cmds.append(ops.swiglu(a.h, a.gate, a.up, T * I))
+        if not recompute:
+            cmds.append(Copy(a.mid, 0, self.res[l + 1], 0, T * C * 4))
+            self._linear(cmds, self.res[l + 1], a.h, l, "down_proj", T, beta=1.0, step=step)
+        elif self.lora and self.lora.has(l, "down_proj"):  # down_proj's LoRA input activation u
+            x_in = self._lora_input(cmds, a.h, l, "down_proj", T, step)
+            cmds.append(ops.matmul(a.u["down_proj"], x_in, self.lora.param(l, "down_proj", "A"), T, self.lora.config.r, I))
 
     def logits_into(self, out: Buffer) -> list:
         """All logits [T, V] into `out` (tests and generation; training uses loss_and_grad)."""
@@ -204,31 +250,33 @@ class Transformer:
         cmds.append(ops.loss_sum(history, self.token_loss, step, self.T))
         return cmds
 
-    def backward(self, accumulate_grads: bool) -> list:
-        """LoRA gradients of Σ loss (written, or added with `accumulate_grads`)."""
+    def backward(self, accumulate_grads: bool, step: Buffer | None = None) -> list:
+        """LoRA gradients of Σ loss (written, or added with `accumulate_grads`); `step` as in forward."""
         cfg, ops, T, B, S = self.config, self.ops, self.T, self.B, self.S
         C, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
         acc = accumulate_grads
         cmds = [ops.rmsnorm_backward(self.d_res, self.res[-1], self.w["model.norm.weight"], self.rstdf, self.dxnf, T, C)]
         for l in reversed(range(cfg.num_layers)):
             a, p = self.layers[l], f"model.layers.{l}."
+            if self.checkpointing and l != cfg.num_layers - 1:  # the last layer's are still in place
+                self._layer_forward(cmds, l, T, recompute=True, step=step)
             first = l == 0  # the embedding is frozen: layer 0 needs no input gradient
-            self._linear_backward(cmds, self.dh, self.d_res, a.h, l, "down_proj", False, acc)
+            self._linear_backward(cmds, self.dh, self.d_res, a.h, l, "down_proj", False, acc, step)
             cmds.append(ops.swiglu_backward(self.dgate, self.dup, a.gate, a.up, self.dh, T * I))
-            self._linear_backward(cmds, self.dxn, self.dgate, a.xn2, l, "gate_proj", False, acc)
-            self._linear_backward(cmds, self.dxn, self.dup, a.xn2, l, "up_proj", True, acc)
+            self._linear_backward(cmds, self.dxn, self.dgate, a.xn2, l, "gate_proj", False, acc, step)
+            self._linear_backward(cmds, self.dxn, self.dup, a.xn2, l, "up_proj", True, acc, step)
             cmds.append(Copy(self.d_res, 0, self.d_mid, 0, T * C * 4))
             cmds.append(ops.rmsnorm_backward(self.d_mid, a.mid, self.w[p + "post_attention_layernorm.weight"], a.rstd2,
                                              self.dxn, T, C, accumulate=True))
-            self._linear_backward(cmds, self.d_attn, self.d_mid, a.attn, l, "o_proj", False, acc)
+            self._linear_backward(cmds, self.d_attn, self.d_mid, a.attn, l, "o_proj", False, acc, step)
             cmds.extend(ops.attention_backward(self.dq, self.dk, self.dv, self.delta, a.q, a.k, a.v, a.attn, self.d_attn,
                                                a.lse, B, S, cfg.num_heads, cfg.num_kv_heads, D))
             cmds.append(ops.rope(self.dq, self.pos, self.inv_freq, T, cfg.num_heads, D, backward=True))
             cmds.append(ops.rope(self.dk, self.pos, self.inv_freq, T, cfg.num_kv_heads, D, backward=True))
             dxn = None if first else self.dxn
-            self._linear_backward(cmds, dxn, self.dq, a.xn1, l, "q_proj", False, acc)
-            self._linear_backward(cmds, dxn, self.dk, a.xn1, l, "k_proj", True, acc)
-            self._linear_backward(cmds, dxn, self.dv, a.xn1, l, "v_proj", True, acc)
+            self._linear_backward(cmds, dxn, self.dq, a.xn1, l, "q_proj", False, acc, step)
+            self._linear_backward(cmds, dxn, self.dk, a.xn1, l, "k_proj", True, acc, step)
+            self._linear_backward(cmds, dxn, self.dv, a.xn1, l, "v_proj", True, acc, step)
             if not first:
                 cmds.append(Copy(self.d_mid, 0, self.d_res, 0, T * C * 4))
                 cmds.append(ops.rmsnorm_backward(self.d_res, self.res[l], self.w[p + "input_layernorm.weight"], a.rstd1,
