@@ -194,6 +194,52 @@ async def cmd_generate(args) -> int:
     return 0
 
 
+async def cmd_bench(args) -> int:
+    from .bench import NAMED_CONFIGS, bench_matmul, bench_training
+    from .engine import load_ops
+    from .gpu.native import NativeDevice
+    from .kernels import directory_reader
+    from .model.config import ModelConfig
+
+    if args.model:
+        s = await Session.open(args.model)
+        ops, config, config_dict = s.ops, s.config, s.source.config_dict
+        weights = await s.weights()
+    else:
+        config_dict = NAMED_CONFIGS[args.config]
+        config = ModelConfig.from_dict(config_dict, args.config)
+        ops = await load_ops(await NativeDevice.create(), directory_reader())
+        weights = None
+    results = []
+    if not args.kernels_only:
+        ours = await bench_training(ops, config, args.batch_size, args.seq_len, args.steps, args.rank, weights,
+                                    checkpointing=args.gradient_checkpointing)
+        ours["config"] = args.model or args.config
+        results.append(ours)
+        print(json.dumps(ours), flush=True)
+    if args.kernels or args.kernels_only:
+        T, C, I = args.batch_size * args.seq_len, config.hidden_size, config.intermediate_size
+        shapes = [(T, I, C, False), (T, C, I, False), (T, C, C, False), (T, C, I, True), (T, args.rank, C, False)]
+        for M, N, K, trans_b in shapes:
+            row = await bench_matmul(ops, M, N, K, trans_b=trans_b)
+            if args.compare_torch:
+                from .bench_torch import bench_torch_matmul
+
+                ref = bench_torch_matmul(M, N, K, tf32=False)
+                row.update(torch_fp32_gflops=ref["gflops"], fraction_of_torch_fp32=row["gflops"] / ref["gflops"])
+            print(json.dumps(row), flush=True)
+    if args.compare_torch and not args.kernels_only:
+        from .bench_torch import bench_torch_training
+
+        for precision in args.torch_precisions.split(","):
+            ref = bench_torch_training(config_dict, args.batch_size, args.seq_len, args.steps, args.rank, precision)
+            print(json.dumps(ref), flush=True)
+            print(json.dumps({"compare": f"loralab / torch {precision}", "tokens_per_s_ratio": ours["tokens_per_s"] / ref["tokens_per_s"],
+                              "peak_bytes_ratio": ours["peak_gpu_bytes"] / ref["peak_gpu_bytes"] if ref["peak_gpu_bytes"] else None}),
+                  flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .train import OPTIMIZERS, SCHEDULES
 
@@ -249,10 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
+
+    b = sub.add_parser("bench", help="time the training step (random weights for named configs); prints JSON lines")
+    b.add_argument("--config", choices=["tiny", "smollm2-135m", "qwen2.5-0.5b"], default="tiny")
+    b.add_argument("--model", help="a model folder instead of a named config")
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--seq-len", type=int, default=512)
+    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--rank", type=int, default=8)
+    b.add_argument("--gradient-checkpointing", action="store_true")
+    b.add_argument("--kernels", action="store_true", help="also time the matmuls at the model's shapes")
+    b.add_argument("--kernels-only", action="store_true")
+    b.add_argument("--compare-torch", action="store_true", help="run the same configuration in PyTorch + PEFT too")
+    b.add_argument("--torch-precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), tf32, bf16")
     return parser
 
 
-COMMANDS = {"info": cmd_info, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
+COMMANDS = {"info": cmd_info, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,6 +165,8 @@ class Device(abc.ABC):
         self._uniforms: dict[bytes, Buffer] = {}
         self.allocated_bytes = 0  # live buffers created through this layer
         self.peak_bytes = 0
+        self.submits = 0  # counters for benchmarks
+        self.dispatches = 0
         self._bind_groups: dict[tuple, object] = {}
 
     # -- driver primitives ------------------------------------------------------------------
@@ -261,3 +263,5 @@ class Device(abc.ABC):
         self._check_alive()
         if commands:
             self._submit(commands)
+            self.submits += 1
+            self.dispatches += sum(1 for c in commands if isinstance(c, Dispatch))

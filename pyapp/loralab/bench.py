@@ -1,0 +1,107 @@
+"""`loralab bench`: the real training step on random weights, timed; kernel micro-benchmarks.
+
+Shapes of the named configs follow the models' config.json files. The step is exactly the
+Trainer's (forward, chunked loss, backward, gradient norm, clipping, AdamW), submitted once per
+step with no readback until the end; the clock stops after a readback, so GPU work is included.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from .data.batches import Sequence
+from .gpu.device import Device
+from .lora import LoraConfig, LoraState
+from .model.config import ModelConfig
+from .model.transformer import Transformer
+from .model.weights import expected_shapes
+from .ops import Ops
+from .train import TrainConfig, Trainer
+
+NAMED_CONFIGS = {
+    "tiny": {"architectures": ["LlamaForCausalLM"], "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": True,
+             "rms_norm_eps": 1e-5, "rope_theta": 10000.0},
+    "smollm2-135m": {"architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "hidden_size": 576,
+                     "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                     "num_key_value_heads": 3, "tie_word_embeddings": True, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+                     "max_position_embeddings": 8192},
+    "qwen2.5-0.5b": {"architectures": ["Qwen2ForCausalLM"], "vocab_size": 151936, "hidden_size": 896,
+                     "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+                     "num_key_value_heads": 2, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
+                     "rope_theta": 1000000.0, "max_position_embeddings": 32768},
+}
+
+
+def random_weights(ops: Ops, config: ModelConfig, seed: int = 0) -> dict:
+    """Every weight the config needs, uniform in ±1/√fan_in, generated on the GPU."""
+    weights, cmds = {}, []
+    for i, (name, shape) in enumerate(sorted(expected_shapes(config).items())):
+        numel = 1
+        for d in shape:
+            numel *= d
+        buf = ops.device.create_buffer(numel * 4, label=name)
+        cmds.append(ops.lora_init(buf, 0, numel, shape[-1] if len(shape) > 1 else 1, seed + i))
+        weights[name] = buf
+    ops.device.submit(cmds)
+    return weights
+
+
+async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int, steps: int, rank: int,
+                         weights: dict | None = None, warmup: int = 2, checkpointing: bool = False) -> dict:
+    device: Device = ops.device
+    weights = weights or random_weights(ops, config)
+    lora = LoraState(device, config, LoraConfig(r=rank, alpha=2.0 * rank))
+    device.submit(lora.init_dispatches(ops, seed=1))
+    model = Transformer(device, ops, config, weights, lora, batch, seq_len, checkpointing)
+    rng = random.Random(0)
+    records = [Sequence(ids, ids) for ids in ([rng.randrange(config.vocab_size) for _ in range(seq_len)] for _ in range(batch * 4))]
+    train = TrainConfig(steps=warmup + steps, batch_size=batch, seq_len=seq_len, report_every=max(steps, warmup),
+                        gradient_checkpointing=checkpointing)
+    trainer = Trainer(device, ops, model, lora, train, records)
+    for i in range(warmup):
+        trainer.run_step(i)
+    await device.read_buffer(trainer.loss_hist, 0, 4)
+    submits, dispatches = device.submits, device.dispatches
+    started = time.perf_counter()
+    counts = [trainer.run_step(i) for i in range(steps)]
+    losses = await device.read_buffer(trainer.loss_hist, 0, 4 * steps)
+    elapsed = time.perf_counter() - started
+    import struct
+
+    last_loss = struct.unpack(f"<{steps}f", losses)[-1] / counts[-1]
+    tokens = steps * batch * seq_len
+    return {
+        "adapter": f"{device.info.vendor} {device.info.device}".strip() or device.info.description,
+        "driver": device.info.driver,
+        "batch_size": batch, "seq_len": seq_len, "rank": rank, "steps": steps,
+        "tokens_per_s": tokens / elapsed,
+        "ms_per_step": 1000 * elapsed / steps,
+        "dispatches_per_step": (device.dispatches - dispatches) / steps,
+        "submits_per_step": (device.submits - submits) / steps,
+        "peak_gpu_bytes": device.peak_bytes,
+        "trainable_parameters": lora.trainable_parameters,
+        "loss": last_loss,
+        "gradient_checkpointing": checkpointing,
+    }
+
+
+async def bench_matmul(ops: Ops, M: int, N: int, K: int, repeats: int = 20, trans_b: bool = False) -> dict:
+    """GFLOP/s of C[M,N] = A[M,K]·B[N,K]ᵀ (or A·B with trans_b), `repeats` dispatches per submit."""
+    device = ops.device
+    a = device.create_buffer(M * K * 4, label="bench.A")
+    b = device.create_buffer(N * K * 4, label="bench.B")
+    c = device.create_buffer(M * N * 4, label="bench.C")
+    device.submit([ops.lora_init(a, 0, M * K, K, 1), ops.lora_init(b, 0, N * K, K, 2)])
+    d = ops.matmul(c, a, b, M, N, K, trans_b=trans_b)
+    device.submit([d])
+    await device.read_buffer(c, 0, 4)
+    started = time.perf_counter()
+    device.submit([d] * repeats)
+    await device.read_buffer(c, 0, 4)
+    elapsed = time.perf_counter() - started
+    for buf in (a, b, c):
+        device.destroy_buffer(buf)
+    return {"op": "matmul", "M": M, "N": N, "K": K, "trans_b": trans_b,
+            "ms": 1000 * elapsed / repeats, "gflops": 2 * M * N * K * repeats / elapsed / 1e9}

@@ -1,0 +1,79 @@
+"""The reference side of `loralab bench --compare-torch`: the same configuration trained by
+PyTorch + PEFT (eager; fp32 with TF32 off, TF32, or bf16 autocast), and torch's matmul rate.
+Imported only when asked for; PyTorch, transformers and PEFT are references, never dependencies.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def _model(config: dict, device: str):
+    import torch
+    import transformers
+
+    kind = {"LlamaForCausalLM": transformers.LlamaConfig, "Qwen2ForCausalLM": transformers.Qwen2Config,
+            "MistralForCausalLM": transformers.MistralConfig}[config["architectures"][0]]
+    cfg = kind(**{k: v for k, v in config.items() if k != "architectures"})
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32).to(device)
+
+
+def bench_torch_training(config: dict, batch: int, seq_len: int, steps: int, rank: int, precision: str = "fp32",
+                         warmup: int = 2) -> dict:
+    import peft
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    model = peft.get_peft_model(_model(config, device), peft.LoraConfig(
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, config["vocab_size"], (batch, seq_len), device=device)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    loss = loss.item()
+    elapsed = time.perf_counter() - started
+    return {"reference": f"pytorch {torch.__version__} + peft {peft.__version__}", "precision": precision,
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "batch_size": batch, "seq_len": seq_len, "rank": rank, "steps": steps,
+            "tokens_per_s": steps * batch * seq_len / elapsed, "ms_per_step": 1000 * elapsed / steps,
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None, "loss": loss}
+
+
+def bench_torch_matmul(M: int, N: int, K: int, tf32: bool = False, repeats: int = 20) -> dict:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    a = torch.randn(M, K, device=device)
+    b = torch.randn(N, K, device=device)
+    c = a @ b.T
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        c = a @ b.T
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    return {"op": "torch.matmul" + (" tf32" if tf32 else " fp32"), "M": M, "N": N, "K": K,
+            "ms": 1000 * elapsed / repeats, "gflops": 2 * M * N * K * repeats / elapsed / 1e9}
