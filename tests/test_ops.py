@@ -126,7 +126,12 @@ def test_cross_entropy_loss_and_gradient(ops, arrays, R, V):
 
 
 @pytest.mark.parametrize("B, S, Hq, Hkv, D", [(1, 1, 1, 1, 4), (2, 7, 4, 2, 8), (1, 19, 3, 1, 64), (2, 5, 2, 2, 33)])
-def test_attention_forward_and_backward(ops, arrays, B, S, Hq, Hkv, D):
+@pytest.mark.parametrize("specialized", [False, True], ids=["generic", "specialized"])
+def test_attention_forward_and_backward(ops, arrays, run, B, S, Hq, Hkv, D, specialized):
+    if specialized:
+        run(ops.specialize_head_dim(D))
+    else:
+        ops._by_head_dim.clear()
     r = rng("attn", B, S, Hq, Hkv, D)
     q = r.standard_normal((B * S, Hq * D), dtype=np.float32)
     k = r.standard_normal((B * S, Hkv * D), dtype=np.float32)

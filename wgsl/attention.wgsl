@@ -2,8 +2,11 @@
 // matrix is ever stored), plus the row log-sum-exp the backward pass needs.
 //   q: [B·S, Hq·D], k, v: [B·S, Hkv·D] (the projections' own layout), head h reads kv head
 //   h / (Hq / Hkv).  o: [B·S, Hq·D].  lse: [B, Hq, S] = log Σ_j≤i exp(scale · q_i·k_j).
-// Work split: one invocation per (b, h, query i), 64 per workgroup, looping over keys j ≤ i
-// with a running max and sum; D ≤ 256.
+// Work split: one invocation per (b, h, query i), 64 per workgroup (neighbouring queries of one
+// head, so the keys they read are shared through the cache), looping over keys j ≤ i with a
+// running max and sum. The query and the output row live in vec4 registers: HEAD_DIM4 =
+// ceil(D / 4) is a pipeline constant, so the loops over it unroll (the default, 32, serves any
+// D ≤ 128 through the guards in load4).
 
 struct Params {
   B: u32,
@@ -21,8 +24,37 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;    // [B·S, Hq·D]
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;  // [B, Hq, S]
 
+override HEAD_DIM4: u32 = 32u;
+const MAX_D4 = 32u;
 const WG = 64u;
-const MAX_D = 256u;
+
+fn lane_mask(d: u32) -> vec4f {
+  return vec4f(vec4<bool>(d < params.D, d + 1u < params.D, d + 2u < params.D, d + 3u < params.D));
+}
+
+fn load_q(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(q[base + d], q[base + d + 1u], q[base + d + 2u], q[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(q[base + min(d, params.D - 1u)] * m.x, q[base + min(d + 1u, params.D - 1u)] * m.y,
+               q[base + min(d + 2u, params.D - 1u)] * m.z, q[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+fn load_k(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(k[base + d], k[base + d + 1u], k[base + d + 2u], k[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(k[base + min(d, params.D - 1u)] * m.x, k[base + min(d + 1u, params.D - 1u)] * m.y,
+               k[base + min(d + 2u, params.D - 1u)] * m.z, k[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+fn load_v(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(v[base + d], v[base + d + 1u], v[base + d + 2u], v[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(v[base + min(d, params.D - 1u)] * m.x, v[base + min(d + 1u, params.D - 1u)] * m.y,
+               v[base + min(d + 2u, params.D - 1u)] * m.z, v[base + min(d + 3u, params.D - 1u)] * m.w);
+}
 
 @compute @workgroup_size(WG)
 fn attention(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -34,22 +66,28 @@ fn attention(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups)
   let b = idx / (p.S * p.Hq);
   let g = h / (p.Hq / p.Hkv);
   let q_base = (b * p.S + i) * p.Hq * p.D + h * p.D;
-  var acc: array<f32, MAX_D>;
-  for (var d = 0u; d < p.D; d++) { acc[d] = 0.0; }
+  var qr: array<vec4f, MAX_D4>;
+  var acc: array<vec4f, MAX_D4>;
+  for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { qr[d4] = load_q(q_base, d4) * p.scale; acc[d4] = vec4f(0.0); }
   var m = -3.4e38;
   var l = 0.0;
   for (var j = 0u; j <= i; j++) {
     let kv_base = (b * p.S + j) * p.Hkv * p.D + g * p.D;
     var s = 0.0;
-    for (var d = 0u; d < p.D; d++) { s += q[q_base + d] * k[kv_base + d]; }
-    s *= p.scale;
+    for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { s += dot(qr[d4], load_k(kv_base, d4)); }
     let m_new = max(m, s);
     let correction = exp(m - m_new);
     let w = exp(s - m_new);
     l = l * correction + w;
-    for (var d = 0u; d < p.D; d++) { acc[d] = acc[d] * correction + w * v[kv_base + d]; }
+    for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { acc[d4] = acc[d4] * correction + w * load_v(kv_base, d4); }
     m = m_new;
   }
-  for (var d = 0u; d < p.D; d++) { o[q_base + d] = acc[d] / l; }
+  let inv = 1.0 / l;
+  for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
+    let d = d4 * 4u;
+    for (var c = 0u; c < 4u; c++) {
+      if (d + c < p.D) { o[q_base + d + c] = acc[d4][c] * inv; }
+    }
+  }
   lse[idx] = m + log(l);
 }

@@ -3,7 +3,9 @@
 //   p_ij = exp(scale · q_i·k_j − lse_i),  dv_j = Σ p_ij · do_i,
 //   dk_j = scale · Σ p_ij · (do_i·v_j − delta_i) · q_i
 //   Layouts as in attention.wgsl; dk, dv: [B·S, Hkv·D].
-// Work split: one invocation per (b, g, key j), 64 per workgroup; D ≤ 256.
+// Work split: one invocation per (b, g, key j), 64 per workgroup (neighbouring keys read the
+// same queries); dk_j and dv_j live in vec4 registers (HEAD_DIM4 as in attention.wgsl), k_j
+// and v_j are re-read from the cache.
 
 struct Params {
   B: u32,
@@ -24,8 +26,45 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // [B·S, Hkv·D]
 @group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // [B·S, Hkv·D]
 
+override HEAD_DIM4: u32 = 32u;
+const MAX_D4 = 32u;
 const WG = 64u;
-const MAX_D = 256u;
+
+fn lane_mask(d: u32) -> vec4f {
+  return vec4f(vec4<bool>(d < params.D, d + 1u < params.D, d + 2u < params.D, d + 3u < params.D));
+}
+
+fn load_q(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(q[base + d], q[base + d + 1u], q[base + d + 2u], q[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(q[base + min(d, params.D - 1u)] * m.x, q[base + min(d + 1u, params.D - 1u)] * m.y,
+               q[base + min(d + 2u, params.D - 1u)] * m.z, q[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+fn load_k(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(k[base + d], k[base + d + 1u], k[base + d + 2u], k[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(k[base + min(d, params.D - 1u)] * m.x, k[base + min(d + 1u, params.D - 1u)] * m.y,
+               k[base + min(d + 2u, params.D - 1u)] * m.z, k[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+fn load_v(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(v[base + d], v[base + d + 1u], v[base + d + 2u], v[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(v[base + min(d, params.D - 1u)] * m.x, v[base + min(d + 1u, params.D - 1u)] * m.y,
+               v[base + min(d + 2u, params.D - 1u)] * m.z, v[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+fn load_d_o(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(d_o[base + d], d_o[base + d + 1u], d_o[base + d + 2u], d_o[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(d_o[base + min(d, params.D - 1u)] * m.x, d_o[base + min(d + 1u, params.D - 1u)] * m.y,
+               d_o[base + min(d + 2u, params.D - 1u)] * m.z, d_o[base + min(d + 3u, params.D - 1u)] * m.w);
+}
 
 @compute @workgroup_size(WG)
 fn attention_backward_dkv(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -37,26 +76,31 @@ fn attention_backward_dkv(@builtin(global_invocation_id) gid: vec3u, @builtin(nu
   let b = idx / (p.S * p.Hkv);
   let group = p.Hq / p.Hkv;
   let kv_base = (b * p.S + j) * p.Hkv * p.D + g * p.D;
-  var dk_acc: array<f32, MAX_D>;
-  var dv_acc: array<f32, MAX_D>;
-  for (var d = 0u; d < p.D; d++) { dk_acc[d] = 0.0; dv_acc[d] = 0.0; }
+  var dk_acc: array<vec4f, MAX_D4>;
+  var dv_acc: array<vec4f, MAX_D4>;
+  for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { dk_acc[d4] = vec4f(0.0); dv_acc[d4] = vec4f(0.0); }
   for (var h = g * group; h < (g + 1u) * group; h++) {
     for (var i = j; i < p.S; i++) {
       let q_base = (b * p.S + i) * p.Hq * p.D + h * p.D;
       let row = (b * p.Hq + h) * p.S + i;
       var s = 0.0;
       var dp = 0.0;
-      for (var d = 0u; d < p.D; d++) {
-        s += q[q_base + d] * k[kv_base + d];
-        dp += d_o[q_base + d] * v[kv_base + d];
+      for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
+        s += dot(load_q(q_base, d4), load_k(kv_base, d4));
+        dp += dot(load_d_o(q_base, d4), load_v(kv_base, d4));
       }
       let pij = exp(s * p.scale - lse[row]);
       let ds = pij * (dp - delta[row]) * p.scale;
-      for (var d = 0u; d < p.D; d++) {
-        dv_acc[d] += pij * d_o[q_base + d];
-        dk_acc[d] += ds * q[q_base + d];
+      for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
+        dv_acc[d4] += pij * load_d_o(q_base, d4);
+        dk_acc[d4] += ds * load_q(q_base, d4);
       }
     }
   }
-  for (var d = 0u; d < p.D; d++) { dk[kv_base + d] = dk_acc[d]; dv[kv_base + d] = dv_acc[d]; }
+  for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
+    let d = d4 * 4u;
+    for (var c = 0u; c < 4u; c++) {
+      if (d + c < p.D) { dk[kv_base + d + c] = dk_acc[d4][c]; dv[kv_base + d + c] = dv_acc[d4][c]; }
+    }
+  }
 }

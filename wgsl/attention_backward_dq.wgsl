@@ -3,7 +3,8 @@
 //   ds_ij = p_ij · (do_i·v_j − delta_i),  dq_i = scale · Σ_j≤i ds_ij · k_j.
 //   Also stores delta [B, Hq, S] for attention_backward_dkv.
 //   Layouts as in attention.wgsl; dq: [B·S, Hq·D].
-// Work split: one invocation per (b, h, query i), 64 per workgroup; D ≤ 256.
+// Work split: one invocation per (b, h, query i), 64 per workgroup; q_i, do_i and dq_i live in
+// vec4 registers (HEAD_DIM4 = ceil(D / 4) is a pipeline constant, as in attention.wgsl).
 
 struct Params {
   B: u32,
@@ -24,8 +25,53 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> dq: array<f32>;      // [B·S, Hq·D]
 @group(0) @binding(8) var<storage, read_write> delta: array<f32>;   // [B, Hq, S]
 
+override HEAD_DIM4: u32 = 32u;
+const MAX_D4 = 32u;
 const WG = 64u;
-const MAX_D = 256u;
+
+fn lane_mask(d: u32) -> vec4f {
+  return vec4f(vec4<bool>(d < params.D, d + 1u < params.D, d + 2u < params.D, d + 3u < params.D));
+}
+
+fn load_q(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(q[base + d], q[base + d + 1u], q[base + d + 2u], q[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(q[base + min(d, params.D - 1u)] * m.x, q[base + min(d + 1u, params.D - 1u)] * m.y,
+               q[base + min(d + 2u, params.D - 1u)] * m.z, q[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+fn load_k(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(k[base + d], k[base + d + 1u], k[base + d + 2u], k[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(k[base + min(d, params.D - 1u)] * m.x, k[base + min(d + 1u, params.D - 1u)] * m.y,
+               k[base + min(d + 2u, params.D - 1u)] * m.z, k[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+fn load_v(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(v[base + d], v[base + d + 1u], v[base + d + 2u], v[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(v[base + min(d, params.D - 1u)] * m.x, v[base + min(d + 1u, params.D - 1u)] * m.y,
+               v[base + min(d + 2u, params.D - 1u)] * m.z, v[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+fn load_o(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(o[base + d], o[base + d + 1u], o[base + d + 2u], o[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(o[base + min(d, params.D - 1u)] * m.x, o[base + min(d + 1u, params.D - 1u)] * m.y,
+               o[base + min(d + 2u, params.D - 1u)] * m.z, o[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+fn load_d_o(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(d_o[base + d], d_o[base + d + 1u], d_o[base + d + 2u], d_o[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(d_o[base + min(d, params.D - 1u)] * m.x, d_o[base + min(d + 1u, params.D - 1u)] * m.y,
+               d_o[base + min(d + 2u, params.D - 1u)] * m.z, d_o[base + min(d + 3u, params.D - 1u)] * m.w);
+}
 
 @compute @workgroup_size(WG)
 fn attention_backward_dq(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -37,23 +83,33 @@ fn attention_backward_dq(@builtin(global_invocation_id) gid: vec3u, @builtin(num
   let b = idx / (p.S * p.Hq);
   let g = h / (p.Hq / p.Hkv);
   let q_base = (b * p.S + i) * p.Hq * p.D + h * p.D;
+  var qr: array<vec4f, MAX_D4>;
+  var dor: array<vec4f, MAX_D4>;
+  var acc: array<vec4f, MAX_D4>;
   var di = 0.0;
-  for (var d = 0u; d < p.D; d++) { di += d_o[q_base + d] * o[q_base + d]; }
+  for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
+    qr[d4] = load_q(q_base, d4) * p.scale;
+    dor[d4] = load_d_o(q_base, d4);
+    di += dot(dor[d4], load_o(q_base, d4));
+    acc[d4] = vec4f(0.0);
+  }
   delta[idx] = di;
   let li = lse[idx];
-  var acc: array<f32, MAX_D>;
-  for (var d = 0u; d < p.D; d++) { acc[d] = 0.0; }
   for (var j = 0u; j <= i; j++) {
     let kv_base = (b * p.S + j) * p.Hkv * p.D + g * p.D;
     var s = 0.0;
     var dp = 0.0;
-    for (var d = 0u; d < p.D; d++) {
-      s += q[q_base + d] * k[kv_base + d];
-      dp += d_o[q_base + d] * v[kv_base + d];
+    for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
+      s += dot(qr[d4], load_k(kv_base, d4));
+      dp += dot(dor[d4], load_v(kv_base, d4));
     }
-    let pij = exp(s * p.scale - li);
-    let ds = pij * (dp - di) * p.scale;
-    for (var d = 0u; d < p.D; d++) { acc[d] += ds * k[kv_base + d]; }
+    let ds = exp(s - li) * (dp - di) * p.scale;
+    for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { acc[d4] += ds * load_k(kv_base, d4); }
   }
-  for (var d = 0u; d < p.D; d++) { dq[q_base + d] = acc[d]; }
+  for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
+    let d = d4 * 4u;
+    for (var c = 0u; c < 4u; c++) {
+      if (d + c < p.D) { dq[q_base + d + c] = acc[d4][c]; }
+    }
+  }
 }

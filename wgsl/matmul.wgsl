@@ -6,9 +6,13 @@
 //   forward  y  = x · Wᵀ   A = x [M,K] (K, 1),   B = W [N,K] (K, 1)
 //   backward dx = dy · W   A = dy [M,N'] (N', 1), B = W [N',K] read as (1, K)
 //   weights  dW = dyᵀ · x  A = dy read as (1, N), B = x read as (1, K)
-// Work split: one workgroup per 64×64 tile of C, 16×16 invocations, each owning a 4×4 block.
-// K is walked 16 at a time through workgroup memory (8 KiB). Out-of-range loads read 0 and
-// out-of-range stores are skipped, so no size needs to be a multiple of the tile.
+// Work split: one workgroup per 128×128 tile of C, 16×16 invocations, each owning an 8×8 block
+// (rows ty·4…+3 and 64+ty·4…+3, columns tx·4…+3 and 64+tx·4…+3) held in 16 vec4 registers.
+// K is walked 8 at a time through workgroup memory (8 KiB) stored as vec4 along M and N, so
+// the inner loop does 64 FMAs per 4 vector loads. Global loads run along whichever stride is 1
+// (K for plain operands, M or N for transposed ones) so neighbouring invocations read
+// neighbouring addresses. Out-of-range loads read 0 and stores are skipped: no size needs to
+// be a multiple of the tile.
 
 struct Params {
   M: u32,
@@ -27,62 +31,108 @@ struct Params {
 @group(0) @binding(2) var<storage, read> B: array<f32>;        // op(B) [N, K]
 @group(0) @binding(3) var<storage, read_write> C: array<f32>;  // [M, N]
 
-const TILE_M = 64u;
-const TILE_N = 64u;
-const TILE_K = 16u;
-const WG = 16u;
+const TILE_M = 128u;
+const TILE_N = 128u;
+const TILE_K = 8u;
 
-var<workgroup> a_tile: array<f32, 1024>;  // [TILE_K][TILE_M]
-var<workgroup> b_tile: array<f32, 1024>;  // [TILE_K][TILE_N]
+var<workgroup> a_tile: array<vec4f, 256>;  // [TILE_K][TILE_M / 4]
+var<workgroup> b_tile: array<vec4f, 256>;  // [TILE_K][TILE_N / 4]
 
-@compute @workgroup_size(WG, WG)
+fn load_a(m: u32, k: u32) -> f32 {
+  if (m < params.M && k < params.K) { return A[m * params.a_sm + k * params.a_sk]; }
+  return 0.0;
+}
+
+fn load_b(n: u32, k: u32) -> f32 {
+  if (n < params.N && k < params.K) { return B[n * params.b_sn + k * params.b_sk]; }
+  return 0.0;
+}
+
+fn store_row(r: u32, c: u32, left: vec4f, right: vec4f) {
+  if (r >= params.M) { return; }
+  let base = r * params.N;
+  for (var j = 0u; j < 4u; j++) {
+    if (c + j < params.N) {
+      var v = params.alpha * left[j];
+      if (params.beta != 0.0) { v += params.beta * C[base + c + j]; }
+      C[base + c + j] = v;
+    }
+    if (c + 64u + j < params.N) {
+      var v = params.alpha * right[j];
+      if (params.beta != 0.0) { v += params.beta * C[base + c + 64u + j]; }
+      C[base + c + 64u + j] = v;
+    }
+  }
+}
+
+@compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wg: vec3u,
           @builtin(local_invocation_id) lid: vec3u,
           @builtin(local_invocation_index) li: u32) {
-  let p = params;
+  let tx = lid.x;
+  let ty = lid.y;
   let row0 = wg.y * TILE_M;
   let col0 = wg.x * TILE_N;
-  var acc: array<f32, 16>;
+  let a_along_k = params.a_sk == 1u;
+  let b_along_k = params.b_sk == 1u;
+  var c0 = vec4f(0.0); var c1 = vec4f(0.0);
+  var c2 = vec4f(0.0); var c3 = vec4f(0.0);
+  var c4 = vec4f(0.0); var c5 = vec4f(0.0);
+  var c6 = vec4f(0.0); var c7 = vec4f(0.0);
+  var c8 = vec4f(0.0); var c9 = vec4f(0.0);
+  var c10 = vec4f(0.0); var c11 = vec4f(0.0);
+  var c12 = vec4f(0.0); var c13 = vec4f(0.0);
+  var c14 = vec4f(0.0); var c15 = vec4f(0.0);
 
-  for (var k0 = 0u; k0 < p.K; k0 += TILE_K) {
-    // 256 invocations load 4 × 256 = 1024 elements of each tile.
-    for (var i = 0u; i < 4u; i++) {
-      let e = li + i * WG * WG;
-      let r = e / TILE_K;
-      let kk = e % TILE_K;
-      let gk = k0 + kk;
-      var a = 0.0;
-      if (row0 + r < p.M && gk < p.K) { a = A[(row0 + r) * p.a_sm + gk * p.a_sk]; }
-      a_tile[kk * TILE_M + r] = a;
-      var b = 0.0;
-      if (col0 + r < p.N && gk < p.K) { b = B[(col0 + r) * p.b_sn + gk * p.b_sk]; }
-      b_tile[kk * TILE_N + r] = b;
+  for (var k0 = 0u; k0 < params.K; k0 += TILE_K) {
+    // Each of the 256 invocations stores one vec4 of each tile (4 rows at one k).
+    let kk = li / 32u;        // 0..7
+    let r4 = (li % 32u) * 4u;  // first of 4 rows (or columns)
+    if (a_along_k) {
+      // Read 4 consecutive k of one row instead: invocations (r, 0..1) cover a row's 8 k.
+      let r = li / 2u;
+      let kc = (li % 2u) * 4u;
+      for (var j = 0u; j < 4u; j++) {
+        a_tile[(kc + j) * 32u + r / 4u][r % 4u] = load_a(row0 + r, k0 + kc + j);
+      }
+    } else {
+      a_tile[kk * 32u + r4 / 4u] = vec4f(load_a(row0 + r4, k0 + kk), load_a(row0 + r4 + 1u, k0 + kk),
+                                         load_a(row0 + r4 + 2u, k0 + kk), load_a(row0 + r4 + 3u, k0 + kk));
+    }
+    if (b_along_k) {
+      let r = li / 2u;
+      let kc = (li % 2u) * 4u;
+      for (var j = 0u; j < 4u; j++) {
+        b_tile[(kc + j) * 32u + r / 4u][r % 4u] = load_b(col0 + r, k0 + kc + j);
+      }
+    } else {
+      b_tile[kk * 32u + r4 / 4u] = vec4f(load_b(col0 + r4, k0 + kk), load_b(col0 + r4 + 1u, k0 + kk),
+                                         load_b(col0 + r4 + 2u, k0 + kk), load_b(col0 + r4 + 3u, k0 + kk));
     }
     workgroupBarrier();
-    for (var kk = 0u; kk < TILE_K; kk++) {
-      let ai = kk * TILE_M + lid.y * 4u;
-      let bi = kk * TILE_N + lid.x * 4u;
-      let a4 = vec4f(a_tile[ai], a_tile[ai + 1u], a_tile[ai + 2u], a_tile[ai + 3u]);
-      let b4 = vec4f(b_tile[bi], b_tile[bi + 1u], b_tile[bi + 2u], b_tile[bi + 3u]);
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-          acc[i * 4u + j] = fma(a4[i], b4[j], acc[i * 4u + j]);
-        }
-      }
+    for (var k = 0u; k < TILE_K; k++) {
+      let a0 = a_tile[k * 32u + ty];
+      let a1 = a_tile[k * 32u + 16u + ty];
+      let b0 = b_tile[k * 32u + tx];
+      let b1 = b_tile[k * 32u + 16u + tx];
+      c0 += a0.x * b0; c1 += a0.x * b1;
+      c2 += a0.y * b0; c3 += a0.y * b1;
+      c4 += a0.z * b0; c5 += a0.z * b1;
+      c6 += a0.w * b0; c7 += a0.w * b1;
+      c8 += a1.x * b0; c9 += a1.x * b1;
+      c10 += a1.y * b0; c11 += a1.y * b1;
+      c12 += a1.z * b0; c13 += a1.z * b1;
+      c14 += a1.w * b0; c15 += a1.w * b1;
     }
     workgroupBarrier();
   }
 
-  for (var i = 0u; i < 4u; i++) {
-    let r = row0 + lid.y * 4u + i;
-    if (r >= p.M) { break; }
-    for (var j = 0u; j < 4u; j++) {
-      let c = col0 + lid.x * 4u + j;
-      if (c < p.N) {
-        var v = p.alpha * acc[i * 4u + j];
-        if (p.beta != 0.0) { v += p.beta * C[r * p.N + c]; }
-        C[r * p.N + c] = v;
-      }
-    }
-  }
+  store_row(row0 + ty * 4u, col0 + tx * 4u, c0, c1);
+  store_row(row0 + ty * 4u + 1u, col0 + tx * 4u, c2, c3);
+  store_row(row0 + ty * 4u + 2u, col0 + tx * 4u, c4, c5);
+  store_row(row0 + ty * 4u + 3u, col0 + tx * 4u, c6, c7);
+  store_row(row0 + 64u + ty * 4u, col0 + tx * 4u, c8, c9);
+  store_row(row0 + 64u + ty * 4u + 1u, col0 + tx * 4u, c10, c11);
+  store_row(row0 + 64u + ty * 4u + 2u, col0 + tx * 4u, c12, c13);
+  store_row(row0 + 64u + ty * 4u + 3u, col0 + tx * 4u, c14, c15);
 }

@@ -51,6 +51,7 @@ def random_weights(ops: Ops, config: ModelConfig, seed: int = 0) -> dict:
 async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int, steps: int, rank: int,
                          weights: dict | None = None, warmup: int = 2, checkpointing: bool = False) -> dict:
     device: Device = ops.device
+    await ops.specialize_head_dim(config.head_dim)
     weights = weights or random_weights(ops, config)
     lora = LoraState(device, config, LoraConfig(r=rank, alpha=2.0 * rank))
     device.submit(lora.init_dispatches(ops, seed=1))
@@ -85,6 +86,42 @@ async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int
         "loss": last_loss,
         "gradient_checkpointing": checkpointing,
     }
+
+
+async def profile_step(ops: Ops, config: ModelConfig, batch: int, seq_len: int, rank: int, weights: dict | None = None,
+                       repeats: int = 3) -> list[dict]:
+    """Time per kernel in one training step: each kernel's dispatches of the step, submitted
+    alone `repeats` times (results are garbage, times are real), sorted by time."""
+    from .gpu.device import Dispatch
+
+    device: Device = ops.device
+    await ops.specialize_head_dim(config.head_dim)
+    weights = weights or random_weights(ops, config)
+    lora = LoraState(device, config, LoraConfig(r=rank, alpha=2.0 * rank))
+    model = Transformer(device, ops, config, weights, lora, batch, seq_len)
+    records = [Sequence([1] * seq_len, [1] * seq_len)] * batch
+    trainer = Trainer(device, ops, model, lora, TrainConfig(steps=1, batch_size=batch, seq_len=seq_len), records)
+    captured: list = []
+    submit = device.submit
+    device.submit = captured.extend  # record the step instead of running it
+    try:
+        trainer.run_step(0)
+    finally:
+        device.submit = submit
+    groups: dict[str, list] = {}
+    for command in captured:
+        if isinstance(command, Dispatch):
+            groups.setdefault(command.kernel, []).append(command)
+    rows = []
+    for name, dispatches in groups.items():
+        device.submit(dispatches)
+        await device.read_buffer(trainer.loss_hist, 0, 4)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            device.submit(dispatches)
+        await device.read_buffer(trainer.loss_hist, 0, 4)
+        rows.append({"kernel": name, "dispatches": len(dispatches), "ms_per_step": 1000 * (time.perf_counter() - started) / repeats})
+    return sorted(rows, key=lambda r: -r["ms_per_step"])
 
 
 async def bench_matmul(ops: Ops, M: int, N: int, K: int, repeats: int = 20, trans_b: bool = False) -> dict:

@@ -46,6 +46,7 @@ class Session:
         self.config = self.source.config
         self.device = await NativeDevice.create()
         self.ops = await load_ops(self.device, directory_reader())
+        await self.ops.specialize_head_dim(self.config.head_dim)
         self.tokenizer = None
         if os.path.isfile(os.path.join(model_path, "tokenizer.json")):
             from .data.tokenizer import HFTokenizer
@@ -195,7 +196,7 @@ async def cmd_generate(args) -> int:
 
 
 async def cmd_bench(args) -> int:
-    from .bench import NAMED_CONFIGS, bench_matmul, bench_training
+    from .bench import NAMED_CONFIGS, bench_matmul, bench_training, profile_step
     from .engine import load_ops
     from .gpu.native import NativeDevice
     from .kernels import directory_reader
@@ -217,6 +218,9 @@ async def cmd_bench(args) -> int:
         ours["config"] = args.model or args.config
         results.append(ours)
         print(json.dumps(ours), flush=True)
+    if args.profile:
+        for row in await profile_step(ops, config, args.batch_size, args.seq_len, args.rank, weights):
+            print(json.dumps(row), flush=True)
     if args.kernels or args.kernels_only:
         T, C, I = args.batch_size * args.seq_len, config.hidden_size, config.intermediate_size
         shapes = [(T, I, C, False), (T, C, I, False), (T, C, C, False), (T, C, I, True), (T, args.rank, C, False)]
@@ -306,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gradient-checkpointing", action="store_true")
     b.add_argument("--kernels", action="store_true", help="also time the matmuls at the model's shapes")
     b.add_argument("--kernels-only", action="store_true")
+    b.add_argument("--profile", action="store_true", help="time each kernel's share of a step")
     b.add_argument("--compare-torch", action="store_true", help="run the same configuration in PyTorch + PEFT too")
     b.add_argument("--torch-precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), tf32, bf16")
     return parser

@@ -122,7 +122,7 @@ class Kernel:
         limit = device.info.limits.get("maxComputeWorkgroupsPerDimension", 65535)
         if any(g > limit for g in grid3):
             raise ValueError(f"kernel {self.entry_point}: grid {grid3} exceeds {limit} workgroups per dimension")
-        return Dispatch(self.pipeline, device.bind_group(self.pipeline, entries), grid3)
+        return Dispatch(self.pipeline, device.bind_group(self.pipeline, entries), grid3, self.entry_point)
 
 
 SourceReader = Callable[[str], Awaitable[str]]
@@ -142,15 +142,16 @@ class KernelLibrary:
             self._sources[name] = KernelSource.parse(name, await self.read_source(name))
         return self._sources[name]
 
-    async def get(self, name: str, entry_point: str | None = None) -> Kernel:
-        """The compiled kernel `entry_point` (default: the file's name) of `wgsl/<name>.wgsl`."""
+    async def get(self, name: str, entry_point: str | None = None, constants: dict[str, float] | None = None) -> Kernel:
+        """The compiled kernel `entry_point` (default: the file's name) of `wgsl/<name>.wgsl`,
+        specialised by `constants` (values of its `override` declarations)."""
         entry_point = entry_point or name
-        key = (name, entry_point)
+        key = (name, entry_point, tuple(sorted((constants or {}).items())))
         if key not in self._kernels:
             source = await self.source(name)
             if entry_point not in source.entry_points:
                 raise KeyError(f"wgsl/{name}.wgsl has no entry point {entry_point!r} (has {sorted(source.entry_points)})")
-            pipeline = await self.device.compile(source.code, entry_point, label=f"{name}.{entry_point}")
+            pipeline = await self.device.compile(source.code, entry_point, label=f"{name}.{entry_point}", constants=constants)
             self._kernels[key] = Kernel(source, entry_point, pipeline)
         return self._kernels[key]
 

@@ -49,17 +49,36 @@ def grid_1d(workgroups: int) -> tuple[int, int]:
     return (MAX_GROUPS, math.ceil(workgroups / MAX_GROUPS))
 
 
+# Kernels with a HEAD_DIM4 pipeline constant: their generic pipeline serves any head size up to
+# MAX_HEAD_DIM; specialize_head_dim compiles one whose loops unroll into registers.
+HEAD_DIM_KERNELS = ("attention", "attention_backward_dq", "attention_backward_dkv")
+MAX_HEAD_DIM = 128
+
+
 class Ops:
-    def __init__(self, device: Device, kernels: dict[str, Kernel]):
+    def __init__(self, device: Device, kernels: dict[str, Kernel], library: KernelLibrary | None = None):
         self.device = device
         self.k = kernels
+        self.library = library
+        self._by_head_dim: dict[tuple[str, int], Kernel] = {}
 
     @classmethod
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
-        return cls(device, {name: await library.get(name) for name in KERNELS})
+        return cls(device, {name: await library.get(name) for name in KERNELS}, library)
 
-    def _elementwise(self, name: str, n: int, params: dict, **buffers: Buffer) -> Dispatch:
-        kernel = self.k[name]
+    async def specialize_head_dim(self, D: int) -> None:
+        """Compile the attention kernels for head size D (call once per model)."""
+        if self.library is None:
+            return
+        for name in HEAD_DIM_KERNELS:
+            if (name, D) not in self._by_head_dim:
+                self._by_head_dim[(name, D)] = await self.library.get(name, constants={"HEAD_DIM4": -(-D // 4)})
+
+    def _head_dim_kernel(self, name: str, D: int) -> Kernel:
+        return self._by_head_dim.get((name, D)) or self.k[name]
+
+    def _elementwise(self, name: str, n: int, params: dict, kernel: Kernel | None = None, **buffers: Buffer) -> Dispatch:
+        kernel = kernel or self.k[name]
         return kernel.dispatch(self.device, grid_1d(math.ceil(n / kernel.workgroup_size[0])), params, **buffers)
 
     def _rows(self, name: str, rows: int, params: dict, **buffers: Buffer) -> Dispatch:
@@ -113,14 +132,14 @@ class Ops:
         return self._rows("cross_entropy", R, dict(R=R, V=V, scale=scale), targets=targets, logits=logits, loss=loss)
 
     def _attention_params(self, B: int, S: int, Hq: int, Hkv: int, D: int) -> dict:
-        if Hq % Hkv or D > 256:
-            raise ValueError(f"attention needs Hq divisible by Hkv and head size ≤ 256 (got Hq={Hq}, Hkv={Hkv}, D={D})")
+        if Hq % Hkv or D > MAX_HEAD_DIM:
+            raise ValueError(f"attention needs Hq divisible by Hkv and head size ≤ {MAX_HEAD_DIM} (got Hq={Hq}, Hkv={Hkv}, D={D})")
         return dict(B=B, S=S, Hq=Hq, Hkv=Hkv, D=D, scale=1.0 / math.sqrt(D))
 
     def attention(self, o: Buffer, lse: Buffer, q: Buffer, k: Buffer, v: Buffer,
                   B: int, S: int, Hq: int, Hkv: int, D: int) -> Dispatch:
         return self._elementwise("attention", B * Hq * S, self._attention_params(B, S, Hq, Hkv, D),
-                                 q=q, k=k, v=v, o=o, lse=lse)
+                                 self._head_dim_kernel("attention", D), q=q, k=k, v=v, o=o, lse=lse)
 
     def attention_cached(self, o: Buffer, q: Buffer, k_cache: Buffer, v_cache: Buffer, T: int, start: int,
                          Hq: int, Hkv: int, D: int) -> Dispatch:
@@ -132,9 +151,9 @@ class Ops:
                            o: Buffer, d_o: Buffer, lse: Buffer, B: int, S: int, Hq: int, Hkv: int, D: int) -> list[Dispatch]:
         params = self._attention_params(B, S, Hq, Hkv, D)
         return [
-            self._elementwise("attention_backward_dq", B * Hq * S, params,
+            self._elementwise("attention_backward_dq", B * Hq * S, params, self._head_dim_kernel("attention_backward_dq", D),
                               q=q, k=k, v=v, o=o, d_o=d_o, lse=lse, dq=dq, delta=delta),
-            self._elementwise("attention_backward_dkv", B * Hkv * S, params,
+            self._elementwise("attention_backward_dkv", B * Hkv * S, params, self._head_dim_kernel("attention_backward_dkv", D),
                               q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta, dk=dk, dv=dv),
         ]
 

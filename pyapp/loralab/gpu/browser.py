@@ -95,7 +95,7 @@ class BrowserDevice(Device):
         source = to_js(memoryview(data).cast("B")) if isinstance(data, (bytes, bytearray, memoryview)) else data
         self.device.queue.writeBuffer(handle, offset, source)
 
-    async def _compile(self, code: str, entry_point: str, label: str):
+    async def _compile(self, code: str, entry_point: str, label: str, constants: dict[str, float]):
         self.device.pushErrorScope("validation")
         module = self.device.createShaderModule(_js({"code": code, "label": label}))
         compilation = await module.getCompilationInfo()
@@ -104,9 +104,10 @@ class BrowserDevice(Device):
         ]
         pipeline = None
         if not errors:
-            pipeline = self.device.createComputePipeline(
-                _js({"label": label, "layout": "auto", "compute": {"module": module, "entryPoint": entry_point}})
-            )
+            stage = {"module": module, "entryPoint": entry_point}
+            if constants:
+                stage["constants"] = constants
+            pipeline = self.device.createComputePipeline(_js({"label": label, "layout": "auto", "compute": stage}))
         scope_error = await self.device.popErrorScope()
         if errors or not _absent(scope_error):
             detail = "; ".join(errors) if errors else str(scope_error.message)

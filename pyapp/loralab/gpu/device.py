@@ -143,6 +143,7 @@ class Dispatch:
     pipeline: object
     bind_group: object
     grid: tuple[int, int, int]
+    kernel: str = ""  # entry point name, for profiles
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ class Device(abc.ABC):
     def _write_buffer(self, handle: object, offset: int, data) -> None: ...
 
     @abc.abstractmethod
-    async def _compile(self, code: str, entry_point: str, label: str) -> object: ...
+    async def _compile(self, code: str, entry_point: str, label: str, constants: dict[str, float]) -> object: ...
 
     @abc.abstractmethod
     def _create_bind_group(self, pipeline: object, entries: list[tuple[int, Buffer]]) -> object: ...
@@ -232,9 +233,10 @@ class Device(abc.ABC):
         data = await self._read_buffer(buffer.handle, buffer.offset + offset, (size + 3) // 4 * 4, buffer.label)
         return data[:size]
 
-    async def compile(self, code: str, entry_point: str, *, label: str) -> object:
+    async def compile(self, code: str, entry_point: str, *, label: str, constants: dict[str, float] | None = None) -> object:
+        """A compute pipeline; `constants` set the WGSL `override` values (specialisation)."""
         self._check_alive()
-        return await self._compile(code, entry_point, label)
+        return await self._compile(code, entry_point, label, dict(constants or {}))
 
     def uniform(self, data: bytes) -> Buffer:
         """An immutable uniform buffer holding `data`, shared by every dispatch that uses the same bytes."""

@@ -71,12 +71,13 @@ class NativeDevice(Device):
     def _write_buffer(self, handle, offset: int, data) -> None:
         self.device.queue.write_buffer(handle, offset, data)
 
-    async def _compile(self, code: str, entry_point: str, label: str):
+    async def _compile(self, code: str, entry_point: str, label: str, constants: dict[str, float]):
         try:
             module = self.device.create_shader_module(code=code, label=label)
-            return self.device.create_compute_pipeline(
-                layout="auto", compute={"module": module, "entry_point": entry_point}, label=label
-            )
+            stage = {"module": module, "entry_point": entry_point}
+            if constants:
+                stage["constants"] = constants
+            return self.device.create_compute_pipeline(layout="auto", compute=stage, label=label)
         except wgpu.GPUError as exc:
             raise ShaderError(f"kernel {label} ({entry_point}) failed to compile: {exc}") from exc
 

@@ -69,8 +69,8 @@ class ModelConfig:
             raise ModelConfigError(f"{source}: missing or invalid field {exc}") from None
         if heads % kv_heads:
             raise ModelConfigError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
-        if head_dim % 2 or head_dim > 256:
-            raise ModelConfigError(f"{source}: head_dim {head_dim} must be even and at most 256")
+        if head_dim % 2 or head_dim > 128:
+            raise ModelConfigError(f"{source}: head_dim {head_dim} must be even and at most 128")
         if config.rope_scaling and config.rope_scaling.get("rope_type", config.rope_scaling.get("type")) not in ("llama3", "default"):
             raise ModelConfigError(f"{source}: rope_scaling {config.rope_scaling} is not supported (only llama3)")
         if cfg.get("sliding_window") and cfg.get("use_sliding_window"):
