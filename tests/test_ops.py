@@ -32,6 +32,30 @@ def test_matmul_transposes(ops, arrays, M, N, K, trans_a, trans_b):
     np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + C0, rtol=1e-5, atol=1e-5 * np.sqrt(K))
 
 
+@pytest.mark.parametrize("splits", [2, 5])
+@pytest.mark.parametrize("trans_a, trans_b, beta", [(False, False, 0.0), (True, True, 1.0)])
+def test_matmul_split_k(ops, arrays, splits, trans_a, trans_b, beta):
+    M, N, K = 9, 70, 333
+    r = rng("split", splits, trans_a)
+    A = r.standard_normal((M, K), dtype=np.float32)
+    B = r.standard_normal((N, K), dtype=np.float32)
+    C0 = r.standard_normal((M, N), dtype=np.float32)
+    c = arrays.up(C0)
+    d = ops.matmul(c, arrays.up(A.T.copy() if trans_a else A), arrays.up(B.T.copy() if trans_b else B), M, N, K,
+                   trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=beta, splits=splits)
+    assert len(d) == 2 and d[0].grid[2] == splits
+    arrays.submit(d)
+    np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + beta * C0, rtol=1e-5, atol=1e-4)
+
+
+def test_matmul_splits_long_thin_products_by_itself(ops):
+    a = ops.device.create_buffer(8 * 4096 * 4, label="a")
+    b = ops.device.create_buffer(576 * 4096 * 4, label="b")
+    c = ops.device.create_buffer(8 * 576 * 4, label="c")
+    assert len(ops.matmul(c, a, b, 8, 576, 4096, trans_a=True, trans_b=True)) == 2  # LoRA's dA: split
+    assert len(ops.matmul(b, a, c, 4096, 576, 8)) == 1  # short K: not split
+
+
 def test_matmul_selftest_is_exact(gpu, kernels, run):
     from loralab.selftest import matmul_check
 

@@ -1,7 +1,7 @@
 // attention_backward_dq: dq of causal GQA attention, recomputing the probabilities from lse.
 //   For query i of head h:  delta_i = do_i · o_i,  p_ij = exp(scale · q_i·k_j − lse_i),
 //   ds_ij = p_ij · (do_i·v_j − delta_i),  dq_i = scale · Σ_j≤i ds_ij · k_j.
-//   Also stores delta [B, Hq, S] for attention_backward_dkv.
+//   Also stores delta [B, Hq, S] for attention_backward_dk.
 //   Layouts as in attention.wgsl; dq: [B·S, Hq·D].
 // Work split: one invocation per (b, h, query i), 64 per workgroup; q_i, do_i and dq_i live in
 // vec4 registers (HEAD_DIM4 = ceil(D / 4) is a pipeline constant, as in attention.wgsl).

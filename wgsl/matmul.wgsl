@@ -13,6 +13,10 @@
 // (K for plain operands, M or N for transposed ones) so neighbouring invocations read
 // neighbouring addresses. Out-of-range loads read 0 and stores are skipped: no size needs to
 // be a multiple of the tile.
+// Split K: with k_split < K, workgroup z sums k in [z·k_split, (z+1)·k_split) and writes its
+// partial product to C + z·M·N (alpha applied, beta = 0); matmul_reduce.wgsl adds the partials.
+// Products with few output tiles and a long K (LoRA's gradients, K = tokens) need this to
+// fill the GPU.
 
 struct Params {
   M: u32,
@@ -24,6 +28,7 @@ struct Params {
   b_sk: u32,
   alpha: f32,
   beta: f32,
+  k_split: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -38,19 +43,19 @@ const TILE_K = 8u;
 var<workgroup> a_tile: array<vec4f, 256>;  // [TILE_K][TILE_M / 4]
 var<workgroup> b_tile: array<vec4f, 256>;  // [TILE_K][TILE_N / 4]
 
-fn load_a(m: u32, k: u32) -> f32 {
-  if (m < params.M && k < params.K) { return A[m * params.a_sm + k * params.a_sk]; }
+fn load_a(m: u32, k: u32, k_end: u32) -> f32 {
+  if (m < params.M && k < k_end) { return A[m * params.a_sm + k * params.a_sk]; }
   return 0.0;
 }
 
-fn load_b(n: u32, k: u32) -> f32 {
-  if (n < params.N && k < params.K) { return B[n * params.b_sn + k * params.b_sk]; }
+fn load_b(n: u32, k: u32, k_end: u32) -> f32 {
+  if (n < params.N && k < k_end) { return B[n * params.b_sn + k * params.b_sk]; }
   return 0.0;
 }
 
-fn store_row(r: u32, c: u32, left: vec4f, right: vec4f) {
+fn store_row(r: u32, c: u32, left: vec4f, right: vec4f, z: u32) {
   if (r >= params.M) { return; }
-  let base = r * params.N;
+  let base = z * params.M * params.N + r * params.N;
   for (var j = 0u; j < 4u; j++) {
     if (c + j < params.N) {
       var v = params.alpha * left[j];
@@ -84,7 +89,9 @@ fn matmul(@builtin(workgroup_id) wg: vec3u,
   var c12 = vec4f(0.0); var c13 = vec4f(0.0);
   var c14 = vec4f(0.0); var c15 = vec4f(0.0);
 
-  for (var k0 = 0u; k0 < params.K; k0 += TILE_K) {
+  let k_begin = wg.z * params.k_split;
+  let k_end = min(params.K, k_begin + params.k_split);
+  for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
     // Each of the 256 invocations stores one vec4 of each tile (4 rows at one k).
     let kk = li / 32u;        // 0..7
     let r4 = (li % 32u) * 4u;  // first of 4 rows (or columns)
@@ -93,21 +100,21 @@ fn matmul(@builtin(workgroup_id) wg: vec3u,
       let r = li / 2u;
       let kc = (li % 2u) * 4u;
       for (var j = 0u; j < 4u; j++) {
-        a_tile[(kc + j) * 32u + r / 4u][r % 4u] = load_a(row0 + r, k0 + kc + j);
+        a_tile[(kc + j) * 32u + r / 4u][r % 4u] = load_a(row0 + r, k0 + kc + j, k_end);
       }
     } else {
-      a_tile[kk * 32u + r4 / 4u] = vec4f(load_a(row0 + r4, k0 + kk), load_a(row0 + r4 + 1u, k0 + kk),
-                                         load_a(row0 + r4 + 2u, k0 + kk), load_a(row0 + r4 + 3u, k0 + kk));
+      a_tile[kk * 32u + r4 / 4u] = vec4f(load_a(row0 + r4, k0 + kk, k_end), load_a(row0 + r4 + 1u, k0 + kk, k_end),
+                                         load_a(row0 + r4 + 2u, k0 + kk, k_end), load_a(row0 + r4 + 3u, k0 + kk, k_end));
     }
     if (b_along_k) {
       let r = li / 2u;
       let kc = (li % 2u) * 4u;
       for (var j = 0u; j < 4u; j++) {
-        b_tile[(kc + j) * 32u + r / 4u][r % 4u] = load_b(col0 + r, k0 + kc + j);
+        b_tile[(kc + j) * 32u + r / 4u][r % 4u] = load_b(col0 + r, k0 + kc + j, k_end);
       }
     } else {
-      b_tile[kk * 32u + r4 / 4u] = vec4f(load_b(col0 + r4, k0 + kk), load_b(col0 + r4 + 1u, k0 + kk),
-                                         load_b(col0 + r4 + 2u, k0 + kk), load_b(col0 + r4 + 3u, k0 + kk));
+      b_tile[kk * 32u + r4 / 4u] = vec4f(load_b(col0 + r4, k0 + kk, k_end), load_b(col0 + r4 + 1u, k0 + kk, k_end),
+                                         load_b(col0 + r4 + 2u, k0 + kk, k_end), load_b(col0 + r4 + 3u, k0 + kk, k_end));
     }
     workgroupBarrier();
     for (var k = 0u; k < TILE_K; k++) {
@@ -127,12 +134,12 @@ fn matmul(@builtin(workgroup_id) wg: vec3u,
     workgroupBarrier();
   }
 
-  store_row(row0 + ty * 4u, col0 + tx * 4u, c0, c1);
-  store_row(row0 + ty * 4u + 1u, col0 + tx * 4u, c2, c3);
-  store_row(row0 + ty * 4u + 2u, col0 + tx * 4u, c4, c5);
-  store_row(row0 + ty * 4u + 3u, col0 + tx * 4u, c6, c7);
-  store_row(row0 + 64u + ty * 4u, col0 + tx * 4u, c8, c9);
-  store_row(row0 + 64u + ty * 4u + 1u, col0 + tx * 4u, c10, c11);
-  store_row(row0 + 64u + ty * 4u + 2u, col0 + tx * 4u, c12, c13);
-  store_row(row0 + 64u + ty * 4u + 3u, col0 + tx * 4u, c14, c15);
+  store_row(row0 + ty * 4u, col0 + tx * 4u, c0, c1, wg.z);
+  store_row(row0 + ty * 4u + 1u, col0 + tx * 4u, c2, c3, wg.z);
+  store_row(row0 + ty * 4u + 2u, col0 + tx * 4u, c4, c5, wg.z);
+  store_row(row0 + ty * 4u + 3u, col0 + tx * 4u, c6, c7, wg.z);
+  store_row(row0 + 64u + ty * 4u, col0 + tx * 4u, c8, c9, wg.z);
+  store_row(row0 + 64u + ty * 4u + 1u, col0 + tx * 4u, c10, c11, wg.z);
+  store_row(row0 + 64u + ty * 4u + 2u, col0 + tx * 4u, c12, c13, wg.z);
+  store_row(row0 + 64u + ty * 4u + 3u, col0 + tx * 4u, c14, c15, wg.z);
 }

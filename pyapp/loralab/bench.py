@@ -132,10 +132,10 @@ async def bench_matmul(ops: Ops, M: int, N: int, K: int, repeats: int = 20, tran
     c = device.create_buffer(M * N * 4, label="bench.C")
     device.submit([ops.lora_init(a, 0, M * K, K, 1), ops.lora_init(b, 0, N * K, K, 2)])
     d = ops.matmul(c, a, b, M, N, K, trans_b=trans_b)
-    device.submit([d])
+    device.submit(d)
     await device.read_buffer(c, 0, 4)
     started = time.perf_counter()
-    device.submit([d] * repeats)
+    device.submit(d * repeats)
     await device.read_buffer(c, 0, 4)
     elapsed = time.perf_counter() - started
     for buf in (a, b, c):

@@ -49,7 +49,7 @@ class Generator:
         self.device.write_buffer(self.model.pos, struct.pack(f"<{T}I", *range(start, start + T)))
         cmds = self.model.forward(rows=T, cache=self.cache, start=start)
         cmds.append(Copy(self.model.xnf, (T - 1) * C * 4, self.last, 0, C * 4))
-        cmds.append(self.ops.matmul(self.logits, self.last, self.model.lm_head, 1, V, C))
+        cmds.extend(self.ops.matmul(self.logits, self.last, self.model.lm_head, 1, V, C))
         self.device.submit(cmds)
         return list(struct.unpack(f"<{V}f", await self.device.read_buffer(self.logits)))
 

@@ -24,7 +24,8 @@ KERNELS = (
     "cross_entropy",
     "attention",
     "attention_backward_dq",
-    "attention_backward_dkv",
+    "attention_backward_dk",
+    "attention_backward_dv",
     "adamw",
     "sgd",
     "sumsq",
@@ -35,6 +36,7 @@ KERNELS = (
     "attention_cached",
     "dropout",
     "embedding_backward",
+    "matmul_reduce",
 )
 
 MAX_GROUPS = 65535
@@ -51,8 +53,12 @@ def grid_1d(workgroups: int) -> tuple[int, int]:
 
 # Kernels with a HEAD_DIM4 pipeline constant: their generic pipeline serves any head size up to
 # MAX_HEAD_DIM; specialize_head_dim compiles one whose loops unroll into registers.
-HEAD_DIM_KERNELS = ("attention", "attention_backward_dq", "attention_backward_dkv")
+HEAD_DIM_KERNELS = ("attention", "attention_backward_dq", "attention_backward_dk", "attention_backward_dv")
 MAX_HEAD_DIM = 128
+# Split-K: a matmul with fewer output tiles than this and a long K is split along K.
+SPLIT_BELOW_TILES = 64
+SPLIT_MIN_K = 512
+SPLIT_TARGET_GROUPS = 256
 
 
 class Ops:
@@ -61,6 +67,7 @@ class Ops:
         self.k = kernels
         self.library = library
         self._by_head_dim: dict[tuple[str, int], Kernel] = {}
+        self._split_scratch: Buffer | None = None  # partial products of split-K matmuls
 
     @classmethod
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
@@ -86,16 +93,40 @@ class Ops:
 
     # -- linear algebra -----------------------------------------------------------------------
     def matmul(self, C: Buffer, A: Buffer, B: Buffer, M: int, N: int, K: int, *,
-               trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0) -> Dispatch:
+               trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0,
+               splits: int | None = None) -> list[Dispatch]:
         """C[M,N] = alpha · op(A)[M,K] · op(B)[N,K]ᵀ + beta · C.
-        A is stored [M,K] (or [K,M] with trans_a); B is stored [N,K] (or [K,N] with trans_b)."""
+        A is stored [M,K] (or [K,M] with trans_a); B is stored [N,K] (or [K,N] with trans_b).
+        Few output tiles and a long K are split along K (`splits` overrides the choice)."""
         kernel = self.k["matmul"]
         src = kernel.source
         a_sm, a_sk = (1, M) if trans_a else (K, 1)
         b_sn, b_sk = (1, N) if trans_b else (K, 1)
         grid = (math.ceil(N / src.constant("TILE_N")), math.ceil(M / src.constant("TILE_M")))
-        params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta)
-        return kernel.dispatch(self.device, grid, params, A=A, B=B, C=C)
+        if splits is None:
+            tiles = grid[0] * grid[1]
+            splits = 1
+            if tiles < SPLIT_BELOW_TILES and K >= SPLIT_MIN_K:
+                splits = max(1, min(K // 256, SPLIT_TARGET_GROUPS // tiles))
+        tile_k = src.constant("TILE_K")
+        k_split = -(-math.ceil(K / splits) // tile_k) * tile_k
+        splits = math.ceil(K / k_split) if K else 1
+        params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta, k_split=k_split)
+        if splits == 1:
+            return [kernel.dispatch(self.device, grid, params, A=A, B=B, C=C)]
+        scratch = self._scratch(splits * M * N)
+        params.update(alpha=1.0, beta=0.0)
+        return [
+            kernel.dispatch(self.device, grid + (splits,), params, A=A, B=B, C=scratch),
+            self._elementwise("matmul_reduce", M * N, dict(MN=M * N, splits=splits, alpha=alpha, beta=beta),
+                              partial=scratch, C=C),
+        ]
+
+    def _scratch(self, floats: int) -> Buffer:
+        if self._split_scratch is None or self._split_scratch.size < floats * 4:
+            # Grown, never shrunk; dispatches already recorded keep the smaller one alive.
+            self._split_scratch = self.device.create_buffer(max(floats * 4, 1 << 20), label="matmul.split_k")
+        return self._split_scratch
 
     def bias_add(self, y: Buffer, bias: Buffer, T: int, N: int) -> Dispatch:
         """y[T, N] += bias[N]."""
@@ -153,8 +184,10 @@ class Ops:
         return [
             self._elementwise("attention_backward_dq", B * Hq * S, params, self._head_dim_kernel("attention_backward_dq", D),
                               q=q, k=k, v=v, o=o, d_o=d_o, lse=lse, dq=dq, delta=delta),
-            self._elementwise("attention_backward_dkv", B * Hkv * S, params, self._head_dim_kernel("attention_backward_dkv", D),
-                              q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta, dk=dk, dv=dv),
+            self._elementwise("attention_backward_dk", B * Hkv * S, params, self._head_dim_kernel("attention_backward_dk", D),
+                              q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta, dk=dk),
+            self._elementwise("attention_backward_dv", B * Hkv * S, params, self._head_dim_kernel("attention_backward_dv", D),
+                              q=q, k=k, d_o=d_o, lse=lse, dv=dv),
         ]
 
     # -- optimisation -------------------------------------------------------------------------

@@ -42,7 +42,7 @@ async def matmul_check(device: Device, library: KernelLibrary, M: int = 37, N: i
     A = device.create_buffer_with_data(pack_f32(a), label="check.A")
     B = device.create_buffer_with_data(pack_f32(b), label="check.B")
     C = device.create_buffer(M * N * 4, label="check.C")
-    device.submit([ops.matmul(C, A, B, M, N, K)])
+    device.submit(ops.matmul(C, A, B, M, N, K))
     raw = await device.read_buffer(C)
     for buf in (A, B, C):
         device.destroy_buffer(buf)

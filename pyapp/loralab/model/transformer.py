@@ -146,15 +146,15 @@ class Transformer:
         (training) supplies the dropout seed."""
         out_f, in_f = self.config.projection_shape(module)
         ops = self.ops
-        cmds.append(ops.matmul(y, x, self._weight(layer, module), T, out_f, in_f, beta=beta))
+        cmds.extend(ops.matmul(y, x, self._weight(layer, module), T, out_f, in_f, beta=beta))
         if self.config.attention_bias and module in ("q_proj", "k_proj", "v_proj"):
             cmds.append(ops.bias_add(y, self._weight(layer, module, "bias"), T, out_f))
         if self.lora and self.lora.has(layer, module):
             r, s = self.lora.config.r, self.lora.config.scaling
             u = self.layers[layer].u[module]
             x_in = self._lora_input(cmds, x, layer, module, T, step)
-            cmds.append(ops.matmul(u, x_in, self.lora.param(layer, module, "A"), T, r, in_f))
-            cmds.append(ops.matmul(y, u, self.lora.param(layer, module, "B"), T, out_f, r, alpha=s, beta=1.0))
+            cmds.extend(ops.matmul(u, x_in, self.lora.param(layer, module, "A"), T, r, in_f))
+            cmds.extend(ops.matmul(y, u, self.lora.param(layer, module, "B"), T, out_f, r, alpha=s, beta=1.0))
 
     def _linear_backward(self, cmds: list, dx: Buffer | None, dy: Buffer, x: Buffer, layer: int, module: str,
                          accumulate_dx: bool, accumulate_grads: bool, step: Buffer | None = None) -> None:
@@ -163,22 +163,22 @@ class Transformer:
         out_f, in_f = self.config.projection_shape(module)
         T, ops = self.T, self.ops
         if dx is not None:
-            cmds.append(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True,
+            cmds.extend(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True,
                                    beta=1.0 if accumulate_dx else 0.0))
         if self.lora and self.lora.has(layer, module):
             r, s, lora = self.lora.config.r, self.lora.config.scaling, self.lora
             g = 1.0 if accumulate_grads else 0.0
             u = self.layers[layer].u[module]
-            cmds.append(ops.matmul(lora.grad(layer, module, "B"), dy, u, out_f, r, T, trans_a=True, trans_b=True, alpha=s, beta=g))
-            cmds.append(ops.matmul(self.du, dy, lora.param(layer, module, "B"), T, r, out_f, trans_b=True, alpha=s))
+            cmds.extend(ops.matmul(lora.grad(layer, module, "B"), dy, u, out_f, r, T, trans_a=True, trans_b=True, alpha=s, beta=g))
+            cmds.extend(ops.matmul(self.du, dy, lora.param(layer, module, "B"), T, r, out_f, trans_b=True, alpha=s))
             x_in = self._lora_input(cmds, x, layer, module, T, step)
-            cmds.append(ops.matmul(lora.grad(layer, module, "A"), self.du, x_in, r, in_f, T, trans_a=True, trans_b=True, beta=g))
+            cmds.extend(ops.matmul(lora.grad(layer, module, "A"), self.du, x_in, r, in_f, T, trans_a=True, trans_b=True, beta=g))
             if dx is None:
                 return
             if x_in is x:
-                cmds.append(ops.matmul(dx, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True, beta=1.0))
+                cmds.extend(ops.matmul(dx, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True, beta=1.0))
             else:  # through the dropout: dx += mask · (du · A) / (1 − p)
-                cmds.append(ops.matmul(self.dx_drop, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True))
+                cmds.extend(ops.matmul(self.dx_drop, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True))
                 cmds.append(ops.dropout(dx, self.dx_drop, step, T * in_f, lora.config.dropout,
                                         self._stream(layer, module), accumulate=True))
 
@@ -230,12 +230,12 @@ class Transformer:
             self._linear(cmds, self.res[l + 1], a.h, l, "down_proj", T, beta=1.0, step=step)
         elif self.lora and self.lora.has(l, "down_proj"):  # down_proj's LoRA input activation u
             x_in = self._lora_input(cmds, a.h, l, "down_proj", T, step)
-            cmds.append(ops.matmul(a.u["down_proj"], x_in, self.lora.param(l, "down_proj", "A"), T, self.lora.config.r, I))
+            cmds.extend(ops.matmul(a.u["down_proj"], x_in, self.lora.param(l, "down_proj", "A"), T, self.lora.config.r, I))
 
     def logits_into(self, out: Buffer) -> list:
         """All logits [T, V] into `out` (tests and generation; training uses loss_and_grad)."""
         cfg = self.config
-        return [self.ops.matmul(out, self.xnf, self.lm_head, self.T, cfg.vocab_size, cfg.hidden_size)]
+        return self.ops.matmul(out, self.xnf, self.lm_head, self.T, cfg.vocab_size, cfg.hidden_size)
 
     def loss(self, history: Buffer, step: Buffer, backward: bool) -> list:
         """Per-token losses summed into history[step[4]]; with `backward`, dxnf = d(Σ loss)/d(xnf)."""
@@ -243,10 +243,10 @@ class Transformer:
         C, V = cfg.hidden_size, cfg.vocab_size
         cmds = []
         for (rows, xnf, targets, loss), dxnf in zip(self.chunks, self.dxnf_chunks):
-            cmds.append(ops.matmul(self.logits, xnf, self.lm_head, rows, V, C))
+            cmds.extend(ops.matmul(self.logits, xnf, self.lm_head, rows, V, C))
             cmds.append(ops.cross_entropy(loss, self.logits, targets, rows, V, 1.0))
             if backward:
-                cmds.append(ops.matmul(dxnf, self.logits, self.lm_head, rows, C, V, trans_b=True))
+                cmds.extend(ops.matmul(dxnf, self.logits, self.lm_head, rows, C, V, trans_b=True))
         cmds.append(ops.loss_sum(history, self.token_loss, step, self.T))
         return cmds
 

@@ -1,11 +1,10 @@
-// attention_backward_dkv: dk and dv of causal GQA attention (run after attention_backward_dq,
-// which stores delta). For key j of kv head g, over the query heads h of its group and i ≥ j:
-//   p_ij = exp(scale · q_i·k_j − lse_i),  dv_j = Σ p_ij · do_i,
-//   dk_j = scale · Σ p_ij · (do_i·v_j − delta_i) · q_i
-//   Layouts as in attention.wgsl; dk, dv: [B·S, Hkv·D].
-// Work split: one invocation per (b, g, key j), 64 per workgroup (neighbouring keys read the
-// same queries); dk_j and dv_j live in vec4 registers (HEAD_DIM4 as in attention.wgsl), k_j
-// and v_j are re-read from the cache.
+// attention_backward_dk: dk of causal GQA attention (after attention_backward_dq, which stores
+// delta). For key j of kv head g, over the query heads h of its group and queries i ≥ j:
+//   p_ij = exp(scale · q_i·k_j − lse_i),  dk_j = scale · Σ p_ij · (do_i·v_j − delta_i) · q_i
+//   Layouts as in attention.wgsl; dk: [B·S, Hkv·D].
+// Work split: one invocation per (b, g, key j), 64 per workgroup (neighbouring keys read the same
+// queries, which the cache serves to all of them); k_j, v_j and dk_j live in vec4 registers
+// (HEAD_DIM4 as in attention.wgsl). dv has its own kernel so neither needs four register rows.
 
 struct Params {
   B: u32,
@@ -24,7 +23,6 @@ struct Params {
 @group(0) @binding(5) var<storage, read> lse: array<f32>;        // [B, Hq, S]
 @group(0) @binding(6) var<storage, read> delta: array<f32>;      // [B, Hq, S]
 @group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // [B·S, Hkv·D]
-@group(0) @binding(8) var<storage, read_write> dv: array<f32>;   // [B·S, Hkv·D]
 
 override HEAD_DIM4: u32 = 32u;
 const MAX_D4 = 32u;
@@ -67,7 +65,7 @@ fn load_d_o(base: u32, d4: u32) -> vec4f {
 }
 
 @compute @workgroup_size(WG)
-fn attention_backward_dkv(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+fn attention_backward_dk(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let p = params;
   let idx = gid.x + gid.y * nwg.x * WG;   // ((b · Hkv) + g) · S + j
   if (idx >= p.B * p.Hkv * p.S) { return; }
@@ -76,9 +74,10 @@ fn attention_backward_dkv(@builtin(global_invocation_id) gid: vec3u, @builtin(nu
   let b = idx / (p.S * p.Hkv);
   let group = p.Hq / p.Hkv;
   let kv_base = (b * p.S + j) * p.Hkv * p.D + g * p.D;
-  var dk_acc: array<vec4f, MAX_D4>;
-  var dv_acc: array<vec4f, MAX_D4>;
-  for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { dk_acc[d4] = vec4f(0.0); dv_acc[d4] = vec4f(0.0); }
+  var kr: array<vec4f, MAX_D4>;
+  var vr: array<vec4f, MAX_D4>;
+  var acc: array<vec4f, MAX_D4>;
+  for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { kr[d4] = load_k(kv_base, d4) * p.scale; vr[d4] = load_v(kv_base, d4); acc[d4] = vec4f(0.0); }
   for (var h = g * group; h < (g + 1u) * group; h++) {
     for (var i = j; i < p.S; i++) {
       let q_base = (b * p.S + i) * p.Hq * p.D + h * p.D;
@@ -86,21 +85,17 @@ fn attention_backward_dkv(@builtin(global_invocation_id) gid: vec3u, @builtin(nu
       var s = 0.0;
       var dp = 0.0;
       for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
-        s += dot(load_q(q_base, d4), load_k(kv_base, d4));
-        dp += dot(load_d_o(q_base, d4), load_v(kv_base, d4));
+        s += dot(load_q(q_base, d4), kr[d4]);
+        dp += dot(load_d_o(q_base, d4), vr[d4]);
       }
-      let pij = exp(s * p.scale - lse[row]);
-      let ds = pij * (dp - delta[row]) * p.scale;
-      for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
-        dv_acc[d4] += pij * load_d_o(q_base, d4);
-        dk_acc[d4] += ds * load_q(q_base, d4);
-      }
+      let ds = exp(s - lse[row]) * (dp - delta[row]) * p.scale;
+      for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { acc[d4] += ds * load_q(q_base, d4); }
     }
   }
   for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
     let d = d4 * 4u;
     for (var c = 0u; c < 4u; c++) {
-      if (d + c < p.D) { dk[kv_base + d + c] = dk_acc[d4][c]; dv[kv_base + d + c] = dv_acc[d4][c]; }
+      if (d + c < p.D) { dk[kv_base + d + c] = acc[d4][c]; }
     }
   }
 }

@@ -1,0 +1,84 @@
+// attention_backward_dv: dv of causal GQA attention. For key j of kv head g, over the query heads
+// h of its group and queries i ≥ j:  p_ij = exp(scale · q_i·k_j − lse_i),  dv_j = Σ p_ij · do_i
+//   Layouts as in attention.wgsl; dv: [B·S, Hkv·D].
+// Work split: one invocation per (b, g, key j), 64 per workgroup (neighbouring keys read the same
+// queries); k_j and dv_j live in vec4 registers (HEAD_DIM4 as in attention.wgsl).
+
+struct Params {
+  B: u32,
+  S: u32,
+  Hq: u32,
+  Hkv: u32,
+  D: u32,
+  scale: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;          // [B·S, Hq·D]
+@group(0) @binding(2) var<storage, read> k: array<f32>;          // [B·S, Hkv·D]
+@group(0) @binding(3) var<storage, read> d_o: array<f32>;        // [B·S, Hq·D]
+@group(0) @binding(4) var<storage, read> lse: array<f32>;        // [B, Hq, S]
+@group(0) @binding(5) var<storage, read_write> dv: array<f32>;   // [B·S, Hkv·D]
+
+override HEAD_DIM4: u32 = 32u;
+const MAX_D4 = 32u;
+const WG = 64u;
+
+fn lane_mask(d: u32) -> vec4f {
+  return vec4f(vec4<bool>(d < params.D, d + 1u < params.D, d + 2u < params.D, d + 3u < params.D));
+}
+
+fn load_q(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(q[base + d], q[base + d + 1u], q[base + d + 2u], q[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(q[base + min(d, params.D - 1u)] * m.x, q[base + min(d + 1u, params.D - 1u)] * m.y,
+               q[base + min(d + 2u, params.D - 1u)] * m.z, q[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+fn load_k(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(k[base + d], k[base + d + 1u], k[base + d + 2u], k[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(k[base + min(d, params.D - 1u)] * m.x, k[base + min(d + 1u, params.D - 1u)] * m.y,
+               k[base + min(d + 2u, params.D - 1u)] * m.z, k[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+fn load_d_o(base: u32, d4: u32) -> vec4f {
+  let d = d4 * 4u;
+  if (d + 3u < params.D) { return vec4f(d_o[base + d], d_o[base + d + 1u], d_o[base + d + 2u], d_o[base + d + 3u]); }
+  let m = lane_mask(d);
+  return vec4f(d_o[base + min(d, params.D - 1u)] * m.x, d_o[base + min(d + 1u, params.D - 1u)] * m.y,
+               d_o[base + min(d + 2u, params.D - 1u)] * m.z, d_o[base + min(d + 3u, params.D - 1u)] * m.w);
+}
+
+@compute @workgroup_size(WG)
+fn attention_backward_dv(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let p = params;
+  let idx = gid.x + gid.y * nwg.x * WG;   // ((b · Hkv) + g) · S + j
+  if (idx >= p.B * p.Hkv * p.S) { return; }
+  let j = idx % p.S;
+  let g = (idx / p.S) % p.Hkv;
+  let b = idx / (p.S * p.Hkv);
+  let group = p.Hq / p.Hkv;
+  let kv_base = (b * p.S + j) * p.Hkv * p.D + g * p.D;
+  var kr: array<vec4f, MAX_D4>;
+  var acc: array<vec4f, MAX_D4>;
+  for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { kr[d4] = load_k(kv_base, d4) * p.scale; acc[d4] = vec4f(0.0); }
+  for (var h = g * group; h < (g + 1u) * group; h++) {
+    for (var i = j; i < p.S; i++) {
+      let q_base = (b * p.S + i) * p.Hq * p.D + h * p.D;
+      let row = (b * p.Hq + h) * p.S + i;
+      var s = 0.0;
+      for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { s += dot(load_q(q_base, d4), kr[d4]); }
+      let pij = exp(s - lse[row]);
+      for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { acc[d4] += pij * load_d_o(q_base, d4); }
+    }
+  }
+  for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
+    let d = d4 * 4u;
+    for (var c = 0u; c < 4u; c++) {
+      if (d + c < p.D) { dv[kv_base + d + c] = acc[d4][c]; }
+    }
+  }
+}
