@@ -149,7 +149,8 @@ def test_cross_entropy_loss_and_gradient(ops, arrays, R, V):
     np.testing.assert_allclose(arrays.down(bl, (R, V)), grad_ref, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("B, S, Hq, Hkv, D", [(1, 1, 1, 1, 4), (2, 7, 4, 2, 8), (1, 19, 3, 1, 64), (2, 5, 2, 2, 33)])
+@pytest.mark.parametrize("B, S, Hq, Hkv, D", [(1, 1, 1, 1, 4), (2, 7, 4, 2, 8), (1, 19, 3, 1, 64), (2, 5, 2, 2, 33),
+                                              (2, 70, 6, 2, 16)])
 @pytest.mark.parametrize("specialized", [False, True], ids=["generic", "specialized"])
 def test_attention_forward_and_backward(ops, arrays, run, B, S, Hq, Hkv, D, specialized):
     if specialized:
@@ -164,9 +165,10 @@ def test_attention_forward_and_backward(ops, arrays, run, B, S, Hq, Hkv, D, spec
     bq, bk, bv, bdo = arrays.up(q), arrays.up(k), arrays.up(v), arrays.up(d_o)
     o, lse = arrays.empty(B * S * Hq * D), arrays.empty(B * Hq * S)
     dq, dk, dv, delta = arrays.empty(B * S * Hq * D), arrays.empty(B * S * Hkv * D), arrays.empty(B * S * Hkv * D), arrays.empty(B * Hq * S)
+    dk_heads, dv_heads = arrays.empty(B * S * Hq * D), arrays.empty(B * S * Hq * D)
     arrays.submit(
         ops.attention(o, lse, bq, bk, bv, B, S, Hq, Hkv, D),
-        ops.attention_backward(dq, dk, dv, delta, bq, bk, bv, o, bdo, lse, B, S, Hq, Hkv, D),
+        ops.attention_backward(dq, dk, dv, delta, dk_heads, dv_heads, bq, bk, bv, o, bdo, lse, B, S, Hq, Hkv, D),
     )
     o_ref, lse_ref = ref.attention(q, k, v, B, S, Hq, Hkv, D)
     np.testing.assert_allclose(arrays.down(o, o_ref.shape), o_ref, rtol=1e-4, atol=1e-5)

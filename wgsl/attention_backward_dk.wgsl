@@ -1,10 +1,10 @@
 // attention_backward_dk: dk of causal GQA attention (after attention_backward_dq, which stores
 // delta). For key j of kv head g, over the query heads h of its group and queries i ≥ j:
 //   p_ij = exp(scale · q_i·k_j − lse_i),  dk_j = scale · Σ p_ij · (do_i·v_j − delta_i) · q_i
-//   Layouts as in attention.wgsl; dk: [B·S, Hkv·D].
-// Work split: one invocation per (b, g, key j), 64 per workgroup (neighbouring keys read the same
-// queries, which the cache serves to all of them); k_j, v_j and dk_j live in vec4 registers
-// (HEAD_DIM4 as in attention.wgsl). dv has its own kernel so neither needs four register rows.
+//   Layouts as in attention.wgsl; dk_heads: [B·S, Hq·D], one share per query head.
+// Work split: one invocation per (b, query head h, key j), 64 per workgroup, each writing head h's
+// share of dk_j (head_sum.wgsl adds the shares of a kv group); k_j, v_j and dk_j live in vec4
+// registers (HEAD_DIM4 as in attention.wgsl). dv has its own kernel so neither needs four rows.
 
 struct Params {
   B: u32,
@@ -22,7 +22,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> d_o: array<f32>;        // [B·S, Hq·D]
 @group(0) @binding(5) var<storage, read> lse: array<f32>;        // [B, Hq, S]
 @group(0) @binding(6) var<storage, read> delta: array<f32>;      // [B, Hq, S]
-@group(0) @binding(7) var<storage, read_write> dk: array<f32>;   // [B·S, Hkv·D]
+@group(0) @binding(7) var<storage, read_write> dk_heads: array<f32>;  // [B·S, Hq·D], summed per kv group by head_sum
 
 override HEAD_DIM4: u32 = 32u;
 const MAX_D4 = 32u;
@@ -67,19 +67,22 @@ fn load_d_o(base: u32, d4: u32) -> vec4f {
 @compute @workgroup_size(WG)
 fn attention_backward_dk(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let p = params;
-  let idx = gid.x + gid.y * nwg.x * WG;   // ((b · Hkv) + g) · S + j
-  if (idx >= p.B * p.Hkv * p.S) { return; }
+  let idx = gid.x + gid.y * nwg.x * WG;   // ((b · Hq) + h) · S + j
+  if (idx >= p.B * p.Hq * p.S) { return; }
   let j = idx % p.S;
-  let g = (idx / p.S) % p.Hkv;
-  let b = idx / (p.S * p.Hkv);
-  let group = p.Hq / p.Hkv;
+  let h = (idx / p.S) % p.Hq;
+  let b = idx / (p.S * p.Hq);
+  let g = h / (p.Hq / p.Hkv);
   let kv_base = (b * p.S + j) * p.Hkv * p.D + g * p.D;
+  let out_base = (b * p.S + j) * p.Hq * p.D + h * p.D;
   var kr: array<vec4f, MAX_D4>;
   var vr: array<vec4f, MAX_D4>;
   var acc: array<vec4f, MAX_D4>;
   for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { kr[d4] = load_k(kv_base, d4) * p.scale; vr[d4] = load_v(kv_base, d4); acc[d4] = vec4f(0.0); }
-  for (var h = g * group; h < (g + 1u) * group; h++) {
-    for (var i = j; i < p.S; i++) {
+  // Every invocation of a workgroup walks the same queries in step (from the block's first key),
+  // so each query row is read once for all of them; rows before a thread's own key are skipped.
+  for (var i = j - j % WG; i < p.S; i++) {
+    if (i >= j) {
       let q_base = (b * p.S + i) * p.Hq * p.D + h * p.D;
       let row = (b * p.Hq + h) * p.S + i;
       var s = 0.0;
@@ -95,7 +98,7 @@ fn attention_backward_dk(@builtin(global_invocation_id) gid: vec3u, @builtin(num
   for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
     let d = d4 * 4u;
     for (var c = 0u; c < 4u; c++) {
-      if (d + c < p.D) { dk[kv_base + d + c] = acc[d4][c]; }
+      if (d + c < p.D) { dk_heads[out_base + d + c] = acc[d4][c]; }
     }
   }
 }

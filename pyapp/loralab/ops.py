@@ -37,6 +37,7 @@ KERNELS = (
     "dropout",
     "embedding_backward",
     "matmul_reduce",
+    "head_sum",
 )
 
 MAX_GROUPS = 65535
@@ -178,17 +179,26 @@ class Ops:
         params = dict(T=T, start=start, Hq=Hq, Hkv=Hkv, D=D, scale=params["scale"])
         return self._elementwise("attention_cached", T * Hq, params, q=q, k_cache=k_cache, v_cache=v_cache, o=o)
 
-    def attention_backward(self, dq: Buffer, dk: Buffer, dv: Buffer, delta: Buffer, q: Buffer, k: Buffer, v: Buffer,
-                           o: Buffer, d_o: Buffer, lse: Buffer, B: int, S: int, Hq: int, Hkv: int, D: int) -> list[Dispatch]:
+    def attention_backward(self, dq: Buffer, dk: Buffer, dv: Buffer, delta: Buffer, dk_heads: Buffer, dv_heads: Buffer,
+                           q: Buffer, k: Buffer, v: Buffer, o: Buffer, d_o: Buffer, lse: Buffer,
+                           B: int, S: int, Hq: int, Hkv: int, D: int) -> list[Dispatch]:
+        """dq, dk, dv; dk_heads and dv_heads ([B·S, Hq·D]) hold each query head's share of dk and
+        dv before a kv group's shares are added (unused when Hq == Hkv)."""
         params = self._attention_params(B, S, Hq, Hkv, D)
-        return [
+        shared = Hq == Hkv
+        cmds = [
             self._elementwise("attention_backward_dq", B * Hq * S, params, self._head_dim_kernel("attention_backward_dq", D),
                               q=q, k=k, v=v, o=o, d_o=d_o, lse=lse, dq=dq, delta=delta),
-            self._elementwise("attention_backward_dk", B * Hkv * S, params, self._head_dim_kernel("attention_backward_dk", D),
-                              q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta, dk=dk),
-            self._elementwise("attention_backward_dv", B * Hkv * S, params, self._head_dim_kernel("attention_backward_dv", D),
-                              q=q, k=k, d_o=d_o, lse=lse, dv=dv),
+            self._elementwise("attention_backward_dk", B * Hq * S, params, self._head_dim_kernel("attention_backward_dk", D),
+                              q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta, dk_heads=dk if shared else dk_heads),
+            self._elementwise("attention_backward_dv", B * Hq * S, params, self._head_dim_kernel("attention_backward_dv", D),
+                              q=q, k=k, d_o=d_o, lse=lse, dv_heads=dv if shared else dv_heads),
         ]
+        if not shared:
+            sums = dict(T=B * S, Hq=Hq, Hkv=Hkv, D=D)
+            cmds.append(self._elementwise("head_sum", B * S * Hkv * D, sums, x=dk_heads, out=dk))
+            cmds.append(self._elementwise("head_sum", B * S * Hkv * D, sums, x=dv_heads, out=dv))
+        return cmds
 
     # -- optimisation -------------------------------------------------------------------------
     def grad_norm(self, clip: Buffer, partial: Buffer, grad: Buffer, step: Buffer, N: int, max_norm: float) -> list[Dispatch]:

@@ -108,6 +108,7 @@ class Transformer:
         self.d_attn, self.dq = buf(T * cfg.q_size, "d_attn"), buf(T * cfg.q_size, "dq")
         self.dk, self.dv = buf(T * cfg.kv_size, "dk"), buf(T * cfg.kv_size, "dv")
         self.delta = buf(T * cfg.num_heads, "delta")
+        self.dk_heads, self.dv_heads = buf(T * cfg.q_size, "dk_heads"), buf(T * cfg.q_size, "dv_heads")
         self.du = buf(T * max(r, 1), "du")
         if lora and lora.config.dropout > 0:  # the dropped adapter input and its gradient
             widest = max(C, I, cfg.q_size)
@@ -269,8 +270,9 @@ class Transformer:
             cmds.append(ops.rmsnorm_backward(self.d_mid, a.mid, self.w[p + "post_attention_layernorm.weight"], a.rstd2,
                                              self.dxn, T, C, accumulate=True))
             self._linear_backward(cmds, self.d_attn, self.d_mid, a.attn, l, "o_proj", False, acc, step)
-            cmds.extend(ops.attention_backward(self.dq, self.dk, self.dv, self.delta, a.q, a.k, a.v, a.attn, self.d_attn,
-                                               a.lse, B, S, cfg.num_heads, cfg.num_kv_heads, D))
+            cmds.extend(ops.attention_backward(self.dq, self.dk, self.dv, self.delta, self.dk_heads, self.dv_heads,
+                                               a.q, a.k, a.v, a.attn, self.d_attn, a.lse, B, S, cfg.num_heads,
+                                               cfg.num_kv_heads, D))
             cmds.append(ops.rope(self.dq, self.pos, self.inv_freq, T, cfg.num_heads, D, backward=True))
             cmds.append(ops.rope(self.dk, self.pos, self.inv_freq, T, cfg.num_kv_heads, D, backward=True))
             dxn = None if first else self.dxn
