@@ -151,12 +151,17 @@ def test_cross_entropy_loss_and_gradient(ops, arrays, R, V):
 
 @pytest.mark.parametrize("B, S, Hq, Hkv, D", [(1, 1, 1, 1, 4), (2, 7, 4, 2, 8), (1, 19, 3, 1, 64), (2, 5, 2, 2, 33),
                                               (2, 70, 6, 2, 16)])
-@pytest.mark.parametrize("specialized", [False, True], ids=["generic", "specialized"])
-def test_attention_forward_and_backward(ops, arrays, run, B, S, Hq, Hkv, D, specialized):
-    if specialized:
-        run(ops.specialize_head_dim(D))
-    else:
-        ops._by_head_dim.clear()
+@pytest.mark.parametrize("variant", ["generic", "specialized", "subgroup"])
+def test_attention_forward_and_backward(ops, arrays, run, B, S, Hq, Hkv, D, variant):
+    ops._by_head_dim.clear()
+    if variant == "specialized":
+        run(ops.specialize_head_dim(D, subgroups=False))
+    elif variant == "subgroup":
+        lanes = D // 4
+        if D % 4 or lanes & (lanes - 1) or not 2 <= lanes <= 8:  # lavapipe/SwiftShader subgroups hold 8 or more
+            pytest.skip("no subgroup kernel for this head size on this adapter")
+        run(ops.specialize_head_dim(D, subgroups=True))
+        assert ("attention_subgroup", D) in ops._by_head_dim
     r = rng("attn", B, S, Hq, Hkv, D)
     q = r.standard_normal((B * S, Hq * D), dtype=np.float32)
     k = r.standard_normal((B * S, Hkv * D), dtype=np.float32)

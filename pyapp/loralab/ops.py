@@ -56,6 +56,8 @@ def grid_1d(workgroups: int) -> tuple[int, int]:
 # MAX_HEAD_DIM; specialize_head_dim compiles one whose loops unroll into registers.
 HEAD_DIM_KERNELS = ("attention", "attention_backward_dq", "attention_backward_dk", "attention_backward_dv")
 MAX_HEAD_DIM = 128
+# Their faster twins for GPUs with subgroups (one row spread over D/4 lanes), used when compiled.
+SUBGROUP_KERNELS = ("attention_subgroup", "attention_backward_dq_subgroup", "attention_backward_dkv_subgroup")
 # Split-K: a matmul with fewer output tiles than this and a long K is split along K.
 SPLIT_BELOW_TILES = 64
 SPLIT_MIN_K = 512
@@ -74,13 +76,30 @@ class Ops:
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
         return cls(device, {name: await library.get(name) for name in KERNELS}, library)
 
-    async def specialize_head_dim(self, D: int) -> None:
-        """Compile the attention kernels for head size D (call once per model)."""
+    def subgroup_lanes(self, D: int) -> int:
+        """Lanes per row for the subgroup attention kernels at head size D, or 0 where they
+        cannot run (no `subgroups`, subgroups narrower than D/4, or D/4 not a power of two)."""
+        lanes = D // 4
+        info = self.device.info
+        if D % 4 or lanes & (lanes - 1) or not 2 <= lanes <= 32 or not info.has_subgroups:
+            return 0
+        return lanes if info.subgroup_min_size >= lanes else 0
+
+    async def specialize_head_dim(self, D: int, subgroups: bool | None = None) -> None:
+        """Compile the attention kernels for head size D (call once per model): the subgroup
+        kernels where the adapter allows (`subgroups` forces the choice, for tests), else the
+        portable ones with their loops unrolled for D."""
         if self.library is None:
             return
+        lanes = D // 4 if subgroups else self.subgroup_lanes(D) if subgroups is None else 0
         for name in HEAD_DIM_KERNELS:
-            if (name, D) not in self._by_head_dim:
-                self._by_head_dim[(name, D)] = await self.library.get(name, constants={"HEAD_DIM4": -(-D // 4)})
+            self._by_head_dim[(name, D)] = await self.library.get(name, constants={"HEAD_DIM4": -(-D // 4)})
+        for name in SUBGROUP_KERNELS:
+            key = (name, D)
+            if lanes:
+                self._by_head_dim[key] = await self.library.get(name, constants={"LANES": lanes})
+            else:
+                self._by_head_dim.pop(key, None)
 
     def _head_dim_kernel(self, name: str, D: int) -> Kernel:
         return self._by_head_dim.get((name, D)) or self.k[name]
@@ -170,8 +189,17 @@ class Ops:
 
     def attention(self, o: Buffer, lse: Buffer, q: Buffer, k: Buffer, v: Buffer,
                   B: int, S: int, Hq: int, Hkv: int, D: int) -> Dispatch:
-        return self._elementwise("attention", B * Hq * S, self._attention_params(B, S, Hq, Hkv, D),
-                                 self._head_dim_kernel("attention", D), q=q, k=k, v=v, o=o, lse=lse)
+        params = self._attention_params(B, S, Hq, Hkv, D)
+        fast = self._by_head_dim.get(("attention_subgroup", D))
+        if fast:
+            return self._row_groups(fast, B * Hq, S, D, params, q=q, k=k, v=v, o=o, lse=lse)
+        return self._elementwise("attention", B * Hq * S, params, self._head_dim_kernel("attention", D),
+                                 q=q, k=k, v=v, o=o, lse=lse)
+
+    def _row_groups(self, kernel: Kernel, heads: int, S: int, D: int, params: dict, **buffers: Buffer) -> Dispatch:
+        """A subgroup attention kernel's grid: per head, blocks of 64 / (D/4) rows."""
+        rows = kernel.workgroup_size[0] // (D // 4)
+        return kernel.dispatch(self.device, grid_1d(heads * -(-S // rows)), params, **buffers)
 
     def attention_cached(self, o: Buffer, q: Buffer, k_cache: Buffer, v_cache: Buffer, T: int, start: int,
                          Hq: int, Hkv: int, D: int) -> Dispatch:
@@ -186,14 +214,23 @@ class Ops:
         dv before a kv group's shares are added (unused when Hq == Hkv)."""
         params = self._attention_params(B, S, Hq, Hkv, D)
         shared = Hq == Hkv
-        cmds = [
-            self._elementwise("attention_backward_dq", B * Hq * S, params, self._head_dim_kernel("attention_backward_dq", D),
-                              q=q, k=k, v=v, o=o, d_o=d_o, lse=lse, dq=dq, delta=delta),
-            self._elementwise("attention_backward_dk", B * Hq * S, params, self._head_dim_kernel("attention_backward_dk", D),
-                              q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta, dk_heads=dk if shared else dk_heads),
-            self._elementwise("attention_backward_dv", B * Hq * S, params, self._head_dim_kernel("attention_backward_dv", D),
-                              q=q, k=k, d_o=d_o, lse=lse, dv_heads=dv if shared else dv_heads),
-        ]
+        dq_fast = self._by_head_dim.get(("attention_backward_dq_subgroup", D))
+        dkv_fast = self._by_head_dim.get(("attention_backward_dkv_subgroup", D))
+        if dq_fast and dkv_fast:
+            cmds = [
+                self._row_groups(dq_fast, B * Hq, S, D, params, q=q, k=k, v=v, o=o, d_o=d_o, lse=lse, dq=dq, delta=delta),
+                self._row_groups(dkv_fast, B * Hq, S, D, params, q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta,
+                                 dk_heads=dk if shared else dk_heads, dv_heads=dv if shared else dv_heads),
+            ]
+        else:
+            cmds = [
+                self._elementwise("attention_backward_dq", B * Hq * S, params, self._head_dim_kernel("attention_backward_dq", D),
+                                  q=q, k=k, v=v, o=o, d_o=d_o, lse=lse, dq=dq, delta=delta),
+                self._elementwise("attention_backward_dk", B * Hq * S, params, self._head_dim_kernel("attention_backward_dk", D),
+                                  q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta, dk_heads=dk if shared else dk_heads),
+                self._elementwise("attention_backward_dv", B * Hq * S, params, self._head_dim_kernel("attention_backward_dv", D),
+                                  q=q, k=k, d_o=d_o, lse=lse, dv_heads=dv if shared else dv_heads),
+            ]
         if not shared:
             sums = dict(T=B * S, Hq=Hq, Hkv=Hkv, D=D)
             cmds.append(self._elementwise("head_sum", B * S * Hkv * D, sums, x=dk_heads, out=dk))

@@ -84,6 +84,7 @@ class BrowserDevice(Device):
             description=str(raw.description),
             features=features,
             limits={name: int(getattr(device.limits, name)) for name in names if hasattr(device.limits, name)},
+            subgroup_min_size=int(getattr(raw, "subgroupMinSize", 0) or 0),
         )
         return cls(adapter, device, info)
 

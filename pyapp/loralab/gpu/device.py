@@ -74,6 +74,7 @@ class AdapterInfo:
     description: str
     features: frozenset[str]
     limits: dict[str, int] = field(hash=False)
+    subgroup_min_size: int = 0  # 0: unknown
 
     @property
     def has_f16(self) -> bool:
@@ -93,6 +94,7 @@ class AdapterInfo:
             "description": self.description,
             "f16": self.has_f16,
             "subgroups": self.has_subgroups,
+            "subgroup_min_size": self.subgroup_min_size,
             "features": sorted(self.features),
             "limits": {name: self.limits.get(name) for name in RAISED_LIMITS + ("maxComputeWorkgroupsPerDimension",)},
         }

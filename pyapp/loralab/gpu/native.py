@@ -62,6 +62,8 @@ class NativeDevice(Device):
             description=f"{raw.get('description', '')} ({raw.get('backend_type', '')}, {raw.get('adapter_type', '')})",
             features=frozenset(features),
             limits={_camel(k): v for k, v in device.limits.items()},
+            # wgpu-py 0.32 spells it "stackgroup_min_size"
+            subgroup_min_size=int(raw.get("subgroup_min_size", raw.get("stackgroup_min_size", 0)) or 0),
         )
         return cls(adapter, device, info)
 
@@ -72,6 +74,9 @@ class NativeDevice(Device):
         self.device.queue.write_buffer(handle, offset, data)
 
     async def _compile(self, code: str, entry_point: str, label: str, constants: dict[str, float]):
+        # Naga (wgpu 0.32) has the subgroup built-ins once the device feature is on, but rejects
+        # the WGSL `enable subgroups;` directive that Chrome's compiler requires.
+        code = code.replace("enable subgroups;", "")
         try:
             module = self.device.create_shader_module(code=code, label=label)
             stage = {"module": module, "entry_point": entry_point}
