@@ -88,10 +88,16 @@ async def cmd_info(args) -> int:
     from .kernels import KernelLibrary, directory_reader
     from .selftest import matmul_check
 
+    from .ops import measure_subgroup_size
+
     device = await NativeDevice.create()
-    check = await matmul_check(device, KernelLibrary(device, directory_reader()))
+    library = KernelLibrary(device, directory_reader())
+    check = await matmul_check(device, library)
     check.pop("output")
-    print(json.dumps({"adapter": device.info.summary(), "check": check}, indent=1))
+    summary = device.info.summary()
+    if device.info.has_subgroups:
+        summary["measured_subgroup_size"] = await measure_subgroup_size(device, library)
+    print(json.dumps({"adapter": summary, "check": check}, indent=1))
     return 0 if check["ok"] else 1
 
 

@@ -71,19 +71,26 @@ class Ops:
         self.library = library
         self._by_head_dim: dict[tuple[str, int], Kernel] = {}
         self._split_scratch: Buffer | None = None  # partial products of split-K matmuls
+        self.subgroup_size = 0  # measured at load where the adapter has subgroups
 
     @classmethod
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
-        return cls(device, {name: await library.get(name) for name in KERNELS}, library)
+        ops = cls(device, {name: await library.get(name) for name in KERNELS}, library)
+        if device.info.has_subgroups:
+            ops.subgroup_size = await measure_subgroup_size(device, library)
+        return ops
 
     def subgroup_lanes(self, D: int) -> int:
         """Lanes per row for the subgroup attention kernels at head size D, or 0 where they
         cannot run (no `subgroups`, subgroups narrower than D/4, or D/4 not a power of two)."""
         lanes = D // 4
-        info = self.device.info
-        if D % 4 or lanes & (lanes - 1) or not 2 <= lanes <= 32 or not info.has_subgroups:
+        if D % 4 or lanes & (lanes - 1) or not 2 <= lanes <= 32 or not self.subgroup_size:
             return 0
-        return lanes if info.subgroup_min_size >= lanes else 0
+        reported = self.device.info.subgroup_min_size
+        # A reported minimum of 8 or more is a real bound (browsers); wgpu-native reports 4 for
+        # every GPU, so there the measured width decides.
+        width = min(reported, self.subgroup_size) if reported >= 8 else self.subgroup_size
+        return lanes if width >= lanes else 0
 
     async def specialize_head_dim(self, D: int, subgroups: bool | None = None) -> None:
         """Compile the attention kernels for head size D (call once per model): the subgroup
@@ -271,3 +278,18 @@ class Ops:
 
     def lora_init(self, A: Buffer, offset: int, N: int, fan_in: int, seed: int) -> Dispatch:
         return self._elementwise("lora_init", N, dict(N=N, offset=offset, seed=seed, bound=1.0 / math.sqrt(fan_in)), A=A)
+
+
+async def measure_subgroup_size(device: Device, library: KernelLibrary) -> int:
+    """The narrowest subgroup one 64-invocation workgroup runs with (0 if it cannot be told)."""
+    import struct
+
+    try:
+        kernel = await library.get("subgroup_size")
+    except Exception:  # a driver without the subgroup built-ins: no subgroup kernels then
+        return 0
+    out = device.create_buffer(64 * 4, label="subgroup_size")
+    device.submit([kernel.dispatch(device, (1, 1), {"N": 64}, out=out)])
+    sizes = struct.unpack("<64I", await device.read_buffer(out))
+    device.destroy_buffer(out)
+    return min(sizes)
