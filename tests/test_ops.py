@@ -35,7 +35,7 @@ def test_matmul_transposes(ops, arrays, M, N, K, trans_a, trans_b):
 @pytest.mark.parametrize("splits", [2, 5])
 @pytest.mark.parametrize("trans_a, trans_b, beta", [(False, False, 0.0), (True, True, 1.0)])
 def test_matmul_split_k(ops, arrays, splits, trans_a, trans_b, beta):
-    M, N, K = 9, 70, 333
+    M, N, K = 20, 70, 333
     r = rng("split", splits, trans_a)
     A = r.standard_normal((M, K), dtype=np.float32)
     B = r.standard_normal((N, K), dtype=np.float32)
@@ -46,6 +46,22 @@ def test_matmul_split_k(ops, arrays, splits, trans_a, trans_b, beta):
     assert len(d) == 2 and d[0].grid[2] == splits
     arrays.submit(d)
     np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + beta * C0, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("M, N, K", [(8, 300, 77), (300, 5, 50), (16, 129, 1000), (700, 12, 2000), (1, 1, 3)])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, True), (False, True)])
+def test_matmul_thin_products(ops, arrays, M, N, K, trans_a, trans_b):
+    """≤ 16 rows or columns: matmul_thin.wgsl (columns by computing the transpose), split-K when long."""
+    r = rng("thin", M, N, K, trans_a, trans_b)
+    A = r.standard_normal((M, K), dtype=np.float32)
+    B = r.standard_normal((N, K), dtype=np.float32)
+    C0 = r.standard_normal((M, N), dtype=np.float32)
+    c = arrays.up(C0)
+    d = ops.matmul(c, arrays.up(A.T.copy() if trans_a else A), arrays.up(B.T.copy() if trans_b else B), M, N, K,
+                   trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=1.0)
+    assert d[0].kernel == "matmul_thin"
+    arrays.submit(d)
+    np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + C0, rtol=1e-5, atol=1e-4)
 
 
 def test_matmul_splits_long_thin_products_by_itself(ops):

@@ -38,6 +38,7 @@ KERNELS = (
     "embedding_backward",
     "matmul_reduce",
     "head_sum",
+    "matmul_thin",
 )
 
 MAX_GROUPS = 65535
@@ -125,10 +126,13 @@ class Ops:
         """C[M,N] = alpha · op(A)[M,K] · op(B)[N,K]ᵀ + beta · C.
         A is stored [M,K] (or [K,M] with trans_a); B is stored [N,K] (or [K,N] with trans_b).
         Few output tiles and a long K are split along K (`splits` overrides the choice)."""
-        kernel = self.k["matmul"]
-        src = kernel.source
         a_sm, a_sk = (1, M) if trans_a else (K, 1)
         b_sn, b_sk = (1, N) if trans_b else (K, 1)
+        thin = self.k.get("matmul_thin")  # absent only in the start-up self-check's Ops
+        if thin and min(M, N) <= thin.source.constant("TILE_M"):
+            return self._matmul_thin(C, A, B, M, N, K, (a_sm, a_sk), (b_sn, b_sk), alpha, beta, splits)
+        kernel = self.k["matmul"]
+        src = kernel.source
         grid = (math.ceil(N / src.constant("TILE_N")), math.ceil(M / src.constant("TILE_M")))
         if splits is None:
             tiles = grid[0] * grid[1]
@@ -145,6 +149,32 @@ class Ops:
         params.update(alpha=1.0, beta=0.0)
         return [
             kernel.dispatch(self.device, grid + (splits,), params, A=A, B=B, C=scratch),
+            self._elementwise("matmul_reduce", M * N, dict(MN=M * N, splits=splits, alpha=alpha, beta=beta),
+                              partial=scratch, C=C),
+        ]
+
+    def _matmul_thin(self, C, A, B, M, N, K, a_strides, b_strides, alpha, beta, splits) -> list[Dispatch]:
+        """matmul_thin.wgsl for products with ≤ 16 rows, or ≤ 16 columns computed as Cᵀ = B·Aᵀ."""
+        kernel = self.k["matmul_thin"]
+        src = kernel.source
+        c_strides = (N, 1)
+        if M > src.constant("TILE_M"):  # few columns: swap the operands, write the transpose
+            M, N, A, B, a_strides, b_strides, c_strides = N, M, B, A, b_strides, a_strides, (1, N)
+        tiles = math.ceil(N / src.constant("TILE_N"))
+        if splits is None:
+            splits = 1
+            if tiles < SPLIT_BELOW_TILES and K >= SPLIT_MIN_K:
+                splits = max(1, min(K // 256, SPLIT_TARGET_GROUPS // tiles))
+        tile_k = src.constant("TILE_K")
+        k_split = -(-math.ceil(K / splits) // tile_k) * tile_k
+        splits = math.ceil(K / k_split) if K else 1
+        params = dict(M=M, N=N, K=K, a_sm=a_strides[0], a_sk=a_strides[1], b_sn=b_strides[0], b_sk=b_strides[1],
+                      c_sm=c_strides[0], c_sn=c_strides[1], alpha=alpha, beta=beta, k_split=k_split)
+        if splits == 1:
+            return [kernel.dispatch(self.device, (tiles, 1, 1), params, A=A, B=B, C=C)]
+        scratch = self._scratch(splits * M * N)
+        return [
+            kernel.dispatch(self.device, (tiles, 1, splits), params, A=A, B=B, C=scratch),
             self._elementwise("matmul_reduce", M * N, dict(MN=M * N, splits=splits, alpha=alpha, beta=beta),
                               partial=scratch, C=C),
         ]
