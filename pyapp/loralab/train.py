@@ -120,6 +120,8 @@ class Trainer:
         self.eval_hist = device.create_buffer(4, label="eval_loss")
         self.tokens_seen = 0
         self.history: list[dict] = []
+        self._recorded: dict[bool, list] = {}
+        self._optimizer_cmds = self._optimizer()
 
     # -- recording ----------------------------------------------------------------------------
     def _optimizer(self) -> list:
@@ -147,6 +149,16 @@ class Trainer:
             out.append(make_batch(seqs, self.config.batch_size, self.config.seq_len, self.pad_id))
         return out
 
+    def _micro_batch(self, accumulate: bool) -> list:
+        """The recorded forward, loss and backward of one micro-batch. Every buffer and parameter
+        in it is fixed, so it is recorded once and replayed: per-step values reach it through the
+        step buffer and the batch buffers."""
+        if accumulate not in self._recorded:
+            step = self.step_buf
+            cmds = self.model.forward(step=step) + self.model.loss(self.loss_hist, step, backward=True)
+            self._recorded[accumulate] = cmds + self.model.backward(accumulate_grads=accumulate, step=step)
+        return self._recorded[accumulate]
+
     def run_step(self, slot: int, keep_params: bool = False) -> int:
         """Record and submit optimizer step self.step + 1; returns its target-token count.
         With keep_params, the parameters this step's loss is computed with are copied to
@@ -157,14 +169,11 @@ class Trainer:
         for micro, (ids, targets, _) in enumerate(batches):
             self._write_step(lr, self.step + 1, 1.0 / max(1, n_targets), slot, micro)
             self.model.write_batch(ids, targets)
-            step = self.step_buf
-            cmds = self.model.forward(step=step) + self.model.loss(self.loss_hist, step, backward=True)
-            cmds += self.model.backward(accumulate_grads=micro > 0, step=step)
+            cmds = self._micro_batch(micro > 0)
             if micro == len(batches) - 1:
-                if keep_params:
-                    cmds.append(Copy(self.lora.params, 0, self.pending, 0, self.lora.nbytes))
-                cmds += self._optimizer()
-                cmds.append(Copy(self.clip, 0, self.norm_hist, 4 * slot, 4))
+                if keep_params:  # the parameters this step's loss was computed with
+                    cmds = cmds + [Copy(self.lora.params, 0, self.pending, 0, self.lora.nbytes)]
+                cmds = cmds + self._optimizer_cmds + [Copy(self.clip, 0, self.norm_hist, 4 * slot, 4)]
             self.device.submit(cmds)
         self.step += 1
         self.tokens_seen += self.config.batch_size * self.config.seq_len * self.config.grad_accum

@@ -130,12 +130,12 @@ class BrowserDevice(Device):
 
     def _submit(self, commands) -> None:
         encoder = self.device.createCommandEncoder()
-        compute_pass = None
+        compute_pass, pipeline = None, None
         for command in commands:
             if isinstance(command, Copy):
                 if compute_pass is not None:
                     compute_pass.end()
-                    compute_pass = None
+                    compute_pass, pipeline = None, None
                 encoder.copyBufferToBuffer(
                     command.src.handle, command.src.offset + command.src_offset,
                     command.dst.handle, command.dst.offset + command.dst_offset, command.size,
@@ -143,7 +143,9 @@ class BrowserDevice(Device):
             else:
                 if compute_pass is None:
                     compute_pass = encoder.beginComputePass()
-                compute_pass.setPipeline(command.pipeline)
+                if command.pipeline is not pipeline:
+                    compute_pass.setPipeline(command.pipeline)
+                    pipeline = command.pipeline
                 compute_pass.setBindGroup(0, command.bind_group)
                 compute_pass.dispatchWorkgroups(*command.grid)
         if compute_pass is not None:

@@ -97,12 +97,12 @@ class NativeDevice(Device):
 
     def _submit(self, commands) -> None:
         encoder = self.device.create_command_encoder()
-        compute_pass = None
+        compute_pass, pipeline = None, None
         for command in commands:
             if isinstance(command, Copy):
                 if compute_pass is not None:
                     compute_pass.end()
-                    compute_pass = None
+                    compute_pass, pipeline = None, None
                 encoder.copy_buffer_to_buffer(
                     command.src.handle, command.src.offset + command.src_offset,
                     command.dst.handle, command.dst.offset + command.dst_offset, command.size,
@@ -110,7 +110,9 @@ class NativeDevice(Device):
             else:
                 if compute_pass is None:
                     compute_pass = encoder.begin_compute_pass()
-                compute_pass.set_pipeline(command.pipeline)
+                if command.pipeline is not pipeline:
+                    compute_pass.set_pipeline(command.pipeline)
+                    pipeline = command.pipeline
                 compute_pass.set_bind_group(0, command.bind_group)
                 compute_pass.dispatch_workgroups(*command.grid)
         if compute_pass is not None:
