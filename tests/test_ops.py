@@ -64,6 +64,46 @@ def test_matmul_thin_products(ops, arrays, M, N, K, trans_a, trans_b):
     np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + C0, rtol=1e-5, atol=1e-4)
 
 
+def to_f16_buffer(ops, arrays, x):
+    """x as packed float16 pairs on the GPU (through the to_f16 kernel), and x rounded to f16."""
+    flat = arrays.up(x.astype(np.float32))
+    packed = ops.device.create_buffer(-(-x.size // 2) * 4, label="f16")
+    packed.dtype = "f16"
+    arrays.submit(ops.to_f16(packed, flat, x.size))
+    return packed, x.astype(np.float16).astype(np.float32)
+
+
+def test_to_f16_rounds_like_numpy(ops, arrays):
+    x = rng("f16").standard_normal(1001).astype(np.float32) * 100
+    packed, rounded = to_f16_buffer(ops, arrays, x)
+    got = np.frombuffer(arrays.down(packed, (501,), "uint32").tobytes(), np.float16)[:1001].astype(np.float32)
+    np.testing.assert_array_equal(got, rounded)
+
+
+@pytest.mark.parametrize("M, N, K, trans_b", [(37, 45, 70, False), (130, 67, 96, True), (5, 300, 64, False),
+                                              (300, 3, 50, True)])
+def test_matmul_with_float16_weights(ops, arrays, M, N, K, trans_b):
+    """B (the weight operand) stored as float16 pairs: exact products of the rounded weights."""
+    r = rng("mm16", M, N, K)
+    A = r.standard_normal((M, K), dtype=np.float32)
+    W = r.standard_normal((N, K), dtype=np.float32)
+    packed, W16 = to_f16_buffer(ops, arrays, W.T.copy() if trans_b else W)
+    c = arrays.empty(M * N)
+    arrays.submit(ops.matmul(c, arrays.up(A), packed, M, N, K, trans_b=trans_b))
+    want = ref.matmul(A, W16.T if trans_b else W16)
+    np.testing.assert_allclose(arrays.down(c, (M, N)), want, rtol=1e-5, atol=1e-4)
+
+
+def test_embedding_with_float16_table(ops, arrays):
+    T, C, V = 11, 33, 40
+    table = rng("emb16").standard_normal((V, C), dtype=np.float32)
+    ids = rng("ids16").integers(0, V, T).astype(np.uint32)
+    packed, table16 = to_f16_buffer(ops, arrays, table)
+    out = arrays.empty(T * C)
+    arrays.submit(ops.embedding(out, arrays.up(ids), packed, T, C, V))
+    np.testing.assert_array_equal(arrays.down(out, (T, C)), ref.embedding(ids, table16))
+
+
 def test_matmul_splits_long_thin_products_by_itself(ops):
     a = ops.device.create_buffer(8 * 4096 * 4, label="a")
     b = ops.device.create_buffer(576 * 4096 * 4, label="b")

@@ -10,10 +10,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;      // [T]
-@group(0) @binding(2) var<storage, read> table: array<f32>;    // [V, C]
+@group(0) @binding(2) var<storage, read> table: array<u32>;    // [V, C]: f32 bits, or f16 pairs (TABLE_F16)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;  // [T, C]
 
 const WG = 256u;
+override TABLE_F16: bool = false;  // the table holds float16 pairs (frozen weights at half the memory)
 
 @compute @workgroup_size(WG)
 fn embedding(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -23,6 +24,9 @@ fn embedding(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups)
   let c = i % params.C;
   let id = ids[t];
   var v = 0.0;
-  if (id < params.V) { v = table[id * params.C + c]; }
+  if (id < params.V) {
+    let e = id * params.C + c;
+    if (TABLE_F16) { v = unpack2x16float(table[e / 2u])[e % 2u]; } else { v = bitcast<f32>(table[e]); }
+  }
   out[i] = v;
 }

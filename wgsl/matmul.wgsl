@@ -2,6 +2,7 @@
 //   op(A): [M, K], element (m, k) at A[m * a_sm + k * a_sk]
 //   op(B): [N, K], element (n, k) at B[n * b_sn + k * b_sk]
 //   C:     [M, N] f32, row-major; beta = 0 overwrites (C is not read), beta = 1 accumulates.
+//   B is float32, or float16 pairs with the pipeline constant B_F16 (frozen weights).
 // Strides express the three products of a linear layer without copies:
 //   forward  y  = x · Wᵀ   A = x [M,K] (K, 1),   B = W [N,K] (K, 1)
 //   backward dx = dy · W   A = dy [M,N'] (N', 1), B = W [N',K] read as (1, K)
@@ -33,7 +34,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> A: array<f32>;        // op(A) [M, K]
-@group(0) @binding(2) var<storage, read> B: array<f32>;        // op(B) [N, K]
+@group(0) @binding(2) var<storage, read> B: array<u32>;        // op(B) [N, K]: f32 bits, or f16 pairs
 @group(0) @binding(3) var<storage, read_write> C: array<f32>;  // [M, N]
 
 const TILE_M = 128u;
@@ -48,9 +49,15 @@ fn load_a(m: u32, k: u32, k_end: u32) -> f32 {
   return 0.0;
 }
 
+// B_F16: B holds float16 values, two per u32 (frozen weights stored at half the memory; read
+// with unpack2x16float, which needs no shader-f16 feature). Otherwise B is float32 bits.
+override B_F16: bool = false;
+
 fn load_b(n: u32, k: u32, k_end: u32) -> f32 {
-  if (n < params.N && k < k_end) { return B[n * params.b_sn + k * params.b_sk]; }
-  return 0.0;
+  if (n >= params.N || k >= k_end) { return 0.0; }
+  let e = n * params.b_sn + k * params.b_sk;
+  if (B_F16) { return unpack2x16float(B[e / 2u])[e % 2u]; }
+  return bitcast<f32>(B[e]);
 }
 
 fn store_row(r: u32, c: u32, left: vec4f, right: vec4f, z: u32) {

@@ -24,9 +24,23 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> A: array<f32>;        // op(A) [M, K]
-@group(0) @binding(2) var<storage, read> B: array<f32>;        // op(B) [N, K]
+@group(0) @binding(1) var<storage, read> A: array<u32>;        // op(A) [M, K]: f32 bits or f16 pairs
+@group(0) @binding(2) var<storage, read> B: array<u32>;        // op(B) [N, K]: f32 bits or f16 pairs
 @group(0) @binding(3) var<storage, read_write> C: array<f32>;  // [M, N] (strided)
+
+// A_F16 / B_F16: the operand holds float16 pairs (frozen weights), read with unpack2x16float.
+override A_F16: bool = false;
+override B_F16: bool = false;
+
+fn read_a(e: u32) -> f32 {
+  if (A_F16) { return unpack2x16float(A[e / 2u])[e % 2u]; }
+  return bitcast<f32>(A[e]);
+}
+
+fn read_b(e: u32) -> f32 {
+  if (B_F16) { return unpack2x16float(B[e / 2u])[e % 2u]; }
+  return bitcast<f32>(B[e]);
+}
 
 const TILE_M = 16u;
 const TILE_N = 128u;
@@ -51,7 +65,7 @@ fn matmul_thin(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index
     var ak = li % TILE_K;
     if (p.a_sk != 1u) { am = li % TILE_M; ak = li / TILE_M; }
     var a = 0.0;
-    if (am < p.M && k0 + ak < k_end) { a = A[am * p.a_sm + (k0 + ak) * p.a_sk]; }
+    if (am < p.M && k0 + ak < k_end) { a = read_a(am * p.a_sm + (k0 + ak) * p.a_sk); }
     a_tile[ak * TILE_M + am] = a;
     // B: 128 × 16 values, eight per invocation.
     for (var e = 0u; e < 8u; e++) {
@@ -60,7 +74,7 @@ fn matmul_thin(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index
       var kk = idx % TILE_K;
       if (p.b_sk != 1u) { n = idx % TILE_N; kk = idx / TILE_N; }
       var b = 0.0;
-      if (col0 + n < p.N && k0 + kk < k_end) { b = B[(col0 + n) * p.b_sn + (k0 + kk) * p.b_sk]; }
+      if (col0 + n < p.N && k0 + kk < k_end) { b = read_b((col0 + n) * p.b_sn + (k0 + kk) * p.b_sk); }
       b_tile[kk * 32u + n / 4u][n % 4u] = b;
     }
     workgroupBarrier();

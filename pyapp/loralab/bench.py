@@ -34,8 +34,9 @@ NAMED_CONFIGS = {
 }
 
 
-def random_weights(ops: Ops, config: ModelConfig, seed: int = 0) -> dict:
-    """Every weight the config needs, uniform in ±1/√fan_in, generated on the GPU."""
+def random_weights(ops: Ops, config: ModelConfig, seed: int = 0, dtype: str = "f32") -> dict:
+    """Every weight the config needs, uniform in ±1/√fan_in, generated on the GPU (matrices as
+    float16 pairs with dtype "f16")."""
     weights, cmds = {}, []
     for i, (name, shape) in enumerate(sorted(expected_shapes(config).items())):
         numel = 1
@@ -43,16 +44,25 @@ def random_weights(ops: Ops, config: ModelConfig, seed: int = 0) -> dict:
             numel *= d
         buf = ops.device.create_buffer(numel * 4, label=name)
         cmds.append(ops.lora_init(buf, 0, numel, shape[-1] if len(shape) > 1 else 1, seed + i))
+        if dtype == "f16" and len(shape) == 2:
+            ops.device.submit(cmds)
+            cmds = []
+            packed = ops.device.create_buffer(-(-numel // 2) * 4, label=name)
+            packed.dtype = "f16"
+            ops.device.submit([ops.to_f16(packed, buf, numel)])
+            ops.device.destroy_buffer(buf)
+            buf = packed
         weights[name] = buf
     ops.device.submit(cmds)
     return weights
 
 
 async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int, steps: int, rank: int,
-                         weights: dict | None = None, warmup: int = 2, checkpointing: bool = False) -> dict:
+                         weights: dict | None = None, warmup: int = 2, checkpointing: bool = False,
+                         weights_dtype: str = "f32") -> dict:
     device: Device = ops.device
     await ops.specialize_head_dim(config.head_dim)
-    weights = weights or random_weights(ops, config)
+    weights = weights or random_weights(ops, config, dtype=weights_dtype)
     lora = LoraState(device, config, LoraConfig(r=rank, alpha=2.0 * rank))
     device.submit(lora.init_dispatches(ops, seed=1))
     model = Transformer(device, ops, config, weights, lora, batch, seq_len, checkpointing)
@@ -87,6 +97,7 @@ async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int
         "trainable_parameters": lora.trainable_parameters,
         "loss": last_loss,
         "gradient_checkpointing": checkpointing,
+        "weights": weights_dtype,
     }
 
 

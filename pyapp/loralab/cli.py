@@ -54,10 +54,10 @@ class Session:
             self.tokenizer = HFTokenizer.from_folder(model_path)
         return self
 
-    async def weights(self):
+    async def weights(self, dtype: str = "f32"):
         from .model.weights import upload_weights
 
-        return await upload_weights(self.device, self.config, self.source)
+        return await upload_weights(self.device, self.config, self.source, self.ops, dtype)
 
     def dataset(self, path: str, fmt: str, seq_len: int):
         from .data.formats import load_dataset
@@ -130,7 +130,8 @@ async def cmd_train(args) -> int:
                          optimizer=args.optimizer, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
                          seed=args.seed, shuffle=not args.no_shuffle, report_every=args.report_every,
                          gradient_checkpointing=args.gradient_checkpointing)
-    trainer = await prepare_training(s.ops, s.source, s.config, records, valid, lora_config, state, config, s.pad_id)
+    trainer = await prepare_training(s.ops, s.source, s.config, records, valid, lora_config, state, config, s.pad_id,
+                                     args.weights)
     lora = trainer.lora
     print(json.dumps({"event": "start", "dataset": summary.as_dict(), "steps": trainer.total_steps,
                       "trainable_parameters": lora.trainable_parameters, "seq_len": seq_len}), file=sys.stderr)
@@ -168,7 +169,8 @@ async def cmd_eval(args) -> int:
     s = await Session.open(args.model)
     records, _ = s.dataset(args.data, args.format, args.seq_len)
     lora = make_lora(s.ops, s.config, *s.adapter(args.adapter)) if args.adapter else None
-    model = Transformer(s.device, s.ops, s.config, await s.weights(), lora, args.batch_size, fit_seq_len(records, args.seq_len))
+    model = Transformer(s.device, s.ops, s.config, await s.weights(args.weights), lora, args.batch_size,
+                        fit_seq_len(records, args.seq_len))
     history = s.device.create_buffer(4, label="eval_loss")
     step = s.device.create_buffer(32, label="step")
     result = await evaluate(s.device, model, records, history, step, s.pad_id)
@@ -191,7 +193,7 @@ async def cmd_generate(args) -> int:
     else:
         ids = s.tokenizer.encode(prompt)
     max_len = min(s.config.max_position_embeddings, len(ids) + args.max_new_tokens)
-    gen = Generator(s.device, s.ops, s.config, await s.weights(), lora, max_len)
+    gen = Generator(s.device, s.ops, s.config, await s.weights(args.weights), lora, max_len)
     started = time.perf_counter()
     out = await gen.generate(ids, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                              stop_ids={s.tokenizer.eos_id} if s.tokenizer.eos_id is not None else set())
@@ -211,7 +213,7 @@ async def cmd_bench(args) -> int:
     if args.model:
         s = await Session.open(args.model)
         ops, config, config_dict = s.ops, s.config, s.source.config_dict
-        weights = await s.weights()
+        weights = await s.weights(args.weights)
     else:
         config_dict = NAMED_CONFIGS[args.config]
         config = ModelConfig.from_dict(config_dict, args.config)
@@ -220,7 +222,7 @@ async def cmd_bench(args) -> int:
     results = []
     if not args.kernels_only:
         ours = await bench_training(ops, config, args.batch_size, args.seq_len, args.steps, args.rank, weights,
-                                    checkpointing=args.gradient_checkpointing)
+                                    checkpointing=args.gradient_checkpointing, weights_dtype=args.weights)
         ours["config"] = args.model or args.config
         results.append(ours)
         print(json.dumps(ours), flush=True)
@@ -319,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--profile", action="store_true", help="time each kernel's share of a step")
     b.add_argument("--compare-torch", action="store_true", help="run the same configuration in PyTorch + PEFT too")
     b.add_argument("--torch-precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), tf32, bf16")
+    for command in (t, e, g, b):
+        command.add_argument("--weights", choices=["f32", "f16"], default="f32",
+                             help="keep the frozen weight matrices as float32, or float16 at half the memory")
     return parser
 
 

@@ -35,9 +35,9 @@ def make_lora(ops: Ops, config: ModelConfig, lora_config: LoraConfig, state: dic
 
 async def prepare_training(ops: Ops, source: WeightSource, config: ModelConfig, records: list[Sequence],
                            valid: list[Sequence], lora_config: LoraConfig, state: dict | None, train: TrainConfig,
-                           pad_id: int = 0) -> Trainer:
+                           pad_id: int = 0, weights_dtype: str = "f32") -> Trainer:
     await ops.specialize_head_dim(config.head_dim)
     lora = make_lora(ops, config, lora_config, state, train.seed)
-    weights = await upload_weights(ops.device, config, source)
+    weights = await upload_weights(ops.device, config, source, ops, weights_dtype)
     model = Transformer(ops.device, ops, config, weights, lora, train.batch_size, train.seq_len, train.gradient_checkpointing)
     return Trainer(ops.device, ops, model, lora, train, records, valid, pad_id)

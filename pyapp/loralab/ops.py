@@ -39,7 +39,10 @@ KERNELS = (
     "matmul_reduce",
     "head_sum",
     "matmul_thin",
+    "to_f16",
 )
+# Pipelines specialised for float16 weights: (kernel, override constant).
+F16_VARIANTS = (("matmul", "B_F16"), ("matmul_thin", "A_F16"), ("matmul_thin", "B_F16"), ("embedding", "TABLE_F16"))
 
 MAX_GROUPS = 65535
 
@@ -73,10 +76,13 @@ class Ops:
         self._by_head_dim: dict[tuple[str, int], Kernel] = {}
         self._split_scratch: Buffer | None = None  # partial products of split-K matmuls
         self.subgroup_size = 0  # measured at load where the adapter has subgroups
+        self.f16: dict[tuple[str, str], Kernel] = {}
 
     @classmethod
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
         ops = cls(device, {name: await library.get(name) for name in KERNELS}, library)
+        for name, flag in F16_VARIANTS:
+            ops.f16[(name, flag)] = await library.get(name, constants={flag: True})
         if device.info.has_subgroups:
             ops.subgroup_size = await measure_subgroup_size(device, library)
         return ops
@@ -131,7 +137,9 @@ class Ops:
         thin = self.k.get("matmul_thin")  # absent only in the start-up self-check's Ops
         if thin and min(M, N) <= thin.source.constant("TILE_M"):
             return self._matmul_thin(C, A, B, M, N, K, (a_sm, a_sk), (b_sn, b_sk), alpha, beta, splits)
-        kernel = self.k["matmul"]
+        if A.dtype != "f32":
+            raise ValueError(f"matmul: {A.label} is {A.dtype}; only the B operand may hold float16 weights")
+        kernel = self.f16[("matmul", "B_F16")] if B.dtype == "f16" else self.k["matmul"]
         src = kernel.source
         grid = (math.ceil(N / src.constant("TILE_N")), math.ceil(M / src.constant("TILE_M")))
         if splits is None:
@@ -155,11 +163,14 @@ class Ops:
 
     def _matmul_thin(self, C, A, B, M, N, K, a_strides, b_strides, alpha, beta, splits) -> list[Dispatch]:
         """matmul_thin.wgsl for products with ≤ 16 rows, or ≤ 16 columns computed as Cᵀ = B·Aᵀ."""
-        kernel = self.k["matmul_thin"]
-        src = kernel.source
+        src = self.k["matmul_thin"].source
         c_strides = (N, 1)
         if M > src.constant("TILE_M"):  # few columns: swap the operands, write the transpose
             M, N, A, B, a_strides, b_strides, c_strides = N, M, B, A, b_strides, a_strides, (1, N)
+        if A.dtype == "f16" and B.dtype == "f16":
+            raise ValueError("matmul: at most one operand may hold float16 weights")
+        kernel = (self.f16[("matmul_thin", "A_F16")] if A.dtype == "f16" else
+                  self.f16[("matmul_thin", "B_F16")] if B.dtype == "f16" else self.k["matmul_thin"])
         tiles = math.ceil(N / src.constant("TILE_N"))
         if splits is None:
             splits = 1
@@ -209,7 +220,12 @@ class Ops:
         return self._elementwise("swiglu_backward", N, dict(N=N), gate=gate, up=up, dh=dh, dgate=dgate, dup=dup)
 
     def embedding(self, out: Buffer, ids: Buffer, table: Buffer, T: int, C: int, V: int) -> Dispatch:
-        return self._elementwise("embedding", T * C, dict(T=T, C=C, V=V), ids=ids, table=table, out=out)
+        kernel = self.f16[("embedding", "TABLE_F16")] if table.dtype == "f16" else None
+        return self._elementwise("embedding", T * C, dict(T=T, C=C, V=V), kernel, ids=ids, table=table, out=out)
+
+    def to_f16(self, y: Buffer, x: Buffer, N: int) -> Dispatch:
+        """y (u32 words) ← float16 pairs of x[N]."""
+        return self._elementwise("to_f16", -(-N // 2), dict(N=N), x=x, y=y)
 
     def embedding_backward(self, d_table: Buffer, ids: Buffer, d_out: Buffer, T: int, C: int, V: int) -> Dispatch:
         """d_table[ids[t]] += d_out[t] (accumulates)."""

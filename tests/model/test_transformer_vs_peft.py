@@ -24,24 +24,31 @@ def model_dir(request, tmp_path_factory):
     return hf.tiny_model(kind, tmp_path_factory.mktemp(kind), seed=3, tied=tied)
 
 
-def build(gpu, ops, run, path, lora_config, B, S, checkpointing=False):
+def build(gpu, ops, run, path, lora_config, B, S, checkpointing=False, dtype="f32"):
     source = HFFolder(str(path))
-    weights = run(upload_weights(gpu, source.config, source))
+    weights = run(upload_weights(gpu, source.config, source, ops, dtype))
     lora = LoraState(gpu, source.config, lora_config) if lora_config else None
     return source.config, lora, Transformer(gpu, ops, source.config, weights, lora, B, S, checkpointing)
 
 
-def test_logits_equal_base_model_when_b_is_zero(gpu, ops, run, arrays, model_dir):
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_logits_equal_base_model_when_b_is_zero(gpu, ops, run, arrays, model_dir, dtype):
+    """With float16 weights, against the reference model with its matrices rounded to float16."""
     B, S = 2, 11
-    config, lora, model = build(gpu, ops, run, model_dir, LoraConfig(r=4, alpha=8), B, S)
+    config, lora, model = build(gpu, ops, run, model_dir, LoraConfig(r=4, alpha=8), B, S, dtype=dtype)
     gpu.submit(lora.init_dispatches(ops, seed=7))
     ids, _ = hf.batch(0, B, S)
     model.write_batch(ids.reshape(-1).tolist(), [-100] * (B * S))
     logits = arrays.empty(B * S * config.vocab_size)
     gpu.submit(model.forward() + model.logits_into(logits))
     ours = arrays.down(logits, (B, S, config.vocab_size))
+    reference = hf.load_hf(model_dir)
     with torch.no_grad():
-        ref = hf.load_hf(model_dir)(torch.tensor(ids)).logits.numpy()
+        if dtype == "f16":
+            for name, p in reference.named_parameters():
+                if p.dim() == 2:
+                    p.copy_(p.half().float())
+        ref = reference(torch.tensor(ids)).logits.numpy()
     assert np.abs(ours - ref).max() <= 1e-4
 
 

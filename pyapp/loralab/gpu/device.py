@@ -130,6 +130,7 @@ class Buffer:
     usage: int
     label: str
     offset: int = 0
+    dtype: str = "f32"  # "f16": float16 pairs packed in u32 words (frozen weights)
 
     def view(self, offset: int, size: int, label: str | None = None) -> "Buffer":
         if offset % VIEW_ALIGNMENT or offset < 0 or offset + size > self.size:
@@ -137,7 +138,8 @@ class Buffer:
                 f"view [{offset}, {offset + size}) of {self.label!r} ({self.size} bytes) must lie inside it "
                 f"and start at a multiple of {VIEW_ALIGNMENT}"
             )
-        return Buffer(self.handle, size, self.usage, label or f"{self.label}[{offset}:{offset + size}]", self.offset + offset)
+        return Buffer(self.handle, size, self.usage, label or f"{self.label}[{offset}:{offset + size}]", self.offset + offset,
+                      self.dtype)
 
 
 @dataclass(frozen=True)

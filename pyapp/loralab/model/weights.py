@@ -98,8 +98,13 @@ def _host_bytes(raw) -> bytes:
     return raw.to_bytes()  # a JS typed array (browser)
 
 
-async def upload_weights(device: Device, config: ModelConfig, source: WeightSource) -> dict[str, Buffer]:
-    """Check every tensor the config needs against the source, then upload each as float32."""
+async def upload_weights(device: Device, config: ModelConfig, source: WeightSource, ops=None,
+                         dtype: str = "f32") -> dict[str, Buffer]:
+    """Check every tensor the config needs against the source, then upload it. With dtype "f16"
+    (needs `ops`), the matrices are kept as float16 pairs at half the memory (converted on the GPU);
+    norms and biases stay float32."""
+    if dtype not in ("f32", "f16") or (dtype == "f16" and ops is None):
+        raise ValueError(f"weights dtype {dtype!r}: use 'f32', or 'f16' with ops")
     available = source.tensors()
     shapes = expected_shapes(config)
     missing = [n for n in shapes if n not in available]
@@ -122,5 +127,13 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
             data = raw if info.dtype == "F32" else to_f32_bytes(info.dtype, _host_bytes(raw))
         except SafetensorsError as exc:
             raise WeightsError(f"{source.name}: {exc}") from None
-        weights[name] = device.create_buffer_with_data(data, label=name)
+        buffer = device.create_buffer_with_data(data, label=name)
+        if dtype == "f16" and len(shapes[name]) == 2:
+            numel = shapes[name][0] * shapes[name][1]
+            packed = device.create_buffer(-(-numel // 2) * 4, label=name)
+            packed.dtype = "f16"
+            device.submit([ops.to_f16(packed, buffer, numel)])
+            device.destroy_buffer(buffer)
+            buffer = packed
+        weights[name] = buffer
     return weights
