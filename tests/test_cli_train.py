@@ -102,7 +102,7 @@ def test_generate_prints_text(model_dir, tmp_path):
     for f in model_dir.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     tok.save(str(folder / "tokenizer.json"))
-    out = loralab("generate", folder, "--prompt", "w1 w2 w3", "--max-new-tokens", 5, "--raw")
+    out = loralab("generate", folder, "--prompt", "w1 w2 w3", "--max-new-tokens", 5)
     assert len(out.stdout.split()) == 5
     assert json.loads(out.stderr.strip().splitlines()[-1])["new_tokens"] == 5
 
@@ -121,7 +121,7 @@ def test_user_errors_are_one_clear_line(tmp_path, model_dir, tokens_file, case):
         data.write_text("\n")
         expect = "empty"
     elif case == "missing_model":
-        model, expect = tmp_path / "nope", "no such model folder"
+        model, expect = tmp_path / "nope", "no such model folder or GGUF file"
     elif case in ("unsupported_arch", "bad_shape"):
         model = tmp_path / "m"
         model.mkdir()
@@ -156,3 +156,11 @@ def test_user_errors_are_one_clear_line(tmp_path, model_dir, tokens_file, case):
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("loralab: ") and expect in last, last
+
+
+def test_make_batch_pads_missing_rows():
+    from loralab.data.batches import Sequence, make_batch
+
+    ids, targets, n = make_batch([Sequence([5, 6, 7], [5, 6, 7])], batch_size=3, seq_len=4)
+    assert ids == [5, 6, 7, 0] + [0] * 8
+    assert targets == [6, 7, -100, -100] + [-100] * 8 and n == 2

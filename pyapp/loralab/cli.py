@@ -24,9 +24,27 @@ from .gpu.device import GpuError
 from .model.config import PROJECTIONS, ModelConfigError
 from .model.weights import WeightsError
 from .data.tokenizer import TokenizerError
+from .formats.gguf import GGUFError
 
-USER_ERRORS = (GpuError, DatasetError, AdapterError, SafetensorsError, ModelConfigError, WeightsError, TokenizerError,
+USER_ERRORS = (GpuError, DatasetError, AdapterError, SafetensorsError, GGUFError, ModelConfigError, WeightsError, TokenizerError,
                FileNotFoundError, IsADirectoryError, ValueError)
+
+
+def open_model(spec: str):
+    """(weight source, tokenizer or None) for MODEL: `default`, a .gguf file or a model folder."""
+    from .data.tokenizer import HFTokenizer
+    from .model.gguf_model import GGUFModel, default_model_path, tokenizer_files
+    from .model.weights import HFFolder
+
+    path = default_model_path() if spec == "default" else spec
+    if path.lower().endswith(".gguf"):
+        source = GGUFModel(path)
+        return source, HFTokenizer(*tokenizer_files(source.gguf))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such model folder or GGUF file")
+    source = HFFolder(path)
+    tokenizer = HFTokenizer.from_folder(path) if os.path.isfile(os.path.join(path, "tokenizer.json")) else None
+    return source, tokenizer
 
 
 class Session:
@@ -40,18 +58,11 @@ class Session:
         from .model.weights import HFFolder
 
         self = cls()
-        if not os.path.exists(model_path):
-            raise FileNotFoundError(f"{model_path}: no such model folder")
-        self.source = HFFolder(model_path)  # validates config.json and the safetensors headers first
+        self.source, self.tokenizer = open_model(model_path)  # validates the files before any GPU work
         self.config = self.source.config
         self.device = await NativeDevice.create()
         self.ops = await load_ops(self.device, directory_reader())
         await self.ops.specialize_head_dim(self.config.head_dim)
-        self.tokenizer = None
-        if os.path.isfile(os.path.join(model_path, "tokenizer.json")):
-            from .data.tokenizer import HFTokenizer
-
-            self.tokenizer = HFTokenizer.from_folder(model_path)
         return self
 
     async def weights(self, dtype: str = "f32"):
@@ -186,12 +197,13 @@ async def cmd_generate(args) -> int:
     if s.tokenizer is None:
         raise TokenizerError(f"{args.model}: tokenizer.json is missing; generate needs the model's tokenizer")
     lora = make_lora(s.ops, s.config, *s.adapter(args.adapter)) if args.adapter else None
-    prompt = args.prompt
-    if not args.raw and s.tokenizer.chat_template:
-        prompt = s.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-        ids = s.tokenizer.encode(prompt, add_special_tokens=False)
+    if args.chat is not None:
+        if not s.tokenizer.chat_template:
+            raise TokenizerError(f"{args.model}: the model has no chat template; use --prompt")
+        text = s.tokenizer.apply_chat_template([{"role": "user", "content": args.chat}], add_generation_prompt=True)
+        ids = s.tokenizer.encode(text, add_special_tokens=False)
     else:
-        ids = s.tokenizer.encode(prompt)
+        ids = s.tokenizer.encode(args.prompt)
     max_len = min(s.config.max_position_embeddings, len(ids) + args.max_new_tokens)
     gen = Generator(s.device, s.ops, s.config, await s.weights(args.weights), lora, max_len)
     started = time.perf_counter()
@@ -261,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     formats = ["auto", "tokens", "text", "completion", "chat", "alpaca"]
     t = sub.add_parser("train", help="train a LoRA adapter; writes a PEFT adapter folder")
-    t.add_argument("model", help="Hugging Face model folder (config.json, model.safetensors, tokenizer.json)")
+    t.add_argument("model", help="`default` (SmolLM2-135M-Instruct), a .gguf file, or a Hugging Face model folder")
     t.add_argument("data", help="dataset file: .jsonl, .json, .csv or .txt")
     t.add_argument("--out", required=True, help="folder for adapter_model.safetensors + adapter_config.json")
     t.add_argument("--adapter", help="start from this PEFT adapter (folder or .zip); its r/alpha/targets win")
@@ -298,15 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seq-len", type=int, default=256)
     e.add_argument("--batch-size", type=int, default=4)
 
-    g = sub.add_parser("generate", help="continue a prompt (the chat template is applied when the model has one)")
+    g = sub.add_parser("generate", help="continue a prompt, or answer a chat message")
     g.add_argument("model")
     g.add_argument("--adapter")
-    g.add_argument("--prompt", required=True)
+    prompt = g.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="text to continue as it is")
+    prompt.add_argument("--chat", help="one user message, put through the model's chat template")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--raw", action="store_true", help="do not apply the chat template")
 
     b = sub.add_parser("bench", help="time the training step (random weights for named configs); prints JSON lines")
     b.add_argument("--config", choices=["tiny", "smollm2-135m", "qwen2.5-0.5b"], default="tiny")

@@ -41,6 +41,7 @@ KERNELS = (
     "matmul_thin",
     "to_f16",
 )
+DEQUANT = {"Q8_0": "dequant_q8_0", "Q4_0": "dequant_q4_0", "Q4_1": "dequant_q4_1"}
 # Pipelines specialised for float16 weights: (kernel, override constant).
 F16_VARIANTS = (("matmul", "B_F16"), ("matmul_thin", "A_F16"), ("matmul_thin", "B_F16"), ("embedding", "TABLE_F16"))
 
@@ -80,7 +81,10 @@ class Ops:
 
     @classmethod
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
-        ops = cls(device, {name: await library.get(name) for name in KERNELS}, library)
+        kernels = {name: await library.get(name) for name in KERNELS}
+        for entry in DEQUANT.values():
+            kernels[entry] = await library.get("dequant", entry)
+        ops = cls(device, kernels, library)
         for name, flag in F16_VARIANTS:
             ops.f16[(name, flag)] = await library.get(name, constants={flag: True})
         if device.info.has_subgroups:
@@ -222,6 +226,14 @@ class Ops:
     def embedding(self, out: Buffer, ids: Buffer, table: Buffer, T: int, C: int, V: int) -> Dispatch:
         kernel = self.f16[("embedding", "TABLE_F16")] if table.dtype == "f16" else None
         return self._elementwise("embedding", T * C, dict(T=T, C=C, V=V), kernel, ids=ids, table=table, out=out)
+
+    def dequant(self, out: Buffer, src: Buffer, kind: str, rows: int, cols: int, head_dim: int = 0) -> Dispatch:
+        """out[rows, cols] f32 ← GGUF blocks of `kind` (Q8_0, Q4_0, Q4_1); head_dim undoes the
+        q/k row permutation."""
+        if kind not in DEQUANT:
+            raise ValueError(f"no GPU dequantizer for {kind} (have {', '.join(DEQUANT)})")
+        return self._elementwise(DEQUANT[kind], rows * (cols // 32), dict(rows=rows, cols=cols, head_dim=head_dim),
+                                 self.k[DEQUANT[kind]], src=src, out=out)
 
     def to_f16(self, y: Buffer, x: Buffer, N: int) -> Dispatch:
         """y (u32 words) ← float16 pairs of x[N]."""

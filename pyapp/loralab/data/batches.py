@@ -24,7 +24,7 @@ def make_batch(sequences: list[Sequence], batch_size: int, seq_len: int, pad_id:
         row_labels = seq.labels[:seq_len]
         pad = seq_len - len(row_ids)
         ids.extend(row_ids + [pad_id] * pad)
-        shifted = row_labels[1:] + [IGNORE]
+        shifted = (row_labels[1:] + [IGNORE])[: len(row_ids)]
         targets.extend(shifted + [IGNORE] * pad)
     return ids, targets, sum(1 for t in targets if t != IGNORE)
 

@@ -92,6 +92,16 @@ class HFFolder:
             return f.read(info.end - info.start)
 
 
+QUANTIZED = ("Q8_0", "Q4_0", "Q4_1")
+
+
+def unpermute_rows(data: bytes, rows: int, row_bytes: int, head_dim: int) -> bytes:
+    """Hugging Face's q/k row order from llama.cpp's (see wgsl/dequant.wgsl)."""
+    half = head_dim // 2
+    order = [(r // head_dim) * head_dim + 2 * (r % head_dim % half) + (r % head_dim) // half for r in range(rows)]
+    return b"".join(data[i * row_bytes : (i + 1) * row_bytes] for i in order)
+
+
 def _host_bytes(raw) -> bytes:
     if isinstance(raw, (bytes, bytearray, memoryview)):
         return bytes(raw)
@@ -117,17 +127,31 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
             raise WeightsError(
                 f"{source.name}: tensor {name} has shape {list(info.shape)}, but config.json implies {list(shape)}"
             )
-        if info.dtype not in ("F32", "F16", "BF16"):
-            raise WeightsError(f"{source.name}: tensor {name} has dtype {info.dtype}; float weights are needed")
+        if info.dtype not in ("F32", "F16", "BF16") + QUANTIZED:
+            raise WeightsError(f"{source.name}: tensor {name} has dtype {info.dtype}; LoRA Lab reads F32, F16, BF16 "
+                               f"and {', '.join(QUANTIZED)}")
+        if info.dtype in QUANTIZED and ops is None:
+            raise WeightsError(f"{source.name}: quantized tensors are dequantized on the GPU; pass ops")
     weights = {}
+    permutation = getattr(source, "row_permutation", lambda name: 0)
     for name in shapes:
         info = available[name]
         raw = await source.read(info)
-        try:  # float32 goes to the GPU as it is (in the browser: a JS view, never copied into Python)
-            data = raw if info.dtype == "F32" else to_f32_bytes(info.dtype, _host_bytes(raw))
-        except SafetensorsError as exc:
-            raise WeightsError(f"{source.name}: {exc}") from None
-        buffer = device.create_buffer_with_data(data, label=name)
+        head_dim = permutation(name)
+        if info.dtype in QUANTIZED:  # raw blocks to the GPU, dequantized (and un-permuted) there
+            blocks = device.create_buffer(len(raw), label=f"{name}.raw")
+            device.write_buffer(blocks, raw if len(raw) % 4 == 0 else _host_bytes(raw) + bytes(-len(raw) % 4))
+            buffer = device.create_buffer(info.numel * 4, label=name)
+            device.submit([ops.dequant(buffer, blocks, info.dtype, info.shape[0], info.shape[1], head_dim)])
+            device.destroy_buffer(blocks)
+        else:
+            try:  # float32 goes to the GPU as it is (in the browser: a JS view, never copied into Python)
+                data = raw if info.dtype == "F32" and not head_dim else to_f32_bytes(info.dtype, _host_bytes(raw))
+            except SafetensorsError as exc:
+                raise WeightsError(f"{source.name}: {exc}") from None
+            if head_dim:
+                data = unpermute_rows(data, info.shape[0], info.shape[1] * 4, head_dim)
+            buffer = device.create_buffer_with_data(data, label=name)
         if dtype == "f16" and len(shapes[name]) == 2:
             numel = shapes[name][0] * shapes[name][1]
             packed = device.create_buffer(-(-numel // 2) * 4, label=name)

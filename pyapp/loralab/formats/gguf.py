@@ -1,0 +1,161 @@
+"""GGUF in pure Python: header, metadata and tensor table; tensor bytes stay where they are.
+
+Layout (version 2/3): "GGUF", u32 version, u64 tensor count, u64 metadata count, the metadata
+(key, typed value), the tensor infos (name, dims innermost first, ggml type, offset), then the
+data, aligned to `general.alignment` (32). Quantized tensors are dequantized on the GPU
+(wgsl/dequant.wgsl). llama.cpp's converter permutes the rows of q and k for its RoPE layout;
+`TensorInfo.permuted_heads` tells the loader to undo that, so adapters stay PEFT-compatible.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .safetensors import TensorInfo
+
+# ggml type id -> (name, elements per block, bytes per block)
+GGML_TYPES = {
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    8: ("Q8_0", 32, 34),
+    30: ("BF16", 1, 2),
+}
+SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+MAX_COUNT = 1 << 28
+
+
+class GGUFError(ValueError):
+    """A malformed or unsupported GGUF file; the message names the file and the problem."""
+
+
+class NeedMore(Exception):
+    """The header continues past the bytes given: read at least `size` bytes and parse again."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.size = size
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    name: str
+    version: int
+    metadata: dict
+    tensors: dict[str, TensorInfo]  # by GGUF name; start/end absolute in the file
+    data_start: int
+
+
+class _Cursor:
+    def __init__(self, data: bytes, file_size: int, name: str):
+        self.data, self.file_size, self.name, self.pos = data, file_size, name, 0
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > self.file_size:
+            raise GGUFError(f"{self.name}: truncated: the header runs past the end of the file ({self.file_size:,} bytes)")
+        if end > len(self.data):
+            raise NeedMore(max(end, 2 * len(self.data)))
+        out = self.data[self.pos : end]
+        self.pos = end
+        return out
+
+    def scalar(self, fmt: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def count(self, what: str) -> int:
+        n = self.scalar("<Q")
+        if n > MAX_COUNT:
+            raise GGUFError(f"{self.name}: implausible {what} count {n:,}; the file is corrupt")
+        return n
+
+    def string(self) -> str:
+        n = self.count("string length")
+        try:
+            return bytes(self.take(n)).decode("utf-8")
+        except UnicodeDecodeError:
+            raise GGUFError(f"{self.name}: a metadata string is not valid UTF-8") from None
+
+    def value(self, kind: int):
+        if kind in _SCALARS:
+            return self.scalar(_SCALARS[kind])
+        if kind == 8:
+            return self.string()
+        if kind == 9:
+            item = self.scalar("<I")
+            n = self.count("array")
+            if item in _SCALARS:  # unpack numeric arrays in one go
+                fmt = _SCALARS[item]
+                size = struct.calcsize(fmt)
+                return list(struct.unpack("<" + fmt[1:] * n, self.take(size * n))) if n else []
+            return [self.value(item) for _ in range(n)]
+        raise GGUFError(f"{self.name}: unknown metadata value type {kind}")
+
+
+def parse(head: bytes, file_size: int, name: str) -> GGUFFile:
+    """Parse the header from the file's first bytes; raises NeedMore if `head` is too short."""
+    c = _Cursor(head, file_size, name)
+    if file_size < 24:
+        raise GGUFError(f"{name}: truncated file ({file_size} bytes), not a GGUF file")
+    if bytes(c.take(4)) != b"GGUF":
+        raise GGUFError(f"{name}: not a GGUF file (bad magic)")
+    version = c.scalar("<I")
+    if version not in (2, 3):
+        raise GGUFError(f"{name}: GGUF version {version} is not supported (2 or 3)")
+    n_tensors, n_kv = c.count("tensor"), c.count("metadata")
+    metadata = {}
+    for _ in range(n_kv):
+        key = c.string()
+        metadata[key] = c.value(c.scalar("<I"))
+    raw = []
+    for _ in range(n_tensors):
+        tname = c.string()
+        n_dims = c.scalar("<I")
+        if n_dims > 4:
+            raise GGUFError(f"{name}: tensor {tname!r} has {n_dims} dimensions")
+        dims = [c.scalar("<Q") for _ in range(n_dims)]
+        kind, offset = c.scalar("<I"), c.scalar("<Q")
+        raw.append((tname, dims, kind, offset))
+    alignment = int(metadata.get("general.alignment", 32)) or 32
+    data_start = -(-c.pos // alignment) * alignment
+    tensors, spans = {}, []
+    for tname, dims, kind, offset in raw:
+        if kind not in GGML_TYPES:
+            raise GGUFError(f"{name}: tensor {tname!r} has ggml type {kind}, which LoRA Lab does not read "
+                            f"(supported: {', '.join(SUPPORTED)})")
+        dtype, block, block_bytes = GGML_TYPES[kind]
+        numel = 1
+        for d in dims:
+            numel *= d
+        if numel % block or (dims and dims[0] % block):
+            raise GGUFError(f"{name}: tensor {tname!r} ({dtype}) has rows of {dims[0]} values, not whole blocks")
+        start = data_start + offset
+        end = start + numel // block * block_bytes
+        if offset % alignment or end > file_size:
+            raise GGUFError(f"{name}: tensor {tname!r} lies at bytes {start:,}–{end:,}, outside the file "
+                            f"({file_size:,} bytes) or misaligned; the file is truncated or corrupt")
+        tensors[tname] = TensorInfo(tname, dtype, tuple(reversed(dims)), start, end)
+        spans.append((start, end, tname))
+    spans.sort()
+    for (s1, e1, n1), (s2, _, n2) in zip(spans, spans[1:]):
+        if s2 < e1:
+            raise GGUFError(f"{name}: tensors {n1!r} and {n2!r} overlap; the file is corrupt")
+    return GGUFFile(name, version, metadata, tensors, data_start)
+
+
+def read(path: str) -> GGUFFile:
+    """Parse a local file's header (CPython), reading only as much as it needs."""
+    import os
+
+    size = os.path.getsize(path)
+    want = min(size, 4 << 20)
+    with open(path, "rb") as f:
+        while True:
+            f.seek(0)
+            try:
+                return parse(f.read(want), size, os.path.basename(path))
+            except NeedMore as more:
+                want = min(size, more.size)

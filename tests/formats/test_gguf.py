@@ -1,0 +1,116 @@
+"""The GGUF reader: the real default model, GPU dequantization against gguf-py, bad files, fuzzing."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loralab.formats.gguf import GGUFError, NeedMore, parse, read
+from loralab.model.gguf_model import GGUFModel, default_model_path
+
+gguf = pytest.importorskip("gguf")
+
+
+@pytest.fixture(scope="module")
+def default_path():
+    return default_model_path()
+
+
+def test_default_model_header(default_path):
+    f = read(default_path)
+    assert f.metadata["general.architecture"] == "llama"
+    assert len(f.tensors) == 272
+    emb = f.tensors["token_embd.weight"]
+    assert emb.dtype == "Q8_0" and emb.shape == (49152, 576)
+    ref = gguf.GGUFReader(default_path)
+    for t in ref.tensors:
+        ours = f.tensors[t.name]
+        assert ours.start == int(t.data_offset) and ours.end - ours.start == int(t.n_bytes), t.name
+
+
+def test_default_model_config_and_names(default_path):
+    m = GGUFModel(default_path)
+    c = m.config
+    assert (c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim) == (576, 30, 9, 3, 64)
+    assert c.tie_word_embeddings and c.vocab_size == 49152 and c.rope_theta == 100000.0
+    assert m.tensors()["model.layers.3.self_attn.q_proj.weight"].shape == (576, 576)
+    assert m.row_permutation("model.layers.3.self_attn.k_proj.weight") == 64
+    assert m.row_permutation("model.layers.3.self_attn.v_proj.weight") == 0
+
+
+def random_blocks(kind: str, blocks: int, seed: int) -> bytes:
+    """Random but valid blocks: finite float16 scales, random quants."""
+    rng = np.random.default_rng(seed)
+    size = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}[kind]
+    raw = bytearray(rng.integers(0, 256, blocks * size, dtype=np.uint8).tobytes())
+    scales = 2 if kind == "Q4_1" else 1
+    for b in range(blocks):
+        for s in range(scales):
+            struct.pack_into("<e", raw, b * size + 2 * s, float(rng.uniform(-0.1, 0.1)))
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("rows, cols, head_dim", [(3, 64, 0), (8, 96, 4)])
+def test_dequant_kernels_match_gguf_py(ops, arrays, kind, rows, cols, head_dim):
+    raw = random_blocks(kind, rows * cols // 32, seed=rows + cols)
+    src = arrays.up(np.frombuffer(raw + bytes(-len(raw) % 4), np.uint8))
+    out = arrays.empty(rows * cols)
+    arrays.submit(ops.dequant(out, src, kind, rows, cols, head_dim))
+    want = gguf.quants.dequantize(np.frombuffer(raw, np.uint8).reshape(rows, -1), getattr(gguf.GGMLQuantizationType, kind))
+    if head_dim:  # llama.cpp's permutation undone: HF row h·D + s·D/2 + j is GGUF row h·D + 2j + s
+        want = want.reshape(rows // head_dim, head_dim // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    np.testing.assert_array_equal(arrays.down(out, (rows, cols)), want.astype(np.float32))
+
+
+def header(tensors=((b"t", [32], 0, 0),), kv=(), version=3, magic=b"GGUF") -> bytes:
+    out = magic + struct.pack("<IQQ", version, len(tensors), len(kv))
+    for key, kind, payload in kv:
+        out += struct.pack("<Q", len(key)) + key + struct.pack("<I", kind) + payload
+    for name, dims, kind, offset in tensors:
+        out += struct.pack("<Q", len(name)) + name + struct.pack("<I", len(dims))
+        out += b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", kind, offset)
+    return out + bytes(-len(out) % 32)
+
+
+def test_a_valid_handmade_file_parses():
+    data = header() + bytes(128)
+    f = parse(data, len(data), "ok.gguf")
+    assert f.tensors["t"].dtype == "F32" and f.tensors["t"].shape == (32,)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: b"GG", "truncated"),
+    (lambda: b"GGML" + bytes(60), "not a GGUF file"),
+    (lambda: header(version=7) + bytes(128), "version 7"),
+    (lambda: header(), "outside the file"),  # data missing: truncated
+    (lambda: header(tensors=((b"t", [32], 13, 0),)) + bytes(128), "ggml type 13"),
+    (lambda: header(tensors=((b"a", [32], 0, 0), (b"b", [32], 0, 64))) + bytes(256), "overlap"),
+    (lambda: header(tensors=((b"q", [20], 8, 0),)) + bytes(128), "not whole blocks"),
+    (lambda: header()[:30], "truncated"),
+])
+def test_bad_files_get_a_clear_error(make, message):
+    data = make()
+    with pytest.raises(GGUFError, match=message):
+        parse(data, len(data), "bad.gguf")
+
+
+def test_a_short_read_asks_for_more():
+    data = header() + bytes(128)
+    with pytest.raises(NeedMore):
+        parse(data[:20], len(data), "x.gguf")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.integers(min_value=0, max_value=399))
+def test_fuzzed_headers_raise_only_gguf_errors(blob, flip):
+    data = bytearray(header(kv=((b"k", 8, struct.pack("<Q", 3) + b"abc"),)) + bytes(64))
+    data[: len(blob)] = blob[: len(data)]
+    try:
+        parse(bytes(data), len(data), "fuzz.gguf")
+    except (GGUFError, NeedMore):
+        pass
