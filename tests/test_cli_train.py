@@ -164,3 +164,27 @@ def test_make_batch_pads_missing_rows():
     ids, targets, n = make_batch([Sequence([5, 6, 7], [5, 6, 7])], batch_size=3, seq_len=4)
     assert ids == [5, 6, 7, 0] + [0] * 8
     assert targets == [6, 7, -100, -100] + [-100] * 8 and n == 2
+
+
+def test_repo_id_from_a_mock_hub_gives_the_same_loss_as_the_folder(tmp_path, model_dir, tokens_file):
+    """A local server with the hub's URL layout ({repo}/resolve/main/{file}); nothing leaves 127.0.0.1."""
+    from loralab.devserver import serve_in_background
+
+    hub = tmp_path / "hub"
+    repo = hub / "acme" / "tiny-qwen" / "resolve" / "main"
+    repo.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        (repo / f.name).write_bytes(f.read_bytes())
+    server, url = serve_in_background(hub)
+    try:
+        env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache")}
+        run = lambda *a: subprocess.run([LORALAB, *map(str, a)], capture_output=True, text=True, timeout=600, env=env)
+        via_hub = run("eval", "acme/tiny-qwen", tokens_file, "--hub-endpoint", url.rstrip("/"))
+        assert via_hub.returncode == 0, via_hub.stderr
+        direct = loralab("eval", model_dir, tokens_file)
+        assert json.loads(via_hub.stdout) == json.loads(direct.stdout)
+        assert (tmp_path / "cache" / "hub").exists()
+        missing = run("eval", "acme/nothing-here", tokens_file, "--hub-endpoint", url.rstrip("/"))
+        assert missing.returncode == 2 and "HTTP 404" in missing.stderr and "Traceback" not in missing.stderr
+    finally:
+        server.shutdown()

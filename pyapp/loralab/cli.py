@@ -25,18 +25,23 @@ from .model.config import PROJECTIONS, ModelConfigError
 from .model.weights import WeightsError
 from .data.tokenizer import TokenizerError
 from .formats.gguf import GGUFError
+from .formats.hub import HubError
 
-USER_ERRORS = (GpuError, DatasetError, AdapterError, SafetensorsError, GGUFError, ModelConfigError, WeightsError, TokenizerError,
+USER_ERRORS = (GpuError, DatasetError, AdapterError, SafetensorsError, GGUFError, HubError, ModelConfigError, WeightsError, TokenizerError,
                FileNotFoundError, IsADirectoryError, ValueError)
 
 
-def open_model(spec: str):
-    """(weight source, tokenizer or None) for MODEL: `default`, a .gguf file or a model folder."""
+def open_model(spec: str, hub_endpoint: str | None = None):
+    """(weight source, tokenizer or None) for MODEL: `default`, a .gguf file, a model folder,
+    or a Hugging Face repo id (fetched into the cache from `hub_endpoint`)."""
     from .data.tokenizer import HFTokenizer
+    from .formats.hub import DEFAULT_HUB_ENDPOINT, fetch_repo, is_repo_id
     from .model.gguf_model import GGUFModel, default_model_path, tokenizer_files
     from .model.weights import HFFolder
 
     path = default_model_path() if spec == "default" else spec
+    if is_repo_id(path):
+        path = fetch_repo(path, hub_endpoint or DEFAULT_HUB_ENDPOINT)
     if path.lower().endswith(".gguf"):
         source = GGUFModel(path)
         return source, HFTokenizer(*tokenizer_files(source.gguf))
@@ -51,14 +56,14 @@ class Session:
     """A native device with every kernel compiled, and a model folder with its tokenizer."""
 
     @classmethod
-    async def open(cls, model_path: str) -> "Session":
+    async def open(cls, model_path: str, hub_endpoint: str | None = None) -> "Session":
         from .engine import load_ops
         from .gpu.native import NativeDevice
         from .kernels import directory_reader
         from .model.weights import HFFolder
 
         self = cls()
-        self.source, self.tokenizer = open_model(model_path)  # validates the files before any GPU work
+        self.source, self.tokenizer = open_model(model_path, hub_endpoint)  # validates the files before any GPU work
         self.config = self.source.config
         self.device = await NativeDevice.create()
         self.ops = await load_ops(self.device, directory_reader())
@@ -118,7 +123,7 @@ async def cmd_train(args) -> int:
     from .lora import LoraConfig
     from .train import NonFiniteLoss, TrainConfig
 
-    s = await Session.open(args.model)
+    s = await Session.open(args.model, args.hub_endpoint)
     records, summary = s.dataset(args.data, args.format, args.seq_len)
     valid = []
     if args.valid:
@@ -177,7 +182,7 @@ async def cmd_eval(args) -> int:
     from .model.transformer import Transformer
     from .train import evaluate
 
-    s = await Session.open(args.model)
+    s = await Session.open(args.model, args.hub_endpoint)
     records, _ = s.dataset(args.data, args.format, args.seq_len)
     lora = make_lora(s.ops, s.config, *s.adapter(args.adapter)) if args.adapter else None
     model = Transformer(s.device, s.ops, s.config, await s.weights(args.weights), lora, args.batch_size,
@@ -193,7 +198,7 @@ async def cmd_generate(args) -> int:
     from .engine import make_lora
     from .generate import Generator
 
-    s = await Session.open(args.model)
+    s = await Session.open(args.model, args.hub_endpoint)
     if s.tokenizer is None:
         raise TokenizerError(f"{args.model}: tokenizer.json is missing; generate needs the model's tokenizer")
     lora = make_lora(s.ops, s.config, *s.adapter(args.adapter)) if args.adapter else None
@@ -223,7 +228,7 @@ async def cmd_bench(args) -> int:
     from .model.config import ModelConfig
 
     if args.model:
-        s = await Session.open(args.model)
+        s = await Session.open(args.model, args.hub_endpoint)
         ops, config, config_dict = s.ops, s.config, s.source.config_dict
         weights = await s.weights(args.weights)
     else:
@@ -335,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compare-torch", action="store_true", help="run the same configuration in PyTorch + PEFT too")
     b.add_argument("--torch-precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), tf32, bf16")
     for command in (t, e, g, b):
+        command.add_argument("--hub-endpoint", help="where repo ids are fetched from (default: the public hub)")
         command.add_argument("--weights", choices=["f32", "f16"], default="f32",
                              help="keep the frozen weight matrices as float32, or float16 at half the memory")
     return parser
