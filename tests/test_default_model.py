@@ -50,3 +50,36 @@ def test_generate_default_answers_paris():
                           "--max-new-tokens", "12"], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
+
+
+def test_chat_loss_masks_the_prompt_like_the_tokenizers_own_template(tmp_path, reference):
+    """Loss only on the assistant's answer and its end of turn, against a reference built with
+    transformers' tokenizer (from the same GGUF) and its apply_chat_template."""
+    import transformers
+
+    path = default_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    chats = [[{"role": "user", "content": "What is the capital of France?"},
+              {"role": "assistant", "content": "The capital of France is Paris."}],
+             [{"role": "system", "content": "You answer in one word."}, {"role": "user", "content": "Colour of the sky?"},
+              {"role": "assistant", "content": "Blue."}]]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in chats))
+    out = subprocess.run([LORALAB, "eval", "default", data], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    ours = json.loads(out.stdout)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for messages in chats:
+            prompt = tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
+            full = tok.apply_chat_template(messages, tokenize=True)
+            prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+            full = list(full["input_ids"] if hasattr(full, "keys") else full)
+            assert full[: len(prompt)] == prompt
+            labels = [-100] * len(prompt) + full[len(prompt):]
+            logits = reference(torch.tensor([full])).logits[0, :-1]
+            targets = torch.tensor(labels[1:])
+            total += torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum").item()
+            count += int((targets != -100).sum())
+    assert ours["tokens"] == count
+    assert ours["loss"] == pytest.approx(total / count, rel=1e-3)

@@ -110,4 +110,22 @@ async def train_run(request: str) -> dict:
         key: list(shape) for key, (shape, _) in (await trainer.lora.read_state()).items()}}
 
 
-EXPORTS = {"probe": probe, "train_run": train_run}
+@_result
+async def tokenize(request: str) -> dict:
+    """Tokenize with the browser's tokenizer: {"base_url", "tokenizer_json", "config",
+    "chat_template"?, "texts": [...], "chats": [[{role, content}, ...], ...]} -> ids of each text,
+    and ids, labels and rendered text of each chat (loss on assistant turns, as in training)."""
+    from .data.formats import encode_record
+    from .data.tokenizer_browser import BrowserTokenizer
+
+    req = json.loads(request)
+    tok = await BrowserTokenizer.create(req["base_url"], req["tokenizer_json"], req.get("config") or {},
+                                        req.get("chat_template"))
+    chats = []
+    for i, messages in enumerate(req.get("chats", [])):
+        seq = encode_record({"messages": messages}, "chat", tok, f"chat {i + 1}")
+        chats.append({"ids": seq.input_ids, "labels": seq.labels, "text": tok.apply_chat_template(messages)})
+    return {"ids": [tok.encode(t) for t in req.get("texts", [])], "chats": chats}
+
+
+EXPORTS = {"probe": probe, "train_run": train_run, "tokenize": tokenize}

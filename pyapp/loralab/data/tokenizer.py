@@ -15,7 +15,8 @@ class TokenizerError(ValueError):
     pass
 
 
-def _token_text(value) -> str | None:
+def token_text(value) -> str | None:
+    """A special token from tokenizer_config.json: a string, or {"content": ...}."""
     if isinstance(value, dict):
         return value.get("content")
     return value
@@ -30,10 +31,10 @@ class HFTokenizer:
         self.chat_template = chat_template or self.config.get("chat_template")
         if isinstance(self.chat_template, list):  # named templates: take "default"
             self.chat_template = next((t["template"] for t in self.chat_template if t.get("name") == "default"), None)
-        self.bos_token = _token_text(self.config.get("bos_token"))
-        self.eos_token = _token_text(self.config.get("eos_token"))
+        self.bos_token = token_text(self.config.get("bos_token"))
+        self.eos_token = token_text(self.config.get("eos_token"))
         self.eos_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
-        pad = _token_text(self.config.get("pad_token"))
+        pad = token_text(self.config.get("pad_token"))
         pad_id = self._tok.token_to_id(pad) if pad else None
         self.pad_id = pad_id if pad_id is not None else (self.eos_id or 0)
         self._template = None

@@ -1,0 +1,99 @@
+"""The model's tokenizer and chat template in the browser: @huggingface/tokenizers and
+@huggingface/jinja through Pyodide's JS FFI, behind the same interface as data.tokenizer.
+
+Browser-only (it imports `js`); loaded by the engine worker. Both libraries are served from the
+site's own vendor/ folder.
+"""
+
+from __future__ import annotations
+
+import json
+
+import js  # type: ignore[import-not-found]
+from pyodide.ffi import to_js  # type: ignore[import-not-found]
+
+from .tokenizer import token_text
+
+_modules: dict[str, object] = {}
+
+
+async def _import(url: str):
+    if url not in _modules:
+        _modules[url] = await js.Function.new("url", "return import(url)")(url)
+    return _modules[url]
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: each printable stand-in character -> its byte."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = keep[:], 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
+
+
+class BrowserTokenizer:
+    def __init__(self, tok, template, config: dict, added: set[str]):
+        self._tok, self._template, self.config, self._added = tok, template, config, added
+        self.bos_token = token_text(config.get("bos_token"))
+        self.eos_token = token_text(config.get("eos_token"))
+        self.eos_id = self._id(self.eos_token)
+        pad_id = self._id(token_text(config.get("pad_token")))
+        self.pad_id = pad_id if pad_id is not None else (self.eos_id or 0)
+        self.chat_template = template is not None
+        self._bytes = _byte_decoder()
+
+    @classmethod
+    async def create(cls, base_url: str, tokenizer_json: str, config: dict, chat_template: str | None = None):
+        tokenizers = await _import(js.URL.new("vendor/tokenizers/tokenizers.min.mjs", base_url).href)
+        jinja = await _import(js.URL.new("vendor/jinja/index.js", base_url).href)
+        spec = json.loads(tokenizer_json)
+        template_text = chat_template or config.get("chat_template")
+        tok = tokenizers.Tokenizer.new(js.JSON.parse(tokenizer_json), js.JSON.parse(json.dumps(config)))
+        template = jinja.Template.new(template_text) if template_text else None
+        return cls(tok, template, config, {t["content"] for t in spec.get("added_tokens", [])})
+
+    def _id(self, token: str | None) -> int | None:
+        if token is None:
+            return None
+        i = self._tok.token_to_id(token)
+        return None if i is None else int(i)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        options = to_js({"add_special_tokens": add_special_tokens}, dict_converter=js.Object.fromEntries)
+        return [int(i) for i in self._tok.encode(text, options).ids]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Character offsets rebuilt from the byte-level tokens (the JS library has none)."""
+        options = to_js({"add_special_tokens": False}, dict_converter=js.Object.fromEntries)
+        encoding = self._tok.encode(text, options)
+        ids, tokens = [int(i) for i in encoding.ids], [str(t) for t in encoding.tokens]
+        data = text.encode("utf-8")
+        char_at = [0] * (len(data) + 1)  # byte position -> character index
+        position = 0
+        for index, ch in enumerate(text):
+            width = len(ch.encode("utf-8"))
+            for k in range(width):
+                char_at[position + k] = index
+            position += width
+        char_at[len(data)] = len(text)
+        offsets, cursor = [], 0
+        for token in tokens:
+            raw = token.encode("utf-8") if token in self._added else bytes(self._bytes.get(c, 0) for c in token)
+            offsets.append((char_at[min(cursor, len(data))], char_at[min(cursor + len(raw), len(data))]))
+            cursor += len(raw)
+        return ids, offsets
+
+    def decode(self, ids: list[int]) -> str:
+        options = to_js({"skip_special_tokens": True}, dict_converter=js.Object.fromEntries)
+        return str(self._tok.decode(to_js(ids), options))
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        if self._template is None:
+            raise ValueError("this model has no chat template")
+        context = {"messages": messages, "add_generation_prompt": add_generation_prompt,
+                   "bos_token": self.bos_token or "", "eos_token": self.eos_token or ""}
+        return str(self._template.render(to_js(context, dict_converter=js.Object.fromEntries)))
