@@ -158,14 +158,6 @@ def test_user_errors_are_one_clear_line(tmp_path, model_dir, tokens_file, case):
     assert last.startswith("loralab: ") and expect in last, last
 
 
-def test_make_batch_pads_missing_rows():
-    from loralab.data.batches import Sequence, make_batch
-
-    ids, targets, n = make_batch([Sequence([5, 6, 7], [5, 6, 7])], batch_size=3, seq_len=4)
-    assert ids == [5, 6, 7, 0] + [0] * 8
-    assert targets == [6, 7, -100, -100] + [-100] * 8 and n == 2
-
-
 def test_repo_id_from_a_mock_hub_gives_the_same_loss_as_the_folder(tmp_path, model_dir, tokens_file):
     """A local server with the hub's URL layout ({repo}/resolve/main/{file}); nothing leaves 127.0.0.1."""
     from loralab.devserver import serve_in_background

@@ -75,7 +75,7 @@ class Session:
 
         return await upload_weights(self.device, self.config, self.source, self.ops, dtype)
 
-    def dataset(self, path: str, fmt: str, seq_len: int):
+    def dataset(self, path: str, fmt: str, seq_len: int, train_on_prompt: bool = False):
         from .data.formats import load_dataset
 
         if not os.path.isfile(path):
@@ -85,7 +85,8 @@ class Session:
                 text = f.read()
             except UnicodeDecodeError:
                 raise DatasetError(f"{path}: not a UTF-8 text file") from None
-        return load_dataset(os.path.basename(path), text, fmt, self.tokenizer, seq_len, self.config.vocab_size)
+        return load_dataset(os.path.basename(path), text, fmt, self.tokenizer, seq_len, self.config.vocab_size,
+                            train_on_prompt)
 
     def adapter(self, path: str):
         from .formats.peft import check_fits, files_from_path, parse_adapter
@@ -123,16 +124,20 @@ async def cmd_train(args) -> int:
     from .lora import LoraConfig
     from .train import NonFiniteLoss, TrainConfig
 
+    from .data.batches import pack
+
     s = await Session.open(args.model, args.hub_endpoint)
-    records, summary = s.dataset(args.data, args.format, args.seq_len)
+    records, summary = s.dataset(args.data, args.format, args.seq_len, args.train_on_prompt)
     valid = []
     if args.valid:
-        valid, _ = s.dataset(args.valid, args.format, args.seq_len)
+        valid, _ = s.dataset(args.valid, args.format, args.seq_len, args.train_on_prompt)
     elif args.valid_fraction:
         n = max(1, int(len(records) * args.valid_fraction))
         if n >= len(records):
             raise DatasetError(f"{args.data}: too few records ({len(records)}) for a validation split")
         records, valid = records[:-n], records[-n:]
+    if args.packing:
+        records = pack(records, args.seq_len)
     state = None
     if args.adapter:
         lora_config, state = s.adapter(args.adapter)
@@ -303,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-shuffle", action="store_true")
     t.add_argument("--format", choices=formats, default="auto")
     t.add_argument("--valid", help="a separate validation file")
+    t.add_argument("--packing", action="store_true", help="concatenate short examples up to --seq-len")
+    t.add_argument("--train-on-prompt", action="store_true", help="take the loss on every token, prompts included")
     t.add_argument("--valid-fraction", type=float, default=0.0, help="hold out this fraction of the records")
     t.add_argument("--report-every", type=int, default=10, help="read losses back every N steps")
     t.add_argument("--metrics", help="write one JSON line per optimizer step to this file")

@@ -49,3 +49,12 @@ def test_fuzzed_files_raise_only_safetensors_errors(blob):
         parse_header(data, len(data), "fuzz.safetensors")
     except SafetensorsError:
         pass
+
+
+def test_overlapping_tensors_are_refused():
+    text = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                       "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()
+    blob = struct.pack("<Q", len(text)) + text + bytes(12)
+    with pytest.raises(SafetensorsError, match="overlap"):
+        parse_header(blob, len(blob), "bad.safetensors")
+

@@ -29,6 +29,28 @@ def make_batch(sequences: list[Sequence], batch_size: int, seq_len: int, pad_id:
     return ids, targets, sum(1 for t in targets if t != IGNORE)
 
 
+def pack(sequences: list[Sequence], seq_len: int) -> list[Sequence]:
+    """Short examples concatenated (in order) into sequences of at most seq_len tokens, so less
+    of each batch is padding. Labels travel with their tokens: a document's masked prompt stays
+    masked, including as the target of the previous document's last token. Longer examples are
+    kept alone (and truncated by the batch as usual)."""
+    packed: list[Sequence] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    for seq in sequences:
+        if len(seq.input_ids) >= seq_len:
+            packed.append(seq)
+            continue
+        if len(ids) + len(seq.input_ids) > seq_len:
+            packed.append(Sequence(ids, labels))
+            ids, labels = [], []
+        ids = ids + seq.input_ids
+        labels = labels + seq.labels
+    if ids:
+        packed.append(Sequence(ids, labels))
+    return packed
+
+
 class BatchOrder:
     """Which records form each batch: epochs of a (seeded) permutation, or file order with
     wrap-around. The position (epoch, index) is all the state there is, so resuming is exact."""

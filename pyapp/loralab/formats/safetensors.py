@@ -81,6 +81,10 @@ def parse_header(header: bytes, file_size: int, filename: str) -> SafetensorsHea
         if info.end > file_size:
             raise SafetensorsError(f"{filename}: tensor {name!r} ends at byte {info.end:,}, past the end of the file ({file_size:,} bytes); the file is truncated")
         tensors[name] = info
+    spans = sorted((t.start, t.end, t.name) for t in tensors.values() if t.end > t.start)
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise SafetensorsError(f"{filename}: tensors {first!r} and {second!r} overlap; the file is corrupt")
     return SafetensorsHeader(filename, tensors, {str(k): str(v) for k, v in metadata.items()}, data_start)
 
 
