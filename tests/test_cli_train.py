@@ -108,7 +108,7 @@ def test_generate_prints_text(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["bad_json", "empty", "missing_model", "unsupported_arch", "bad_shape", "foreign_adapter",
-                                  "pickle_adapter", "vocab"])
+                                  "pickle_adapter", "vocab", "unknown_format", "missing_field", "no_tokenizer"])
 def test_user_errors_are_one_clear_line(tmp_path, model_dir, tokens_file, case):
     data, model, extra = tokens_file, model_dir, []
     expect = ""
@@ -151,6 +151,18 @@ def test_user_errors_are_one_clear_line(tmp_path, model_dir, tokens_file, case):
         data = tmp_path / "big.jsonl"
         data.write_text('{"input_ids": [1, 2, 500]}\n')
         expect = "token id 500 is outside the model's vocabulary"
+    elif case == "unknown_format":
+        data = tmp_path / "odd.jsonl"
+        data.write_text('{"foo": 1}\n')
+        expect = "cannot tell the format of the first record"
+    elif case == "missing_field":
+        data = tmp_path / "pc.jsonl"
+        data.write_text('{"prompt": "only a prompt"}\n{"prompt": "a", "completion": "b"}\n')
+        extra, expect = ["--format", "completion"], "pc.jsonl record 1: 'prompt' and 'completion' must be strings"
+    elif case == "no_tokenizer":
+        data = tmp_path / "text.jsonl"
+        data.write_text('{"text": "hello"}\n')
+        expect = "needs the model's tokenizer (tokenizer.json)"
     out = loralab("train", model, data, "--out", tmp_path / "o", "--steps", 1, *extra, ok=False)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr

@@ -121,6 +121,12 @@ def _messages(record: dict, where: str) -> list[dict]:
     return out
 
 
+def _need(tok: Tokenizer | None, fmt: str, where: str) -> Tokenizer:
+    if tok is None:
+        raise DatasetError(f"{where}: the {fmt} format needs the model's tokenizer (tokenizer.json)")
+    return tok
+
+
 def _with_eos(ids: list[int], tok: Tokenizer) -> list[int]:
     return ids + [tok.eos_id] if tok.eos_id is not None and (not ids or ids[-1] != tok.eos_id) else ids
 
@@ -134,15 +140,16 @@ def encode_record(record: dict, fmt: str, tok: Tokenizer | None, where: str, tra
         if not isinstance(labels, list) or len(labels) != len(ids) or not all(isinstance(i, int) for i in labels):
             raise DatasetError(f"{where}: labels must be a list of integers as long as input_ids")
         return Sequence(list(ids), list(labels))
-    if tok is None:
-        raise DatasetError(f"{where}: the {fmt} format needs the model's tokenizer (tokenizer.json)")
     if fmt == "text":
         if not isinstance(record.get("text"), str):
             raise DatasetError(f"{where}: 'text' must be a string")
-        ids = _with_eos(tok.encode(record["text"]), tok)
+        ids = _with_eos(_need(tok, fmt, where).encode(record["text"]), tok)
         return Sequence(ids, list(ids))
     if fmt in ("completion", "alpaca"):
         if fmt == "alpaca":
+            if "output" not in record:
+                raise DatasetError(f"{where}: an alpaca record needs 'instruction' and 'output'")
+            _need(tok, fmt, where)
             instruction, extra = str(record.get("instruction", "")), str(record.get("input") or "")
             user = instruction + ("\n\n" + extra if extra else "")
             try:
@@ -154,11 +161,12 @@ def encode_record(record: dict, fmt: str, tok: Tokenizer | None, where: str, tra
             prompt, completion = record.get("prompt"), record.get("completion")
             if not isinstance(prompt, str) or not isinstance(completion, str):
                 raise DatasetError(f"{where}: 'prompt' and 'completion' must be strings")
-        p = tok.encode(prompt)
+        p = _need(tok, fmt, where).encode(prompt)
         c = _with_eos(tok.encode(completion, add_special_tokens=False), tok)
         return Sequence(p + c, (p if train_on_prompt else [IGNORE] * len(p)) + c)
     if fmt == "chat":
-        return _encode_chat(_messages(record, where), tok, where, train_on_prompt)
+        messages = _messages(record, where)
+        return _encode_chat(messages, _need(tok, fmt, where), where, train_on_prompt)
     raise DatasetError(f"{where}: unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
