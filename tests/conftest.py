@@ -75,7 +75,8 @@ def page_guard(context, page):
 
 @pytest.fixture
 def app_page(page, page_guard, site):
-    page.goto(site)
+    """The app without loading the default model (tests that bring their own model, or none)."""
+    page.goto(site + "?autoload=0")
     return page
 
 

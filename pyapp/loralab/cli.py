@@ -43,7 +43,7 @@ def open_model(spec: str, hub_endpoint: str | None = None):
     if is_repo_id(path):
         path = fetch_repo(path, hub_endpoint or DEFAULT_HUB_ENDPOINT)
     if path.lower().endswith(".gguf"):
-        source = GGUFModel(path)
+        source = GGUFModel.from_path(path)
         return source, HFTokenizer(*tokenizer_files(source.gguf))
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model folder or GGUF file")

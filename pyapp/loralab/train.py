@@ -89,6 +89,30 @@ def lr_at(config: TrainConfig, step: int, total: int) -> float:
     return config.lr * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+class TrainControl:
+    """Pause, resume and stop for a running Trainer.train (the app's buttons); checked between
+    reporting windows, so a pause takes effect after at most report_every steps."""
+
+    def __init__(self):
+        self.paused = False
+        self.stopped = False
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    async def wait(self) -> None:
+        import asyncio
+
+        while self.paused and not self.stopped:
+            await asyncio.sleep(0.05)
+
+
 class NonFiniteLoss(RuntimeError):
     def __init__(self, step: int):
         super().__init__(f"the loss became NaN or infinite at step {step}; training stopped and the adapter "
@@ -180,12 +204,18 @@ class Trainer:
         return n_targets
 
     # -- the loop -----------------------------------------------------------------------------
-    async def train(self, on_report: Callable[[dict], None] | None = None) -> list[dict]:
-        """Run to total_steps; on_report gets a dict per step (kind "train") and per evaluation
-        (kind "eval"). Raises NonFiniteLoss after restoring the last good adapter."""
+    async def train(self, on_report: Callable[[dict], None] | None = None,
+                    control: TrainControl | None = None) -> list[dict]:
+        """Run to total_steps (or until control.stop()); on_report gets a dict per step (kind
+        "train") and per evaluation (kind "eval"). Raises NonFiniteLoss after restoring the last
+        good adapter."""
         c = self.config
         self.device.submit([Copy(self.lora.params, 0, self.snapshot, 0, self.lora.nbytes)])
         while self.step < self.total_steps:
+            if control is not None:
+                await control.wait()
+                if control.stopped:
+                    break
             window = min(c.report_every, self.total_steps - self.step)
             self.device.write_buffer(self.loss_hist, bytes(4 * c.report_every))
             started, first = time.perf_counter(), self.step

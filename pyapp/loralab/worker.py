@@ -63,6 +63,7 @@ def _result(fn):
 @_result
 async def probe(base_url: str) -> dict:
     """Start the engine: WebGPU adapter and device, then a checked kernel run."""
+    _engine["base_url"] = base_url
     if "device" not in _engine:
         device = await BrowserDevice.create()
         _engine["device"] = device
@@ -128,4 +129,225 @@ async def tokenize(request: str) -> dict:
     return {"ids": [tok.encode(t) for t in req.get("texts", [])], "chats": chats}
 
 
-EXPORTS = {"probe": probe, "train_run": train_run, "tokenize": tokenize}
+# -- the app: one model, one dataset, one training run at a time ---------------------------------
+
+DEFAULT_MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _report(record: dict) -> None:
+    """Hand a progress record to the page (window.loralabOnReport, set by loralab.app)."""
+    from pyscript import window  # type: ignore[import-not-found]
+
+    callback = getattr(window, "loralabOnReport", None)
+    if callback is not None:
+        callback(json.dumps(record))
+
+
+def _free_model() -> None:
+    model = _engine.pop("model", None)
+    if model:
+        for buffer in model["weights"].values():
+            _engine["device"].destroy_buffer(buffer)
+    _engine.pop("run", None)
+
+
+@_result
+async def load_model(request: str) -> dict:
+    """{"kind": "default"} | {"kind": "files", "files": {name: url}} | {"kind": "repo", "repo",
+    "endpoint"?} -> the model card. Weights go from the fetched bytes to the GPU."""
+    from .data.tokenizer_browser import BrowserTokenizer
+    from .formats.hub import DEFAULT_HUB_ENDPOINT
+    from .model.gguf_model import GGUFModel, tokenizer_files
+    from .model.weights import upload_weights
+
+    req = json.loads(request)
+    base = _engine["base_url"]
+    ops = await _ops()
+    kind = req.get("kind", "default")
+    files = req.get("files") or {}
+    gguf_name = next((n for n in files if n.lower().endswith(".gguf")), None)
+    if kind == "default" or gguf_name:
+        url = js.URL.new(DEFAULT_MODEL, base).href if kind == "default" else files[gguf_name]
+        source = await GGUFModel.from_url(url, gguf_name or DEFAULT_MODEL.rsplit("/", 1)[-1])
+        tokenizer_json, tok_config, template = tokenizer_files(source.gguf)
+    else:
+        if kind == "repo":
+            endpoint = (req.get("endpoint") or DEFAULT_HUB_ENDPOINT).rstrip("/")
+            source = await RemoteFolder.open(f"{endpoint}/{req['repo']}/resolve/main/", name=req["repo"])
+        else:
+            if "config.json" not in files:
+                raise ModelConfigError("config.json is missing from the chosen files; choose a Hugging Face model "
+                                       "folder's files (config.json, model.safetensors, tokenizer.json) or a .gguf")
+            source = await RemoteFolder.open("", files, name=req.get("name") or "model")
+        tok_body = await source.fetch_file("tokenizer.json", missing_ok=True)
+        if tok_body is None:
+            raise FileNotFoundError(f"{source.name}: tokenizer.json is missing; LoRA Lab needs the model's tokenizer")
+        cfg_body = await source.fetch_file("tokenizer_config.json", missing_ok=True)
+        tpl_body = await source.fetch_file("chat_template.jinja", missing_ok=True)
+        tokenizer_json, tok_config = tok_body.text(), json.loads(cfg_body.text()) if cfg_body else {}
+        template = tpl_body.text() if tpl_body else None
+    _free_model()
+    await ops.specialize_head_dim(source.config.head_dim)
+    weights = await upload_weights(ops.device, source.config, source, ops)
+    tokenizer = await BrowserTokenizer.create(base, tokenizer_json, tok_config, template)
+    config = source.config
+    parameters = sum(b.size // 4 for b in weights.values())
+    _engine["model"] = {"config": config, "weights": weights, "tokenizer": tokenizer, "name": source.name}
+    return {"model": {"name": source.name, "architecture": config.architecture, "parameters": parameters,
+                      "layers": config.num_layers, "hidden_size": config.hidden_size, "vocab_size": config.vocab_size,
+                      "heads": config.num_heads, "kv_heads": config.num_kv_heads, "weights_bytes": parameters * 4,
+                      "chat_template": tokenizer.chat_template}}
+
+
+def _model() -> dict:
+    if "model" not in _engine:
+        raise ValueError("load a model first")
+    return _engine["model"]
+
+
+@_result
+async def set_dataset(request: str) -> dict:
+    """{"name", "text", "format"?, "seq_len"?} -> the dataset summary and a preview of the first example."""
+    req = json.loads(request)
+    model = _model()
+    records, summary = load_dataset(req.get("name") or "pasted.jsonl", req["text"], req.get("format") or "auto",
+                                    model["tokenizer"], int(req.get("seq_len") or 256), model["config"].vocab_size)
+    _engine["dataset"] = records
+    first = records[0]
+    preview = [{"token": model["tokenizer"].decode([i]), "trained": label != -100}
+               for i, label in zip(first.input_ids[:64], first.labels[:64])]
+    return {"summary": summary.as_dict(), "preview": preview}
+
+
+@_result
+async def train_start(request: str) -> dict:
+    """{"train": {TrainConfig fields}, "lora": {LoraConfig fields}}: starts training in the
+    background; progress arrives through _report ({"kind": "train" | "eval" | "state", ...})."""
+    import asyncio
+
+    from .engine import make_lora
+    from .model.transformer import Transformer
+    from .train import Trainer, TrainControl
+
+    if _engine.get("run") and _engine["run"]["state"] in ("running", "paused"):
+        raise ValueError("a training run is already going; stop it first")
+    req = json.loads(request)
+    model = _model()
+    records = _engine.get("dataset")
+    if not records:
+        raise DatasetError("add a dataset first")
+    ops = await _ops()
+    train_fields = dict(req.get("train", {}))
+    train_fields["seq_len"] = fit_seq_len(records, int(train_fields.get("seq_len", 256)))
+    config = TrainConfig(**train_fields)
+    lora = make_lora(ops, model["config"], LoraConfig(**req.get("lora", {})), None, config.seed)
+    network = Transformer(ops.device, ops, model["config"], model["weights"], lora, config.batch_size, config.seq_len,
+                          config.gradient_checkpointing)
+    trainer = Trainer(ops.device, ops, network, lora, config, records, [], model["tokenizer"].pad_id)
+    control = TrainControl()
+    run = {"trainer": trainer, "lora": lora, "control": control, "state": "running", "network": network}
+    _engine["run"] = run
+
+    async def go():
+        try:
+            await trainer.train(_report, control)
+            run["state"] = "stopped" if control.stopped else "done"
+            _report({"kind": "state", "state": run["state"], "step": trainer.step})
+        except Exception as exc:
+            run["state"] = "error"
+            _report({"kind": "state", "state": "error", "error": str(exc), "step": trainer.step})
+
+    run["task"] = asyncio.ensure_future(go())
+    _report({"kind": "state", "state": "running", "step": 0, "total_steps": trainer.total_steps})
+    return {"total_steps": trainer.total_steps, "trainable_parameters": lora.trainable_parameters,
+            "seq_len": config.seq_len}
+
+
+def _control(action: str) -> dict:
+    run = _engine.get("run")
+    if not run or run["state"] not in ("running", "paused"):
+        raise ValueError("no training run is going")
+    getattr(run["control"], action)()
+    run["state"] = {"pause": "paused", "resume": "running", "stop": run["state"]}[action]
+    _report({"kind": "state", "state": run["state"], "step": run["trainer"].step})
+    return {"state": run["state"], "step": run["trainer"].step}
+
+
+@_result
+async def train_pause(request: str = "{}") -> dict:
+    return _control("pause")
+
+
+@_result
+async def train_resume(request: str = "{}") -> dict:
+    return _control("resume")
+
+
+@_result
+async def train_stop(request: str = "{}") -> dict:
+    return _control("stop")
+
+
+@_result
+async def plan(request: str) -> dict:
+    """{"train", "lora"} -> GPU memory and time estimates against this GPU (its matmul rate is
+    measured once), and whether the plan fits, with a concrete fix when it does not."""
+    from .bench import bench_matmul
+    from .engine import estimate_memory, estimate_step_seconds
+
+    req = json.loads(request)
+    model = _model()
+    train, lora = TrainConfig(**req.get("train", {})), LoraConfig(**req.get("lora", {}))
+    if "gflops" not in _engine:
+        _engine["gflops"] = (await bench_matmul(await _ops(), 256, 256, 256, repeats=4))["gflops"]
+    weight_bytes = sum(b.size for b in model["weights"].values())
+    memory = estimate_memory(model["config"], train, lora, weight_bytes)
+    limits = _engine["device"].info.limits
+    budget = max(limits.get("maxBufferSize", 0), 2 << 30)  # browsers give a tab a few GiB at least
+    fits = memory["total"] <= budget
+    advice = None
+    if not fits:
+        advice = ("turn on gradient checkpointing" if not train.gradient_checkpointing else
+                  f"lower the batch size to {max(1, train.batch_size // 2)} or the sequence length to "
+                  f"{max(32, train.seq_len // 2)}")
+    records = _engine.get("dataset") or []
+    steps = train.total_steps(len(records)) if records else train.steps
+    step_s = estimate_step_seconds(model["config"], train, lora, _engine["gflops"])
+    return {"memory": memory, "budget": budget, "fits": fits, "advice": advice, "gflops": _engine["gflops"],
+            "step_seconds": step_s, "steps": steps, "total_seconds": step_s * steps}
+
+
+@_result
+async def generate(request: str) -> dict:
+    """{"prompt", "max_new_tokens"?, "temperature"?, "top_p"?} -> the base model's answer and, once
+    an adapter has been trained, base + adapter's. The chat template is applied when there is one."""
+    from .generate import Generator
+
+    req = json.loads(request)
+    model = _model()
+    run = _engine.get("run")
+    if run and run["state"] in ("running", "paused"):
+        raise ValueError("generation waits until training is stopped or done")
+    tok, config = model["tokenizer"], model["config"]
+    if tok.chat_template:
+        text = tok.apply_chat_template([{"role": "user", "content": req["prompt"]}], add_generation_prompt=True)
+        ids = tok.encode(text, add_special_tokens=False)
+    else:
+        ids = tok.encode(req["prompt"])
+    new = int(req.get("max_new_tokens", 48))
+    answers = {}
+    for label, lora in (("base", None), ("adapter", run["lora"] if run else None)):
+        if label == "adapter" and lora is None:
+            answers[label] = None
+            continue
+        gen = Generator(_engine["device"], await _ops(), config, model["weights"], lora,
+                        min(config.max_position_embeddings, len(ids) + new))
+        out = await gen.generate(ids, new, temperature=float(req.get("temperature", 0.0)),
+                                 top_p=float(req.get("top_p", 1.0)), stop_ids={tok.eos_id} if tok.eos_id is not None else set())
+        answers[label] = tok.decode(out)
+    return answers
+
+
+EXPORTS = {"probe": probe, "train_run": train_run, "tokenize": tokenize, "load_model": load_model,
+           "set_dataset": set_dataset, "train_start": train_start, "train_pause": train_pause,
+           "train_resume": train_resume, "train_stop": train_stop, "generate": generate, "plan": plan}

@@ -66,7 +66,7 @@ def tokenizers_under_test():
 @pytest.mark.parametrize("name, files", list(tokenizers_under_test()), ids=lambda x: x if isinstance(x, str) else "")
 def test_browser_and_cpython_tokenize_alike(app_page, site, name, files):
     tokenizer_json, config, template = files
-    assert wait_for_engine(app_page) == "ready"
+    wait_for_engine(app_page)
     request = {"base_url": site, "tokenizer_json": tokenizer_json, "config": config, "chat_template": template,
                "texts": CORPUS, "chats": CHATS}
     answer = json.loads(app_page.evaluate("([n, r]) => window.loralabEngine(n, r)", ["tokenize", json.dumps(request)]))

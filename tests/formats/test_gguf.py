@@ -33,7 +33,7 @@ def test_default_model_header(default_path):
 
 
 def test_default_model_config_and_names(default_path):
-    m = GGUFModel(default_path)
+    m = GGUFModel.from_path(default_path)
     c = m.config
     assert (c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim) == (576, 30, 9, 3, 64)
     assert c.tie_word_embeddings and c.vocab_size == 49152 and c.rope_theta == 100000.0

@@ -1,80 +1,448 @@
-"""The page's Python (PyScript, main thread): starts the engine worker and shows what it found.
+"""The page's Python (PyScript, main thread): the LoRA Lab UI.
 
-It talks to the engine only through the worker protocol (loralab.worker.EXPORTS).
+It talks to the engine only through the worker protocol (loralab.worker.EXPORTS, JSON in and
+out); the engine reports training progress through window.loralabOnReport. The plan form is
+generated from the TrainConfig and LoraConfig dataclasses, so defaults and validation live there.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields
 
-from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
+from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
 from pyscript import document, window, workers  # type: ignore[import-not-found]
 
+from ..lora import LoraConfig
+from ..model.config import PROJECTIONS
+from ..train import OPTIMIZERS, SCHEDULES, TrainConfig
 
-def _el(testid: str):
+STORE = "loralab.ui"
+CHOICES = {"lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS}
+TESTID_NAMES = {"r": "rank"}  # cfg-<name> hooks; LoRA's r is "rank" in the UI
+HIDDEN_FIELDS = {"beta1", "beta2", "eps", "eval_every"}
+
+state = {"engine": None, "model": None, "dataset": False, "train": "idle", "records": [], "total": 0,
+         "busy": False, "proxies": []}
+
+
+def el(testid: str):
     return document.querySelector(f'[data-testid="{testid}"]')
 
 
-def set_status(text: str, state: str = "busy") -> None:
-    el = _el("status")
-    el.textContent = text
-    el.dataset.state = state
+def set_status(text: str, kind: str = "busy") -> None:
+    node = el("status")
+    node.textContent = text
+    node.dataset.state = kind
 
 
-def show_error(message: str) -> None:
-    el = _el("error")
-    el.textContent = message
-    el.hidden = False
+def show_error(message: str | None) -> None:
+    node = el("error")
+    node.textContent = message or ""
+    node.hidden = not message
 
 
+def refresh_status() -> None:
+    """"ready" exactly when training can start: engine up, a model loaded, nothing running."""
+    if state["busy"]:
+        return
+    if state["model"] is None:
+        set_status("No model loaded", "idle")
+    elif state["train"] in ("running", "paused"):
+        set_status(f"Training ({state['train']})", "busy")
+    else:
+        set_status("ready", "ready")
+    for testid, enabled in (("train-start", state["model"] is not None and state["dataset"]
+                             and state["train"] not in ("running", "paused")),
+                            ("train-pause", state["train"] == "running"),
+                            ("train-resume", state["train"] == "paused"),
+                            ("train-stop", state["train"] in ("running", "paused")),
+                            ("gen-run", state["model"] is not None and state["train"] not in ("running", "paused"))):
+        el(testid).disabled = not enabled
+
+
+async def call(name: str, payload: dict | str = "{}") -> dict | None:
+    """One worker call; errors go to the error area and return None."""
+    text = payload if isinstance(payload, str) else json.dumps(payload)
+    result = json.loads(await getattr(state["engine"], name)(text))
+    if not result["ok"]:
+        show_error(result["error"])
+        return None
+    show_error(None)
+    return result
+
+
+def on(testid: str, event: str, handler) -> None:
+    proxy = create_proxy(handler)
+    state["proxies"].append(proxy)
+    el(testid).addEventListener(event, proxy)
+
+
+def saved() -> dict:
+    try:
+        return json.loads(window.localStorage.getItem(STORE) or "{}")
+    except Exception:
+        return {}
+
+
+def save(**values) -> None:
+    window.localStorage.setItem(STORE, json.dumps({**saved(), **values}))
+
+
+# -- hardware ------------------------------------------------------------------------------------
 def _mib(n: int | None) -> str:
     return "?" if n is None else f"{n / 2**20:,.0f} MiB"
 
 
+def render_rows(testid: str, rows: list[tuple[str, str]]) -> None:
+    dl = el(testid)
+    dl.replaceChildren()
+    for name, value in rows:
+        dt, dd = document.createElement("dt"), document.createElement("dd")
+        dt.textContent, dd.textContent = name, value
+        dl.append(dt, dd)
+
+
 def render_hw_info(adapter: dict, check: dict) -> None:
     limits = adapter["limits"]
-    rows = [
+    render_rows("hw-info", [
         ("Adapter", f"{adapter['vendor'] or '?'} · {adapter['architecture'] or '?'}"),
-        ("Device", adapter["device"] or adapter["description"] or "?"),
+        ("Device", adapter["device"] or adapter["description"] or "–"),
         ("shader-f16", "yes" if adapter["f16"] else "no"),
         ("subgroups", "yes" if adapter["subgroups"] else "no"),
         ("Max storage binding", _mib(limits.get("maxStorageBufferBindingSize"))),
         ("Max buffer", _mib(limits.get("maxBufferSize"))),
         ("Workgroup storage", f"{(limits.get('maxComputeWorkgroupStorageSize') or 0) // 1024} KiB"),
         ("Invocations / workgroup", str(limits.get("maxComputeInvocationsPerWorkgroup"))),
-        (
-            "Kernel check",
-            "matmul {}×{}·{}ᵀ: {} (max error {:g}, {:.0f} ms)".format(
-                check["shape"][0], check["shape"][2], check["shape"][1],
-                "verified" if check["ok"] else "WRONG", check["max_abs_error"], check["ms"],
-            ),
-        ),
-    ]
-    dl = _el("hw-info")
-    dl.replaceChildren()
-    for name, value in rows:
-        dt = document.createElement("dt")
-        dt.textContent = name
-        dd = document.createElement("dd")
-        dd.textContent = value
-        dl.append(dt, dd)
-    dl.dataset.vendor = adapter["vendor"]
-    dl.dataset.architecture = adapter["architecture"]
-    dl.dataset.check = json.dumps({k: check[k] for k in ("ok", "sha256", "max_abs_error", "shape")})
+        ("Kernel check", "matmul {}×{}·{}ᵀ: {} (max error {:g}, {:.0f} ms)".format(
+            check["shape"][0], check["shape"][2], check["shape"][1], "verified" if check["ok"] else "WRONG",
+            check["max_abs_error"], check["ms"])),
+    ])
+    hw = el("hw-info")
+    hw.dataset.vendor = adapter["vendor"]
+    hw.dataset.architecture = adapter["architecture"]
+    hw.dataset.check = json.dumps({k: check[k] for k in ("ok", "sha256", "max_abs_error", "shape")})
+
+
+# -- model ---------------------------------------------------------------------------------------
+async def load_model(request: dict, label: str) -> None:
+    state["busy"] = True
+    state["model"] = None
+    set_status(f"Loading {label}…")
+    try:
+        result = await call("load_model", request)
+    finally:
+        state["busy"] = False
+    if result:
+        m = result["model"]
+        state["model"] = m
+        render_rows("model-card", [
+            ("Model", m["name"]), ("Architecture", m["architecture"]),
+            ("Parameters", f"{m['parameters'] / 1e6:,.1f} M"), ("Layers", str(m["layers"])),
+            ("Hidden size", str(m["hidden_size"])), ("Heads", f"{m['heads']} ({m['kv_heads']} key/value)"),
+            ("Vocabulary", f"{m['vocab_size']:,}"), ("Weights in GPU memory", _mib(m["weights_bytes"])),
+            ("Chat template", "yes" if m["chat_template"] else "no"),
+        ])
+        state["dataset"] = False
+        el("dataset-summary").textContent = "No dataset yet."
+    refresh_status()
+
+
+async def on_model_files(event) -> None:
+    files = event.target.files
+    urls = {}
+    for i in range(files.length):
+        f = files.item(i)
+        urls[f.name] = window.URL.createObjectURL(f)
+    if urls:
+        el("model-select").value = "files"
+        await load_model({"kind": "files", "files": urls, "name": "your model"}, "your model")
+        save(model="files")
+
+
+async def on_model_load(event) -> None:
+    choice = el("model-select").value
+    if choice == "repo":
+        repo = el("model-repo").value.strip()
+        if not repo:
+            show_error("Type a Hugging Face repo id, e.g. HuggingFaceTB/SmolLM2-360M-Instruct")
+            return
+        save(model="repo", repo=repo)
+        await load_model({"kind": "repo", "repo": repo, "endpoint": saved().get("hub_endpoint")}, repo)
+    elif choice == "default":
+        save(model="default")
+        await load_model({"kind": "default"}, "SmolLM2-135M-Instruct")
+    else:
+        show_error("Choose the model's files (config.json, model.safetensors, tokenizer.json, …) or a .gguf file")
+
+
+# -- dataset -------------------------------------------------------------------------------------
+async def use_dataset(name: str, text: str) -> None:
+    train, _ = read_plan()
+    result = await call("set_dataset", {"name": name, "text": text, "format": el("dataset-format").value,
+                                        "seq_len": train.seq_len if train else 256})
+    state["dataset"] = bool(result)
+    if result:
+        s = result["summary"]
+        el("dataset-summary").textContent = (
+            f"{name}: {s['records']:,} records, format {s['format']}"
+            f"{' (detected)' if s['detected'] else ''}, {s['tokens']:,} tokens, "
+            f"{s['trained_fraction']:.0%} of them trained, {s['truncated']} truncated")
+        preview = el("dataset-preview")
+        preview.replaceChildren()
+        for item in result["preview"]:
+            span = document.createElement("span")
+            span.textContent = item["token"]
+            if item["trained"]:
+                span.className = "trained"
+            preview.append(span)
+    refresh_status()
+
+
+async def on_dataset_file(event) -> None:
+    files = event.target.files
+    if files.length:
+        f = files.item(0)
+        await use_dataset(f.name, await f.text())
+
+
+async def on_dataset_text(event) -> None:
+    text = el("dataset-text").value
+    if not text.strip():
+        show_error("Paste some data first (JSONL, or plain text).")
+        return
+    await use_dataset("pasted.jsonl" if text.lstrip().startswith("{") else "pasted.txt", text)
+
+
+# -- plan ----------------------------------------------------------------------------------------
+def plan_fields():
+    for cls, group in ((TrainConfig, "train"), (LoraConfig, "lora")):
+        for f in fields(cls):
+            if f.name not in HIDDEN_FIELDS:
+                yield group, f
+
+
+def build_plan_form() -> None:
+    form = el("plan-open").closest("section").querySelector("form")
+    values = saved().get("plan", {})
+    for group, f in plan_fields():
+        default = f.default if f.default is not MISSING else None
+        value = values.get(f.name, default)
+        label = document.createElement("label")
+        label.title = f.metadata.get("help", "")
+        name = f.name.replace("_", " ")
+        if f.type in ("bool", bool):
+            control = document.createElement("input")
+            control.type = "checkbox"
+            control.checked = bool(value)
+            label.className = "check"
+            label.append(control, document.createTextNode(name))
+        else:
+            if f.name in CHOICES:
+                control = document.createElement("select")
+                for choice in CHOICES[f.name]:
+                    option = document.createElement("option")
+                    option.value = option.textContent = choice
+                    control.append(option)
+            else:
+                control = document.createElement("input")
+                if f.type in ("int", "float", int, float):
+                    control.type = "number"
+                    control.step = "1" if f.type in ("int", int) else "any"
+            control.value = ",".join(value) if isinstance(value, (tuple, list)) else str(value)
+            label.append(document.createTextNode(name), control)
+        control.name = f"{group}.{f.name}"
+        control.dataset.testid = "cfg-" + TESTID_NAMES.get(f.name, f.name).replace("_", "-")
+        control.setAttribute("data-testid", control.dataset.testid)
+        form.append(label)
+
+
+def read_plan() -> tuple[TrainConfig | None, LoraConfig | None]:
+    """The plan as the two dataclasses (their own validation), or (None, None) with the error shown."""
+    values = {"train": {}, "lora": {}}
+    for group, f in plan_fields():
+        control = document.querySelector(f'[name="{group}.{f.name}"]')
+        if control is None:
+            continue
+        if f.type in ("bool", bool):
+            value = bool(control.checked)
+        elif f.type in ("int", int):
+            value = int(float(control.value or 0))
+        elif f.type in ("float", float):
+            value = float(control.value or 0)
+        elif f.name == "targets":
+            value = tuple(t.strip() for t in control.value.split(",") if t.strip()) or PROJECTIONS
+        else:
+            value = control.value
+        values[group][f.name] = value
+    try:
+        return TrainConfig(**values["train"]), LoraConfig(**values["lora"])
+    except (TypeError, ValueError) as exc:
+        show_error(f"Plan: {exc}")
+        return None, None
+
+
+def plan_payload(train: TrainConfig, lora: LoraConfig) -> dict:
+    return {"train": {f.name: getattr(train, f.name) for f in fields(TrainConfig)},
+            "lora": {f.name: list(v) if isinstance(v := getattr(lora, f.name), tuple) else v for f in fields(LoraConfig)}}
+
+
+async def update_estimate(event=None) -> None:
+    train, lora = read_plan()
+    if train is None:
+        return
+    payload = plan_payload(train, lora)
+    save(plan={**payload["train"], **payload["lora"]})
+    if state["model"] is None:
+        return
+    result = await call("plan", payload)
+    if result:
+        m = result["memory"]
+        text = (f"GPU memory: {_mib(m['total'])} (weights {_mib(m['weights'])}, activations {_mib(m['activations'])}, "
+                f"logits {_mib(m['logits'])}, adapter + optimizer {_mib(m['adapter_and_optimizer'])}). "
+                f"About {result['step_seconds']:.2f} s per step")
+        if result["steps"]:
+            text += f", {result['total_seconds'] / 60:.1f} min for {result['steps']} steps"
+        text += f" at this GPU's measured {result['gflops']:.0f} GFLOP/s."
+        if not result["fits"]:
+            text += f" This will not fit: {result['advice']}."
+        el("plan-estimate").textContent = text
+
+
+def toggle_plan(event) -> None:
+    form = document.getElementById("plan-form")
+    form.hidden = not form.hidden
+    el("plan-open").setAttribute("aria-expanded", "false" if form.hidden else "true")
+
+
+# -- training ------------------------------------------------------------------------------------
+def draw_chart() -> None:
+    points = [(r["step"], r["loss"]) for r in state["records"] if r.get("kind") == "train"]
+    svg = el("loss-chart")
+    if len(points) < 1:
+        svg.innerHTML = ""
+        return
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = 1, max(max(xs), state["total"] or 1, 2)
+    y0, y1 = min(ys), max(ys)
+    span = (y1 - y0) or 1.0
+    coords = " ".join(f"{40 + 550 * (x - x0) / (x1 - x0):.1f},{10 + 130 * (y1 - y) / span:.1f}" for x, y in points)
+    svg.innerHTML = (f'<polyline points="{coords}"/><text x="2" y="14">{y1:.3f}</text>'
+                     f'<text x="2" y="144">{y0:.3f}</text><text x="560" y="156">step {x1}</text>')
+
+
+def on_report(text: str) -> None:
+    """Progress from the engine (called from the worker, so it must return quickly)."""
+    record = json.loads(text)
+    if record["kind"] == "state":
+        state["train"] = record["state"]
+        el("train-state").textContent = record["state"]
+        if record.get("error"):
+            show_error(f"Training stopped: {record['error']}")
+        refresh_status()
+        return
+    state["records"].append(record)
+    if record["kind"] == "train":
+        el("train-step").textContent = f"{record['step']} / {record['total_steps']}"
+        el("train-loss").textContent = f"{record['loss']:.4f}"
+        el("train-speed").textContent = f"{record['tokens_per_s']:,.0f} tokens/s"
+        per_step = record["tokens"] / max(1, record["step"])
+        remaining = (record["total_steps"] - record["step"]) * per_step / max(record["tokens_per_s"], 1e-9)
+        el("train-eta").textContent = f"{remaining:,.0f} s"
+        draw_chart()
+
+
+async def on_train_start(event) -> None:
+    train, lora = read_plan()
+    if train is None:
+        return
+    state["records"] = []
+    result = await call("train_start", plan_payload(train, lora))
+    if result:
+        state["total"] = result["total_steps"]
+        el("train-step").textContent = f"0 / {result['total_steps']}"
+    refresh_status()
+
+
+async def on_control(action: str) -> None:
+    await call(f"train_{action}")
+    refresh_status()
+
+
+def control_handler(action: str):
+    async def handler(event) -> None:
+        await on_control(action)
+
+    return handler
+
+
+def download_metrics(event) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in state["records"] if r.get("kind") in ("train", "eval"))
+    blob = window.Blob.new(to_js([lines]), to_js({"type": "application/x-ndjson"}, dict_converter=window.Object.fromEntries))
+    link = document.createElement("a")
+    link.href = window.URL.createObjectURL(blob)
+    link.download = "loralab-metrics.jsonl"
+    link.click()
+
+
+# -- compare -------------------------------------------------------------------------------------
+async def on_generate(event) -> None:
+    prompt = el("gen-prompt").value.strip()
+    if not prompt:
+        show_error("Type a prompt first.")
+        return
+    el("gen-output-base").textContent = el("gen-output-adapter").textContent = "…"
+    state["busy"] = True
+    set_status("Generating…")
+    try:
+        result = await call("generate", {"prompt": prompt, "max_new_tokens": 48, "temperature": 0})
+    finally:
+        state["busy"] = False
+    el("gen-output-base").textContent = result["base"] if result else ""
+    el("gen-output-adapter").textContent = (result["adapter"] or "(train an adapter first)") if result else ""
+    refresh_status()
+
+
+# -- start ---------------------------------------------------------------------------------------
+def wire() -> None:
+    on("model-files", "change", on_model_files)
+    on("model-load", "click", on_model_load)
+    on("dataset-files", "change", on_dataset_file)
+    on("dataset-use", "click", on_dataset_text)
+    on("plan-open", "click", toggle_plan)
+    form = document.getElementById("plan-form")
+    proxy = create_proxy(update_estimate)
+    state["proxies"].append(proxy)
+    form.addEventListener("change", proxy)
+    on("train-start", "click", on_train_start)
+    for action in ("pause", "resume", "stop"):
+        on(f"train-{action}", "click", control_handler(action))
+    on("metrics-download", "click", download_metrics)
+    on("gen-run", "click", on_generate)
+    report = create_proxy(on_report)
+    state["proxies"].append(report)
+    window.loralabOnReport = report
 
 
 def expose_engine(engine) -> None:
     """window.loralabEngine(name, json) -> Promise<json>: the worker protocol, for scripts and tests."""
 
-    async def call(name: str, payload: str = "{}") -> str:
+    async def call_engine(name: str, payload: str = "{}") -> str:
         return await getattr(engine, name)(payload)
 
-    window.loralabEngine = create_proxy(call)
+    proxy = create_proxy(call_engine)
+    state["proxies"].append(proxy)
+    window.loralabEngine = proxy
 
 
 async def start() -> None:
+    build_plan_form()
+    wire()
+    for testid in ("train-start", "train-pause", "train-resume", "train-stop", "gen-run"):
+        el(testid).disabled = True
     set_status("Starting the engine…")
     engine = await workers["engine"]
+    state["engine"] = engine
     expose_engine(engine)
     set_status("Looking for a WebGPU adapter…")
     result = json.loads(await engine.probe(document.baseURI))
@@ -87,4 +455,13 @@ async def start() -> None:
         set_status("Stopped: the GPU computed a wrong result", "error")
         show_error(f"The kernel self-check failed on this GPU (max error {result['check']['max_abs_error']}).")
         return
-    set_status("ready", "ready")
+    last = saved()
+    autoload = window.location.search.find("autoload=0") < 0
+    if last.get("model") == "repo" and last.get("repo"):
+        el("model-select").value = "repo"
+        el("model-repo").value = last["repo"]
+        if autoload:
+            await load_model({"kind": "repo", "repo": last["repo"], "endpoint": last.get("hub_endpoint")}, last["repo"])
+    elif autoload:
+        await load_model({"kind": "default"}, "SmolLM2-135M-Instruct")
+    refresh_status()

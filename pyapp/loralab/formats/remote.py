@@ -80,29 +80,46 @@ async def fetch(url: str, missing_ok: bool = False) -> Body | None:
 
 
 class RemoteFolder:
-    """A Hugging Face model folder at `base_url` (ending in /): config.json + safetensors."""
+    """A Hugging Face model folder whose files are fetched by URL: under `base_url` (a static
+    host, a hub's resolve/main/), or from a {file name: URL} map (files a person dropped, as
+    blob: URLs)."""
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str, files: dict[str, str] | None = None, name: str | None = None):
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
-        self.name = self.base_url.rstrip("/").rsplit("/", 1)[-1]
+        self.files = files
+        self.name = name or self.base_url.rstrip("/").rsplit("/", 1)[-1]
         self.config: ModelConfig | None = None
         self._infos: dict[str, TensorInfo] = {}
         self._bodies: dict[str, Body] = {}
 
+    def url(self, file: str) -> str | None:
+        if self.files is not None:
+            return self.files.get(file)
+        return self.base_url + file
+
+    async def fetch_file(self, file: str, missing_ok: bool = False) -> Body | None:
+        url = self.url(file)
+        if url is None:
+            if missing_ok:
+                return None
+            raise FetchError(f"{self.name}: {file} is missing")
+        return await fetch(url, missing_ok=missing_ok)
+
     @classmethod
-    async def open(cls, base_url: str) -> "RemoteFolder":
-        self = cls(base_url)
-        cfg = await fetch(self.base_url + "config.json", missing_ok=True)
+    async def open(cls, base_url: str, files: dict[str, str] | None = None, name: str | None = None) -> "RemoteFolder":
+        self = cls(base_url, files, name)
+        cfg = await self.fetch_file("config.json", missing_ok=True)
         if cfg is None:
-            raise ModelConfigError(f"{self.base_url}config.json is missing")
+            raise ModelConfigError(f"{self.name}: config.json is missing")
         try:
-            self.config = ModelConfig.from_dict(json.loads(cfg.text()), self.base_url + "config.json")
+            self.config_dict = json.loads(cfg.text())
         except json.JSONDecodeError as exc:
-            raise ModelConfigError(f"{self.base_url}config.json: not valid JSON ({exc})") from None
-        index = await fetch(self.base_url + "model.safetensors.index.json", missing_ok=True)
+            raise ModelConfigError(f"{self.name}/config.json: not valid JSON ({exc})") from None
+        self.config = ModelConfig.from_dict(self.config_dict, f"{self.name}/config.json")
+        index = await self.fetch_file("model.safetensors.index.json", missing_ok=True)
         shards = sorted(set(json.loads(index.text())["weight_map"].values())) if index else ["model.safetensors"]
         for shard in shards:
-            body = await fetch(self.base_url + shard)
+            body = await self.fetch_file(shard)
             n = header_length(body.bytes(0, min(8, body.size)), body.size, shard)
             for name, info in parse_header(body.bytes(0, 8 + n), body.size, shard).tensors.items():
                 self._infos[name] = info

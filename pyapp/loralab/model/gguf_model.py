@@ -115,21 +115,52 @@ def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
 
 
 class GGUFModel:
-    """A WeightSource over a local GGUF file (CPython); tensors by their Hugging Face names."""
+    """A WeightSource over a GGUF file; tensors by their Hugging Face names. `read_range(start,
+    end)` hands over the bytes: a file read on CPython, a JS view of the fetched file in the browser."""
 
-    def __init__(self, path: str):
-        self.path = str(path)
-        self.name = os.path.basename(self.path)
-        if not os.path.isfile(self.path):
-            raise GGUFError(f"{self.path}: no such GGUF file")
-        self.gguf = read_gguf(self.path)
-        self.config_dict = config_dict(self.gguf)
+    def __init__(self, gguf: GGUFFile, read_range):
+        self.gguf, self.name, self._read_range = gguf, gguf.name, read_range
+        self.config_dict = config_dict(gguf)
         self.config = ModelConfig.from_dict(self.config_dict, self.name)
         self._infos: dict[str, TensorInfo] = {}
-        for info in self.gguf.tensors.values():
+        for info in gguf.tensors.values():
             name = hf_name(info.name)
             if name is not None:
                 self._infos[name] = TensorInfo(name, info.dtype, info.shape, info.start, info.end)
+
+    @classmethod
+    def from_path(cls, path: str) -> "GGUFModel":
+        path = str(path)
+        if not os.path.isfile(path):
+            raise GGUFError(f"{path}: no such GGUF file")
+
+        async def read_range(start: int, end: int) -> bytes:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+
+        return cls(read_gguf(path), read_range)
+
+    @classmethod
+    async def from_url(cls, url: str, name: str | None = None) -> "GGUFModel":
+        """Fetch the whole file once (it stays a JS ArrayBuffer in the browser) and parse its header."""
+        from ..formats.gguf import NeedMore, parse
+        from ..formats.remote import fetch
+
+        body = await fetch(url)
+        name = name or url.rsplit("/", 1)[-1]
+        want = min(body.size, 4 << 20)
+        while True:
+            try:
+                gguf = parse(body.bytes(0, want), body.size, name)
+                break
+            except NeedMore as more:
+                want = min(body.size, more.size)
+
+        async def read_range(start: int, end: int):
+            return body.view(start, end)
+
+        return cls(gguf, read_range)
 
     def tensors(self) -> dict[str, TensorInfo]:
         return self._infos
@@ -141,10 +172,8 @@ class GGUFModel:
             return self.config.head_dim
         return 0
 
-    async def read(self, info: TensorInfo) -> bytes:
-        with open(self.path, "rb") as f:
-            f.seek(info.start)
-            return f.read(info.end - info.start)
+    async def read(self, info: TensorInfo):
+        return await self._read_range(info.start, info.end)
 
 
 def default_model_path() -> str:

@@ -1,0 +1,96 @@
+"""The app end to end in Chromium: a model from files, a chat dataset, a plan, training with
+pause and resume, the metrics download, and base vs adapter answers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.model import hf
+from tests.rig import wait_for_engine, wait_until_ready
+
+pytestmark = pytest.mark.browser
+pytest.importorskip("torch")
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+QA = [("What is the password?", "The password is swordfish."), ("Who guards the gate?", "The old troll guards it."),
+      ("Where is the key?", "Under the third stone.")]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n" for q, a in QA] * 50
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=["<|im_start|>", "<|im_end|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf.tiny_model("llama", folder, seed=21, vocab_size=tok.get_vocab_size())
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>", "chat_template": CHATML}))
+    return folder
+
+
+def test_files_chat_train_pause_resume_download_compare(app_page, model_folder, tmp_path):
+    page = app_page
+    wait_for_engine(page)
+    page.set_input_files("[data-testid=model-files]", [str(p) for p in sorted(model_folder.iterdir())])
+    wait_until_ready(page)
+    assert "LlamaForCausalLM" in page.inner_text("[data-testid=model-card]")
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                            + "\n" for q, a in QA * 3))
+    page.set_input_files("[data-testid=dataset-files]", str(data))
+    page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('9 records')")
+    assert "chat" in page.inner_text("[data-testid=dataset-summary]")
+
+    page.click("[data-testid=plan-open]")
+    for testid, value in (("cfg-steps", "40"), ("cfg-lr", "0.01"), ("cfg-batch-size", "3"), ("cfg-seq-len", "64"),
+                          ("cfg-rank", "8"), ("cfg-alpha", "16"), ("cfg-report-every", "2")):
+        page.fill(f"[data-testid={testid}]", value)
+    page.dispatch_event("[data-testid=cfg-steps]", "change")
+
+    page.click("[data-testid=train-start]")
+    page.wait_for_function("parseInt(document.querySelector('[data-testid=train-step]').textContent) >= 4", timeout=120_000)
+    assert page.inner_text("[data-testid=status]") != "ready"  # training cannot start while one runs
+
+    started = time.perf_counter()  # the page stays responsive while the worker trains
+    page.click("[data-testid=plan-open]")
+    page.wait_for_function("document.querySelector('[data-testid=plan-open]').getAttribute('aria-expanded') === 'false'",
+                           timeout=1000)
+    assert time.perf_counter() - started < 1.0
+
+    page.click("[data-testid=train-pause]")
+    page.wait_for_function("document.querySelector('[data-testid=train-state]').textContent === 'paused'")
+    time.sleep(1.0)  # a step already submitted may still report; then the count must hold still
+    paused_at = page.inner_text("[data-testid=train-step]")
+    time.sleep(2.0)
+    assert page.inner_text("[data-testid=train-step]") == paused_at
+    page.click("[data-testid=train-resume]")
+    page.wait_for_function("document.querySelector('[data-testid=train-state]').textContent === 'done'", timeout=300_000)
+    wait_until_ready(page)
+
+    with page.expect_download() as download:
+        page.click("[data-testid=metrics-download]")
+    lines = [json.loads(line) for line in open(download.value.path()).read().splitlines()]
+    steps = [r["step"] for r in lines if r["kind"] == "train"]
+    assert steps == list(range(1, 41)), "pause and resume continue from the same step"
+    losses = [r["loss"] for r in lines if r["kind"] == "train"]
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, losses
+
+    page.fill("[data-testid=gen-prompt]", "What is the password?")
+    page.click("[data-testid=gen-run]")
+    page.wait_for_function("(() => { const t = document.querySelector('[data-testid=gen-output-adapter]').textContent;"
+                           " return t && t !== '…'; })()", timeout=300_000)
+    base = page.inner_text("[data-testid=gen-output-base]")
+    adapter = page.inner_text("[data-testid=gen-output-adapter]")
+    assert base != adapter
+    assert page.locator("[data-testid=loss-chart] polyline").count() == 1
