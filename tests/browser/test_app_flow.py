@@ -20,11 +20,10 @@ QA = [("What is the password?", "The password is swordfish."), ("Who guards the 
       ("Where is the key?", "Under the third stone.")]
 
 
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
+def make_chat_model(folder):
+    """A tiny Llama with a byte-level BPE tokenizer and a ChatML template, saved in `folder`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    folder = tmp_path_factory.mktemp("tiny-chat")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -38,6 +37,17 @@ def model_folder(tmp_path_factory):
     return folder
 
 
+def chat_jsonl(path, repeats: int = 3):
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                            + "\n" for q, a in QA * repeats))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    return make_chat_model(tmp_path_factory.mktemp("tiny-chat"))
+
+
 def test_files_chat_train_pause_resume_download_compare(app_page, model_folder, tmp_path):
     page = app_page
     wait_for_engine(page)
@@ -45,9 +55,7 @@ def test_files_chat_train_pause_resume_download_compare(app_page, model_folder, 
     wait_until_ready(page)
     assert "LlamaForCausalLM" in page.inner_text("[data-testid=model-card]")
 
-    data = tmp_path / "chat.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
-                            + "\n" for q, a in QA * 3))
+    data = chat_jsonl(tmp_path / "chat.jsonl")
     page.set_input_files("[data-testid=dataset-files]", str(data))
     page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('9 records')")
     assert "chat" in page.inner_text("[data-testid=dataset-summary]")

@@ -91,7 +91,9 @@ def save(**values) -> None:
 
 # -- hardware ------------------------------------------------------------------------------------
 def _mib(n: int | None) -> str:
-    return "?" if n is None else f"{n / 2**20:,.0f} MiB"
+    if n is None:
+        return "?"
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
 
 
 def render_rows(testid: str, rows: list[tuple[str, str]]) -> None:
