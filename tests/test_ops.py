@@ -305,15 +305,15 @@ def test_sgd_step(ops, arrays):
 
 
 def test_dropout_mask_scaling_and_accumulate(ops, arrays):
-    N, p, seed, stream = 5003, 0.25, 987654321, 17
+    N, p, seed, stream = 5003, 0.25, 9876543, 17
     x = rng("drop").standard_normal(N, dtype=np.float32)
     y0 = rng("drop0").standard_normal(N, dtype=np.float32)
-    step = arrays.up(np.array([0, 1, 1, 1, 0, np.uint32(seed).view(np.float32)], np.float32))
+    step = arrays.up(np.array([0, 1, 1, 1, 0, seed], np.float32))
     y, acc = arrays.empty(N), arrays.up(y0)
     arrays.submit(ops.dropout(y, arrays.up(x), step, N, p, stream), ops.dropout(acc, arrays.up(x), step, N, p, stream, accumulate=True))
     want = ref.dropout(x, p, seed, stream)
-    np.testing.assert_allclose(arrays.down(y, (N,)), want, rtol=1e-6)
-    np.testing.assert_allclose(arrays.down(acc, (N,)), y0 + want, rtol=1e-6)
+    np.testing.assert_allclose(arrays.down(y, (N,)), want, rtol=1e-6)  # WGSL division: 2.5 ulp at most
+    np.testing.assert_allclose(arrays.down(acc, (N,)), y0 + want, rtol=1e-6, atol=1e-6)  # y0 + want may cancel
     assert (want == 0).mean() == pytest.approx(p, abs=0.02)
     assert not np.array_equal(ref.dropout_mask(N, p, seed, stream), ref.dropout_mask(N, p, seed, stream + 1))
 

@@ -1,7 +1,8 @@
 // dropout: y (+)= x · keep / (1 − p), the LoRA dropout on an adapter's input (training only).
 //   keep = 0 for a fraction p of elements, from a PCG hash of (step seed, stream, element), so
 //   the backward pass regenerates the same mask instead of storing it.
-//   x: [N], step: [.., .., .., .., .., seed as u32 bits] (a new seed every micro-batch),
+//   x: [N], step: [.., .., .., .., .., seed] (a new seed every micro-batch: an integer below 2^24,
+//   stored as a float; raw u32 bits would be denormal floats, which GPUs may flush to zero),
 //   stream: one per (layer, module), so every adapter draws its own mask.
 //   accumulate = 1 adds into y (the gradient path: dx += mask · d(dropped x)).
 // Work split: one invocation per element, 256 per workgroup, 2-D grid for large N.
@@ -30,7 +31,7 @@ fn pcg(v: u32) -> u32 {
 fn dropout(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * nwg.x * WG;
   if (i >= params.N) { return; }
-  let seed = bitcast<u32>(step[5]);
+  let seed = u32(step[5]);
   let r = pcg(pcg(seed ^ pcg(params.stream)) ^ i);
   let u = f32(r >> 8u) / 16777216.0;
   var v = 0.0;

@@ -163,8 +163,8 @@ class Trainer:
         (queue writes are ordered with submits, so each submit sees its own values)."""
         c = self.config
         bc1, bc2 = 1 - c.beta1**t, 1 - c.beta2**t
-        seed = (c.seed * 1_000_003 + t * c.grad_accum + micro) & 0xFFFFFFFF
-        self.device.write_buffer(self.step_buf, struct.pack("<5fI", lr, bc1, bc2, grad_scale, slot, seed))
+        seed = (c.seed * 1_000_003 + t * c.grad_accum + micro) & 0xFFFFFF  # exact as a float
+        self.device.write_buffer(self.step_buf, struct.pack("<6f", lr, bc1, bc2, grad_scale, slot, seed))
 
     def _batches(self) -> list[tuple[list[int], list[int], int]]:
         out = []
@@ -252,7 +252,7 @@ class Trainer:
 async def evaluate(device: Device, model: Transformer, records: list[Sequence], history, step_buf, pad_id: int = 0) -> dict:
     """Mean loss over every target token of `records` (one readback at the end)."""
     device.write_buffer(history, bytes(4))
-    device.write_buffer(step_buf, struct.pack("<5fI", 0.0, 1.0, 1.0, 1.0, 0.0, 0))
+    device.write_buffer(step_buf, struct.pack("<6f", 0.0, 1.0, 1.0, 1.0, 0.0, 0.0))
     total = 0
     for start in range(0, len(records), model.B):
         ids, targets, n = make_batch(records[start : start + model.B], model.B, model.S, pad_id)

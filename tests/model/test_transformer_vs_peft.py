@@ -115,7 +115,7 @@ def test_lora_dropout_matches_peft_with_the_same_masks(gpu, ops, run, arrays, mo
     flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
     model.write_batch(flat_ids, targets)
     history = arrays.up(np.zeros(1, np.float32))
-    step = arrays.up(np.array([0, 1, 1, 1, 0, np.uint32(seed).view(np.float32)], np.float32))
+    step = arrays.up(np.array([0, 1, 1, 1, 0, seed], np.float32))
     gpu.submit(model.forward(step=step) + model.loss(history, step, backward=True) + model.backward(False, step=step))
     assert arrays.down(history, (1,))[0] / n == pytest.approx(out.loss.item(), rel=1e-4)
     grads = np.frombuffer(run(gpu.read_buffer(lora.grads)), np.float32) / n
