@@ -17,8 +17,7 @@ def test_default_model_loads_and_trains_a_few_steps(page, page_guard, site):
     card = page.inner_text("[data-testid=model-card]")
     assert "SmolLM2-135M-Instruct" in card and "LlamaForCausalLM" in card
     chat = [{"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}]}] * 2
-    page.fill("[data-testid=dataset-text]", "".join(json.dumps(c) + "\n" for c in chat))
-    page.click("[data-testid=dataset-use]")
+    page.fill("[data-testid=dataset-text]", "".join(json.dumps(c) + "\n" for c in chat))  # used once typing pauses
     page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('2 records')")
     page.click("[data-testid=plan-open]")
     for testid, value in (("cfg-steps", "2"), ("cfg-batch-size", "1"), ("cfg-seq-len", "48"), ("cfg-report-every", "1")):

@@ -169,8 +169,9 @@ async def on_model_load(event) -> None:
         if not repo:
             show_error("Type a Hugging Face repo id, e.g. HuggingFaceTB/SmolLM2-360M-Instruct")
             return
-        save(model="repo", repo=repo)
-        await load_model({"kind": "repo", "repo": repo, "endpoint": saved().get("hub_endpoint")}, repo)
+        endpoint = el("hub-endpoint").value.strip() or None
+        save(model="repo", repo=repo, hub_endpoint=endpoint)
+        await load_model({"kind": "repo", "repo": repo, "endpoint": endpoint}, repo)
     elif choice == "default":
         save(model="default")
         await load_model({"kind": "default"}, "SmolLM2-135M-Instruct")
@@ -214,6 +215,17 @@ async def on_dataset_text(event) -> None:
         show_error("Paste some data first (JSONL, or plain text).")
         return
     await use_dataset("pasted.jsonl" if text.lstrip().startswith("{") else "pasted.txt", text)
+
+
+async def on_dataset_typed(event) -> None:
+    """Pasted or typed data is used as soon as the typing pauses (the button does it at once)."""
+    import asyncio
+
+    state["typed"] = state.get("typed", 0) + 1
+    mine = state["typed"]
+    await asyncio.sleep(0.6)
+    if mine == state["typed"] and el("dataset-text").value.strip() and state["model"] is not None:
+        await on_dataset_text(event)
 
 
 # -- plan ----------------------------------------------------------------------------------------
@@ -324,13 +336,19 @@ def draw_chart() -> None:
     if len(points) < 1:
         svg.innerHTML = ""
         return
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    import math
+
+    log = el("chart-log").checked
+    xs = [p[0] for p in points]
+    ys = [math.log10(max(p[1], 1e-9)) if log else p[1] for p in points]
     x0, x1 = 1, max(max(xs), state["total"] or 1, 2)
     y0, y1 = min(ys), max(ys)
     span = (y1 - y0) or 1.0
     coords = " ".join(f"{40 + 550 * (x - x0) / (x1 - x0):.1f},{10 + 130 * (y1 - y) / span:.1f}" for x, y in points)
-    svg.innerHTML = (f'<polyline points="{coords}"/><text x="2" y="14">{y1:.3f}</text>'
-                     f'<text x="2" y="144">{y0:.3f}</text><text x="560" y="156">step {x1}</text>')
+    top, bottom = (10 ** y1, 10 ** y0) if log else (y1, y0)
+    svg.innerHTML = (f'<polyline points="{coords}"/><text x="2" y="14">{top:.3f}</text>'
+                     f'<text x="2" y="144">{bottom:.3f}</text><text x="520" y="156">step {x1}'
+                     f'{" (log)" if log else ""}</text>')
 
 
 def on_report(text: str) -> None:
@@ -351,6 +369,10 @@ def on_report(text: str) -> None:
         per_step = record["tokens"] / max(1, record["step"])
         remaining = (record["total_steps"] - record["step"]) * per_step / max(record["tokens_per_s"], 1e-9)
         el("train-eta").textContent = f"{remaining:,.0f} s"
+        el("train-lr").textContent = f"{record['lr']:.3g}"
+        el("train-grad-norm").textContent = f"{record['grad_norm']:.3g}"
+        elapsed = window.performance.now() / 1000 - state.get("started_at", 0)
+        el("train-elapsed").textContent = f"{elapsed:,.0f} s"
         draw_chart()
 
 
@@ -359,6 +381,7 @@ async def on_train_start(event) -> None:
     if train is None:
         return
     state["records"] = []
+    state["started_at"] = window.performance.now() / 1000
     result = await call("train_start", plan_payload(train, lora))
     if result:
         state["total"] = result["total_steps"]
@@ -411,6 +434,8 @@ def wire() -> None:
     on("model-load", "click", on_model_load)
     on("dataset-files", "change", on_dataset_file)
     on("dataset-use", "click", on_dataset_text)
+    on("dataset-text", "input", on_dataset_typed)
+    on("chart-log", "change", lambda event: draw_chart())
     on("plan-open", "click", toggle_plan)
     form = document.getElementById("plan-form")
     proxy = create_proxy(update_estimate)
@@ -459,6 +484,8 @@ async def start() -> None:
         return
     last = saved()
     autoload = window.location.search.find("autoload=0") < 0
+    if last.get("hub_endpoint"):
+        el("hub-endpoint").value = last["hub_endpoint"]
     if last.get("model") == "repo" and last.get("repo"):
         el("model-select").value = "repo"
         el("model-repo").value = last["repo"]
