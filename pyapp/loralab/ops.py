@@ -146,23 +146,30 @@ class Ops:
         kernel = self.f16[("matmul", "B_F16")] if B.dtype == "f16" else self.k["matmul"]
         src = kernel.source
         grid = (math.ceil(N / src.constant("TILE_N")), math.ceil(M / src.constant("TILE_M")))
+        params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta)
+        return self._split_k(kernel, grid, params, splits, A, B, C)
+
+    def _split_k(self, kernel: Kernel, grid: tuple[int, int], params: dict, splits: int | None,
+                 A: Buffer, B: Buffer, C: Buffer) -> list[Dispatch]:
+        """One dispatch of a matmul kernel over `grid`, or, when few tiles face a long K, one per
+        K split into scratch and matmul_reduce to add them (with the caller's alpha and beta)."""
+        M, N, K = params["M"], params["N"], params["K"]
         if splits is None:
             tiles = grid[0] * grid[1]
             splits = 1
             if tiles < SPLIT_BELOW_TILES and K >= SPLIT_MIN_K:
                 splits = max(1, min(K // 256, SPLIT_TARGET_GROUPS // tiles))
-        tile_k = src.constant("TILE_K")
+        tile_k = kernel.source.constant("TILE_K")
         k_split = -(-math.ceil(K / splits) // tile_k) * tile_k
         splits = math.ceil(K / k_split) if K else 1
-        params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta, k_split=k_split)
+        params = dict(params, k_split=k_split)
         if splits == 1:
             return [kernel.dispatch(self.device, grid, params, A=A, B=B, C=C)]
         scratch = self._scratch(splits * M * N)
-        params.update(alpha=1.0, beta=0.0)
+        reduce = dict(MN=M * N, splits=splits, alpha=params["alpha"], beta=params["beta"])
         return [
-            kernel.dispatch(self.device, grid + (splits,), params, A=A, B=B, C=scratch),
-            self._elementwise("matmul_reduce", M * N, dict(MN=M * N, splits=splits, alpha=alpha, beta=beta),
-                              partial=scratch, C=C),
+            kernel.dispatch(self.device, grid + (splits,), dict(params, alpha=1.0, beta=0.0), A=A, B=B, C=scratch),
+            self._elementwise("matmul_reduce", M * N, reduce, partial=scratch, C=C),
         ]
 
     def _matmul_thin(self, C, A, B, M, N, K, a_strides, b_strides, alpha, beta, splits) -> list[Dispatch]:
@@ -175,24 +182,9 @@ class Ops:
             raise ValueError("matmul: at most one operand may hold float16 weights")
         kernel = (self.f16[("matmul_thin", "A_F16")] if A.dtype == "f16" else
                   self.f16[("matmul_thin", "B_F16")] if B.dtype == "f16" else self.k["matmul_thin"])
-        tiles = math.ceil(N / src.constant("TILE_N"))
-        if splits is None:
-            splits = 1
-            if tiles < SPLIT_BELOW_TILES and K >= SPLIT_MIN_K:
-                splits = max(1, min(K // 256, SPLIT_TARGET_GROUPS // tiles))
-        tile_k = src.constant("TILE_K")
-        k_split = -(-math.ceil(K / splits) // tile_k) * tile_k
-        splits = math.ceil(K / k_split) if K else 1
         params = dict(M=M, N=N, K=K, a_sm=a_strides[0], a_sk=a_strides[1], b_sn=b_strides[0], b_sk=b_strides[1],
-                      c_sm=c_strides[0], c_sn=c_strides[1], alpha=alpha, beta=beta, k_split=k_split)
-        if splits == 1:
-            return [kernel.dispatch(self.device, (tiles, 1, 1), params, A=A, B=B, C=C)]
-        scratch = self._scratch(splits * M * N)
-        return [
-            kernel.dispatch(self.device, (tiles, 1, splits), params, A=A, B=B, C=scratch),
-            self._elementwise("matmul_reduce", M * N, dict(MN=M * N, splits=splits, alpha=alpha, beta=beta),
-                              partial=scratch, C=C),
-        ]
+                      c_sm=c_strides[0], c_sn=c_strides[1], alpha=alpha, beta=beta)
+        return self._split_k(kernel, (math.ceil(N / src.constant("TILE_N")), 1), params, splits, A, B, C)
 
     def _scratch(self, floats: int) -> Buffer:
         if self._split_scratch is None or self._split_scratch.size < floats * 4:
