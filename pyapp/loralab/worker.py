@@ -212,11 +212,14 @@ async def set_dataset(request: str) -> dict:
     model = _model()
     records, summary = load_dataset(req.get("name") or "pasted.jsonl", req["text"], req.get("format") or "auto",
                                     model["tokenizer"], int(req.get("seq_len") or 256), model["config"].vocab_size)
-    _engine["dataset"] = records
+    held = int(len(records) * float(req.get("valid_fraction") or 0))
+    if held and held >= len(records):
+        raise DatasetError(f"{req.get('name')}: too few records ({len(records)}) to hold some out for validation")
+    _engine["dataset"], _engine["valid"] = (records[:-held], records[-held:]) if held else (records, [])
     first = records[0]
     preview = [{"token": model["tokenizer"].decode([i]), "trained": label != -100}
                for i, label in zip(first.input_ids[:64], first.labels[:64])]
-    return {"summary": summary.as_dict(), "preview": preview}
+    return {"summary": {**summary.as_dict(), "validation_records": held}, "preview": preview}
 
 
 @_result
@@ -243,14 +246,24 @@ async def train_start(request: str) -> dict:
     lora = make_lora(ops, model["config"], LoraConfig(**req.get("lora", {})), None, config.seed)
     network = Transformer(ops.device, ops, model["config"], model["weights"], lora, config.batch_size, config.seq_len,
                           config.gradient_checkpointing)
-    trainer = Trainer(ops.device, ops, network, lora, config, records, [], model["tokenizer"].pad_id)
+    trainer = Trainer(ops.device, ops, network, lora, config, records, _engine.get("valid", []), model["tokenizer"].pad_id)
     control = TrainControl()
     run = {"trainer": trainer, "lora": lora, "control": control, "state": "running", "network": network}
     _engine["run"] = run
+    sample_prompt = req.get("sample_prompt")
+
+    async def sample(step: int) -> None:
+        text = await _generate_text(sample_prompt, lora, 32, 0.0, 1.0)
+        _report({"kind": "sample", "step": step, "prompt": sample_prompt, "text": text})
+
+    def report(record: dict) -> None:
+        _report(record)
+        if record["kind"] == "eval" and sample_prompt:  # a sample generation at each evaluation point
+            asyncio.ensure_future(sample(record["step"]))
 
     async def go():
         try:
-            await trainer.train(_report, control)
+            await trainer.train(report, control)
             run["state"] = "stopped" if control.stopped else "done"
             _report({"kind": "state", "state": run["state"], "step": trainer.step})
         except Exception as exc:
@@ -289,6 +302,13 @@ async def train_stop(request: str = "{}") -> dict:
 
 
 @_result
+async def gpu_status(request: str = "{}") -> dict:
+    """GPU memory held by the engine now and at most, and the measured matmul rate (if measured)."""
+    device = _engine["device"]
+    return {"allocated_bytes": device.allocated_bytes, "peak_bytes": device.peak_bytes, "gflops": _engine.get("gflops")}
+
+
+@_result
 async def plan(request: str) -> dict:
     """{"train", "lora"} -> GPU memory and time estimates against this GPU (its matmul rate is
     measured once), and whether the plan fits, with a concrete fix when it does not."""
@@ -321,33 +341,45 @@ async def plan(request: str) -> dict:
 async def generate(request: str) -> dict:
     """{"prompt", "max_new_tokens"?, "temperature"?, "top_p"?} -> the base model's answer and, once
     an adapter has been trained, base + adapter's. The chat template is applied when there is one."""
-    from .generate import Generator
-
     req = json.loads(request)
-    model = _model()
+    _model()
     run = _engine.get("run")
     if run and run["state"] in ("running", "paused"):
         raise ValueError("generation waits until training is stopped or done")
-    tok, config = model["tokenizer"], model["config"]
-    if tok.chat_template:
-        text = tok.apply_chat_template([{"role": "user", "content": req["prompt"]}], add_generation_prompt=True)
-        ids = tok.encode(text, add_special_tokens=False)
-    else:
-        ids = tok.encode(req["prompt"])
-    new = int(req.get("max_new_tokens", 48))
+    new, temperature, top_p = int(req.get("max_new_tokens", 48)), float(req.get("temperature", 0.0)), float(req.get("top_p", 1.0))
     answers = {}
     for label, lora in (("base", None), ("adapter", run["lora"] if run else None)):
-        if label == "adapter" and lora is None:
-            answers[label] = None
-            continue
-        gen = Generator(_engine["device"], await _ops(), config, model["weights"], lora,
-                        min(config.max_position_embeddings, len(ids) + new))
-        out = await gen.generate(ids, new, temperature=float(req.get("temperature", 0.0)),
-                                 top_p=float(req.get("top_p", 1.0)), stop_ids={tok.eos_id} if tok.eos_id is not None else set())
-        answers[label] = tok.decode(out)
+        answers[label] = None if label == "adapter" and lora is None else await _generate_text(
+            req["prompt"], lora, new, temperature, top_p, stream=label)
     return answers
+
+
+async def _generate_text(prompt: str, lora, new: int, temperature: float, top_p: float, stream: str | None = None) -> str:
+    """The model's answer to one user message (chat template applied when there is one); with
+    `stream`, the text so far is reported after every token ({"kind": "token", "which": stream})."""
+    from .generate import Generator
+
+    model = _model()
+    tok, config = model["tokenizer"], model["config"]
+    if tok.chat_template:
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        ids = tok.encode(text, add_special_tokens=False)
+    else:
+        ids = tok.encode(prompt)
+    out: list[int] = []
+
+    def on_token(token: int) -> None:
+        out.append(token)
+        if stream:
+            _report({"kind": "token", "which": stream, "text": tok.decode(out)})
+
+    gen = Generator(_engine["device"], await _ops(), config, model["weights"], lora,
+                    min(config.max_position_embeddings, len(ids) + new))
+    await gen.generate(ids, new, temperature=temperature, top_p=top_p,
+                       stop_ids={tok.eos_id} if tok.eos_id is not None else set(), on_token=on_token)
+    return tok.decode(out)
 
 
 EXPORTS = {"probe": probe, "train_run": train_run, "tokenize": tokenize, "load_model": load_model,
            "set_dataset": set_dataset, "train_start": train_start, "train_pause": train_pause,
-           "train_resume": train_resume, "train_stop": train_stop, "generate": generate, "plan": plan}
+           "train_resume": train_resume, "train_stop": train_stop, "generate": generate, "plan": plan, "gpu_status": gpu_status}

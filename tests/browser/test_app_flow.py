@@ -56,13 +56,16 @@ def test_files_chat_train_pause_resume_download_compare(app_page, model_folder, 
     assert "LlamaForCausalLM" in page.inner_text("[data-testid=model-card]")
 
     data = chat_jsonl(tmp_path / "chat.jsonl")
+    page.select_option("[data-testid=dataset-valid]", "0.2")
     page.set_input_files("[data-testid=dataset-files]", str(data))
     page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('9 records')")
+    assert "1 held out for validation" in page.inner_text("[data-testid=dataset-summary]")
     assert "chat" in page.inner_text("[data-testid=dataset-summary]")
 
+    page.fill("[data-testid=gen-prompt]", "What is the password?")  # also the sample prompt at evaluations
     page.click("[data-testid=plan-open]")
     for testid, value in (("cfg-steps", "40"), ("cfg-lr", "0.01"), ("cfg-batch-size", "3"), ("cfg-seq-len", "64"),
-                          ("cfg-rank", "8"), ("cfg-alpha", "16"), ("cfg-report-every", "2")):
+                          ("cfg-rank", "8"), ("cfg-alpha", "16"), ("cfg-report-every", "2"), ("cfg-eval-every", "20")):
         page.fill(f"[data-testid={testid}]", value)
     page.dispatch_event("[data-testid=cfg-steps]", "change")
 
@@ -94,11 +97,14 @@ def test_files_chat_train_pause_resume_download_compare(app_page, model_folder, 
     losses = [r["loss"] for r in lines if r["kind"] == "train"]
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, losses
 
-    page.fill("[data-testid=gen-prompt]", "What is the password?")
     page.click("[data-testid=gen-run]")
-    page.wait_for_function("(() => { const t = document.querySelector('[data-testid=gen-output-adapter]').textContent;"
-                           " return t && t !== '…'; })()", timeout=300_000)
+    page.wait_for_function("document.querySelector('[data-testid=gen-output-adapter]').dataset.done === '1'",
+                           timeout=300_000)
     base = page.inner_text("[data-testid=gen-output-base]")
     adapter = page.inner_text("[data-testid=gen-output-adapter]")
     assert base != adapter
     assert page.locator("[data-testid=loss-chart] polyline").count() == 1
+    assert page.locator("[data-testid=loss-chart] circle").count() >= 1  # validation loss points
+    assert any(r["kind"] == "eval" for r in lines)
+    page.wait_for_function("document.querySelector('[data-testid=train-sample]').textContent.includes('→')")
+    assert "GPU memory in use" in page.inner_text("[data-testid=hw-info]")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import MISSING, fields
 
-from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
+from pyodide.ffi import create_proxy, jsnull, to_js  # type: ignore[import-not-found]
 from pyscript import document, window, workers  # type: ignore[import-not-found]
 
 from ..lora import LoraConfig
@@ -20,7 +20,7 @@ from ..train import OPTIMIZERS, SCHEDULES, TrainConfig
 STORE = "loralab.ui"
 CHOICES = {"lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS}
 TESTID_NAMES = {"r": "rank"}  # cfg-<name> hooks; LoRA's r is "rank" in the UI
-HIDDEN_FIELDS = {"beta1", "beta2", "eps", "eval_every"}
+HIDDEN_FIELDS = {"beta1", "beta2", "eps"}
 
 state = {"engine": None, "model": None, "dataset": False, "train": "idle", "records": [], "total": 0,
          "busy": False, "proxies": []}
@@ -93,7 +93,7 @@ def save(**values) -> None:
 def _mib(n: int | None) -> str:
     if n is None:
         return "?"
-    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
 
 
 def render_rows(testid: str, rows: list[tuple[str, str]]) -> None:
@@ -148,6 +148,8 @@ async def load_model(request: dict, label: str) -> None:
         state["dataset"] = False
         el("dataset-summary").textContent = "No dataset yet."
     refresh_status()
+    if result:
+        await show_gpu_status()
 
 
 async def on_model_files(event) -> None:
@@ -183,14 +185,16 @@ async def on_model_load(event) -> None:
 async def use_dataset(name: str, text: str) -> None:
     train, _ = read_plan()
     result = await call("set_dataset", {"name": name, "text": text, "format": el("dataset-format").value,
-                                        "seq_len": train.seq_len if train else 256})
+                                        "seq_len": train.seq_len if train else 256,
+                                        "valid_fraction": float(el("dataset-valid").value)})
     state["dataset"] = bool(result)
     if result:
         s = result["summary"]
         el("dataset-summary").textContent = (
             f"{name}: {s['records']:,} records, format {s['format']}"
             f"{' (detected)' if s['detected'] else ''}, {s['tokens']:,} tokens, "
-            f"{s['trained_fraction']:.0%} of them trained, {s['truncated']} truncated")
+            f"{s['trained_fraction']:.0%} of them trained, {s['truncated']} truncated"
+            + (f"; {s['validation_records']} held out for validation" if s["validation_records"] else ""))
         preview = el("dataset-preview")
         preview.replaceChildren()
         for item in result["preview"]:
@@ -276,7 +280,7 @@ def read_plan() -> tuple[TrainConfig | None, LoraConfig | None]:
     values = {"train": {}, "lora": {}}
     for group, f in plan_fields():
         control = document.querySelector(f'[name="{group}.{f.name}"]')
-        if control is None:
+        if control is None or control is jsnull:
             continue
         if f.type in ("bool", bool):
             value = bool(control.checked)
@@ -318,6 +322,7 @@ async def update_estimate(event=None) -> None:
         if result["steps"]:
             text += f", {result['total_seconds'] / 60:.1f} min for {result['steps']} steps"
         text += f" at this GPU's measured {result['gflops']:.0f} GFLOP/s."
+        await show_gpu_status()
         if not result["fits"]:
             text += f" This will not fit: {result['advice']}."
         el("plan-estimate").textContent = text
@@ -345,23 +350,40 @@ def draw_chart() -> None:
     y0, y1 = min(ys), max(ys)
     span = (y1 - y0) or 1.0
     coords = " ".join(f"{40 + 550 * (x - x0) / (x1 - x0):.1f},{10 + 130 * (y1 - y) / span:.1f}" for x, y in points)
+    evals = [(r["step"], math.log10(max(r["loss"], 1e-9)) if log else r["loss"])
+             for r in state["records"] if r.get("kind") == "eval"]
+    dots = "".join(f'<circle r="3" cx="{40 + 550 * (x - x0) / (x1 - x0):.1f}" '
+                   f'cy="{10 + 130 * (y1 - min(max(y, y0), y1)) / span:.1f}"/>' for x, y in evals)
     top, bottom = (10 ** y1, 10 ** y0) if log else (y1, y0)
-    svg.innerHTML = (f'<polyline points="{coords}"/><text x="2" y="14">{top:.3f}</text>'
+    svg.innerHTML = (f'<polyline points="{coords}"/>{dots}<text x="2" y="14">{top:.3f}</text>'
                      f'<text x="2" y="144">{bottom:.3f}</text><text x="520" y="156">step {x1}'
                      f'{" (log)" if log else ""}</text>')
 
 
 def on_report(text: str) -> None:
     """Progress from the engine (called from the worker, so it must return quickly)."""
+    import asyncio
+
     record = json.loads(text)
+    if record["kind"] == "token":
+        el(f"gen-output-{record['which']}").textContent = record["text"]
+        return
+    if record["kind"] == "sample":
+        el("train-sample").textContent = f"Step {record['step']}, {record['prompt']!r} → {record['text']}"
+        return
     if record["kind"] == "state":
         state["train"] = record["state"]
         el("train-state").textContent = record["state"]
         if record.get("error"):
             show_error(f"Training stopped: {record['error']}")
         refresh_status()
+        if record["state"] in ("done", "stopped", "error"):
+            asyncio.ensure_future(show_gpu_status())
         return
     state["records"].append(record)
+    if record["kind"] == "eval":
+        el("train-sample").textContent = f"Validation loss at step {record['step']}: {record['loss']:.4f}"
+        draw_chart()
     if record["kind"] == "train":
         el("train-step").textContent = f"{record['step']} / {record['total_steps']}"
         el("train-loss").textContent = f"{record['loss']:.4f}"
@@ -382,11 +404,32 @@ async def on_train_start(event) -> None:
         return
     state["records"] = []
     state["started_at"] = window.performance.now() / 1000
-    result = await call("train_start", plan_payload(train, lora))
+    payload = plan_payload(train, lora)
+    prompt = el("gen-prompt").value.strip()
+    if prompt:  # sample generations at evaluation points use the compare box's prompt
+        payload["sample_prompt"] = prompt
+    result = await call("train_start", payload)
     if result:
         state["total"] = result["total_steps"]
         el("train-step").textContent = f"0 / {result['total_steps']}"
     refresh_status()
+
+
+async def show_gpu_status() -> None:
+    result = await call("gpu_status")
+    if result:
+        rows = [("GPU memory in use", _mib(result["allocated_bytes"])), ("Peak GPU memory", _mib(result["peak_bytes"]))]
+        if result["gflops"]:
+            rows.append(("Measured matmul", f"{result['gflops']:,.0f} GFLOP/s"))
+        dl = el("hw-info")
+        for name, value in rows:
+            existing = dl.querySelector(f'dd[data-row="{name}"]')
+            if existing is None or existing is jsnull:
+                dt, existing = document.createElement("dt"), document.createElement("dd")
+                dt.textContent = name
+                existing.dataset.row = name
+                dl.append(dt, existing)
+            existing.textContent = value
 
 
 async def on_control(action: str) -> None:
@@ -417,14 +460,18 @@ async def on_generate(event) -> None:
         show_error("Type a prompt first.")
         return
     el("gen-output-base").textContent = el("gen-output-adapter").textContent = "…"
+    el("gen-output-adapter").dataset.done = ""
     state["busy"] = True
     set_status("Generating…")
     try:
-        result = await call("generate", {"prompt": prompt, "max_new_tokens": 48, "temperature": 0})
+        result = await call("generate", {"prompt": prompt, "max_new_tokens": int(float(el("gen-max-tokens").value or 64)),
+                                         "temperature": float(el("gen-temperature").value or 0),
+                                         "top_p": float(el("gen-top-p").value or 1)})
     finally:
         state["busy"] = False
     el("gen-output-base").textContent = result["base"] if result else ""
     el("gen-output-adapter").textContent = (result["adapter"] or "(train an adapter first)") if result else ""
+    el("gen-output-adapter").dataset.done = "1"  # streamed text is final now
     refresh_status()
 
 
