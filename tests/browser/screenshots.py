@@ -40,8 +40,8 @@ def main(out: Path) -> None:
             page.wait_for_function("document.querySelector('[data-testid=train-state]').textContent === 'done'", timeout=300_000)
             page.fill("[data-testid=gen-prompt]", "What is the password?")
             page.click("[data-testid=gen-run]")
-            page.wait_for_function("(() => { const t = document.querySelector('[data-testid=gen-output-adapter]').textContent;"
-                                   " return t && t !== '…'; })()", timeout=300_000)
+            page.wait_for_function("document.querySelector('[data-testid=gen-output-adapter]').dataset.done === '1'",
+                                   timeout=300_000)
             page.screenshot(path=str(out / f"trained-{scheme}.png"), full_page=True)
             page.close()
         browser.close()
