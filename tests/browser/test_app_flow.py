@@ -108,3 +108,18 @@ def test_files_chat_train_pause_resume_download_compare(app_page, model_folder, 
     assert any(r["kind"] == "eval" for r in lines)
     page.wait_for_function("document.querySelector('[data-testid=train-sample]').textContent.includes('→')")
     assert "GPU memory in use" in page.inner_text("[data-testid=hw-info]")
+
+
+def test_dropping_files_loads_the_model_and_the_dataset(app_page, model_folder, tmp_path):
+    """A drop of the folder's files and a JSONL, as a person drags them onto the page."""
+    page = app_page
+    wait_for_engine(page)
+    data = chat_jsonl(tmp_path / "drop.jsonl", repeats=1)
+    files = [(p.name, p.read_bytes()) for p in sorted(model_folder.iterdir())] + [(data.name, data.read_bytes())]
+    handle = page.evaluate_handle("""(files) => {
+        const dt = new DataTransfer();
+        for (const [name, bytes] of files) dt.items.add(new File([new Uint8Array(bytes)], name));
+        return dt; }""", [[name, list(content)] for name, content in files])
+    page.dispatch_event("body", "drop", {"dataTransfer": handle})
+    wait_until_ready(page)
+    page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('3 records')")

@@ -152,16 +152,35 @@ async def load_model(request: dict, label: str) -> None:
         await show_gpu_status()
 
 
-async def on_model_files(event) -> None:
-    files = event.target.files
-    urls = {}
-    for i in range(files.length):
-        f = files.item(i)
-        urls[f.name] = window.URL.createObjectURL(f)
+async def load_model_files(files: list) -> None:
+    """A Hugging Face folder's files or one .gguf: handed to the engine as blob: URLs."""
+    urls = {f.name: window.URL.createObjectURL(f) for f in files}
     if urls:
         el("model-select").value = "files"
         await load_model({"kind": "files", "files": urls, "name": "your model"}, "your model")
         save(model="files")
+
+
+async def on_model_files(event) -> None:
+    files = event.target.files
+    await load_model_files([files.item(i) for i in range(files.length)])
+
+
+MODEL_FILES = (".gguf", ".safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", ".jinja",
+               "generation_config.json", "special_tokens_map.json", ".index.json")
+
+
+async def on_drop(event) -> None:
+    """Files dropped anywhere on the page: model files load the model, anything else is a dataset."""
+    event.preventDefault()
+    items = event.dataTransfer.files
+    files = [items.item(i) for i in range(items.length)]
+    model = [f for f in files if any(f.name.endswith(suffix) for suffix in MODEL_FILES)]
+    data = [f for f in files if f not in model]
+    if model:
+        await load_model_files(model)
+    if data:
+        await use_dataset(data[0].name, await data[0].text())
 
 
 async def on_model_load(event) -> None:
@@ -477,6 +496,10 @@ async def on_generate(event) -> None:
 
 # -- start ---------------------------------------------------------------------------------------
 def wire() -> None:
+    for name, handler in (("dragover", lambda event: event.preventDefault()), ("drop", on_drop)):
+        proxy = create_proxy(handler)
+        state["proxies"].append(proxy)
+        document.body.addEventListener(name, proxy)
     on("model-files", "change", on_model_files)
     on("model-load", "click", on_model_load)
     on("dataset-files", "change", on_dataset_file)
