@@ -192,3 +192,29 @@ def test_repo_id_from_a_mock_hub_gives_the_same_loss_as_the_folder(tmp_path, mod
         assert missing.returncode == 2 and "HTTP 404" in missing.stderr and "Traceback" not in missing.stderr
     finally:
         server.shutdown()
+
+
+def test_checkpoint_and_resume_give_the_same_run(tmp_path, model_dir, tokens_file):
+    """10 steps straight vs 5 steps + checkpoint + resume to 10: same losses and the same adapter."""
+    from safetensors.numpy import load_file
+
+    common = ["--steps", 10, "--batch-size", 3, "--seq-len", 16, "--lr", 1e-2, "--lr-schedule", "cosine",
+              "--warmup-steps", 3, "--rank", 4, "--report-every", 3, "--dropout", 0.1]
+    loralab("train", model_dir, tokens_file, "--out", tmp_path / "straight", "--metrics", tmp_path / "straight.jsonl", *common)
+    ckpt = tmp_path / "ckpt"
+    loralab("train", model_dir, tokens_file, "--out", tmp_path / "half", "--metrics", tmp_path / "split.jsonl",
+            "--checkpoint-dir", ckpt, "--save-every", 2, "--stop-after", 5, *common)
+    first = [json.loads(line) for line in (tmp_path / "split.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in first] == [1, 2, 3, 4, 5]
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 5
+    loralab("train", model_dir, tokens_file, "--out", tmp_path / "resumed", "--metrics", tmp_path / "split.jsonl",
+            "--resume", ckpt, *common)
+    straight = [json.loads(line) for line in (tmp_path / "straight.jsonl").read_text().splitlines()]
+    split = [json.loads(line) for line in (tmp_path / "split.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in split] == list(range(1, 11))
+    np.testing.assert_allclose([m["loss"] for m in split], [m["loss"] for m in straight], rtol=1e-5)
+    a = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-7, err_msg=key)

@@ -139,24 +139,36 @@ async def cmd_train(args) -> int:
     if args.packing:
         records = pack(records, args.seq_len)
     state = None
-    if args.adapter:
+    resumed = None
+    if args.resume:
+        from .formats.checkpoint import load as load_checkpoint
+
+        resumed = load_checkpoint(args.resume)
+        lora_config = LoraConfig(**{**resumed[0]["lora"], "targets": tuple(resumed[0]["lora"]["targets"])})
+    elif args.adapter:
         lora_config, state = s.adapter(args.adapter)
     else:
         targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
         lora_config = LoraConfig(r=args.rank, alpha=args.alpha if args.alpha is not None else 2.0 * args.rank,
                                  targets=targets, use_rslora=args.rslora, dropout=args.dropout)
     seq_len = fit_seq_len(records + valid, args.seq_len)
-    config = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, seq_len=seq_len,
-                         grad_accum=args.grad_accum, lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
-                         optimizer=args.optimizer, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-                         seed=args.seed, shuffle=not args.no_shuffle, report_every=args.report_every,
-                         gradient_checkpointing=args.gradient_checkpointing)
+    if resumed:  # the same run: its configuration, with the total steps from this command
+        saved = resumed[0]["train"]
+        config = TrainConfig(**{**saved, "steps": args.steps or saved["steps"], "report_every": args.report_every})
+    else:
+        config = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, seq_len=seq_len,
+                             grad_accum=args.grad_accum, lr=args.lr, lr_schedule=args.lr_schedule,
+                             warmup_steps=args.warmup_steps, optimizer=args.optimizer, weight_decay=args.weight_decay,
+                             max_grad_norm=args.max_grad_norm, seed=args.seed, shuffle=not args.no_shuffle,
+                             report_every=args.report_every, gradient_checkpointing=args.gradient_checkpointing)
     trainer = await prepare_training(s.ops, s.source, s.config, records, valid, lora_config, state, config, s.pad_id,
                                      args.weights)
     lora = trainer.lora
+    if resumed:
+        trainer.restore(*resumed)
     print(json.dumps({"event": "start", "dataset": summary.as_dict(), "steps": trainer.total_steps,
                       "trainable_parameters": lora.trainable_parameters, "seq_len": seq_len}), file=sys.stderr)
-    metrics = open(args.metrics, "w", encoding="utf-8") if args.metrics else None
+    metrics = open(args.metrics, "a" if resumed else "w", encoding="utf-8") if args.metrics else None
 
     def report(record: dict) -> None:
         if metrics and record["kind"] == "train":
@@ -164,9 +176,18 @@ async def cmd_train(args) -> int:
             metrics.flush()
         print(json.dumps(record), file=sys.stderr)
 
+    on_checkpoint = None
+    if args.checkpoint_dir:
+        from .formats.checkpoint import save as save_checkpoint
+
+        async def on_checkpoint(t) -> None:
+            save_checkpoint(args.checkpoint_dir, *await t.state())
+            print(json.dumps({"event": "checkpoint", "dir": args.checkpoint_dir, "step": t.step}), file=sys.stderr)
+
     failure = None
     try:
-        await trainer.train(report)
+        await trainer.train(report, stop_after=args.stop_after, save_every=args.save_every if args.checkpoint_dir else 0,
+                            on_checkpoint=on_checkpoint)
     except NonFiniteLoss as exc:
         failure = exc
     finally:
@@ -313,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--valid-fraction", type=float, default=0.0, help="hold out this fraction of the records")
     t.add_argument("--report-every", type=int, default=10, help="read losses back every N steps")
     t.add_argument("--metrics", help="write one JSON line per optimizer step to this file")
+    t.add_argument("--checkpoint-dir", help="save the full training state here (every --save-every steps and at the end)")
+    t.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (with --checkpoint-dir)")
+    t.add_argument("--stop-after", type=int, default=None, help="stop cleanly after step K (checkpoint written)")
+    t.add_argument("--resume", help="continue the run saved in this checkpoint folder, to --steps in total")
 
     e = sub.add_parser("eval", help="mean loss over every target token of a dataset; prints JSON")
     e.add_argument("model")

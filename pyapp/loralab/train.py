@@ -205,18 +205,23 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     async def train(self, on_report: Callable[[dict], None] | None = None,
-                    control: TrainControl | None = None) -> list[dict]:
-        """Run to total_steps (or until control.stop()); on_report gets a dict per step (kind
-        "train") and per evaluation (kind "eval"). Raises NonFiniteLoss after restoring the last
-        good adapter."""
+                    control: TrainControl | None = None, stop_after: int | None = None,
+                    save_every: int = 0, on_checkpoint=None) -> list[dict]:
+        """Run to total_steps (or step `stop_after`, or until control.stop()); on_report gets a
+        dict per step (kind "train") and per evaluation (kind "eval"); `await on_checkpoint(self)`
+        runs every `save_every` steps and when training ends or stops. Raises NonFiniteLoss after
+        restoring the last good adapter."""
         c = self.config
+        end = min(self.total_steps, stop_after) if stop_after else self.total_steps
         self.device.submit([Copy(self.lora.params, 0, self.snapshot, 0, self.lora.nbytes)])
-        while self.step < self.total_steps:
+        while self.step < end:
             if control is not None:
                 await control.wait()
                 if control.stopped:
                     break
-            window = min(c.report_every, self.total_steps - self.step)
+            window = min(c.report_every, end - self.step)
+            if save_every:  # windows end on checkpoint steps
+                window = min(window, save_every - self.step % save_every)
             self.device.write_buffer(self.loss_hist, bytes(4 * c.report_every))
             started, first = time.perf_counter(), self.step
             counts = [self.run_step(slot, keep_params=slot == window - 1) for slot in range(window)]
@@ -246,7 +251,34 @@ class Trainer:
                 self.history.append(record)
                 if on_report:
                     on_report(record)
+            if on_checkpoint and save_every and self.step % save_every == 0 and self.step < end:
+                await on_checkpoint(self)
+        if on_checkpoint:
+            await on_checkpoint(self)
         return self.history
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    async def state(self) -> tuple[dict, dict[str, bytes]]:
+        """Everything needed to continue exactly: (JSON-able state, {name: float32 bytes}) with
+        the adapter, AdamW's moments, the step, the data order position and the history."""
+        from dataclasses import asdict
+
+        buffers = {name: await self.device.read_buffer(buf) for name, buf in
+                   (("params", self.lora.params), ("m", self.lora.m), ("v", self.lora.v))}
+        meta = {"step": self.step, "order": self.order.state(), "train": asdict(self.config),
+                "lora": {**asdict(self.lora.config), "targets": list(self.lora.config.targets)},
+                "history": self.history, "tokens_seen": self.tokens_seen}
+        return meta, buffers
+
+    def restore(self, meta: dict, buffers: dict[str, bytes]) -> None:
+        for name, buf in (("params", self.lora.params), ("m", self.lora.m), ("v", self.lora.v)):
+            if len(buffers[name]) != buf.size:
+                raise ValueError(f"checkpoint {name} holds {len(buffers[name])} bytes; this adapter needs {buf.size}")
+            self.device.write_buffer(buf, buffers[name])
+        self.step = int(meta["step"])
+        self.order.restore(meta["order"])
+        self.history = list(meta.get("history", []))
+        self.tokens_seen = int(meta.get("tokens_seen", 0))
 
 
 async def evaluate(device: Device, model: Transformer, records: list[Sequence], history, step_buf, pad_id: int = 0) -> dict:
