@@ -218,3 +218,51 @@ def test_checkpoint_and_resume_give_the_same_run(tmp_path, model_dir, tokens_fil
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def llama_with_adapter(tmp_path_factory, tokens_file):
+    """A tiny Llama (q/k get llama.cpp's row order in GGUF) and an adapter trained on it."""
+    root = tmp_path_factory.mktemp("llama-export")
+    model = hf.tiny_model("llama", root / "model", seed=8, tied=False)
+    loralab("train", model, tokens_file, "--out", root / "adapter", "--steps", 3, "--lr", 5e-2, "--rank", 4, "--alpha", 8)
+    return model, root / "adapter"
+
+
+def test_export_gguf_lora_reads_back_as_llama_cpp_expects(tmp_path, llama_with_adapter):
+    import gguf
+    from safetensors.numpy import load_file
+
+    from loralab.model.weights import unpermute_rows
+
+    model, adapter = llama_with_adapter
+    out = tmp_path / "adapter.gguf"
+    loralab("export", adapter, "--to", "gguf", "--model", model, "--out", out)
+    reader = gguf.GGUFReader(out)
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert fields["general.type"] == "adapter" and fields["adapter.type"] == "lora"
+    assert fields["adapter.lora.alpha"] == 8.0 and fields["general.architecture"] == "llama"
+    tensors = {t.name: t for t in reader.tensors}
+    peft = load_file(adapter / "adapter_model.safetensors")
+    assert len(tensors) == len(peft) == 2 * 7 * 2
+    a = tensors["blk.1.ffn_down.weight.lora_a"]
+    assert list(a.shape) == [128, 4]  # ggml order: in_features first
+    np.testing.assert_array_equal(a.data.reshape(4, 128),
+                                  peft["base_model.model.model.layers.1.mlp.down_proj.lora_A.weight"])
+    qb = tensors["blk.0.attn_q.weight.lora_b"]
+    assert list(qb.shape) == [4, 64]
+    back = np.frombuffer(unpermute_rows(qb.data.astype(np.float32).tobytes(), 64, 16, 16), np.float32).reshape(64, 4)
+    np.testing.assert_array_equal(back, peft["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"])
+
+
+def test_export_merged_equals_base_plus_adapter_in_peft(tmp_path, llama_with_adapter):
+    import peft
+
+    model, adapter = llama_with_adapter
+    out = tmp_path / "merged"
+    loralab("export", adapter, "--to", "merged", "--model", model, "--out", out)
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    with torch.no_grad():
+        merged = hf.load_hf(out)(ids).logits
+        reference = peft.PeftModel.from_pretrained(hf.load_hf(model), str(adapter))(input_ids=ids).logits
+    assert float((merged - reference).abs().max()) <= 1e-4

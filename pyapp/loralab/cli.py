@@ -295,6 +295,66 @@ async def cmd_bench(args) -> int:
     return 0
 
 
+async def cmd_export(args) -> int:
+    """An adapter as llama.cpp GGUF-LoRA, or merged into the base model as a Hugging Face folder."""
+    from .formats.peft import check_fits, files_from_path, gguf_lora, parse_adapter
+
+    if args.to == "gguf":
+        source, _ = open_model(args.model, args.hub_endpoint)
+        lora_config, state, _ = parse_adapter(files_from_path(args.adapter_dir), args.adapter_dir)
+        check_fits(lora_config, state, source.config, args.adapter_dir)
+        data = gguf_lora(state, lora_config, source.config, source.name)
+        with open(args.out, "wb") as f:
+            f.write(data)
+        print(json.dumps({"event": "exported", "to": "gguf", "out": args.out, "bytes": len(data)}), file=sys.stderr)
+        return 0
+    import numpy as np
+
+    from .formats.safetensors import serialize
+
+    s = await Session.open(args.model, args.hub_endpoint)
+    lora_config, state = s.adapter(args.adapter_dir)
+    from .model.weights import expected_shapes
+
+    weights = await s.weights()
+    shapes = expected_shapes(s.config)
+    tensors = {name: np.frombuffer(await s.device.read_buffer(buf), np.float32).reshape(shapes[name])
+               for name, buf in weights.items()}
+    scale = lora_config.scaling
+    for key, (shape, raw) in state.items():
+        if ".lora_A." not in key:
+            continue
+        base = key.replace("base_model.model.", "").replace(".lora_A.weight", ".weight")
+        A = np.frombuffer(raw, np.float32).reshape(shape)
+        b_shape, b_raw = state[key.replace("lora_A", "lora_B")]
+        B = np.frombuffer(b_raw, np.float32).reshape(b_shape)
+        tensors[base] = (tensors[base] + scale * (B @ A)).astype(np.float32)
+    os.makedirs(args.out, exist_ok=True)
+    config = dict(getattr(s.source, "config_dict", {}))
+    config.update(torch_dtype="float32")
+    with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(args.out, "model.safetensors"), "wb") as f:
+        f.write(serialize({n: ("F32", tuple(t.shape), t.tobytes()) for n, t in tensors.items()}, {"format": "pt"}))
+    if s.tokenizer is not None:
+        from .model.gguf_model import GGUFModel, tokenizer_files
+
+        if isinstance(s.source, GGUFModel):
+            tokenizer_json, tok_config, template = tokenizer_files(s.source.gguf)
+        else:
+            folder = s.source.path
+            tokenizer_json = open(os.path.join(folder, "tokenizer.json"), encoding="utf-8").read()
+            cfg_path = os.path.join(folder, "tokenizer_config.json")
+            tok_config = json.load(open(cfg_path, encoding="utf-8")) if os.path.exists(cfg_path) else {}
+            template = s.tokenizer.chat_template
+        with open(os.path.join(args.out, "tokenizer.json"), "w", encoding="utf-8") as f:
+            f.write(tokenizer_json)
+        with open(os.path.join(args.out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump({**tok_config, **({"chat_template": template} if template else {})}, f, indent=2)
+    print(json.dumps({"event": "exported", "to": "merged", "out": args.out}), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .train import OPTIMIZERS, SCHEDULES
 
@@ -371,14 +431,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--profile", action="store_true", help="time each kernel's share of a step")
     b.add_argument("--compare-torch", action="store_true", help="run the same configuration in PyTorch + PEFT too")
     b.add_argument("--torch-precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), tf32, bf16")
-    for command in (t, e, g, b):
+    x = sub.add_parser("export", help="an adapter as llama.cpp GGUF-LoRA, or merged into the base model")
+    x.add_argument("adapter_dir", help="a PEFT adapter folder or .zip")
+    x.add_argument("--to", choices=["gguf", "merged"], required=True)
+    x.add_argument("--model", required=True, help="the base model the adapter was trained on")
+    x.add_argument("--out", required=True, help="the .gguf file, or the folder for the merged model")
+
+    for command in (t, e, g, b, x):
         command.add_argument("--hub-endpoint", help="where repo ids are fetched from (default: the public hub)")
         command.add_argument("--weights", choices=["f32", "f16"], default="f32",
                              help="keep the frozen weight matrices as float32, or float16 at half the memory")
     return parser
 
 
-COMMANDS = {"info": cmd_info, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "bench": cmd_bench}
+COMMANDS = {"info": cmd_info, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "bench": cmd_bench,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,3 +159,33 @@ def read(path: str) -> GGUFFile:
                 return parse(f.read(want), size, os.path.basename(path))
             except NeedMore as more:
                 want = min(size, more.size)
+
+
+def _string(value: str) -> bytes:
+    data = value.encode("utf-8")
+    return struct.pack("<Q", len(data)) + data
+
+
+def write(metadata: dict, tensors: list[tuple[str, tuple[int, ...], bytes]], alignment: int = 32) -> bytes:
+    """A GGUF v3 file: metadata (str, int, float, bool values) and float32 tensors given as
+    (name, shape in PyTorch order, bytes)."""
+    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(metadata)))
+    for key, value in metadata.items():
+        out += _string(key)
+        if isinstance(value, bool):
+            out += struct.pack("<I?", 7, value)
+        elif isinstance(value, int):
+            out += struct.pack("<Iq", 11, value)
+        elif isinstance(value, float):
+            out += struct.pack("<If", 6, value)
+        else:
+            out += struct.pack("<I", 8) + _string(str(value))
+    offset = 0
+    for name, shape, data in tensors:
+        out += _string(name) + struct.pack("<I", len(shape))
+        out += b"".join(struct.pack("<Q", d) for d in reversed(shape)) + struct.pack("<IQ", 0, offset)
+        offset += -(-len(data) // alignment) * alignment
+    out += bytes(-len(out) % alignment)
+    for _, _, data in tensors:
+        out += data + bytes(-len(data) % alignment)
+    return bytes(out)

@@ -177,3 +177,27 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
         for name, data in files.items():
             zf.writestr(name, data)
     return buf.getvalue()
+
+
+def gguf_lora(state: dict[str, tuple[tuple[int, ...], bytes]], lora: LoraConfig, model: ModelConfig,
+              base_name: str = "") -> bytes:
+    """The adapter as llama.cpp's GGUF-LoRA (what convert_lora_to_gguf.py writes): general.type
+    "adapter", adapter.type "lora", adapter.lora.alpha, tensors blk.N.<name>.weight.lora_a / .lora_b.
+    For Llama, B's rows of q and k take llama.cpp's RoPE row order, as the base GGUF's q/k do."""
+    from ..model.gguf_model import ARCHITECTURES, LAYER_NAMES
+    from ..model.weights import permute_rows
+    from .gguf import write
+
+    arch = next(name for name, hf in ARCHITECTURES.items() if hf == model.architecture)
+    to_gguf = {hf.rsplit(".", 1)[0]: g.rsplit(".", 1)[0] for g, hf in LAYER_NAMES.items() if g.endswith(".weight")}
+    tensors = []
+    for key in sorted(state, key=lambda k: (int(KEY.match(k).group(1)), k)):
+        m = KEY.match(key)
+        layer, block, module, kind = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+        shape, data = state[key]
+        if kind == "B" and arch == "llama" and module in ("q_proj", "k_proj"):
+            data = permute_rows(data, shape[0], shape[1] * 4, model.head_dim)
+        tensors.append((f"blk.{layer}.{to_gguf[f'{block}.{module}']}.weight.lora_{kind.lower()}", tuple(shape), data))
+    metadata = {"general.architecture": arch, "general.type": "adapter", "adapter.type": "lora",
+                "adapter.lora.alpha": float(lora.alpha), "general.name": f"LoRA Lab adapter for {base_name}".strip()}
+    return write(metadata, tensors)

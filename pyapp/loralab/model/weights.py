@@ -95,11 +95,23 @@ class HFFolder:
 QUANTIZED = ("Q8_0", "Q4_0", "Q4_1")
 
 
-def unpermute_rows(data: bytes, rows: int, row_bytes: int, head_dim: int) -> bytes:
-    """Hugging Face's q/k row order from llama.cpp's (see wgsl/dequant.wgsl)."""
+def _rope_row_order(rows: int, head_dim: int) -> list[int]:
+    """For each Hugging Face q/k row, the llama.cpp row that holds it (see wgsl/dequant.wgsl)."""
     half = head_dim // 2
-    order = [(r // head_dim) * head_dim + 2 * (r % head_dim % half) + (r % head_dim) // half for r in range(rows)]
-    return b"".join(data[i * row_bytes : (i + 1) * row_bytes] for i in order)
+    return [(r // head_dim) * head_dim + 2 * (r % head_dim % half) + (r % head_dim) // half for r in range(rows)]
+
+
+def unpermute_rows(data: bytes, rows: int, row_bytes: int, head_dim: int) -> bytes:
+    """Hugging Face's q/k row order from llama.cpp's."""
+    return b"".join(data[i * row_bytes : (i + 1) * row_bytes] for i in _rope_row_order(rows, head_dim))
+
+
+def permute_rows(data: bytes, rows: int, row_bytes: int, head_dim: int) -> bytes:
+    """llama.cpp's q/k row order from Hugging Face's (the inverse of unpermute_rows)."""
+    out = [b""] * rows
+    for hf_row, cpp_row in enumerate(_rope_row_order(rows, head_dim)):
+        out[cpp_row] = data[hf_row * row_bytes : (hf_row + 1) * row_bytes]
+    return b"".join(out)
 
 
 def _host_bytes(raw) -> bytes:
