@@ -243,7 +243,11 @@ async def train_start(request: str) -> dict:
     train_fields = dict(req.get("train", {}))
     train_fields["seq_len"] = fit_seq_len(records, int(train_fields.get("seq_len", 256)))
     config = TrainConfig(**train_fields)
-    lora = make_lora(ops, model["config"], LoraConfig(**req.get("lora", {})), None, config.seed)
+    imported = _engine.get("adapter")
+    if imported is not None:  # continue training the imported adapter (its r/alpha/targets win)
+        lora = make_lora(ops, model["config"], imported.config, await imported.read_state(), config.seed)
+    else:
+        lora = make_lora(ops, model["config"], LoraConfig(**req.get("lora", {})), None, config.seed)
     network = Transformer(ops.device, ops, model["config"], model["weights"], lora, config.batch_size, config.seq_len,
                           config.gradient_checkpointing)
     trainer = Trainer(ops.device, ops, network, lora, config, records, _engine.get("valid", []), model["tokenizer"].pad_id)
@@ -348,7 +352,7 @@ async def generate(request: str) -> dict:
         raise ValueError("generation waits until training is stopped or done")
     new, temperature, top_p = int(req.get("max_new_tokens", 48)), float(req.get("temperature", 0.0)), float(req.get("top_p", 1.0))
     answers = {}
-    for label, lora in (("base", None), ("adapter", run["lora"] if run else None)):
+    for label, lora in (("base", None), ("adapter", run["lora"] if run else _engine.get("adapter"))):
         answers[label] = None if label == "adapter" and lora is None else await _generate_text(
             req["prompt"], lora, new, temperature, top_p, stream=label)
     return answers
@@ -380,6 +384,68 @@ async def _generate_text(prompt: str, lora, new: int, temperature: float, top_p:
     return tok.decode(out)
 
 
+def _current_adapter():
+    """The adapter the page works with: the last training run's, else an imported one."""
+    run = _engine.get("run")
+    if run:
+        return run["lora"], run["trainer"].history
+    if _engine.get("adapter"):
+        return _engine["adapter"], []
+    raise ValueError("train or import an adapter first")
+
+
+@_result
+async def export_adapter(request: str) -> dict:
+    """{"format": "peft" | "gguf"} -> {"name", "base64"}: a PEFT zip (adapter_model.safetensors,
+    adapter_config.json, README.md) or a llama.cpp GGUF-LoRA file."""
+    import base64
+
+    from .formats.peft import adapter_files, gguf_lora, model_card, zip_bytes
+
+    req = json.loads(request)
+    model = _model()
+    lora, history = _current_adapter()
+    state = await lora.read_state()
+    if req.get("format") == "gguf":
+        data, name = gguf_lora(state, lora.config, model["config"], model["name"]), "adapter.gguf"
+    else:
+        files = adapter_files(state, lora.config, model["name"], {"loralab_history": json.dumps(history[-1000:])})
+        files["README.md"] = model_card(model["name"], lora.config, history).encode()
+        data, name = zip_bytes(files), "adapter.zip"
+    return {"name": name, "base64": base64.b64encode(data).decode()}
+
+
+@_result
+async def import_adapter(request: str) -> dict:
+    """{"files": {name: url}}: a PEFT adapter (a .zip, or adapter_model.safetensors +
+    adapter_config.json), checked against the loaded model; it then answers in the compare panel
+    and is where the next training run starts."""
+    import io
+    import zipfile
+
+    from .engine import make_lora
+
+    req = json.loads(request)
+    model = _model()
+    files = {}
+    for name, url in req.get("files", {}).items():
+        data = (await fetch(url)).bytes()
+        if name.lower().endswith(".zip"):
+            try:
+                with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                    files.update({n.rsplit("/", 1)[-1]: zf.read(n) for n in zf.namelist() if not n.endswith("/")})
+            except zipfile.BadZipFile:
+                raise AdapterError(f"{name}: not a valid zip file") from None
+        else:
+            files[name] = data
+    lora_config, state, _ = parse_adapter(files, "the chosen adapter")
+    check_fits(lora_config, state, model["config"], "the chosen adapter")
+    _engine["adapter"] = make_lora(await _ops(), model["config"], lora_config, state)
+    _engine.pop("run", None)
+    return {"r": lora_config.r, "alpha": lora_config.alpha, "targets": list(lora_config.targets), "tensors": len(state)}
+
+
 EXPORTS = {"probe": probe, "train_run": train_run, "tokenize": tokenize, "load_model": load_model,
            "set_dataset": set_dataset, "train_start": train_start, "train_pause": train_pause,
-           "train_resume": train_resume, "train_stop": train_stop, "generate": generate, "plan": plan, "gpu_status": gpu_status}
+           "train_resume": train_resume, "train_stop": train_stop, "generate": generate, "plan": plan, "gpu_status": gpu_status,
+           "export_adapter": export_adapter, "import_adapter": import_adapter}

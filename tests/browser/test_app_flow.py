@@ -123,3 +123,59 @@ def test_dropping_files_loads_the_model_and_the_dataset(app_page, model_folder, 
     page.dispatch_event("body", "drop", {"dataTransfer": handle})
     wait_until_ready(page)
     page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('3 records')")
+
+
+def test_export_then_import_round_trip_and_bad_adapters(app_page, model_folder, tmp_path):
+    """Train briefly, download the PEFT zip (it loads in PEFT) and the GGUF-LoRA, import the zip
+    back (same answer), and refuse broken adapters with a message while the app stays usable."""
+    import zipfile
+
+    import peft
+    import torch
+
+    page = app_page
+    wait_for_engine(page)
+    page.set_input_files("[data-testid=model-files]", [str(p) for p in sorted(model_folder.iterdir())])
+    wait_until_ready(page)
+    page.set_input_files("[data-testid=dataset-files]", str(chat_jsonl(tmp_path / "c.jsonl")))
+    page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('records')")
+    page.click("[data-testid=plan-open]")
+    for testid, value in (("cfg-steps", "6"), ("cfg-lr", "0.02"), ("cfg-batch-size", "3"), ("cfg-report-every", "3")):
+        page.fill(f"[data-testid={testid}]", value)
+    page.click("[data-testid=train-start]")
+    page.wait_for_function("document.querySelector('[data-testid=train-state]').textContent === 'done'", timeout=300_000)
+    with page.expect_download() as d:
+        page.click("[data-testid=export-adapter]")
+    zpath = tmp_path / "adapter.zip"
+    d.value.save_as(zpath)
+    with zipfile.ZipFile(zpath) as zf:
+        assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= set(zf.namelist())
+        zf.extractall(tmp_path / "adapter")
+    loaded = peft.PeftModel.from_pretrained(hf.load_hf(model_folder), str(tmp_path / "adapter"))
+    assert any("lora_A" in k for k in loaded.state_dict())
+    with page.expect_download() as d:
+        page.click("[data-testid=export-gguf]")
+    assert open(d.value.path(), "rb").read(4) == b"GGUF"
+
+    page.fill("[data-testid=gen-prompt]", "Where is the key?")
+    page.click("[data-testid=gen-run]")
+    page.wait_for_function("document.querySelector('[data-testid=gen-output-adapter]').dataset.done === '1'", timeout=300_000)
+    trained_answer = page.inner_text("[data-testid=gen-output-adapter]")
+    page.set_input_files("[data-testid=adapter-files]", str(zpath))
+    page.wait_for_function("document.querySelector('[data-testid=adapter-info]').textContent.includes('Imported')")
+    page.evaluate("document.querySelector('[data-testid=gen-output-adapter]').dataset.done = ''")
+    page.click("[data-testid=gen-run]")
+    page.wait_for_function("document.querySelector('[data-testid=gen-output-adapter]').dataset.done === '1'", timeout=300_000)
+    assert page.inner_text("[data-testid=gen-output-adapter]") == trained_answer
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text("{not json")
+    (bad / "adapter_model.safetensors").write_bytes((tmp_path / "adapter" / "adapter_model.safetensors").read_bytes()[:100])
+    page.set_input_files("[data-testid=adapter-files]", [str(bad / "adapter_config.json"), str(bad / "adapter_model.safetensors")])
+    page.wait_for_function("!document.querySelector('[data-testid=error]').hidden")
+    assert "adapter_config.json" in page.inner_text("[data-testid=error]")
+    (bad / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    page.set_input_files("[data-testid=adapter-files]", [str(bad / "adapter_model.bin")])
+    page.wait_for_function("document.querySelector('[data-testid=error]').textContent.includes('pickle')")
+    assert page.inner_text("[data-testid=status]") == "ready"  # still usable

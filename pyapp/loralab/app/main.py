@@ -463,13 +463,40 @@ def control_handler(action: str):
     return handler
 
 
-def download_metrics(event) -> None:
-    lines = "".join(json.dumps(r) + "\n" for r in state["records"] if r.get("kind") in ("train", "eval"))
-    blob = window.Blob.new(to_js([lines]), to_js({"type": "application/x-ndjson"}, dict_converter=window.Object.fromEntries))
+def download(name: str, parts, kind: str) -> None:
+    blob = window.Blob.new(to_js(parts), to_js({"type": kind}, dict_converter=window.Object.fromEntries))
     link = document.createElement("a")
     link.href = window.URL.createObjectURL(blob)
-    link.download = "loralab-metrics.jsonl"
+    link.download = name
     link.click()
+
+
+def download_metrics(event) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in state["records"] if r.get("kind") in ("train", "eval"))
+    download("loralab-metrics.jsonl", [lines], "application/x-ndjson")
+
+
+def export_handler(fmt: str):
+    async def handler(event) -> None:
+        result = await call("export_adapter", {"format": fmt})
+        if result:
+            import base64
+
+            download(result["name"], [to_js(memoryview(base64.b64decode(result["base64"])))], "application/octet-stream")
+
+    return handler
+
+
+async def on_adapter_files(event) -> None:
+    files = event.target.files
+    urls = {files.item(i).name: window.URL.createObjectURL(files.item(i)) for i in range(files.length)}
+    result = await call("import_adapter", {"files": urls})
+    if result:
+        state["train"] = "idle"
+        el("train-state").textContent = "idle"
+        el("adapter-info").textContent = (f"Imported: r = {result['r']}, alpha = {result['alpha']}, "
+                                          f"{', '.join(result['targets'])}; compare it below or train on")
+    refresh_status()
 
 
 # -- compare -------------------------------------------------------------------------------------
@@ -515,6 +542,9 @@ def wire() -> None:
     for action in ("pause", "resume", "stop"):
         on(f"train-{action}", "click", control_handler(action))
     on("metrics-download", "click", download_metrics)
+    on("export-adapter", "click", export_handler("peft"))
+    on("export-gguf", "click", export_handler("gguf"))
+    on("adapter-files", "change", on_adapter_files)
     on("gen-run", "click", on_generate)
     report = create_proxy(on_report)
     state["proxies"].append(report)

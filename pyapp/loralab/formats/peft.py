@@ -171,6 +171,23 @@ def load_into(lora_state: LoraState, state: dict) -> None:
     lora_state.load_state({key: data for key, (_, data) in state.items()})
 
 
+def model_card(base_model: str, lora: LoraConfig, history: list[dict]) -> str:
+    """README.md for an exported adapter: what it is, how it was trained, where the loss ended."""
+    train = [h for h in history if h.get("kind") == "train"]
+    valid = [h for h in history if h.get("kind") == "eval"]
+    lines = [f"# LoRA adapter for {base_model}", "", "Trained with LoRA Lab (WebGPU, in the browser).", "",
+             f"- base model: {base_model}", f"- r = {lora.r}, lora_alpha = {lora.alpha}, target modules: {', '.join(lora.targets)}",
+             f"- dropout {lora.dropout}, rsLoRA: {lora.use_rslora}"]
+    if train:
+        lines += [f"- steps: {train[-1]['step']}, tokens: {train[-1]['tokens']:,}",
+                  f"- training loss: {train[0]['loss']:.4f} at step 1, {train[-1]['loss']:.4f} at the end"]
+    if valid:
+        lines.append(f"- validation loss: {valid[-1]['loss']:.4f}")
+    lines += ["", "Load it with PEFT: `PeftModel.from_pretrained(base_model, path)`; the full history is in the",
+              "safetensors metadata (`loralab_history`)."]
+    return "\n".join(lines) + "\n"
+
+
 def zip_bytes(files: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
