@@ -266,3 +266,19 @@ def test_export_merged_equals_base_plus_adapter_in_peft(tmp_path, llama_with_ada
         merged = hf.load_hf(out)(ids).logits
         reference = peft.PeftModel.from_pretrained(hf.load_hf(model), str(adapter))(input_ids=ids).logits
     assert float((merged - reference).abs().max()) <= 1e-4
+
+
+def test_a_peft_made_adapter_evaluates_like_peft(tmp_path, model_dir, tokens_file):
+    pm = hf.peft_model(model_dir, r=4, alpha=8.0, b_std=0.1, seed=5)
+    pm.save_pretrained(tmp_path / "peft-adapter")
+    ours = json.loads(loralab("eval", model_dir, tokens_file, "--adapter", tmp_path / "peft-adapter", "--seq-len", 16).stdout)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for line in tokens_file.read_text().splitlines():
+            rec = json.loads(line)
+            ids, labels = rec["input_ids"][:16], rec.get("labels", rec["input_ids"])[:16]
+            logits = pm(input_ids=torch.tensor([ids])).logits[0, :-1]
+            targets = torch.tensor(labels[1:])
+            total += torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum").item()
+            count += int((targets != -100).sum())
+    assert ours["loss"] == pytest.approx(total / count, abs=1e-4)

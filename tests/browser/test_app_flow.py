@@ -81,10 +81,17 @@ def test_files_chat_train_pause_resume_download_compare(app_page, model_folder, 
 
     page.click("[data-testid=train-pause]")
     page.wait_for_function("document.querySelector('[data-testid=train-state]').textContent === 'paused'")
-    time.sleep(1.0)  # a step already submitted may still report; then the count must hold still
-    paused_at = page.inner_text("[data-testid=train-step]")
+    # The window already submitted (at most report_every steps) still reports; then the count holds.
+    deadline, paused_at = time.time() + 60, None
+    while time.time() < deadline:
+        now = page.inner_text("[data-testid=train-step]")
+        if now == paused_at:
+            break
+        paused_at = now
+        time.sleep(1.5)
     time.sleep(2.0)
     assert page.inner_text("[data-testid=train-step]") == paused_at
+    assert int(paused_at.split("/")[0]) < 40
     page.click("[data-testid=train-resume]")
     page.wait_for_function("document.querySelector('[data-testid=train-state]').textContent === 'done'", timeout=300_000)
     wait_until_ready(page)
