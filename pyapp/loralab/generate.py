@@ -42,6 +42,12 @@ class Generator:
         self.last = device.create_buffer(config.hidden_size * 4, label="last_hidden")
         self.logits = device.create_buffer(config.vocab_size * 4, label="next_logits")
 
+    def release(self) -> None:
+        """Free this generator's GPU memory (activations, KV cache); weights stay."""
+        self.model.release()
+        for buffer in [*self.cache.k, *self.cache.v, self.last, self.logits]:
+            self.device.destroy_buffer(buffer)
+
     async def _step(self, ids: list[int], start: int) -> list[float]:
         """Run tokens `ids` at positions start…; returns the logits after the last one."""
         T, C, V = len(ids), self.config.hidden_size, self.config.vocab_size

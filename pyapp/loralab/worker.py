@@ -143,12 +143,19 @@ def _report(record: dict) -> None:
         callback(json.dumps(record))
 
 
+def _free_run() -> None:
+    run = _engine.pop("run", None)
+    if run:
+        run["network"].release()
+
+
 def _free_model() -> None:
+    _free_run()
+    _engine.pop("adapter", None)
     model = _engine.pop("model", None)
     if model:
         for buffer in model["weights"].values():
             _engine["device"].destroy_buffer(buffer)
-    _engine.pop("run", None)
 
 
 @_result
@@ -234,6 +241,7 @@ async def train_start(request: str) -> dict:
 
     if _engine.get("run") and _engine["run"]["state"] in ("running", "paused"):
         raise ValueError("a training run is already going; stop it first")
+    _free_run()
     req = json.loads(request)
     model = _model()
     records = _engine.get("dataset")
@@ -379,8 +387,11 @@ async def _generate_text(prompt: str, lora, new: int, temperature: float, top_p:
 
     gen = Generator(_engine["device"], await _ops(), config, model["weights"], lora,
                     min(config.max_position_embeddings, len(ids) + new))
-    await gen.generate(ids, new, temperature=temperature, top_p=top_p,
-                       stop_ids={tok.eos_id} if tok.eos_id is not None else set(), on_token=on_token)
+    try:
+        await gen.generate(ids, new, temperature=temperature, top_p=top_p,
+                           stop_ids={tok.eos_id} if tok.eos_id is not None else set(), on_token=on_token)
+    finally:
+        gen.release()
     return tok.decode(out)
 
 
@@ -441,7 +452,7 @@ async def import_adapter(request: str) -> dict:
     lora_config, state, _ = parse_adapter(files, "the chosen adapter")
     check_fits(lora_config, state, model["config"], "the chosen adapter")
     _engine["adapter"] = make_lora(await _ops(), model["config"], lora_config, state)
-    _engine.pop("run", None)
+    _free_run()
     return {"r": lora_config.r, "alpha": lora_config.alpha, "targets": list(lora_config.targets), "tensors": len(state)}
 
 

@@ -66,14 +66,19 @@ class Transformer:
         cfg, T = config, self.T
         C, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
 
+        self.buffers: list[Buffer] = []  # everything allocated here, for release()
+
         def buf(count: int, label: str) -> Buffer:
-            return device.create_buffer(count * 4, label=label)
+            buffer = device.create_buffer(count * 4, label=label)
+            self.buffers.append(buffer)
+            return buffer
 
         self.ids = buf(T, "ids")  # [T] u32
         self.targets = buf(T, "targets")  # [T] i32, the next token or -100
         self.pos = device.create_buffer_with_data(struct.pack(f"<{T}I", *(t % seq_len for t in range(T))), label="pos")
         inv_freq = cfg.inv_freq()
         self.inv_freq = device.create_buffer_with_data(struct.pack(f"<{len(inv_freq)}f", *inv_freq), label="inv_freq")
+        self.buffers += [self.pos, self.inv_freq]
         self.res = [buf(T * C, f"res.{l}") for l in range(cfg.num_layers + 1)]
         r = lora.config.r if lora else 0
         kept = 1 if checkpointing else cfg.num_layers  # with checkpointing all layers share one set
@@ -113,6 +118,12 @@ class Transformer:
         if lora and lora.config.dropout > 0:  # the dropped adapter input and its gradient
             widest = max(C, I, cfg.q_size)
             self.x_drop, self.dx_drop = buf(T * widest, "lora.x_drop"), buf(T * widest, "lora.dx_drop")
+
+    def release(self) -> None:
+        """Free the activation buffers (weights and the adapter belong to the caller)."""
+        for buffer in self.buffers:
+            self.device.destroy_buffer(buffer)
+        self.buffers = []
 
     @property
     def lm_head(self) -> Buffer:
