@@ -38,11 +38,7 @@ def fetch_reader(base_url: str) -> SourceReader:
     so the page passes its own absolute URL)."""
 
     async def read(name: str) -> str:
-        url = js.URL.new(f"wgsl/{name}.wgsl", base_url).href
-        response = await js.fetch(url)
-        if not response.ok:
-            raise FileNotFoundError(f"kernel source {url} could not be loaded (HTTP {response.status})")
-        return await response.text()
+        return (await fetch(js.URL.new(f"wgsl/{name}.wgsl", base_url).href)).text()
 
     return read
 
