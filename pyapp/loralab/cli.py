@@ -308,34 +308,13 @@ async def cmd_export(args) -> int:
             f.write(data)
         print(json.dumps({"event": "exported", "to": "gguf", "out": args.out, "bytes": len(data)}), file=sys.stderr)
         return 0
-    import numpy as np
-
-    from .formats.safetensors import serialize
+    from .engine import make_lora
+    from .merge import folder_files, write_merged
 
     s = await Session.open(args.model, args.hub_endpoint)
     lora_config, state = s.adapter(args.adapter_dir)
-    from .model.weights import expected_shapes
-
-    weights = await s.weights()
-    shapes = expected_shapes(s.config)
-    tensors = {name: np.frombuffer(await s.device.read_buffer(buf), np.float32).reshape(shapes[name])
-               for name, buf in weights.items()}
-    scale = lora_config.scaling
-    for key, (shape, raw) in state.items():
-        if ".lora_A." not in key:
-            continue
-        base = key.replace("base_model.model.", "").replace(".lora_A.weight", ".weight")
-        A = np.frombuffer(raw, np.float32).reshape(shape)
-        b_shape, b_raw = state[key.replace("lora_A", "lora_B")]
-        B = np.frombuffer(b_raw, np.float32).reshape(b_shape)
-        tensors[base] = (tensors[base] + scale * (B @ A)).astype(np.float32)
-    os.makedirs(args.out, exist_ok=True)
-    config = dict(getattr(s.source, "config_dict", {}))
-    config.update(torch_dtype="float32")
-    with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    with open(os.path.join(args.out, "model.safetensors"), "wb") as f:
-        f.write(serialize({n: ("F32", tuple(t.shape), t.tobytes()) for n, t in tensors.items()}, {"format": "pt"}))
+    lora = make_lora(s.ops, s.config, lora_config, state)
+    tokenizer_json = tok_config = template = None
     if s.tokenizer is not None:
         from .model.gguf_model import GGUFModel, tokenizer_files
 
@@ -347,10 +326,13 @@ async def cmd_export(args) -> int:
             cfg_path = os.path.join(folder, "tokenizer_config.json")
             tok_config = json.load(open(cfg_path, encoding="utf-8")) if os.path.exists(cfg_path) else {}
             template = s.tokenizer.chat_template
-        with open(os.path.join(args.out, "tokenizer.json"), "w", encoding="utf-8") as f:
-            f.write(tokenizer_json)
-        with open(os.path.join(args.out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-            json.dump({**tok_config, **({"chat_template": template} if template else {})}, f, indent=2)
+    os.makedirs(args.out, exist_ok=True)
+    for name, data in folder_files(dict(getattr(s.source, "config_dict", {})), tokenizer_json, tok_config,
+                                   template).items():
+        with open(os.path.join(args.out, name), "wb") as f:
+            f.write(data)
+    with open(os.path.join(args.out, "model.safetensors"), "wb") as f:
+        await write_merged(f.write, s.device, s.ops, s.config, await s.weights(), lora)
     print(json.dumps({"event": "exported", "to": "merged", "out": args.out}), file=sys.stderr)
     return 0
 

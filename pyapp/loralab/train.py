@@ -209,13 +209,15 @@ class Trainer:
                     save_every: int = 0, on_checkpoint=None) -> list[dict]:
         """Run to total_steps (or step `stop_after`, or until control.stop()); on_report gets a
         dict per step (kind "train") and per evaluation (kind "eval"); `await on_checkpoint(self)`
-        runs every `save_every` steps and when training ends or stops. Raises NonFiniteLoss after
+        runs every `save_every` steps, when a pause takes effect and when training ends or stops. Raises NonFiniteLoss after
         restoring the last good adapter."""
         c = self.config
         end = min(self.total_steps, stop_after) if stop_after else self.total_steps
         self.device.submit([Copy(self.lora.params, 0, self.snapshot, 0, self.lora.nbytes)])
         while self.step < end:
             if control is not None:
+                if control.paused and on_checkpoint:  # a paused run is saved, in case it never resumes
+                    await on_checkpoint(self)
                 await control.wait()
                 if control.stopped:
                     break

@@ -13,11 +13,13 @@ import traceback
 
 import js  # type: ignore[import-not-found]
 
+from . import runstore
 from .data.formats import DatasetError, load_dataset
 from .engine import fit_seq_len, load_ops, prepare_training
 from .formats.peft import AdapterError, check_fits, parse_adapter
 from .formats.remote import FetchError, RemoteFolder, fetch
 from .formats.safetensors import SafetensorsError
+from .opfs import StorageError
 from .gpu.browser import BrowserDevice
 from .gpu.device import GpuError
 from .kernels import KernelLibrary, SourceReader
@@ -28,7 +30,7 @@ from .selftest import matmul_check
 from .train import NonFiniteLoss, TrainConfig
 
 USER_ERRORS = (GpuError, FileNotFoundError, FetchError, DatasetError, AdapterError, SafetensorsError,
-               ModelConfigError, WeightsError, NonFiniteLoss, ValueError)
+               ModelConfigError, WeightsError, NonFiniteLoss, StorageError, ValueError)
 
 _engine: dict = {}
 
@@ -195,7 +197,9 @@ async def load_model(request: str) -> dict:
     tokenizer = await BrowserTokenizer.create(base, tokenizer_json, tok_config, template)
     config = source.config
     parameters = sum(b.size // 4 for b in weights.values())
-    _engine["model"] = {"config": config, "weights": weights, "tokenizer": tokenizer, "name": source.name}
+    _engine["model"] = {"config": config, "weights": weights, "tokenizer": tokenizer, "name": source.name,
+                        "config_dict": dict(getattr(source, "config_dict", {})), "request": req,
+                        "tokenizer_files": (tokenizer_json, tok_config, template)}
     return {"model": {"name": source.name, "architecture": config.architecture, "parameters": parameters,
                       "layers": config.num_layers, "hidden_size": config.hidden_size, "vocab_size": config.vocab_size,
                       "heads": config.num_heads, "kv_heads": config.num_kv_heads, "weights_bytes": parameters * 4,
@@ -208,17 +212,29 @@ def _model() -> dict:
     return _engine["model"]
 
 
+def _use_dataset(source: dict):
+    """Tokenize {"name", "text", "format", "seq_len", "valid_fraction"} for the loaded model and
+    keep it as the training (and validation) set; returns (records, summary, held-out count)."""
+    model = _model()
+    records, summary = load_dataset(source["name"], source["text"], source["format"], model["tokenizer"],
+                                    source["seq_len"], model["config"].vocab_size)
+    held = int(len(records) * source["valid_fraction"])
+    if held and held >= len(records):
+        raise DatasetError(f"{source['name']}: too few records ({len(records)}) to hold some out for validation")
+    _engine["dataset"], _engine["valid"] = (records[:-held], records[-held:]) if held else (records, [])
+    _engine["dataset_source"] = source
+    return records, summary, held
+
+
 @_result
 async def set_dataset(request: str) -> dict:
-    """{"name", "text", "format"?, "seq_len"?} -> the dataset summary and a preview of the first example."""
+    """{"name", "text", "format"?, "seq_len"?, "valid_fraction"?} -> the dataset summary and a
+    preview of the first example."""
     req = json.loads(request)
     model = _model()
-    records, summary = load_dataset(req.get("name") or "pasted.jsonl", req["text"], req.get("format") or "auto",
-                                    model["tokenizer"], int(req.get("seq_len") or 256), model["config"].vocab_size)
-    held = int(len(records) * float(req.get("valid_fraction") or 0))
-    if held and held >= len(records):
-        raise DatasetError(f"{req.get('name')}: too few records ({len(records)}) to hold some out for validation")
-    _engine["dataset"], _engine["valid"] = (records[:-held], records[-held:]) if held else (records, [])
+    records, summary, held = _use_dataset({
+        "name": req.get("name") or "pasted.jsonl", "text": req["text"], "format": req.get("format") or "auto",
+        "seq_len": int(req.get("seq_len") or 256), "valid_fraction": float(req.get("valid_fraction") or 0)})
     first = records[0]
     preview = [{"token": model["tokenizer"].decode([i]), "trained": label != -100}
                for i, label in zip(first.input_ids[:64], first.labels[:64])]
@@ -227,13 +243,11 @@ async def set_dataset(request: str) -> dict:
 
 @_result
 async def train_start(request: str) -> dict:
-    """{"train": {TrainConfig fields}, "lora": {LoraConfig fields}}: starts training in the
-    background; progress arrives through _report ({"kind": "train" | "eval" | "state", ...})."""
-    import asyncio
-
+    """{"train": {TrainConfig fields}, "lora": {LoraConfig fields}, "save_every"?, "stop_after"?,
+    "sample_prompt"?}: starts training in the background; progress arrives through _report
+    ({"kind": "train" | "eval" | "state" | "sample" | "checkpoint", ...}). The full training state
+    is saved to the browser's private file system every `save_every` steps, at pause and at stop."""
     from .engine import make_lora
-    from .model.transformer import Transformer
-    from .train import Trainer, TrainControl
 
     if _engine.get("run") and _engine["run"]["state"] in ("running", "paused"):
         raise ValueError("a training run is already going; stop it first")
@@ -252,13 +266,28 @@ async def train_start(request: str) -> dict:
         lora = make_lora(ops, model["config"], imported.config, await imported.read_state(), config.seed)
     else:
         lora = make_lora(ops, model["config"], LoraConfig(**req.get("lora", {})), None, config.seed)
+    await runstore.begin(_engine["dataset_source"])
+    return await _start_run(config, lora, int(req.get("save_every") or 0), req.get("stop_after"),
+                            req.get("sample_prompt"))
+
+
+async def _start_run(config: TrainConfig, lora, save_every: int, stop_after: int | None, sample_prompt: str | None,
+                     restore: tuple[dict, dict] | None = None) -> dict:
+    import asyncio
+
+    from .model.transformer import Transformer
+    from .train import Trainer, TrainControl
+
+    model, ops = _model(), await _ops()
     network = Transformer(ops.device, ops, model["config"], model["weights"], lora, config.batch_size, config.seq_len,
                           config.gradient_checkpointing)
-    trainer = Trainer(ops.device, ops, network, lora, config, records, _engine.get("valid", []), model["tokenizer"].pad_id)
+    trainer = Trainer(ops.device, ops, network, lora, config, _engine["dataset"], _engine.get("valid", []),
+                      model["tokenizer"].pad_id)
+    if restore is not None:
+        trainer.restore(*restore)
     control = TrainControl()
     run = {"trainer": trainer, "lora": lora, "control": control, "state": "running", "network": network}
     _engine["run"] = run
-    sample_prompt = req.get("sample_prompt")
 
     async def sample(step: int) -> None:
         text = await _generate_text(sample_prompt, lora, 32, 0.0, 1.0)
@@ -269,19 +298,30 @@ async def train_start(request: str) -> dict:
         if record["kind"] == "eval" and sample_prompt:  # a sample generation at each evaluation point
             asyncio.ensure_future(sample(record["step"]))
 
+    async def on_checkpoint(t) -> None:
+        state = "paused" if control.paused and not control.stopped else (
+            "stopped" if control.stopped or t.step < t.total_steps else "done")
+        try:
+            saved = await runstore.save(t, model, _engine["dataset_source"], save_every, state)
+            _report({"kind": "checkpoint", **saved})
+        except Exception as exc:  # training goes on; the person is told that saving failed
+            _report({"kind": "checkpoint", "error": f"the checkpoint could not be saved: {exc}", "step": t.step})
+
     async def go():
         try:
-            await trainer.train(report, control)
-            run["state"] = "stopped" if control.stopped else "done"
+            await trainer.train(report, control, stop_after=stop_after, save_every=save_every,
+                                on_checkpoint=on_checkpoint)
+            run["state"] = "stopped" if control.stopped or trainer.step < trainer.total_steps else "done"
             _report({"kind": "state", "state": run["state"], "step": trainer.step})
         except Exception as exc:
             run["state"] = "error"
-            _report({"kind": "state", "state": "error", "error": str(exc), "step": trainer.step})
+            lost = ops.device.lost_reason is not None
+            _report({"kind": "state", "state": "error", "error": str(exc), "step": trainer.step, "device_lost": lost})
 
     run["task"] = asyncio.ensure_future(go())
-    _report({"kind": "state", "state": "running", "step": 0, "total_steps": trainer.total_steps})
+    _report({"kind": "state", "state": "running", "step": trainer.step, "total_steps": trainer.total_steps})
     return {"total_steps": trainer.total_steps, "trainable_parameters": lora.trainable_parameters,
-            "seq_len": config.seq_len}
+            "seq_len": config.seq_len, "step": trainer.step, "history": trainer.history}
 
 
 def _control(action: str) -> dict:
@@ -452,7 +492,152 @@ async def import_adapter(request: str) -> dict:
     return {"r": lora_config.r, "alpha": lora_config.alpha, "targets": list(lora_config.targets), "tensors": len(state)}
 
 
+@_result
+async def export_merged(request: str = "{}") -> dict:
+    """The adapter merged into the base model, as a Hugging Face folder in a zip written to the
+    browser's private file system (streamed tensor by tensor); the page downloads it from there.
+    -> {"path", "name", "bytes"}."""
+    import zipfile
+
+    from .merge import folder_files, merged_bytes, write_merged
+    from .opfs import SyncFile
+
+    model = _model()
+    lora, _ = _current_adapter()
+    size = merged_bytes(model["config"])
+    quota = await _storage_free()
+    if quota is not None and size > quota:
+        raise StorageError(f"the merged model needs {size / 2**20:,.0f} MiB of browser storage and "
+                           f"{quota / 2**20:,.0f} MiB are free; download the adapter instead")
+    path = "loralab/exports/merged-model.zip"
+    out = await SyncFile.create(path)
+    try:
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, data in folder_files(model["config_dict"], *model["tokenizer_files"]).items():
+                zf.writestr(name, data)
+            with zf.open("model.safetensors", "w", force_zip64=True) as entry:
+                await write_merged(entry.write, _engine["device"], await _ops(), model["config"], model["weights"], lora)
+        written = out.tell()
+    finally:
+        out.close()
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in model["name"])
+    return {"path": path, "name": f"{safe}-merged.zip", "bytes": written}
+
+
+async def _storage_free() -> int | None:
+    storage = getattr(js.navigator, "storage", None)
+    if storage is None or not hasattr(storage, "estimate"):
+        return None
+    estimate = await storage.estimate()
+    return int(estimate.quota) - int(estimate.usage)
+
+
+@_result
+async def evaluate_adapter(request: str = "{}") -> dict:
+    """Mean loss per target token of the base model and of base + adapter on the validation set
+    (the whole dataset when nothing is held out): {"base", "adapter" | null, "tokens", "records", "set"}."""
+    from .model.transformer import Transformer
+    from .train import evaluate
+
+    model = _model()
+    run = _engine.get("run")
+    if run and run["state"] in ("running", "paused"):
+        raise ValueError("evaluation waits until training is stopped or done")
+    which = "validation" if _engine.get("valid") else "training"
+    records = _engine.get("valid") or _engine.get("dataset")
+    if not records:
+        raise DatasetError("add a dataset first")
+    ops = await _ops()
+    device = ops.device
+    seq_len = fit_seq_len(records, _engine["dataset_source"]["seq_len"])
+    batch = min(8, len(records))
+    lora = run["lora"] if run else _engine.get("adapter")
+    step_buf, history = device.create_buffer(32, label="eval.step"), device.create_buffer(4, label="eval.loss")
+    losses = {}
+    try:
+        for label, adapter in (("base", None), ("adapter", lora)):
+            if label == "adapter" and adapter is None:
+                losses[label] = None
+                continue
+            network = Transformer(device, ops, model["config"], model["weights"], adapter, batch, seq_len)
+            try:
+                result = await evaluate(device, network, records, history, step_buf, model["tokenizer"].pad_id)
+            finally:
+                network.release()
+            losses[label], tokens = result["loss"], result["tokens"]
+    finally:
+        device.destroy_buffer(step_buf)
+        device.destroy_buffer(history)
+    return {**losses, "tokens": tokens, "records": len(records), "set": which}
+
+
+# -- the saved run -------------------------------------------------------------------------------
+@_result
+async def checkpoint_info(request: str = "{}") -> dict:
+    """The saved training run, if any: {"checkpoint": {step, total_steps, state, model, dataset,
+    saved_at, loss} | null}. An unreadable one is reported as {"checkpoint": null, "problem"}."""
+    try:
+        found = await runstore.load()
+    except (SafetensorsError, ValueError, KeyError) as exc:
+        return {"checkpoint": None, "problem": str(exc)}
+    return {"checkpoint": runstore.summary(found[0]) if found else None}
+
+
+@_result
+async def checkpoint_resume(request: str = "{}") -> dict:
+    """Continue the saved run exactly where it was (same model, dataset, data order, schedule and
+    optimizer state); after a lost GPU device a new device is started and the model reloaded."""
+    from .engine import make_lora
+
+    found = await runstore.load()
+    if found is None:
+        raise ValueError("there is no saved training run to resume")
+    meta, buffers, source = found
+    if _engine.get("device") is not None and _engine["device"].lost_reason is not None:
+        await _restart_engine()
+    model = _model()
+    runstore.check_model(meta, model["config"])
+    if _engine.get("run") and _engine["run"]["state"] in ("running", "paused"):
+        raise ValueError("a training run is already going; stop it first")
+    _free_run()
+    _use_dataset({k: source[k] for k in ("name", "text", "format", "seq_len", "valid_fraction")})
+    config = TrainConfig(**meta["train"])
+    lora = make_lora(await _ops(), model["config"], LoraConfig(**{**meta["lora"], "targets": tuple(meta["lora"]["targets"])}),
+                     None, config.seed)
+    result = await _start_run(config, lora, int(meta["app"]["save_every"]), None, None, restore=(meta, buffers))
+    return {**result, "dataset": source["name"], "model": meta["app"]["model"]}
+
+
+async def _restart_engine() -> None:
+    """A new GPU device after the old one was lost: kernels, then the same model again."""
+    request = _engine["model"]["request"] if "model" in _engine else None
+    for key in ("run", "adapter", "model", "ops", "kernels", "device"):
+        _engine.pop(key, None)
+    device = await BrowserDevice.create()
+    _engine["device"], _engine["kernels"] = device, KernelLibrary(device, fetch_reader(_engine["base_url"]))
+    if request is not None:
+        result = json.loads(await load_model(json.dumps(request)))
+        if not result["ok"]:
+            raise GpuError(f"the GPU restarted, but the model did not load again: {result['error']}")
+
+
+@_result
+async def checkpoint_discard(request: str = "{}") -> dict:
+    await runstore.discard()
+    return {}
+
+
+@_result
+async def debug_lose_device(request: str = "{}") -> dict:
+    """Destroy the GPU device, as a driver reset or a GPU process crash would (to check recovery)."""
+    _engine["device"].device.destroy()
+    return {}
+
+
 EXPORTS = {"probe": probe, "train_run": train_run, "tokenize": tokenize, "load_model": load_model,
            "set_dataset": set_dataset, "train_start": train_start, "train_pause": train_pause,
            "train_resume": train_resume, "train_stop": train_stop, "generate": generate, "plan": plan, "gpu_status": gpu_status,
-           "export_adapter": export_adapter, "import_adapter": import_adapter}
+           "export_adapter": export_adapter, "import_adapter": import_adapter, "export_merged": export_merged,
+           "checkpoint_info": checkpoint_info, "checkpoint_resume": checkpoint_resume,
+           "checkpoint_discard": checkpoint_discard, "debug_lose_device": debug_lose_device,
+           "evaluate_adapter": evaluate_adapter}

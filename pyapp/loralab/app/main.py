@@ -57,18 +57,24 @@ def refresh_status() -> None:
                             ("train-pause", state["train"] == "running"),
                             ("train-resume", state["train"] == "paused"),
                             ("train-stop", state["train"] in ("running", "paused")),
-                            ("gen-run", state["model"] is not None and state["train"] not in ("running", "paused"))):
+                            ("gen-run", state["model"] is not None and state["train"] not in ("running", "paused")),
+                            ("eval-run", state["model"] is not None and state["dataset"]
+                             and state["train"] not in ("running", "paused")),
+                            ("checkpoint-resume", state["model"] is not None
+                             and state["train"] not in ("running", "paused"))):
         el(testid).disabled = not enabled
 
 
-async def call(name: str, payload: dict | str = "{}") -> dict | None:
-    """One worker call; errors go to the error area and return None."""
+async def call(name: str, payload: dict | str = "{}", background: bool = False) -> dict | None:
+    """One worker call; errors go to the error area and return None. A person's action that
+    succeeds clears the last error; a background refresh leaves it for them to read."""
     text = payload if isinstance(payload, str) else json.dumps(payload)
     result = json.loads(await getattr(state["engine"], name)(text))
     if not result["ok"]:
         show_error(result["error"])
         return None
-    show_error(None)
+    if not background:
+        show_error(None)
     return result
 
 
@@ -150,6 +156,7 @@ async def load_model(request: dict, label: str) -> None:
     refresh_status()
     if result:
         await show_gpu_status()
+        await show_checkpoint()
 
 
 async def load_model_files(files: list) -> None:
@@ -390,11 +397,18 @@ def on_report(text: str) -> None:
     if record["kind"] == "sample":
         el("train-sample").textContent = f"Step {record['step']}, {record['prompt']!r} → {record['text']}"
         return
+    if record["kind"] == "checkpoint":
+        el("checkpoint-status").textContent = (f"Not saved: {record['error']}" if record.get("error") else
+                                               f"Saved at step {record['step']}")
+        el("checkpoint-status").dataset.step = str(record["step"])
+        return
     if record["kind"] == "state":
         state["train"] = record["state"]
         el("train-state").textContent = record["state"]
         if record.get("error"):
             show_error(f"Training stopped: {record['error']}")
+        if record.get("device_lost"):
+            asyncio.ensure_future(show_checkpoint("The GPU device was lost. "))
         refresh_status()
         if record["state"] in ("done", "stopped", "error"):
             asyncio.ensure_future(show_gpu_status())
@@ -423,19 +437,70 @@ async def on_train_start(event) -> None:
         return
     state["records"] = []
     state["started_at"] = window.performance.now() / 1000
+    el("train-step").textContent = "0"
     payload = plan_payload(train, lora)
     prompt = el("gen-prompt").value.strip()
     if prompt:  # sample generations at evaluation points use the compare box's prompt
         payload["sample_prompt"] = prompt
+    payload["save_every"] = max(0, int(float(el("checkpoint-every").value or 0)))
     result = await call("train_start", payload)
     if result:
         state["total"] = result["total_steps"]
         el("train-step").textContent = f"0 / {result['total_steps']}"
+        el("checkpoint-offer").hidden = True  # this run replaces the saved one
+        el("checkpoint-status").textContent = ""
+        el("checkpoint-status").removeAttribute("data-step")
     refresh_status()
 
 
+# -- the saved run -------------------------------------------------------------------------------
+async def show_checkpoint(prefix: str = "") -> None:
+    """Offer the run saved in this browser (after a reload, a crash or a lost GPU device)."""
+    result = await call("checkpoint_info", background=True)
+    offer = el("checkpoint-offer")
+    saved_run = result["checkpoint"] if result else None
+    if result and result.get("problem"):
+        show_error(f"A saved training run could not be read: {result['problem']}")
+    if not saved_run or (state["train"] in ("running", "paused") and not prefix):
+        offer.hidden = True
+        return
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(saved_run["saved_at"]))
+    loss = f", loss {saved_run['loss']:.4f}" if saved_run["loss"] is not None else ""
+    el("checkpoint-info").textContent = (
+        f"{prefix}A training run is saved in this browser: {saved_run['model']} on {saved_run['dataset']}, "
+        f"step {saved_run['step']} of {saved_run['total_steps']} ({saved_run['state']}{loss}), saved {when}.")
+    offer.dataset.step = str(saved_run["step"])
+    offer.hidden = False
+
+
+async def on_checkpoint_resume(event) -> None:
+    state["busy"] = True
+    set_status("Resuming the saved run…")
+    try:
+        result = await call("checkpoint_resume")
+    finally:
+        state["busy"] = False
+    if result:
+        state["records"] = list(result["history"])
+        state["total"] = result["total_steps"]
+        state["started_at"] = window.performance.now() / 1000
+        state["dataset"] = True
+        el("dataset-summary").textContent = f"{result['dataset']} (from the saved run)"
+        el("train-step").textContent = f"{result['step']} / {result['total_steps']}"
+        el("checkpoint-offer").hidden = True
+        draw_chart()
+    refresh_status()
+
+
+async def on_checkpoint_discard(event) -> None:
+    if await call("checkpoint_discard"):
+        el("checkpoint-offer").hidden = True
+
+
 async def show_gpu_status() -> None:
-    result = await call("gpu_status")
+    result = await call("gpu_status", background=True)
     if result:
         rows = [("GPU memory in use", _mib(result["allocated_bytes"])), ("Peak GPU memory", _mib(result["peak_bytes"]))]
         if result["gflops"]:
@@ -474,6 +539,46 @@ def download(name: str, parts, kind: str) -> None:
 def download_metrics(event) -> None:
     lines = "".join(json.dumps(r) + "\n" for r in state["records"] if r.get("kind") in ("train", "eval"))
     download("loralab-metrics.jsonl", [lines], "application/x-ndjson")
+
+
+async def export_merged(event) -> None:
+    """The merged model is written by the engine into the browser's private file system and
+    downloaded from there (it can be larger than what fits in one message)."""
+    state["busy"] = True
+    set_status("Merging the adapter into the model…")
+    try:
+        result = await call("export_merged")
+    finally:
+        state["busy"] = False
+    if result:
+        folder = await window.navigator.storage.getDirectory()
+        for part in result["path"].split("/")[:-1]:
+            folder = await folder.getDirectoryHandle(part)
+        handle = await folder.getFileHandle(result["path"].rsplit("/", 1)[-1])
+        file = await handle.getFile()
+        link = document.createElement("a")
+        link.href = window.URL.createObjectURL(file)
+        link.download = result["name"]
+        link.click()
+    refresh_status()
+
+
+async def on_evaluate(event) -> None:
+    state["busy"] = True
+    set_status("Evaluating…")
+    try:
+        result = await call("evaluate_adapter")
+    finally:
+        state["busy"] = False
+    if result:
+        text = f"Loss per token on the {result['set']} set ({result['records']} records, {result['tokens']:,} tokens): "
+        text += f"base {result['base']:.4f}"
+        if result["adapter"] is not None:
+            text += f", base + adapter {result['adapter']:.4f}"
+        node = el("eval-loss")
+        node.textContent = text
+        node.dataset.result = json.dumps(result)
+    refresh_status()
 
 
 def export_handler(fmt: str):
@@ -544,7 +649,11 @@ def wire() -> None:
     on("metrics-download", "click", download_metrics)
     on("export-adapter", "click", export_handler("peft"))
     on("export-gguf", "click", export_handler("gguf"))
+    on("export-merged", "click", export_merged)
     on("adapter-files", "change", on_adapter_files)
+    on("eval-run", "click", on_evaluate)
+    on("checkpoint-resume", "click", on_checkpoint_resume)
+    on("checkpoint-discard", "click", on_checkpoint_discard)
     on("gen-run", "click", on_generate)
     report = create_proxy(on_report)
     state["proxies"].append(report)
@@ -565,7 +674,7 @@ def expose_engine(engine) -> None:
 async def start() -> None:
     build_plan_form()
     wire()
-    for testid in ("train-start", "train-pause", "train-resume", "train-stop", "gen-run"):
+    for testid in ("train-start", "train-pause", "train-resume", "train-stop", "gen-run", "eval-run", "checkpoint-resume"):
         el(testid).disabled = True
     set_status("Starting the engine…")
     engine = await workers["engine"]
@@ -593,4 +702,6 @@ async def start() -> None:
             await load_model({"kind": "repo", "repo": last["repo"], "endpoint": last.get("hub_endpoint")}, last["repo"])
     elif autoload:
         await load_model({"kind": "default"}, "SmolLM2-135M-Instruct")
+    if state["model"] is None:  # (a loaded model shows it already)
+        await show_checkpoint()
     refresh_status()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from .safetensors import parse_header, serialize
+from .safetensors import SafetensorsError, parse_header, serialize
 
 STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
@@ -34,4 +34,19 @@ def load(directory: str) -> tuple[dict, dict[str, bytes]]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{directory}/{STATE_JSON}: not valid JSON ({exc})") from None
     header = parse_header(data, len(data), f"{directory}/{STATE_TENSORS}")
+    return meta, {name: data[t.start : t.end] for name, t in header.tensors.items()}
+
+
+def pack(meta: dict, buffers: dict[str, bytes]) -> bytes:
+    """The whole state as one safetensors file (the JSON state in its metadata): one write
+    replaces a checkpoint in the browser's private file system, so it is never half written."""
+    return serialize({k: ("F32", (len(v) // 4,), v) for k, v in buffers.items()}, {"loralab_state": json.dumps(meta)})
+
+
+def unpack(data: bytes, source: str) -> tuple[dict, dict[str, bytes]]:
+    header = parse_header(data, len(data), source)
+    try:
+        meta = json.loads(header.metadata["loralab_state"])
+    except (KeyError, json.JSONDecodeError):
+        raise SafetensorsError(f"{source}: not a LoRA Lab checkpoint (no training state in its metadata)") from None
     return meta, {name: data[t.start : t.end] for name, t in header.tensors.items()}

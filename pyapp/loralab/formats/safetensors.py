@@ -99,17 +99,24 @@ def read_header(path) -> SafetensorsHeader:
         return parse_header(prefix + f.read(n), size, os.path.basename(str(path)))
 
 
-def serialize(tensors: dict[str, tuple[str, tuple[int, ...], bytes]], metadata: dict[str, str] | None = None) -> bytes:
-    """A safetensors file from {name: (dtype, shape, raw little-endian bytes)}, names sorted."""
+def header_bytes(entries: dict[str, tuple[str, tuple[int, ...], int]], metadata: dict[str, str] | None = None) -> bytes:
+    """The length prefix and JSON header of a safetensors file whose tensors {name: (dtype,
+    shape, byte count)} follow it in sorted name order (so a writer can stream the data)."""
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
-    for name in sorted(tensors):
-        dtype, shape, data = tensors[name]
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
+    for name in sorted(entries):
+        dtype, shape, nbytes = entries[name]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
-    return struct.pack("<Q", len(blob)) + blob + b"".join(bytes(tensors[name][2]) for name in sorted(tensors))
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def serialize(tensors: dict[str, tuple[str, tuple[int, ...], bytes]], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file from {name: (dtype, shape, raw little-endian bytes)}, names sorted."""
+    head = header_bytes({name: (dtype, shape, len(data)) for name, (dtype, shape, data) in tensors.items()}, metadata)
+    return head + b"".join(bytes(tensors[name][2]) for name in sorted(tensors))
 
 
 def to_f32_bytes(dtype: str, data: bytes) -> bytes:

@@ -160,6 +160,10 @@ class BrowserDevice(Device):
         try:
             await staging.mapAsync(js.GPUMapMode.READ)
         except JsException as exc:
+            if self.lost_reason is None:  # the lost promise may settle just after the failed map
+                import asyncio
+
+                await asyncio.sleep(0.1)
             self._check_alive()
             raise GpuError(f"reading buffer {label!r} back failed: {exc}") from exc
         data = js.Uint8Array.new(staging.getMappedRange()).to_bytes()

@@ -199,7 +199,7 @@ class Device(abc.ABC):
     # -- the API the engine uses ------------------------------------------------------------
     def _check_alive(self) -> None:
         if self.lost_reason is not None:
-            raise DeviceLostError(f"The GPU device was lost ({self.lost_reason}). Reload to start a new one.")
+            raise DeviceLostError(f"The GPU device was lost ({self.lost_reason}); work on it stopped, and a new device must be started.")
 
     def create_buffer(self, size: int, *, label: str, usage: int = STORAGE_RW) -> Buffer:
         self._check_alive()

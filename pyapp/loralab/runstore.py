@@ -1,0 +1,82 @@
+"""The app's saved training run, in the browser's private file system (engine worker only).
+
+One run is kept: `loralab/run/dataset.json` (the dataset as the person gave it, written when the
+run starts) and `loralab/run/state.safetensors` (adapter, AdamW moments, step, data order,
+config, metrics so far; replaced in one write at each checkpoint). After a reload, a crash or a
+lost GPU device the app offers to continue from it, on the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from . import opfs
+from .formats.checkpoint import pack, unpack
+from .formats.safetensors import SafetensorsError
+from .model.config import ModelConfig
+
+FOLDER = "loralab/run"
+STATE = f"{FOLDER}/state.safetensors"
+DATASET = f"{FOLDER}/dataset.json"
+
+
+def fingerprint(config: ModelConfig) -> dict:
+    """What must match for a saved adapter to fit the loaded model."""
+    return {"architecture": config.architecture, "layers": config.num_layers, "hidden_size": config.hidden_size,
+            "intermediate_size": config.intermediate_size, "heads": config.num_heads, "kv_heads": config.num_kv_heads,
+            "vocab_size": config.vocab_size}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def begin(dataset: dict) -> None:
+    """A new run replaces the saved one: its dataset first, the state at its first checkpoint."""
+    await opfs.remove(STATE)
+    await opfs.write(DATASET, json.dumps({**dataset, "sha256": _digest(dataset["text"])}).encode())
+
+
+async def save(trainer, model: dict, dataset: dict, save_every: int, state: str) -> dict:
+    meta, buffers = await trainer.state()
+    losses = [r["loss"] for r in meta["history"] if r.get("kind") == "train"]
+    meta["app"] = {"model": model["name"], "fingerprint": fingerprint(model["config"]), "state": state,
+                   "dataset": dataset["name"], "dataset_sha256": _digest(dataset["text"]), "save_every": save_every,
+                   "total_steps": trainer.total_steps, "saved_at": time.time(), "loss": losses[-1] if losses else None}
+    await opfs.write(STATE, pack(meta, buffers))
+    return summary(meta)
+
+
+def summary(meta: dict) -> dict:
+    app = meta["app"]
+    return {"step": meta["step"], "total_steps": app["total_steps"], "state": app["state"], "model": app["model"],
+            "dataset": app["dataset"], "saved_at": app["saved_at"], "loss": app["loss"]}
+
+
+async def load() -> tuple[dict, dict[str, bytes], dict] | None:
+    """(state, tensors, dataset) of the saved run, or None when there is none (or it is unreadable:
+    the app then says so rather than offering a broken resume)."""
+    data = await opfs.read(STATE)
+    if data is None:
+        return None
+    meta, buffers = unpack(data, "the saved training run")
+    raw = await opfs.read(DATASET)
+    dataset = json.loads(raw) if raw else None
+    if dataset is None or dataset.get("sha256") != meta.get("app", {}).get("dataset_sha256"):
+        raise SafetensorsError("the saved training run's dataset is missing or was replaced; start a new run")
+    return meta, buffers, dataset
+
+
+def check_model(meta: dict, config: ModelConfig) -> None:
+    app = meta["app"]
+    if app["fingerprint"] != fingerprint(config):
+        raise ValueError(f"the saved run trains {app['model']} ({app['fingerprint']['architecture']}, "
+                         f"{app['fingerprint']['layers']} layers, hidden size {app['fingerprint']['hidden_size']}); "
+                         f"load that model, then resume")
+
+
+async def discard() -> None:
+    await opfs.remove(STATE)
+    await opfs.remove(DATASET)
