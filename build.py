@@ -12,6 +12,7 @@ Standard library only: it runs before any virtual environment exists.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -160,16 +161,22 @@ def copy_default_model(dist: Path) -> None:
 
 
 def write_manifest(dist: Path) -> None:
-    """Every file of the site with its size and sha256; the service worker's precache list."""
-    files = {}
+    """Every file of the site with its size and sha256 (build.json), and the service worker
+    (dist/sw.js) with its precache list: every file but the models (the engine caches those
+    itself) and their subresource-integrity hashes. Any change to any file changes the version."""
+    files, shell = {}, {}
     for path in sorted(dist.rglob("*")):
         if path.is_file() and path.name != "build.json":
-            files[path.relative_to(dist).as_posix()] = {
-                "bytes": path.stat().st_size,
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            }
-    version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+            digest = hashlib.sha256(path.read_bytes())
+            name = path.relative_to(dist).as_posix()
+            files[name] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+            if not name.startswith("models/"):
+                shell[name] = "sha256-" + base64.b64encode(digest.digest()).decode()
+    source = (ROOT / "static" / "sw.js").read_text()
+    version = hashlib.sha256((json.dumps(files, sort_keys=True) + source).encode()).hexdigest()[:16]
     (dist / "build.json").write_text(json.dumps({"version": version, "files": files}, indent=1))
+    head = f"self.LORALAB_BUILD = {json.dumps({'version': version, 'files': shell}, indent=1)};\n"
+    (dist / "sw.js").write_text(source.replace('"use strict";\n', '"use strict";\n' + head, 1))
 
 
 def build() -> None:
@@ -179,7 +186,7 @@ def build() -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     shutil.copy2(ROOT / "index.html", staging / "index.html")
-    shutil.copytree(ROOT / "static", staging / "static")
+    shutil.copytree(ROOT / "static", staging / "static", ignore=shutil.ignore_patterns("sw.js"))
     shutil.copytree(ROOT / "wgsl", staging / "wgsl")
     copy_vendor(staging)
     python_package_zip(staging / "loralab.zip")

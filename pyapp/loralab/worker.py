@@ -14,6 +14,7 @@ import traceback
 import js  # type: ignore[import-not-found]
 
 from . import runstore
+from .datacache import CACHE_INSTANCE as CACHE
 from .data.formats import DatasetError, load_dataset
 from .engine import fit_seq_len, load_ops, prepare_training
 from .formats.peft import AdapterError, check_fits, parse_adapter
@@ -61,7 +62,7 @@ def _result(fn):
 @_result
 async def probe(base_url: str) -> dict:
     """Start the engine: WebGPU adapter and device, then a checked kernel run."""
-    _engine["base_url"] = base_url
+    _engine["base_url"] = CACHE.base = base_url
     if "device" not in _engine:
         device = await BrowserDevice.create()
         _engine["device"] = device
@@ -156,16 +157,63 @@ def _free_model() -> None:
             _engine["device"].destroy_buffer(buffer)
 
 
+def _cache_item(req: dict) -> tuple[str, str, dict]:
+    """(id, name, source) of the cache item a load_model request reads: the same model asked
+    for again (the same repo, the same files by name, size and date) is the same item."""
+    import hashlib
+
+    from .formats.hub import DEFAULT_HUB_ENDPOINT
+
+    kind = req.get("kind", "default")
+    if kind == "default":
+        return "model:default", DEFAULT_MODEL.rsplit("/", 1)[-1].removesuffix(".gguf"), {"kind": "default"}
+    if kind == "repo":
+        endpoint = (req.get("endpoint") or DEFAULT_HUB_ENDPOINT).rstrip("/")
+        return f"model:hub:{endpoint}/{req['repo']}", req["repo"], {"kind": "repo", "repo": req["repo"], "endpoint": endpoint}
+    stamp = json.dumps(sorted((name, req.get("stamps", {}).get(name)) for name in req.get("files", {})))
+    digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    return f"model:files:{digest}", req.get("name") or "your model", {"kind": "files", "files": sorted(req.get("files", {}))}
+
+
+async def _cached_request(item_id: str) -> dict:
+    """The load_model request that reads a cached item back (from the cache only, for files)."""
+    from urllib.parse import unquote
+
+    from .datacache import ABSENT
+
+    item = await CACHE.get(item_id)
+    if item is None or item["kind"] != "model":
+        raise ValueError(f"{item_id}: this model is no longer in the browser cache; load it from its source")
+    if item["source"]["kind"] != "files":
+        return dict(item["source"])
+    files = {unquote(key.rsplit("/", 1)[-1]): key for key, entry in item["files"].items() if entry != ABSENT}
+    return {"kind": "files", "files": files, "name": item["name"], "item": item_id}
+
+
 @_result
 async def load_model(request: str) -> dict:
-    """{"kind": "default"} | {"kind": "files", "files": {name: url}} | {"kind": "repo", "repo",
-    "endpoint"?} -> the model card. Weights go from the fetched bytes to the GPU."""
+    """{"kind": "default"} | {"kind": "files", "files": {name: url}, "stamps"?: {name: [size,
+    modified]}, "name"?} | {"kind": "repo", "repo", "endpoint"?} | {"kind": "cached", "id"}
+    -> the model card. Weights go from the fetched bytes to the GPU; the files are kept in the
+    browser cache, and a model already there is read from it."""
+    req = json.loads(request)
+    if req.get("kind") == "cached":
+        req = await _cached_request(req["id"])
+    item_id, name, item_source = _cache_item(req)
+    if req.get("item"):
+        item_id = req["item"]
+    async with CACHE.loading(item_id, "model", name, item_source):
+        result = await _load_model(req)
+    _engine["model"]["cache_id"] = item_id
+    return result
+
+
+async def _load_model(req: dict) -> dict:
     from .data.tokenizer_browser import BrowserTokenizer
     from .formats.hub import DEFAULT_HUB_ENDPOINT
     from .model.gguf_model import GGUFModel, tokenizer_files
     from .model.weights import upload_weights
 
-    req = json.loads(request)
     base = _engine["base_url"]
     ops = await _ops()
     kind = req.get("kind", "default")
@@ -226,6 +274,16 @@ def _use_dataset(source: dict):
     return records, summary, held
 
 
+async def _keep_dataset(source: dict) -> None:
+    import hashlib
+
+    try:
+        await CACHE.keep_text("dataset:" + hashlib.sha256(source["text"].encode()).hexdigest()[:16], source["name"],
+                              source["text"])
+    except Exception as exc:  # storage is a convenience here: the dataset is in use either way
+        js.console.warn(f"LoRA Lab: the dataset was not kept in the browser cache: {exc}")
+
+
 @_result
 async def set_dataset(request: str) -> dict:
     """{"name", "text", "format"?, "seq_len"?, "valid_fraction"?} -> the dataset summary and a
@@ -235,6 +293,7 @@ async def set_dataset(request: str) -> dict:
     records, summary, held = _use_dataset({
         "name": req.get("name") or "pasted.jsonl", "text": req["text"], "format": req.get("format") or "auto",
         "seq_len": int(req.get("seq_len") or 256), "valid_fraction": float(req.get("valid_fraction") or 0)})
+    await _keep_dataset(_engine["dataset_source"])
     first = records[0]
     preview = [{"token": model["tokenizer"].decode([i]), "trained": label != -100}
                for i, label in zip(first.input_ids[:64], first.labels[:64])]
@@ -571,6 +630,37 @@ async def evaluate_adapter(request: str = "{}") -> dict:
     return {**losses, "tokens": tokens, "records": len(records), "set": which}
 
 
+# -- the browser cache -----------------------------------------------------------------------------
+@_result
+async def cache_list(request: str = "{}") -> dict:
+    """Cached models and datasets, most recently used first, and the size limit."""
+    return {"items": await CACHE.items(), "limit": await CACHE.limit()}
+
+
+@_result
+async def cache_delete(request: str) -> dict:
+    """{"id"} -> {"freed": bytes}."""
+    return {"freed": await CACHE.delete(json.loads(request)["id"])}
+
+
+@_result
+async def cache_set_limit(request: str) -> dict:
+    """{"bytes"} -> {"evicted": [ids]}: least recently used items go until the rest fits (the
+    loaded model stays)."""
+    bytes_ = int(json.loads(request)["bytes"])
+    if bytes_ < 0:
+        raise ValueError("the cache size limit cannot be negative")
+    keep = _engine["model"]["cache_id"] if "model" in _engine else None
+    return {"evicted": await CACHE.set_limit(bytes_, keep)}
+
+
+@_result
+async def cache_dataset(request: str) -> dict:
+    """{"id"} -> {"name", "text"} of a cached dataset."""
+    name, text = await CACHE.read_text(json.loads(request)["id"])
+    return {"name": name, "text": text}
+
+
 # -- the saved run -------------------------------------------------------------------------------
 @_result
 async def checkpoint_info(request: str = "{}") -> dict:
@@ -640,4 +730,5 @@ EXPORTS = {"probe": probe, "train_run": train_run, "tokenize": tokenize, "load_m
            "export_adapter": export_adapter, "import_adapter": import_adapter, "export_merged": export_merged,
            "checkpoint_info": checkpoint_info, "checkpoint_resume": checkpoint_resume,
            "checkpoint_discard": checkpoint_discard, "debug_lose_device": debug_lose_device,
-           "evaluate_adapter": evaluate_adapter}
+           "evaluate_adapter": evaluate_adapter, "cache_list": cache_list, "cache_delete": cache_delete,
+           "cache_set_limit": cache_set_limit, "cache_dataset": cache_dataset}

@@ -157,14 +157,21 @@ async def load_model(request: dict, label: str) -> None:
     if result:
         await show_gpu_status()
         await show_checkpoint()
+        await keep_storage()
+    await render_cache()
 
 
 async def load_model_files(files: list) -> None:
-    """A Hugging Face folder's files or one .gguf: handed to the engine as blob: URLs."""
+    """A Hugging Face folder's files or one .gguf: handed to the engine as blob: URLs (with
+    their size and date, which identify them in the browser cache)."""
     urls = {f.name: window.URL.createObjectURL(f) for f in files}
     if urls:
+        stamps = {f.name: [int(f.size), int(f.lastModified)] for f in files}
+        folder = next((str(f.webkitRelativePath).split("/")[0] for f in files if f.webkitRelativePath), None)
+        gguf = next((f.name for f in files if f.name.lower().endswith(".gguf")), None)
+        name = gguf or folder or "your model"
         el("model-select").value = "files"
-        await load_model({"kind": "files", "files": urls, "name": "your model"}, "your model")
+        await load_model({"kind": "files", "files": urls, "stamps": stamps, "name": name}, name)
         save(model="files")
 
 
@@ -207,6 +214,90 @@ async def on_model_load(event) -> None:
         show_error("Choose the model's files (config.json, model.safetensors, tokenizer.json, …) or a .gguf file")
 
 
+# -- the browser cache ---------------------------------------------------------------------------
+async def keep_storage() -> None:
+    """Ask once for persistent storage, so the browser does not clear cached models under pressure."""
+    storage = window.navigator.storage
+    if state.get("persist_asked") or not hasattr(storage, "persist"):
+        return
+    state["persist_asked"] = True
+    if not await storage.persisted():
+        await storage.persist()
+
+
+async def render_cache() -> None:
+    result = await call("cache_list", background=True)
+    if not result:
+        return
+    storage = window.navigator.storage
+    if hasattr(storage, "estimate"):
+        estimate = await storage.estimate()
+        usage, quota = int(estimate.usage), int(estimate.quota)
+        node = el("storage-usage")
+        node.textContent = f"This site uses {_mib(usage)} of the {_mib(quota)} the browser allows it."
+        node.dataset.usage, node.dataset.quota = str(usage), str(quota)
+    if hasattr(storage, "persisted"):
+        persisted = bool(await storage.persisted())
+        el("storage-persist").textContent = ("Storage is persistent." if persisted else
+                                             "Storage is not persistent: the browser may clear it when space runs low.")
+    limit = el("cache-limit")
+    if document.activeElement != limit:
+        limit.value = str(round(result["limit"] / 2**20))
+    body = el("cache-list").querySelector("tbody")
+    body.replaceChildren()
+    import time
+
+    for item in result["items"]:
+        row = document.createElement("tr")
+        row.dataset.testid = "cache-item"
+        row.setAttribute("data-testid", "cache-item")
+        row.dataset.id, row.dataset.kind, row.dataset.bytes = item["id"], item["kind"], str(item["bytes"])
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item.get("last_used", 0)))
+        for text in (item["name"], item["kind"], _mib(item["bytes"]), when):
+            cell = document.createElement("td")
+            cell.textContent = text
+            row.append(cell)
+        actions = document.createElement("td")
+        for label, testid, handler in (("Load" if item["kind"] == "model" else "Use", "cache-use", use_cached),
+                                       ("Delete", "cache-delete", delete_cached)):
+            button = document.createElement("button")
+            button.type = "button"
+            button.textContent = label
+            button.setAttribute("data-testid", testid)
+            proxy = create_proxy(handler(item))
+            state["proxies"].append(proxy)
+            button.addEventListener("click", proxy)
+            actions.append(button)
+        row.append(actions)
+        body.append(row)
+
+
+def use_cached(item: dict):
+    async def handler(event) -> None:
+        if item["kind"] == "model":
+            await load_model({"kind": "cached", "id": item["id"]}, item["name"])
+        else:
+            result = await call("cache_dataset", {"id": item["id"]})
+            if result:
+                await use_dataset(result["name"], result["text"])
+
+    return handler
+
+
+def delete_cached(item: dict):
+    async def handler(event) -> None:
+        if await call("cache_delete", {"id": item["id"]}):
+            await render_cache()
+
+    return handler
+
+
+async def on_cache_limit(event) -> None:
+    mib = float(el("cache-limit").value or 0)
+    await call("cache_set_limit", {"bytes": int(mib * 2**20)})
+    await render_cache()
+
+
 # -- dataset -------------------------------------------------------------------------------------
 async def use_dataset(name: str, text: str) -> None:
     train, _ = read_plan()
@@ -230,6 +321,8 @@ async def use_dataset(name: str, text: str) -> None:
                 span.className = "trained"
             preview.append(span)
     refresh_status()
+    if result:
+        await render_cache()
 
 
 async def on_dataset_file(event) -> None:
@@ -654,6 +747,7 @@ def wire() -> None:
     on("eval-run", "click", on_evaluate)
     on("checkpoint-resume", "click", on_checkpoint_resume)
     on("checkpoint-discard", "click", on_checkpoint_discard)
+    on("cache-limit", "change", on_cache_limit)
     on("gen-run", "click", on_generate)
     report = create_proxy(on_report)
     state["proxies"].append(report)
@@ -702,6 +796,7 @@ async def start() -> None:
             await load_model({"kind": "repo", "repo": last["repo"], "endpoint": last.get("hub_endpoint")}, last["repo"])
     elif autoload:
         await load_model({"kind": "default"}, "SmolLM2-135M-Instruct")
-    if state["model"] is None:  # (a loaded model shows it already)
+    if state["model"] is None:  # (a loaded model shows these already)
         await show_checkpoint()
+        await render_cache()
     refresh_status()

@@ -47,19 +47,35 @@ class Body:
         return self.bytes().decode("utf-8")
 
 
-async def fetch(url: str, missing_ok: bool = False) -> Body | None:
+async def fetch(url: str, missing_ok: bool = False, file: str | None = None) -> Body | None:
+    """The body at `url` (None for a 404 with missing_ok). In the browser, a model file (`file`
+    names it) comes from the engine's cache when the model being loaded has it there, and what
+    is fetched goes into that cache (see loralab.datacache)."""
     if IN_BROWSER:
         import js  # type: ignore[import-not-found]
 
+        from ..datacache import CACHE_INSTANCE as cache
+
+        use_cache = file is not None and cache.item is not None
+        if use_cache:
+            found, data = await cache.lookup(url, file)
+            if found:
+                return None if data is None else Body(url, data)
         try:
             response = await js.fetch(url)
         except Exception as exc:
-            raise FetchError(f"{url}: could not be fetched ({exc})") from None
+            offline = "" if js.navigator.onLine else "; this browser is offline and the file is not in its cache"
+            raise FetchError(f"{url}: could not be fetched ({exc}{offline})") from None
         if response.status == 404 and missing_ok:
+            if use_cache:
+                await cache.store(url, file, None)
             return None
         if not response.ok:
             raise FetchError(f"{url}: HTTP {response.status}")
-        return Body(url, await response.arrayBuffer())
+        data = await response.arrayBuffer()
+        if use_cache:
+            await cache.store(url, file, data)
+        return Body(url, data)
 
     import urllib.error
     import urllib.request
@@ -103,7 +119,7 @@ class RemoteFolder:
             if missing_ok:
                 return None
             raise FetchError(f"{self.name}: {file} is missing")
-        return await fetch(url, missing_ok=missing_ok)
+        return await fetch(url, missing_ok=missing_ok, file=file)
 
     @classmethod
     async def open(cls, base_url: str, files: dict[str, str] | None = None, name: str | None = None) -> "RemoteFolder":

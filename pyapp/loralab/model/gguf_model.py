@@ -147,8 +147,8 @@ class GGUFModel:
         from ..formats.gguf import NeedMore, parse
         from ..formats.remote import fetch
 
-        body = await fetch(url)
         name = name or url.rsplit("/", 1)[-1]
+        body = await fetch(url, file=name)
         want = min(body.size, 4 << 20)
         while True:
             try:
