@@ -166,7 +166,7 @@ def write_manifest(dist: Path) -> None:
     itself) and their subresource-integrity hashes. Any change to any file changes the version."""
     files, shell = {}, {}
     for path in sorted(dist.rglob("*")):
-        if path.is_file() and path.name != "build.json":
+        if path.is_file() and path.relative_to(dist).as_posix() not in ("build.json", "sw.js"):
             digest = hashlib.sha256(path.read_bytes())
             name = path.relative_to(dist).as_posix()
             files[name] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}

@@ -242,7 +242,7 @@ async def render_cache() -> None:
                                              "Storage is not persistent: the browser may clear it when space runs low.")
     limit = el("cache-limit")
     if document.activeElement != limit:
-        limit.value = str(round(result["limit"] / 2**20))
+        limit.value = f"{result['limit'] / 2**20:.2f}".rstrip("0").rstrip(".")
     body = el("cache-list").querySelector("tbody")
     body.replaceChildren()
     import time
