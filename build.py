@@ -174,9 +174,11 @@ def write_manifest(dist: Path) -> None:
                 shell[name] = "sha256-" + base64.b64encode(digest.digest()).decode()
     source = (ROOT / "static" / "sw.js").read_text()
     version = hashlib.sha256((json.dumps(files, sort_keys=True) + source).encode()).hexdigest()[:16]
-    (dist / "build.json").write_text(json.dumps({"version": version, "files": files}, indent=1))
     head = f"self.LORALAB_BUILD = {json.dumps({'version': version, 'files': shell}, indent=1)};\n"
-    (dist / "sw.js").write_text(source.replace('"use strict";\n', '"use strict";\n' + head, 1))
+    worker = source.replace('"use strict";\n', '"use strict";\n' + head, 1).encode()
+    (dist / "sw.js").write_bytes(worker)
+    files["sw.js"] = {"bytes": len(worker), "sha256": hashlib.sha256(worker).hexdigest()}
+    (dist / "build.json").write_text(json.dumps({"version": version, "files": files}, indent=1))
 
 
 def build() -> None:

@@ -48,6 +48,28 @@ def test_matmul_split_k(ops, arrays, splits, trans_a, trans_b, beta):
     np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + beta * C0, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("M, N, K, K2", [(130, 257, 70, 8), (33, 200, 600, 40), (300, 140, 160, 3)])
+@pytest.mark.parametrize("trans_b, trans_b2, splits, beta", [(False, False, None, 0.0), (True, True, None, 1.0),
+                                                               (False, True, 3, 1.0)])
+def test_matmul_with_a_second_product(ops, arrays, M, N, K, K2, trans_b, trans_b2, splits, beta):
+    """C = alpha · A·Bᵀ + alpha2 · A2·B2ᵀ + beta · C in one pass (LoRA's up-projection on the
+    frozen weight's product), split-K too: only the first split adds the second product."""
+    from loralab.ops import Product
+
+    r = rng("plus", M, N, K, trans_b, splits)
+    A, B = r.standard_normal((M, K), dtype=np.float32), r.standard_normal((N, K), dtype=np.float32)
+    A2, B2 = r.standard_normal((M, K2), dtype=np.float32), r.standard_normal((N, K2), dtype=np.float32)
+    C0 = r.standard_normal((M, N), dtype=np.float32)
+    c = arrays.up(C0)
+    plus = Product(arrays.up(A2), arrays.up(B2.T.copy() if trans_b2 else B2), K2, trans_b=trans_b2, alpha=1.5)
+    d = ops.matmul(c, arrays.up(A), arrays.up(B.T.copy() if trans_b else B), M, N, K, trans_b=trans_b, alpha=0.5,
+                   beta=beta, splits=splits, plus=plus)
+    assert d[0].kernel == "matmul" and (len(d) == 2 or not splits)
+    arrays.submit(d)
+    expected = 0.5 * ref.matmul(A, B) + 1.5 * ref.matmul(A2, B2) + beta * C0
+    np.testing.assert_allclose(arrays.down(c, (M, N)), expected, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("M, N, K", [(8, 300, 77), (300, 5, 50), (16, 129, 1000), (700, 12, 2000), (1, 1, 3)])
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, True), (False, True)])
 def test_matmul_thin_products(ops, arrays, M, N, K, trans_a, trans_b):

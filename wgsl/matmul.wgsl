@@ -9,11 +9,14 @@
 //   weights  dW = dyᵀ · x  A = dy read as (1, N), B = x read as (1, K)
 // Work split: one workgroup per 128×128 tile of C, 16×16 invocations, each owning an 8×8 block
 // (rows ty·4…+3 and 64+ty·4…+3, columns tx·4…+3 and 64+tx·4…+3) held in 16 vec4 registers.
-// K is walked 8 at a time through workgroup memory (8 KiB) stored as vec4 along M and N, so
-// the inner loop does 64 FMAs per 4 vector loads. Global loads run along whichever stride is 1
+// K is walked 16 at a time through workgroup memory (16 KiB) stored as vec4 along M and N, so
+// the inner loop does 64 FMAs per 4 vector loads; the next 16 are read into registers meanwhile. Global loads run along whichever stride is 1
 // (K for plain operands, M or N for transposed ones) so neighbouring invocations read
 // neighbouring addresses. Out-of-range loads read 0 and stores are skipped: no size needs to
 // be a multiple of the tile.
+// A second product: with K2 > 0, C = alpha · (op(A) · op(B)ᵀ + rel2 · op(A2) · op(B2)ᵀ) + beta · C,
+// both summed in the same registers (LoRA's up-projection rides on the frozen weight's product
+// instead of a second pass over C).
 // Split K: with k_split < K, workgroup z sums k in [z·k_split, (z+1)·k_split) and writes its
 // partial product to C + z·M·N (alpha applied, beta = 0); matmul_reduce.wgsl adds the partials.
 // Products with few output tiles and a long K (LoRA's gradients, K = tokens) need this to
@@ -30,31 +33,41 @@ struct Params {
   alpha: f32,
   beta: f32,
   k_split: u32,
+  K2: u32,
+  a2_sm: u32,
+  a2_sk: u32,
+  b2_sn: u32,
+  b2_sk: u32,
+  rel2: f32,  // the second product's scale over alpha
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> A: array<f32>;        // op(A) [M, K]
 @group(0) @binding(2) var<storage, read> B: array<u32>;        // op(B) [N, K]: f32 bits, or f16 pairs
-@group(0) @binding(3) var<storage, read_write> C: array<f32>;  // [M, N]
+@group(0) @binding(3) var<storage, read> A2: array<f32>;       // op(A2) [M, K2] (K2 = 0: unused)
+@group(0) @binding(4) var<storage, read> B2: array<f32>;       // op(B2) [N, K2]
+@group(0) @binding(5) var<storage, read_write> C: array<f32>;  // [M, N]
 
 const TILE_M = 128u;
 const TILE_N = 128u;
-const TILE_K = 8u;
+const TILE_K = 16u;
 
-var<workgroup> a_tile: array<vec4f, 256>;  // [TILE_K][TILE_M / 4]
-var<workgroup> b_tile: array<vec4f, 256>;  // [TILE_K][TILE_N / 4]
+var<workgroup> a_tile: array<vec4f, 512>;  // [TILE_K][TILE_M / 4]
+var<workgroup> b_tile: array<vec4f, 512>;  // [TILE_K][TILE_N / 4]
 
-fn load_a(m: u32, k: u32, k_end: u32) -> f32 {
-  if (m < params.M && k < k_end) { return A[m * params.a_sm + k * params.a_sk]; }
-  return 0.0;
+fn load_a(m: u32, k: u32, k_end: u32, second: bool) -> f32 {
+  if (m >= params.M || k >= k_end) { return 0.0; }
+  if (second) { return params.rel2 * A2[m * params.a2_sm + k * params.a2_sk]; }
+  return A[m * params.a_sm + k * params.a_sk];
 }
 
 // B_F16: B holds float16 values, two per u32 (frozen weights stored at half the memory; read
 // with unpack2x16float, which needs no shader-f16 feature). Otherwise B is float32 bits.
 override B_F16: bool = false;
 
-fn load_b(n: u32, k: u32, k_end: u32) -> f32 {
+fn load_b(n: u32, k: u32, k_end: u32, second: bool) -> f32 {
   if (n >= params.N || k >= k_end) { return 0.0; }
+  if (second) { return B2[n * params.b2_sn + k * params.b2_sk]; }
   let e = n * params.b_sn + k * params.b_sk;
   if (B_F16) { return unpack2x16float(B[e / 2u])[e % 2u]; }
   return bitcast<f32>(B[e]);
@@ -74,6 +87,79 @@ fn store_row(r: u32, c: u32, left: vec4f, right: vec4f, z: u32) {
       if (params.beta != 0.0) { v += params.beta * C[base + c + 64u + j]; }
       C[base + c + 64u + j] = v;
     }
+  }
+}
+
+// Which 8 elements of a 128 × 16 tile invocation li loads (into registers, then workgroup
+// memory): along K, rows li/4 and li/4 + 64 at k (li%4)·4 … +3 (four invocations read a row's
+// 16 consecutive values); across K, k li/32 and li/32 + 8 at rows (li%32)·4 … +3.
+fn tile_a(li: u32, row0: u32, k0: u32, k_end: u32, along_k: bool, second: bool) -> array<f32, 8> {
+  var v: array<f32, 8>;
+  if (along_k) {
+    let r = li / 4u;
+    let kc = k0 + (li % 4u) * 4u;
+    for (var j = 0u; j < 4u; j++) {
+      v[j] = load_a(row0 + r, kc + j, k_end, second);
+      v[4u + j] = load_a(row0 + r + 64u, kc + j, k_end, second);
+    }
+  } else {
+    let kk = k0 + li / 32u;
+    let r4 = row0 + (li % 32u) * 4u;
+    for (var j = 0u; j < 4u; j++) {
+      v[j] = load_a(r4 + j, kk, k_end, second);
+      v[4u + j] = load_a(r4 + j, kk + 8u, k_end, second);
+    }
+  }
+  return v;
+}
+
+fn tile_b(li: u32, col0: u32, k0: u32, k_end: u32, along_k: bool, second: bool) -> array<f32, 8> {
+  var v: array<f32, 8>;
+  if (along_k) {
+    let r = li / 4u;
+    let kc = k0 + (li % 4u) * 4u;
+    for (var j = 0u; j < 4u; j++) {
+      v[j] = load_b(col0 + r, kc + j, k_end, second);
+      v[4u + j] = load_b(col0 + r + 64u, kc + j, k_end, second);
+    }
+  } else {
+    let kk = k0 + li / 32u;
+    let r4 = col0 + (li % 32u) * 4u;
+    for (var j = 0u; j < 4u; j++) {
+      v[j] = load_b(r4 + j, kk, k_end, second);
+      v[4u + j] = load_b(r4 + j, kk + 8u, k_end, second);
+    }
+  }
+  return v;
+}
+
+fn store_a(li: u32, v: array<f32, 8>, along_k: bool) {
+  if (along_k) {
+    let r = li / 4u;
+    let kc = (li % 4u) * 4u;
+    for (var j = 0u; j < 4u; j++) {
+      a_tile[(kc + j) * 32u + r / 4u][r % 4u] = v[j];
+      a_tile[(kc + j) * 32u + 16u + r / 4u][r % 4u] = v[4u + j];
+    }
+  } else {
+    let kk = li / 32u;
+    a_tile[kk * 32u + li % 32u] = vec4f(v[0], v[1], v[2], v[3]);
+    a_tile[(kk + 8u) * 32u + li % 32u] = vec4f(v[4], v[5], v[6], v[7]);
+  }
+}
+
+fn store_b(li: u32, v: array<f32, 8>, along_k: bool) {
+  if (along_k) {
+    let r = li / 4u;
+    let kc = (li % 4u) * 4u;
+    for (var j = 0u; j < 4u; j++) {
+      b_tile[(kc + j) * 32u + r / 4u][r % 4u] = v[j];
+      b_tile[(kc + j) * 32u + 16u + r / 4u][r % 4u] = v[4u + j];
+    }
+  } else {
+    let kk = li / 32u;
+    b_tile[kk * 32u + li % 32u] = vec4f(v[0], v[1], v[2], v[3]);
+    b_tile[(kk + 8u) * 32u + li % 32u] = vec4f(v[4], v[5], v[6], v[7]);
   }
 }
 
@@ -98,32 +184,33 @@ fn matmul(@builtin(workgroup_id) wg: vec3u,
 
   let k_begin = wg.z * params.k_split;
   let k_end = min(params.K, k_begin + params.k_split);
-  for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-    // Each of the 256 invocations stores one vec4 of each tile (4 rows at one k).
-    let kk = li / 32u;        // 0..7
-    let r4 = (li % 32u) * 4u;  // first of 4 rows (or columns)
-    if (a_along_k) {
-      // Read 4 consecutive k of one row instead: invocations (r, 0..1) cover a row's 8 k.
-      let r = li / 2u;
-      let kc = (li % 2u) * 4u;
-      for (var j = 0u; j < 4u; j++) {
-        a_tile[(kc + j) * 32u + r / 4u][r % 4u] = load_a(row0 + r, k0 + kc + j, k_end);
-      }
-    } else {
-      a_tile[kk * 32u + r4 / 4u] = vec4f(load_a(row0 + r4, k0 + kk, k_end), load_a(row0 + r4 + 1u, k0 + kk, k_end),
-                                         load_a(row0 + r4 + 2u, k0 + kk, k_end), load_a(row0 + r4 + 3u, k0 + kk, k_end));
-    }
-    if (b_along_k) {
-      let r = li / 2u;
-      let kc = (li % 2u) * 4u;
-      for (var j = 0u; j < 4u; j++) {
-        b_tile[(kc + j) * 32u + r / 4u][r % 4u] = load_b(col0 + r, k0 + kc + j, k_end);
-      }
-    } else {
-      b_tile[kk * 32u + r4 / 4u] = vec4f(load_b(col0 + r4, k0 + kk, k_end), load_b(col0 + r4 + 1u, k0 + kk, k_end),
-                                         load_b(col0 + r4 + 2u, k0 + kk, k_end), load_b(col0 + r4 + 3u, k0 + kk, k_end));
-    }
+  // Tiles 0 … tiles1 − 1 walk this split's K; then (first split only) tiles of the second
+  // product, A2 · B2ᵀ, accumulate into the same registers (LoRA's s · u · Bᵀ after x · Wᵀ).
+  let tiles1 = (k_end - k_begin + TILE_K - 1u) / TILE_K;
+  let tiles = tiles1 + select(0u, (params.K2 + TILE_K - 1u) / TILE_K, wg.z == 0u);
+  let a2_along_k = params.a2_sk == 1u;
+  let b2_along_k = params.b2_sk == 1u;
+  // The next tile's values are read from global memory into registers while this tile's
+  // products run, so the loads' latency hides behind the arithmetic.
+  var next_a = tile_a(li, row0, k_begin, k_end, a_along_k, tiles1 == 0u);
+  var next_b = tile_b(li, col0, k_begin, k_end, b_along_k, tiles1 == 0u);
+  if (tiles1 == 0u) {
+    next_a = tile_a(li, row0, 0u, params.K2, a2_along_k, true);
+    next_b = tile_b(li, col0, 0u, params.K2, b2_along_k, true);
+  }
+  for (var t = 0u; t < tiles; t++) {
+    let second = t >= tiles1;
+    store_a(li, next_a, select(a_along_k, a2_along_k, second));
+    store_b(li, next_b, select(b_along_k, b2_along_k, second));
     workgroupBarrier();
+    let u = t + 1u;
+    if (u < tiles1) {
+      next_a = tile_a(li, row0, k_begin + u * TILE_K, k_end, a_along_k, false);
+      next_b = tile_b(li, col0, k_begin + u * TILE_K, k_end, b_along_k, false);
+    } else if (u < tiles) {
+      next_a = tile_a(li, row0, (u - tiles1) * TILE_K, params.K2, a2_along_k, true);
+      next_b = tile_b(li, col0, (u - tiles1) * TILE_K, params.K2, b2_along_k, true);
+    }
     for (var k = 0u; k < TILE_K; k++) {
       let a0 = a_tile[k * 32u + ty];
       let a1 = a_tile[k * 32u + 16u + ty];

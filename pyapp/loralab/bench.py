@@ -60,8 +60,11 @@ def random_weights(ops: Ops, config: ModelConfig, seed: int = 0, dtype: str = "f
 async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int, steps: int, rank: int,
                          weights: dict | None = None, warmup: int = 2, checkpointing: bool = False,
                          weights_dtype: str = "f32") -> dict:
+    """Time `steps` training steps after `warmup` ones; every buffer it made is freed after
+    (the weights too, when it generated them)."""
     device: Device = ops.device
     await ops.specialize_head_dim(config.head_dim)
+    own_weights = weights is None
     weights = weights or random_weights(ops, config, dtype=weights_dtype)
     lora = LoraState(device, config, LoraConfig(r=rank, alpha=2.0 * rank))
     device.submit(lora.init_dispatches(ops, seed=1))
@@ -71,6 +74,19 @@ async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int
     train = TrainConfig(steps=warmup + steps, batch_size=batch, seq_len=seq_len, report_every=max(steps, warmup),
                         gradient_checkpointing=checkpointing)
     trainer = Trainer(device, ops, model, lora, train, records)
+    try:
+        return await _timed_steps(device, trainer, lora, batch, seq_len, steps, rank, warmup, checkpointing,
+                                  weights_dtype)
+    finally:
+        for part in (trainer, model, lora):
+            part.release()
+        if own_weights:
+            for buf in weights.values():
+                device.destroy_buffer(buf)
+
+
+async def _timed_steps(device: Device, trainer: Trainer, lora: LoraState, batch: int, seq_len: int, steps: int,
+                       rank: int, warmup: int, checkpointing: bool, weights_dtype: str) -> dict:
     for i in range(warmup):
         trainer.run_step(i)
     await device.read_buffer(trainer.loss_hist, 0, 4)

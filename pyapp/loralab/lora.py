@@ -92,6 +92,10 @@ class LoraState:
             for t in self.tensors
         }
 
+    def release(self) -> None:
+        for buf in (self.params, self.grads, self.m, self.v):
+            self.device.destroy_buffer(buf)
+
     @property
     def trainable_parameters(self) -> int:
         return sum(t.numel for t in self.tensors)

@@ -9,6 +9,7 @@ function of the same name in `loralab.ref`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from .gpu.device import Buffer, Device, Dispatch
 from .kernels import Kernel, KernelLibrary
@@ -48,6 +49,18 @@ F16_VARIANTS = (("matmul", "B_F16"), ("matmul_thin", "A_F16"), ("matmul_thin", "
 MAX_GROUPS = 65535
 
 
+@dataclass(frozen=True)
+class Product:
+    """A second product for Ops.matmul: alpha · op(A)[M, K] · op(B)[N, K]ᵀ."""
+
+    A: Buffer
+    B: Buffer
+    K: int
+    trans_a: bool = False
+    trans_b: bool = False
+    alpha: float = 1.0
+
+
 def grid_1d(workgroups: int) -> tuple[int, int]:
     """`workgroups` laid out as (x, y) within the per-dimension limit; kernels index
     x + y · 65535 (rows) or gid.x + gid.y · nwg.x · WG (elements)."""
@@ -64,9 +77,14 @@ MAX_HEAD_DIM = 128
 # Their faster twins for GPUs with subgroups (one row spread over D/4 lanes), used when compiled.
 SUBGROUP_KERNELS = ("attention_subgroup", "attention_backward_dq_subgroup", "attention_backward_dkv_subgroup")
 # Split-K: a matmul with fewer output tiles than this and a long K is split along K.
-SPLIT_BELOW_TILES = 64
-SPLIT_MIN_K = 512
-SPLIT_TARGET_GROUPS = 256
+SPLIT_BELOW_TILES = 264
+SPLIT_MIN_K = 128
+SPLIT_TARGET_GROUPS = 1024
+SPLIT_MIN_K_PER_SPLIT = 64
+# matmul_thin (LoRA's rank-sized products) is bound by reading its long operand: it needs many
+# workgroups in flight, so K is split whenever that gives each split at least this many k.
+THIN_TARGET_GROUPS = 4096
+THIN_MIN_K_PER_SPLIT = 32
 
 
 class Ops:
@@ -132,43 +150,62 @@ class Ops:
     # -- linear algebra -----------------------------------------------------------------------
     def matmul(self, C: Buffer, A: Buffer, B: Buffer, M: int, N: int, K: int, *,
                trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0,
-               splits: int | None = None) -> list[Dispatch]:
-        """C[M,N] = alpha · op(A)[M,K] · op(B)[N,K]ᵀ + beta · C.
+               splits: int | None = None, plus: "Product | None" = None) -> list[Dispatch]:
+        """C[M,N] = alpha · op(A)[M,K] · op(B)[N,K]ᵀ (+ plus.alpha · op(plus.A) · op(plus.B)ᵀ) + beta · C.
         A is stored [M,K] (or [K,M] with trans_a); B is stored [N,K] (or [K,N] with trans_b).
-        Few output tiles and a long K are split along K (`splits` overrides the choice)."""
+        Few output tiles and a long K are split along K (`splits` overrides the choice). `plus`,
+        a second product over the same C (LoRA's up-projection), is summed in the same pass
+        when the tiled kernel runs, else dispatched after."""
         a_sm, a_sk = (1, M) if trans_a else (K, 1)
         b_sn, b_sk = (1, N) if trans_b else (K, 1)
         thin = self.k.get("matmul_thin")  # absent only in the start-up self-check's Ops
-        if thin and min(M, N) <= thin.source.constant("TILE_M"):
-            return self._matmul_thin(C, A, B, M, N, K, (a_sm, a_sk), (b_sn, b_sk), alpha, beta, splits)
+        if thin and min(M, N) <= thin.source.constant("TILE_M") or (plus is not None and alpha == 0.0):
+            out = (self._matmul_thin(C, A, B, M, N, K, (a_sm, a_sk), (b_sn, b_sk), alpha, beta, splits)
+                   if thin and min(M, N) <= thin.source.constant("TILE_M") else
+                   self.matmul(C, A, B, M, N, K, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, splits=splits))
+            if plus is not None:
+                out += self.matmul(C, plus.A, plus.B, M, N, plus.K, trans_a=plus.trans_a, trans_b=plus.trans_b,
+                                   alpha=plus.alpha, beta=1.0)
+            return out
         if A.dtype != "f32":
             raise ValueError(f"matmul: {A.label} is {A.dtype}; only the B operand may hold float16 weights")
         kernel = self.f16[("matmul", "B_F16")] if B.dtype == "f16" else self.k["matmul"]
         src = kernel.source
         grid = (math.ceil(N / src.constant("TILE_N")), math.ceil(M / src.constant("TILE_M")))
-        params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta)
-        return self._split_k(kernel, grid, params, splits, A, B, C)
+        params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta,
+                      K2=0, a2_sm=0, a2_sk=0, b2_sn=0, b2_sk=0, rel2=0.0)
+        second = {"A2": A, "B2": B}  # bound but unread when K2 = 0
+        if plus is not None:
+            if plus.A.dtype != "f32" or plus.B.dtype != "f32":
+                raise ValueError("matmul: the second product's operands must be float32")
+            params.update(K2=plus.K, a2_sm=1 if plus.trans_a else plus.K, a2_sk=M if plus.trans_a else 1,
+                          b2_sn=1 if plus.trans_b else plus.K, b2_sk=N if plus.trans_b else 1, rel2=plus.alpha / alpha)
+            second = {"A2": plus.A, "B2": plus.B}
+        return self._split_k(kernel, grid, params, splits, A, B, C, **second)
 
     def _split_k(self, kernel: Kernel, grid: tuple[int, int], params: dict, splits: int | None,
-                 A: Buffer, B: Buffer, C: Buffer) -> list[Dispatch]:
+                 A: Buffer, B: Buffer, C: Buffer, **more: Buffer) -> list[Dispatch]:
         """One dispatch of a matmul kernel over `grid`, or, when few tiles face a long K, one per
         K split into scratch and matmul_reduce to add them (with the caller's alpha and beta)."""
         M, N, K = params["M"], params["N"], params["K"]
         if splits is None:
             tiles = grid[0] * grid[1]
             splits = 1
-            if tiles < SPLIT_BELOW_TILES and K >= SPLIT_MIN_K:
-                splits = max(1, min(K // 256, SPLIT_TARGET_GROUPS // tiles))
+            if kernel.entry_point == "matmul_thin":  # little work per tile: spread K over many workgroups
+                splits = max(1, min(K // THIN_MIN_K_PER_SPLIT, THIN_TARGET_GROUPS // tiles))
+            elif tiles < SPLIT_BELOW_TILES and K >= SPLIT_MIN_K:
+                splits = max(1, min(K // SPLIT_MIN_K_PER_SPLIT, SPLIT_TARGET_GROUPS // tiles))
         tile_k = kernel.source.constant("TILE_K")
         k_split = -(-math.ceil(K / splits) // tile_k) * tile_k
         splits = math.ceil(K / k_split) if K else 1
         params = dict(params, k_split=k_split)
         if splits == 1:
-            return [kernel.dispatch(self.device, grid, params, A=A, B=B, C=C)]
+            return [kernel.dispatch(self.device, grid, params, A=A, B=B, C=C, **more)]
         scratch = self._scratch(splits * M * N)
         reduce = dict(MN=M * N, splits=splits, alpha=params["alpha"], beta=params["beta"])
         return [
-            kernel.dispatch(self.device, grid + (splits,), dict(params, alpha=1.0, beta=0.0), A=A, B=B, C=scratch),
+            kernel.dispatch(self.device, grid + (splits,), dict(params, alpha=1.0, beta=0.0), A=A, B=B, C=scratch,
+                            **more),
             self._elementwise("matmul_reduce", M * N, reduce, partial=scratch, C=C),
         ]
 

@@ -147,6 +147,12 @@ class Trainer:
         self._recorded: dict[bool, list] = {}
         self._optimizer_cmds = self._optimizer()
 
+    def release(self) -> None:
+        """Free the trainer's own buffers (the model's and the adapter's belong to the caller)."""
+        for buf in (self.step_buf, self.loss_hist, self.norm_hist, self.clip, self.partial, self.snapshot,
+                    self.pending, self.eval_hist):
+            self.device.destroy_buffer(buf)
+
     # -- recording ----------------------------------------------------------------------------
     def _optimizer(self) -> list:
         c, ops, lora = self.config, self.ops, self.lora

@@ -143,9 +143,12 @@ def _report(record: dict) -> None:
 
 
 def _free_run() -> None:
+    """Free the last run's GPU memory: activations, trainer buffers and its adapter."""
     run = _engine.pop("run", None)
     if run:
         run["network"].release()
+        run["trainer"].release()
+        run["lora"].release()
 
 
 def _free_model() -> None:
@@ -630,6 +633,36 @@ async def evaluate_adapter(request: str = "{}") -> dict:
     return {**losses, "tokens": tokens, "records": len(records), "set": which}
 
 
+@_result
+async def bench_step(request: str = "{}") -> dict:
+    """The `loralab bench` training step in this browser: {"config": "loaded" | a named config,
+    "batch_size", "seq_len", "steps", "rank"} -> tokens/s, ms/step, dispatches and submits per
+    step, peak GPU bytes. "loaded" times the loaded model's own weights; named configs use
+    random weights (freed after)."""
+    from .bench import NAMED_CONFIGS, bench_training
+    from .model.config import ModelConfig
+
+    req = json.loads(request)
+    run = _engine.get("run")
+    if run and run["state"] in ("running", "paused"):
+        raise ValueError("the benchmark waits until training is stopped or done")
+    ops = await _ops()
+    name = req.get("config") or "loaded"
+    if name == "loaded":
+        model = _model()
+        config, weights, label = model["config"], model["weights"], model["name"]
+    elif name in NAMED_CONFIGS:
+        config, weights, label = ModelConfig.from_dict(NAMED_CONFIGS[name], name), None, name
+    else:
+        raise ValueError(f"unknown benchmark config {name!r}; choose the loaded model or {', '.join(NAMED_CONFIGS)}")
+    batch, seq_len = int(req.get("batch_size", 4)), int(req.get("seq_len", 128))
+    if batch < 1 or seq_len < 2:
+        raise ValueError("the benchmark needs a batch size of at least 1 and a sequence length of at least 2")
+    result = await bench_training(ops, config, batch, seq_len, int(req.get("steps", 5)), int(req.get("rank", 8)),
+                                  weights, warmup=1)
+    return {**result, "config": label}
+
+
 # -- the browser cache -----------------------------------------------------------------------------
 @_result
 async def cache_list(request: str = "{}") -> dict:
@@ -731,4 +764,4 @@ EXPORTS = {"probe": probe, "train_run": train_run, "tokenize": tokenize, "load_m
            "checkpoint_info": checkpoint_info, "checkpoint_resume": checkpoint_resume,
            "checkpoint_discard": checkpoint_discard, "debug_lose_device": debug_lose_device,
            "evaluate_adapter": evaluate_adapter, "cache_list": cache_list, "cache_delete": cache_delete,
-           "cache_set_limit": cache_set_limit, "cache_dataset": cache_dataset}
+           "cache_set_limit": cache_set_limit, "cache_dataset": cache_dataset, "bench_step": bench_step}

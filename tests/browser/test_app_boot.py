@@ -22,6 +22,21 @@ def test_engine_comes_up_on_webgpu(app_page):
     assert app_page.locator("[data-testid=error]").is_hidden()
 
 
+def test_the_hardware_panel_measures_the_training_step(app_page):
+    """The same step benchmark as `loralab bench` (here the tiny config: SwiftShader is a CPU)."""
+    wait_for_engine(app_page)
+    app_page.select_option("[data-testid=hw-bench-config]", "tiny")
+    app_page.fill("[data-testid=hw-bench-batch]", "2")
+    app_page.fill("[data-testid=hw-bench-seq]", "32")
+    app_page.click("[data-testid=hw-bench]")
+    app_page.wait_for_function("document.querySelector('[data-testid=hw-bench-result]').dataset.result", timeout=120_000)
+    result = json.loads(app_page.get_attribute("[data-testid=hw-bench-result]", "data-result"))
+    assert result["tokens_per_s"] > 0 and result["batch_size"] == 2 and result["seq_len"] == 32
+    assert result["submits_per_step"] == 1 and result["dispatches_per_step"] > 50
+    assert "tokens/s" in app_page.inner_text("[data-testid=hw-bench-result]")
+    assert app_page.locator("[data-testid=error]").is_hidden()
+
+
 def test_browser_and_native_kernels_agree(app_page, gpu, kernels, run):
     native = run(matmul_check(gpu, kernels))
     wait_for_engine(app_page)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..gpu.device import Buffer, Copy, Device
 from ..lora import LoraState
-from ..ops import Ops
+from ..ops import Ops, Product
 from .config import PROJECTIONS, ModelConfig
 
 LOGITS_CHUNK_BYTES = 64 * 2**20  # the [rows, V] logits block computed at once
@@ -158,15 +158,16 @@ class Transformer:
         (training) supplies the dropout seed."""
         out_f, in_f = self.config.projection_shape(module)
         ops = self.ops
-        cmds.extend(ops.matmul(y, x, self._weight(layer, module), T, out_f, in_f, beta=beta))
-        if self.config.attention_bias and module in ("q_proj", "k_proj", "v_proj"):
-            cmds.append(ops.bias_add(y, self._weight(layer, module, "bias"), T, out_f))
-        if self.lora and self.lora.has(layer, module):
+        plus = None
+        if self.lora and self.lora.has(layer, module):  # u = dropout(x) · Aᵀ first; s · u · Bᵀ rides on x · Wᵀ
             r, s = self.lora.config.r, self.lora.config.scaling
             u = self.layers[layer].u[module]
             x_in = self._lora_input(cmds, x, layer, module, T, step)
             cmds.extend(ops.matmul(u, x_in, self.lora.param(layer, module, "A"), T, r, in_f))
-            cmds.extend(ops.matmul(y, u, self.lora.param(layer, module, "B"), T, out_f, r, alpha=s, beta=1.0))
+            plus = Product(u, self.lora.param(layer, module, "B"), r, alpha=s)
+        cmds.extend(ops.matmul(y, x, self._weight(layer, module), T, out_f, in_f, beta=beta, plus=plus))
+        if self.config.attention_bias and module in ("q_proj", "k_proj", "v_proj"):
+            cmds.append(ops.bias_add(y, self._weight(layer, module, "bias"), T, out_f))
 
     def _linear_backward(self, cmds: list, dx: Buffer | None, dy: Buffer, x: Buffer, layer: int, module: str,
                          accumulate_dx: bool, accumulate_grads: bool, step: Buffer | None = None) -> None:
@@ -174,25 +175,28 @@ class Transformer:
         dA (+)= (s · dy · B)ᵀ · dropout(x)."""
         out_f, in_f = self.config.projection_shape(module)
         T, ops = self.T, self.ops
-        if dx is not None:
-            cmds.extend(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True,
-                                   beta=1.0 if accumulate_dx else 0.0))
-        if self.lora and self.lora.has(layer, module):
-            r, s, lora = self.lora.config.r, self.lora.config.scaling, self.lora
-            g = 1.0 if accumulate_grads else 0.0
-            u = self.layers[layer].u[module]
-            cmds.extend(ops.matmul(lora.grad(layer, module, "B"), dy, u, out_f, r, T, trans_a=True, trans_b=True, alpha=s, beta=g))
-            cmds.extend(ops.matmul(self.du, dy, lora.param(layer, module, "B"), T, r, out_f, trans_b=True, alpha=s))
-            x_in = self._lora_input(cmds, x, layer, module, T, step)
-            cmds.extend(ops.matmul(lora.grad(layer, module, "A"), self.du, x_in, r, in_f, T, trans_a=True, trans_b=True, beta=g))
-            if dx is None:
-                return
-            if x_in is x:
-                cmds.extend(ops.matmul(dx, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True, beta=1.0))
-            else:  # through the dropout: dx += mask · (du · A) / (1 − p)
-                cmds.extend(ops.matmul(self.dx_drop, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True))
-                cmds.append(ops.dropout(dx, self.dx_drop, step, T * in_f, lora.config.dropout,
-                                        self._stream(layer, module), accumulate=True))
+        beta_dx = 1.0 if accumulate_dx else 0.0
+        if not (self.lora and self.lora.has(layer, module)):
+            if dx is not None:
+                cmds.extend(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True, beta=beta_dx))
+            return
+        r, s, lora = self.lora.config.r, self.lora.config.scaling, self.lora
+        g = 1.0 if accumulate_grads else 0.0
+        u = self.layers[layer].u[module]
+        cmds.extend(ops.matmul(lora.grad(layer, module, "B"), dy, u, out_f, r, T, trans_a=True, trans_b=True, alpha=s, beta=g))
+        cmds.extend(ops.matmul(self.du, dy, lora.param(layer, module, "B"), T, r, out_f, trans_b=True, alpha=s))
+        x_in = self._lora_input(cmds, x, layer, module, T, step)
+        cmds.extend(ops.matmul(lora.grad(layer, module, "A"), self.du, x_in, r, in_f, T, trans_a=True, trans_b=True, beta=g))
+        if dx is None:
+            return
+        if x_in is x:  # dx (+)= dy · W + du · A in one pass
+            cmds.extend(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True, beta=beta_dx,
+                                   plus=Product(self.du, lora.param(layer, module, "A"), r, trans_b=True)))
+        else:  # through the dropout: dx += mask · (du · A) / (1 − p)
+            cmds.extend(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True, beta=beta_dx))
+            cmds.extend(ops.matmul(self.dx_drop, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True))
+            cmds.append(ops.dropout(dx, self.dx_drop, step, T * in_f, lora.config.dropout,
+                                    self._stream(layer, module), accumulate=True))
 
     # -- whole model ------------------------------------------------------------------------
     def forward(self, rows: int | None = None, cache: "KVCache | None" = None, start: int = 0,
