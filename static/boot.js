@@ -17,6 +17,32 @@
     const node = document.querySelector('[data-testid="status"]');
     if (node) node.textContent = text;
   };
+  // Drops anywhere on the page: the files (folders walked) go to the app's Python, which
+  // decides what they are. They must be taken while the event runs, so this is JavaScript.
+  const walk = async (entry, out) => {
+    if (entry.isFile) {
+      out.push(await new Promise((resolve, reject) => entry.file(resolve, reject)));
+    } else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+        if (!batch.length) break;
+        for (const child of batch) await walk(child, out);
+      }
+    }
+  };
+  document.addEventListener("dragover", (event) => event.preventDefault());
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const files = [...event.dataTransfer.files];
+    const entries = [...event.dataTransfer.items].map((item) => item.webkitGetAsEntry ? item.webkitGetAsEntry() : null);
+    const folders = entries.some((entry) => entry && entry.isDirectory);
+    const gathered = folders
+      ? (async () => { const out = []; for (const e of entries) if (e) await walk(e, out); return out; })()
+      : Promise.resolve(files);
+    gathered.then((all) => { if (window.loralabOnDrop) window.loralabOnDrop(all); },
+                  (error) => console.warn("LoRA Lab: could not read the dropped folder", error));
+  });
   if (!("serviceWorker" in navigator)) {  // (http on a LAN address, or disabled): no offline use
     startPython();
     return;

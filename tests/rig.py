@@ -60,3 +60,13 @@ def wait_until_ready(page, timeout_ms: int = 600_000) -> None:
         " return s.textContent.trim() === 'ready' || (!e.hidden && e.textContent.length > 0); })()", timeout=timeout_ms)
     error = page.locator("[data-testid=error]")
     assert error.is_hidden(), error.inner_text()
+
+
+def drop_files(page, paths) -> None:
+    """Drop files on the page as a person drags them from a file manager."""
+    files = [(Path(p).name, list(Path(p).read_bytes())) for p in paths]
+    handle = page.evaluate_handle("""(files) => {
+        const dt = new DataTransfer();
+        for (const [name, bytes] of files) dt.items.add(new File([new Uint8Array(bytes)], name));
+        return dt; }""", files)
+    page.dispatch_event("body", "drop", {"dataTransfer": handle})

@@ -268,8 +268,10 @@ def test_export_merged_equals_base_plus_adapter_in_peft(tmp_path, llama_with_ada
     assert float((merged - reference).abs().max()) <= 1e-4
 
 
-def test_a_peft_made_adapter_evaluates_like_peft(tmp_path, model_dir, tokens_file):
-    pm = hf.peft_model(model_dir, r=4, alpha=8.0, b_std=0.1, seed=5)
+@pytest.mark.parametrize("patterns", [{}, {"rank_pattern": {"k_proj": 2, "layers.0.mlp.gate_proj": 6},
+                                          "alpha_pattern": {"o_proj": 2.0}}], ids=["uniform", "rank-alpha-patterns"])
+def test_a_peft_made_adapter_evaluates_like_peft(tmp_path, model_dir, tokens_file, patterns):
+    pm = hf.peft_model(model_dir, r=4, alpha=8.0, b_std=0.1, seed=5, **patterns)
     pm.save_pretrained(tmp_path / "peft-adapter")
     ours = json.loads(loralab("eval", model_dir, tokens_file, "--adapter", tmp_path / "peft-adapter", "--seq-len", 16).stdout)
     total, count = 0.0, 0

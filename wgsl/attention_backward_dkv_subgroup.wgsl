@@ -61,7 +61,28 @@ fn attention_backward_dkv_subgroup(@builtin(workgroup_id) wg: vec3u, @builtin(nu
   let vv = load4(2u, kv_base);
   var dk = vec4f(0.0);
   var dv = vec4f(0.0);
-  for (var i = block * rows; i < p.S; i++) {
+  let q_stride = p.Hq * p.D;
+  var i = block * rows;
+  for (; i + 4u <= p.S; i += 4u) {  // four queries at a time: independent shuffles overlap
+    let base = (b * p.S + i) * q_stride + h * p.D + lane * 4u;
+    let row = (b * p.Hq + h) * p.S + i;
+    let q0 = load4(0u, base);
+    let q1 = load4(0u, base + q_stride);
+    let q2 = load4(0u, base + 2u * q_stride);
+    let q3 = load4(0u, base + 3u * q_stride);
+    let do0 = load4(3u, base);
+    let do1 = load4(3u, base + q_stride);
+    let do2 = load4(3u, base + 2u * q_stride);
+    let do3 = load4(3u, base + 3u * q_stride);
+    let s = vec4f(row_sum(dot(q0, kv)), row_sum(dot(q1, kv)), row_sum(dot(q2, kv)), row_sum(dot(q3, kv)));
+    let dp = vec4f(row_sum(dot(do0, vv)), row_sum(dot(do1, vv)), row_sum(dot(do2, vv)), row_sum(dot(do3, vv)));
+    let ok = vec4<bool>(i >= j, i + 1u >= j, i + 2u >= j, i + 3u >= j);
+    let pij = select(vec4f(0.0), exp(s - vec4f(lse[row], lse[row + 1u], lse[row + 2u], lse[row + 3u])), ok);
+    let f = pij * (dp - vec4f(delta[row], delta[row + 1u], delta[row + 2u], delta[row + 3u])) * p.scale;
+    dv += pij.x * do0 + pij.y * do1 + pij.z * do2 + pij.w * do3;
+    dk += f.x * q0 + f.y * q1 + f.z * q2 + f.w * q3;
+  }
+  for (; i < p.S; i++) {
     let q_base = (b * p.S + i) * p.Hq * p.D + h * p.D + lane * 4u;
     let row = (b * p.Hq + h) * p.S + i;
     let qv = load4(0u, q_base);

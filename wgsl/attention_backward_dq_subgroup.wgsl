@@ -65,7 +65,23 @@ fn attention_backward_dq_subgroup(@builtin(workgroup_id) wg: vec3u, @builtin(num
   let li_row = lse[row];
   var acc = vec4f(0.0);
   let j_end = min(p.S, (block + 1u) * rows);
-  for (var j = 0u; j < j_end; j++) {
+  let stride = p.Hkv * p.D;
+  let kv0 = b * p.S * stride + g * p.D + lane * 4u;
+  var j = 0u;
+  for (; j + 4u <= j_end; j += 4u) {  // four keys at a time: independent shuffles overlap
+    let base = kv0 + j * stride;
+    let k0 = load4(1u, base);
+    let k1 = load4(1u, base + stride);
+    let k2 = load4(1u, base + 2u * stride);
+    let k3 = load4(1u, base + 3u * stride);
+    let s = vec4f(row_sum(dot(qv, k0)), row_sum(dot(qv, k1)), row_sum(dot(qv, k2)), row_sum(dot(qv, k3)));
+    let dp = vec4f(row_sum(dot(dov, load4(2u, base))), row_sum(dot(dov, load4(2u, base + stride))),
+                   row_sum(dot(dov, load4(2u, base + 2u * stride))), row_sum(dot(dov, load4(2u, base + 3u * stride))));
+    let ok = vec4<bool>(j <= i, j + 1u <= i, j + 2u <= i, j + 3u <= i);
+    let f = select(vec4f(0.0), exp(s - vec4f(li_row)) * (dp - vec4f(di)) * p.scale, ok);
+    acc += f.x * k0 + f.y * k1 + f.z * k2 + f.w * k3;
+  }
+  for (; j < j_end; j++) {
     let kv_base = (b * p.S + j) * p.Hkv * p.D + g * p.D + lane * 4u;
     let kv = load4(1u, kv_base);
     let s = row_sum(dot(qv, kv));

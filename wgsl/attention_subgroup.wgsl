@@ -60,7 +60,29 @@ fn attention_subgroup(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups)
   var m = -3.4e38;
   var l = 0.0;
   let j_end = min(p.S, (block + 1u) * rows);
-  for (var j = 0u; j < j_end; j++) {
+  let stride = p.Hkv * p.D;
+  let kv0 = b * p.S * stride + g * p.D + lane * 4u;
+  var j = 0u;
+  // Four keys at a time: their dot products and shuffles are independent, so they overlap;
+  // the running max and sum take one correction per four keys. Keys past the row's query are
+  // masked out (weight 0).
+  for (; j + 4u <= j_end; j += 4u) {
+    let base = kv0 + j * stride;
+    let s0 = row_sum(dot(qv, load4(1u, base)));
+    let s1 = row_sum(dot(qv, load4(1u, base + stride)));
+    let s2 = row_sum(dot(qv, load4(1u, base + 2u * stride)));
+    let s3 = row_sum(dot(qv, load4(1u, base + 3u * stride)));
+    let ok = vec4<bool>(j <= i, j + 1u <= i, j + 2u <= i, j + 3u <= i);
+    let sv = select(vec4f(-3.4e38), vec4f(s0, s1, s2, s3), ok);
+    let m_new = max(m, max(max(sv.x, sv.y), max(sv.z, sv.w)));
+    let correction = exp(m - m_new);
+    let wv = select(vec4f(0.0), exp(sv - vec4f(m_new)), ok);
+    l = l * correction + wv.x + wv.y + wv.z + wv.w;
+    acc = acc * correction + wv.x * load4(2u, base) + wv.y * load4(2u, base + stride)
+        + wv.z * load4(2u, base + 2u * stride) + wv.w * load4(2u, base + 3u * stride);
+    m = m_new;
+  }
+  for (; j < j_end; j++) {
     let kv_base = (b * p.S + j) * p.Hkv * p.D + g * p.D + lane * 4u;
     let s = row_sum(dot(qv, load4(1u, kv_base)));
     if (j <= i) {

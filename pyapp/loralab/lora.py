@@ -13,6 +13,7 @@ alpha / √r with rsLoRA (Kalajdzievski 2023).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from .gpu.device import VIEW_ALIGNMENT, Buffer, Device
@@ -28,10 +29,21 @@ class LoraConfig:
     targets: tuple[str, ...] = field(default=PROJECTIONS, metadata={"help": "projections that get an adapter"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input (training only)"})
     use_rslora: bool = field(default=False, metadata={"help": "scale by alpha / sqrt(r) (rank-stabilised LoRA)"})
+    rank_pattern: tuple[tuple[str, int], ...] = field(
+        default=(), metadata={"help": "per-module ranks, (pattern, r) pairs as PEFT's rank_pattern"})
+    alpha_pattern: tuple[tuple[str, float], ...] = field(
+        default=(), metadata={"help": "per-module alphas, (pattern, alpha) pairs as PEFT's alpha_pattern"})
 
     def __post_init__(self):
+        for name in ("rank_pattern", "alpha_pattern"):  # from JSON: lists (or a dict) -> pairs
+            value = getattr(self, name)
+            pairs = value.items() if isinstance(value, dict) else value
+            object.__setattr__(self, name, tuple((str(k), v) for k, v in pairs))
         if self.r < 1:
             raise ValueError(f"LoRA rank must be at least 1 (got {self.r})")
+        for key, value in self.rank_pattern:
+            if int(value) < 1:
+                raise ValueError(f"LoRA rank_pattern {key!r}: the rank must be at least 1 (got {value})")
         unknown = [t for t in self.targets if t not in PROJECTIONS]
         if unknown or not self.targets:
             raise ValueError(f"unknown LoRA target modules {unknown}; choose from {', '.join(PROJECTIONS)}")
@@ -41,6 +53,26 @@ class LoraConfig:
     @property
     def scaling(self) -> float:
         return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+    @staticmethod
+    def _match(pattern: tuple, layer: int, module: str, default):
+        """PEFT's rule: the first pattern key that matches the end of the module's name."""
+        name = f"model.layers.{layer}.{'self_attn' if module in ATTENTION else 'mlp'}.{module}"
+        for key, value in pattern:
+            if re.match(rf"(.*\.)?({key})$", name):
+                return value
+        return default
+
+    def rank(self, layer: int, module: str) -> int:
+        return int(self._match(self.rank_pattern, layer, module, self.r))
+
+    def scaling_for(self, layer: int, module: str) -> float:
+        r, alpha = self.rank(layer, module), float(self._match(self.alpha_pattern, layer, module, self.alpha))
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+    @property
+    def max_rank(self) -> int:
+        return max([self.r] + [int(v) for _, v in self.rank_pattern])
 
 
 @dataclass(frozen=True)
@@ -69,7 +101,8 @@ def layout(config: ModelConfig, lora: LoraConfig) -> tuple[list[LoraTensor], int
             if module not in lora.targets:
                 continue
             out_f, in_f = config.projection_shape(module)
-            for kind, shape in (("A", (lora.r, in_f)), ("B", (out_f, lora.r))):
+            r = lora.rank(layer, module)
+            for kind, shape in (("A", (r, in_f)), ("B", (out_f, r))):
                 tensors.append(LoraTensor(layer, module, kind, shape, offset))
                 offset += -(-shape[0] * shape[1] * 4 // VIEW_ALIGNMENT) * VIEW_ALIGNMENT
     return tensors, max(offset, VIEW_ALIGNMENT)

@@ -42,7 +42,6 @@ async def merged_tensors(device: Device, ops: Ops, config: ModelConfig, weights:
                          lora: LoraState) -> AsyncIterator[tuple[str, bytes]]:
     """Each base tensor by name (sorted, as in the safetensors header) as float32 bytes, with
     scaling · B · A added where the adapter has a projection."""
-    scale = lora.config.scaling
     for name in sorted(expected_shapes(config)):
         buf = weights[name]
         if buf.dtype != "f32":
@@ -53,11 +52,12 @@ async def merged_tensors(device: Device, ops: Ops, config: ModelConfig, weights:
             continue
         layer, module = site
         out_f, in_f = config.projection_shape(module)
+        r, scale = lora.config.rank(layer, module), lora.config.scaling_for(layer, module)
         merged = device.create_buffer(buf.size, label=f"{name}.merged")
         try:
             # merged[out, in] = W + scale · B[out, r] · A[r, in]  (A is stored [r, in]: op(B) = Aᵀ)
             device.submit([Copy(buf, 0, merged, 0, buf.size)] + ops.matmul(
-                merged, lora.param(layer, module, "B"), lora.param(layer, module, "A"), out_f, in_f, lora.config.r,
+                merged, lora.param(layer, module, "B"), lora.param(layer, module, "A"), out_f, in_f, r,
                 trans_b=True, alpha=scale, beta=1.0))
             yield name, await device.read_buffer(merged)
         finally:

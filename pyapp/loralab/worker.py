@@ -274,6 +274,8 @@ def _use_dataset(source: dict):
         raise DatasetError(f"{source['name']}: too few records ({len(records)}) to hold some out for validation")
     _engine["dataset"], _engine["valid"] = (records[:-held], records[-held:]) if held else (records, [])
     _engine["dataset_source"] = source
+    _engine["dataset_summary"] = {"name": source["name"], "records": summary.records, "tokens": summary.tokens,
+                                  "format": summary.format, "validation_records": held}
     return records, summary, held
 
 
@@ -509,6 +511,8 @@ async def export_adapter(request: str) -> dict:
     adapter_config.json, README.md) or a llama.cpp GGUF-LoRA file."""
     import base64
 
+    from dataclasses import asdict
+
     from .formats.peft import adapter_files, gguf_lora, model_card, zip_bytes
 
     req = json.loads(request)
@@ -519,7 +523,10 @@ async def export_adapter(request: str) -> dict:
         data, name = gguf_lora(state, lora.config, model["config"], model["name"]), "adapter.gguf"
     else:
         files = adapter_files(state, lora.config, model["name"], {"loralab_history": json.dumps(history[-1000:])})
-        files["README.md"] = model_card(model["name"], lora.config, history).encode()
+        run = _engine.get("run")
+        training = asdict(run["trainer"].config) if run else None
+        files["README.md"] = model_card(model["name"], lora.config, history, _engine.get("dataset_summary"),
+                                        training).encode()
         data, name = zip_bytes(files), "adapter.zip"
     return {"name": name, "base64": base64.b64encode(data).decode()}
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.browser.test_app_flow import make_chat_model
 from tests.model import hf
-from tests.rig import wait_for_engine, wait_until_ready
+from tests.rig import drop_files, wait_for_engine, wait_until_ready
 
 pytestmark = pytest.mark.browser
 torch = pytest.importorskip("torch")
@@ -178,6 +178,8 @@ def test_evaluation_import_export_and_merged_model_match_peft(app_page, model_fo
     d.value.save_as(zpath)
     with zipfile.ZipFile(zpath) as zf:
         zf.extractall(tmp_path / "adapter")
+        card = zf.read("README.md").decode()
+    assert "tokens.jsonl" in card and "training config" in card and "training loss" in card
     with_adapter = peft.PeftModel.from_pretrained(hf.load_hf(model_folder), str(tmp_path / "adapter")).eval()
     loss, count = peft_loss(with_adapter, tokens_data)
     assert ours["tokens"] == count
@@ -199,8 +201,7 @@ def test_evaluation_import_export_and_merged_model_match_peft(app_page, model_fo
     made = peft.get_peft_model(hf.load_hf(model_folder), peft.LoraConfig(
         r=4, lora_alpha=12, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0, init_lora_weights=False))
     made.save_pretrained(tmp_path / "made")
-    page.set_input_files("[data-testid=adapter-files]", [str(tmp_path / "made" / "adapter_config.json"),
-                                                         str(tmp_path / "made" / "adapter_model.safetensors")])
+    drop_files(page, [tmp_path / "made" / "adapter_config.json", tmp_path / "made" / "adapter_model.safetensors"])
     page.wait_for_function("document.querySelector('[data-testid=adapter-info]').textContent.includes('Imported')")
     page.evaluate("document.querySelector('[data-testid=eval-loss]').dataset.result = ''")
     page.click("[data-testid=eval-run]")

@@ -53,15 +53,16 @@ def load_hf(path: Path):
 
 
 def peft_model(path: Path, r: int = 4, alpha: float = 8.0, targets=PROJECTIONS, b_std: float = 0.0, seed: int = 1,
-               use_rslora: bool = False):
-    """The model wrapped by PEFT; B is random (std b_std) when b_std > 0 so gradients reach A."""
+               use_rslora: bool = False, **patterns):
+    """The model wrapped by PEFT; B is random (std b_std) when b_std > 0 so gradients reach A.
+    `patterns`: PEFT's rank_pattern / alpha_pattern."""
     import peft
     import torch
 
     torch.manual_seed(seed)
     model = peft.get_peft_model(load_hf(path), peft.LoraConfig(
         r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none",
-        task_type="CAUSAL_LM", use_rslora=use_rslora))
+        task_type="CAUSAL_LM", use_rslora=use_rslora, **patterns))
     if b_std:
         with torch.no_grad():
             for name, p in model.named_parameters():

@@ -52,18 +52,24 @@ def test_logits_equal_base_model_when_b_is_zero(gpu, ops, run, arrays, model_dir
     assert np.abs(ours - ref).max() <= 1e-4
 
 
-@pytest.mark.parametrize("rslora, checkpointing", [(False, False), (True, False), (False, True)],
-                         ids=["lora", "rslora", "checkpointing"])
-def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_dir, rslora, checkpointing):
+PATTERNS = {"rank_pattern": {"q_proj": 2, "layers.1.mlp.down_proj": 6}, "alpha_pattern": {"v_proj": 3.0, "up_proj": 20.0}}
+
+
+@pytest.mark.parametrize("rslora, checkpointing, patterns", [(False, False, {}), (True, False, {}), (False, True, {}),
+                                                              (False, False, PATTERNS)],
+                         ids=["lora", "rslora", "checkpointing", "rank-alpha-patterns"])
+def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_dir, rslora, checkpointing, patterns):
     B, S, r, alpha = 2, 9, 4, 8.0
-    pm = hf.peft_model(model_dir, r=r, alpha=alpha, b_std=0.05, use_rslora=rslora)
+    pm = hf.peft_model(model_dir, r=r, alpha=alpha, b_std=0.05, use_rslora=rslora, **patterns)
     ids, labels = hf.batch(1, B, S, ignore_prefix=3)
     labels[1, 6:] = -100
     out = pm(input_ids=torch.tensor(ids), labels=torch.tensor(labels))
     out.loss.backward()
     ref_grads = hf.lora_grads(pm)
 
-    config, lora, model = build(gpu, ops, run, model_dir, LoraConfig(r=r, alpha=alpha, use_rslora=rslora), B, S, checkpointing)
+    lora_config = LoraConfig(r=r, alpha=alpha, use_rslora=rslora, rank_pattern=patterns.get("rank_pattern", {}),
+                             alpha_pattern=patterns.get("alpha_pattern", {}))
+    config, lora, model = build(gpu, ops, run, model_dir, lora_config, B, S, checkpointing)
     lora.load_state({k: v.tobytes() for k, v in hf.lora_state(pm).items()})
     flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
     model.write_batch(flat_ids, targets)

@@ -20,7 +20,7 @@ from ..train import OPTIMIZERS, SCHEDULES, TrainConfig
 STORE = "loralab.ui"
 CHOICES = {"lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS}
 TESTID_NAMES = {"r": "rank"}  # cfg-<name> hooks; LoRA's r is "rank" in the UI
-HIDDEN_FIELDS = {"beta1", "beta2", "eps"}
+HIDDEN_FIELDS = {"beta1", "beta2", "eps", "rank_pattern", "alpha_pattern"}  # (patterns come with imported adapters)
 
 state = {"engine": None, "model": None, "dataset": False, "train": "idle", "records": [], "total": 0,
          "busy": False, "proxies": []}
@@ -184,15 +184,20 @@ MODEL_FILES = (".gguf", ".safetensors", "config.json", "tokenizer.json", "tokeni
                "generation_config.json", "special_tokens_map.json", ".index.json")
 
 
-async def on_drop(event) -> None:
-    """Files dropped anywhere on the page: model files load the model, anything else is a dataset."""
-    event.preventDefault()
-    items = event.dataTransfer.files
-    files = [items.item(i) for i in range(items.length)]
-    model = [f for f in files if any(f.name.endswith(suffix) for suffix in MODEL_FILES)]
-    data = [f for f in files if f not in model]
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+async def on_drop(files) -> None:
+    """Files (folders already flattened by static/boot.js) dropped anywhere on the page: an
+    adapter (a .zip or its files) is imported, model files load the model, anything else is a dataset."""
+    files = list(files)
+    adapter = [f for f in files if f.name in ADAPTER_FILES or f.name.lower().endswith(".zip")]
+    model = [f for f in files if f not in adapter and any(f.name.endswith(suffix) for suffix in MODEL_FILES)]
+    data = [f for f in files if f not in model and f not in adapter]
     if model:
         await load_model_files(model)
+    if adapter:
+        await import_adapter_files(adapter)
     if data:
         await use_dataset(data[0].name, await data[0].text())
 
@@ -710,7 +715,11 @@ def export_handler(fmt: str):
 
 async def on_adapter_files(event) -> None:
     files = event.target.files
-    urls = {files.item(i).name: window.URL.createObjectURL(files.item(i)) for i in range(files.length)}
+    await import_adapter_files([files.item(i) for i in range(files.length)])
+
+
+async def import_adapter_files(files: list) -> None:
+    urls = {f.name: window.URL.createObjectURL(f) for f in files}
     result = await call("import_adapter", {"files": urls})
     if result:
         state["train"] = "idle"
@@ -744,10 +753,9 @@ async def on_generate(event) -> None:
 
 # -- start ---------------------------------------------------------------------------------------
 def wire() -> None:
-    for name, handler in (("dragover", lambda event: event.preventDefault()), ("drop", on_drop)):
-        proxy = create_proxy(handler)
-        state["proxies"].append(proxy)
-        document.body.addEventListener(name, proxy)
+    drop = create_proxy(on_drop)  # boot.js catches the drop (the files must be taken in the event)
+    state["proxies"].append(drop)
+    window.loralabOnDrop = drop
     on("model-files", "change", on_model_files)
     on("model-load", "click", on_model_load)
     on("dataset-files", "change", on_dataset_file)

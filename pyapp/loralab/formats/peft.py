@@ -7,6 +7,7 @@ Pure Python: used by the CLI and, with bytes from JS, by the browser.
 
 from __future__ import annotations
 
+import array
 import io
 import json
 import os
@@ -42,8 +43,8 @@ def adapter_config(lora: LoraConfig, base_model: str) -> dict:
         "modules_to_save": None,
         "init_lora_weights": True,
         "inference_mode": True,
-        "rank_pattern": {},
-        "alpha_pattern": {},
+        "rank_pattern": dict(lora.rank_pattern),
+        "alpha_pattern": dict(lora.alpha_pattern),
         "layers_to_transform": None,
     }
 
@@ -112,14 +113,23 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
     for unsupported in ("use_dora",):
         if raw.get(unsupported):
             raise AdapterError(f"{source}/{CONFIG_FILE}: {unsupported} adapters are not supported")
-    if raw.get("rank_pattern") or raw.get("alpha_pattern"):
-        raise AdapterError(f"{source}/{CONFIG_FILE}: per-module rank_pattern/alpha_pattern are not supported yet")
+    patterns = {}
+    for name, kind in (("rank_pattern", int), ("alpha_pattern", float)):
+        value = raw.get(name) or {}
+        if not isinstance(value, dict):
+            raise AdapterError(f"{source}/{CONFIG_FILE}: {name} must map module names to numbers")
+        try:
+            patterns[name] = tuple((str(k), kind(v)) for k, v in value.items())
+            for key, _ in patterns[name]:
+                re.compile(key)
+        except (TypeError, ValueError, re.error) as exc:
+            raise AdapterError(f"{source}/{CONFIG_FILE}: {name}: {exc}") from None
     data = files[ADAPTER_FILE]
     try:
         header = parse_header(data, len(data), f"{source}/{ADAPTER_FILE}")
     except SafetensorsError as exc:
         raise AdapterError(str(exc)) from None
-    state, targets, ranks = {}, set(), set()
+    state, targets, ranks = {}, set(), {}
     for name, info in header.tensors.items():
         m = KEY.match(name)
         if not m or m.group(3) not in PROJECTIONS:
@@ -131,17 +141,21 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
         key = name.replace(".default.weight", ".weight")
         state[key] = (info.shape, to_f32_bytes(info.dtype, data[info.start : info.end]))
         targets.add(m.group(3))
-        ranks.add(info.shape[0] if m.group(4) == "A" else info.shape[1])
+        ranks[key] = (int(m.group(1)), m.group(3), info.shape[0] if m.group(4) == "A" else info.shape[1])
     if not state:
         raise AdapterError(f"{source}/{ADAPTER_FILE}: holds no LoRA tensors")
     try:
         r = int(raw.get("r", 8))
         lora = LoraConfig(r=r, alpha=float(raw.get("lora_alpha", r)), targets=tuple(p for p in PROJECTIONS if p in targets),
-                          dropout=float(raw.get("lora_dropout") or 0.0), use_rslora=bool(raw.get("use_rslora", False)))
+                          dropout=float(raw.get("lora_dropout") or 0.0), use_rslora=bool(raw.get("use_rslora", False)),
+                          **patterns)
     except (TypeError, ValueError) as exc:
         raise AdapterError(f"{source}/{CONFIG_FILE}: {exc}") from None
-    if ranks != {r}:
-        raise AdapterError(f"{source}: adapter_config.json says r = {r}, but the tensors have rank {sorted(ranks)}")
+    for key, (layer, module, rank) in sorted(ranks.items()):
+        if rank != lora.rank(layer, module):
+            said = f"r = {lora.r}" + (" with its rank_pattern" if lora.rank_pattern else "")
+            raise AdapterError(f"{source}: {CONFIG_FILE} says {said}, i.e. rank {lora.rank(layer, module)} for "
+                               f"{key}, but the tensor has rank {rank}")
     return lora, state, raw
 
 
@@ -153,8 +167,9 @@ def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = 
             out_f, in_f = model.projection_shape(module)
             block = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
             base = f"base_model.model.model.layers.{layer}.{block}.{module}"
-            expected[f"{base}.lora_A.weight"] = (lora.r, in_f)
-            expected[f"{base}.lora_B.weight"] = (out_f, lora.r)
+            r = lora.rank(layer, module)
+            expected[f"{base}.lora_A.weight"] = (r, in_f)
+            expected[f"{base}.lora_B.weight"] = (out_f, r)
     for key, (shape, _) in state.items():
         if key not in expected:
             raise AdapterError(f"{source}: tensor {key} does not exist in this model ({model.num_layers} layers); "
@@ -171,13 +186,21 @@ def load_into(lora_state: LoraState, state: dict) -> None:
     lora_state.load_state({key: data for key, (_, data) in state.items()})
 
 
-def model_card(base_model: str, lora: LoraConfig, history: list[dict]) -> str:
-    """README.md for an exported adapter: what it is, how it was trained, where the loss ended."""
+def model_card(base_model: str, lora: LoraConfig, history: list[dict], dataset: dict | None = None,
+               training: dict | None = None) -> str:
+    """README.md for an exported adapter: what it is, the data it saw, how it was trained (the
+    training config) and where the training and validation losses ended."""
     train = [h for h in history if h.get("kind") == "train"]
     valid = [h for h in history if h.get("kind") == "eval"]
     lines = [f"# LoRA adapter for {base_model}", "", "Trained with LoRA Lab (WebGPU, in the browser).", "",
              f"- base model: {base_model}", f"- r = {lora.r}, lora_alpha = {lora.alpha}, target modules: {', '.join(lora.targets)}",
              f"- dropout {lora.dropout}, rsLoRA: {lora.use_rslora}"]
+    if dataset:
+        lines.append("- data: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dataset.items()))
+    if training:
+        lines.append("- training config: " + ", ".join(f"{k} = {v}" for k, v in training.items()))
+    if lora.rank_pattern or lora.alpha_pattern:
+        lines.append(f"- per-module ranks {dict(lora.rank_pattern)}, alphas {dict(lora.alpha_pattern)}")
     if train:
         lines += [f"- steps: {train[-1]['step']}, tokens: {train[-1]['tokens']:,}",
                   f"- training loss: {train[0]['loss']:.4f} at step 1, {train[-1]['loss']:.4f} at the end"]
@@ -212,6 +235,11 @@ def gguf_lora(state: dict[str, tuple[tuple[int, ...], bytes]], lora: LoraConfig,
         m = KEY.match(key)
         layer, block, module, kind = int(m.group(1)), m.group(2), m.group(3), m.group(4)
         shape, data = state[key]
+        if kind == "B":  # llama.cpp scales by alpha / rank: per-module alphas and rsLoRA go into B
+            factor = lora.scaling_for(layer, module) * shape[1] / lora.alpha
+            if factor != 1.0:
+                values = array.array("f", data)
+                data = array.array("f", (v * factor for v in values)).tobytes()
         if kind == "B" and arch == "llama" and module in ("q_proj", "k_proj"):
             data = permute_rows(data, shape[0], shape[1] * 4, model.head_dim)
         tensors.append((f"blk.{layer}.{to_gguf[f'{block}.{module}']}.weight.lora_{kind.lower()}", tuple(shape), data))

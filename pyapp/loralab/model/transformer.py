@@ -80,7 +80,7 @@ class Transformer:
         self.inv_freq = device.create_buffer_with_data(struct.pack(f"<{len(inv_freq)}f", *inv_freq), label="inv_freq")
         self.buffers += [self.pos, self.inv_freq]
         self.res = [buf(T * C, f"res.{l}") for l in range(cfg.num_layers + 1)]
-        r = lora.config.r if lora else 0
+        r = lora.config.max_rank if lora else 0
         kept = 1 if checkpointing else cfg.num_layers  # with checkpointing all layers share one set
         layers = [
             LayerActivations(
@@ -160,7 +160,7 @@ class Transformer:
         ops = self.ops
         plus = None
         if self.lora and self.lora.has(layer, module):  # u = dropout(x) · Aᵀ first; s · u · Bᵀ rides on x · Wᵀ
-            r, s = self.lora.config.r, self.lora.config.scaling
+            r, s = self.lora.config.rank(layer, module), self.lora.config.scaling_for(layer, module)
             u = self.layers[layer].u[module]
             x_in = self._lora_input(cmds, x, layer, module, T, step)
             cmds.extend(ops.matmul(u, x_in, self.lora.param(layer, module, "A"), T, r, in_f))
@@ -180,7 +180,7 @@ class Transformer:
             if dx is not None:
                 cmds.extend(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True, beta=beta_dx))
             return
-        r, s, lora = self.lora.config.r, self.lora.config.scaling, self.lora
+        r, s, lora = self.lora.config.rank(layer, module), self.lora.config.scaling_for(layer, module), self.lora
         g = 1.0 if accumulate_grads else 0.0
         u = self.layers[layer].u[module]
         cmds.extend(ops.matmul(lora.grad(layer, module, "B"), dy, u, out_f, r, T, trans_a=True, trans_b=True, alpha=s, beta=g))
@@ -246,7 +246,8 @@ class Transformer:
             self._linear(cmds, self.res[l + 1], a.h, l, "down_proj", T, beta=1.0, step=step)
         elif self.lora and self.lora.has(l, "down_proj"):  # down_proj's LoRA input activation u
             x_in = self._lora_input(cmds, a.h, l, "down_proj", T, step)
-            cmds.extend(ops.matmul(a.u["down_proj"], x_in, self.lora.param(l, "down_proj", "A"), T, self.lora.config.r, I))
+            cmds.extend(ops.matmul(a.u["down_proj"], x_in, self.lora.param(l, "down_proj", "A"), T,
+                                   self.lora.config.rank(l, "down_proj"), I))
 
     def logits_into(self, out: Buffer) -> list:
         """All logits [T, V] into `out` (tests and generation; training uses loss_and_grad)."""
