@@ -112,8 +112,8 @@ class DataCache:
         except Exception as exc:  # quota: the model still loads, it just is not kept
             js.console.warn(f"LoRA Lab: could not keep {file or url} in the browser cache: {exc}")
             return
-        if self.item["files"].get(key) in (None, ABSENT):
-            self.item["bytes"] += int(data.byteLength)
+        before = self.item["files"].get(key)
+        self.item["bytes"] += int(data.byteLength) - (before if isinstance(before, int) else 0)
         self.item["files"][key] = int(data.byteLength)
 
     # -- the manager -----------------------------------------------------------------------------
@@ -165,14 +165,14 @@ class DataCache:
         """A dataset as its own item (one file)."""
         async with self.loading(item_id, "dataset", name, {"kind": "dataset"}):
             data = js.TextEncoder.new().encode(text).buffer
-            await self.store(self.key("dataset", name), name, data)
+            await self.store("dataset", "data", data)
 
     async def read_text(self, item_id: str) -> tuple[str, str]:
         item = await self.get(item_id)
         if item is None or item["kind"] != "dataset":
             raise ValueError(f"{item_id}: this dataset is no longer in the browser cache")
         async with self.loading(item_id, "dataset", item["name"], item["source"]):
-            found, data = await self.lookup("dataset", item["name"])
+            found, data = await self.lookup("dataset", "data")
         if not found or data is None:
             raise ValueError(f"{item['name']}: the browser dropped this dataset from its cache")
         return item["name"], js.TextDecoder.new().decode(data)

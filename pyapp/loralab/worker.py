@@ -282,9 +282,11 @@ def _use_dataset(source: dict):
 async def _keep_dataset(source: dict) -> None:
     import hashlib
 
+    # Pasted text is one item, replaced as the person edits it; a file is kept by its content.
+    pasted = source["name"].startswith("pasted.")
+    item_id = "dataset:pasted" if pasted else "dataset:" + hashlib.sha256(source["text"].encode()).hexdigest()[:16]
     try:
-        await CACHE.keep_text("dataset:" + hashlib.sha256(source["text"].encode()).hexdigest()[:16], source["name"],
-                              source["text"])
+        await CACHE.keep_text(item_id, source["name"], source["text"])
     except Exception as exc:  # storage is a convenience here: the dataset is in use either way
         js.console.warn(f"LoRA Lab: the dataset was not kept in the browser cache: {exc}")
 

@@ -158,6 +158,14 @@ def test_cache_manager_reuses_deletes_and_evicts_least_recently_used(app_page, h
     assert size > 50_000  # the weights are kept
     assert weights_requests("lab/first") == 1
 
+    for text in ('{"text": "one"}\n', '{"text": "one two"}\n{"text": "three"}\n'):  # edited: one item, replaced
+        page.fill("[data-testid=dataset-text]", text)
+        page.click("[data-testid=dataset-use]")
+        page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('records')")
+    page.wait_for_function("""[...document.querySelectorAll('[data-testid=cache-item]')]
+        .some(r => r.dataset.id === 'dataset:pasted' && parseInt(r.dataset.bytes) === 38)""")
+    assert page.locator("[data-testid=cache-item][data-kind=dataset]").count() == 1
+
     page.reload()  # a cached model starts without downloading again
     wait_for_engine(page)
     load_repo(page, hub, "lab/first")

@@ -102,6 +102,10 @@ def _mib(n: int | None) -> str:
     return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
 
 
+def _rate(gflops: float) -> str:
+    return f"{gflops:,.0f} GFLOP/s" if gflops >= 100 else f"{gflops:.3g} GFLOP/s"
+
+
 def render_rows(testid: str, rows: list[tuple[str, str]]) -> None:
     dl = el(testid)
     dl.replaceChildren()
@@ -273,6 +277,9 @@ async def render_cache() -> None:
         limit.value = f"{result['limit'] / 2**20:.2f}".rstrip("0").rstrip(".")
     body = el("cache-list").querySelector("tbody")
     body.replaceChildren()
+    for proxy in state.pop("cache_proxies", []):  # the old rows' handlers go with the rows
+        proxy.destroy()
+    state["cache_proxies"] = []
     import time
 
     for item in result["items"]:
@@ -293,7 +300,7 @@ async def render_cache() -> None:
             button.textContent = label
             button.setAttribute("data-testid", testid)
             proxy = create_proxy(handler(item))
-            state["proxies"].append(proxy)
+            state["cache_proxies"].append(proxy)
             button.addEventListener("click", proxy)
             actions.append(button)
         row.append(actions)
@@ -468,7 +475,7 @@ async def update_estimate(event=None) -> None:
                 f"About {result['step_seconds']:.2f} s per step")
         if result["steps"]:
             text += f", {result['total_seconds'] / 60:.1f} min for {result['steps']} steps"
-        text += f" at this GPU's measured {result['gflops']:.0f} GFLOP/s."
+        text += f" at this GPU's measured {_rate(result['gflops'])}."
         await show_gpu_status()
         if not result["fits"]:
             text += f" This will not fit: {result['advice']}."
@@ -625,7 +632,7 @@ async def show_gpu_status() -> None:
     if result:
         rows = [("GPU memory in use", _mib(result["allocated_bytes"])), ("Peak GPU memory", _mib(result["peak_bytes"]))]
         if result["gflops"]:
-            rows.append(("Measured matmul", f"{result['gflops']:,.0f} GFLOP/s"))
+            rows.append(("Measured matmul", _rate(result["gflops"])))
         dl = el("hw-info")
         for name, value in rows:
             existing = dl.querySelector(f'dd[data-row="{name}"]')
