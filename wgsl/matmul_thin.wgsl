@@ -4,9 +4,12 @@
 //   op(A): [M ≤ 16, K], element (m, k) at A[m * a_sm + k * a_sk]
 //   op(B): [N, K], element (n, k) at B[n * b_sn + k * b_sk]
 //   C: element (m, n) at C[m * c_sm + n * c_sn] (c_sm = 1, c_sn = M writes the transpose)
-// Work split: one workgroup per 16×128 tile of C, 256 invocations, each owning 2 rows × 4
-// columns; K is walked 16 at a time through workgroup memory (9 KiB). Split K as in matmul.wgsl:
-// workgroup z sums k in [z·k_split, …) into C + z·M·N (in C's layout), matmul_reduce adds them.
+// Work split: one workgroup per 16 × 32 tile of C, 256 invocations: 32 columns × 8 slices of
+// each 64-long stretch of K. A's 16 × 64 block goes through workgroup memory (every invocation of
+// a slice reads the same values: broadcasts); each invocation reads its column's 8 values of B
+// and keeps 16 sums in registers; at the end the 8 slices are added in workgroup memory, so a
+// long K needs no second pass. Split K as in matmul.wgsl is still possible: workgroup z sums k
+// in [z·k_split, …) into C + z·M·N (in C's layout), matmul_reduce adds them.
 
 struct Params {
   M: u32,
@@ -43,65 +46,71 @@ fn read_b(e: u32) -> f32 {
 }
 
 const TILE_M = 16u;
-const TILE_N = 128u;
-const TILE_K = 16u;
+const TILE_N = 32u;
+const TILE_K = 64u;  // K per pass: 8 slices of 8
 
-var<workgroup> a_tile: array<f32, 256>;    // [TILE_K][TILE_M]
-var<workgroup> b_tile: array<vec4f, 512>;  // [TILE_K][TILE_N / 4]
+// A's block during the passes ([64 k][16 m] as 4 vec4 per k), then the slices' sums
+// ([8 slices][32 columns][16 m] as 4 vec4 each).
+var<workgroup> shared4: array<vec4f, 1024>;
 
 @compute @workgroup_size(256)
 fn matmul_thin(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let p = params;
-  let col0 = wg.x * TILE_N;
-  let tx = li % 32u;  // columns tx·4 … tx·4+3
-  let ty = li / 32u;  // rows ty·2, ty·2+1
+  let lane = li % 32u;  // column col0 + lane
+  let slice = li / 32u;  // k = k0 + slice·8 … +7
+  let n = wg.x * TILE_N + lane;
   let k_begin = wg.z * p.k_split;
   let k_end = min(p.K, k_begin + p.k_split);
   var acc0 = vec4f(0.0);
   var acc1 = vec4f(0.0);
+  var acc2 = vec4f(0.0);
+  var acc3 = vec4f(0.0);
   for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-    // A: 16 × 16 values, one per invocation, read along whichever stride is 1.
-    var am = li / TILE_K;
-    var ak = li % TILE_K;
-    if (p.a_sk != 1u) { am = li % TILE_M; ak = li / TILE_M; }
-    var a = 0.0;
-    if (am < p.M && k0 + ak < k_end) { a = read_a(am * p.a_sm + (k0 + ak) * p.a_sk); }
-    a_tile[ak * TILE_M + am] = a;
-    // B: 128 × 16 values, eight per invocation.
-    for (var e = 0u; e < 8u; e++) {
+    // A's 16 × 64 block: four values per invocation.
+    for (var e = 0u; e < 4u; e++) {
       let idx = li + e * 256u;
-      var n = idx / TILE_K;
-      var kk = idx % TILE_K;
-      if (p.b_sk != 1u) { n = idx % TILE_N; kk = idx / TILE_N; }
-      var b = 0.0;
-      if (col0 + n < p.N && k0 + kk < k_end) { b = read_b((col0 + n) * p.b_sn + (k0 + kk) * p.b_sk); }
-      b_tile[kk * 32u + n / 4u][n % 4u] = b;
+      let kk = idx / 16u;
+      let m = idx % 16u;
+      var a = 0.0;
+      if (m < p.M && k0 + kk < k_end) { a = read_a(m * p.a_sm + (k0 + kk) * p.a_sk); }
+      shared4[kk * 4u + m / 4u][m % 4u] = a;
     }
     workgroupBarrier();
-    for (var kk = 0u; kk < TILE_K; kk++) {
-      let b4 = b_tile[kk * 32u + tx];
-      acc0 += a_tile[kk * TILE_M + ty * 2u] * b4;
-      acc1 += a_tile[kk * TILE_M + ty * 2u + 1u] * b4;
+    if (n < p.N) {
+      for (var t = 0u; t < 8u; t++) {
+        let kk = slice * 8u + t;
+        let k = k0 + kk;
+        if (k < k_end) {
+          let b = read_b(n * p.b_sn + k * p.b_sk);
+          acc0 += shared4[kk * 4u] * b;
+          acc1 += shared4[kk * 4u + 1u] * b;
+          acc2 += shared4[kk * 4u + 2u] * b;
+          acc3 += shared4[kk * 4u + 3u] * b;
+        }
+      }
     }
     workgroupBarrier();
   }
+  let mine = (slice * 32u + lane) * 4u;
+  shared4[mine] = acc0;
+  shared4[mine + 1u] = acc1;
+  shared4[mine + 2u] = acc2;
+  shared4[mine + 3u] = acc3;
+  workgroupBarrier();
+  // 512 outputs (32 columns × 16 rows), two per invocation: rows 2·slice and 2·slice + 1.
   let split = p.k_split < p.K;
   for (var r = 0u; r < 2u; r++) {
-    let m = ty * 2u + r;
-    if (m >= p.M) { continue; }
-    var row = acc0;
-    if (r == 1u) { row = acc1; }
-    for (var j = 0u; j < 4u; j++) {
-      let n = col0 + tx * 4u + j;
-      if (n >= p.N) { continue; }
-      let at = m * p.c_sm + n * p.c_sn;  // a permutation of [0, M·N): partials use it too
-      if (split) {
-        C[wg.z * p.M * p.N + at] = row[j];
-      } else {
-        var v = p.alpha * row[j];
-        if (p.beta != 0.0) { v += p.beta * C[at]; }
-        C[at] = v;
-      }
+    let m = slice * 2u + r;
+    if (m >= p.M || n >= p.N) { continue; }
+    var total = 0.0;
+    for (var g = 0u; g < 8u; g++) { total += shared4[(g * 32u + lane) * 4u + m / 4u][m % 4u]; }
+    let at = m * p.c_sm + n * p.c_sn;  // a permutation of [0, M·N): partials use it too
+    if (split) {
+      C[wg.z * p.M * p.N + at] = total;
+    } else {
+      var v = p.alpha * total;
+      if (p.beta != 0.0) { v += p.beta * C[at]; }
+      C[at] = v;
     }
   }
 }
