@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import sys
 import threading
 from pathlib import Path
 
@@ -56,13 +57,20 @@ class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # the browser went away mid-response
+            return
+        super().handle_error(request, client_address)
+
+
 def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False, cross_origin: bool = False):
     """A threading HTTP server for `root`; port 0 picks a free port (see `server.server_port`)."""
     attrs = {"quiet": quiet, "cross_origin": cross_origin}
     handler = functools.partial(type("Handler", (IsolatedHandler,), attrs), directory=str(root))
-    server = http.server.ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return Server((host, port), handler)
 
 
 def serve_in_background(root: Path, host: str = "127.0.0.1", port: int = 0, cross_origin: bool = False):

@@ -4,7 +4,6 @@ gone after one visit, and the model cache's manager (sizes, delete, LRU size lim
 from __future__ import annotations
 
 import functools
-import http.server
 import shutil
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import time
 
 import pytest
 
-from loralab.devserver import IsolatedHandler, serve_in_background
+from loralab.devserver import IsolatedHandler, Server, serve_in_background
 from tests.browser.test_app_flow import chat_jsonl, make_chat_model
 from tests.rig import DIST, wait_for_engine, wait_until_ready
 
@@ -121,7 +120,7 @@ def hub(tmp_path, model_folder):
     for repo in ("lab/first", "lab/second"):
         shutil.copytree(model_folder, tmp_path / "hub" / repo / "resolve" / "main")
     CountingHub.paths = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(CountingHub, directory=str(tmp_path / "hub")))
+    server = Server(("127.0.0.1", 0), functools.partial(CountingHub, directory=str(tmp_path / "hub")))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
