@@ -41,7 +41,6 @@ self.addEventListener("activate", (event) => {
 
 self.addEventListener("message", (event) => {
   if (event.data && event.data.type === "skip-waiting") self.skipWaiting();
-  if (event.data && event.data.type === "version") event.source.postMessage({ type: "version", version: BUILD.version });
 });
 
 function isolated(response, path) {

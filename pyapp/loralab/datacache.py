@@ -58,9 +58,9 @@ class DataCache:
         """Fetches inside this block belong to the item; on success it is recorded as used now
         and the size limit is enforced (never by evicting this item)."""
         index = await self._index()
-        item = index["items"].get(item_id) or {"id": item_id, "kind": kind, "name": name, "files": {}, "bytes": 0}
-        item["files"] = dict(item["files"])
-        item.update(source=source, name=name)
+        # A copy: the index changes only when the load succeeds.
+        item = dict(index["items"].get(item_id) or {"id": item_id, "kind": kind, "name": name, "files": {}, "bytes": 0})
+        item.update(files=dict(item["files"]), source=source, name=name)
         self.item, known = item, set(item["files"])
         try:
             yield item
