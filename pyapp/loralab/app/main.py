@@ -78,6 +78,16 @@ async def call(name: str, payload: dict | str = "{}", background: bool = False) 
     return result
 
 
+async def busy_call(status: str, name: str, payload: dict | str = "{}") -> dict | None:
+    """A worker call that the status line reports while it runs ("ready" waits for it)."""
+    state["busy"] = True
+    set_status(status)
+    try:
+        return await call(name, payload)
+    finally:
+        state["busy"] = False
+
+
 def on(testid: str, event: str, handler) -> None:
     proxy = create_proxy(handler)
     state["proxies"].append(proxy)
@@ -138,13 +148,8 @@ def render_hw_info(adapter: dict, check: dict) -> None:
 
 # -- model ---------------------------------------------------------------------------------------
 async def load_model(request: dict, label: str) -> None:
-    state["busy"] = True
     state["model"] = None
-    set_status(f"Loading {label}…")
-    try:
-        result = await call("load_model", request)
-    finally:
-        state["busy"] = False
+    result = await busy_call(f"Loading {label}…", "load_model", request)
     if result:
         m = result["model"]
         state["model"] = m
@@ -225,15 +230,10 @@ async def on_model_load(event) -> None:
 
 async def on_bench(event) -> None:
     """The training step benchmark (LoRA r = 8 on every projection, AdamW) on this GPU."""
-    state["busy"] = True
-    set_status("Measuring the training speed…")
     el("hw-bench-result").textContent = "measuring…"
-    try:
-        result = await call("bench_step", {"config": el("hw-bench-config").value, "steps": 5, "rank": 8,
-                                           "batch_size": int(float(el("hw-bench-batch").value or 4)),
-                                           "seq_len": int(float(el("hw-bench-seq").value or 128))})
-    finally:
-        state["busy"] = False
+    result = await busy_call("Measuring the training speed…", "bench_step", {
+        "config": el("hw-bench-config").value, "steps": 5, "rank": 8,
+        "batch_size": int(float(el("hw-bench-batch").value or 4)), "seq_len": int(float(el("hw-bench-seq").value or 128))})
     node = el("hw-bench-result")
     if result:
         node.textContent = (f"{result['config']}, {result['batch_size']} × {result['seq_len']} tokens: "
@@ -604,12 +604,7 @@ async def show_checkpoint(prefix: str = "") -> None:
 
 
 async def on_checkpoint_resume(event) -> None:
-    state["busy"] = True
-    set_status("Resuming the saved run…")
-    try:
-        result = await call("checkpoint_resume")
-    finally:
-        state["busy"] = False
+    result = await busy_call("Resuming the saved run…", "checkpoint_resume")
     if result:
         state["records"] = list(result["history"])
         state["total"] = result["total_steps"]
@@ -672,12 +667,7 @@ def download_metrics(event) -> None:
 async def export_merged(event) -> None:
     """The merged model is written by the engine into the browser's private file system and
     downloaded from there (it can be larger than what fits in one message)."""
-    state["busy"] = True
-    set_status("Merging the adapter into the model…")
-    try:
-        result = await call("export_merged")
-    finally:
-        state["busy"] = False
+    result = await busy_call("Merging the adapter into the model…", "export_merged")
     if result:
         folder = await window.navigator.storage.getDirectory()
         for part in result["path"].split("/")[:-1]:
@@ -692,12 +682,7 @@ async def export_merged(event) -> None:
 
 
 async def on_evaluate(event) -> None:
-    state["busy"] = True
-    set_status("Evaluating…")
-    try:
-        result = await call("evaluate_adapter")
-    finally:
-        state["busy"] = False
+    result = await busy_call("Evaluating…", "evaluate_adapter")
     if result:
         text = f"Loss per token on the {result['set']} set ({result['records']} records, {result['tokens']:,} tokens): "
         text += f"base {result['base']:.4f}"
@@ -744,14 +729,9 @@ async def on_generate(event) -> None:
         return
     el("gen-output-base").textContent = el("gen-output-adapter").textContent = "…"
     el("gen-output-adapter").dataset.done = ""
-    state["busy"] = True
-    set_status("Generating…")
-    try:
-        result = await call("generate", {"prompt": prompt, "max_new_tokens": int(float(el("gen-max-tokens").value or 64)),
-                                         "temperature": float(el("gen-temperature").value or 0),
-                                         "top_p": float(el("gen-top-p").value or 1)})
-    finally:
-        state["busy"] = False
+    result = await busy_call("Generating…", "generate", {
+        "prompt": prompt, "max_new_tokens": int(float(el("gen-max-tokens").value or 64)),
+        "temperature": float(el("gen-temperature").value or 0), "top_p": float(el("gen-top-p").value or 1)})
     el("gen-output-base").textContent = result["base"] if result else ""
     el("gen-output-adapter").textContent = (result["adapter"] or "(train an adapter first)") if result else ""
     el("gen-output-adapter").dataset.done = "1"  # streamed text is final now
