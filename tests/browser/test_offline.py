@@ -32,11 +32,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_briefly(page, data_path) -> None:
-    page.set_input_files("[data-testid=dataset-files]", str(data_path))
-    page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('records')")
+def train_briefly(page, records: str = "records", batch_size: int = 2) -> None:
+    """Two short steps on the dataset in use, once its summary mentions `records`."""
+    page.wait_for_function(f"document.querySelector('[data-testid=dataset-summary]').textContent.includes('{records}')")
     page.click("[data-testid=plan-open]")
-    for testid, value in (("cfg-steps", "2"), ("cfg-batch-size", "2"), ("cfg-seq-len", "32"), ("cfg-report-every", "1")):
+    for testid, value in (("cfg-steps", "2"), ("cfg-batch-size", str(batch_size)), ("cfg-seq-len", "32"),
+                          ("cfg-report-every", "1")):
         page.fill(f"[data-testid={testid}]", value)
     page.click("[data-testid=train-start]")
     page.wait_for_function("document.querySelector('[data-testid=train-state]').textContent === 'done'",
@@ -60,7 +61,8 @@ def test_a_plain_static_server_without_headers_reaches_ready_and_trains(page, pa
         assert page.evaluate("navigator.serviceWorker.controller !== null")
         page.set_input_files("[data-testid=model-files]", [str(p) for p in sorted(model_folder.iterdir())])
         wait_until_ready(page)
-        train_briefly(page, chat_jsonl(tmp_path / "chat.jsonl", repeats=1))
+        page.set_input_files("[data-testid=dataset-files]", str(chat_jsonl(tmp_path / "chat.jsonl", repeats=1)))
+        train_briefly(page)
     finally:
         server.terminate()
         server.wait(10)
@@ -87,20 +89,10 @@ def test_offline_after_one_visit_default_model_trains_and_downloads(page, page_g
     page.fill("[data-testid=dataset-text]",
               '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there!"}]}\n' * 4)
     page.click("[data-testid=dataset-use]")
-    train_briefly_pasted(page)
+    train_briefly(page, records="4 records", batch_size=1)
     with page.expect_download() as d:
         page.click("[data-testid=export-adapter]")
     assert d.value.path().stat().st_size > 1000
-
-
-def train_briefly_pasted(page) -> None:
-    page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('4 records')")
-    page.click("[data-testid=plan-open]")
-    for testid, value in (("cfg-steps", "2"), ("cfg-batch-size", "1"), ("cfg-seq-len", "32"), ("cfg-report-every", "1")):
-        page.fill(f"[data-testid={testid}]", value)
-    page.click("[data-testid=train-start]")
-    page.wait_for_function("document.querySelector('[data-testid=train-state]').textContent === 'done'",
-                           timeout=600_000)
 
 
 class CountingHub(IsolatedHandler):
