@@ -229,16 +229,20 @@ def test_cross_entropy_loss_and_gradient(ops, arrays, R, V):
 
 @pytest.mark.parametrize("B, S, Hq, Hkv, D", [(1, 1, 1, 1, 4), (2, 7, 4, 2, 8), (1, 19, 3, 1, 64), (2, 5, 2, 2, 33),
                                               (2, 70, 6, 2, 16), (1, 37, 2, 1, 128)])
-@pytest.mark.parametrize("variant", ["generic", "specialized", "subgroup"])
+@pytest.mark.parametrize("variant", ["generic", "portable", "tiled", "lanes"])
 def test_attention_forward_and_backward(ops, arrays, run, B, S, Hq, Hkv, D, variant):
     ops._by_head_dim.clear()
-    if variant == "specialized":
-        run(ops.specialize_head_dim(D, subgroups=False))
-    elif variant == "subgroup":
-        if not ops.subgroup_lanes(D):  # e.g. D = 64 needs subgroups of 16 (lavapipe has 8, the H100 32)
-            pytest.skip("no subgroup kernel for this head size on this adapter")
-        run(ops.specialize_head_dim(D, subgroups=True))
-        assert ("attention_subgroup", D) in ops._by_head_dim
+    if variant in ("tiled", "lanes") and D % 4:
+        with pytest.raises(ValueError, match="multiple of 4"):
+            run(ops.specialize_head_dim(D, variant))
+        return
+    if variant == "lanes" and not ops.tile_lanes(D):
+        pytest.skip("no subgroups on this adapter")
+    if variant != "generic":
+        run(ops.specialize_head_dim(D, variant))
+    family = {"tiled": "attention_tiled", "lanes": "attention_lanes"}.get(variant)
+    if family:
+        assert (family, D) in ops._by_head_dim
     r = rng("attn", B, S, Hq, Hkv, D)
     q = r.standard_normal((B * S, Hq * D), dtype=np.float32)
     k = r.standard_normal((B * S, Hkv * D), dtype=np.float32)

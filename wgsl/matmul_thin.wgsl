@@ -5,11 +5,15 @@
 //   op(B): [N, K], element (n, k) at B[n * b_sn + k * b_sk]
 //   C: element (m, n) at C[m * c_sm + n * c_sn] (c_sm = 1, c_sn = M writes the transpose)
 // Work split: one workgroup per 16 × 32 tile of C, 256 invocations: 32 columns × 8 slices of
-// each 64-long stretch of K. A's 16 × 64 block goes through workgroup memory (every invocation of
-// a slice reads the same values: broadcasts); each invocation reads its column's 8 values of B
-// and keeps 16 sums in registers; at the end the 8 slices are added in workgroup memory, so a
-// long K needs no second pass. Split K as in matmul.wgsl is still possible: workgroup z sums k
-// in [z·k_split, …) into C + z·M·N (in C's layout), matmul_reduce adds them.
+// each 64-long stretch of K. A's 16 × 64 block goes through workgroup memory; each invocation
+// reads its column's 8 values of B and keeps 16 sums in registers; at the end the 8 slices are
+// added in workgroup memory, so a long K needs no second pass. Which invocation takes which
+// column and k follows B's layout, so that a subgroup's loads cover whole stretches of memory:
+// with B's columns adjacent (b_sn = 1) neighbouring invocations take neighbouring columns and a
+// slice is 8 consecutive k; with each column's K adjacent (b_sk = 1: x·Aᵀ computed as A·xᵀ, or
+// dy·B) eight neighbouring invocations share a column and take k ≡ slice (mod 8), reading its
+// row 8 values at a time. Split K as in matmul.wgsl is still possible: workgroup z sums k in
+// [z·k_split, …) into C + z·M·N (in C's layout), matmul_reduce adds them.
 
 struct Params {
   M: u32,
@@ -49,15 +53,19 @@ const TILE_M = 16u;
 const TILE_N = 32u;
 const TILE_K = 64u;  // K per pass: 8 slices of 8
 
-// A's block during the passes ([64 k][16 m] as 4 vec4 per k), then the slices' sums
+// A's block during the passes ([64 k][16 m] as 4 vec4 per k, rows A_ROW vec4 apart so that the
+// eight k an along-K subgroup reads at once fall in different banks), then the slices' sums
 // ([8 slices][32 columns][16 m] as 4 vec4 each).
+const A_ROW = 5u;
 var<workgroup> shared4: array<vec4f, 1024>;
 
 @compute @workgroup_size(256)
 fn matmul_thin(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let p = params;
-  let lane = li % 32u;  // column col0 + lane
-  let slice = li / 32u;  // k = k0 + slice·8 … +7
+  let along_k = p.b_sk == 1u && p.b_sn != 1u;
+  let lane = select(li % 32u, li / 8u, along_k);  // column col0 + lane
+  let slice = select(li / 32u, li % 8u, along_k);  // k = k0 + slice·8 + t, or k0 + slice + 8·t
+  let k_of_t = select(vec2u(slice * 8u, 1u), vec2u(slice, 8u), along_k);
   let n = wg.x * TILE_N + lane;
   let k_begin = wg.z * p.k_split;
   let k_end = min(p.K, k_begin + p.k_split);
@@ -73,19 +81,19 @@ fn matmul_thin(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index
       let m = idx % 16u;
       var a = 0.0;
       if (m < p.M && k0 + kk < k_end) { a = read_a(m * p.a_sm + (k0 + kk) * p.a_sk); }
-      shared4[kk * 4u + m / 4u][m % 4u] = a;
+      shared4[kk * A_ROW + m / 4u][m % 4u] = a;
     }
     workgroupBarrier();
     if (n < p.N) {
       for (var t = 0u; t < 8u; t++) {
-        let kk = slice * 8u + t;
+        let kk = k_of_t.x + t * k_of_t.y;
         let k = k0 + kk;
         if (k < k_end) {
           let b = read_b(n * p.b_sn + k * p.b_sk);
-          acc0 += shared4[kk * 4u] * b;
-          acc1 += shared4[kk * 4u + 1u] * b;
-          acc2 += shared4[kk * 4u + 2u] * b;
-          acc3 += shared4[kk * 4u + 3u] * b;
+          acc0 += shared4[kk * A_ROW] * b;
+          acc1 += shared4[kk * A_ROW + 1u] * b;
+          acc2 += shared4[kk * A_ROW + 2u] * b;
+          acc3 += shared4[kk * A_ROW + 3u] * b;
         }
       }
     }

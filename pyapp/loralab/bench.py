@@ -59,11 +59,11 @@ def random_weights(ops: Ops, config: ModelConfig, seed: int = 0, dtype: str = "f
 
 async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int, steps: int, rank: int,
                          weights: dict | None = None, warmup: int = 2, checkpointing: bool = False,
-                         weights_dtype: str = "f32") -> dict:
+                         weights_dtype: str = "f32", attention: str = "auto") -> dict:
     """Time `steps` training steps after `warmup` ones; every buffer it made is freed after
     (the weights too, when it generated them)."""
     device: Device = ops.device
-    await ops.specialize_head_dim(config.head_dim)
+    attention = await ops.specialize_head_dim(config.head_dim, attention)
     own_weights = weights is None
     weights = weights or random_weights(ops, config, dtype=weights_dtype)
     lora = LoraState(device, config, LoraConfig(r=rank, alpha=2.0 * rank))
@@ -75,8 +75,8 @@ async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int
                         gradient_checkpointing=checkpointing)
     trainer = Trainer(device, ops, model, lora, train, records)
     try:
-        return await _timed_steps(device, trainer, lora, batch, seq_len, steps, rank, warmup, checkpointing,
-                                  weights_dtype)
+        return {**await _timed_steps(device, trainer, lora, batch, seq_len, steps, rank, warmup, checkpointing,
+                                     weights_dtype), "attention": attention}
     finally:
         for part in (trainer, model, lora):
             part.release()
@@ -118,13 +118,13 @@ async def _timed_steps(device: Device, trainer: Trainer, lora: LoraState, batch:
 
 
 async def profile_step(ops: Ops, config: ModelConfig, batch: int, seq_len: int, rank: int, weights: dict | None = None,
-                       repeats: int = 3) -> list[dict]:
+                       repeats: int = 3, attention: str = "auto") -> list[dict]:
     """Time per kernel in one training step: each kernel's dispatches of the step, submitted
     alone `repeats` times (results are garbage, times are real), sorted by time."""
     from .gpu.device import Dispatch
 
     device: Device = ops.device
-    await ops.specialize_head_dim(config.head_dim)
+    await ops.specialize_head_dim(config.head_dim, attention)
     weights = weights or random_weights(ops, config)
     lora = LoraState(device, config, LoraConfig(r=rank, alpha=2.0 * rank))
     model = Transformer(device, ops, config, weights, lora, batch, seq_len)

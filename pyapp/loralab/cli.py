@@ -26,6 +26,7 @@ from .model.weights import WeightsError
 from .data.tokenizer import TokenizerError
 from .formats.gguf import GGUFError
 from .formats.hub import HubError
+from .ops import ATTENTION_VARIANTS
 
 USER_ERRORS = (GpuError, DatasetError, AdapterError, SafetensorsError, GGUFError, HubError, ModelConfigError, WeightsError, TokenizerError,
                FileNotFoundError, IsADirectoryError, ValueError)
@@ -265,12 +266,14 @@ async def cmd_bench(args) -> int:
     results = []
     if not args.kernels_only:
         ours = await bench_training(ops, config, args.batch_size, args.seq_len, args.steps, args.rank, weights,
-                                    checkpointing=args.gradient_checkpointing, weights_dtype=args.weights)
+                                    checkpointing=args.gradient_checkpointing, weights_dtype=args.weights,
+                                    attention=args.attention)
         ours["config"] = args.model or args.config
         results.append(ours)
         print(json.dumps(ours), flush=True)
     if args.profile:
-        for row in await profile_step(ops, config, args.batch_size, args.seq_len, args.rank, weights):
+        for row in await profile_step(ops, config, args.batch_size, args.seq_len, args.rank, weights,
+                                      attention=args.attention):
             print(json.dumps(row), flush=True)
     if args.kernels or args.kernels_only:
         T, C, I = args.batch_size * args.seq_len, config.hidden_size, config.intermediate_size
@@ -408,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--rank", type=int, default=8)
     b.add_argument("--gradient-checkpointing", action="store_true")
+    b.add_argument("--attention", choices=ATTENTION_VARIANTS, default="auto",
+                   help="which attention kernels (auto: the fastest this GPU and head size allow)")
     b.add_argument("--kernels", action="store_true", help="also time the matmuls at the model's shapes")
     b.add_argument("--kernels-only", action="store_true")
     b.add_argument("--profile", action="store_true", help="time each kernel's share of a step")

@@ -99,9 +99,10 @@ def eval_const(token: str, code: str) -> int:
 class Kernel:
     """One entry point of one WGSL file, compiled on a device."""
 
-    def __init__(self, source: KernelSource, entry_point: str, pipeline: object):
+    def __init__(self, source: KernelSource, entry_point: str, pipeline: object, constants: dict | None = None):
         self.source = source
         self.entry_point = entry_point
+        self.constants = dict(constants or {})  # the override values it was compiled with
         self.workgroup_size = source.entry_points[entry_point]
         self.pipeline = pipeline
 
@@ -152,7 +153,7 @@ class KernelLibrary:
             if entry_point not in source.entry_points:
                 raise KeyError(f"wgsl/{name}.wgsl has no entry point {entry_point!r} (has {sorted(source.entry_points)})")
             pipeline = await self.device.compile(source.code, entry_point, label=f"{name}.{entry_point}", constants=constants)
-            self._kernels[key] = Kernel(source, entry_point, pipeline)
+            self._kernels[key] = Kernel(source, entry_point, pipeline, constants)
         return self._kernels[key]
 
 

@@ -74,8 +74,16 @@ def grid_1d(workgroups: int) -> tuple[int, int]:
 # MAX_HEAD_DIM; specialize_head_dim compiles one whose loops unroll into registers.
 HEAD_DIM_KERNELS = ("attention", "attention_backward_dq", "attention_backward_dk", "attention_backward_dv")
 MAX_HEAD_DIM = 128
-# Their faster twins for GPUs with subgroups (one row spread over D/4 lanes), used when compiled.
-SUBGROUP_KERNELS = ("attention_subgroup", "attention_backward_dq_subgroup", "attention_backward_dkv_subgroup")
+# Portable kernels that stage keys (queries) through workgroup memory, one invocation per row with
+# the row in registers: preferred where the head size is a multiple of 4 and the rows fit in
+# registers (three rows of TILED_MAX_HEAD_DIM floats per invocation).
+TILED_KERNELS = ("attention_tiled", "attention_backward_dq_tiled", "attention_backward_dkv_tiled")
+TILED_MAX_HEAD_DIM = 64
+# Their subgroup twins: a row spread over a few lanes (each holding at least LANES_MIN_PER vec4s),
+# so the GPU has more invocations in flight for the same registers.
+LANES_KERNELS = ("attention_lanes", "attention_backward_dq_lanes", "attention_backward_dkv_lanes")
+LANES_MIN_PER = 4
+ATTENTION_VARIANTS = ("auto", "lanes", "tiled", "portable")
 # Split-K: a matmul with fewer output tiles than this and a long K is split along K.
 SPLIT_BELOW_TILES = 264
 SPLIT_MIN_K = 128
@@ -109,33 +117,57 @@ class Ops:
             ops.subgroup_size = await measure_subgroup_size(device, library)
         return ops
 
-    def subgroup_lanes(self, D: int) -> int:
-        """Lanes per row for the subgroup attention kernels at head size D, or 0 where they
-        cannot run (no `subgroups`, subgroups narrower than D/4, or D/4 not a power of two)."""
-        lanes = D // 4
-        if D % 4 or lanes & (lanes - 1) or not 2 <= lanes <= 32 or not self.subgroup_size:
+    def subgroup_width(self) -> int:
+        """Lanes the subgroup kernels may rely on in one subgroup (0 without subgroups)."""
+        if not self.subgroup_size:
             return 0
         reported = self.device.info.subgroup_min_size
         # A reported minimum of 8 or more is a real bound (browsers); wgpu-native reports 4 for
         # every GPU, so there the measured width decides.
-        width = min(reported, self.subgroup_size) if reported >= 8 else self.subgroup_size
-        return lanes if width >= lanes else 0
+        return min(reported, self.subgroup_size) if reported >= 8 else self.subgroup_size
 
-    async def specialize_head_dim(self, D: int, subgroups: bool | None = None) -> None:
-        """Compile the attention kernels for head size D (call once per model): the subgroup
-        kernels where the adapter allows (`subgroups` forces the choice, for tests), else the
-        portable ones with their loops unrolled for D."""
+    def tile_lanes(self, D: int) -> int:
+        """Lanes per row for the tiled subgroup kernels (attention_lanes): the most that divide
+        D/4 and leave each lane at least LANES_MIN_PER vec4s; 0 where they cannot run."""
+        width = self.subgroup_width()
+        if D % 4 or not width:
+            return 0
+        d4, lanes = D // 4, 1
+        while lanes * 2 <= width and d4 % (lanes * 2) == 0 and d4 // (lanes * 2) >= LANES_MIN_PER:
+            lanes *= 2
+        return lanes
+
+    async def specialize_head_dim(self, D: int, variant: str = "auto") -> str:
+        """Compile the attention kernels for head size D (call once per model). `variant` (tests
+        and benchmarks force it) picks the family: "lanes" (subgroups, D a multiple of 4), "tiled"
+        (portable, D a multiple of 4), "portable" (any D); "auto" takes the first of those the
+        adapter and D allow, with "tiled" only up to TILED_MAX_HEAD_DIM. The portable kernels are
+        always specialized too (their loops unrolled for D). Returns the family chosen."""
         if self.library is None:
-            return
-        lanes = D // 4 if subgroups else self.subgroup_lanes(D) if subgroups is None else 0
+            return "portable"
+        d4 = -(-D // 4)
+        if variant == "auto":
+            variant = ("lanes" if self.tile_lanes(D) else
+                       "tiled" if D % 4 == 0 and D <= TILED_MAX_HEAD_DIM else "portable")
+        if variant not in ATTENTION_VARIANTS:
+            raise ValueError(f"unknown attention kernels {variant!r} (one of {', '.join(ATTENTION_VARIANTS)})")
+        if variant in ("lanes", "tiled") and D % 4:
+            raise ValueError(f"the tiled attention kernels need a head size that is a multiple of 4 (got {D})")
+        for name in TILED_KERNELS + LANES_KERNELS:
+            self._by_head_dim.pop((name, D), None)
         for name in HEAD_DIM_KERNELS:
-            self._by_head_dim[(name, D)] = await self.library.get(name, constants={"HEAD_DIM4": -(-D // 4)})
-        for name in SUBGROUP_KERNELS:
-            key = (name, D)
+            self._by_head_dim[(name, D)] = await self.library.get(name, constants={"HEAD_DIM4": d4})
+        if variant == "portable":
+            return variant
+        lanes = self.tile_lanes(D) if variant == "lanes" else 0
+        for name in (LANES_KERNELS if variant == "lanes" else TILED_KERNELS):
+            src = await self.library.source(name)
+            rows = min(src.constant("TILE") // d4, 64) // 4 * 4
+            constants = {"HEAD_DIM4": d4, ("QUERIES" if "dkv" in name else "KEYS"): rows}
             if lanes:
-                self._by_head_dim[key] = await self.library.get(name, constants={"LANES": lanes})
-            else:
-                self._by_head_dim.pop(key, None)
+                constants.update(LANES=lanes, PER=d4 // lanes)
+            self._by_head_dim[(name, D)] = await self.library.get(name, constants=constants)
+        return variant
 
     def _head_dim_kernel(self, name: str, D: int) -> Kernel:
         return self._by_head_dim.get((name, D)) or self.k[name]
@@ -284,15 +316,17 @@ class Ops:
     def attention(self, o: Buffer, lse: Buffer, q: Buffer, k: Buffer, v: Buffer,
                   B: int, S: int, Hq: int, Hkv: int, D: int) -> Dispatch:
         params = self._attention_params(B, S, Hq, Hkv, D)
-        fast = self._by_head_dim.get(("attention_subgroup", D))
-        if fast:
-            return self._row_groups(fast, B * Hq, S, D, params, q=q, k=k, v=v, o=o, lse=lse)
+        tiled = self._by_head_dim.get(("attention_lanes", D)) or self._by_head_dim.get(("attention_tiled", D))
+        if tiled:
+            return self._tiles(tiled, B * Hq, S, params, q=q, k=k, v=v, o=o, lse=lse)
         return self._elementwise("attention", B * Hq * S, params, self._head_dim_kernel("attention", D),
                                  q=q, k=k, v=v, o=o, lse=lse)
 
-    def _row_groups(self, kernel: Kernel, heads: int, S: int, D: int, params: dict, **buffers: Buffer) -> Dispatch:
-        """A subgroup attention kernel's grid: per head, blocks of 64 / (D/4) rows."""
-        rows = kernel.workgroup_size[0] // (D // 4)
+    def _tiles(self, kernel: Kernel, heads: int, S: int, params: dict, **buffers: Buffer) -> Dispatch:
+        """A tiled attention kernel's grid: per head, blocks of ROWS rows (workgroup size / LANES
+        in the subgroup kernels)."""
+        lanes = kernel.constants.get("LANES")
+        rows = kernel.workgroup_size[0] // lanes if lanes else kernel.source.constant("ROWS")
         return kernel.dispatch(self.device, grid_1d(heads * -(-S // rows)), params, **buffers)
 
     def attention_cached(self, o: Buffer, q: Buffer, k_cache: Buffer, v_cache: Buffer, T: int, start: int,
@@ -308,13 +342,15 @@ class Ops:
         dv before a kv group's shares are added (unused when Hq == Hkv)."""
         params = self._attention_params(B, S, Hq, Hkv, D)
         shared = Hq == Hkv
-        dq_fast = self._by_head_dim.get(("attention_backward_dq_subgroup", D))
-        dkv_fast = self._by_head_dim.get(("attention_backward_dkv_subgroup", D))
-        if dq_fast and dkv_fast:
+        dq_tiled = (self._by_head_dim.get(("attention_backward_dq_lanes", D))
+                    or self._by_head_dim.get(("attention_backward_dq_tiled", D)))
+        dkv_tiled = (self._by_head_dim.get(("attention_backward_dkv_lanes", D))
+                     or self._by_head_dim.get(("attention_backward_dkv_tiled", D)))
+        if dq_tiled and dkv_tiled:
             cmds = [
-                self._row_groups(dq_fast, B * Hq, S, D, params, q=q, k=k, v=v, o=o, d_o=d_o, lse=lse, dq=dq, delta=delta),
-                self._row_groups(dkv_fast, B * Hq, S, D, params, q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta,
-                                 dk_heads=dk if shared else dk_heads, dv_heads=dv if shared else dv_heads),
+                self._tiles(dq_tiled, B * Hq, S, params, q=q, k=k, v=v, o=o, d_o=d_o, lse=lse, dq=dq, delta=delta),
+                self._tiles(dkv_tiled, B * Hq, S, params, q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta,
+                            dk_heads=dk if shared else dk_heads, dv_heads=dv if shared else dv_heads),
             ]
         else:
             cmds = [

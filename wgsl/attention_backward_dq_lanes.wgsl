@@ -1,0 +1,111 @@
+// attention_backward_dq_lanes: attention_backward_dq_tiled.wgsl (same bindings and maths) for GPUs
+// with subgroups: keys staged through workgroup memory in tiles of KEYS rows, a query row spread
+// over LANES adjacent invocations (lane l holds the row's vec4s l, l + LANES, … of q_i, do_i and
+// dq_i), dot products summed across the row with subgroup shuffles, four keys at a time.
+//   delta_i = do_i · o_i,  p_ij = exp(scale · q_i·k_j − lse_i),
+//   dq_i = scale · Σ_j≤i p_ij (do_i·v_j − delta_i) k_j.  delta is written for the dk/dv pass.
+
+enable subgroups;
+
+struct Params {
+  B: u32,
+  S: u32,
+  Hq: u32,
+  Hkv: u32,
+  D: u32,
+  scale: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4f>;             // [B·S, Hq·D]
+@group(0) @binding(2) var<storage, read> k: array<vec4f>;             // [B·S, Hkv·D]
+@group(0) @binding(3) var<storage, read> v: array<vec4f>;             // [B·S, Hkv·D]
+@group(0) @binding(4) var<storage, read> o: array<vec4f>;             // [B·S, Hq·D]
+@group(0) @binding(5) var<storage, read> d_o: array<vec4f>;           // [B·S, Hq·D]
+@group(0) @binding(6) var<storage, read> lse: array<f32>;             // [B, Hq, S]
+@group(0) @binding(7) var<storage, read_write> dq: array<vec4f>;      // [B·S, Hq·D]
+@group(0) @binding(8) var<storage, read_write> delta: array<f32>;     // [B, Hq, S]
+
+override HEAD_DIM4: u32 = 16u;  // D / 4
+override LANES: u32 = 4u;       // invocations per row
+override PER: u32 = 4u;         // HEAD_DIM4 / LANES
+override KEYS: u32 = 32u;       // keys per tile, a multiple of 4 with KEYS · HEAD_DIM4 ≤ TILE
+const TILE = 512u;
+const MAX_PER = 32u;
+const WG = 256u;
+
+var<workgroup> kt: array<vec4f, TILE>;
+var<workgroup> vt: array<vec4f, TILE>;
+
+fn row_sum(x: vec4f) -> vec4f {  // over the LANES lanes of a row (adjacent in the subgroup)
+  var s = x;
+  for (var m = LANES / 2u; m > 0u; m >>= 1u) { s += subgroupShuffleXor(s, m); }
+  return s;
+}
+
+@compute @workgroup_size(WG)
+fn attention_backward_dq_lanes(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+                               @builtin(local_invocation_index) li: u32) {
+  let p = params;
+  let rows = WG / LANES;
+  let blocks = (p.S + rows - 1u) / rows;
+  let w = wg.x + wg.y * nwg.x;  // (b · Hq + h) · blocks + block
+  if (w >= p.B * p.Hq * blocks) { return; }
+  let block = w % blocks;
+  let h = (w / blocks) % p.Hq;
+  let b = w / (blocks * p.Hq);
+  let g = h / (p.Hq / p.Hkv);
+  let lane = li % LANES;
+  let i = block * rows + li / LANES;
+  let q_row = ((b * p.S + min(i, p.S - 1u)) * p.Hq + h) * HEAD_DIM4 + lane;
+  var qr: array<vec4f, MAX_PER>;
+  var dor: array<vec4f, MAX_PER>;
+  var acc: array<vec4f, MAX_PER>;
+  var part = 0.0;
+  for (var c = 0u; c < PER; c++) {
+    qr[c] = q[q_row + c * LANES] * p.scale;
+    dor[c] = d_o[q_row + c * LANES];
+    part += dot(dor[c], o[q_row + c * LANES]);
+    acc[c] = vec4f(0.0);
+  }
+  let dl = row_sum(vec4f(part)).x;
+  let row = (b * p.Hq + h) * p.S + min(i, p.S - 1u);
+  let lse_i = lse[row];
+  let j_end = min(p.S, (block + 1u) * rows);
+  let kv_stride = p.Hkv * HEAD_DIM4;
+  let kv0 = b * p.S * kv_stride + g * HEAD_DIM4;
+  for (var j0 = 0u; j0 < j_end; j0 += KEYS) {
+    workgroupBarrier();
+    for (var t = li; t < KEYS * HEAD_DIM4; t += WG) {
+      let src = kv0 + min(j0 + t / HEAD_DIM4, p.S - 1u) * kv_stride + t % HEAD_DIM4;
+      kt[t] = k[src];
+      vt[t] = v[src];
+    }
+    workgroupBarrier();
+    for (var jj = 0u; jj < KEYS; jj += 4u) {
+      let r0 = jj * HEAD_DIM4 + lane;
+      var ps = vec4f(0.0);
+      var pd = vec4f(0.0);
+      for (var c = 0u; c < PER; c++) {
+        let x = qr[c];
+        let y = dor[c];
+        let d = r0 + c * LANES;
+        ps += vec4f(dot(x, kt[d]), dot(x, kt[d + HEAD_DIM4]), dot(x, kt[d + 2u * HEAD_DIM4]), dot(x, kt[d + 3u * HEAD_DIM4]));
+        pd += vec4f(dot(y, vt[d]), dot(y, vt[d + HEAD_DIM4]), dot(y, vt[d + 2u * HEAD_DIM4]), dot(y, vt[d + 3u * HEAD_DIM4]));
+      }
+      let s = row_sum(ps);
+      let dp = row_sum(pd);
+      let j = j0 + jj;
+      let ok = vec4<bool>(j <= i, j + 1u <= i, j + 2u <= i, j + 3u <= i);
+      let f = select(vec4f(0.0), exp(s - vec4f(lse_i)) * (dp - vec4f(dl)) * p.scale, ok);
+      for (var c = 0u; c < PER; c++) {
+        let d = r0 + c * LANES;
+        acc[c] += f.x * kt[d] + f.y * kt[d + HEAD_DIM4] + f.z * kt[d + 2u * HEAD_DIM4] + f.w * kt[d + 3u * HEAD_DIM4];
+      }
+    }
+  }
+  if (i < p.S) {
+    for (var c = 0u; c < PER; c++) { dq[q_row + c * LANES] = acc[c]; }
+    if (lane == 0u) { delta[row] = dl; }
+  }
+}

@@ -1,0 +1,102 @@
+// attention_backward_dq_tiled: attention_backward_dq.wgsl (same bindings and maths) for head sizes
+// that are a multiple of 4, with the keys staged through workgroup memory as in
+// attention_tiled.wgsl: one invocation per query row (q_i, do_i and dq_i in vec4 registers), 64
+// queries of one head per workgroup, k and v read in tiles of KEYS rows that every invocation
+// reads from workgroup memory.
+//   delta_i = do_i · o_i,  p_ij = exp(scale · q_i·k_j − lse_i),
+//   dq_i = scale · Σ_j≤i p_ij (do_i·v_j − delta_i) k_j.  delta is written for the dk/dv pass.
+
+struct Params {
+  B: u32,
+  S: u32,
+  Hq: u32,
+  Hkv: u32,
+  D: u32,
+  scale: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4f>;             // [B·S, Hq·D]
+@group(0) @binding(2) var<storage, read> k: array<vec4f>;             // [B·S, Hkv·D]
+@group(0) @binding(3) var<storage, read> v: array<vec4f>;             // [B·S, Hkv·D]
+@group(0) @binding(4) var<storage, read> o: array<vec4f>;             // [B·S, Hq·D]
+@group(0) @binding(5) var<storage, read> d_o: array<vec4f>;           // [B·S, Hq·D]
+@group(0) @binding(6) var<storage, read> lse: array<f32>;             // [B, Hq, S]
+@group(0) @binding(7) var<storage, read_write> dq: array<vec4f>;      // [B·S, Hq·D]
+@group(0) @binding(8) var<storage, read_write> delta: array<f32>;     // [B, Hq, S]
+
+override HEAD_DIM4: u32 = 16u;  // D / 4
+override KEYS: u32 = 32u;       // keys per tile, a multiple of 4 with KEYS · HEAD_DIM4 ≤ TILE
+const TILE = 512u;
+const MAX_D4 = 32u;
+const WG = 64u;
+const ROWS = 64u;  // queries per workgroup (= WG)
+
+var<workgroup> kt: array<vec4f, TILE>;
+var<workgroup> vt: array<vec4f, TILE>;
+
+@compute @workgroup_size(WG)
+fn attention_backward_dq_tiled(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+                               @builtin(local_invocation_index) li: u32) {
+  let p = params;
+  let blocks = (p.S + WG - 1u) / WG;
+  let w = wg.x + wg.y * nwg.x;  // (b · Hq + h) · blocks + block
+  if (w >= p.B * p.Hq * blocks) { return; }
+  let block = w % blocks;
+  let h = (w / blocks) % p.Hq;
+  let b = w / (blocks * p.Hq);
+  let g = h / (p.Hq / p.Hkv);
+  let i = block * WG + li;
+  let q_row = ((b * p.S + min(i, p.S - 1u)) * p.Hq + h) * HEAD_DIM4;
+  var qr: array<vec4f, MAX_D4>;
+  var dor: array<vec4f, MAX_D4>;
+  var acc: array<vec4f, MAX_D4>;
+  var dl = 0.0;
+  for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
+    qr[d4] = q[q_row + d4] * p.scale;
+    dor[d4] = d_o[q_row + d4];
+    dl += dot(dor[d4], o[q_row + d4]);
+    acc[d4] = vec4f(0.0);
+  }
+  let row = (b * p.Hq + h) * p.S + min(i, p.S - 1u);
+  let lse_i = lse[row];
+  let j_end = min(p.S, (block + 1u) * WG);
+  let kv_stride = p.Hkv * HEAD_DIM4;
+  let kv0 = b * p.S * kv_stride + g * HEAD_DIM4;
+  for (var j0 = 0u; j0 < j_end; j0 += KEYS) {
+    workgroupBarrier();
+    for (var t = li; t < KEYS * HEAD_DIM4; t += WG) {
+      let src = kv0 + min(j0 + t / HEAD_DIM4, p.S - 1u) * kv_stride + t % HEAD_DIM4;
+      kt[t] = k[src];
+      vt[t] = v[src];
+    }
+    workgroupBarrier();
+    for (var jj = 0u; jj < KEYS; jj += 4u) {
+      let r0 = jj * HEAD_DIM4;
+      var s = vec4f(0.0);
+      var dp = vec4f(0.0);
+      for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
+        let x = qr[d4];
+        let y = dor[d4];
+        let v0 = vt[r0 + d4];
+        let v1 = vt[r0 + HEAD_DIM4 + d4];
+        let v2 = vt[r0 + 2u * HEAD_DIM4 + d4];
+        let v3 = vt[r0 + 3u * HEAD_DIM4 + d4];
+        s += vec4f(dot(x, kt[r0 + d4]), dot(x, kt[r0 + HEAD_DIM4 + d4]),
+                   dot(x, kt[r0 + 2u * HEAD_DIM4 + d4]), dot(x, kt[r0 + 3u * HEAD_DIM4 + d4]));
+        dp += vec4f(dot(y, v0), dot(y, v1), dot(y, v2), dot(y, v3));
+      }
+      let j = j0 + jj;
+      let ok = vec4<bool>(j <= i, j + 1u <= i, j + 2u <= i, j + 3u <= i);
+      let f = select(vec4f(0.0), exp(s - vec4f(lse_i)) * (dp - vec4f(dl)) * p.scale, ok);
+      for (var d4 = 0u; d4 < HEAD_DIM4; d4++) {
+        acc[d4] += f.x * kt[r0 + d4] + f.y * kt[r0 + HEAD_DIM4 + d4]
+                 + f.z * kt[r0 + 2u * HEAD_DIM4 + d4] + f.w * kt[r0 + 3u * HEAD_DIM4 + d4];
+      }
+    }
+  }
+  if (i < p.S) {
+    for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { dq[q_row + d4] = acc[d4]; }
+    delta[row] = dl;
+  }
+}
