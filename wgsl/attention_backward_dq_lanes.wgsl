@@ -1,7 +1,8 @@
 // attention_backward_dq_lanes: attention_backward_dq_tiled.wgsl (same bindings and maths) for GPUs
-// with subgroups: keys staged through workgroup memory in tiles of KEYS rows, a query row spread
-// over LANES adjacent invocations (lane l holds the row's vec4s l, l + LANES, … of q_i, do_i and
-// dq_i), dot products summed across the row with subgroup shuffles, four keys at a time.
+// with subgroups, head sizes a multiple of 16: keys staged through workgroup memory in tiles of
+// KEYS rows, a query row spread over LANES = D/16 adjacent invocations (lane l holds the row's
+// vec4s l, l + LANES, l + 2·LANES, l + 3·LANES of q_i, do_i and dq_i in named registers), dot
+// products summed across the row with subgroup shuffles, four keys at a time.
 //   delta_i = do_i · o_i,  p_ij = exp(scale · q_i·k_j − lse_i),
 //   dq_i = scale · Σ_j≤i p_ij (do_i·v_j − delta_i) k_j.  delta is written for the dk/dv pass.
 
@@ -26,12 +27,9 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> dq: array<vec4f>;      // [B·S, Hq·D]
 @group(0) @binding(8) var<storage, read_write> delta: array<f32>;     // [B, Hq, S]
 
-override HEAD_DIM4: u32 = 16u;  // D / 4
-override LANES: u32 = 4u;       // invocations per row
-override PER: u32 = 4u;         // HEAD_DIM4 / LANES
-override KEYS: u32 = 32u;       // keys per tile, a multiple of 4 with KEYS · HEAD_DIM4 ≤ TILE
+override LANES: u32 = 4u;       // invocations per row: D / 16
+override KEYS: u32 = 32u;       // keys per tile, a multiple of 4 with KEYS · D/4 ≤ TILE
 const TILE = 512u;
-const MAX_PER = 32u;
 const WG = 256u;
 
 var<workgroup> kt: array<vec4f, TILE>;
@@ -43,10 +41,31 @@ fn row_sum(x: vec4f) -> vec4f {  // over the LANES lanes of a row (adjacent in t
   return s;
 }
 
+// x · the four keys (values) at tile rows t … t+3 (vec4 `at` of each row).
+fn dot_keys(x: vec4f, t: u32, at: u32) -> vec4f {
+  let d4 = 4u * LANES;
+  let e = t * d4 + at;
+  return vec4f(dot(x, kt[e]), dot(x, kt[e + d4]), dot(x, kt[e + 2u * d4]), dot(x, kt[e + 3u * d4]));
+}
+
+fn dot_values(x: vec4f, t: u32, at: u32) -> vec4f {
+  let d4 = 4u * LANES;
+  let e = t * d4 + at;
+  return vec4f(dot(x, vt[e]), dot(x, vt[e + d4]), dot(x, vt[e + 2u * d4]), dot(x, vt[e + 3u * d4]));
+}
+
+// Σ f_n · key row t + n (vec4 `at` of each row).
+fn mix_keys(f: vec4f, t: u32, at: u32) -> vec4f {
+  let d4 = 4u * LANES;
+  let e = t * d4 + at;
+  return f.x * kt[e] + f.y * kt[e + d4] + f.z * kt[e + 2u * d4] + f.w * kt[e + 3u * d4];
+}
+
 @compute @workgroup_size(WG)
 fn attention_backward_dq_lanes(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
                                @builtin(local_invocation_index) li: u32) {
   let p = params;
+  let d4 = 4u * LANES;
   let rows = WG / LANES;
   let blocks = (p.S + rows - 1u) / rows;
   let w = wg.x + wg.y * nwg.x;  // (b · Hq + h) · blocks + block
@@ -57,55 +76,55 @@ fn attention_backward_dq_lanes(@builtin(workgroup_id) wg: vec3u, @builtin(num_wo
   let g = h / (p.Hq / p.Hkv);
   let lane = li % LANES;
   let i = block * rows + li / LANES;
-  let q_row = ((b * p.S + min(i, p.S - 1u)) * p.Hq + h) * HEAD_DIM4 + lane;
-  var qr: array<vec4f, MAX_PER>;
-  var dor: array<vec4f, MAX_PER>;
-  var acc: array<vec4f, MAX_PER>;
-  var part = 0.0;
-  for (var c = 0u; c < PER; c++) {
-    qr[c] = q[q_row + c * LANES] * p.scale;
-    dor[c] = d_o[q_row + c * LANES];
-    part += dot(dor[c], o[q_row + c * LANES]);
-    acc[c] = vec4f(0.0);
-  }
+  let ic = min(i, p.S - 1u);
+  let q_row = ((b * p.S + ic) * p.Hq + h) * d4 + lane;
+  let L = LANES;
+  let q0 = q[q_row] * p.scale;
+  let q1 = q[q_row + L] * p.scale;
+  let q2 = q[q_row + 2u * L] * p.scale;
+  let q3 = q[q_row + 3u * L] * p.scale;
+  let do0 = d_o[q_row];
+  let do1 = d_o[q_row + L];
+  let do2 = d_o[q_row + 2u * L];
+  let do3 = d_o[q_row + 3u * L];
+  let part = dot(do0, o[q_row]) + dot(do1, o[q_row + L]) + dot(do2, o[q_row + 2u * L]) + dot(do3, o[q_row + 3u * L]);
   let dl = row_sum(vec4f(part)).x;
-  let row = (b * p.Hq + h) * p.S + min(i, p.S - 1u);
+  let row = (b * p.Hq + h) * p.S + ic;
   let lse_i = lse[row];
+  var acc0 = vec4f(0.0);
+  var acc1 = vec4f(0.0);
+  var acc2 = vec4f(0.0);
+  var acc3 = vec4f(0.0);
   let j_end = min(p.S, (block + 1u) * rows);
-  let kv_stride = p.Hkv * HEAD_DIM4;
-  let kv0 = b * p.S * kv_stride + g * HEAD_DIM4;
+  let kv_stride = p.Hkv * d4;
+  let kv0 = b * p.S * kv_stride + g * d4;
   for (var j0 = 0u; j0 < j_end; j0 += KEYS) {
     workgroupBarrier();
-    for (var t = li; t < KEYS * HEAD_DIM4; t += WG) {
-      let src = kv0 + min(j0 + t / HEAD_DIM4, p.S - 1u) * kv_stride + t % HEAD_DIM4;
+    for (var t = li; t < KEYS * d4; t += WG) {
+      let src = kv0 + min(j0 + t / d4, p.S - 1u) * kv_stride + t % d4;
       kt[t] = k[src];
       vt[t] = v[src];
     }
     workgroupBarrier();
     for (var jj = 0u; jj < KEYS; jj += 4u) {
-      let r0 = jj * HEAD_DIM4 + lane;
-      var ps = vec4f(0.0);
-      var pd = vec4f(0.0);
-      for (var c = 0u; c < PER; c++) {
-        let x = qr[c];
-        let y = dor[c];
-        let d = r0 + c * LANES;
-        ps += vec4f(dot(x, kt[d]), dot(x, kt[d + HEAD_DIM4]), dot(x, kt[d + 2u * HEAD_DIM4]), dot(x, kt[d + 3u * HEAD_DIM4]));
-        pd += vec4f(dot(y, vt[d]), dot(y, vt[d + HEAD_DIM4]), dot(y, vt[d + 2u * HEAD_DIM4]), dot(y, vt[d + 3u * HEAD_DIM4]));
-      }
-      let s = row_sum(ps);
-      let dp = row_sum(pd);
+      let s = row_sum(dot_keys(q0, jj, lane) + dot_keys(q1, jj, lane + L)
+                      + dot_keys(q2, jj, lane + 2u * L) + dot_keys(q3, jj, lane + 3u * L));
+      let dp = row_sum(dot_values(do0, jj, lane) + dot_values(do1, jj, lane + L)
+                       + dot_values(do2, jj, lane + 2u * L) + dot_values(do3, jj, lane + 3u * L));
       let j = j0 + jj;
       let ok = vec4<bool>(j <= i, j + 1u <= i, j + 2u <= i, j + 3u <= i);
       let f = select(vec4f(0.0), exp(s - vec4f(lse_i)) * (dp - vec4f(dl)) * p.scale, ok);
-      for (var c = 0u; c < PER; c++) {
-        let d = r0 + c * LANES;
-        acc[c] += f.x * kt[d] + f.y * kt[d + HEAD_DIM4] + f.z * kt[d + 2u * HEAD_DIM4] + f.w * kt[d + 3u * HEAD_DIM4];
-      }
+      acc0 += mix_keys(f, jj, lane);
+      acc1 += mix_keys(f, jj, lane + L);
+      acc2 += mix_keys(f, jj, lane + 2u * L);
+      acc3 += mix_keys(f, jj, lane + 3u * L);
     }
   }
   if (i < p.S) {
-    for (var c = 0u; c < PER; c++) { dq[q_row + c * LANES] = acc[c]; }
+    dq[q_row] = acc0;
+    dq[q_row + L] = acc1;
+    dq[q_row + 2u * L] = acc2;
+    dq[q_row + 3u * L] = acc3;
     if (lane == 0u) { delta[row] = dl; }
   }
 }

@@ -79,10 +79,9 @@ MAX_HEAD_DIM = 128
 # registers (three rows of TILED_MAX_HEAD_DIM floats per invocation).
 TILED_KERNELS = ("attention_tiled", "attention_backward_dq_tiled", "attention_backward_dkv_tiled")
 TILED_MAX_HEAD_DIM = 64
-# Their subgroup twins: a row spread over a few lanes (each holding at least LANES_MIN_PER vec4s),
-# so the GPU has more invocations in flight for the same registers.
+# Their subgroup twins: a row spread over D/16 lanes (four vec4s each, in named registers), so
+# the GPU has more invocations in flight for the same registers.
 LANES_KERNELS = ("attention_lanes", "attention_backward_dq_lanes", "attention_backward_dkv_lanes")
-LANES_MIN_PER = 4
 ATTENTION_VARIANTS = ("auto", "lanes", "tiled", "portable")
 # Split-K: a matmul with fewer output tiles than this and a long K is split along K.
 SPLIT_BELOW_TILES = 264
@@ -127,19 +126,17 @@ class Ops:
         return min(reported, self.subgroup_size) if reported >= 8 else self.subgroup_size
 
     def tile_lanes(self, D: int) -> int:
-        """Lanes per row for the tiled subgroup kernels (attention_lanes): the most that divide
-        D/4 and leave each lane at least LANES_MIN_PER vec4s; 0 where they cannot run."""
-        width = self.subgroup_width()
-        if D % 4 or not width:
+        """Lanes per row for the subgroup attention kernels (attention_lanes: four vec4s of a
+        row per lane, so D/16 lanes), or 0 where they cannot run (no `subgroups`, D not a
+        multiple of 16, D/16 not a power of two or wider than the subgroups)."""
+        lanes = D // 16
+        if D % 16 or lanes & (lanes - 1) or not lanes:
             return 0
-        d4, lanes = D // 4, 1
-        while lanes * 2 <= width and d4 % (lanes * 2) == 0 and d4 // (lanes * 2) >= LANES_MIN_PER:
-            lanes *= 2
-        return lanes
+        return lanes if self.subgroup_width() >= lanes else 0
 
     async def specialize_head_dim(self, D: int, variant: str = "auto") -> str:
         """Compile the attention kernels for head size D (call once per model). `variant` (tests
-        and benchmarks force it) picks the family: "lanes" (subgroups, D a multiple of 4), "tiled"
+        and benchmarks force it) picks the family: "lanes" (subgroups, D/16 lanes), "tiled"
         (portable, D a multiple of 4), "portable" (any D); "auto" takes the first of those the
         adapter and D allow, with "tiled" only up to TILED_MAX_HEAD_DIM. The portable kernels are
         always specialized too (their loops unrolled for D). Returns the family chosen."""
@@ -151,8 +148,10 @@ class Ops:
                        "tiled" if D % 4 == 0 and D <= TILED_MAX_HEAD_DIM else "portable")
         if variant not in ATTENTION_VARIANTS:
             raise ValueError(f"unknown attention kernels {variant!r} (one of {', '.join(ATTENTION_VARIANTS)})")
-        if variant in ("lanes", "tiled") and D % 4:
+        if variant == "tiled" and D % 4:
             raise ValueError(f"the tiled attention kernels need a head size that is a multiple of 4 (got {D})")
+        if variant == "lanes" and not self.tile_lanes(D):
+            raise ValueError(f"the subgroup attention kernels need subgroups of D/16 lanes (D = {D})")
         for name in TILED_KERNELS + LANES_KERNELS:
             self._by_head_dim.pop((name, D), None)
         for name in HEAD_DIM_KERNELS:
@@ -163,9 +162,8 @@ class Ops:
         for name in (LANES_KERNELS if variant == "lanes" else TILED_KERNELS):
             src = await self.library.source(name)
             rows = min(src.constant("TILE") // d4, 64) // 4 * 4
-            constants = {"HEAD_DIM4": d4, ("QUERIES" if "dkv" in name else "KEYS"): rows}
-            if lanes:
-                constants.update(LANES=lanes, PER=d4 // lanes)
+            constants = {("QUERIES" if "dkv" in name else "KEYS"): rows}
+            constants.update({"LANES": lanes} if lanes else {"HEAD_DIM4": d4})
             self._by_head_dim[(name, D)] = await self.library.get(name, constants=constants)
         return variant
 
