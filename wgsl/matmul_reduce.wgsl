@@ -1,11 +1,16 @@
 // matmul_reduce: C = alpha · Σ_z partial[z] + beta · C, finishing a split-K matmul.
 //   partial: [splits, M·N] (matmul.wgsl's per-split products), C: [M·N]
-// Work split: one invocation per element of C, 256 per workgroup, 2-D grid for large M·N;
-// the splits are added in order, so results are deterministic.
+// Work split: 256 invocations per workgroup, `ways` (a power of two ≤ 256) per element of C:
+// invocation g of an element adds splits g, g + ways, …, then the ways' sums are added in
+// workgroup memory. Small products with many splits (LoRA's gradients) then have enough
+// invocations to keep the loads in flight; large ones use ways = 1. Neighbouring invocations
+// take neighbouring elements, so every load is coalesced, and the order of the additions is
+// fixed, so results are deterministic. 2-D grid for large M·N.
 
 struct Params {
   MN: u32,
   splits: u32,
+  ways: u32,
   alpha: f32,
   beta: f32,
 }
@@ -16,13 +21,34 @@ struct Params {
 
 const WG = 256u;
 
+var<workgroup> sums: array<f32, WG>;
+
 @compute @workgroup_size(WG)
-fn matmul_reduce(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * nwg.x * WG;
-  if (i >= params.MN) { return; }
+fn matmul_reduce(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+                 @builtin(local_invocation_index) li: u32) {
+  let p = params;
+  let per_group = WG / p.ways;  // elements per workgroup
+  let way = li / per_group;
+  let i = (wg.x + wg.y * nwg.x) * per_group + li % per_group;
   var s = 0.0;
-  for (var z = 0u; z < params.splits; z++) { s += partial[z * params.MN + i]; }
-  var v = params.alpha * s;
-  if (params.beta != 0.0) { v += params.beta * C[i]; }
-  C[i] = v;
+  if (i < p.MN) {
+    for (var z = way; z < p.splits; z += p.ways) { s += partial[z * p.MN + i]; }
+  }
+  if (p.ways == 1u) {
+    if (i < p.MN) {
+      var v = p.alpha * s;
+      if (p.beta != 0.0) { v += p.beta * C[i]; }
+      C[i] = v;
+    }
+    return;
+  }
+  sums[li] = s;
+  workgroupBarrier();
+  if (way == 0u && i < p.MN) {
+    var total = 0.0;
+    for (var g = 0u; g < p.ways; g++) { total += sums[g * per_group + li % per_group]; }
+    var v = p.alpha * total;
+    if (p.beta != 0.0) { v += p.beta * C[i]; }
+    C[i] = v;
+  }
 }

@@ -92,6 +92,9 @@ SPLIT_MIN_K_PER_SPLIT = 64
 # workgroups in flight, so K is split whenever that gives each split at least this many k.
 THIN_TARGET_GROUPS = 4096
 THIN_MIN_K_PER_SPLIT = 32
+# matmul_reduce: up to REDUCE_MAX_WAYS invocations per element while the total stays under this.
+REDUCE_TARGET_INVOCATIONS = 1 << 17
+REDUCE_MAX_WAYS = 16
 
 
 class Ops:
@@ -232,11 +235,16 @@ class Ops:
         if splits == 1:
             return [kernel.dispatch(self.device, grid, params, A=A, B=B, C=C, **more)]
         scratch = self._scratch(splits * M * N)
-        reduce = dict(MN=M * N, splits=splits, alpha=params["alpha"], beta=params["beta"])
+        # Enough invocations to keep the partials' loads in flight: small products with many
+        # splits give each element several (`ways`), summed in workgroup memory.
+        ways = 1
+        while ways * 2 <= min(splits, REDUCE_MAX_WAYS) and M * N * ways * 2 <= REDUCE_TARGET_INVOCATIONS:
+            ways *= 2
+        reduce = dict(MN=M * N, splits=splits, ways=ways, alpha=params["alpha"], beta=params["beta"])
         return [
             kernel.dispatch(self.device, grid + (splits,), dict(params, alpha=1.0, beta=0.0), A=A, B=B, C=scratch,
                             **more),
-            self._elementwise("matmul_reduce", M * N, reduce, partial=scratch, C=C),
+            self._elementwise("matmul_reduce", M * N * ways, reduce, partial=scratch, C=C),
         ]
 
     def _matmul_thin(self, C, A, B, M, N, K, a_strides, b_strides, alpha, beta, splits) -> list[Dispatch]:
