@@ -90,76 +90,75 @@ fn store_row(r: u32, c: u32, left: vec4f, right: vec4f, z: u32) {
   }
 }
 
-// Which 8 elements of a 128 × 16 tile invocation li loads (into registers, then workgroup
-// memory): along K, rows li/4 and li/4 + 64 at k (li%4)·4 … +3 (four invocations read a row's
-// 16 consecutive values); across K, k li/32 and li/32 + 8 at rows (li%32)·4 … +3.
-fn tile_a(li: u32, row0: u32, k0: u32, k_end: u32, along_k: bool, second: bool) -> array<f32, 8> {
-  var v: array<f32, 8>;
-  if (along_k) {
-    let r = li / 4u;
-    let kc = k0 + (li % 4u) * 4u;
-    for (var j = 0u; j < 4u; j++) {
-      v[j] = load_a(row0 + r, kc + j, k_end, second);
-      v[4u + j] = load_a(row0 + r + 64u, kc + j, k_end, second);
-    }
-  } else {
-    let kk = k0 + li / 32u;
-    let r4 = row0 + (li % 32u) * 4u;
-    for (var j = 0u; j < 4u; j++) {
-      v[j] = load_a(r4 + j, kk, k_end, second);
-      v[4u + j] = load_a(r4 + j, kk + 8u, k_end, second);
-    }
-  }
-  return v;
+// Which 8 elements of a 128 × 16 tile invocation li loads (into two vec4 registers, then
+// workgroup memory): along K, rows li/4 and li/4 + 64 at k (li%4)·4 … +3 (four invocations read
+// a row's 16 consecutive values); across K, k li/32 and li/32 + 8 at rows (li%32)·4 … +3.
+struct Part {
+  lo: vec4f,
+  hi: vec4f,
 }
 
-fn tile_b(li: u32, col0: u32, k0: u32, k_end: u32, along_k: bool, second: bool) -> array<f32, 8> {
-  var v: array<f32, 8>;
+fn tile_a(li: u32, row0: u32, k0: u32, k_end: u32, along_k: bool, second: bool) -> Part {
   if (along_k) {
-    let r = li / 4u;
-    let kc = k0 + (li % 4u) * 4u;
-    for (var j = 0u; j < 4u; j++) {
-      v[j] = load_b(col0 + r, kc + j, k_end, second);
-      v[4u + j] = load_b(col0 + r + 64u, kc + j, k_end, second);
-    }
-  } else {
-    let kk = k0 + li / 32u;
-    let r4 = col0 + (li % 32u) * 4u;
-    for (var j = 0u; j < 4u; j++) {
-      v[j] = load_b(r4 + j, kk, k_end, second);
-      v[4u + j] = load_b(r4 + j, kk + 8u, k_end, second);
-    }
+    let r = row0 + li / 4u;
+    let k = k0 + (li % 4u) * 4u;
+    return Part(vec4f(load_a(r, k, k_end, second), load_a(r, k + 1u, k_end, second),
+                      load_a(r, k + 2u, k_end, second), load_a(r, k + 3u, k_end, second)),
+                vec4f(load_a(r + 64u, k, k_end, second), load_a(r + 64u, k + 1u, k_end, second),
+                      load_a(r + 64u, k + 2u, k_end, second), load_a(r + 64u, k + 3u, k_end, second)));
   }
-  return v;
+  let k = k0 + li / 32u;
+  let r = row0 + (li % 32u) * 4u;
+  return Part(vec4f(load_a(r, k, k_end, second), load_a(r + 1u, k, k_end, second),
+                    load_a(r + 2u, k, k_end, second), load_a(r + 3u, k, k_end, second)),
+              vec4f(load_a(r, k + 8u, k_end, second), load_a(r + 1u, k + 8u, k_end, second),
+                    load_a(r + 2u, k + 8u, k_end, second), load_a(r + 3u, k + 8u, k_end, second)));
 }
 
-fn store_a(li: u32, v: array<f32, 8>, along_k: bool) {
+fn tile_b(li: u32, col0: u32, k0: u32, k_end: u32, along_k: bool, second: bool) -> Part {
+  if (along_k) {
+    let r = col0 + li / 4u;
+    let k = k0 + (li % 4u) * 4u;
+    return Part(vec4f(load_b(r, k, k_end, second), load_b(r, k + 1u, k_end, second),
+                      load_b(r, k + 2u, k_end, second), load_b(r, k + 3u, k_end, second)),
+                vec4f(load_b(r + 64u, k, k_end, second), load_b(r + 64u, k + 1u, k_end, second),
+                      load_b(r + 64u, k + 2u, k_end, second), load_b(r + 64u, k + 3u, k_end, second)));
+  }
+  let k = k0 + li / 32u;
+  let r = col0 + (li % 32u) * 4u;
+  return Part(vec4f(load_b(r, k, k_end, second), load_b(r + 1u, k, k_end, second),
+                    load_b(r + 2u, k, k_end, second), load_b(r + 3u, k, k_end, second)),
+              vec4f(load_b(r, k + 8u, k_end, second), load_b(r + 1u, k + 8u, k_end, second),
+                    load_b(r + 2u, k + 8u, k_end, second), load_b(r + 3u, k + 8u, k_end, second)));
+}
+
+// Workgroup memory holds a tile as [k][rows / 4] vec4s; along K an invocation's values are
+// four k of one row (and of the row 64 below), so they go in one component of four vec4s.
+fn store_a(li: u32, v: Part, along_k: bool) {
   if (along_k) {
     let r = li / 4u;
-    let kc = (li % 4u) * 4u;
-    for (var j = 0u; j < 4u; j++) {
-      a_tile[(kc + j) * 32u + r / 4u][r % 4u] = v[j];
-      a_tile[(kc + j) * 32u + 16u + r / 4u][r % 4u] = v[4u + j];
-    }
+    let e = (li % 4u) * 4u * 32u + r / 4u;
+    let c = r % 4u;
+    a_tile[e][c] = v.lo.x; a_tile[e + 32u][c] = v.lo.y; a_tile[e + 64u][c] = v.lo.z; a_tile[e + 96u][c] = v.lo.w;
+    a_tile[e + 16u][c] = v.hi.x; a_tile[e + 48u][c] = v.hi.y; a_tile[e + 80u][c] = v.hi.z; a_tile[e + 112u][c] = v.hi.w;
   } else {
     let kk = li / 32u;
-    a_tile[kk * 32u + li % 32u] = vec4f(v[0], v[1], v[2], v[3]);
-    a_tile[(kk + 8u) * 32u + li % 32u] = vec4f(v[4], v[5], v[6], v[7]);
+    a_tile[kk * 32u + li % 32u] = v.lo;
+    a_tile[(kk + 8u) * 32u + li % 32u] = v.hi;
   }
 }
 
-fn store_b(li: u32, v: array<f32, 8>, along_k: bool) {
+fn store_b(li: u32, v: Part, along_k: bool) {
   if (along_k) {
     let r = li / 4u;
-    let kc = (li % 4u) * 4u;
-    for (var j = 0u; j < 4u; j++) {
-      b_tile[(kc + j) * 32u + r / 4u][r % 4u] = v[j];
-      b_tile[(kc + j) * 32u + 16u + r / 4u][r % 4u] = v[4u + j];
-    }
+    let e = (li % 4u) * 4u * 32u + r / 4u;
+    let c = r % 4u;
+    b_tile[e][c] = v.lo.x; b_tile[e + 32u][c] = v.lo.y; b_tile[e + 64u][c] = v.lo.z; b_tile[e + 96u][c] = v.lo.w;
+    b_tile[e + 16u][c] = v.hi.x; b_tile[e + 48u][c] = v.hi.y; b_tile[e + 80u][c] = v.hi.z; b_tile[e + 112u][c] = v.hi.w;
   } else {
     let kk = li / 32u;
-    b_tile[kk * 32u + li % 32u] = vec4f(v[0], v[1], v[2], v[3]);
-    b_tile[(kk + 8u) * 32u + li % 32u] = vec4f(v[4], v[5], v[6], v[7]);
+    b_tile[kk * 32u + li % 32u] = v.lo;
+    b_tile[(kk + 8u) * 32u + li % 32u] = v.hi;
   }
 }
 

@@ -86,8 +86,8 @@ ATTENTION_VARIANTS = ("auto", "lanes", "tiled", "portable")
 # Split-K: a matmul with fewer output tiles than this and a long K is split along K.
 SPLIT_BELOW_TILES = 264
 SPLIT_MIN_K = 128
-SPLIT_TARGET_GROUPS = 1024
-SPLIT_MIN_K_PER_SPLIT = 64
+SPLIT_TARGET_GROUPS = 512
+SPLIT_MIN_K_PER_SPLIT = 128
 # matmul_thin (LoRA's rank-sized products) is bound by reading its long operand: it needs many
 # workgroups in flight, so K is split whenever that gives each split at least this many k.
 THIN_TARGET_GROUPS = 4096
