@@ -91,21 +91,31 @@ fn store_row(r: u32, c: u32, left: vec4f, right: vec4f, z: u32) {
 }
 
 // Which 8 elements of a 128 × 16 tile invocation li loads (into two vec4 registers, then
-// workgroup memory): along K, rows li/4 and li/4 + 64 at k (li%4)·4 … +3 (four invocations read
-// a row's 16 consecutive values); across K, k li/32 and li/32 + 8 at rows (li%32)·4 … +3.
+// workgroup memory as two whole vec4s: a store into one component of a vec4 chosen at run time
+// costs the GPU far more than a whole one):
+//   along K: rows g·4 … +3 and 64 + g·4 … +3 (g = li/16) at k = li%16 (sixteen invocations read
+//            a row's 16 consecutive values);
+//   across K: rows (li%32)·4 … +3 at k li/32 and li/32 + 8.
+// In workgroup memory a tile is [k][32 vec4s of 4 rows]; vec4 s of k sits at slot
+// (s & 16) | ((s & 15) ^ k), so the sixteen k an along-K subgroup stores at once fall in
+// different banks.
 struct Part {
   lo: vec4f,
   hi: vec4f,
 }
 
+fn slot(s: u32, k: u32) -> u32 {
+  return k * 32u + ((s & 16u) | ((s & 15u) ^ k));
+}
+
 fn tile_a(li: u32, row0: u32, k0: u32, k_end: u32, along_k: bool, second: bool) -> Part {
   if (along_k) {
-    let r = row0 + li / 4u;
-    let k = k0 + (li % 4u) * 4u;
-    return Part(vec4f(load_a(r, k, k_end, second), load_a(r, k + 1u, k_end, second),
-                      load_a(r, k + 2u, k_end, second), load_a(r, k + 3u, k_end, second)),
-                vec4f(load_a(r + 64u, k, k_end, second), load_a(r + 64u, k + 1u, k_end, second),
-                      load_a(r + 64u, k + 2u, k_end, second), load_a(r + 64u, k + 3u, k_end, second)));
+    let r = row0 + (li / 16u) * 4u;
+    let k = k0 + li % 16u;
+    return Part(vec4f(load_a(r, k, k_end, second), load_a(r + 1u, k, k_end, second),
+                      load_a(r + 2u, k, k_end, second), load_a(r + 3u, k, k_end, second)),
+                vec4f(load_a(r + 64u, k, k_end, second), load_a(r + 65u, k, k_end, second),
+                      load_a(r + 66u, k, k_end, second), load_a(r + 67u, k, k_end, second)));
   }
   let k = k0 + li / 32u;
   let r = row0 + (li % 32u) * 4u;
@@ -117,12 +127,12 @@ fn tile_a(li: u32, row0: u32, k0: u32, k_end: u32, along_k: bool, second: bool) 
 
 fn tile_b(li: u32, col0: u32, k0: u32, k_end: u32, along_k: bool, second: bool) -> Part {
   if (along_k) {
-    let r = col0 + li / 4u;
-    let k = k0 + (li % 4u) * 4u;
-    return Part(vec4f(load_b(r, k, k_end, second), load_b(r, k + 1u, k_end, second),
-                      load_b(r, k + 2u, k_end, second), load_b(r, k + 3u, k_end, second)),
-                vec4f(load_b(r + 64u, k, k_end, second), load_b(r + 64u, k + 1u, k_end, second),
-                      load_b(r + 64u, k + 2u, k_end, second), load_b(r + 64u, k + 3u, k_end, second)));
+    let r = col0 + (li / 16u) * 4u;
+    let k = k0 + li % 16u;
+    return Part(vec4f(load_b(r, k, k_end, second), load_b(r + 1u, k, k_end, second),
+                      load_b(r + 2u, k, k_end, second), load_b(r + 3u, k, k_end, second)),
+                vec4f(load_b(r + 64u, k, k_end, second), load_b(r + 65u, k, k_end, second),
+                      load_b(r + 66u, k, k_end, second), load_b(r + 67u, k, k_end, second)));
   }
   let k = k0 + li / 32u;
   let r = col0 + (li % 32u) * 4u;
@@ -132,33 +142,27 @@ fn tile_b(li: u32, col0: u32, k0: u32, k_end: u32, along_k: bool, second: bool) 
                     load_b(r + 2u, k + 8u, k_end, second), load_b(r + 3u, k + 8u, k_end, second)));
 }
 
-// Workgroup memory holds a tile as [k][rows / 4] vec4s; along K an invocation's values are
-// four k of one row (and of the row 64 below), so they go in one component of four vec4s.
 fn store_a(li: u32, v: Part, along_k: bool) {
   if (along_k) {
-    let r = li / 4u;
-    let e = (li % 4u) * 4u * 32u + r / 4u;
-    let c = r % 4u;
-    a_tile[e][c] = v.lo.x; a_tile[e + 32u][c] = v.lo.y; a_tile[e + 64u][c] = v.lo.z; a_tile[e + 96u][c] = v.lo.w;
-    a_tile[e + 16u][c] = v.hi.x; a_tile[e + 48u][c] = v.hi.y; a_tile[e + 80u][c] = v.hi.z; a_tile[e + 112u][c] = v.hi.w;
+    let k = li % 16u;
+    a_tile[slot(li / 16u, k)] = v.lo;
+    a_tile[slot(16u + li / 16u, k)] = v.hi;
   } else {
-    let kk = li / 32u;
-    a_tile[kk * 32u + li % 32u] = v.lo;
-    a_tile[(kk + 8u) * 32u + li % 32u] = v.hi;
+    let k = li / 32u;
+    a_tile[slot(li % 32u, k)] = v.lo;
+    a_tile[slot(li % 32u, k + 8u)] = v.hi;
   }
 }
 
 fn store_b(li: u32, v: Part, along_k: bool) {
   if (along_k) {
-    let r = li / 4u;
-    let e = (li % 4u) * 4u * 32u + r / 4u;
-    let c = r % 4u;
-    b_tile[e][c] = v.lo.x; b_tile[e + 32u][c] = v.lo.y; b_tile[e + 64u][c] = v.lo.z; b_tile[e + 96u][c] = v.lo.w;
-    b_tile[e + 16u][c] = v.hi.x; b_tile[e + 48u][c] = v.hi.y; b_tile[e + 80u][c] = v.hi.z; b_tile[e + 112u][c] = v.hi.w;
+    let k = li % 16u;
+    b_tile[slot(li / 16u, k)] = v.lo;
+    b_tile[slot(16u + li / 16u, k)] = v.hi;
   } else {
-    let kk = li / 32u;
-    b_tile[kk * 32u + li % 32u] = v.lo;
-    b_tile[(kk + 8u) * 32u + li % 32u] = v.hi;
+    let k = li / 32u;
+    b_tile[slot(li % 32u, k)] = v.lo;
+    b_tile[slot(li % 32u, k + 8u)] = v.hi;
   }
 }
 
@@ -211,10 +215,10 @@ fn matmul(@builtin(workgroup_id) wg: vec3u,
       next_b = tile_b(li, col0, (u - tiles1) * TILE_K, params.K2, b2_along_k, true);
     }
     for (var k = 0u; k < TILE_K; k++) {
-      let a0 = a_tile[k * 32u + ty];
-      let a1 = a_tile[k * 32u + 16u + ty];
-      let b0 = b_tile[k * 32u + tx];
-      let b1 = b_tile[k * 32u + 16u + tx];
+      let a0 = a_tile[slot(ty, k)];
+      let a1 = a_tile[slot(16u + ty, k)];
+      let b0 = b_tile[slot(tx, k)];
+      let b1 = b_tile[slot(16u + tx, k)];
       c0 += a0.x * b0; c1 += a0.x * b1;
       c2 += a0.y * b0; c3 += a0.y * b1;
       c4 += a0.z * b0; c5 += a0.z * b1;

@@ -12,8 +12,11 @@
 // with B's columns adjacent (b_sn = 1) neighbouring invocations take neighbouring columns and a
 // slice is 8 consecutive k; with each column's K adjacent (b_sk = 1: x·Aᵀ computed as A·xᵀ, or
 // dy·B) eight neighbouring invocations share a column and take k ≡ slice (mod 8), reading its
-// row 8 values at a time. Split K as in matmul.wgsl is still possible: workgroup z sums k in
-// [z·k_split, …) into C + z·M·N (in C's layout), matmul_reduce adds them.
+// row 8 values at a time. A pass's values are loaded into registers during the previous pass,
+// without branches (out-of-range reads are masked to 0), and A's block is stored as whole vec4s
+// (a store into a vec4 component chosen at run time is slow on some GPUs). Split K as in
+// matmul.wgsl is still possible: workgroup z sums k in [z·k_split, …) into C + z·M·N (in C's
+// layout), matmul_reduce adds them.
 
 struct Params {
   M: u32,
@@ -59,13 +62,42 @@ const TILE_K = 64u;  // K per pass: 8 slices of 8
 const A_ROW = 5u;
 var<workgroup> shared4: array<vec4f, 1024>;
 
+// A's value at (m, k) (0 outside).
+fn value_a(m: u32, k: u32, k_end: u32) -> f32 {
+  let ok = m < params.M && k < k_end;
+  return select(0.0, read_a(select(0u, m * params.a_sm + k * params.a_sk, ok)), ok);
+}
+
+// B's value at (n, k) (0 outside): every load is issued without a branch, so a pass's eight
+// are in flight together.
+fn value_b(n: u32, k: u32, k_end: u32) -> f32 {
+  let ok = n < params.N && k < k_end;
+  return select(0.0, read_b(select(0u, n * params.b_sn + k * params.b_sk, ok)), ok);
+}
+
+struct Pass {
+  a: vec4f,   // this invocation's vec4 of A's block: rows (li%4)·4 … +3 at k0 + li/4
+  b0: vec4f,  // its column's eight values of B
+  b1: vec4f,
+}
+
+fn load_pass(li: u32, n: u32, k0: u32, k_end: u32, kt: vec2u) -> Pass {
+  let k = k0 + kt.x;
+  let s = kt.y;
+  let ka = k0 + li / 4u;
+  let m = (li % 4u) * 4u;
+  return Pass(vec4f(value_a(m, ka, k_end), value_a(m + 1u, ka, k_end), value_a(m + 2u, ka, k_end), value_a(m + 3u, ka, k_end)),
+              vec4f(value_b(n, k, k_end), value_b(n, k + s, k_end), value_b(n, k + 2u * s, k_end), value_b(n, k + 3u * s, k_end)),
+              vec4f(value_b(n, k + 4u * s, k_end), value_b(n, k + 5u * s, k_end), value_b(n, k + 6u * s, k_end), value_b(n, k + 7u * s, k_end)));
+}
+
 @compute @workgroup_size(256)
 fn matmul_thin(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let p = params;
   let along_k = p.b_sk == 1u && p.b_sn != 1u;
   let lane = select(li % 32u, li / 8u, along_k);  // column col0 + lane
   let slice = select(li / 32u, li % 8u, along_k);  // k = k0 + slice·8 + t, or k0 + slice + 8·t
-  let k_of_t = select(vec2u(slice * 8u, 1u), vec2u(slice, 8u), along_k);
+  let kt = select(vec2u(slice * 8u, 1u), vec2u(slice, 8u), along_k);  // (first k, step) in a pass
   let n = wg.x * TILE_N + lane;
   let k_begin = wg.z * p.k_split;
   let k_end = min(p.K, k_begin + p.k_split);
@@ -73,29 +105,20 @@ fn matmul_thin(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index
   var acc1 = vec4f(0.0);
   var acc2 = vec4f(0.0);
   var acc3 = vec4f(0.0);
+  // Each pass's values are loaded into registers during the previous pass's arithmetic.
+  var next = load_pass(li, n, k_begin, k_end, kt);
   for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-    // A's 16 × 64 block: four values per invocation.
-    for (var e = 0u; e < 4u; e++) {
-      let idx = li + e * 256u;
-      let kk = idx / 16u;
-      let m = idx % 16u;
-      var a = 0.0;
-      if (m < p.M && k0 + kk < k_end) { a = read_a(m * p.a_sm + (k0 + kk) * p.a_sk); }
-      shared4[kk * A_ROW + m / 4u][m % 4u] = a;
-    }
+    let cur = next;
+    shared4[(li / 4u) * A_ROW + li % 4u] = cur.a;
     workgroupBarrier();
-    if (n < p.N) {
-      for (var t = 0u; t < 8u; t++) {
-        let kk = k_of_t.x + t * k_of_t.y;
-        let k = k0 + kk;
-        if (k < k_end) {
-          let b = read_b(n * p.b_sn + k * p.b_sk);
-          acc0 += shared4[kk * A_ROW] * b;
-          acc1 += shared4[kk * A_ROW + 1u] * b;
-          acc2 += shared4[kk * A_ROW + 2u] * b;
-          acc3 += shared4[kk * A_ROW + 3u] * b;
-        }
-      }
+    if (k0 + TILE_K < k_end) { next = load_pass(li, n, k0 + TILE_K, k_end, kt); }
+    for (var t = 0u; t < 8u; t++) {
+      let e = (kt.x + t * kt.y) * A_ROW;
+      let b = select(cur.b1[t % 4u], cur.b0[t % 4u], t < 4u);
+      acc0 += shared4[e] * b;
+      acc1 += shared4[e + 1u] * b;
+      acc2 += shared4[e + 2u] * b;
+      acc3 += shared4[e + 3u] * b;
     }
     workgroupBarrier();
   }
