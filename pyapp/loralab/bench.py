@@ -171,3 +171,61 @@ async def bench_matmul(ops: Ops, M: int, N: int, K: int, repeats: int = 20, tran
         device.destroy_buffer(buf)
     return {"op": "matmul", "M": M, "N": N, "K": K, "trans_b": trans_b,
             "ms": 1000 * elapsed / repeats, "gflops": 2 * M * N * K * repeats / elapsed / 1e9}
+
+
+async def _seconds_per_repeat(device: Device, cmds: list, probe, repeats: int) -> float:
+    """Wall time of `cmds` (one submit holding them `repeats` times), after a warm-up, per repeat."""
+    device.submit(cmds)
+    await device.read_buffer(probe, 0, 4)
+    started = time.perf_counter()
+    device.submit(cmds * repeats)
+    await device.read_buffer(probe, 0, 4)
+    return (time.perf_counter() - started) / repeats
+
+
+def attention_flops(B: int, S: int, Hq: int, D: int) -> tuple[float, float]:
+    """Causal attention's floating-point operations by the usual count (FlashAttention's): 4·D
+    per (query, key ≤ query) pair forward (q·k and p·v), 2.5 times that backward. Our kernels
+    recompute more than that; the count is the same for every implementation compared."""
+    pairs = B * Hq * S * (S + 1) / 2
+    return 4 * D * pairs, 10 * D * pairs
+
+
+async def bench_attention(ops: Ops, B: int, S: int, Hq: int, Hkv: int, D: int, repeats: int = 20,
+                          attention: str = "auto") -> dict:
+    """Forward and backward time of causal GQA attention at one shape, with the kernels
+    specialize_head_dim picks for D (or the family `attention` names)."""
+    device = ops.device
+    variant = await ops.specialize_head_dim(D, attention)
+    T = B * S
+    sizes = dict(q=T * Hq * D, k=T * Hkv * D, v=T * Hkv * D, d_o=T * Hq * D, o=T * Hq * D, lse=B * Hq * S,
+                 dq=T * Hq * D, dk=T * Hkv * D, dv=T * Hkv * D, delta=B * Hq * S, dk_heads=T * Hq * D,
+                 dv_heads=T * Hq * D)
+    b = {name: device.create_buffer(n * 4, label=f"bench.{name}") for name, n in sizes.items()}
+    device.submit([ops.lora_init(b[name], 0, sizes[name], D, i + 1) for i, name in enumerate(("q", "k", "v", "d_o"))])
+    forward = [ops.attention(b["o"], b["lse"], b["q"], b["k"], b["v"], B, S, Hq, Hkv, D)]
+    backward = ops.attention_backward(b["dq"], b["dk"], b["dv"], b["delta"], b["dk_heads"], b["dv_heads"],
+                                      b["q"], b["k"], b["v"], b["o"], b["d_o"], b["lse"], B, S, Hq, Hkv, D)
+    fwd = await _seconds_per_repeat(device, forward, b["o"], repeats)
+    bwd = await _seconds_per_repeat(device, backward, b["dq"], repeats)
+    for buf in b.values():
+        device.destroy_buffer(buf)
+    f_fwd, f_bwd = attention_flops(B, S, Hq, D)
+    return {"op": "attention", "B": B, "S": S, "Hq": Hq, "Hkv": Hkv, "D": D, "kernels": variant,
+            "forward_ms": 1000 * fwd, "backward_ms": 1000 * bwd,
+            "forward_gflops": f_fwd / fwd / 1e9, "backward_gflops": f_bwd / bwd / 1e9}
+
+
+async def bench_cross_entropy(ops: Ops, R: int, V: int, repeats: int = 20) -> dict:
+    """The loss kernel over R rows of V logits (reads them, writes their gradient in place):
+    GB/s counted as 8·R·V bytes."""
+    device = ops.device
+    logits = device.create_buffer(R * V * 4, label="bench.logits")
+    targets = device.create_buffer_with_data(b"".join((i % V).to_bytes(4, "little") for i in range(R)), label="bench.targets")
+    loss = device.create_buffer(R * 4, label="bench.loss")
+    device.submit([ops.lora_init(logits, 0, R * V, 1, 7)])
+    seconds = await _seconds_per_repeat(device, [ops.cross_entropy(loss, logits, targets, R, V, 1.0 / R)], loss, repeats)
+    for buf in (logits, targets, loss):
+        device.destroy_buffer(buf)
+    return {"op": "cross_entropy", "R": R, "V": V, "ms": 1000 * seconds, "gbps": 8 * R * V / seconds / 1e9}
+

@@ -77,3 +77,77 @@ def bench_torch_matmul(M: int, N: int, K: int, tf32: bool = False, repeats: int 
     elapsed = time.perf_counter() - started
     return {"op": "torch.matmul" + (" tf32" if tf32 else " fp32"), "M": M, "N": N, "K": K,
             "ms": 1000 * elapsed / repeats, "gflops": 2 * M * N * K * repeats / elapsed / 1e9}
+
+
+def _cuda_seconds(fn, repeats: int) -> float:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeats
+
+
+def bench_torch_attention(B: int, S: int, Hq: int, Hkv: int, D: int, repeats: int = 20) -> dict:
+    """torch's scaled_dot_product_attention (fp32, causal, grouped-query) at the same shape:
+    forward, and backward as forward + backward minus forward."""
+    import torch
+    import torch.nn.functional as F
+
+    from .bench import attention_flops
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q = torch.randn(B, Hq, S, D, device=device, requires_grad=True)
+    k = torch.randn(B, Hkv, S, D, device=device, requires_grad=True)
+    v = torch.randn(B, Hkv, S, D, device=device, requires_grad=True)
+    d_o = torch.randn(B, Hq, S, D, device=device)
+
+    def forward():
+        with torch.no_grad():
+            F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    def both():
+        q.grad = k.grad = v.grad = None
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).backward(d_o)
+
+    fwd = _cuda_seconds(forward, repeats)
+    bwd = max(_cuda_seconds(both, repeats) - fwd, 1e-9)
+    f_fwd, f_bwd = attention_flops(B, S, Hq, D)
+    return {"op": "torch sdpa fp32", "forward_ms": 1000 * fwd, "backward_ms": 1000 * bwd,
+            "forward_gflops": f_fwd / fwd / 1e9, "backward_gflops": f_bwd / bwd / 1e9}
+
+
+def bench_torch_cross_entropy(R: int, V: int, repeats: int = 20) -> dict:
+    """F.cross_entropy forward + backward on fp32 logits, GB/s counted as ours (8·R·V bytes)."""
+    import torch
+    import torch.nn.functional as F
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = torch.randn(R, V, device=device, requires_grad=True)
+    targets = torch.randint(0, V, (R,), device=device)
+
+    def both():
+        logits.grad = None
+        F.cross_entropy(logits, targets).backward()
+
+    seconds = _cuda_seconds(both, repeats)
+    return {"op": "torch cross_entropy fp32", "ms": 1000 * seconds, "gbps": 8 * R * V / seconds / 1e9}
+
+
+def bench_torch_copy(nbytes: int, repeats: int = 20) -> dict:
+    """The device's memory bandwidth as torch measures it: a device-to-device copy, GB/s counted
+    as bytes read + written."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    src = torch.empty(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    seconds = _cuda_seconds(lambda: dst.copy_(src), repeats)
+    return {"op": "torch copy", "bytes": nbytes, "gbps": 2 * nbytes / seconds / 1e9}
+

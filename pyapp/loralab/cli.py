@@ -248,7 +248,7 @@ async def cmd_generate(args) -> int:
 
 
 async def cmd_bench(args) -> int:
-    from .bench import NAMED_CONFIGS, bench_matmul, bench_training, profile_step
+    from .bench import NAMED_CONFIGS, bench_attention, bench_cross_entropy, bench_matmul, bench_training, profile_step
     from .engine import load_ops
     from .gpu.native import NativeDevice
     from .kernels import directory_reader
@@ -286,6 +286,23 @@ async def cmd_bench(args) -> int:
                 ref = bench_torch_matmul(M, N, K, tf32=False)
                 row.update(torch_fp32_gflops=ref["gflops"], fraction_of_torch_fp32=row["gflops"] / ref["gflops"])
             print(json.dumps(row), flush=True)
+        att = await bench_attention(ops, args.batch_size, args.seq_len, config.num_heads, config.num_kv_heads,
+                                    config.head_dim, attention=args.attention)
+        R = min(T, 1024)
+        ce = await bench_cross_entropy(ops, R, config.vocab_size)
+        if args.compare_torch:
+            from .bench_torch import bench_torch_attention, bench_torch_copy, bench_torch_cross_entropy
+
+            ref = bench_torch_attention(args.batch_size, args.seq_len, config.num_heads, config.num_kv_heads,
+                                        config.head_dim)
+            att.update(torch_forward_ms=ref["forward_ms"], torch_backward_ms=ref["backward_ms"],
+                       fraction_of_torch_sdpa=(ref["forward_ms"] + ref["backward_ms"])
+                       / (att["forward_ms"] + att["backward_ms"]))
+            ref = bench_torch_cross_entropy(R, config.vocab_size)
+            peak = bench_torch_copy(1 << 30)["gbps"]
+            ce.update(torch_gbps=ref["gbps"], copy_gbps=peak, fraction_of_copy_bandwidth=ce["gbps"] / peak)
+        print(json.dumps(att), flush=True)
+        print(json.dumps(ce), flush=True)
     if args.compare_torch and not args.kernels_only:
         from .bench_torch import bench_torch_training
 
@@ -413,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gradient-checkpointing", action="store_true")
     b.add_argument("--attention", choices=ATTENTION_VARIANTS, default="auto",
                    help="which attention kernels (auto: the fastest this GPU and head size allow)")
-    b.add_argument("--kernels", action="store_true", help="also time the matmuls at the model's shapes")
+    b.add_argument("--kernels", action="store_true",
+                   help="also time the matmuls, attention and the loss kernel at the model's shapes")
     b.add_argument("--kernels-only", action="store_true")
     b.add_argument("--profile", action="store_true", help="time each kernel's share of a step")
     b.add_argument("--compare-torch", action="store_true", help="run the same configuration in PyTorch + PEFT too")
