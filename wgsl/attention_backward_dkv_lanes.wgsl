@@ -32,7 +32,7 @@ struct Params {
 override LANES: u32 = 4u;       // invocations per row: D / 16
 override QUERIES: u32 = 28u;    // queries per tile, a multiple of 4, ≤ 64, QUERIES · D/4 ≤ TILE
 const TILE = 496u;
-const WG = 256u;
+override WG: u32 = 256u;  // invocations per workgroup: 64 rows of LANES (at most 256)
 
 var<workgroup> qt: array<vec4f, TILE>;
 var<workgroup> dt: array<vec4f, TILE>;

@@ -28,7 +28,7 @@ struct Params {
 override LANES: u32 = 4u;       // invocations per row: D / 16
 override KEYS: u32 = 32u;       // keys per tile, a multiple of 4 with KEYS · D/4 ≤ TILE
 const TILE = 512u;
-const WG = 256u;
+override WG: u32 = 256u;  // invocations per workgroup: 64 rows of LANES (at most 256)
 
 var<workgroup> kt: array<vec4f, TILE>;
 var<workgroup> vt: array<vec4f, TILE>;

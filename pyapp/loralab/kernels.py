@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from .gpu.device import Buffer, Device, Dispatch
@@ -46,6 +46,8 @@ class KernelSource:
     bindings: tuple[Binding, ...]
     params: tuple[tuple[str, str], ...]
     entry_points: dict[str, tuple[int, int, int]]
+    # each entry point's @workgroup_size as written (names of consts or overrides, or literals)
+    workgroup_tokens: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, name: str, code: str) -> "KernelSource":
@@ -61,13 +63,14 @@ class KernelSource:
         for field_name, typ in params:
             if typ not in _PARAM_FORMATS:
                 raise ValueError(f"wgsl/{name}.wgsl: Params.{field_name} has type {typ}; only u32, i32, f32 are allowed")
-        entries = {}
+        entries, tokens = {}, {}
         for size, entry in _ENTRY.findall(bare):
-            dims = [int(eval_const(d.strip(), bare)) for d in size.split(",")]
+            tokens[entry] = tuple(d.strip() for d in size.split(","))
+            dims = [int(eval_const(d, bare)) for d in tokens[entry]]
             entries[entry] = tuple(dims + [1] * (3 - len(dims)))
         if not entries:
             raise ValueError(f"wgsl/{name}.wgsl declares no @compute entry point")
-        return cls(name, code, tuple(bindings), params, entries)
+        return cls(name, code, tuple(bindings), params, entries, tokens)
 
     def constant(self, name: str) -> int:
         """The value of an integer `const` of the WGSL (tile sizes that decide the dispatch grid)."""
@@ -86,11 +89,12 @@ class KernelSource:
 
 
 def eval_const(token: str, code: str) -> int:
-    """A workgroup size: an integer literal or a `const NAME = <int>u;` in the same file."""
+    """A workgroup size: an integer literal, a `const NAME = <int>u;` in the same file, or an
+    `override NAME: u32 = <int>u;`'s default."""
     token = token.rstrip("u")
     if token.isdigit():
         return int(token)
-    match = re.search(rf"const\s+{re.escape(token)}\s*(?::\s*\w+)?\s*=\s*(\d+)u?\s*;", code)
+    match = re.search(rf"(?:const|override)\s+{re.escape(token)}\s*(?::\s*\w+)?\s*=\s*(\d+)u?\s*;", code)
     if not match:
         raise ValueError(f"cannot resolve workgroup size {token!r}")
     return int(match.group(1))
@@ -103,7 +107,9 @@ class Kernel:
         self.source = source
         self.entry_point = entry_point
         self.constants = dict(constants or {})  # the override values it was compiled with
-        self.workgroup_size = source.entry_points[entry_point]
+        sizes = source.entry_points[entry_point]
+        tokens = source.workgroup_tokens.get(entry_point, ())
+        self.workgroup_size = tuple(int(self.constants.get(t, n)) for t, n in zip(tokens, sizes)) + sizes[len(tokens):]
         self.pipeline = pipeline
 
     def dispatch(self, device: Device, grid: tuple[int, ...], params: dict | None = None, **buffers: Buffer) -> Dispatch:

@@ -166,7 +166,7 @@ class Ops:
             src = await self.library.source(name)
             rows = min(src.constant("TILE") // d4, 64) // 4 * 4
             constants = {("QUERIES" if "dkv" in name else "KEYS"): rows}
-            constants.update({"LANES": lanes} if lanes else {"HEAD_DIM4": d4})
+            constants.update({"LANES": lanes, "WG": min(256, 64 * lanes)} if lanes else {"HEAD_DIM4": d4})
             self._by_head_dim[(name, D)] = await self.library.get(name, constants=constants)
         return variant
 

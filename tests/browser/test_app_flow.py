@@ -68,6 +68,7 @@ def test_files_chat_train_pause_resume_download_compare(app_page, model_folder, 
                           ("cfg-rank", "8"), ("cfg-alpha", "16"), ("cfg-report-every", "2"), ("cfg-eval-every", "20")):
         page.fill(f"[data-testid={testid}]", value)
     page.dispatch_event("[data-testid=cfg-steps]", "change")
+    page.fill("[data-testid=checkpoint-every]", "0")
 
     page.click("[data-testid=train-start]")
     page.wait_for_function("parseInt(document.querySelector('[data-testid=train-step]').textContent) >= 4", timeout=120_000)
@@ -81,15 +82,15 @@ def test_files_chat_train_pause_resume_download_compare(app_page, model_folder, 
 
     page.click("[data-testid=train-pause]")
     page.wait_for_function("document.querySelector('[data-testid=train-state]').textContent === 'paused'")
-    # The window already submitted (at most report_every steps) still reports; then the count holds.
-    deadline, paused_at = time.time() + 60, None
-    while time.time() < deadline:
-        now = page.inner_text("[data-testid=train-step]")
-        if now == paused_at:
-            break
-        paused_at = now
-        time.sleep(1.5)
-    time.sleep(2.0)
+    # The window already submitted (at most report_every steps) still reports; when the pause
+    # takes effect the run is saved (the only checkpoint of this run: checkpoint-every is 0), and
+    # from then on the count holds.
+    page.wait_for_function("""() => {
+        const saved = document.querySelector('[data-testid=checkpoint-status]').dataset.step;
+        return saved !== undefined && document.querySelector('[data-testid=train-step]').textContent.startsWith(saved + ' /');
+    }""", timeout=60_000)
+    paused_at = page.inner_text("[data-testid=train-step]")
+    time.sleep(3.0)
     assert page.inner_text("[data-testid=train-step]") == paused_at
     assert int(paused_at.split("/")[0]) < 40
     page.click("[data-testid=train-resume]")
