@@ -91,7 +91,7 @@ SPLIT_MIN_K_PER_SPLIT = 128
 # matmul_thin (LoRA's rank-sized products) is bound by reading its long operand: it needs many
 # workgroups in flight, so K is split whenever that gives each split at least this many k.
 THIN_TARGET_GROUPS = 4096
-THIN_MIN_K_PER_SPLIT = 32
+THIN_MIN_K_PER_SPLIT = 128
 # matmul_reduce: up to REDUCE_MAX_WAYS invocations per element while the total stays under this.
 REDUCE_TARGET_INVOCATIONS = 1 << 17
 REDUCE_MAX_WAYS = 16
