@@ -160,17 +160,11 @@ async def bench_matmul(ops: Ops, M: int, N: int, K: int, repeats: int = 20, tran
     b = device.create_buffer(N * K * 4, label="bench.B")
     c = device.create_buffer(M * N * 4, label="bench.C")
     device.submit([ops.lora_init(a, 0, M * K, K, 1), ops.lora_init(b, 0, N * K, K, 2)])
-    d = ops.matmul(c, a, b, M, N, K, trans_b=trans_b)
-    device.submit(d)
-    await device.read_buffer(c, 0, 4)
-    started = time.perf_counter()
-    device.submit(d * repeats)
-    await device.read_buffer(c, 0, 4)
-    elapsed = time.perf_counter() - started
+    seconds = await _seconds_per_repeat(device, ops.matmul(c, a, b, M, N, K, trans_b=trans_b), c, repeats)
     for buf in (a, b, c):
         device.destroy_buffer(buf)
     return {"op": "matmul", "M": M, "N": N, "K": K, "trans_b": trans_b,
-            "ms": 1000 * elapsed / repeats, "gflops": 2 * M * N * K * repeats / elapsed / 1e9}
+            "ms": 1000 * seconds, "gflops": 2 * M * N * K / seconds / 1e9}
 
 
 async def _seconds_per_repeat(device: Device, cmds: list, probe, repeats: int) -> float:

@@ -66,20 +66,13 @@ def bench_torch_matmul(M: int, N: int, K: int, tf32: bool = False, repeats: int 
     torch.backends.cuda.matmul.allow_tf32 = tf32
     a = torch.randn(M, K, device=device)
     b = torch.randn(N, K, device=device)
-    c = a @ b.T
-    if device == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        c = a @ b.T
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - started
+    seconds = _cuda_seconds(lambda: a @ b.T, repeats)
     return {"op": "torch.matmul" + (" tf32" if tf32 else " fp32"), "M": M, "N": N, "K": K,
-            "ms": 1000 * elapsed / repeats, "gflops": 2 * M * N * K * repeats / elapsed / 1e9}
+            "ms": 1000 * seconds, "gflops": 2 * M * N * K / seconds / 1e9}
 
 
 def _cuda_seconds(fn, repeats: int) -> float:
+    """Wall time of fn() per call, after a warm-up call, with the GPU's queue drained at both ends."""
     import torch
 
     cuda = torch.cuda.is_available()
