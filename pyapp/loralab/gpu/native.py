@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import wgpu
+from wgpu.backends.wgpu_native import _api
 
 from .device import (
     OPTIONAL_FEATURES,
@@ -78,13 +79,34 @@ class NativeDevice(Device):
         # the WGSL `enable subgroups;` directive that Chrome's compiler requires.
         code = code.replace("enable subgroups;", "")
         try:
-            module = self.device.create_shader_module(code=code, label=label)
+            module = self._shader_module(code, label)
             stage = {"module": module, "entry_point": entry_point}
             if constants:
                 stage["constants"] = constants
             return self.device.create_compute_pipeline(layout="auto", compute=stage, label=label)
         except wgpu.GPUError as exc:
             raise ShaderError(f"kernel {label} ({entry_point}) failed to compile: {exc}") from exc
+
+    def _shader_module(self, code: str, label: str):
+        """A WGSL module with Naga's bounds checks but without its forced loop bounding.
+
+        By default Naga gives every loop a 64-bit iteration counter and an exit test so that a
+        driver may not assume the loop ends; on NVIDIA that keeps the compiler from unrolling
+        and costs ~11% of a SmolLM2 training step (H100, 8 × 512: 183 → 163 ms). Every loop
+        in wgsl/ ends by its own bound, which is what the trusted entry point asks of us."""
+        create = getattr(_api.libf, "wgpuDeviceCreateShaderModuleTrusted", None)
+        if create is None:  # a wgpu-native without it
+            return self.device.create_shader_module(code=code, label=label)
+        source = _api.new_struct_p("WGPUShaderSourceWGSL *", code=_api.to_c_string_view(code))
+        source[0].chain.next = _api.ffi.NULL
+        source[0].chain.sType = _api.lib.WGPUSType_ShaderSourceWGSL
+        descriptor = _api.new_struct_p("WGPUShaderModuleDescriptor *",
+                                       nextInChain=_api.ffi.cast("WGPUChainedStruct *", source),
+                                       label=_api.to_c_string_view(label))
+        handle = create(self.device._internal, descriptor, _api.lib.WGPUShaderRuntimeChecks_BoundsChecks)
+        if handle == _api.ffi.NULL:
+            raise wgpu.GPUError("shader module creation failed")
+        return _api.GPUShaderModule(label, handle, self.device)
 
     def _create_bind_group(self, pipeline, entries: list[tuple[int, Buffer]]):
         return self.device.create_bind_group(
