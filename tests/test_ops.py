@@ -6,6 +6,8 @@ length of the reductions involved.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,8 @@ RTOL = 1e-5
 
 
 def rng(*key):
-    return np.random.default_rng(abs(hash(key)) % 2**32)
+    """A generator seeded by the key (crc32, not hash(): str hashes change from run to run)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False), (True, True)])
@@ -177,10 +180,11 @@ def test_swiglu_forward_and_backward(ops, arrays, N):
     bg, bu, bdh = arrays.up(g), arrays.up(u), arrays.up(dh)
     h, dg, du = arrays.empty(N), arrays.empty(N), arrays.empty(N)
     arrays.submit(ops.swiglu(h, bg, bu, N), ops.swiglu_backward(dg, du, bg, bu, bdh, N))
-    np.testing.assert_allclose(arrays.down(h, (N,)), ref.swiglu(g, u), rtol=1e-5, atol=1e-6)
+    # exp differs from numpy's by a few ulps: values near 0 get an absolute tolerance
+    np.testing.assert_allclose(arrays.down(h, (N,)), ref.swiglu(g, u), rtol=1e-5, atol=1e-5)
     dg_ref, du_ref = ref.swiglu_backward(g, u, dh)
-    np.testing.assert_allclose(arrays.down(dg, (N,)), dg_ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(arrays.down(du, (N,)), du_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(arrays.down(dg, (N,)), dg_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(arrays.down(du, (N,)), du_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_bias_add(ops, arrays):
