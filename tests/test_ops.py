@@ -51,6 +51,37 @@ def test_matmul_split_k(ops, arrays, splits, trans_a, trans_b, beta):
     np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + beta * C0, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("M, N, K, trans_a, trans_b", [(8, 70, 333, True, True), (70, 8, 333, True, True),
+                                                      (20, 40, 300, False, False)])
+def test_matmul_into_slices_accumulates_each_split(ops, arrays, M, N, K, trans_a, trans_b):
+    """slices = (S, stride): split z of K adds alpha · (its part of the product) to C + z·stride
+    (beta = 1), one dispatch; a split past K adds nothing. The slices sum to the whole product."""
+    S, stride = 7, M * N + 13  # 7 splits of 48 (thin) or 64 (tiled) k: some lie past K = 333
+    r = rng("slices", M, N, K)
+    A = r.standard_normal((M, K), dtype=np.float32)
+    B = r.standard_normal((N, K), dtype=np.float32)
+    C0 = r.standard_normal((S, stride), dtype=np.float32)
+    c = arrays.up(C0)
+    d = ops.matmul(c, arrays.up(A.T.copy() if trans_a else A), arrays.up(B.T.copy() if trans_b else B), M, N, K,
+                   trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=1.0, slices=(S, stride))
+    assert len(d) == 1 and d[0].grid[2] == S
+    arrays.submit(d)
+    got = arrays.down(c, (S, stride))
+    np.testing.assert_array_equal(got[:, M * N:], C0[:, M * N:])  # nothing outside the slices
+    parts = got[:, : M * N] - C0[:, : M * N]
+    np.testing.assert_allclose(parts.sum(0).reshape(M, N), 0.5 * ref.matmul(A, B), rtol=1e-4, atol=1e-4)
+    if min(M, N) <= 16:  # matmul_thin: 64-long K tiles, so the 7th split (k ≥ 384) lies past K
+        assert not parts[-1].any()
+
+
+def test_sum_slices(ops, arrays):
+    S, n = 5, 1000
+    parts = rng("sum_slices").standard_normal((S, n), dtype=np.float32)
+    out = arrays.up(np.full(n, 7.0, np.float32))
+    arrays.submit(ops.sum_slices(out, arrays.up(parts), S, n))
+    np.testing.assert_allclose(arrays.down(out, (n,)), parts.sum(0), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("M, N, K, K2", [(130, 257, 70, 8), (33, 200, 600, 40), (300, 140, 160, 3)])
 @pytest.mark.parametrize("trans_b, trans_b2, splits, beta", [(False, False, None, 0.0), (True, True, None, 1.0),
                                                                (False, True, 3, 1.0)])
@@ -76,7 +107,8 @@ def test_matmul_with_a_second_product(ops, arrays, M, N, K, K2, trans_b, trans_b
 @pytest.mark.parametrize("M, N, K", [(8, 300, 77), (300, 5, 50), (16, 129, 1000), (700, 12, 2000), (1, 1, 3)])
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, True), (False, True)])
 def test_matmul_thin_products(ops, arrays, M, N, K, trans_a, trans_b):
-    """≤ 16 rows or columns: matmul_thin.wgsl (columns by computing the transpose), split-K when long."""
+    """≤ 16 rows or columns: matmul_thin.wgsl (columns by computing the transpose), split-K when long;
+    ≤ 16 columns of rows read along K (and K a multiple of 4): matmul_rows.wgsl."""
     r = rng("thin", M, N, K, trans_a, trans_b)
     A = r.standard_normal((M, K), dtype=np.float32)
     B = r.standard_normal((N, K), dtype=np.float32)
@@ -84,9 +116,29 @@ def test_matmul_thin_products(ops, arrays, M, N, K, trans_a, trans_b):
     c = arrays.up(C0)
     d = ops.matmul(c, arrays.up(A.T.copy() if trans_a else A), arrays.up(B.T.copy() if trans_b else B), M, N, K,
                    trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=1.0)
-    assert d[0].kernel == "matmul_thin"
+    rows = N <= 16 < M and not trans_a and K % 4 == 0
+    assert d[0].kernel == ("matmul_rows" if rows else "matmul_thin")
     arrays.submit(d)
     np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + C0, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("T, R, K", [(4096, 8, 576), (37, 1, 4), (300, 5, 260), (33, 12, 1536), (17, 16, 1000),
+                                     (1000, 4, 64)])
+@pytest.mark.parametrize("trans_b, beta", [(False, 0.0), (True, 1.0)])
+def test_matmul_rows(ops, arrays, T, R, K, trans_b, beta):
+    """C[T, R ≤ 16] = alpha · X · op(W)ᵀ + beta · C with X's rows contiguous (x·Aᵀ, dy·B): K walked
+    in 256-long chunks, rows past T and k past K masked, W read either way."""
+    r = rng("rows", T, R, K, trans_b)
+    X = r.standard_normal((T, K), dtype=np.float32)
+    W = r.standard_normal((R, K), dtype=np.float32)
+    C0 = r.standard_normal((T, R), dtype=np.float32)
+    c = arrays.up(C0)
+    d = ops.matmul(c, arrays.up(X), arrays.up(W.T.copy() if trans_b else W), T, R, K, trans_b=trans_b, alpha=0.5,
+                   beta=beta)
+    assert [x.kernel for x in d] == ["matmul_rows"]
+    arrays.submit(d)
+    np.testing.assert_allclose(arrays.down(c, (T, R)), 0.5 * ref.matmul(X, W) + beta * C0, rtol=1e-5,
+                               atol=1e-5 * np.sqrt(K))
 
 
 def to_f16_buffer(ops, arrays, x):

@@ -1,7 +1,8 @@
 // matmul: C = alpha · op(A) · op(B)ᵀ + beta · C, every product of the training step.
 //   op(A): [M, K], element (m, k) at A[m * a_sm + k * a_sk]
 //   op(B): [N, K], element (n, k) at B[n * b_sn + k * b_sk]
-//   C:     [M, N] f32, row-major; beta = 0 overwrites (C is not read), beta = 1 accumulates.
+//   C:     [M, N] f32, row-major; beta = 0 overwrites (C is not read), beta = 1 accumulates;
+//          with c_in = 1 the beta term reads C_in instead (y = residual + x·Wᵀ without a copy).
 //   B is float32, or float16 pairs with the pipeline constant B_F16 (frozen weights).
 // Strides express the three products of a linear layer without copies:
 //   forward  y  = x · Wᵀ   A = x [M,K] (K, 1),   B = W [N,K] (K, 1)
@@ -18,7 +19,9 @@
 // both summed in the same registers (LoRA's up-projection rides on the frozen weight's product
 // instead of a second pass over C).
 // Split K: with k_split < K, workgroup z sums k in [z·k_split, (z+1)·k_split) and writes its
-// partial product to C + z·M·N (alpha applied, beta = 0); matmul_reduce.wgsl adds the partials.
+// partial product to C + z·c_sz (c_sz = M·N into scratch, alpha = 1 and beta = 0, for
+// matmul_reduce.wgsl to add; or each split's own slice of LoRA's gradients, accumulated with
+// beta, summed once after the backward pass).
 // Products with few output tiles and a long K (LoRA's gradients, K = tokens) need this to
 // fill the GPU.
 
@@ -33,12 +36,14 @@ struct Params {
   alpha: f32,
   beta: f32,
   k_split: u32,
+  c_sz: u32,  // floats between the splits' outputs
   K2: u32,
   a2_sm: u32,
   a2_sk: u32,
   b2_sn: u32,
   b2_sk: u32,
   rel2: f32,  // the second product's scale over alpha
+  c_in: u32,  // 1: beta · C_in (else beta · C)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -46,7 +51,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> B: array<u32>;        // op(B) [N, K]: f32 bits, or f16 pairs
 @group(0) @binding(3) var<storage, read> A2: array<f32>;       // op(A2) [M, K2] (K2 = 0: unused)
 @group(0) @binding(4) var<storage, read> B2: array<f32>;       // op(B2) [N, K2]
-@group(0) @binding(5) var<storage, read_write> C: array<f32>;  // [M, N]
+@group(0) @binding(5) var<storage, read> C_in: array<f32>;     // [M, N] (c_in = 1)
+@group(0) @binding(6) var<storage, read_write> C: array<f32>;  // [M, N]
 
 const TILE_M = 128u;
 const TILE_N = 128u;
@@ -75,19 +81,24 @@ fn load_b(n: u32, k: u32, k_end: u32, second: bool) -> f32 {
 
 fn store_row(r: u32, c: u32, left: vec4f, right: vec4f, z: u32) {
   if (r >= params.M) { return; }
-  let base = z * params.M * params.N + r * params.N;
+  let base = z * params.c_sz + r * params.N;
   for (var j = 0u; j < 4u; j++) {
     if (c + j < params.N) {
       var v = params.alpha * left[j];
-      if (params.beta != 0.0) { v += params.beta * C[base + c + j]; }
+      if (params.beta != 0.0) { v += params.beta * c_old(base + c + j); }
       C[base + c + j] = v;
     }
     if (c + 64u + j < params.N) {
       var v = params.alpha * right[j];
-      if (params.beta != 0.0) { v += params.beta * C[base + c + 64u + j]; }
+      if (params.beta != 0.0) { v += params.beta * c_old(base + c + 64u + j); }
       C[base + c + 64u + j] = v;
     }
   }
+}
+
+fn c_old(i: u32) -> f32 {
+  if (params.c_in != 0u) { return C_in[i]; }
+  return C[i];
 }
 
 // Which 8 elements of a 128 × 16 tile invocation li loads (into two vec4 registers, then
@@ -186,7 +197,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3u,
   var c14 = vec4f(0.0); var c15 = vec4f(0.0);
 
   let k_begin = wg.z * params.k_split;
-  let k_end = min(params.K, k_begin + params.k_split);
+  let k_end = max(k_begin, min(params.K, k_begin + params.k_split));  // a split past K sums nothing
   // Tiles 0 … tiles1 − 1 walk this split's K; then (first split only) tiles of the second
   // product, A2 · B2ᵀ, accumulate into the same registers (LoRA's s · u · Bᵀ after x · Wᵀ).
   let tiles1 = (k_end - k_begin + TILE_K - 1u) / TILE_K;

@@ -1,5 +1,6 @@
 // matmul_reduce: C = alpha · Σ_z partial[z] + beta · C, finishing a split-K matmul.
-//   partial: [splits, M·N] (matmul.wgsl's per-split products), C: [M·N]
+//   partial: [splits, M·N] (matmul.wgsl's per-split products), C: [M·N]; with c_in = 1 the
+//   beta term reads C_in instead of C (as matmul.wgsl).
 // Work split: 256 invocations per workgroup, `ways` (a power of two ≤ 256) per element of C:
 // invocation g of an element adds splits g, g + ways, …, then the ways' sums are added in
 // workgroup memory. Small products with many splits (LoRA's gradients) then have enough
@@ -13,11 +14,13 @@ struct Params {
   ways: u32,
   alpha: f32,
   beta: f32,
+  c_in: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> partial: array<f32>;  // [splits, M·N]
-@group(0) @binding(2) var<storage, read_write> C: array<f32>;  // [M·N]
+@group(0) @binding(2) var<storage, read> C_in: array<f32>;     // [M·N] (c_in = 1)
+@group(0) @binding(3) var<storage, read_write> C: array<f32>;  // [M·N]
 
 const WG = 256u;
 
@@ -37,7 +40,7 @@ fn matmul_reduce(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg:
   if (p.ways == 1u) {
     if (i < p.MN) {
       var v = p.alpha * s;
-      if (p.beta != 0.0) { v += p.beta * C[i]; }
+      if (p.beta != 0.0) { v += p.beta * select(C[i], C_in[i], p.c_in != 0u); }
       C[i] = v;
     }
     return;
@@ -48,7 +51,7 @@ fn matmul_reduce(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg:
     var total = 0.0;
     for (var g = 0u; g < p.ways; g++) { total += sums[g * per_group + li % per_group]; }
     var v = p.alpha * total;
-    if (p.beta != 0.0) { v += p.beta * C[i]; }
+    if (p.beta != 0.0) { v += p.beta * select(C[i], C_in[i], p.c_in != 0u); }
     C[i] = v;
   }
 }

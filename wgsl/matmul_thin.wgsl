@@ -15,8 +15,8 @@
 // row 8 values at a time. A pass's values are loaded into registers during the previous pass,
 // without branches (out-of-range reads are masked to 0), and A's block is stored as whole vec4s
 // (a store into a vec4 component chosen at run time is slow on some GPUs). Split K as in
-// matmul.wgsl is still possible: workgroup z sums k in [z·k_split, …) into C + z·M·N (in C's
-// layout), matmul_reduce adds them.
+// matmul.wgsl is still possible: workgroup z sums k in [z·k_split, …) into C + z·c_sz (in C's
+// layout): scratch for matmul_reduce, or a gradient's slice (see matmul.wgsl).
 
 struct Params {
   M: u32,
@@ -31,6 +31,7 @@ struct Params {
   alpha: f32,
   beta: f32,
   k_split: u32,
+  c_sz: u32,  // floats between the splits' outputs
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -129,19 +130,14 @@ fn matmul_thin(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index
   shared4[mine + 3u] = acc3;
   workgroupBarrier();
   // 512 outputs (32 columns × 16 rows), two per invocation: rows 2·slice and 2·slice + 1.
-  let split = p.k_split < p.K;
   for (var r = 0u; r < 2u; r++) {
     let m = slice * 2u + r;
     if (m >= p.M || n >= p.N) { continue; }
     var total = 0.0;
     for (var g = 0u; g < 8u; g++) { total += shared4[(g * 32u + lane) * 4u + m / 4u][m % 4u]; }
-    let at = m * p.c_sm + n * p.c_sn;  // a permutation of [0, M·N): partials use it too
-    if (split) {
-      C[wg.z * p.M * p.N + at] = total;
-    } else {
-      var v = p.alpha * total;
-      if (p.beta != 0.0) { v += p.beta * C[at]; }
-      C[at] = v;
-    }
+    let at = wg.z * p.c_sz + m * p.c_sm + n * p.c_sn;  // C's layout is a permutation of [0, M·N)
+    var v = p.alpha * total;
+    if (p.beta != 0.0) { v += p.beta * C[at]; }
+    C[at] = v;
   }
 }

@@ -1,6 +1,7 @@
 // rmsnorm_backward: dx (+)= rstd · (g − x · rstd² · mean(g · x)),  g = dy · w  (w is frozen).
 //   x: [T, C], w: [C], rstd: [T] (from rmsnorm), dy: [T, C] → dx: [T, C]
-//   accumulate = 1 adds into dx (the residual stream's gradient), 0 overwrites it.
+//   accumulate = 1 adds into dx (the residual stream's gradient), 2 adds `residual` instead
+//   (dx = residual + …: the stream's gradient carried over without a copy), 0 overwrites dx.
 // Work split: one workgroup of 256 invocations per row; a tree reduction in workgroup memory.
 
 struct Params {
@@ -14,7 +15,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<f32>;         // [C]
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;      // [T]
 @group(0) @binding(4) var<storage, read> dy: array<f32>;        // [T, C]
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;  // [T, C]
+@group(0) @binding(5) var<storage, read> residual: array<f32>;  // [T, C] (accumulate = 2)
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>;  // [T, C]
 
 const WG = 256u;
 var<workgroup> partial: array<f32, WG>;
@@ -37,7 +39,8 @@ fn rmsnorm_backward(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_
   let k = r * r * partial[0] / f32(C);
   for (var c = li; c < C; c += WG) {
     var v = r * (dy[base + c] * w[c] - x[base + c] * k);
-    if (params.accumulate != 0u) { v += dx[base + c]; }
+    if (params.accumulate == 1u) { v += dx[base + c]; }
+    if (params.accumulate == 2u) { v += residual[base + c]; }
     dx[base + c] = v;
   }
 }

@@ -142,6 +142,12 @@ class LoraState:
     def grad(self, layer: int, module: str, kind: str) -> Buffer:
         return self._views[(layer, module, kind)][2]
 
+    def grad_slices(self, parts: Buffer, count: int, layer: int, module: str, kind: str) -> Buffer:
+        """A tensor's place in `parts`, `count` gradient-shaped slices (each `numel` floats):
+        the view from its first slice to the end of its last."""
+        t = self._views[(layer, module, kind)][0]
+        return parts.view(t.offset, (count - 1) * self.nbytes + t.numel * 4)
+
     def init_dispatches(self, ops, seed: int) -> list:
         """PEFT's init on the GPU: A seeded kaiming-uniform, B zero (fresh buffers are zero)."""
         return [

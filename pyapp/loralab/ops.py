@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .gpu.device import Buffer, Device, Dispatch
+from .gpu.device import Buffer, Copy, Device, Dispatch
 from .kernels import Kernel, KernelLibrary
 
 KERNELS = (
@@ -89,7 +89,13 @@ SPLIT_MIN_K = 128
 SPLIT_TARGET_GROUPS = 512
 SPLIT_MIN_K_PER_SPLIT = 128
 # matmul_thin (LoRA's rank-sized products) is bound by reading its long operand: it needs many
-# workgroups in flight, so K is split whenever that gives each split at least this many k.
+# workgroups in flight, so with fewer tiles than THIN_SPLIT_BELOW_TILES (LoRA's gradients: K is
+# the token count) K is split whenever that gives each split at least THIN_MIN_K_PER_SPLIT.
+# With more (x·Aᵀ, dy·B at 4096 tokens: 128 tiles) one dispatch beats split + reduce (H100:
+# 41 vs 52 µs).
+THIN_SPLIT_BELOW_TILES = 64
+# matmul_rows (x·Aᵀ, dy·B: many rows, each meeting all of a small W): outputs per row at most.
+MAX_ROWS_OUTPUTS = 16
 THIN_TARGET_GROUPS = 4096
 THIN_MIN_K_PER_SPLIT = 128
 # matmul_reduce: up to REDUCE_MAX_WAYS invocations per element while the total stays under this.
@@ -106,6 +112,7 @@ class Ops:
         self._split_scratch: Buffer | None = None  # partial products of split-K matmuls
         self.subgroup_size = 0  # measured at load where the adapter has subgroups
         self.f16: dict[tuple[str, str], Kernel] = {}
+        self.rows: dict[int, Kernel] = {}  # matmul_rows by RV (vec4s of outputs per row)
 
     @classmethod
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
@@ -115,6 +122,8 @@ class Ops:
         ops = cls(device, kernels, library)
         for name, flag in F16_VARIANTS:
             ops.f16[(name, flag)] = await library.get(name, constants={flag: True})
+        for rv in range(1, MAX_ROWS_OUTPUTS // 4 + 1):
+            ops.rows[rv] = await library.get("matmul_rows", constants={"RV": rv})
         if device.info.has_subgroups:
             ops.subgroup_size = await measure_subgroup_size(device, library)
         return ops
@@ -183,19 +192,32 @@ class Ops:
     # -- linear algebra -----------------------------------------------------------------------
     def matmul(self, C: Buffer, A: Buffer, B: Buffer, M: int, N: int, K: int, *,
                trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0,
-               splits: int | None = None, plus: "Product | None" = None) -> list[Dispatch]:
+               splits: int | None = None, plus: "Product | None" = None,
+               slices: tuple[int, int] | None = None, c_in: Buffer | None = None) -> list[Dispatch]:
         """C[M,N] = alpha · op(A)[M,K] · op(B)[N,K]ᵀ (+ plus.alpha · op(plus.A) · op(plus.B)ᵀ) + beta · C.
         A is stored [M,K] (or [K,M] with trans_a); B is stored [N,K] (or [K,N] with trans_b).
         Few output tiles and a long K are split along K (`splits` overrides the choice). `plus`,
         a second product over the same C (LoRA's up-projection), is summed in the same pass
-        when the tiled kernel runs, else dispatched after."""
+        when the tiled kernel runs, else dispatched after.
+        slices = (S, stride): K is split S ways and split z's product goes to its own slice,
+        C + z·stride floats (alpha and beta applied there): one dispatch, no reduction; the
+        caller sums the slices (LoRA's gradients: one sum for all of them, see sum_slices).
+        c_in: the beta term reads c_in[M, N] instead of C (a residual added without a copy)."""
+        if slices is not None and (plus is not None or splits is not None):
+            raise ValueError("matmul: slices go without a second product or a split count")
         a_sm, a_sk = (1, M) if trans_a else (K, 1)
         b_sn, b_sk = (1, N) if trans_b else (K, 1)
-        thin = self.k.get("matmul_thin")  # absent only in the start-up self-check's Ops
-        if thin and min(M, N) <= thin.source.constant("TILE_M") or (plus is not None and alpha == 0.0):
-            out = (self._matmul_thin(C, A, B, M, N, K, (a_sm, a_sk), (b_sn, b_sk), alpha, beta, splits)
-                   if thin and min(M, N) <= thin.source.constant("TILE_M") else
-                   self.matmul(C, A, B, M, N, K, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, splits=splits))
+        c_in = c_in if beta != 0.0 else None
+        route = self._route(M, N, K, a_sk, A, B, slices)
+        if route != "matmul" or (plus is not None and alpha == 0.0):
+            out = [Copy(c_in, 0, C, 0, M * N * 4)] if c_in is not None else []  # the others have no C_in
+            if route == "matmul_rows":
+                out.append(self._matmul_rows(C, A, B, M, N, K, (b_sn, b_sk), alpha, beta))
+            elif route == "matmul_thin":
+                out += self._matmul_thin(C, A, B, M, N, K, (a_sm, a_sk), (b_sn, b_sk), alpha, beta, splits, slices)
+            else:
+                out += self.matmul(C, A, B, M, N, K, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta,
+                                   splits=splits, slices=slices)
             if plus is not None:
                 out += self.matmul(C, plus.A, plus.B, M, N, plus.K, trans_a=plus.trans_a, trans_b=plus.trans_b,
                                    alpha=plus.alpha, beta=1.0)
@@ -206,32 +228,40 @@ class Ops:
         src = kernel.source
         grid = (math.ceil(N / src.constant("TILE_N")), math.ceil(M / src.constant("TILE_M")))
         params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta,
-                      K2=0, a2_sm=0, a2_sk=0, b2_sn=0, b2_sk=0, rel2=0.0)
-        second = {"A2": A, "B2": B}  # bound but unread when K2 = 0
+                      K2=0, a2_sm=0, a2_sk=0, b2_sn=0, b2_sk=0, rel2=0.0, c_in=int(c_in is not None))
+        second = {"A2": A, "B2": B, "C_in": c_in if c_in is not None else A}  # bound but unread when unused
         if plus is not None:
             if plus.A.dtype != "f32" or plus.B.dtype != "f32":
                 raise ValueError("matmul: the second product's operands must be float32")
             params.update(K2=plus.K, a2_sm=1 if plus.trans_a else plus.K, a2_sk=M if plus.trans_a else 1,
                           b2_sn=1 if plus.trans_b else plus.K, b2_sk=N if plus.trans_b else 1, rel2=plus.alpha / alpha)
-            second = {"A2": plus.A, "B2": plus.B}
-        return self._split_k(kernel, grid, params, splits, A, B, C, **second)
+            second.update(A2=plus.A, B2=plus.B)
+        return self._split_k(kernel, grid, params, splits, A, B, C, slices, **second)
 
     def _split_k(self, kernel: Kernel, grid: tuple[int, int], params: dict, splits: int | None,
-                 A: Buffer, B: Buffer, C: Buffer, **more: Buffer) -> list[Dispatch]:
+                 A: Buffer, B: Buffer, C: Buffer, slices: tuple[int, int] | None = None,
+                 **more: Buffer) -> list[Dispatch]:
         """One dispatch of a matmul kernel over `grid`, or, when few tiles face a long K, one per
-        K split into scratch and matmul_reduce to add them (with the caller's alpha and beta)."""
+        K split into scratch and matmul_reduce to add them (with the caller's alpha and beta);
+        or one into the caller's slices (see matmul)."""
         M, N, K = params["M"], params["N"], params["K"]
+        tile_k = kernel.source.constant("TILE_K")
+        if slices is not None:
+            count, stride = slices
+            k_split = -(-math.ceil(K / count) // tile_k) * tile_k if K else tile_k
+            return [kernel.dispatch(self.device, grid + (count,), dict(params, k_split=k_split, c_sz=stride),
+                                    A=A, B=B, C=C, **more)]
         if splits is None:
             tiles = grid[0] * grid[1]
             splits = 1
             if kernel.entry_point == "matmul_thin":  # little work per tile: spread K over many workgroups
-                splits = max(1, min(K // THIN_MIN_K_PER_SPLIT, THIN_TARGET_GROUPS // tiles))
+                if tiles < THIN_SPLIT_BELOW_TILES:
+                    splits = max(1, min(K // THIN_MIN_K_PER_SPLIT, THIN_TARGET_GROUPS // tiles))
             elif tiles < SPLIT_BELOW_TILES and K >= SPLIT_MIN_K:
                 splits = max(1, min(K // SPLIT_MIN_K_PER_SPLIT, SPLIT_TARGET_GROUPS // tiles))
-        tile_k = kernel.source.constant("TILE_K")
         k_split = -(-math.ceil(K / splits) // tile_k) * tile_k
         splits = math.ceil(K / k_split) if K else 1
-        params = dict(params, k_split=k_split)
+        params = dict(params, k_split=k_split, c_sz=M * N)
         if splits == 1:
             return [kernel.dispatch(self.device, grid, params, A=A, B=B, C=C, **more)]
         scratch = self._scratch(splits * M * N)
@@ -240,14 +270,40 @@ class Ops:
         ways = 1
         while ways * 2 <= min(splits, REDUCE_MAX_WAYS) and M * N * ways * 2 <= REDUCE_TARGET_INVOCATIONS:
             ways *= 2
-        reduce = dict(MN=M * N, splits=splits, ways=ways, alpha=params["alpha"], beta=params["beta"])
+        c_in = more.get("C_in") if params.get("c_in") else None
+        reduce = dict(MN=M * N, splits=splits, ways=ways, alpha=params["alpha"], beta=params["beta"],
+                      c_in=int(c_in is not None))
         return [
             kernel.dispatch(self.device, grid + (splits,), dict(params, alpha=1.0, beta=0.0), A=A, B=B, C=scratch,
                             **more),
-            self._elementwise("matmul_reduce", M * N * ways, reduce, partial=scratch, C=C),
+            self._elementwise("matmul_reduce", M * N * ways, reduce, partial=scratch,
+                              C_in=c_in if c_in is not None else scratch, C=C),
         ]
 
-    def _matmul_thin(self, C, A, B, M, N, K, a_strides, b_strides, alpha, beta, splits) -> list[Dispatch]:
+    def _route(self, M: int, N: int, K: int, a_sk: int, A: Buffer, B: Buffer, slices) -> str:
+        """Which kernel computes a product: matmul_rows (≤ 16 columns of rows read along K),
+        matmul_thin (≤ 16 rows or columns otherwise) or the tiled matmul."""
+        thin = self.k.get("matmul_thin")  # absent only in the start-up self-check's Ops
+        if (self.rows and N <= MAX_ROWS_OUTPUTS < M and a_sk == 1 and K % 4 == 0 and slices is None
+                and A.dtype == "f32" and B.dtype == "f32"):
+            return "matmul_rows"
+        if thin and min(M, N) <= thin.source.constant("TILE_M"):
+            return "matmul_thin"
+        return "matmul"
+
+    def _matmul_rows(self, C, X, W, T, R, K, w_strides, alpha, beta) -> Dispatch:
+        """matmul_rows.wgsl: C[T, R ≤ 16] = alpha · X[T, K] · op(W)ᵀ + beta · C, X's rows contiguous."""
+        kernel = self.rows[-(-R // 4)]
+        rows = kernel.source.constant("ROWS")
+        params = dict(T=T, R=R, K=K, x_st=K, w_sj=w_strides[0], w_sk=w_strides[1], c_st=R, alpha=alpha, beta=beta)
+        return kernel.dispatch(self.device, grid_1d(math.ceil(T / rows)), params, X=X, W=W, C=C)
+
+    def sum_slices(self, out: Buffer, parts: Buffer, count: int, n: int) -> Dispatch:
+        """out[n] = Σ_z parts[z·n … z·n + n) (the slices matmul(…, slices=(count, n)) filled)."""
+        reduce = dict(MN=n, splits=count, ways=1, alpha=1.0, beta=0.0, c_in=0)
+        return self._elementwise("matmul_reduce", n, reduce, partial=parts, C_in=parts, C=out)
+
+    def _matmul_thin(self, C, A, B, M, N, K, a_strides, b_strides, alpha, beta, splits, slices=None) -> list[Dispatch]:
         """matmul_thin.wgsl for products with ≤ 16 rows, or ≤ 16 columns computed as Cᵀ = B·Aᵀ."""
         src = self.k["matmul_thin"].source
         c_strides = (N, 1)
@@ -259,7 +315,7 @@ class Ops:
                   self.f16[("matmul_thin", "B_F16")] if B.dtype == "f16" else self.k["matmul_thin"])
         params = dict(M=M, N=N, K=K, a_sm=a_strides[0], a_sk=a_strides[1], b_sn=b_strides[0], b_sk=b_strides[1],
                       c_sm=c_strides[0], c_sn=c_strides[1], alpha=alpha, beta=beta)
-        return self._split_k(kernel, (math.ceil(N / src.constant("TILE_N")), 1), params, splits, A, B, C)
+        return self._split_k(kernel, (math.ceil(N / src.constant("TILE_N")), 1), params, splits, A, B, C, slices)
 
     def _scratch(self, floats: int) -> Buffer:
         if self._split_scratch is None or self._split_scratch.size < floats * 4:
@@ -276,9 +332,11 @@ class Ops:
         return self._rows("rmsnorm", T, dict(T=T, C=C, eps=eps), x=x, w=w, y=y, rstd=rstd)
 
     def rmsnorm_backward(self, dx: Buffer, x: Buffer, w: Buffer, rstd: Buffer, dy: Buffer, T: int, C: int,
-                         accumulate: bool = False) -> Dispatch:
-        return self._rows("rmsnorm_backward", T, dict(T=T, C=C, accumulate=int(accumulate)),
-                          x=x, w=w, rstd=rstd, dy=dy, dx=dx)
+                         accumulate: bool = False, residual: Buffer | None = None) -> Dispatch:
+        """dx (+)= the norm's input gradient; with `residual`, dx = residual + it (no copy first)."""
+        mode = 2 if residual is not None else int(accumulate)
+        return self._rows("rmsnorm_backward", T, dict(T=T, C=C, accumulate=mode),
+                          x=x, w=w, rstd=rstd, dy=dy, residual=residual if residual is not None else dy, dx=dx)
 
     def rope(self, x: Buffer, pos: Buffer, inv_freq: Buffer, T: int, H: int, D: int, backward: bool = False) -> Dispatch:
         return self._elementwise("rope", T * H * (D // 2), dict(T=T, H=H, D=D, sign=-1.0 if backward else 1.0),

@@ -55,10 +55,17 @@ def test_logits_equal_base_model_when_b_is_zero(gpu, ops, run, arrays, model_dir
 PATTERNS = {"rank_pattern": {"q_proj": 2, "layers.1.mlp.down_proj": 6}, "alpha_pattern": {"v_proj": 3.0, "up_proj": 20.0}}
 
 
-@pytest.mark.parametrize("rslora, checkpointing, patterns", [(False, False, {}), (True, False, {}), (False, True, {}),
-                                                              (False, False, PATTERNS)],
-                         ids=["lora", "rslora", "checkpointing", "rank-alpha-patterns"])
-def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_dir, rslora, checkpointing, patterns):
+@pytest.mark.parametrize("rslora, checkpointing, patterns, slices",
+                         [(False, False, {}, 1), (True, False, {}, 1), (False, True, {}, 1), (False, False, PATTERNS, 1),
+                          (False, False, PATTERNS, 4)],
+                         ids=["lora", "rslora", "checkpointing", "rank-alpha-patterns", "gradient-slices"])
+def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_dir, rslora, checkpointing, patterns,
+                                                 slices, monkeypatch):
+    """slices: the gradient products split the 18 tokens 4 ways into slices summed at the end
+    (what 4096-token batches do 32 ways)."""
+    from loralab.model import transformer
+
+    monkeypatch.setattr(transformer, "GRAD_SLICE_TOKENS", 18 // slices)
     B, S, r, alpha = 2, 9, 4, 8.0
     pm = hf.peft_model(model_dir, r=r, alpha=alpha, b_std=0.05, use_rslora=rslora, **patterns)
     ids, labels = hf.batch(1, B, S, ignore_prefix=3)
@@ -70,6 +77,7 @@ def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_di
     lora_config = LoraConfig(r=r, alpha=alpha, use_rslora=rslora, rank_pattern=patterns.get("rank_pattern", {}),
                              alpha_pattern=patterns.get("alpha_pattern", {}))
     config, lora, model = build(gpu, ops, run, model_dir, lora_config, B, S, checkpointing)
+    assert model.grad_slices == slices
     lora.load_state({k: v.tobytes() for k, v in hf.lora_state(pm).items()})
     flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
     model.write_batch(flat_ids, targets)

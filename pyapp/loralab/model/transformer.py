@@ -18,6 +18,12 @@ from ..ops import Ops, Product
 from .config import PROJECTIONS, ModelConfig
 
 LOGITS_CHUNK_BYTES = 64 * 2**20  # the [rows, V] logits block computed at once
+# LoRA's gradients sum over the tokens: each gradient product splits the tokens this many ways
+# (at most; at least GRAD_SLICE_TOKENS each) into its own slice of a gradient-shaped buffer,
+# and one dispatch after the backward pass adds the slices for the whole adapter, instead of a
+# reduction after every product (2 × 7 per layer).
+GRAD_SLICES = 32
+GRAD_SLICE_TOKENS = 128
 ROW_ALIGN = 64  # chunk starts are multiples of 64 rows: 64 · 4 bytes keeps views 256-aligned
 
 
@@ -115,6 +121,12 @@ class Transformer:
         self.delta = buf(T * cfg.num_heads, "delta")
         self.dk_heads, self.dv_heads = buf(T * cfg.q_size, "dk_heads"), buf(T * cfg.q_size, "dv_heads")
         self.du = buf(T * max(r, 1), "du")
+        self.grad_slices = 1
+        if lora:
+            limit = device.info.limits.get("maxStorageBufferBindingSize", 128 * 2**20)
+            self.grad_slices = max(1, min(GRAD_SLICES, T // GRAD_SLICE_TOKENS, limit // lora.nbytes))
+            if self.grad_slices > 1:
+                self.grad_parts = buf(self.grad_slices * lora.numel, "lora.grad_slices")
         if lora and lora.config.dropout > 0:  # the dropped adapter input and its gradient
             widest = max(C, I, cfg.q_size)
             self.x_drop, self.dx_drop = buf(T * widest, "lora.x_drop"), buf(T * widest, "lora.dx_drop")
@@ -153,9 +165,9 @@ class Transformer:
         return layer * len(PROJECTIONS) + PROJECTIONS.index(module)
 
     def _linear(self, cmds: list, y: Buffer, x: Buffer, layer: int, module: str, T: int, beta: float = 0.0,
-                step: Buffer | None = None) -> None:
+                step: Buffer | None = None, residual: Buffer | None = None) -> None:
         """y (+)= x · Wᵀ (+ bias) + s · (dropout(x) · Aᵀ) · Bᵀ over the first T rows; `step`
-        (training) supplies the dropout seed."""
+        (training) supplies the dropout seed. With `residual`, y = residual + … (no copy first)."""
         out_f, in_f = self.config.projection_shape(module)
         ops = self.ops
         plus = None
@@ -165,9 +177,17 @@ class Transformer:
             x_in = self._lora_input(cmds, x, layer, module, T, step)
             cmds.extend(ops.matmul(u, x_in, self.lora.param(layer, module, "A"), T, r, in_f))
             plus = Product(u, self.lora.param(layer, module, "B"), r, alpha=s)
-        cmds.extend(ops.matmul(y, x, self._weight(layer, module), T, out_f, in_f, beta=beta, plus=plus))
+        cmds.extend(ops.matmul(y, x, self._weight(layer, module), T, out_f, in_f, beta=1.0 if residual else beta,
+                               plus=plus, c_in=residual))
         if self.config.attention_bias and module in ("q_proj", "k_proj", "v_proj"):
             cmds.append(ops.bias_add(y, self._weight(layer, module, "bias"), T, out_f))
+
+    def _grad_out(self, layer: int, module: str, kind: str) -> tuple:
+        """Where a gradient product writes: (C, slices) for Ops.matmul."""
+        if self.grad_slices == 1:
+            return self.lora.grad(layer, module, kind), None
+        view = self.lora.grad_slices(self.grad_parts, self.grad_slices, layer, module, kind)
+        return view, (self.grad_slices, self.lora.numel)
 
     def _linear_backward(self, cmds: list, dx: Buffer | None, dy: Buffer, x: Buffer, layer: int, module: str,
                          accumulate_dx: bool, accumulate_grads: bool, step: Buffer | None = None) -> None:
@@ -183,10 +203,12 @@ class Transformer:
         r, s, lora = self.lora.config.rank(layer, module), self.lora.config.scaling_for(layer, module), self.lora
         g = 1.0 if accumulate_grads else 0.0
         u = self.layers[layer].u[module]
-        cmds.extend(ops.matmul(lora.grad(layer, module, "B"), dy, u, out_f, r, T, trans_a=True, trans_b=True, alpha=s, beta=g))
+        grad, slices = self._grad_out(layer, module, "B")
+        cmds.extend(ops.matmul(grad, dy, u, out_f, r, T, trans_a=True, trans_b=True, alpha=s, beta=g, slices=slices))
         cmds.extend(ops.matmul(self.du, dy, lora.param(layer, module, "B"), T, r, out_f, trans_b=True, alpha=s))
         x_in = self._lora_input(cmds, x, layer, module, T, step)
-        cmds.extend(ops.matmul(lora.grad(layer, module, "A"), self.du, x_in, r, in_f, T, trans_a=True, trans_b=True, beta=g))
+        grad, slices = self._grad_out(layer, module, "A")
+        cmds.extend(ops.matmul(grad, self.du, x_in, r, in_f, T, trans_a=True, trans_b=True, beta=g, slices=slices))
         if dx is None:
             return
         if x_in is x:  # dx (+)= dy · W + du · A in one pass
@@ -235,15 +257,13 @@ class Transformer:
             cmds.append(Copy(a.v, 0, cache.v[l], start * kv_bytes, T * kv_bytes))
             cmds.append(ops.attention_cached(a.attn, a.q, cache.k[l], cache.v[l], T, start,
                                              cfg.num_heads, cfg.num_kv_heads, D))
-        cmds.append(Copy(self.res[l], 0, a.mid, 0, T * C * 4))
-        self._linear(cmds, a.mid, a.attn, l, "o_proj", T, beta=1.0, step=step)
+        self._linear(cmds, a.mid, a.attn, l, "o_proj", T, step=step, residual=self.res[l])
         cmds.append(ops.rmsnorm(a.xn2, a.rstd2, a.mid, self.w[p + "post_attention_layernorm.weight"], T, C, cfg.rms_norm_eps))
         self._linear(cmds, a.gate, a.xn2, l, "gate_proj", T, step=step)
         self._linear(cmds, a.up, a.xn2, l, "up_proj", T, step=step)
         cmds.append(ops.swiglu(a.h, a.gate, a.up, T * I))
         if not recompute:
-            cmds.append(Copy(a.mid, 0, self.res[l + 1], 0, T * C * 4))
-            self._linear(cmds, self.res[l + 1], a.h, l, "down_proj", T, beta=1.0, step=step)
+            self._linear(cmds, self.res[l + 1], a.h, l, "down_proj", T, step=step, residual=a.mid)
         elif self.lora and self.lora.has(l, "down_proj"):  # down_proj's LoRA input activation u
             x_in = self._lora_input(cmds, a.h, l, "down_proj", T, step)
             cmds.extend(ops.matmul(a.u["down_proj"], x_in, self.lora.param(l, "down_proj", "A"), T,
@@ -268,7 +288,8 @@ class Transformer:
         return cmds
 
     def backward(self, accumulate_grads: bool, step: Buffer | None = None) -> list:
-        """LoRA gradients of Σ loss (written, or added with `accumulate_grads`); `step` as in forward."""
+        """LoRA gradients of Σ loss into lora.grads (written, or added with `accumulate_grads`);
+        `step` as in forward."""
         cfg, ops, T, B, S = self.config, self.ops, self.T, self.B, self.S
         C, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
         acc = accumulate_grads
@@ -282,9 +303,8 @@ class Transformer:
             cmds.append(ops.swiglu_backward(self.dgate, self.dup, a.gate, a.up, self.dh, T * I))
             self._linear_backward(cmds, self.dxn, self.dgate, a.xn2, l, "gate_proj", False, acc, step)
             self._linear_backward(cmds, self.dxn, self.dup, a.xn2, l, "up_proj", True, acc, step)
-            cmds.append(Copy(self.d_res, 0, self.d_mid, 0, T * C * 4))
             cmds.append(ops.rmsnorm_backward(self.d_mid, a.mid, self.w[p + "post_attention_layernorm.weight"], a.rstd2,
-                                             self.dxn, T, C, accumulate=True))
+                                             self.dxn, T, C, residual=self.d_res))
             self._linear_backward(cmds, self.d_attn, self.d_mid, a.attn, l, "o_proj", False, acc, step)
             cmds.extend(ops.attention_backward(self.dq, self.dk, self.dv, self.delta, self.dk_heads, self.dv_heads,
                                                a.q, a.k, a.v, a.attn, self.d_attn, a.lse, B, S, cfg.num_heads,
@@ -296,7 +316,8 @@ class Transformer:
             self._linear_backward(cmds, dxn, self.dk, a.xn1, l, "k_proj", True, acc, step)
             self._linear_backward(cmds, dxn, self.dv, a.xn1, l, "v_proj", True, acc, step)
             if not first:
-                cmds.append(Copy(self.d_mid, 0, self.d_res, 0, T * C * 4))
                 cmds.append(ops.rmsnorm_backward(self.d_res, self.res[l], self.w[p + "input_layernorm.weight"], a.rstd1,
-                                                 self.dxn, T, C, accumulate=True))
+                                                 self.dxn, T, C, residual=self.d_mid))
+        if self.lora and self.grad_slices > 1:  # the gradients are the sums of their slices
+            cmds.append(ops.sum_slices(self.lora.grads, self.grad_parts, self.grad_slices, self.lora.numel))
         return cmds
