@@ -52,6 +52,7 @@ def test_matmul_split_k(ops, arrays, splits, trans_a, trans_b, beta):
 
 
 @pytest.mark.parametrize("M, N, K, trans_a, trans_b", [(8, 70, 333, True, True), (70, 8, 333, True, True),
+                                                      (8, 72, 333, True, True), (72, 8, 333, True, True),
                                                       (20, 40, 300, False, False)])
 def test_matmul_into_slices_accumulates_each_split(ops, arrays, M, N, K, trans_a, trans_b):
     """slices = (S, stride): split z of K adds alpha · (its part of the product) to C + z·stride
@@ -70,7 +71,7 @@ def test_matmul_into_slices_accumulates_each_split(ops, arrays, M, N, K, trans_a
     np.testing.assert_array_equal(got[:, M * N:], C0[:, M * N:])  # nothing outside the slices
     parts = got[:, : M * N] - C0[:, : M * N]
     np.testing.assert_allclose(parts.sum(0).reshape(M, N), 0.5 * ref.matmul(A, B), rtol=1e-4, atol=1e-4)
-    if min(M, N) <= 16:  # matmul_thin: 64-long K tiles, so the 7th split (k ≥ 384) lies past K
+    if d[0].kernel == "matmul_thin":  # 64-long K tiles, so the 7th split (k ≥ 384) lies past K
         assert not parts[-1].any()
 
 
@@ -108,7 +109,8 @@ def test_matmul_with_a_second_product(ops, arrays, M, N, K, K2, trans_b, trans_b
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, True), (False, True)])
 def test_matmul_thin_products(ops, arrays, M, N, K, trans_a, trans_b):
     """≤ 16 rows or columns: matmul_thin.wgsl (columns by computing the transpose), split-K when long;
-    ≤ 16 columns of rows read along K (and K a multiple of 4): matmul_rows.wgsl."""
+    ≤ 16 columns of rows read along K (and K a multiple of 4): matmul_rows.wgsl; both operands
+    read across K (weight gradients) and the wide side a multiple of 4: matmul_cols.wgsl."""
     r = rng("thin", M, N, K, trans_a, trans_b)
     A = r.standard_normal((M, K), dtype=np.float32)
     B = r.standard_normal((N, K), dtype=np.float32)
@@ -117,7 +119,8 @@ def test_matmul_thin_products(ops, arrays, M, N, K, trans_a, trans_b):
     d = ops.matmul(c, arrays.up(A.T.copy() if trans_a else A), arrays.up(B.T.copy() if trans_b else B), M, N, K,
                    trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=1.0)
     rows = N <= 16 < M and not trans_a and K % 4 == 0
-    assert d[0].kernel == ("matmul_rows" if rows else "matmul_thin")
+    cols = trans_a and trans_b and M > 1 and (M <= 16 and N % 4 == 0 or N <= 16 and M % 4 == 0)
+    assert d[0].kernel == ("matmul_rows" if rows else "matmul_cols" if cols else "matmul_thin")
     arrays.submit(d)
     np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + C0, rtol=1e-5, atol=1e-4)
 
@@ -138,6 +141,25 @@ def test_matmul_rows(ops, arrays, T, R, K, trans_b, beta):
     assert [x.kernel for x in d] == ["matmul_rows"]
     arrays.submit(d)
     np.testing.assert_allclose(arrays.down(c, (T, R)), 0.5 * ref.matmul(X, W) + beta * C0, rtol=1e-5,
+                               atol=1e-5 * np.sqrt(K))
+
+
+@pytest.mark.parametrize("M, N, K, splits", [(8, 576, 4096, None), (576, 8, 300, None), (5, 64, 17, 1),
+                                             (16, 1000, 2000, 3), (12, 4, 50, None), (2, 8, 1, None)])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_matmul_cols(ops, arrays, M, N, K, splits, beta):
+    """Both operands stored K-major ([K, M] and [K, N]), one side ≤ 16: weight gradients through
+    matmul_cols.wgsl, split over K and reduced when long, transposed output when N is the small side."""
+    r = rng("cols", M, N, K)
+    A = r.standard_normal((M, K), dtype=np.float32)
+    B = r.standard_normal((N, K), dtype=np.float32)
+    C0 = r.standard_normal((M, N), dtype=np.float32)
+    c = arrays.up(C0)
+    d = ops.matmul(c, arrays.up(A.T.copy()), arrays.up(B.T.copy()), M, N, K, trans_a=True, trans_b=True, alpha=0.5,
+                   beta=beta, splits=splits)
+    assert d[0].kernel == "matmul_cols" and len(d) == (1 if d[0].grid[2] == 1 else 2)
+    arrays.submit(d)
+    np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + beta * C0, rtol=1e-5,
                                atol=1e-5 * np.sqrt(K))
 
 

@@ -113,6 +113,7 @@ class Ops:
         self.subgroup_size = 0  # measured at load where the adapter has subgroups
         self.f16: dict[tuple[str, str], Kernel] = {}
         self.rows: dict[int, Kernel] = {}  # matmul_rows by RV (vec4s of outputs per row)
+        self.cols: dict[int, Kernel] = {}  # matmul_cols by RV
 
     @classmethod
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
@@ -124,6 +125,7 @@ class Ops:
             ops.f16[(name, flag)] = await library.get(name, constants={flag: True})
         for rv in range(1, MAX_ROWS_OUTPUTS // 4 + 1):
             ops.rows[rv] = await library.get("matmul_rows", constants={"RV": rv})
+            ops.cols[rv] = await library.get("matmul_cols", constants={"RV": rv})
         if device.info.has_subgroups:
             ops.subgroup_size = await measure_subgroup_size(device, library)
         return ops
@@ -208,11 +210,13 @@ class Ops:
         a_sm, a_sk = (1, M) if trans_a else (K, 1)
         b_sn, b_sk = (1, N) if trans_b else (K, 1)
         c_in = c_in if beta != 0.0 else None
-        route = self._route(M, N, K, a_sk, A, B, slices)
+        route = self._route(M, N, K, a_sk, b_sn, A, B, slices)
         if route != "matmul" or (plus is not None and alpha == 0.0):
             out = [Copy(c_in, 0, C, 0, M * N * 4)] if c_in is not None else []  # the others have no C_in
             if route == "matmul_rows":
                 out.append(self._matmul_rows(C, A, B, M, N, K, (b_sn, b_sk), alpha, beta))
+            elif route == "matmul_cols":
+                out += self._matmul_cols(C, A, B, M, N, K, alpha, beta, splits, slices)
             elif route == "matmul_thin":
                 out += self._matmul_thin(C, A, B, M, N, K, (a_sm, a_sk), (b_sn, b_sk), alpha, beta, splits, slices)
             else:
@@ -265,31 +269,69 @@ class Ops:
         if splits == 1:
             return [kernel.dispatch(self.device, grid, params, A=A, B=B, C=C, **more)]
         scratch = self._scratch(splits * M * N)
-        # Enough invocations to keep the partials' loads in flight: small products with many
-        # splits give each element several (`ways`), summed in workgroup memory.
-        ways = 1
-        while ways * 2 <= min(splits, REDUCE_MAX_WAYS) and M * N * ways * 2 <= REDUCE_TARGET_INVOCATIONS:
-            ways *= 2
         c_in = more.get("C_in") if params.get("c_in") else None
-        reduce = dict(MN=M * N, splits=splits, ways=ways, alpha=params["alpha"], beta=params["beta"],
-                      c_in=int(c_in is not None))
         return [
             kernel.dispatch(self.device, grid + (splits,), dict(params, alpha=1.0, beta=0.0), A=A, B=B, C=scratch,
                             **more),
-            self._elementwise("matmul_reduce", M * N * ways, reduce, partial=scratch,
-                              C_in=c_in if c_in is not None else scratch, C=C),
+            self._reduce(C, scratch, M * N, splits, params["alpha"], params["beta"], c_in),
         ]
 
-    def _route(self, M: int, N: int, K: int, a_sk: int, A: Buffer, B: Buffer, slices) -> str:
+    def _reduce(self, C: Buffer, partial: Buffer, MN: int, splits: int, alpha: float, beta: float,
+                c_in: Buffer | None = None) -> Dispatch:
+        """matmul_reduce: C = alpha · Σ of `splits` partials + beta · (c_in or C)."""
+        # Enough invocations to keep the partials' loads in flight: small products with many
+        # splits give each element several (`ways`), summed in workgroup memory.
+        ways = 1
+        while ways * 2 <= min(splits, REDUCE_MAX_WAYS) and MN * ways * 2 <= REDUCE_TARGET_INVOCATIONS:
+            ways *= 2
+        reduce = dict(MN=MN, splits=splits, ways=ways, alpha=alpha, beta=beta, c_in=int(c_in is not None))
+        return self._elementwise("matmul_reduce", MN * ways, reduce, partial=partial,
+                                 C_in=c_in if c_in is not None else partial, C=C)
+
+    def _route(self, M: int, N: int, K: int, a_sk: int, b_sn: int, A: Buffer, B: Buffer, slices) -> str:
         """Which kernel computes a product: matmul_rows (≤ 16 columns of rows read along K),
+        matmul_cols (≤ 16 rows or columns, both operands read across K: weight gradients),
         matmul_thin (≤ 16 rows or columns otherwise) or the tiled matmul."""
         thin = self.k.get("matmul_thin")  # absent only in the start-up self-check's Ops
-        if (self.rows and N <= MAX_ROWS_OUTPUTS < M and a_sk == 1 and K % 4 == 0 and slices is None
-                and A.dtype == "f32" and B.dtype == "f32"):
+        f32 = A.dtype == "f32" and B.dtype == "f32"
+        if self.rows and N <= MAX_ROWS_OUTPUTS < M and a_sk == 1 and K % 4 == 0 and slices is None and f32:
             return "matmul_rows"
+        if (self.cols and a_sk == M and b_sn == 1 and M > 1 and f32
+                and (M <= MAX_ROWS_OUTPUTS and N % 4 == 0 or N <= MAX_ROWS_OUTPUTS and M % 4 == 0)):
+            return "matmul_cols"
         if thin and min(M, N) <= thin.source.constant("TILE_M"):
             return "matmul_thin"
         return "matmul"
+
+    def _matmul_cols(self, C, A, B, M, N, K, alpha, beta, splits, slices) -> list[Dispatch]:
+        """matmul_cols.wgsl for op(A)[M, K] · op(B)[N, K]ᵀ with A stored [K, M] and B [K, N]:
+        the ≤ 16-wide one is U, the other Y (C written through strides as Uᵀ·Y or its transpose)."""
+        if M <= MAX_ROWS_OUTPUTS and N % 4 == 0:  # C[j = m, n] = Σ_t A[t, m] · B[t, n]
+            U, Y, R, cols, c_strides = A, B, M, N, (N, 1)
+        else:  # C[m, j = n]: U = B, Y = A, written transposed
+            U, Y, R, cols, c_strides = B, A, N, M, (1, N)
+        kernel = self.cols[-(-R // 4)]
+        width = kernel.source.constant("COLS4") * 4
+        grid = (math.ceil(cols / width), 1)
+        params = dict(K=K, R=R, N=cols, u_st=R, u_sj=1, y_st=cols, c_sj=c_strides[0], c_sn=c_strides[1],
+                      alpha=alpha, beta=beta)
+        phases = kernel.source.constant("PHASES")
+        if slices is not None:
+            count, stride = slices
+            return [kernel.dispatch(self.device, grid + (count,), dict(params, k_split=-(-K // count), c_sz=stride),
+                                    U=U, Y=Y, C=C)]
+        if splits is None:
+            splits = 1
+            if grid[0] < THIN_SPLIT_BELOW_TILES:
+                splits = max(1, min(K // THIN_MIN_K_PER_SPLIT, THIN_TARGET_GROUPS // grid[0]))
+        k_split = -(-math.ceil(K / splits) // phases) * phases if K else phases
+        splits = math.ceil(K / k_split) if K else 1
+        if splits == 1:
+            return [kernel.dispatch(self.device, grid, dict(params, k_split=max(K, 1), c_sz=0), U=U, Y=Y, C=C)]
+        scratch = self._scratch(splits * M * N)
+        return [kernel.dispatch(self.device, grid + (splits,), dict(params, alpha=1.0, beta=0.0, k_split=k_split,
+                                                                     c_sz=M * N), U=U, Y=Y, C=scratch),
+                self._reduce(C, scratch, M * N, splits, alpha, beta)]
 
     def _matmul_rows(self, C, X, W, T, R, K, w_strides, alpha, beta) -> Dispatch:
         """matmul_rows.wgsl: C[T, R ≤ 16] = alpha · X[T, K] · op(W)ᵀ + beta · C, X's rows contiguous."""
