@@ -247,6 +247,18 @@ def test_rope_forward_and_inverse(ops, arrays, T, H, D, theta):
     np.testing.assert_allclose(arrays.down(bx, (T, H, D)), x, rtol=1e-5, atol=1e-5)
 
 
+def test_rope_of_queries_and_keys_in_one_dispatch(ops, arrays):
+    T, Hq, Hkv, D = 37, 6, 2, 16
+    r = rng("rope2")
+    q, k = r.standard_normal((T, Hq, D), dtype=np.float32), r.standard_normal((T, Hkv, D), dtype=np.float32)
+    pos = (np.arange(T) % 11).astype(np.uint32)
+    inv_freq = ref.rope_inv_freq(D, 10000.0)
+    bq, bk = arrays.up(q), arrays.up(k)
+    arrays.submit(ops.rope(bq, arrays.up(pos), arrays.up(inv_freq), T, Hq, D, y=bk, H2=Hkv))
+    np.testing.assert_allclose(arrays.down(bq, (T, Hq, D)), ref.rope(q, pos, inv_freq), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(arrays.down(bk, (T, Hkv, D)), ref.rope(k, pos, inv_freq), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("N", [1, 1000, 70001])
 def test_swiglu_forward_and_backward(ops, arrays, N):
     r = rng("swiglu", N)

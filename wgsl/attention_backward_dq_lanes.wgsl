@@ -68,11 +68,13 @@ fn attention_backward_dq_lanes(@builtin(workgroup_id) wg: vec3u, @builtin(num_wo
   let d4 = 4u * LANES;
   let rows = WG / LANES;
   let blocks = (p.S + rows - 1u) / rows;
-  let w = wg.x + wg.y * nwg.x;  // (b · Hq + h) · blocks + block
+  let w = wg.x + wg.y * nwg.x;
   if (w >= p.B * p.Hq * blocks) { return; }
-  let block = w % blocks;
-  let h = (w / blocks) % p.Hq;
-  let b = w / (blocks * p.Hq);
+  // The longest blocks first (the last queries meet the most keys), every head's at once:
+  // the GPU's last workgroups are short ones, not a tail of long ones.
+  let block = blocks - 1u - w / (p.B * p.Hq);
+  let h = (w % (p.B * p.Hq)) % p.Hq;
+  let b = (w % (p.B * p.Hq)) / p.Hq;
   let g = h / (p.Hq / p.Hkv);
   let lane = li % LANES;
   let i = block * rows + li / LANES;

@@ -40,11 +40,13 @@ fn attention_backward_dq_tiled(@builtin(workgroup_id) wg: vec3u, @builtin(num_wo
                                @builtin(local_invocation_index) li: u32) {
   let p = params;
   let blocks = (p.S + WG - 1u) / WG;
-  let w = wg.x + wg.y * nwg.x;  // (b · Hq + h) · blocks + block
+  let w = wg.x + wg.y * nwg.x;
   if (w >= p.B * p.Hq * blocks) { return; }
-  let block = w % blocks;
-  let h = (w / blocks) % p.Hq;
-  let b = w / (blocks * p.Hq);
+  // The longest blocks first (the last queries meet the most keys), every head's at once:
+  // the GPU's last workgroups are short ones, not a tail of long ones.
+  let block = blocks - 1u - w / (p.B * p.Hq);
+  let h = (w % (p.B * p.Hq)) % p.Hq;
+  let b = (w % (p.B * p.Hq)) / p.Hq;
   let g = h / (p.Hq / p.Hkv);
   let i = block * WG + li;
   let q_row = ((b * p.S + min(i, p.S - 1u)) * p.Hq + h) * HEAD_DIM4;

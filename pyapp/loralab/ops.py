@@ -110,6 +110,7 @@ class Ops:
         self.library = library
         self._by_head_dim: dict[tuple[str, int], Kernel] = {}
         self._split_scratch: Buffer | None = None  # partial products of split-K matmuls
+        self._spare_buffer: Buffer | None = None
         self.subgroup_size = 0  # measured at load where the adapter has subgroups
         self.f16: dict[tuple[str, str], Kernel] = {}
         self.rows: dict[int, Kernel] = {}  # matmul_rows by RV (vec4s of outputs per row)
@@ -380,9 +381,19 @@ class Ops:
         return self._rows("rmsnorm_backward", T, dict(T=T, C=C, accumulate=mode),
                           x=x, w=w, rstd=rstd, dy=dy, residual=residual if residual is not None else dy, dx=dx)
 
-    def rope(self, x: Buffer, pos: Buffer, inv_freq: Buffer, T: int, H: int, D: int, backward: bool = False) -> Dispatch:
-        return self._elementwise("rope", T * H * (D // 2), dict(T=T, H=H, D=D, sign=-1.0 if backward else 1.0),
-                                 pos=pos, inv_freq=inv_freq, x=x)
+    def rope(self, x: Buffer, pos: Buffer, inv_freq: Buffer, T: int, H: int, D: int, backward: bool = False,
+             y: Buffer | None = None, H2: int = 0) -> Dispatch:
+        """Rotate x [T, H, D] in place, and y [T, H2, D] in the same dispatch (queries and keys)."""
+        if y is None:
+            y, H2 = self._spare(), 0
+        return self._elementwise("rope", T * (H + H2) * (D // 2), dict(T=T, H=H, H2=H2, D=D, sign=-1.0 if backward else 1.0),
+                                 pos=pos, inv_freq=inv_freq, x=x, y=y)
+
+    def _spare(self) -> Buffer:
+        """A small buffer bound where a kernel's optional output is unused."""
+        if self._spare_buffer is None:
+            self._spare_buffer = self.device.create_buffer(256, label="spare")
+        return self._spare_buffer
 
     def swiglu(self, h: Buffer, gate: Buffer, up: Buffer, N: int) -> Dispatch:
         return self._elementwise("swiglu", N, dict(N=N), gate=gate, up=up, h=h)
@@ -469,8 +480,7 @@ class Ops:
             ]
         if not shared:
             sums = dict(T=B * S, Hq=Hq, Hkv=Hkv, D=D)
-            cmds.append(self._elementwise("head_sum", B * S * Hkv * D, sums, x=dk_heads, out=dk))
-            cmds.append(self._elementwise("head_sum", B * S * Hkv * D, sums, x=dv_heads, out=dv))
+            cmds.append(self._elementwise("head_sum", 2 * B * S * Hkv * D, sums, x=dk_heads, x2=dv_heads, out=dk, out2=dv))
         return cmds
 
     # -- optimisation -------------------------------------------------------------------------

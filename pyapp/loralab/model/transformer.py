@@ -247,8 +247,7 @@ class Transformer:
         self._linear(cmds, a.q, a.xn1, l, "q_proj", T, step=step)
         self._linear(cmds, a.k, a.xn1, l, "k_proj", T, step=step)
         self._linear(cmds, a.v, a.xn1, l, "v_proj", T, step=step)
-        cmds.append(ops.rope(a.q, self.pos, self.inv_freq, T, cfg.num_heads, D))
-        cmds.append(ops.rope(a.k, self.pos, self.inv_freq, T, cfg.num_kv_heads, D))
+        cmds.append(ops.rope(a.q, self.pos, self.inv_freq, T, cfg.num_heads, D, y=a.k, H2=cfg.num_kv_heads))
         if cache is None:
             cmds.append(ops.attention(a.attn, a.lse, a.q, a.k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D))
         else:
@@ -309,8 +308,8 @@ class Transformer:
             cmds.extend(ops.attention_backward(self.dq, self.dk, self.dv, self.delta, self.dk_heads, self.dv_heads,
                                                a.q, a.k, a.v, a.attn, self.d_attn, a.lse, B, S, cfg.num_heads,
                                                cfg.num_kv_heads, D))
-            cmds.append(ops.rope(self.dq, self.pos, self.inv_freq, T, cfg.num_heads, D, backward=True))
-            cmds.append(ops.rope(self.dk, self.pos, self.inv_freq, T, cfg.num_kv_heads, D, backward=True))
+            cmds.append(ops.rope(self.dq, self.pos, self.inv_freq, T, cfg.num_heads, D, backward=True, y=self.dk,
+                                 H2=cfg.num_kv_heads))
             dxn = None if first else self.dxn
             self._linear_backward(cmds, dxn, self.dq, a.xn1, l, "q_proj", False, acc, step)
             self._linear_backward(cmds, dxn, self.dk, a.xn1, l, "k_proj", True, acc, step)
