@@ -22,7 +22,7 @@ def rng(*key):
 
 
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False), (True, True)])
-@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (37, 45, 70), (130, 67, 96), (8, 576, 576)])
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (37, 45, 70), (130, 67, 96), (8, 576, 576), (140, 192, 80)])
 def test_matmul_transposes(ops, arrays, M, N, K, trans_a, trans_b):
     r = rng("mm", M, N, K, trans_a, trans_b)
     A = r.standard_normal((M, K), dtype=np.float32)
