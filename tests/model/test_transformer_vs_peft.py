@@ -52,6 +52,31 @@ def test_logits_equal_base_model_when_b_is_zero(gpu, ops, run, arrays, model_dir
     assert np.abs(ours - ref).max() <= 1e-4
 
 
+def test_logits_in_row_chunks_give_the_same_loss_and_gradients(gpu, ops, run, arrays, model_dir, monkeypatch):
+    """The [T, V] logits are computed LOGITS_CHUNK_BYTES at a time: two 64-row chunks must give
+    what one 128-row block gives."""
+    from loralab.model import transformer
+
+    B, S = 2, 64
+    ids, labels = hf.batch(5, B, S, ignore_prefix=2)
+    results = []
+    for chunk_rows in (None, 64):
+        if chunk_rows:
+            monkeypatch.setattr(transformer, "LOGITS_CHUNK_BYTES", chunk_rows * config.vocab_size * 4)
+        config, lora, model = build(gpu, ops, run, model_dir, LoraConfig(r=4, alpha=8), B, S)
+        assert len(model.chunks) == (B * S // chunk_rows if chunk_rows else 1)
+        gpu.submit(lora.init_dispatches(ops, seed=3))
+        flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
+        model.write_batch(flat_ids, targets)
+        history = arrays.up(np.zeros(1, np.float32))
+        step = arrays.up(np.zeros(5, np.float32))
+        gpu.submit(model.forward() + model.loss(history, step, backward=True) + model.backward(accumulate_grads=False))
+        results.append((arrays.down(history, (1,))[0], np.frombuffer(run(gpu.read_buffer(lora.grads)), np.float32)))
+    (loss1, grads1), (loss2, grads2) = results
+    assert loss2 == pytest.approx(loss1, rel=1e-5)
+    np.testing.assert_allclose(grads2, grads1, rtol=1e-4, atol=1e-6 * np.abs(grads1).max())
+
+
 PATTERNS = {"rank_pattern": {"q_proj": 2, "layers.1.mlp.down_proj": 6}, "alpha_pattern": {"v_proj": 3.0, "up_proj": 20.0}}
 
 

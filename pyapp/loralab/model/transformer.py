@@ -17,14 +17,16 @@ from ..lora import LoraState
 from ..ops import Ops, Product
 from .config import PROJECTIONS, ModelConfig
 
-LOGITS_CHUNK_BYTES = 64 * 2**20  # the [rows, V] logits block computed at once
+LOGITS_CHUNK_BYTES = 96 * 2**20  # the [rows, V] logits block computed at once
 # LoRA's gradients sum over the tokens: each gradient product splits the tokens this many ways
 # (at most; at least GRAD_SLICE_TOKENS each) into its own slice of a gradient-shaped buffer,
 # and one dispatch after the backward pass adds the slices for the whole adapter, instead of a
 # reduction after every product (2 × 7 per layer).
 GRAD_SLICES = 32
 GRAD_SLICE_TOKENS = 128
-ROW_ALIGN = 64  # chunk starts are multiples of 64 rows: 64 · 4 bytes keeps views 256-aligned
+# Chunks are multiples of 128 rows, the matmul's tile height (no tile half past the chunk), or of
+# 64 for vocabularies too large for that; 64 · 4 bytes keeps the views 256-aligned.
+ROW_ALIGN = 128
 
 
 @dataclass
@@ -104,7 +106,8 @@ class Transformer:
         self.token_loss = buf(T, "token_loss")  # [T] per-token loss
         # Logits in row chunks: the [T, V] block never exists at once.
         rows = max(1, LOGITS_CHUNK_BYTES // (V * 4))
-        rows = T if rows >= T else max(ROW_ALIGN, rows // ROW_ALIGN * ROW_ALIGN)
+        align = ROW_ALIGN if rows >= ROW_ALIGN else ROW_ALIGN // 2  # huge vocabularies: 64-row chunks
+        rows = T if rows >= T else max(align, rows // align * align)
         self.logits = buf(min(rows, T) * V, "logits")  # [rows, V], then d(loss)/d(logits) in place
         self.chunks = []
         for r0 in range(0, T, rows):
