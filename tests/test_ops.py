@@ -51,6 +51,25 @@ def test_matmul_split_k(ops, arrays, splits, trans_a, trans_b, beta):
     np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + beta * C0, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("M, N, K, splits, expected", [(300, 260, 500, 3, ["matmul", "matmul_reduce4"]),
+                                                      (300, 8, 64, None, ["copy", "matmul_rows"])])
+@pytest.mark.parametrize("residual", [False, True])
+def test_matmul_with_a_residual(ops, arrays, M, N, K, splits, expected, residual):
+    """c_in: the beta term reads the residual and C is only written (y = residual + x·Wᵀ, no copy
+    first), also through a split product's reduction (four elements per invocation,
+    matmul_reduce4); kernels without a residual input get a copy first."""
+    r = rng("split4", residual, N)
+    A, B = r.standard_normal((M, K), dtype=np.float32), r.standard_normal((N, K), dtype=np.float32)
+    C0, R0 = r.standard_normal((M, N), dtype=np.float32), r.standard_normal((M, N), dtype=np.float32)
+    c = arrays.up(C0)
+    d = ops.matmul(c, arrays.up(A), arrays.up(B), M, N, K, alpha=0.5, beta=1.0, splits=splits,
+                   c_in=arrays.up(R0) if residual else None)
+    assert [getattr(x, "kernel", "copy") for x in d] == (expected if residual else [k for k in expected if k != "copy"])
+    arrays.submit(d)
+    np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + (R0 if residual else C0),
+                               rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("M, N, K, trans_a, trans_b", [(8, 70, 333, True, True), (70, 8, 333, True, True),
                                                       (8, 72, 333, True, True), (72, 8, 333, True, True),
                                                       (20, 40, 300, False, False)])

@@ -38,6 +38,7 @@ KERNELS = (
     "dropout",
     "embedding_backward",
     "matmul_reduce",
+    "matmul_reduce4",
     "head_sum",
     "matmul_thin",
     "to_f16",
@@ -285,6 +286,10 @@ class Ops:
         ways = 1
         while ways * 2 <= min(splits, REDUCE_MAX_WAYS) and MN * ways * 2 <= REDUCE_TARGET_INVOCATIONS:
             ways *= 2
+        if ways == 1 and MN % 4 == 0 and "matmul_reduce4" in self.k:  # large: four elements per invocation
+            return self._elementwise("matmul_reduce4", MN // 4, dict(MN4=MN // 4, splits=splits, alpha=alpha, beta=beta,
+                                                                      c_in=int(c_in is not None)),
+                                     partial=partial, C_in=c_in if c_in is not None else partial, C=C)
         reduce = dict(MN=MN, splits=splits, ways=ways, alpha=alpha, beta=beta, c_in=int(c_in is not None))
         return self._elementwise("matmul_reduce", MN * ways, reduce, partial=partial,
                                  C_in=c_in if c_in is not None else partial, C=C)
@@ -343,6 +348,9 @@ class Ops:
 
     def sum_slices(self, out: Buffer, parts: Buffer, count: int, n: int) -> Dispatch:
         """out[n] = Σ_z parts[z·n … z·n + n) (the slices matmul(…, slices=(count, n)) filled)."""
+        if n % 4 == 0:
+            return self._elementwise("matmul_reduce4", n // 4, dict(MN4=n // 4, splits=count, alpha=1.0, beta=0.0, c_in=0),
+                                     partial=parts, C_in=parts, C=out)
         reduce = dict(MN=n, splits=count, ways=1, alpha=1.0, beta=0.0, c_in=0)
         return self._elementwise("matmul_reduce", n, reduce, partial=parts, C_in=parts, C=out)
 
