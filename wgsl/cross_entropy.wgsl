@@ -5,7 +5,9 @@
 //   logits[r] ← scale · (softmax(logits[r]) − onehot(target))      (0 for ignored rows)
 //   scale = 1 / (number of non-ignored targets in the batch), so summing `loss` · scale gives
 //   Hugging Face's causal-LM loss and the gradient is that loss's gradient.
-// Work split: one workgroup of 256 invocations per row: max, then sum of exp, then the write.
+// Work split: one workgroup of 256 invocations per row: one pass for the max and the sum of exp
+// (each invocation keeps its running max and rescales its sum when the max grows), then the
+// write: the row is read twice.
 
 struct Params {
   R: u32,
@@ -56,13 +58,21 @@ fn cross_entropy(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_ind
     return;
   }
   var m = -3.4e38;
-  for (var v = li; v < V; v += WG) { m = max(m, logits[base + v]); }
-  red[li] = m;
-  m = reduce_max(li);
   var s = 0.0;
-  for (var v = li; v < V; v += WG) { s += exp(logits[base + v] - m); }
-  red[li] = s;
+  for (var v = li; v < V; v += WG) {
+    let x = logits[base + v];
+    if (x > m) {
+      s = s * exp(m - x) + 1.0;
+      m = x;
+    } else {
+      s += exp(x - m);
+    }
+  }
+  red[li] = m;
+  let row_max = reduce_max(li);
+  red[li] = s * exp(m - row_max);  // this invocation's sum against the row's max (0 if it had none)
   s = reduce_sum(li);
+  m = row_max;
   let lse = m + log(s);
   let t = u32(label);
   if (li == 0u) { loss[r] = lse - logits[base + t]; }
