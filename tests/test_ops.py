@@ -70,6 +70,58 @@ def test_matmul_with_a_residual(ops, arrays, M, N, K, splits, expected, residual
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("splits", [None, 2])
+def test_matmul_fused_projections_in_blocks(ops, arrays, splits):
+    """Blocks: q, k, v as one product. Forward: C's column blocks are three row-major outputs one
+    after the other, and the second product (LoRA's u · Bᵀ) is block-diagonal. Backward: A's K
+    blocks are three inputs one after the other, the second product's blocks all meet C."""
+    from loralab.ops import Blocks, Product
+
+    M, K, r, widths = 150, 64, 4, (96, 32, 32)
+    bounds = (widths[0], widths[0] + widths[1])
+    N = sum(widths)
+    g = rng("blocks", splits)
+    x = g.standard_normal((M, K), dtype=np.float32)
+    W = [g.standard_normal((w, K), dtype=np.float32) for w in widths]
+    u = [g.standard_normal((M, r), dtype=np.float32) for _ in widths]
+    Bl = [g.standard_normal((w, r), dtype=np.float32) for w in widths]
+    pad = 64  # B's blocks sit in one buffer with gaps, as in LoRA's flat parameters
+    flat, offsets = [], []
+    for b in Bl:
+        offsets.append(sum(a.size for a in flat))
+        flat += [b.ravel(), np.zeros(pad, np.float32)]
+    c = arrays.empty(M * N)
+    d = ops.matmul(c, arrays.up(x), arrays.up(np.concatenate(W)), M, N, K, alpha=0.5, splits=splits,
+                   plus=Product(arrays.up(np.concatenate([a.ravel() for a in u])), arrays.up(np.concatenate(flat)),
+                                3 * r, alpha=1.5),
+                   blocks=Blocks(n=bounds, r=r, a2_block=M * r, b2_offsets=tuple(offsets), b2_strides=(r, 1),
+                                 b2_diagonal=True))
+    arrays.submit(d)
+    got = arrays.down(c, (M * N,))
+    at = 0
+    for Wg, ug, Bg, w in zip(W, u, Bl, widths):
+        expected = 0.5 * ref.matmul(x, Wg) + 1.5 * ref.matmul(ug, Bg)
+        np.testing.assert_allclose(got[at:at + M * w].reshape(M, w), expected, rtol=1e-5, atol=1e-4)
+        at += M * w
+
+    # backward: dx = Σ_g dy_g · W_g + Σ_g du_g · A_g
+    dy = [g.standard_normal((M, w), dtype=np.float32) for w in widths]
+    Al = [g.standard_normal((r, K), dtype=np.float32) for _ in widths]
+    flat, offsets = [], []
+    for a in Al:
+        offsets.append(sum(b.size for b in flat))
+        flat += [a.ravel(), np.zeros(pad, np.float32)]
+    dx = arrays.empty(M * K)
+    d = ops.matmul(dx, arrays.up(np.concatenate([a.ravel() for a in dy])), arrays.up(np.concatenate(W)), M, K, N,
+                   trans_b=True, splits=splits,
+                   plus=Product(arrays.up(np.concatenate([a.ravel() for a in u])), arrays.up(np.concatenate(flat)),
+                                3 * r, alpha=2.0),
+                   blocks=Blocks(k=bounds, r=r, a2_block=M * r, b2_offsets=tuple(offsets), b2_strides=(1, K)))
+    arrays.submit(d)
+    expected = sum(ref.matmul(a, Wg.T) + 2.0 * ref.matmul(ug, Ag.T) for a, Wg, ug, Ag in zip(dy, W, u, Al))
+    np.testing.assert_allclose(arrays.down(dx, (M, K)), expected, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("M, N, K, trans_a, trans_b", [(8, 70, 333, True, True), (70, 8, 333, True, True),
                                                       (8, 72, 333, True, True), (72, 8, 333, True, True),
                                                       (20, 40, 300, False, False)])

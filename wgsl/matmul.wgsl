@@ -44,6 +44,17 @@ struct Params {
   b2_sk: u32,
   rel2: f32,  // the second product's scale over alpha
   c_in: u32,  // 1: beta · C_in (else beta · C)
+  // Fused projections (q, k and v as one product), up to three blocks each:
+  seg_n1: u32,  // C's columns in blocks [0, seg_n1), [seg_n1, seg_n2), [seg_n2, N), each
+  seg_n2: u32,  //   its own row-major [M, width] after the one before (seg_n1 = N: no blocks)
+  seg_k1: u32,  // A's K likewise: blocks [M, width] one after the other, read along K
+  seg_k2: u32,  //   (seg_k1 = K: no blocks)
+  r2: u32,      // the second product in blocks of r2 k (0: one block): block g of A2 is at
+  a2_blk: u32,  //   A2 + g · a2_blk, of B2 at B2 + b2_off[g]; with b2_diag, B2's block g only
+  b2_off0: u32, //   meets C's column block g (n counted from the block's start)
+  b2_off1: u32,
+  b2_off2: u32,
+  b2_diag: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -61,9 +72,38 @@ const TILE_K = 16u;
 var<workgroup> a_tile: array<vec4f, 512>;  // [TILE_K][TILE_M / 4]
 var<workgroup> b_tile: array<vec4f, 512>;  // [TILE_K][TILE_N / 4]
 
+// Which of three blocks [0, s1), [s1, s2), [s2, …) holds x, and where that block starts.
+fn block_of(x: u32, s1: u32, s2: u32) -> u32 {
+  return select(0u, 1u, x >= s1) + select(0u, 1u, x >= s2);
+}
+
+fn block_start(g: u32, s1: u32, s2: u32) -> u32 {
+  return select(select(0u, s1, g == 1u), s2, g == 2u);
+}
+
+fn block_end(g: u32, s1: u32, s2: u32, end: u32) -> u32 {
+  return select(select(s1, s2, g == 1u), end, g == 2u);
+}
+
+// BLOCKS: the pipeline for fused products (the seg_* and r2 parameters); without it those
+// branches are compiled out of every other product's loads and stores.
+override BLOCKS: bool = false;
+
 fn load_a(m: u32, k: u32, k_end: u32, second: bool) -> f32 {
   if (m >= params.M || k >= k_end) { return 0.0; }
-  if (second) { return params.rel2 * A2[m * params.a2_sm + k * params.a2_sk]; }
+  if (second) {
+    if (BLOCKS && params.r2 > 0u) {
+      let g = k / params.r2;
+      return params.rel2 * A2[g * params.a2_blk + m * params.a2_sm + (k % params.r2) * params.a2_sk];
+    }
+    return params.rel2 * A2[m * params.a2_sm + k * params.a2_sk];
+  }
+  if (BLOCKS && params.seg_k1 < params.K) {  // K in blocks: [M, width] each, read along K
+    let g = block_of(k, params.seg_k1, params.seg_k2);
+    let start = block_start(g, params.seg_k1, params.seg_k2);
+    let width = block_end(g, params.seg_k1, params.seg_k2, params.K) - start;
+    return A[params.M * start + m * width + (k - start)];
+  }
   return A[m * params.a_sm + k * params.a_sk];
 }
 
@@ -73,7 +113,19 @@ override B_F16: bool = false;
 
 fn load_b(n: u32, k: u32, k_end: u32, second: bool) -> f32 {
   if (n >= params.N || k >= k_end) { return 0.0; }
-  if (second) { return B2[n * params.b2_sn + k * params.b2_sk]; }
+  if (second) {
+    if (BLOCKS && params.r2 > 0u) {
+      let g = k / params.r2;
+      var nn = n;
+      if (params.b2_diag != 0u) {
+        if (block_of(n, params.seg_n1, params.seg_n2) != g) { return 0.0; }
+        nn = n - block_start(g, params.seg_n1, params.seg_n2);
+      }
+      let off = select(select(params.b2_off0, params.b2_off1, g == 1u), params.b2_off2, g == 2u);
+      return B2[off + nn * params.b2_sn + (k % params.r2) * params.b2_sk];
+    }
+    return B2[n * params.b2_sn + k * params.b2_sk];
+  }
   let e = n * params.b_sn + k * params.b_sk;
   if (B_F16) { return unpack2x16float(B[e / 2u])[e % 2u]; }
   return bitcast<f32>(B[e]);
@@ -81,19 +133,29 @@ fn load_b(n: u32, k: u32, k_end: u32, second: bool) -> f32 {
 
 fn store_row(r: u32, c: u32, left: vec4f, right: vec4f, z: u32) {
   if (r >= params.M) { return; }
-  let base = z * params.c_sz + r * params.N;
   for (var j = 0u; j < 4u; j++) {
     if (c + j < params.N) {
+      let at = z * params.c_sz + c_index(r, c + j);
       var v = params.alpha * left[j];
-      if (params.beta != 0.0) { v += params.beta * c_old(base + c + j); }
-      C[base + c + j] = v;
+      if (params.beta != 0.0) { v += params.beta * c_old(at); }
+      C[at] = v;
     }
     if (c + 64u + j < params.N) {
+      let at = z * params.c_sz + c_index(r, c + 64u + j);
       var v = params.alpha * right[j];
-      if (params.beta != 0.0) { v += params.beta * c_old(base + c + 64u + j); }
-      C[base + c + 64u + j] = v;
+      if (params.beta != 0.0) { v += params.beta * c_old(at); }
+      C[at] = v;
     }
   }
+}
+
+// Where C's (r, n) lives: row-major, or in its column block (a permutation of [0, M·N) either way).
+fn c_index(r: u32, n: u32) -> u32 {
+  if (!BLOCKS || params.seg_n1 >= params.N) { return r * params.N + n; }
+  let g = block_of(n, params.seg_n1, params.seg_n2);
+  let start = block_start(g, params.seg_n1, params.seg_n2);
+  let width = block_end(g, params.seg_n1, params.seg_n2, params.N) - start;
+  return params.M * start + r * width + (n - start);
 }
 
 fn c_old(i: u32) -> f32 {

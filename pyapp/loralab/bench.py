@@ -15,7 +15,7 @@ from .gpu.device import Device
 from .lora import LoraConfig, LoraState
 from .model.config import ModelConfig
 from .model.transformer import Transformer
-from .model.weights import expected_shapes
+from .model.weights import expected_shapes, fuse_attention_inputs
 from .ops import Ops
 from .train import TrainConfig, Trainer
 
@@ -54,7 +54,7 @@ def random_weights(ops: Ops, config: ModelConfig, seed: int = 0, dtype: str = "f
             buf = packed
         weights[name] = buf
     ops.device.submit(cmds)
-    return weights
+    return fuse_attention_inputs(ops.device, config, weights)
 
 
 async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int, steps: int, rank: int,

@@ -142,6 +142,10 @@ class LoraState:
     def grad(self, layer: int, module: str, kind: str) -> Buffer:
         return self._views[(layer, module, kind)][2]
 
+    def offset(self, layer: int, module: str, kind: str) -> int:
+        """Where a tensor starts in the flat buffers, in floats."""
+        return self._views[(layer, module, kind)][0].offset // 4
+
     def grad_slices(self, parts: Buffer, count: int, layer: int, module: str, kind: str) -> Buffer:
         """A tensor's place in `parts`, `count` gradient-shaped slices (each `numel` floats):
         the view from its first slice to the end of its last."""

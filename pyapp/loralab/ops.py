@@ -62,6 +62,24 @@ class Product:
     alpha: float = 1.0
 
 
+@dataclass(frozen=True)
+class Blocks:
+    """A fused product's blocks for Ops.matmul (matmul.wgsl): q, k and v as one product.
+    n: C's column bounds (s1, s2): columns [0, s1), [s1, s2), [s2, N) each a row-major [M, width]
+    block after the one before. k: A's K bounds likewise (A's blocks [M, width], read along K).
+    r: the second product in blocks of r k: A2's block g at A2 + g · a2_block floats ([M, r]
+    row-major), B2's at b2_offsets[g] with strides b2_strides (n, i); with b2_diagonal, B2's
+    block g meets only C's column block g."""
+
+    n: tuple[int, int] | None = None
+    k: tuple[int, int] | None = None
+    r: int = 0
+    a2_block: int = 0
+    b2_offsets: tuple[int, int, int] = (0, 0, 0)
+    b2_strides: tuple[int, int] = (1, 1)
+    b2_diagonal: bool = False
+
+
 def grid_1d(workgroups: int) -> tuple[int, int]:
     """`workgroups` laid out as (x, y) within the per-dimension limit; kernels index
     x + y · 65535 (rows) or gid.x + gid.y · nwg.x · WG (elements)."""
@@ -116,6 +134,7 @@ class Ops:
         self.f16: dict[tuple[str, str], Kernel] = {}
         self.rows: dict[int, Kernel] = {}  # matmul_rows by RV (vec4s of outputs per row)
         self.cols: dict[int, Kernel] = {}  # matmul_cols by RV
+        self.blocks: dict[bool, Kernel] = {}  # matmul for fused products (Blocks), by float16 B
 
     @classmethod
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
@@ -125,6 +144,8 @@ class Ops:
         ops = cls(device, kernels, library)
         for name, flag in F16_VARIANTS:
             ops.f16[(name, flag)] = await library.get(name, constants={flag: True})
+        for b_f16 in (False, True):
+            ops.blocks[b_f16] = await library.get("matmul", constants={"BLOCKS": True, **({"B_F16": True} if b_f16 else {})})
         for rv in range(1, MAX_ROWS_OUTPUTS // 4 + 1):
             ops.rows[rv] = await library.get("matmul_rows", constants={"RV": rv})
             ops.cols[rv] = await library.get("matmul_cols", constants={"RV": rv})
@@ -197,7 +218,8 @@ class Ops:
     def matmul(self, C: Buffer, A: Buffer, B: Buffer, M: int, N: int, K: int, *,
                trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0,
                splits: int | None = None, plus: "Product | None" = None,
-               slices: tuple[int, int] | None = None, c_in: Buffer | None = None) -> list[Dispatch]:
+               slices: tuple[int, int] | None = None, c_in: Buffer | None = None,
+               blocks: Blocks | None = None) -> list[Dispatch]:
         """C[M,N] = alpha · op(A)[M,K] · op(B)[N,K]ᵀ (+ plus.alpha · op(plus.A) · op(plus.B)ᵀ) + beta · C.
         A is stored [M,K] (or [K,M] with trans_a); B is stored [N,K] (or [K,N] with trans_b).
         Few output tiles and a long K are split along K (`splits` overrides the choice). `plus`,
@@ -206,13 +228,16 @@ class Ops:
         slices = (S, stride): K is split S ways and split z's product goes to its own slice,
         C + z·stride floats (alpha and beta applied there): one dispatch, no reduction; the
         caller sums the slices (LoRA's gradients: one sum for all of them, see sum_slices).
-        c_in: the beta term reads c_in[M, N] instead of C (a residual added without a copy)."""
+        c_in: the beta term reads c_in[M, N] instead of C (a residual added without a copy).
+        blocks: a fused product's layout (see Blocks; the tiled kernel only)."""
         if slices is not None and (plus is not None or splits is not None):
             raise ValueError("matmul: slices go without a second product or a split count")
         a_sm, a_sk = (1, M) if trans_a else (K, 1)
         b_sn, b_sk = (1, N) if trans_b else (K, 1)
         c_in = c_in if beta != 0.0 else None
         route = self._route(M, N, K, a_sk, b_sn, A, B, slices)
+        if blocks is not None and (route != "matmul" or alpha == 0.0 or trans_a):
+            raise ValueError(f"matmul: blocks need the tiled kernel ({M}×{N}×{K} goes to {route})")
         if route != "matmul" or (plus is not None and alpha == 0.0):
             out = [Copy(c_in, 0, C, 0, M * N * 4)] if c_in is not None else []  # the others have no C_in
             if route == "matmul_rows":
@@ -230,11 +255,16 @@ class Ops:
             return out
         if A.dtype != "f32":
             raise ValueError(f"matmul: {A.label} is {A.dtype}; only the B operand may hold float16 weights")
-        kernel = self.f16[("matmul", "B_F16")] if B.dtype == "f16" else self.k["matmul"]
+        if blocks is not None:
+            kernel = self.blocks[B.dtype == "f16"]
+        else:
+            kernel = self.f16[("matmul", "B_F16")] if B.dtype == "f16" else self.k["matmul"]
         src = kernel.source
         grid = (math.ceil(N / src.constant("TILE_N")), math.ceil(M / src.constant("TILE_M")))
         params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta,
-                      K2=0, a2_sm=0, a2_sk=0, b2_sn=0, b2_sk=0, rel2=0.0, c_in=int(c_in is not None))
+                      K2=0, a2_sm=0, a2_sk=0, b2_sn=0, b2_sk=0, rel2=0.0, c_in=int(c_in is not None),
+                      seg_n1=N, seg_n2=N, seg_k1=K, seg_k2=K, r2=0, a2_blk=0, b2_off0=0, b2_off1=0, b2_off2=0,
+                      b2_diag=0)
         second = {"A2": A, "B2": B, "C_in": c_in if c_in is not None else A}  # bound but unread when unused
         if plus is not None:
             if plus.A.dtype != "f32" or plus.B.dtype != "f32":
@@ -242,6 +272,15 @@ class Ops:
             params.update(K2=plus.K, a2_sm=1 if plus.trans_a else plus.K, a2_sk=M if plus.trans_a else 1,
                           b2_sn=1 if plus.trans_b else plus.K, b2_sk=N if plus.trans_b else 1, rel2=plus.alpha / alpha)
             second.update(A2=plus.A, B2=plus.B)
+        if blocks is not None:
+            if blocks.n:
+                params.update(seg_n1=blocks.n[0], seg_n2=blocks.n[1])
+            if blocks.k:
+                params.update(seg_k1=blocks.k[0], seg_k2=blocks.k[1])
+            if blocks.r and plus is not None:
+                params.update(r2=blocks.r, a2_blk=blocks.a2_block, a2_sm=blocks.r, a2_sk=1,
+                              b2_off0=blocks.b2_offsets[0], b2_off1=blocks.b2_offsets[1], b2_off2=blocks.b2_offsets[2],
+                              b2_sn=blocks.b2_strides[0], b2_sk=blocks.b2_strides[1], b2_diag=int(blocks.b2_diagonal))
         return self._split_k(kernel, grid, params, splits, A, B, C, slices, **second)
 
     def _split_k(self, kernel: Kernel, grid: tuple[int, int], params: dict, splits: int | None,

@@ -103,6 +103,8 @@ def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_di
                              alpha_pattern=patterns.get("alpha_pattern", {}))
     config, lora, model = build(gpu, ops, run, model_dir, lora_config, B, S, checkpointing)
     assert model.grad_slices == slices
+    # q, k and v run as one product unless their adapters differ (rank_pattern gives q rank 2)
+    assert (model._qkv_fusable(0, B * S) is None) == bool(patterns)
     lora.load_state({k: v.tobytes() for k, v in hf.lora_state(pm).items()})
     flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
     model.write_batch(flat_ids, targets)

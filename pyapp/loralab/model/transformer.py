@@ -12,10 +12,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..gpu.device import Buffer, Copy, Device
+from ..gpu.device import VIEW_ALIGNMENT, Buffer, Copy, Device
 from ..lora import LoraState
-from ..ops import Ops, Product
+from ..ops import MAX_ROWS_OUTPUTS, Blocks, Ops, Product
 from .config import PROJECTIONS, ModelConfig
+from .weights import adjacent
 
 LOGITS_CHUNK_BYTES = 96 * 2**20  # the [rows, V] logits block computed at once
 # LoRA's gradients sum over the tokens: each gradient product splits the tokens this many ways
@@ -27,6 +28,7 @@ GRAD_SLICE_TOKENS = 128
 # Chunks are multiples of 128 rows, the matmul's tile height (no tile half past the chunk), or of
 # 64 for vocabularies too large for that; 64 · 4 bytes keeps the views 256-aligned.
 ROW_ALIGN = 128
+ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")
 
 
 @dataclass
@@ -61,6 +63,8 @@ class LayerActivations:
     up: Buffer  # [T, I]
     h: Buffer  # [T, I] silu(gate) · up (input of down_proj)
     u: dict  # module -> [T, r]: x · Aᵀ, the LoRA inner activation
+    qkv: Buffer | None = None  # q, k, v one after the other (their views), for the fused product
+    u_qkv: Buffer | None = None  # u of q, k, v, blocks QKV_U_BLOCK apart (their views)
 
 
 class Transformer:
@@ -90,17 +94,38 @@ class Transformer:
         self.res = [buf(T * C, f"res.{l}") for l in range(cfg.num_layers + 1)]
         r = lora.config.max_rank if lora else 0
         kept = 1 if checkpointing else cfg.num_layers  # with checkpointing all layers share one set
-        layers = [
-            LayerActivations(
-                xn1=buf(T * C, f"l{l}.xn1"), rstd1=buf(T, f"l{l}.rstd1"),
-                q=buf(T * cfg.q_size, f"l{l}.q"), k=buf(T * cfg.kv_size, f"l{l}.k"), v=buf(T * cfg.kv_size, f"l{l}.v"),
+        # q, k and v (and their gradients) one after the other, so that the three projections
+        # can run as one product (see _qkv_fusable); views need 256-byte-aligned offsets.
+        self.qkv_sizes = (T * cfg.q_size, T * cfg.kv_size, T * cfg.kv_size)
+        self.u_block = -(-T * max(r, 1) // (VIEW_ALIGNMENT // 4)) * (VIEW_ALIGNMENT // 4)  # floats per u block
+
+        def blocks(sizes: tuple, label: str) -> tuple[Buffer | None, list[Buffer]]:
+            """One buffer and a view per size, or (None, separate buffers) where a view's offset
+            would not be aligned."""
+            if any(n * 4 % VIEW_ALIGNMENT for n in sizes[:-1]):
+                return None, [buf(n, f"{label}.{i}") for i, n in enumerate(sizes)]
+            whole = buf(sum(sizes), label)
+            views, at = [], 0
+            for n in sizes:
+                views.append(whole.view(at * 4, n * 4))
+                at += n
+            return whole, views
+
+        def layer_activations(l: int) -> LayerActivations:
+            qkv, (q, k, v) = blocks(self.qkv_sizes, f"l{l}.qkv")
+            u_qkv, u_views = blocks((self.u_block,) * 3, f"l{l}.u_qkv")
+            u = {}
+            for m in lora.config.targets if lora else ():
+                u[m] = u_views[ATTENTION_INPUTS.index(m)] if m in ATTENTION_INPUTS else buf(T * r, f"l{l}.u.{m}")
+            return LayerActivations(
+                xn1=buf(T * C, f"l{l}.xn1"), rstd1=buf(T, f"l{l}.rstd1"), q=q, k=k, v=v,
                 attn=buf(T * cfg.q_size, f"l{l}.attn"), lse=buf(T * cfg.num_heads, f"l{l}.lse"),
                 mid=buf(T * C, f"l{l}.mid"), xn2=buf(T * C, f"l{l}.xn2"), rstd2=buf(T, f"l{l}.rstd2"),
                 gate=buf(T * I, f"l{l}.gate"), up=buf(T * I, f"l{l}.up"), h=buf(T * I, f"l{l}.h"),
-                u={m: buf(T * r, f"l{l}.u.{m}") for m in (lora.config.targets if lora else ())},
+                u=u, qkv=qkv, u_qkv=u_qkv,
             )
-            for l in range(kept)
-        ]
+
+        layers = [layer_activations(l) for l in range(kept)]
         self.layers = layers * cfg.num_layers if checkpointing else layers
         self.xnf, self.rstdf = buf(T * C, "xnf"), buf(T, "rstdf")
         self.token_loss = buf(T, "token_loss")  # [T] per-token loss
@@ -119,11 +144,12 @@ class Transformer:
         self.dxnf = buf(T * C, "dxnf")
         self.dxnf_chunks = [self.dxnf.view(r0 * C * 4, min(rows, T - r0) * C * 4) for r0 in range(0, T, rows)]
         self.dh, self.dgate, self.dup = buf(T * I, "dh"), buf(T * I, "dgate"), buf(T * I, "dup")
-        self.d_attn, self.dq = buf(T * cfg.q_size, "d_attn"), buf(T * cfg.q_size, "dq")
-        self.dk, self.dv = buf(T * cfg.kv_size, "dk"), buf(T * cfg.kv_size, "dv")
+        self.d_attn = buf(T * cfg.q_size, "d_attn")
+        self.dqkv, (self.dq, self.dk, self.dv) = blocks(self.qkv_sizes, "dqkv")
         self.delta = buf(T * cfg.num_heads, "delta")
         self.dk_heads, self.dv_heads = buf(T * cfg.q_size, "dk_heads"), buf(T * cfg.q_size, "dv_heads")
         self.du = buf(T * max(r, 1), "du")
+        self.du_qkv, self.du_views = blocks((self.u_block,) * 3, "du_qkv")  # q, k, v's du for the fused product
         self.grad_slices = 1
         if lora:
             limit = device.info.limits.get("maxStorageBufferBindingSize", 128 * 2**20)
@@ -192,6 +218,89 @@ class Transformer:
         view = self.lora.grad_slices(self.grad_parts, self.grad_slices, layer, module, kind)
         return view, (self.grad_slices, self.lora.numel)
 
+    def _lora_grads(self, cmds: list, dy: Buffer, x: Buffer, layer: int, module: str, accumulate_grads: bool,
+                    step: Buffer | None, du: Buffer) -> Buffer:
+        """LoRA gradients dB (+)= s · dyᵀ · u, dA (+)= (s · dy · B)ᵀ · dropout(x), leaving
+        du = s · dy · B; returns the adapter's input (x, or dropout(x))."""
+        r, s, lora = self.lora.config.rank(layer, module), self.lora.config.scaling_for(layer, module), self.lora
+        out_f, in_f = self.config.projection_shape(module)
+        T, ops = self.T, self.ops
+        g = 1.0 if accumulate_grads else 0.0
+        u = self.layers[layer].u[module]
+        grad, slices = self._grad_out(layer, module, "B")
+        cmds.extend(ops.matmul(grad, dy, u, out_f, r, T, trans_a=True, trans_b=True, alpha=s, beta=g, slices=slices))
+        cmds.extend(ops.matmul(du, dy, lora.param(layer, module, "B"), T, r, out_f, trans_b=True, alpha=s))
+        x_in = self._lora_input(cmds, x, layer, module, T, step)
+        grad, slices = self._grad_out(layer, module, "A")
+        cmds.extend(ops.matmul(grad, du, x_in, r, in_f, T, trans_a=True, trans_b=True, beta=g, slices=slices))
+        return x_in
+
+    # -- q, k and v as one product --------------------------------------------------------------
+    def _qkv_fusable(self, layer: int, T: int) -> Buffer | None:
+        """The q, k and v weights as one buffer where the three projections can run as one
+        product: the weights lie one after the other (fuse_attention_inputs), so do the
+        activations, the whole batch runs (not a KV-cache step), and q, k and v have adapters
+        alike (same rank and scaling, no dropout) or none."""
+        a = self.layers[layer]
+        if T != self.T or a.qkv is None or a.u_qkv is None or self.dqkv is None or self.du_qkv is None:
+            return None
+        if min(T, self.config.hidden_size) <= MAX_ROWS_OUTPUTS:  # products this thin skip the tiled kernel
+            return None
+        weight = adjacent([self._weight(layer, m) for m in ATTENTION_INPUTS])
+        if weight is None or not self.lora:
+            return weight
+        has = [self.lora.has(layer, m) for m in ATTENTION_INPUTS]
+        if not any(has):
+            return weight
+        cfg = self.lora.config
+        if (not all(has) or cfg.dropout > 0 or len({cfg.rank(layer, m) for m in ATTENTION_INPUTS}) > 1
+                or len({cfg.scaling_for(layer, m) for m in ATTENTION_INPUTS}) > 1):
+            return None
+        return weight
+
+    def _qkv_blocks(self, layer: int, kind: str) -> tuple[int, Blocks]:
+        """The adapter's rank and the Blocks of the fused product: forward (kind "B": u · Bᵀ,
+        block-diagonal) or backward (kind "A": du · A)."""
+        cfg = self.config
+        bounds = (cfg.q_size, cfg.q_size + cfg.kv_size)
+        if not (self.lora and self.lora.has(layer, "q_proj")):
+            return 0, Blocks(n=bounds) if kind == "B" else Blocks(k=bounds)
+        r = self.lora.config.rank(layer, "q_proj")
+        offsets = tuple(self.lora.offset(layer, m, kind) for m in ATTENTION_INPUTS)
+        if kind == "B":
+            return r, Blocks(n=bounds, r=r, a2_block=self.u_block, b2_offsets=offsets, b2_strides=(r, 1),
+                             b2_diagonal=True)
+        return r, Blocks(k=bounds, r=r, a2_block=self.u_block, b2_offsets=offsets, b2_strides=(1, cfg.hidden_size))
+
+    def _qkv_forward(self, cmds: list, layer: int, weight: Buffer) -> None:
+        """q, k, v = xn1 · [Wq; Wk; Wv]ᵀ (+ bias) + s · u · Bᵀ per block, one product."""
+        cfg, ops, T, a = self.config, self.ops, self.T, self.layers[layer]
+        C, N = cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size
+        r, blocks = self._qkv_blocks(layer, "B")
+        plus = None
+        if r:
+            for m in ATTENTION_INPUTS:
+                cmds.extend(ops.matmul(a.u[m], a.xn1, self.lora.param(layer, m, "A"), T, r, C))
+            plus = Product(a.u_qkv, self.lora.params, 3 * r, alpha=self.lora.config.scaling_for(layer, "q_proj"))
+        cmds.extend(ops.matmul(a.qkv, a.xn1, weight, T, N, C, plus=plus, blocks=blocks))
+        if cfg.attention_bias:
+            for m, y in zip(ATTENTION_INPUTS, (a.q, a.k, a.v)):
+                cmds.append(ops.bias_add(y, self._weight(layer, m, "bias"), T, cfg.projection_shape(m)[0]))
+
+    def _qkv_backward(self, cmds: list, dx: Buffer | None, layer: int, weight: Buffer, accumulate_grads: bool,
+                      step: Buffer | None) -> None:
+        """The LoRA gradients of q, k and v, and dx = [dq dk dv] · [Wq; Wk; Wv] + Σ du · A, one product."""
+        cfg, a = self.config, self.layers[layer]
+        r, blocks = self._qkv_blocks(layer, "A")
+        plus = None
+        if r:
+            for m, dy, du in zip(ATTENTION_INPUTS, (self.dq, self.dk, self.dv), self.du_views):
+                self._lora_grads(cmds, dy, a.xn1, layer, m, accumulate_grads, step, du)
+            plus = Product(self.du_qkv, self.lora.params, 3 * r)
+        if dx is not None:
+            cmds.extend(self.ops.matmul(dx, self.dqkv, weight, self.T, cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size,
+                                        trans_b=True, plus=plus, blocks=blocks))
+
     def _linear_backward(self, cmds: list, dx: Buffer | None, dy: Buffer, x: Buffer, layer: int, module: str,
                          accumulate_dx: bool, accumulate_grads: bool, step: Buffer | None = None) -> None:
         """dx (+)= dy · W (+ dropout'(dy · s·B · A)); LoRA gradients dB (+)= s · dyᵀ · u,
@@ -203,15 +312,8 @@ class Transformer:
             if dx is not None:
                 cmds.extend(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True, beta=beta_dx))
             return
-        r, s, lora = self.lora.config.rank(layer, module), self.lora.config.scaling_for(layer, module), self.lora
-        g = 1.0 if accumulate_grads else 0.0
-        u = self.layers[layer].u[module]
-        grad, slices = self._grad_out(layer, module, "B")
-        cmds.extend(ops.matmul(grad, dy, u, out_f, r, T, trans_a=True, trans_b=True, alpha=s, beta=g, slices=slices))
-        cmds.extend(ops.matmul(self.du, dy, lora.param(layer, module, "B"), T, r, out_f, trans_b=True, alpha=s))
-        x_in = self._lora_input(cmds, x, layer, module, T, step)
-        grad, slices = self._grad_out(layer, module, "A")
-        cmds.extend(ops.matmul(grad, self.du, x_in, r, in_f, T, trans_a=True, trans_b=True, beta=g, slices=slices))
+        r, lora = self.lora.config.rank(layer, module), self.lora
+        x_in = self._lora_grads(cmds, dy, x, layer, module, accumulate_grads, step, self.du)
         if dx is None:
             return
         if x_in is x:  # dx (+)= dy · W + du · A in one pass
@@ -247,9 +349,12 @@ class Transformer:
         C, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
         a, p = self.layers[l], f"model.layers.{l}."
         cmds.append(ops.rmsnorm(a.xn1, a.rstd1, self.res[l], self.w[p + "input_layernorm.weight"], T, C, cfg.rms_norm_eps))
-        self._linear(cmds, a.q, a.xn1, l, "q_proj", T, step=step)
-        self._linear(cmds, a.k, a.xn1, l, "k_proj", T, step=step)
-        self._linear(cmds, a.v, a.xn1, l, "v_proj", T, step=step)
+        weight = self._qkv_fusable(l, T)
+        if weight is not None:
+            self._qkv_forward(cmds, l, weight)
+        else:
+            for m, y in zip(ATTENTION_INPUTS, (a.q, a.k, a.v)):
+                self._linear(cmds, y, a.xn1, l, m, T, step=step)
         cmds.append(ops.rope(a.q, self.pos, self.inv_freq, T, cfg.num_heads, D, y=a.k, H2=cfg.num_kv_heads))
         if cache is None:
             cmds.append(ops.attention(a.attn, a.lse, a.q, a.k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D))
@@ -314,9 +419,13 @@ class Transformer:
             cmds.append(ops.rope(self.dq, self.pos, self.inv_freq, T, cfg.num_heads, D, backward=True, y=self.dk,
                                  H2=cfg.num_kv_heads))
             dxn = None if first else self.dxn
-            self._linear_backward(cmds, dxn, self.dq, a.xn1, l, "q_proj", False, acc, step)
-            self._linear_backward(cmds, dxn, self.dk, a.xn1, l, "k_proj", True, acc, step)
-            self._linear_backward(cmds, dxn, self.dv, a.xn1, l, "v_proj", True, acc, step)
+            weight = self._qkv_fusable(l, T)
+            if weight is not None:
+                self._qkv_backward(cmds, dxn, l, weight, acc, step)
+            else:
+                self._linear_backward(cmds, dxn, self.dq, a.xn1, l, "q_proj", False, acc, step)
+                self._linear_backward(cmds, dxn, self.dk, a.xn1, l, "k_proj", True, acc, step)
+                self._linear_backward(cmds, dxn, self.dv, a.xn1, l, "v_proj", True, acc, step)
             if not first:
                 cmds.append(ops.rmsnorm_backward(self.d_res, self.res[l], self.w[p + "input_layernorm.weight"], a.rstd1,
                                                  self.dxn, T, C, residual=self.d_mid))

@@ -11,7 +11,7 @@ import os
 from typing import Protocol
 
 from ..formats.safetensors import SafetensorsError, TensorInfo, read_header, to_f32_bytes
-from ..gpu.device import Buffer, Device
+from ..gpu.device import VIEW_ALIGNMENT, Buffer, Copy, Device
 from .config import ModelConfig, ModelConfigError
 
 
@@ -172,4 +172,37 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
             device.destroy_buffer(buffer)
             buffer = packed
         weights[name] = buffer
+    return fuse_attention_inputs(device, config, weights)
+
+
+def fuse_attention_inputs(device: Device, config: ModelConfig, weights: dict[str, Buffer]) -> dict[str, Buffer]:
+    """Put each layer's q, k and v projection matrices one after the other in one buffer (the
+    dict keeps a view per matrix), so the three products can run as one (Transformer). Skipped
+    where a matrix's size is not a multiple of the view alignment."""
+    for layer in range(config.num_layers):
+        names = [f"model.layers.{layer}.self_attn.{m}_proj.weight" for m in "qkv"]
+        parts = [weights[n] for n in names]
+        if any(p.size % VIEW_ALIGNMENT or p.offset for p in parts) or len({p.dtype for p in parts}) > 1:
+            continue
+        fused = device.create_buffer(sum(p.size for p in parts), label=f"model.layers.{layer}.self_attn.qkv")
+        fused.dtype = parts[0].dtype
+        at, copies = 0, []
+        for part in parts:
+            copies.append(Copy(part, 0, fused, at, part.size))
+            at += part.size
+        device.submit(copies)
+        at = 0
+        for name, part in zip(names, parts):
+            device.destroy_buffer(part)
+            weights[name] = fused.view(at, part.size, label=name)
+            at += part.size
     return weights
+
+
+def adjacent(parts: list[Buffer]) -> Buffer | None:
+    """The buffer spanning `parts` if they are views lying one after the other in it, else None."""
+    for a, b in zip(parts, parts[1:]):
+        if b.handle is not a.handle or b.offset != a.offset + a.size or b.dtype != a.dtype:
+            return None
+    first = parts[0]
+    return Buffer(first.handle, sum(p.size for p in parts), first.usage, f"{first.label}+", first.offset, first.dtype)
