@@ -84,7 +84,9 @@ def app_page(page, page_guard, site):
 def ops(gpu, kernels, run):
     from loralab.ops import Ops
 
-    return run(Ops.load(gpu, kernels))
+    ops = run(Ops.load(gpu, kernels))
+    run(ops.prepare_all())  # every product's pipeline, so the tests reach every path
+    return ops
 
 
 class GpuArrays:

@@ -65,6 +65,7 @@ async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int
     device: Device = ops.device
     attention = await ops.specialize_head_dim(config.head_dim, attention)
     own_weights = weights is None
+    await ops.prepare(f16_weights=weights_dtype == "f16")
     weights = weights or random_weights(ops, config, dtype=weights_dtype)
     lora = LoraState(device, config, LoraConfig(r=rank, alpha=2.0 * rank))
     device.submit(lora.init_dispatches(ops, seed=1))
@@ -125,6 +126,7 @@ async def profile_step(ops: Ops, config: ModelConfig, batch: int, seq_len: int, 
 
     device: Device = ops.device
     await ops.specialize_head_dim(config.head_dim, attention)
+    await ops.prepare()
     weights = weights or random_weights(ops, config)
     lora = LoraState(device, config, LoraConfig(r=rank, alpha=2.0 * rank))
     model = Transformer(device, ops, config, weights, lora, batch, seq_len)
@@ -155,6 +157,7 @@ async def profile_step(ops: Ops, config: ModelConfig, batch: int, seq_len: int, 
 
 async def bench_matmul(ops: Ops, M: int, N: int, K: int, repeats: int = 20, trans_b: bool = False) -> dict:
     """GFLOP/s of C[M,N] = A[M,K]·B[N,K]ᵀ (or A·B with trans_b), `repeats` dispatches per submit."""
+    await ops.prepare()
     device = ops.device
     a = device.create_buffer(M * K * 4, label="bench.A")
     b = device.create_buffer(N * K * 4, label="bench.B")

@@ -115,6 +115,7 @@ SPLIT_MIN_K_PER_SPLIT = 128
 THIN_SPLIT_BELOW_TILES = 64
 # matmul_rows (x·Aᵀ, dy·B: many rows, each meeting all of a small W): outputs per row at most.
 MAX_ROWS_OUTPUTS = 16
+PREPARED_RV = (2, 4)  # …compiled for ranks up to 8 and up to 16 (a smaller rank leaves outputs unused)
 THIN_TARGET_GROUPS = 4096
 THIN_MIN_K_PER_SPLIT = 128
 # matmul_reduce: up to REDUCE_MAX_WAYS invocations per element while the total stays under this.
@@ -142,16 +143,35 @@ class Ops:
         for entry in DEQUANT.values():
             kernels[entry] = await library.get("dequant", entry)
         ops = cls(device, kernels, library)
-        for name, flag in F16_VARIANTS:
-            ops.f16[(name, flag)] = await library.get(name, constants={flag: True})
-        for b_f16 in (False, True):
-            ops.blocks[b_f16] = await library.get("matmul", constants={"BLOCKS": True, **({"B_F16": True} if b_f16 else {})})
-        for rv in range(1, MAX_ROWS_OUTPUTS // 4 + 1):
-            ops.rows[rv] = await library.get("matmul_rows", constants={"RV": rv})
-            ops.cols[rv] = await library.get("matmul_cols", constants={"RV": rv})
         if device.info.has_subgroups:
             ops.subgroup_size = await measure_subgroup_size(device, library)
         return ops
+
+    async def prepare(self, f16_weights: bool = False) -> None:
+        """Compile the pipelines a model's products need beyond the base kernels (call before
+        building a Transformer; upload_weights does): LoRA's row and column products for ranks
+        up to 8 and up to 16, the fused q/k/v matmul for the weights' dtype, and the float16
+        variants when the weights are float16. Without them those products take the generic
+        kernels."""
+        library = self.library
+        if library is None:
+            return
+        for rv in PREPARED_RV:
+            if rv not in self.rows:
+                self.rows[rv] = await library.get("matmul_rows", constants={"RV": rv})
+                self.cols[rv] = await library.get("matmul_cols", constants={"RV": rv})
+        if f16_weights not in self.blocks:
+            constants = {"BLOCKS": True, **({"B_F16": True} if f16_weights else {})}
+            self.blocks[f16_weights] = await library.get("matmul", constants=constants)
+        if f16_weights:
+            for name, flag in F16_VARIANTS:
+                if (name, flag) not in self.f16:
+                    self.f16[(name, flag)] = await library.get(name, constants={flag: True})
+
+    async def prepare_all(self) -> None:
+        """Every pipeline prepare can compile (tests and benchmarks)."""
+        await self.prepare(False)
+        await self.prepare(True)
 
     def subgroup_width(self) -> int:
         """Lanes the subgroup kernels may rely on in one subgroup (0 without subgroups)."""
@@ -339,23 +359,28 @@ class Ops:
         matmul_thin (≤ 16 rows or columns otherwise) or the tiled matmul."""
         thin = self.k.get("matmul_thin")  # absent only in the start-up self-check's Ops
         f32 = A.dtype == "f32" and B.dtype == "f32"
-        if self.rows and N <= MAX_ROWS_OUTPUTS < M and a_sk == 1 and K % 4 == 0 and slices is None and f32:
+        if self._rv(N) and M > MAX_ROWS_OUTPUTS and a_sk == 1 and K % 4 == 0 and slices is None and f32:
             return "matmul_rows"
-        if (self.cols and a_sk == M and b_sn == 1 and M > 1 and f32
-                and (M <= MAX_ROWS_OUTPUTS and N % 4 == 0 or N <= MAX_ROWS_OUTPUTS and M % 4 == 0)):
+        if (a_sk == M and b_sn == 1 and M > 1 and f32
+                and (self._rv(M) and N % 4 == 0 or self._rv(N) and M % 4 == 0)):
             return "matmul_cols"
         if thin and min(M, N) <= thin.source.constant("TILE_M"):
             return "matmul_thin"
         return "matmul"
 
+    def _rv(self, R: int) -> int:
+        """The prepared matmul_rows / matmul_cols pipeline for R ≤ 16 outputs: its RV (vec4s of
+        outputs), the smallest compiled one that holds R; 0 if none."""
+        return min((rv for rv in self.rows if 4 * rv >= R), default=0) if R <= MAX_ROWS_OUTPUTS else 0
+
     def _matmul_cols(self, C, A, B, M, N, K, alpha, beta, splits, slices) -> list[Dispatch]:
         """matmul_cols.wgsl for op(A)[M, K] · op(B)[N, K]ᵀ with A stored [K, M] and B [K, N]:
         the ≤ 16-wide one is U, the other Y (C written through strides as Uᵀ·Y or its transpose)."""
-        if M <= MAX_ROWS_OUTPUTS and N % 4 == 0:  # C[j = m, n] = Σ_t A[t, m] · B[t, n]
+        if self._rv(M) and N % 4 == 0:  # C[j = m, n] = Σ_t A[t, m] · B[t, n]
             U, Y, R, cols, c_strides = A, B, M, N, (N, 1)
         else:  # C[m, j = n]: U = B, Y = A, written transposed
             U, Y, R, cols, c_strides = B, A, N, M, (1, N)
-        kernel = self.cols[-(-R // 4)]
+        kernel = self.cols[self._rv(R)]
         width = kernel.source.constant("COLS4") * 4
         grid = (math.ceil(cols / width), 1)
         params = dict(K=K, R=R, N=cols, u_st=R, u_sj=1, y_st=cols, c_sj=c_strides[0], c_sn=c_strides[1],
@@ -380,7 +405,7 @@ class Ops:
 
     def _matmul_rows(self, C, X, W, T, R, K, w_strides, alpha, beta) -> Dispatch:
         """matmul_rows.wgsl: C[T, R ≤ 16] = alpha · X[T, K] · op(W)ᵀ + beta · C, X's rows contiguous."""
-        kernel = self.rows[-(-R // 4)]
+        kernel = self.rows[self._rv(R)]
         rows = kernel.source.constant("ROWS")
         params = dict(T=T, R=R, K=K, x_st=K, w_sj=w_strides[0], w_sk=w_strides[1], c_st=R, alpha=alpha, beta=beta)
         return kernel.dispatch(self.device, grid_1d(math.ceil(T / rows)), params, X=X, W=W, C=C)

@@ -247,7 +247,9 @@ class Transformer:
         if min(T, self.config.hidden_size) <= MAX_ROWS_OUTPUTS:  # products this thin skip the tiled kernel
             return None
         weight = adjacent([self._weight(layer, m) for m in ATTENTION_INPUTS])
-        if weight is None or not self.lora:
+        if weight is None or (weight.dtype == "f16") not in self.ops.blocks:  # Ops.prepare compiles it
+            return None
+        if not self.lora:
             return weight
         has = [self.lora.has(layer, m) for m in ATTENTION_INPUTS]
         if not any(has):

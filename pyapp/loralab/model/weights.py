@@ -127,6 +127,8 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
     norms and biases stay float32."""
     if dtype not in ("f32", "f16") or (dtype == "f16" and ops is None):
         raise ValueError(f"weights dtype {dtype!r}: use 'f32', or 'f16' with ops")
+    if ops is not None:
+        await ops.prepare(f16_weights=dtype == "f16")
     available = source.tensors()
     shapes = expected_shapes(config)
     missing = [n for n in shapes if n not in available]
