@@ -45,16 +45,19 @@ async def prepare_training(ops: Ops, source: WeightSource, config: ModelConfig, 
 
 def estimate_memory(config: ModelConfig, train: TrainConfig, lora: LoraConfig, weight_bytes: int) -> dict:
     """GPU bytes a run needs: the model's weights, the activations the backward pass keeps (all
-    layers, or one with checkpointing), the logits block, and LoRA with AdamW's state."""
+    layers, or one with checkpointing), the logits block, and LoRA with AdamW's state and the
+    gradient's token slices (Transformer)."""
+    from .model.transformer import GRAD_SLICE_TOKENS, GRAD_SLICES, logit_chunk_rows
+
     T = train.batch_size * train.seq_len
     C, I, q, kv = config.hidden_size, config.intermediate_size, config.q_size, config.kv_size
     per_layer = T * (4 * C + 2 * q + 2 * kv + 3 * I + 2 + config.num_heads + len(lora.targets) * lora.r)
     layers = 1 if train.gradient_checkpointing else config.num_layers
     activations = 4 * (per_layer * layers + T * C * (config.num_layers + 6) + T * (2 * q + 2 * kv + 3 * I))
-    rows = min(T, max(64, (64 << 20) // (config.vocab_size * 4)))
-    logits = 4 * rows * config.vocab_size
-    adapter = 16 * sum(
-        lora.r * sum(config.projection_shape(m)) for m in lora.targets) * config.num_layers
+    logits = 4 * logit_chunk_rows(T, config.vocab_size) * config.vocab_size
+    params = sum(lora.r * sum(config.projection_shape(m)) for m in lora.targets) * config.num_layers
+    slices = max(1, min(GRAD_SLICES, T // GRAD_SLICE_TOKENS))
+    adapter = 16 * params + (4 * params * slices if slices > 1 else 0)
     total = weight_bytes + activations + logits + adapter
     return {"weights": weight_bytes, "activations": activations, "logits": logits, "adapter_and_optimizer": adapter,
             "total": total}

@@ -31,6 +31,13 @@ ROW_ALIGN = 128
 ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")
 
 
+def logit_chunk_rows(T: int, V: int) -> int:
+    """Rows of the [rows, V] logits block computed at once (all T if they fit)."""
+    rows = max(1, LOGITS_CHUNK_BYTES // (V * 4))
+    align = ROW_ALIGN if rows >= ROW_ALIGN else ROW_ALIGN // 2  # huge vocabularies: 64-row chunks
+    return T if rows >= T else max(align, rows // align * align)
+
+
 @dataclass
 class KVCache:
     """Per-layer keys and values [max_len, Hkv·D] of the tokens generated so far."""
@@ -130,9 +137,7 @@ class Transformer:
         self.xnf, self.rstdf = buf(T * C, "xnf"), buf(T, "rstdf")
         self.token_loss = buf(T, "token_loss")  # [T] per-token loss
         # Logits in row chunks: the [T, V] block never exists at once.
-        rows = max(1, LOGITS_CHUNK_BYTES // (V * 4))
-        align = ROW_ALIGN if rows >= ROW_ALIGN else ROW_ALIGN // 2  # huge vocabularies: 64-row chunks
-        rows = T if rows >= T else max(align, rows // align * align)
+        rows = logit_chunk_rows(T, V)
         self.logits = buf(min(rows, T) * V, "logits")  # [rows, V], then d(loss)/d(logits) in place
         self.chunks = []
         for r0 in range(0, T, rows):
