@@ -317,13 +317,7 @@ class Ops:
             return [kernel.dispatch(self.device, grid + (count,), dict(params, k_split=k_split, c_sz=stride),
                                     A=A, B=B, C=C, **more)]
         if splits is None:
-            tiles = grid[0] * grid[1]
-            splits = 1
-            if kernel.entry_point == "matmul_thin":  # little work per tile: spread K over many workgroups
-                if tiles < THIN_SPLIT_BELOW_TILES:
-                    splits = max(1, min(K // THIN_MIN_K_PER_SPLIT, THIN_TARGET_GROUPS // tiles))
-            elif tiles < SPLIT_BELOW_TILES and K >= SPLIT_MIN_K:
-                splits = max(1, min(K // SPLIT_MIN_K_PER_SPLIT, SPLIT_TARGET_GROUPS // tiles))
+            splits = self._auto_splits(grid[0] * grid[1], K, thin=kernel.entry_point == "matmul_thin")
         k_split = -(-math.ceil(K / splits) // tile_k) * tile_k
         splits = math.ceil(K / k_split) if K else 1
         params = dict(params, k_split=k_split, c_sz=M * N)
@@ -336,6 +330,18 @@ class Ops:
                             **more),
             self._reduce(C, scratch, M * N, splits, params["alpha"], params["beta"], c_in),
         ]
+
+    @staticmethod
+    def _auto_splits(tiles: int, K: int, thin: bool) -> int:
+        """How many ways to split K for a product of `tiles` workgroups (see SPLIT_* and THIN_*):
+        the thin kernels (little work per tile) spread K over many workgroups."""
+        if thin:
+            if tiles >= THIN_SPLIT_BELOW_TILES:
+                return 1
+            return max(1, min(K // THIN_MIN_K_PER_SPLIT, THIN_TARGET_GROUPS // tiles))
+        if tiles < SPLIT_BELOW_TILES and K >= SPLIT_MIN_K:
+            return max(1, min(K // SPLIT_MIN_K_PER_SPLIT, SPLIT_TARGET_GROUPS // tiles))
+        return 1
 
     def _reduce(self, C: Buffer, partial: Buffer, MN: int, splits: int, alpha: float, beta: float,
                 c_in: Buffer | None = None) -> Dispatch:
@@ -391,9 +397,7 @@ class Ops:
             return [kernel.dispatch(self.device, grid + (count,), dict(params, k_split=-(-K // count), c_sz=stride),
                                     U=U, Y=Y, C=C)]
         if splits is None:
-            splits = 1
-            if grid[0] < THIN_SPLIT_BELOW_TILES:
-                splits = max(1, min(K // THIN_MIN_K_PER_SPLIT, THIN_TARGET_GROUPS // grid[0]))
+            splits = self._auto_splits(grid[0], K, thin=True)
         k_split = -(-math.ceil(K / splits) // phases) * phases if K else phases
         splits = math.ceil(K / k_split) if K else 1
         if splits == 1:
@@ -412,11 +416,7 @@ class Ops:
 
     def sum_slices(self, out: Buffer, parts: Buffer, count: int, n: int) -> Dispatch:
         """out[n] = Σ_z parts[z·n … z·n + n) (the slices matmul(…, slices=(count, n)) filled)."""
-        if n % 4 == 0:
-            return self._elementwise("matmul_reduce4", n // 4, dict(MN4=n // 4, splits=count, alpha=1.0, beta=0.0, c_in=0),
-                                     partial=parts, C_in=parts, C=out)
-        reduce = dict(MN=n, splits=count, ways=1, alpha=1.0, beta=0.0, c_in=0)
-        return self._elementwise("matmul_reduce", n, reduce, partial=parts, C_in=parts, C=out)
+        return self._reduce(out, parts, n, count, 1.0, 0.0)
 
     def _matmul_thin(self, C, A, B, M, N, K, a_strides, b_strides, alpha, beta, splits, slices=None) -> list[Dispatch]:
         """matmul_thin.wgsl for products with ≤ 16 rows, or ≤ 16 columns computed as Cᵀ = B·Aᵀ."""

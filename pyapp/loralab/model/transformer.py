@@ -71,7 +71,7 @@ class LayerActivations:
     h: Buffer  # [T, I] silu(gate) · up (input of down_proj)
     u: dict  # module -> [T, r]: x · Aᵀ, the LoRA inner activation
     qkv: Buffer | None = None  # q, k, v one after the other (their views), for the fused product
-    u_qkv: Buffer | None = None  # u of q, k, v, blocks QKV_U_BLOCK apart (their views)
+    u_qkv: Buffer | None = None  # u of q, k, v, blocks Transformer.u_block floats apart (their views)
 
 
 class Transformer:
