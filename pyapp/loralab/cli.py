@@ -18,18 +18,10 @@ import sys
 import time
 
 from .data.formats import DatasetError
-from .formats.peft import AdapterError
-from .formats.safetensors import SafetensorsError
-from .gpu.device import GpuError
-from .model.config import PROJECTIONS, ModelConfigError
-from .model.weights import WeightsError
 from .data.tokenizer import TokenizerError
-from .formats.gguf import GGUFError
-from .formats.hub import HubError
+from .errors import UsageError, UserError, one_line
+from .model.config import PROJECTIONS
 from .ops import ATTENTION_VARIANTS
-
-USER_ERRORS = (GpuError, DatasetError, AdapterError, SafetensorsError, GGUFError, HubError, ModelConfigError, WeightsError, TokenizerError,
-               FileNotFoundError, IsADirectoryError, ValueError)
 
 
 def open_model(spec: str, hub_endpoint: str | None = None):
@@ -47,7 +39,7 @@ def open_model(spec: str, hub_endpoint: str | None = None):
         source = GGUFModel.from_path(path)
         return source, HFTokenizer(*tokenizer_files(source.gguf))
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such model folder or GGUF file")
+        raise UsageError(f"{path}: no such model folder or GGUF file")
     source = HFFolder(path)
     tokenizer = HFTokenizer.from_folder(path) if os.path.isfile(os.path.join(path, "tokenizer.json")) else None
     return source, tokenizer
@@ -61,7 +53,6 @@ class Session:
         from .engine import load_ops
         from .gpu.native import NativeDevice
         from .kernels import directory_reader
-        from .model.weights import HFFolder
 
         self = cls()
         self.source, self.tokenizer = open_model(model_path, hub_endpoint)  # validates the files before any GPU work
@@ -80,7 +71,7 @@ class Session:
         from .data.formats import load_dataset
 
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such dataset file")
+            raise DatasetError(f"{path}: no such dataset file")
         with open(path, encoding="utf-8", errors="strict") as f:
             try:
                 text = f.read()
@@ -104,9 +95,8 @@ class Session:
 async def cmd_info(args) -> int:
     from .gpu.native import NativeDevice
     from .kernels import KernelLibrary, directory_reader
-    from .selftest import matmul_check
-
     from .ops import measure_subgroup_size
+    from .selftest import matmul_check
 
     device = await NativeDevice.create()
     library = KernelLibrary(device, directory_reader())
@@ -120,12 +110,11 @@ async def cmd_info(args) -> int:
 
 
 async def cmd_train(args) -> int:
+    from .data.batches import pack
     from .engine import fit_seq_len, prepare_training
     from .formats.peft import adapter_files, save_adapter
     from .lora import LoraConfig
     from .train import NonFiniteLoss, TrainConfig
-
-    from .data.batches import pack
 
     s = await Session.open(args.model, args.hub_endpoint)
     records, summary = s.dataset(args.data, args.format, args.seq_len, args.train_on_prompt)
@@ -248,7 +237,14 @@ async def cmd_generate(args) -> int:
 
 
 async def cmd_bench(args) -> int:
-    from .bench import NAMED_CONFIGS, bench_attention, bench_cross_entropy, bench_matmul, bench_training, profile_step
+    from .bench import (
+        NAMED_CONFIGS,
+        bench_attention,
+        bench_cross_entropy,
+        bench_matmul,
+        bench_training,
+        profile_step,
+    )
     from .engine import load_ops
     from .gpu.native import NativeDevice
     from .kernels import directory_reader
@@ -291,7 +287,11 @@ async def cmd_bench(args) -> int:
         R = min(T, 1024)
         ce = await bench_cross_entropy(ops, R, config.vocab_size)
         if args.compare_torch:
-            from .bench_torch import bench_torch_attention, bench_torch_copy, bench_torch_cross_entropy
+            from .bench_torch import (
+                bench_torch_attention,
+                bench_torch_copy,
+                bench_torch_cross_entropy,
+            )
 
             ref = bench_torch_attention(args.batch_size, args.seq_len, config.num_heads, config.num_kv_heads,
                                         config.head_dim)
@@ -457,8 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(COMMANDS[args.command](args))
-    except USER_ERRORS as exc:
-        print(f"loralab: {exc}", file=sys.stderr)
+    except UserError as exc:
+        print(f"loralab: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the person gave: unreadable, a folder, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"loralab: {where}{exc.strerror or one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import js  # type: ignore[import-not-found]
 
 from . import opfs
+from .errors import UsageError
 
 CACHE = "loralab-data"
 INDEX = "loralab/cache-index.json"
@@ -139,7 +140,7 @@ class DataCache:
         index = await self._index()
         item = index["items"].pop(item_id, None)
         if item is None:
-            raise ValueError(f"{item_id}: no such item in the browser cache")
+            raise UsageError(f"{item_id}: no such item in the browser cache")
         cache = await self._cache()
         for key, entry in item["files"].items():
             if entry != ABSENT:
@@ -170,11 +171,11 @@ class DataCache:
     async def read_text(self, item_id: str) -> tuple[str, str]:
         item = await self.get(item_id)
         if item is None or item["kind"] != "dataset":
-            raise ValueError(f"{item_id}: this dataset is no longer in the browser cache")
+            raise UsageError(f"{item_id}: this dataset is no longer in the browser cache")
         async with self.loading(item_id, "dataset", item["name"], item["source"]):
             found, data = await self.lookup("dataset", "data")
         if not found or data is None:
-            raise ValueError(f"{item['name']}: the browser dropped this dataset from its cache")
+            raise UsageError(f"{item['name']}: the browser dropped this dataset from its cache")
         return item["name"], js.TextDecoder.new().decode(data)
 
 

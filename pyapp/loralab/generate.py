@@ -10,6 +10,7 @@ import math
 import random
 import struct
 
+from .errors import UsageError
 from .gpu.device import Buffer, Copy, Device
 from .lora import LoraState
 from .model.config import ModelConfig
@@ -62,9 +63,9 @@ class Generator:
     async def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                        seed: int = 0, stop_ids: set[int] = frozenset(), on_token=None) -> list[int]:
         if not prompt:
-            raise ValueError("the prompt is empty")
+            raise UsageError("the prompt is empty")
         if len(prompt) >= self.max_len:
-            raise ValueError(f"the prompt has {len(prompt)} tokens; this generator holds at most {self.max_len - 1}")
+            raise UsageError(f"the prompt has {len(prompt)} tokens; this generator holds at most {self.max_len - 1}")
         rng = random.Random(seed)
         logits = await self._step(prompt, 0)
         out: list[int] = []

@@ -16,6 +16,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from .errors import UsageError
 from .gpu.device import VIEW_ALIGNMENT, Buffer, Device
 from .model.config import PROJECTIONS, ModelConfig
 
@@ -40,15 +41,15 @@ class LoraConfig:
             pairs = value.items() if isinstance(value, dict) else value
             object.__setattr__(self, name, tuple((str(k), v) for k, v in pairs))
         if self.r < 1:
-            raise ValueError(f"LoRA rank must be at least 1 (got {self.r})")
+            raise UsageError(f"LoRA rank must be at least 1 (got {self.r})")
         for key, value in self.rank_pattern:
             if int(value) < 1:
-                raise ValueError(f"LoRA rank_pattern {key!r}: the rank must be at least 1 (got {value})")
+                raise UsageError(f"LoRA rank_pattern {key!r}: the rank must be at least 1 (got {value})")
         unknown = [t for t in self.targets if t not in PROJECTIONS]
         if unknown or not self.targets:
-            raise ValueError(f"unknown LoRA target modules {unknown}; choose from {', '.join(PROJECTIONS)}")
+            raise UsageError(f"unknown LoRA target modules {unknown}; choose from {', '.join(PROJECTIONS)}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
+            raise UsageError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
 
     @property
     def scaling(self) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 
+from .errors import UsageError
 from .formats.safetensors import header_bytes
 from .gpu.device import Buffer, Copy, Device
 from .lora import LoraState
@@ -45,7 +46,7 @@ async def merged_tensors(device: Device, ops: Ops, config: ModelConfig, weights:
     for name in sorted(expected_shapes(config)):
         buf = weights[name]
         if buf.dtype != "f32":
-            raise ValueError(f"merging needs float32 base weights; {name} is {buf.dtype} (load with --weights f32)")
+            raise UsageError(f"merging needs float32 base weights; {name} is {buf.dtype} (load with --weights f32)")
         site = _lora_site(name)
         if site is None or not lora.has(*site):
             yield name, await device.read_buffer(buf)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import JsException, to_js  # type: ignore[import-not-found]
 
+from .errors import UserError
 
-class StorageError(OSError):
+
+class StorageError(UserError):
     """The browser refused storage (private mode, quota exceeded, no OPFS)."""
 
 

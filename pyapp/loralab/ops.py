@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .errors import UsageError
 from .gpu.device import Buffer, Copy, Device, Dispatch
 from .kernels import Kernel, KernelLibrary
 
@@ -204,11 +205,11 @@ class Ops:
             variant = ("lanes" if self.tile_lanes(D) else
                        "tiled" if D % 4 == 0 and D <= TILED_MAX_HEAD_DIM else "portable")
         if variant not in ATTENTION_VARIANTS:
-            raise ValueError(f"unknown attention kernels {variant!r} (one of {', '.join(ATTENTION_VARIANTS)})")
+            raise UsageError(f"unknown attention kernels {variant!r} (one of {', '.join(ATTENTION_VARIANTS)})")
         if variant == "tiled" and D % 4:
-            raise ValueError(f"the tiled attention kernels need a head size that is a multiple of 4 (got {D})")
+            raise UsageError(f"the tiled attention kernels need a head size that is a multiple of 4 (got {D})")
         if variant == "lanes" and not self.tile_lanes(D):
-            raise ValueError(f"the subgroup attention kernels need subgroups of D/16 lanes (D = {D})")
+            raise UsageError(f"the subgroup attention kernels need subgroups of D/16 lanes (D = {D})")
         for name in TILED_KERNELS + LANES_KERNELS:
             self._by_head_dim.pop((name, D), None)
         for name in HEAD_DIM_KERNELS:

@@ -13,6 +13,7 @@ import json
 import time
 
 from . import opfs
+from .errors import UsageError
 from .formats.checkpoint import pack, unpack
 from .formats.safetensors import SafetensorsError
 from .model.config import ModelConfig
@@ -72,7 +73,7 @@ async def load() -> tuple[dict, dict[str, bytes], dict] | None:
 def check_model(meta: dict, config: ModelConfig) -> None:
     app = meta["app"]
     if app["fingerprint"] != fingerprint(config):
-        raise ValueError(f"the saved run trains {app['model']} ({app['fingerprint']['architecture']}, "
+        raise UsageError(f"the saved run trains {app['model']} ({app['fingerprint']['architecture']}, "
                          f"{app['fingerprint']['layers']} layers, hidden size {app['fingerprint']['hidden_size']}); "
                          f"load that model, then resume")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Callable
 
 from .data.batches import BatchOrder, Sequence, make_batch
+from .errors import UsageError, UserError
 from .gpu.device import Copy, Device
 from .lora import LoraState
 from .model.transformer import Transformer
@@ -62,7 +63,7 @@ class TrainConfig:
         if self.lr < 0 or self.weight_decay < 0 or self.max_grad_norm < 0 or self.warmup_steps < 0:
             problems.append("lr, weight_decay, max_grad_norm and warmup_steps cannot be negative")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise UsageError("; ".join(problems))
 
     @classmethod
     def field_help(cls) -> dict[str, str]:
@@ -113,7 +114,7 @@ class TrainControl:
             await asyncio.sleep(0.05)
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserError):
     def __init__(self, step: int):
         super().__init__(f"the loss became NaN or infinite at step {step}; training stopped and the adapter "
                          f"was restored to the last one whose loss was finite")
@@ -281,7 +282,7 @@ class Trainer:
     def restore(self, meta: dict, buffers: dict[str, bytes]) -> None:
         for name, buf in (("params", self.lora.params), ("m", self.lora.m), ("v", self.lora.v)):
             if len(buffers[name]) != buf.size:
-                raise ValueError(f"checkpoint {name} holds {len(buffers[name])} bytes; this adapter needs {buf.size}")
+                raise UsageError(f"checkpoint {name} holds {len(buffers[name])} bytes; this adapter needs {buf.size}")
             self.device.write_buffer(buf, buffers[name])
         self.step = int(meta["step"])
         self.order.restore(meta["order"])

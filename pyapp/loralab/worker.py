@@ -14,24 +14,22 @@ import traceback
 import js  # type: ignore[import-not-found]
 
 from . import runstore
-from .datacache import CACHE_INSTANCE as CACHE
 from .data.formats import DatasetError, load_dataset
+from .data.tokenizer import TokenizerError
+from .datacache import CACHE_INSTANCE as CACHE
 from .engine import fit_seq_len, load_ops, prepare_training
+from .errors import UsageError, UserError, one_line
 from .formats.peft import AdapterError, check_fits, parse_adapter
-from .formats.remote import FetchError, RemoteFolder, fetch
+from .formats.remote import RemoteFolder, fetch
 from .formats.safetensors import SafetensorsError
-from .opfs import StorageError
 from .gpu.browser import BrowserDevice
 from .gpu.device import GpuError
 from .kernels import KernelLibrary, SourceReader
 from .lora import LoraConfig
 from .model.config import ModelConfigError
-from .model.weights import WeightsError
+from .opfs import StorageError
 from .selftest import matmul_check
-from .train import NonFiniteLoss, TrainConfig
-
-USER_ERRORS = (GpuError, FileNotFoundError, FetchError, DatasetError, AdapterError, SafetensorsError,
-               ModelConfigError, WeightsError, NonFiniteLoss, StorageError, ValueError)
+from .train import TrainConfig
 
 _engine: dict = {}
 
@@ -50,10 +48,10 @@ def _result(fn):
     async def wrapped(*args):
         try:
             return json.dumps({"ok": True, **await fn(*args)})
-        except USER_ERRORS as exc:
-            return json.dumps({"ok": False, "error": str(exc)})
+        except UserError as exc:
+            return json.dumps({"ok": False, "error": one_line(exc)})
         except Exception as exc:  # an engine bug: say so, keep the page alive
-            return json.dumps({"ok": False, "error": f"internal error: {exc}", "detail": traceback.format_exc()})
+            return json.dumps({"ok": False, "error": f"internal error: {one_line(exc)}", "detail": traceback.format_exc()})
 
     wrapped.__name__ = fn.__name__
     return wrapped
@@ -186,7 +184,7 @@ async def _cached_request(item_id: str) -> dict:
 
     item = await CACHE.get(item_id)
     if item is None or item["kind"] != "model":
-        raise ValueError(f"{item_id}: this model is no longer in the browser cache; load it from its source")
+        raise UsageError(f"{item_id}: this model is no longer in the browser cache; load it from its source")
     if item["source"]["kind"] != "files":
         return dict(item["source"])
     files = {unquote(key.rsplit("/", 1)[-1]): key for key, entry in item["files"].items() if entry != ABSENT}
@@ -237,7 +235,7 @@ async def _load_model(req: dict) -> dict:
             source = await RemoteFolder.open("", files, name=req.get("name") or "model")
         tok_body = await source.fetch_file("tokenizer.json", missing_ok=True)
         if tok_body is None:
-            raise FileNotFoundError(f"{source.name}: tokenizer.json is missing; LoRA Lab needs the model's tokenizer")
+            raise TokenizerError(f"{source.name}: tokenizer.json is missing; LoRA Lab needs the model's tokenizer")
         cfg_body = await source.fetch_file("tokenizer_config.json", missing_ok=True)
         tpl_body = await source.fetch_file("chat_template.jinja", missing_ok=True)
         tokenizer_json, tok_config = tok_body.text(), json.loads(cfg_body.text()) if cfg_body else {}
@@ -259,7 +257,7 @@ async def _load_model(req: dict) -> dict:
 
 def _model() -> dict:
     if "model" not in _engine:
-        raise ValueError("load a model first")
+        raise UsageError("load a model first")
     return _engine["model"]
 
 
@@ -316,7 +314,7 @@ async def train_start(request: str) -> dict:
     from .engine import make_lora
 
     if _engine.get("run") and _engine["run"]["state"] in ("running", "paused"):
-        raise ValueError("a training run is already going; stop it first")
+        raise UsageError("a training run is already going; stop it first")
     _free_run()
     req = json.loads(request)
     model = _model()
@@ -342,7 +340,7 @@ async def _start_run(config: TrainConfig, lora, save_every: int, stop_after: int
     import asyncio
 
     from .model.transformer import Transformer
-    from .train import Trainer, TrainControl
+    from .train import TrainControl, Trainer
 
     model, ops = _model(), await _ops()
     network = Transformer(ops.device, ops, model["config"], model["weights"], lora, config.batch_size, config.seq_len,
@@ -393,7 +391,7 @@ async def _start_run(config: TrainConfig, lora, save_every: int, stop_after: int
 def _control(action: str) -> dict:
     run = _engine.get("run")
     if not run or run["state"] not in ("running", "paused"):
-        raise ValueError("no training run is going")
+        raise UsageError("no training run is going")
     getattr(run["control"], action)()
     run["state"] = {"pause": "paused", "resume": "running", "stop": run["state"]}[action]
     _report({"kind": "state", "state": run["state"], "step": run["trainer"].step})
@@ -459,7 +457,7 @@ async def generate(request: str) -> dict:
     _model()
     run = _engine.get("run")
     if run and run["state"] in ("running", "paused"):
-        raise ValueError("generation waits until training is stopped or done")
+        raise UsageError("generation waits until training is stopped or done")
     new, temperature, top_p = int(req.get("max_new_tokens", 48)), float(req.get("temperature", 0.0)), float(req.get("top_p", 1.0))
     answers = {}
     for label, lora in (("base", None), ("adapter", run["lora"] if run else _engine.get("adapter"))):
@@ -504,7 +502,7 @@ def _current_adapter():
         return run["lora"], run["trainer"].history
     if _engine.get("adapter"):
         return _engine["adapter"], []
-    raise ValueError("train or import an adapter first")
+    raise UsageError("train or import an adapter first")
 
 
 @_result
@@ -512,7 +510,6 @@ async def export_adapter(request: str) -> dict:
     """{"format": "peft" | "gguf"} -> {"name", "base64"}: a PEFT zip (adapter_model.safetensors,
     adapter_config.json, README.md) or a llama.cpp GGUF-LoRA file."""
     import base64
-
     from dataclasses import asdict
 
     from .formats.peft import adapter_files, gguf_lora, model_card, zip_bytes
@@ -613,7 +610,7 @@ async def evaluate_adapter(request: str = "{}") -> dict:
     model = _model()
     run = _engine.get("run")
     if run and run["state"] in ("running", "paused"):
-        raise ValueError("evaluation waits until training is stopped or done")
+        raise UsageError("evaluation waits until training is stopped or done")
     which = "validation" if _engine.get("valid") else "training"
     records = _engine.get("valid") or _engine.get("dataset")
     if not records:
@@ -654,7 +651,7 @@ async def bench_step(request: str = "{}") -> dict:
     req = json.loads(request)
     run = _engine.get("run")
     if run and run["state"] in ("running", "paused"):
-        raise ValueError("the benchmark waits until training is stopped or done")
+        raise UsageError("the benchmark waits until training is stopped or done")
     ops = await _ops()
     name = req.get("config") or "loaded"
     if name == "loaded":
@@ -663,10 +660,10 @@ async def bench_step(request: str = "{}") -> dict:
     elif name in NAMED_CONFIGS:
         config, weights, label = ModelConfig.from_dict(NAMED_CONFIGS[name], name), None, name
     else:
-        raise ValueError(f"unknown benchmark config {name!r}; choose the loaded model or {', '.join(NAMED_CONFIGS)}")
+        raise UsageError(f"unknown benchmark config {name!r}; choose the loaded model or {', '.join(NAMED_CONFIGS)}")
     batch, seq_len = int(req.get("batch_size", 4)), int(req.get("seq_len", 128))
     if batch < 1 or seq_len < 2:
-        raise ValueError("the benchmark needs a batch size of at least 1 and a sequence length of at least 2")
+        raise UsageError("the benchmark needs a batch size of at least 1 and a sequence length of at least 2")
     result = await bench_training(ops, config, batch, seq_len, int(req.get("steps", 5)), int(req.get("rank", 8)),
                                   weights, warmup=1)
     return {**result, "config": label}
@@ -691,7 +688,7 @@ async def cache_set_limit(request: str) -> dict:
     loaded model stays)."""
     bytes_ = int(json.loads(request)["bytes"])
     if bytes_ < 0:
-        raise ValueError("the cache size limit cannot be negative")
+        raise UsageError("the cache size limit cannot be negative")
     keep = _engine["model"]["cache_id"] if "model" in _engine else None
     return {"evicted": await CACHE.set_limit(bytes_, keep)}
 
@@ -723,14 +720,14 @@ async def checkpoint_resume(request: str = "{}") -> dict:
 
     found = await runstore.load()
     if found is None:
-        raise ValueError("there is no saved training run to resume")
+        raise UsageError("there is no saved training run to resume")
     meta, buffers, source = found
     if _engine.get("device") is not None and _engine["device"].lost_reason is not None:
         await _restart_engine()
     model = _model()
     runstore.check_model(meta, model["config"])
     if _engine.get("run") and _engine["run"]["state"] in ("running", "paused"):
-        raise ValueError("a training run is already going; stop it first")
+        raise UsageError("a training run is already going; stop it first")
     _free_run()
     _use_dataset({k: source[k] for k in ("name", "text", "format", "seq_len", "valid_fraction")})
     config = TrainConfig(**meta["train"])

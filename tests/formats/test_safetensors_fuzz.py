@@ -31,7 +31,7 @@ def test_bad_headers(blob, message):
 
 def test_bad_tensor_entries():
     for entry, message in [({"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}, "unknown dtype"),
-                           ({"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}, "expected 8"),
+                           ({"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}, "needs 8 bytes"),
                            ({"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}, "past the end"),
                            ({"dtype": "F32"}, "malformed")]:
         text = json.dumps({"t": entry}).encode()

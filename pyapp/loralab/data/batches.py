@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 IGNORE = -100
 
 
@@ -57,7 +59,7 @@ class BatchOrder:
 
     def __init__(self, count: int, batch_size: int, shuffle: bool, seed: int):
         if count == 0:
-            raise ValueError("the dataset has no records")
+            raise UsageError("the dataset has no records")
         self.count, self.batch_size, self.shuffle, self.seed = count, batch_size, shuffle, seed
         self.epoch, self.index = 0, 0
         self._order = self._permutation(0)

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..errors import UserError
 from .batches import IGNORE, Sequence
 
 FORMATS = ("tokens", "text", "completion", "chat", "alpaca")
@@ -23,7 +24,7 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "model": "assistant", "bot": "assistant"}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset that cannot be used; the message names the file and, where it helps, the line."""
 
 

@@ -10,8 +10,10 @@ import json
 import os
 from datetime import datetime
 
+from ..errors import UserError
 
-class TokenizerError(ValueError):
+
+class TokenizerError(UserError):
     pass
 
 

@@ -12,7 +12,7 @@ import json
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
-from .tokenizer import token_text
+from .tokenizer import TokenizerError, token_text
 
 _modules: dict[str, object] = {}
 
@@ -93,7 +93,7 @@ class BrowserTokenizer:
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         if self._template is None:
-            raise ValueError("this model has no chat template")
+            raise TokenizerError("this model has no chat template")
         context = {"messages": messages, "add_generation_prompt": add_generation_prompt,
                    "bos_token": self.bos_token or "", "eos_token": self.eos_token or ""}
         return str(self._template.render(to_js(context, dict_converter=js.Object.fromEntries)))

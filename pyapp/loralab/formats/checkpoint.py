@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+from ..errors import UserError
 from .safetensors import SafetensorsError, parse_header, serialize
 
 STATE_JSON = "state.json"
@@ -23,6 +24,10 @@ def save(directory: str, meta: dict, buffers: dict[str, bytes]) -> None:
         os.replace(tmp, os.path.join(directory, name))
 
 
+class CheckpointError(UserError):
+    """A checkpoint folder that is missing files or holds something else."""
+
+
 def load(directory: str) -> tuple[dict, dict[str, bytes]]:
     try:
         with open(os.path.join(directory, STATE_JSON), encoding="utf-8") as f:
@@ -30,9 +35,9 @@ def load(directory: str) -> tuple[dict, dict[str, bytes]]:
         with open(os.path.join(directory, STATE_TENSORS), "rb") as f:
             data = f.read()
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{directory}: not a LoRA Lab checkpoint ({os.path.basename(exc.filename)} is missing)") from None
+        raise CheckpointError(f"{directory}: not a LoRA Lab checkpoint ({os.path.basename(exc.filename)} is missing)") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{directory}/{STATE_JSON}: not valid JSON ({exc})") from None
+        raise CheckpointError(f"{directory}/{STATE_JSON}: not valid JSON ({exc})") from None
     header = parse_header(data, len(data), f"{directory}/{STATE_TENSORS}")
     return meta, {name: data[t.start : t.end] for name, t in header.tensors.items()}
 

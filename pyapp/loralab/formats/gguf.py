@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..errors import UserError, short
 from .safetensors import TensorInfo
 
 # ggml type id -> (name, elements per block, bytes per block)
@@ -25,10 +26,13 @@ GGML_TYPES = {
 }
 SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_INTEGERS = (0, 1, 2, 3, 4, 5, 10, 11)
 MAX_COUNT = 1 << 28
+MAX_DEPTH = 4  # arrays of arrays; llama.cpp's own reader takes none
+MAX_DIMS = 4
 
 
-class GGUFError(ValueError):
+class GGUFError(UserError):
     """A malformed or unsupported GGUF file; the message names the file and the problem."""
 
 
@@ -66,37 +70,54 @@ class _Cursor:
     def scalar(self, fmt: str):
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
-    def count(self, what: str) -> int:
+    def count(self, what: str, least_bytes: int) -> int:
+        """A u64 count of items that each take at least `least_bytes` of the file: checked
+        against what is left of the file before anything is allocated for them."""
         n = self.scalar("<Q")
-        if n > MAX_COUNT:
-            raise GGUFError(f"{self.name}: implausible {what} count {n:,}; the file is corrupt")
+        if n > MAX_COUNT or n * least_bytes > self.file_size - self.pos:
+            raise GGUFError(f"{self.name}: {what} count {n:,} does not fit in the file ({self.file_size:,} bytes); "
+                            f"the file is truncated or corrupt")
         return n
 
     def string(self) -> str:
-        n = self.count("string length")
+        n = self.count("string length", 1)
         try:
             return bytes(self.take(n)).decode("utf-8")
         except UnicodeDecodeError:
             raise GGUFError(f"{self.name}: a metadata string is not valid UTF-8") from None
 
-    def value(self, kind: int):
+    def value(self, kind: int, depth: int = 0):
         if kind in _SCALARS:
             return self.scalar(_SCALARS[kind])
         if kind == 8:
             return self.string()
         if kind == 9:
+            if depth >= MAX_DEPTH:
+                raise GGUFError(f"{self.name}: metadata arrays nested more than {MAX_DEPTH} deep")
             item = self.scalar("<I")
-            n = self.count("array")
-            if item in _SCALARS:  # unpack numeric arrays in one go
+            if item in _SCALARS:  # numeric arrays: the bytes first, then one unpack
                 fmt = _SCALARS[item]
                 size = struct.calcsize(fmt)
-                return list(struct.unpack("<" + fmt[1:] * n, self.take(size * n))) if n else []
-            return [self.value(item) for _ in range(n)]
+                n = self.count("array", size)
+                return list(struct.unpack(f"<{n}{fmt[1]}", self.take(size * n)))
+            if item not in (8, 9):
+                raise GGUFError(f"{self.name}: unknown metadata value type {item}")
+            n = self.count("array", 8 if item == 8 else 12)
+            return [self.value(item, depth + 1) for _ in range(n)]
         raise GGUFError(f"{self.name}: unknown metadata value type {kind}")
 
 
+def _alignment(metadata: dict, name: str) -> int:
+    value = metadata.get("general.alignment", 32)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > 1 << 16 or value & (value - 1):
+        raise GGUFError(f"{name}: general.alignment must be a power of two up to 65,536, not {short(value)}")
+    return value
+
+
 def parse(head: bytes, file_size: int, name: str) -> GGUFFile:
-    """Parse the header from the file's first bytes; raises NeedMore if `head` is too short."""
+    """Parse the header from the file's first bytes; raises NeedMore if `head` is too short.
+    Counts are checked against the file's size before anything is allocated; keys and tensor
+    names may not repeat; every tensor lies inside the file, aligned, without overlaps."""
     c = _Cursor(head, file_size, name)
     if file_size < 24:
         raise GGUFError(f"{name}: truncated file ({file_size} bytes), not a GGUF file")
@@ -105,44 +126,48 @@ def parse(head: bytes, file_size: int, name: str) -> GGUFFile:
     version = c.scalar("<I")
     if version not in (2, 3):
         raise GGUFError(f"{name}: GGUF version {version} is not supported (2 or 3)")
-    n_tensors, n_kv = c.count("tensor"), c.count("metadata")
+    n_tensors, n_kv = c.count("tensor", 24), c.count("metadata", 12)
     metadata = {}
     for _ in range(n_kv):
         key = c.string()
+        if key in metadata:
+            raise GGUFError(f"{name}: metadata key {short(key)} appears twice")
         metadata[key] = c.value(c.scalar("<I"))
-    raw = []
+    raw = {}
     for _ in range(n_tensors):
         tname = c.string()
         n_dims = c.scalar("<I")
-        if n_dims > 4:
-            raise GGUFError(f"{name}: tensor {tname!r} has {n_dims} dimensions")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise GGUFError(f"{name}: tensor {short(tname)} has {n_dims} dimensions (1 to {MAX_DIMS} are valid)")
         dims = [c.scalar("<Q") for _ in range(n_dims)]
         kind, offset = c.scalar("<I"), c.scalar("<Q")
-        raw.append((tname, dims, kind, offset))
-    alignment = int(metadata.get("general.alignment", 32)) or 32
+        if tname in raw:
+            raise GGUFError(f"{name}: tensor {short(tname)} appears twice")
+        raw[tname] = (dims, kind, offset)
+    alignment = _alignment(metadata, name)
     data_start = -(-c.pos // alignment) * alignment
     tensors, spans = {}, []
-    for tname, dims, kind, offset in raw:
+    for tname, (dims, kind, offset) in raw.items():
         if kind not in GGML_TYPES:
-            raise GGUFError(f"{name}: tensor {tname!r} has ggml type {kind}, which LoRA Lab does not read "
+            raise GGUFError(f"{name}: tensor {short(tname)} has ggml type {kind}, which LoRA Lab does not read "
                             f"(supported: {', '.join(SUPPORTED)})")
         dtype, block, block_bytes = GGML_TYPES[kind]
         numel = 1
         for d in dims:
             numel *= d
-        if numel % block or (dims and dims[0] % block):
-            raise GGUFError(f"{name}: tensor {tname!r} ({dtype}) has rows of {dims[0]} values, not whole blocks")
+        if dims[0] % block:
+            raise GGUFError(f"{name}: tensor {short(tname)} ({dtype}) has rows of {dims[0]:,} values, not whole blocks of {block}")
         start = data_start + offset
         end = start + numel // block * block_bytes
         if offset % alignment or end > file_size:
-            raise GGUFError(f"{name}: tensor {tname!r} lies at bytes {start:,}–{end:,}, outside the file "
+            raise GGUFError(f"{name}: tensor {short(tname)} lies at bytes {start:,}–{end:,}, outside the file "
                             f"({file_size:,} bytes) or misaligned; the file is truncated or corrupt")
         tensors[tname] = TensorInfo(tname, dtype, tuple(reversed(dims)), start, end)
         spans.append((start, end, tname))
     spans.sort()
     for (s1, e1, n1), (s2, _, n2) in zip(spans, spans[1:]):
         if s2 < e1:
-            raise GGUFError(f"{name}: tensors {n1!r} and {n2!r} overlap; the file is corrupt")
+            raise GGUFError(f"{name}: tensors {short(n1)} and {short(n2)} overlap; the file is corrupt")
     return GGUFFile(name, version, metadata, tensors, data_start)
 
 

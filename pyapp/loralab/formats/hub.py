@@ -4,7 +4,6 @@ local cache, then read as a model folder (CPython; the browser fetches through f
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -12,19 +11,23 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from ..checks import loads, path_inside, weight_map_shards
+from ..errors import UserError
+
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SAFE_HOST = re.compile(r"[^A-Za-z0-9.-]")
 REQUIRED = ("config.json",)
 OPTIONAL = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
             "special_tokens_map.json")
 
 
-class HubError(OSError):
+class HubError(UserError):
     """A repo that cannot be fetched; the message names the URL and the problem."""
 
 
 def is_repo_id(spec: str) -> bool:
-    return bool(REPO_ID.match(spec)) and not os.path.exists(spec)
+    return bool(REPO_ID.match(spec)) and ".." not in spec and not os.path.exists(spec)
 
 
 def cache_dir() -> str:
@@ -62,18 +65,22 @@ def _download(url: str, dest: str, missing_ok: bool) -> bool:
 
 def fetch_repo(repo: str, endpoint: str = DEFAULT_HUB_ENDPOINT) -> str:
     """The local folder holding `repo`'s model files, downloading what the cache lacks."""
-    host = urllib.parse.urlparse(endpoint).netloc.replace(":", "_") or "local"
+    if not REPO_ID.match(repo) or ".." in repo:
+        raise HubError(f"{repo!r} is not a repo id (ORG/NAME)")
+    host = SAFE_HOST.sub("_", urllib.parse.urlparse(endpoint).netloc).strip(".") or "local"
     folder = os.path.join(cache_dir(), "hub", host, *repo.split("/"))
 
     def get(name: str, missing_ok: bool = False) -> bool:
-        dest = os.path.join(folder, name)
+        # Shard names come from the repo: never trusted as paths (checks.path_inside).
+        dest = path_inside(folder, name, f"{repo}: model.safetensors.index.json", HubError)
         return os.path.exists(dest) or _download(file_url(endpoint, repo, name), dest, missing_ok)
 
     for name in REQUIRED:
         get(name)
     if get("model.safetensors.index.json", missing_ok=True):
-        with open(os.path.join(folder, "model.safetensors.index.json"), encoding="utf-8") as f:
-            shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+        with open(os.path.join(folder, "model.safetensors.index.json"), "rb") as f:
+            index = loads(f.read(), f"{repo}/model.safetensors.index.json", HubError)
+        shards = weight_map_shards(index, f"{repo}/model.safetensors.index.json", HubError)
     else:
         shards = ["model.safetensors"]
     for shard in shards:

@@ -14,6 +14,7 @@ import os
 import re
 import zipfile
 
+from ..errors import UserError
 from ..lora import LoraConfig, LoraState
 from ..model.config import PROJECTIONS, ModelConfig
 from .safetensors import SafetensorsError, parse_header, serialize, to_f32_bytes
@@ -23,7 +24,7 @@ CONFIG_FILE = "adapter_config.json"
 KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.default)?\.weight$")
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError):
     """An adapter that cannot be read or does not fit the model; the message says which file/tensor."""
 
 

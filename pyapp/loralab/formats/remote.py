@@ -7,16 +7,17 @@ never pass through the wasm heap) and urllib on CPython. Browser-only imports ar
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 
+from ..checks import loads, weight_map_shards
+from ..errors import UserError
 from ..model.config import ModelConfig, ModelConfigError
 from .safetensors import TensorInfo, header_length, parse_header
 
 IN_BROWSER = sys.platform == "emscripten"
 
 
-class FetchError(OSError):
+class FetchError(UserError):
     pass
 
 
@@ -127,19 +128,20 @@ class RemoteFolder:
         cfg = await self.fetch_file("config.json", missing_ok=True)
         if cfg is None:
             raise ModelConfigError(f"{self.name}: config.json is missing")
-        try:
-            self.config_dict = json.loads(cfg.text())
-        except json.JSONDecodeError as exc:
-            raise ModelConfigError(f"{self.name}/config.json: not valid JSON ({exc})") from None
+        self.config_dict = loads(cfg.bytes(), f"{self.name}/config.json", ModelConfigError)
         self.config = ModelConfig.from_dict(self.config_dict, f"{self.name}/config.json")
         index = await self.fetch_file("model.safetensors.index.json", missing_ok=True)
-        shards = sorted(set(json.loads(index.text())["weight_map"].values())) if index else ["model.safetensors"]
+        where = f"{self.name}/model.safetensors.index.json"
+        shards = weight_map_shards(loads(index.bytes(), where, FetchError), where, FetchError) if index else ["model.safetensors"]
         for shard in shards:
             body = await self.fetch_file(shard)
             n = header_length(body.bytes(0, min(8, body.size)), body.size, shard)
             for name, info in parse_header(body.bytes(0, 8 + n), body.size, shard).tensors.items():
+                if name in self._infos:
+                    raise FetchError(f"{self.name}: tensor {name} is in two shards")
                 self._infos[name] = info
                 self._bodies[name] = body
+        self.config.check_layers(self._infos, self.name)
         return self
 
     def tensors(self) -> dict[str, TensorInfo]:

@@ -12,11 +12,15 @@ import json
 import struct
 from dataclasses import dataclass
 
+from ..checks import integer, loads
+from ..errors import UserError, short
+
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-MAX_HEADER = 100 * 2**20
+MAX_HEADER = 100_000_000  # bytes; the official library's limit
+MAX_RANK = 8  # dimensions of one tensor
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(UserError):
     """A malformed safetensors file; the message names the file and the problem."""
 
 
@@ -50,42 +54,70 @@ def header_length(prefix: bytes, file_size: int, filename: str) -> int:
         raise SafetensorsError(f"{filename}: truncated file ({file_size} bytes), not a safetensors file")
     (n,) = struct.unpack("<Q", prefix[:8])
     if n > MAX_HEADER:
-        raise SafetensorsError(f"{filename}: header length {n:,} is implausible; the file is corrupt or not safetensors")
+        raise SafetensorsError(f"{filename}: header length {n:,} is over the {MAX_HEADER:,}-byte limit; "
+                               f"the file is corrupt or not safetensors")
     if 8 + n > file_size:
         raise SafetensorsError(f"{filename}: header length {n:,} runs past the end of the file ({file_size:,} bytes); the file is truncated or corrupt")
     return n
 
 
+def _entry(name: str, entry, data_size: int, where: str) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, each field checked for type and range."""
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise SafetensorsError(f"{where}: tensor {short(name)} has a malformed header entry "
+                               f"(it needs exactly dtype, shape and data_offsets)")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise SafetensorsError(f"{where}: tensor {short(name)} has unknown dtype {short(dtype)} "
+                               f"(LoRA Lab reads {', '.join(DTYPE_SIZES)})")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+        raise SafetensorsError(f"{where}: tensor {short(name)}: shape must be a list of at most {MAX_RANK} sizes, "
+                               f"not {short(shape)}")
+    dims = tuple(integer(d, f"{where}: tensor {short(name)}: a shape entry", SafetensorsError) for d in shape)
+    if not isinstance(offsets, list) or len(offsets) != 2:
+        raise SafetensorsError(f"{where}: tensor {short(name)}: data_offsets must be [begin, end], not {short(offsets)}")
+    begin, end = (integer(o, f"{where}: tensor {short(name)}: data_offsets", SafetensorsError) for o in offsets)
+    if end > data_size:
+        raise SafetensorsError(f"{where}: tensor {short(name)} ends at data byte {end:,}, past the end of the file "
+                               f"({data_size:,} data bytes); the file is truncated")
+    numel = 1
+    for d in dims:
+        numel *= d
+    if end < begin or end - begin != numel * DTYPE_SIZES[dtype]:
+        raise SafetensorsError(f"{where}: tensor {short(name)} {dtype}{list(dims)} has data_offsets [{begin}, {end}], "
+                               f"but its shape needs {numel * DTYPE_SIZES[dtype]:,} bytes")
+    return dtype, dims, begin, end
+
+
 def parse_header(header: bytes, file_size: int, filename: str) -> SafetensorsHeader:
-    """Parse and validate the header (`header` = the file's first 8 + N bytes)."""
+    """Parse and validate the header (`header` = the file's first 8 + N bytes). As the official
+    library does, the tensors' data must tile the rest of the file exactly: no gaps, overlaps or
+    trailing bytes. Keys may not repeat, and __metadata__ maps strings to strings."""
     n = header_length(header, file_size, filename)
-    try:
-        raw = json.loads(bytes(header[8 : 8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SafetensorsError(f"{filename}: the header is not valid JSON ({exc})") from None
+    raw = loads(bytes(header[8 : 8 + n]), f"{filename}: the header", SafetensorsError, unique=True)
     if not isinstance(raw, dict):
         raise SafetensorsError(f"{filename}: the header is not a JSON object")
     data_start = 8 + n
-    metadata = raw.pop("__metadata__", None) or {}
+    data_size = file_size - data_start
+    metadata = raw.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SafetensorsError(f"{filename}: __metadata__ must map strings to strings")
     tensors = {}
     for name, entry in raw.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise SafetensorsError(f"{filename}: tensor {name!r} has a malformed header entry") from None
-        if dtype not in DTYPE_SIZES:
-            raise SafetensorsError(f"{filename}: tensor {name!r} has unknown dtype {dtype!r}")
-        info = TensorInfo(name, dtype, shape, data_start + int(begin), data_start + int(end))
-        if info.end - info.start != info.numel * DTYPE_SIZES[dtype] or begin < 0:
-            raise SafetensorsError(f"{filename}: tensor {name!r} {dtype}{list(shape)} has {end - begin} bytes of data, expected {info.numel * DTYPE_SIZES[dtype]}")
-        if info.end > file_size:
-            raise SafetensorsError(f"{filename}: tensor {name!r} ends at byte {info.end:,}, past the end of the file ({file_size:,} bytes); the file is truncated")
-        tensors[name] = info
-    spans = sorted((t.start, t.end, t.name) for t in tensors.values() if t.end > t.start)
-    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
-        if start < end:
-            raise SafetensorsError(f"{filename}: tensors {first!r} and {second!r} overlap; the file is corrupt")
-    return SafetensorsHeader(filename, tensors, {str(k): str(v) for k, v in metadata.items()}, data_start)
+        dtype, shape, begin, end = _entry(name, entry, data_size, filename)
+        tensors[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end)
+    at = data_start
+    for info in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
+        if info.start != at:
+            problem = "overlaps the tensor before it" if info.start < at else f"leaves a gap of {info.start - at:,} bytes before it"
+            raise SafetensorsError(f"{filename}: tensor {short(info.name)} {problem}; the file is corrupt")
+        at = info.end
+    if at != file_size:
+        raise SafetensorsError(f"{filename}: the tensors cover {at - data_start:,} of the {data_size:,} data bytes; "
+                               f"the file is truncated or corrupt")
+    return SafetensorsHeader(filename, tensors, dict(metadata), data_start)
 
 
 def read_header(path) -> SafetensorsHeader:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
+from ..errors import UserError
 
-class GpuError(RuntimeError):
+
+class GpuError(UserError):
     """A GPU operation failed; the message says what and, where known, why."""
 
 

@@ -5,15 +5,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..checks import boolean, field, integer, number
+from ..errors import UserError, short
+
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
 }
+# Upper limits on a config's sizes: far above any model a browser can train, low enough that
+# nothing is sized from an absurd value before the weights are checked against it.
+MAX_HIDDEN = 1 << 16
+MAX_HEADS = 1024
+MAX_LAYERS = 1024
+MAX_VOCAB = 1 << 22
+MAX_TEMPLATE = 1 << 20  # characters of a chat template
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError):
     """config.json describes a model LoRA Lab cannot train, or is inconsistent."""
 
 
@@ -36,46 +46,82 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict, source: str = "config.json") -> "ModelConfig":
+        """Every field checked for type and range, and the shapes for consistency (head counts
+        divide sizes), before anything is sized from them. Limits: see MAX_* above."""
+        E = ModelConfigError
+        if not isinstance(cfg, dict):
+            raise E(f"{source}: expected a JSON object, found {type(cfg).__name__}")
         archs = cfg.get("architectures") or []
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise E(f"{source}: architectures must be a list of names, not {short(archs)}")
         arch = next((a for a in archs if a in ARCHITECTURES), None)
         if arch is None:
-            raise ModelConfigError(
-                f"{source}: architecture {', '.join(archs) or '(none given)'} is not supported; "
-                f"LoRA Lab trains {', '.join(ARCHITECTURES)}"
-            )
-        try:
-            hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-            kv_heads = int(cfg.get("num_key_value_heads") or heads)
-            head_dim = int(cfg.get("head_dim") or hidden // heads)
-            rope_params = cfg.get("rope_parameters") or {}
-            scaling = cfg.get("rope_scaling") or (rope_params if rope_params.get("rope_type", "default") != "default" else None)
-            config = cls(
-                architecture=arch,
-                vocab_size=int(cfg["vocab_size"]),
-                hidden_size=hidden,
-                intermediate_size=int(cfg["intermediate_size"]),
-                num_layers=int(cfg["num_hidden_layers"]),
-                num_heads=heads,
-                num_kv_heads=kv_heads,
-                head_dim=head_dim,
-                rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(cfg.get("rope_theta") or rope_params.get("rope_theta") or 10000.0),
-                rope_scaling=dict(scaling) if scaling else None,
-                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                attention_bias=ARCHITECTURES[arch] == "qwen2" or bool(cfg.get("attention_bias", False)),
-                max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelConfigError(f"{source}: missing or invalid field {exc}") from None
+            raise E(f"{source}: architecture {short(', '.join(archs)) if archs else '(none given)'} is not supported; "
+                    f"LoRA Lab trains {', '.join(ARCHITECTURES)}")
+        hidden = field(cfg, "hidden_size", integer, source, E, lo=1, hi=MAX_HIDDEN)
+        heads = field(cfg, "num_attention_heads", integer, source, E, lo=1, hi=MAX_HEADS)
+        kv_heads = field(cfg, "num_key_value_heads", integer, source, E, heads, lo=1, hi=MAX_HEADS)
+        if cfg.get("head_dim") is None and hidden % heads:
+            raise E(f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+        head_dim = field(cfg, "head_dim", integer, source, E, hidden // heads, lo=2, hi=128)
+        rope_params = cfg.get("rope_parameters") or {}
+        scaling = cfg.get("rope_scaling")
+        for name, value in (("rope_parameters", rope_params), ("rope_scaling", scaling)):
+            if value is not None and not isinstance(value, dict):
+                raise E(f"{source}: {name} must be a JSON object, not {short(value)}")
+        if not scaling and rope_params.get("rope_type", "default") != "default":
+            scaling = rope_params
+        theta = cfg.get("rope_theta") if cfg.get("rope_theta") is not None else rope_params.get("rope_theta", 10000.0)
+        config = cls(
+            architecture=arch,
+            vocab_size=field(cfg, "vocab_size", integer, source, E, lo=1, hi=MAX_VOCAB),
+            hidden_size=hidden,
+            intermediate_size=field(cfg, "intermediate_size", integer, source, E, lo=1, hi=MAX_HIDDEN * 16),
+            num_layers=field(cfg, "num_hidden_layers", integer, source, E, lo=1, hi=MAX_LAYERS),
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=field(cfg, "rms_norm_eps", number, source, E, 1e-6, lo=0.0, hi=1.0, open_lo=True),
+            rope_theta=number(theta, f"{source}: rope_theta", E, lo=0.0, open_lo=True),
+            rope_scaling=dict(scaling) if scaling else None,
+            tie_word_embeddings=field(cfg, "tie_word_embeddings", boolean, source, E, False),
+            attention_bias=ARCHITECTURES[arch] == "qwen2" or field(cfg, "attention_bias", boolean, source, E, False),
+            max_position_embeddings=field(cfg, "max_position_embeddings", integer, source, E, 2048, lo=1, hi=1 << 24),
+        )
         if heads % kv_heads:
-            raise ModelConfigError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
-        if head_dim % 2 or head_dim > 128:
-            raise ModelConfigError(f"{source}: head_dim {head_dim} must be even and at most 128")
-        if config.rope_scaling and config.rope_scaling.get("rope_type", config.rope_scaling.get("type")) not in ("llama3", "default"):
-            raise ModelConfigError(f"{source}: rope_scaling {config.rope_scaling} is not supported (only llama3)")
+            raise E(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+        if head_dim % 2:
+            raise E(f"{source}: head_dim {head_dim} must be even and at most 128")
+        if config.rope_scaling:
+            kind = config.rope_scaling.get("rope_type", config.rope_scaling.get("type"))
+            if kind not in ("llama3", "default"):
+                raise E(f"{source}: rope_scaling {short(config.rope_scaling)} is not supported (only llama3)")
+            if kind == "llama3":
+                s = config.rope_scaling
+                where = f"{source}: rope_scaling"
+                low = field(s, "low_freq_factor", number, where, E, 1.0, lo=0.0, open_lo=True)
+                high = field(s, "high_freq_factor", number, where, E, 4.0, lo=low, open_lo=True)
+                field(s, "factor", number, where, E, lo=0.0, open_lo=True)
+                field(s, "original_max_position_embeddings", integer, where, E, 8192, lo=1, hi=1 << 24)
+                if high == low:
+                    raise E(f"{where}: high_freq_factor must be greater than low_freq_factor")
         if cfg.get("sliding_window") and cfg.get("use_sliding_window"):
-            raise ModelConfigError(f"{source}: sliding-window attention is not supported")
+            raise E(f"{source}: sliding-window attention is not supported")
         return config
+
+    def check_layers(self, names, source: str) -> None:
+        """The layer count agrees with the layers the weights hold (`names`: tensor names), so a
+        config that claims a million layers fails here, before anything is sized from it."""
+        present = set()
+        for name in names:
+            if name.startswith("model.layers."):
+                index = name[len("model.layers."):].split(".", 1)[0]
+                if index.isdigit():
+                    present.add(int(index))
+        count = max(present) + 1 if present else 0
+        if count != self.num_layers:
+            raise ModelConfigError(f"{source}: the config says {self.num_layers} layers, but the weights hold "
+                                   f"{count}; the config and the weights belong to different models")
 
     @property
     def q_size(self) -> int:

@@ -11,10 +11,19 @@ import json
 import os
 import re
 
+from ..checks import MISSING, boolean, integer, number, text
+from ..errors import short
 from ..formats.gguf import GGUFError, GGUFFile
 from ..formats.gguf import read as read_gguf
 from ..formats.safetensors import TensorInfo
-from .config import ModelConfig
+from .config import (
+    MAX_HEADS,
+    MAX_HIDDEN,
+    MAX_LAYERS,
+    MAX_TEMPLATE,
+    MAX_VOCAB,
+    ModelConfig,
+)
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 LAYER_NAMES = {
@@ -45,33 +54,54 @@ def hf_name(name: str) -> str | None:
     return None
 
 
+def _meta(gguf: GGUFFile, key: str, kind, default=MISSING, **limits):
+    """A metadata value checked for type and range (checks.integer, number, text, boolean)."""
+    value = gguf.metadata.get(key)
+    if value is None:
+        if default is MISSING:
+            raise GGUFError(f"{gguf.name}: metadata {key} is missing")
+        return default
+    return kind(value, f"{gguf.name}: metadata {key}", GGUFError, **limits)
+
+
+def _list(gguf: GGUFFile, key: str, item: type, default=MISSING) -> list:
+    value = gguf.metadata.get(key)
+    if value is None:
+        if default is MISSING:
+            raise GGUFError(f"{gguf.name}: metadata {key} is missing")
+        return default
+    if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+        raise GGUFError(f"{gguf.name}: metadata {key} must be an array of {item.__name__}s")
+    return value
+
+
 def config_dict(gguf: GGUFFile) -> dict:
-    """The Hugging Face config.json equivalent of a GGUF file's metadata."""
+    """The Hugging Face config.json equivalent of a GGUF file's metadata (ModelConfig.from_dict
+    then checks the shapes' consistency)."""
     meta = gguf.metadata
     arch = meta.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise GGUFError(f"{gguf.name}: architecture {arch!r} is not supported; LoRA Lab trains "
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise GGUFError(f"{gguf.name}: architecture {short(arch)} is not supported; LoRA Lab trains "
                         f"{', '.join(ARCHITECTURES)} GGUF models")
-    try:
-        heads = int(meta[f"{arch}.attention.head_count"])
-        hidden = int(meta[f"{arch}.embedding_length"])
-        cfg = {
-            "architectures": [ARCHITECTURES[arch]],
-            "hidden_size": hidden,
-            "intermediate_size": int(meta[f"{arch}.feed_forward_length"]),
-            "num_hidden_layers": int(meta[f"{arch}.block_count"]),
-            "num_attention_heads": heads,
-            "num_key_value_heads": int(meta.get(f"{arch}.attention.head_count_kv", heads)),
-            "head_dim": int(meta.get(f"{arch}.rope.dimension_count", hidden // heads)),
-            "rms_norm_eps": float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
-            "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-            "max_position_embeddings": int(meta.get(f"{arch}.context_length", 2048)),
-            "vocab_size": int(meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))),
-            "tie_word_embeddings": "output.weight" not in gguf.tensors,
-        }
-    except KeyError as exc:
-        raise GGUFError(f"{gguf.name}: metadata {exc} is missing") from None
-    return cfg
+    heads = _meta(gguf, f"{arch}.attention.head_count", integer, lo=1, hi=MAX_HEADS)
+    hidden = _meta(gguf, f"{arch}.embedding_length", integer, lo=1, hi=MAX_HIDDEN)
+    vocab = _meta(gguf, f"{arch}.vocab_size", integer, 0, lo=1, hi=MAX_VOCAB)
+    if not vocab:
+        vocab = len(_list(gguf, "tokenizer.ggml.tokens", str))
+    return {
+        "architectures": [ARCHITECTURES[arch]],
+        "hidden_size": hidden,
+        "intermediate_size": _meta(gguf, f"{arch}.feed_forward_length", integer, lo=1, hi=MAX_HIDDEN * 16),
+        "num_hidden_layers": _meta(gguf, f"{arch}.block_count", integer, lo=1, hi=MAX_LAYERS),
+        "num_attention_heads": heads,
+        "num_key_value_heads": _meta(gguf, f"{arch}.attention.head_count_kv", integer, heads, lo=1, hi=MAX_HEADS),
+        "head_dim": _meta(gguf, f"{arch}.rope.dimension_count", integer, hidden // heads, lo=1, hi=MAX_HIDDEN),
+        "rms_norm_eps": _meta(gguf, f"{arch}.attention.layer_norm_rms_epsilon", number, 1e-6, lo=0.0, hi=1.0, open_lo=True),
+        "rope_theta": _meta(gguf, f"{arch}.rope.freq_base", number, 10000.0, lo=0.0, open_lo=True),
+        "max_position_embeddings": _meta(gguf, f"{arch}.context_length", integer, 2048, lo=1, hi=1 << 24),
+        "vocab_size": vocab,
+        "tie_word_embeddings": "output.weight" not in gguf.tensors,
+    }
 
 
 def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
@@ -79,11 +109,23 @@ def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
     Byte-level BPE ("gpt2") tokenizers only: the kind SmolLM, Qwen2 and Llama 3 use."""
     meta = gguf.metadata
     if meta.get("tokenizer.ggml.model") != "gpt2":
-        raise GGUFError(f"{gguf.name}: tokenizer model {meta.get('tokenizer.ggml.model')!r} is not supported "
+        raise GGUFError(f"{gguf.name}: tokenizer model {short(meta.get('tokenizer.ggml.model'))} is not supported "
                         f"(byte-level BPE, 'gpt2', is)")
-    tokens = meta["tokenizer.ggml.tokens"]
-    types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
-    merges = meta.get("tokenizer.ggml.merges", [])
+    tokens = _list(gguf, "tokenizer.ggml.tokens", str)
+    if not tokens:
+        raise GGUFError(f"{gguf.name}: metadata tokenizer.ggml.tokens is empty")
+    if len(set(tokens)) != len(tokens):
+        raise GGUFError(f"{gguf.name}: metadata tokenizer.ggml.tokens names a token twice")
+    types = _list(gguf, "tokenizer.ggml.token_type", int, [1] * len(tokens))
+    if len(types) != len(tokens):
+        raise GGUFError(f"{gguf.name}: metadata tokenizer.ggml.token_type has {len(types):,} entries for "
+                        f"{len(tokens):,} tokens")
+    merges = _list(gguf, "tokenizer.ggml.merges", str, [])
+    if not all(len(m.split(" ")) == 2 for m in merges):
+        raise GGUFError(f"{gguf.name}: metadata tokenizer.ggml.merges holds an entry that is not two tokens")
+    template = _meta(gguf, "tokenizer.chat_template", text, None, limit=MAX_TEMPLATE)
+    add_bos = _meta(gguf, "tokenizer.ggml.add_bos_token", boolean, False)
+    model_max_length = int(config_dict(gguf)["max_position_embeddings"])
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     pre = byte_level
     if meta.get("tokenizer.ggml.pre") == "smollm":  # SmolLM splits digits one by one first
@@ -105,13 +147,12 @@ def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
     }
 
     def token(key: str) -> str | None:
-        i = meta.get(f"tokenizer.ggml.{key}_token_id")
-        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+        i = _meta(gguf, f"tokenizer.ggml.{key}_token_id", integer, None, hi=len(tokens) - 1)
+        return None if i is None else tokens[i]
 
     config = {"bos_token": token("bos"), "eos_token": token("eos"), "pad_token": token("padding"),
-              "unk_token": token("unknown"), "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-              "model_max_length": int(config_dict(gguf)["max_position_embeddings"])}
-    return json.dumps(tokenizer, ensure_ascii=False), config, meta.get("tokenizer.chat_template")
+              "unk_token": token("unknown"), "add_bos_token": add_bos, "model_max_length": model_max_length}
+    return json.dumps(tokenizer, ensure_ascii=False), config, template
 
 
 class GGUFModel:
@@ -127,6 +168,7 @@ class GGUFModel:
             name = hf_name(info.name)
             if name is not None:
                 self._infos[name] = TensorInfo(name, info.dtype, info.shape, info.start, info.end)
+        self.config.check_layers(self._infos, self.name)
 
     @classmethod
     def from_path(cls, path: str) -> "GGUFModel":

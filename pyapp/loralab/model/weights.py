@@ -6,16 +6,22 @@ Sources hand over tensors by Hugging Face name; `HFFolder` reads a local model f
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Protocol
 
-from ..formats.safetensors import SafetensorsError, TensorInfo, read_header, to_f32_bytes
+from ..checks import loads, path_inside, weight_map_shards
+from ..errors import UserError
+from ..formats.safetensors import (
+    SafetensorsError,
+    TensorInfo,
+    read_header,
+    to_f32_bytes,
+)
 from ..gpu.device import VIEW_ALIGNMENT, Buffer, Copy, Device
 from .config import ModelConfig, ModelConfigError
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """Weights missing or with shapes that do not match config.json."""
 
 
@@ -55,20 +61,16 @@ class HFFolder:
         config_path = os.path.join(self.path, "config.json")
         if not os.path.isfile(config_path):
             raise ModelConfigError(f"{self.path}: config.json is missing; is this a Hugging Face model folder?")
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                self.config_dict = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ModelConfigError(f"{config_path}: not valid JSON ({exc})") from None
+        with open(config_path, "rb") as f:
+            self.config_dict = loads(f.read(), config_path, ModelConfigError)
         self.config = ModelConfig.from_dict(self.config_dict, config_path)
         self._files: dict[str, str] = {}  # tensor name -> file path
         self._infos: dict[str, TensorInfo] = {}
         index = os.path.join(self.path, "model.safetensors.index.json")
         single = os.path.join(self.path, "model.safetensors")
         if os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f).get("weight_map", {})
-            shards = sorted(set(weight_map.values()))
+            with open(index, "rb") as f:
+                shards = weight_map_shards(loads(f.read(), index, WeightsError), index, WeightsError)
         elif os.path.isfile(single):
             shards = ["model.safetensors"]
         else:
@@ -76,12 +78,15 @@ class HFFolder:
             hint = " (only pickle .bin weights were found; LoRA Lab reads safetensors only)" if bins else ""
             raise WeightsError(f"{self.path}: model.safetensors is missing{hint}")
         for shard in shards:
-            file = os.path.join(self.path, shard)
+            file = path_inside(self.path, shard, f"{self.path}: model.safetensors.index.json", WeightsError)
             if not os.path.isfile(file):
                 raise WeightsError(f"{self.path}: shard {shard} named by the index is missing")
             for name, info in read_header(file).tensors.items():
+                if name in self._infos:
+                    raise WeightsError(f"{self.path}: tensor {name} is in two shards")
                 self._files[name] = file
                 self._infos[name] = info
+        self.config.check_layers(self._infos, self.path)
 
     def tensors(self) -> dict[str, TensorInfo]:
         return self._infos

@@ -1,0 +1,142 @@
+"""Typed reads of untrusted JSON-like values (config files, file headers, metadata).
+
+Every field of a file we did not write is checked for type, range and consistency before use:
+integers are real integers (not bools, strings or floats) within limits, floats are finite, and
+the message names the source and the field. Callers pass the error class of their format.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import UserError, short
+
+MISSING = object()
+
+
+def integer(value, what: str, error: type[UserError], lo: int = 0, hi: int = 2**53) -> int:
+    """`value` as an int in [lo, hi]; JSON's true/false, strings and floats are refused."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise error(f"{what} must be an integer, not {short(value)}")
+    if not lo <= value <= hi:
+        raise error(f"{what} is {value:,}; it must lie between {lo:,} and {hi:,}")
+    return value
+
+
+def number(value, what: str, error: type[UserError], lo: float = -math.inf, hi: float = math.inf,
+           open_lo: bool = False) -> float:
+    """`value` as a finite float in [lo, hi] (or (lo, hi] with open_lo)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{what} must be a number, not {short(value)}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise error(f"{what} is too large") from None
+    if not math.isfinite(value):
+        raise error(f"{what} must be a finite number, not {value}")
+    if value < lo or value > hi or (open_lo and value == lo):
+        bound = f"greater than {lo:g}" if open_lo and hi == math.inf else f"between {lo:g} and {hi:g}"
+        raise error(f"{what} is {value:g}; it must be {bound}")
+    return value
+
+
+def boolean(value, what: str, error: type[UserError]) -> bool:
+    if not isinstance(value, bool):
+        raise error(f"{what} must be true or false, not {short(value)}")
+    return value
+
+
+def text(value, what: str, error: type[UserError], limit: int = 1 << 20) -> str:
+    if not isinstance(value, str):
+        raise error(f"{what} must be a string, not {short(value)}")
+    if len(value) > limit:
+        raise error(f"{what} is {len(value):,} characters long; at most {limit:,} are accepted")
+    return value
+
+
+def mapping(value, what: str, error: type[UserError]) -> dict:
+    if not isinstance(value, dict):
+        raise error(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def field(d: dict, key: str, kind, source: str, error: type[UserError], default=MISSING, **limits):
+    """d[key] read through `kind` (integer, number, boolean, text): `default` when the key is
+    absent or null, an error naming `source` and the key when required and absent."""
+    value = d.get(key)
+    if value is None:
+        if default is MISSING:
+            raise error(f"{source}: {key} is missing")
+        return default
+    return kind(value, f"{source}: {key}", error, **limits)
+
+
+def no_duplicate_keys(error: type[UserError], source: str):
+    """An object_pairs_hook for json.loads that refuses an object naming a key twice (where the
+    json module would keep the last value silently)."""
+
+    def hook(pairs):
+        out = {}
+        for key, value in pairs:
+            if key in out:
+                raise error(f"{source}: the key {short(key)} appears twice")
+            out[key] = value
+        return out
+
+    return hook
+
+
+def loads(data, source: str, error: type[UserError], unique: bool = False):
+    """json.loads of untrusted text with one-line errors: invalid JSON, invalid UTF-8, nesting too
+    deep for the parser (RecursionError), NaN/Infinity and numbers out of range all name `source`;
+    with `unique`, an object that repeats a key is refused too."""
+    import json
+
+    def constant(name: str):  # NaN, Infinity, -Infinity: Python accepts them, JSON does not
+        raise error(f"{source}: {name} is not a JSON value")
+
+    try:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = bytes(data).decode("utf-8")
+        hook = no_duplicate_keys(error, source) if unique else None
+        return json.loads(data, object_pairs_hook=hook, parse_constant=constant)
+    except UnicodeDecodeError:
+        raise error(f"{source}: not valid UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise error(f"{source}: the JSON is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal with more digits than Python converts
+        raise error(f"{source}: not valid JSON ({exc})") from None
+
+
+def relative_name(value, what: str, error: type[UserError]) -> str:
+    """A file name from a file we did not write (a shard index, a zip), checked to be a plain
+    relative path inside its folder: no '..' or '.' parts, no absolute path, drive letter,
+    backslash, control character or empty part. Used before the name is joined to any path or URL."""
+    name = text(value, what, error, limit=1024)
+    parts = name.split("/")
+    bad = (not name or name.startswith("/") or "\\" in name or ":" in name
+           or any(ord(ch) < 32 or ch == "\x7f" for ch in name)
+           or any(part in ("", ".", "..") for part in parts))
+    if bad:
+        raise error(f"{what}: {short(name)} is not a plain file name inside the model folder")
+    return name
+
+
+def path_inside(folder: str, name: str, what: str, error: type[UserError]) -> str:
+    """os.path.join(folder, name), refused unless the resolved path (links followed) stays in folder."""
+    import os
+
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, relative_name(name, what, error)))
+    if os.path.commonpath([root, path]) != root:
+        raise error(f"{what}: {short(name)} points outside {folder}")
+    return path
+
+
+def weight_map_shards(index, source: str, error: type[UserError]) -> list[str]:
+    """The shard file names of a model.safetensors.index.json, each a checked relative name."""
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict) or not index["weight_map"]:
+        raise error(f"{source}: weight_map must be a JSON object mapping tensor names to shard files")
+    return sorted({relative_name(v, f"{source}: weight_map", error) for v in index["weight_map"].values()})
