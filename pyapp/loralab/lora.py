@@ -13,13 +13,15 @@ alpha / √r with rsLoRA (Kalajdzievski 2023).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
+from .checks import integer, number
 from .errors import UsageError
 from .gpu.device import VIEW_ALIGNMENT, Buffer, Device
 from .model.config import PROJECTIONS, ModelConfig
+from .patterns import compile_key, first_match
 
+MAX_RANK = 4096
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -40,15 +42,18 @@ class LoraConfig:
             value = getattr(self, name)
             pairs = value.items() if isinstance(value, dict) else value
             object.__setattr__(self, name, tuple((str(k), v) for k, v in pairs))
-        if self.r < 1:
-            raise UsageError(f"LoRA rank must be at least 1 (got {self.r})")
+        integer(self.r, "LoRA rank r", UsageError, 1, MAX_RANK)
+        number(self.alpha, "lora_alpha", UsageError)
         for key, value in self.rank_pattern:
-            if int(value) < 1:
-                raise UsageError(f"LoRA rank_pattern {key!r}: the rank must be at least 1 (got {value})")
+            compile_key(key, "rank_pattern")
+            integer(value, f"rank_pattern {key!r}: the rank", UsageError, 1, MAX_RANK)
+        for key, value in self.alpha_pattern:
+            compile_key(key, "alpha_pattern")
+            number(value, f"alpha_pattern {key!r}: lora_alpha", UsageError)
         unknown = [t for t in self.targets if t not in PROJECTIONS]
         if unknown or not self.targets:
             raise UsageError(f"unknown LoRA target modules {unknown}; choose from {', '.join(PROJECTIONS)}")
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= number(self.dropout, "LoRA dropout", UsageError) < 1.0:
             raise UsageError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
 
     @property
@@ -59,10 +64,8 @@ class LoraConfig:
     def _match(pattern: tuple, layer: int, module: str, default):
         """PEFT's rule: the first pattern key that matches the end of the module's name."""
         name = f"model.layers.{layer}.{'self_attn' if module in ATTENTION else 'mlp'}.{module}"
-        for key, value in pattern:
-            if re.match(rf"(.*\.)?({key})$", name):
-                return value
-        return default
+        key = first_match([k for k, _ in pattern], name)
+        return default if key is None else dict(pattern)[key]
 
     def rank(self, layer: int, module: str) -> int:
         return int(self._match(self.rank_pattern, layer, module, self.r))

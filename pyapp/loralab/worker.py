@@ -19,7 +19,7 @@ from .data.tokenizer import TokenizerError
 from .datacache import CACHE_INSTANCE as CACHE
 from .engine import fit_seq_len, load_ops, prepare_training
 from .errors import UsageError, UserError, one_line
-from .formats.peft import AdapterError, check_fits, parse_adapter
+from .formats.peft import check_fits, files_from_zip, parse_adapter
 from .formats.remote import RemoteFolder, fetch
 from .formats.safetensors import SafetensorsError
 from .gpu.browser import BrowserDevice
@@ -535,9 +535,6 @@ async def import_adapter(request: str) -> dict:
     """{"files": {name: url}}: a PEFT adapter (a .zip, or adapter_model.safetensors +
     adapter_config.json), checked against the loaded model; it then answers in the compare panel
     and is where the next training run starts."""
-    import io
-    import zipfile
-
     from .engine import make_lora
 
     req = json.loads(request)
@@ -546,11 +543,7 @@ async def import_adapter(request: str) -> dict:
     for name, url in req.get("files", {}).items():
         data = (await fetch(url)).bytes()
         if name.lower().endswith(".zip"):
-            try:
-                with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                    files.update({n.rsplit("/", 1)[-1]: zf.read(n) for n in zf.namelist() if not n.endswith("/")})
-            except zipfile.BadZipFile:
-                raise AdapterError(f"{name}: not a valid zip file") from None
+            files.update(files_from_zip(data, name))
         else:
             files[name] = data
     lora_config, state, _ = parse_adapter(files, "the chosen adapter")

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import UserError
+from ..checks import loads
+from ..errors import UserError, one_line
 from .batches import IGNORE, Sequence
 
 FORMATS = ("tokens", "text", "completion", "chat", "alpaca")
@@ -60,25 +60,19 @@ def read_records(name: str, text: str) -> list[dict]:
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{name} line {number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            value = loads(line, f"{name} line {number}", DatasetError)
             if not isinstance(value, dict):
                 raise DatasetError(f"{name} line {number}: expected a JSON object, found {type(value).__name__}")
             records.append(value)
     elif lower.endswith(".json"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{name} line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        value = loads(text, name, DatasetError)
         if isinstance(value, dict):
             value = next((v for v in value.values() if isinstance(v, list)), [value])
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise DatasetError(f"{name}: expected a JSON array of objects")
         records = value
     elif lower.endswith(".csv"):
-        records = [dict(row) for row in csv.DictReader(io.StringIO(text))]
+        records = _csv_records(name, text)
     elif lower.endswith(".txt") or "." not in lower.rsplit("/", 1)[-1]:
         blocks = [b.strip() for b in text.replace("\r\n", "\n").split("\n\n")]
         records = [{"text": b} for b in blocks if b]
@@ -86,6 +80,22 @@ def read_records(name: str, text: str) -> list[dict]:
         raise DatasetError(f"{name}: unsupported file type; use .jsonl, .json, .csv or .txt")
     if not records:
         raise DatasetError(f"{name}: the dataset is empty")
+    return records
+
+
+def _csv_records(name: str, text: str) -> list[dict]:
+    """Rows of a CSV file with a header line. A field may be as long as the file (the csv
+    module's own limit is 131,072 characters); rows with too many fields are refused."""
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    reader = csv.DictReader(io.StringIO(text))
+    records = []
+    try:
+        for row in reader:
+            if None in row:
+                raise DatasetError(f"{name} line {reader.line_num}: more fields than the header names")
+            records.append(dict(row))
+    except csv.Error as exc:
+        raise DatasetError(f"{name} line {reader.line_num}: not valid CSV ({exc})") from None
     return records
 
 
@@ -132,19 +142,30 @@ def _with_eos(ids: list[int], tok: Tokenizer) -> list[int]:
     return ids + [tok.eos_id] if tok.eos_id is not None and (not ids or ids[-1] != tok.eos_id) else ids
 
 
-def encode_record(record: dict, fmt: str, tok: Tokenizer | None, where: str, train_on_prompt: bool = False) -> Sequence:
+def cut_text(text: str, max_chars: int | None) -> str:
+    """`text` cut to at most `max_chars` characters, before a whitespace character in the last
+    half of that window when there is one (so no word is split), for tokenizing long examples
+    in bounded time: the caller picks max_chars so that what is cut lies past the sequence length."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    space = max(text.rfind(c, max_chars // 2, max_chars) for c in " \n\t")
+    return text[: space if space > 0 else max_chars]
+
+
+def encode_record(record: dict, fmt: str, tok: Tokenizer | None, where: str, train_on_prompt: bool = False,
+                  max_chars: int | None = None) -> Sequence:
     if fmt == "tokens":
         ids = record.get("input_ids")
         labels = record.get("labels", ids)
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and i >= 0 for i in ids):
+        if not isinstance(ids, list) or not ids or not all(type(i) is int and i >= 0 for i in ids):
             raise DatasetError(f"{where}: input_ids must be a non-empty list of non-negative integers")
-        if not isinstance(labels, list) or len(labels) != len(ids) or not all(isinstance(i, int) for i in labels):
-            raise DatasetError(f"{where}: labels must be a list of integers as long as input_ids")
+        if not isinstance(labels, list) or len(labels) != len(ids) or not all(type(i) is int and (i >= 0 or i == IGNORE) for i in labels):
+            raise DatasetError(f"{where}: labels must be a list as long as input_ids of token ids or {IGNORE}")
         return Sequence(list(ids), list(labels))
     if fmt == "text":
         if not isinstance(record.get("text"), str):
             raise DatasetError(f"{where}: 'text' must be a string")
-        ids = _with_eos(_need(tok, fmt, where).encode(record["text"]), tok)
+        ids = _with_eos(_need(tok, fmt, where).encode(cut_text(record["text"], max_chars)), tok)
         return Sequence(ids, list(ids))
     if fmt in ("completion", "alpaca"):
         if fmt == "alpaca":
@@ -155,38 +176,45 @@ def encode_record(record: dict, fmt: str, tok: Tokenizer | None, where: str, tra
             user = instruction + ("\n\n" + extra if extra else "")
             try:
                 chat = [{"role": "user", "content": user}, {"role": "assistant", "content": str(record["output"])}]
-                return _encode_chat(chat, tok, where, train_on_prompt)
+                return _encode_chat(chat, tok, where, train_on_prompt, max_chars)
             except DatasetError:
                 prompt, completion = f"### Instruction:\n{user}\n\n### Response:\n", str(record["output"])
         else:
             prompt, completion = record.get("prompt"), record.get("completion")
             if not isinstance(prompt, str) or not isinstance(completion, str):
                 raise DatasetError(f"{where}: 'prompt' and 'completion' must be strings")
-        p = _need(tok, fmt, where).encode(prompt)
-        c = _with_eos(tok.encode(completion, add_special_tokens=False), tok)
+        p = _need(tok, fmt, where).encode(cut_text(prompt, max_chars))
+        c = _with_eos(tok.encode(cut_text(completion, max_chars), add_special_tokens=False), tok)
         return Sequence(p + c, (p if train_on_prompt else [IGNORE] * len(p)) + c)
     if fmt == "chat":
         messages = _messages(record, where)
-        return _encode_chat(messages, _need(tok, fmt, where), where, train_on_prompt)
+        return _encode_chat(messages, _need(tok, fmt, where), where, train_on_prompt, max_chars)
     raise DatasetError(f"{where}: unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-def _encode_chat(messages: list[dict], tok: Tokenizer, where: str, train_on_prompt: bool) -> Sequence:
+def _render(tok: Tokenizer, messages: list[dict], where: str, add_generation_prompt: bool = False) -> str:
+    try:
+        return tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    except UserError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+    except Exception as exc:  # the template's own failure (raise_exception, a bad field) on this record
+        raise DatasetError(f"{where}: the chat template failed ({one_line(exc)})") from None
+
+
+def _encode_chat(messages: list[dict], tok: Tokenizer, where: str, train_on_prompt: bool,
+                 max_chars: int | None = None) -> Sequence:
     """Render with the model's template; the loss covers each assistant turn's characters, found by
     rendering the conversation up to that turn with and without it."""
-    try:
-        full = tok.apply_chat_template(messages)
-    except Exception as exc:
-        raise DatasetError(f"{where}: the chat template failed ({exc})") from None
+    full = _render(tok, messages, where)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = tok.apply_chat_template(messages[:i], add_generation_prompt=True)
-        upto = tok.apply_chat_template(messages[: i + 1])
+        before = _render(tok, messages[:i], where, add_generation_prompt=True)
+        upto = _render(tok, messages[: i + 1], where)
         if full.startswith(upto) and upto.startswith(before):
             spans.append((len(before), len(upto)))
-    ids, offsets = tok.encode_with_offsets(full)
+    ids, offsets = tok.encode_with_offsets(cut_text(full, max_chars))
     if train_on_prompt:
         return Sequence(ids, list(ids))
     labels = [i if any(a <= start < b for a, b in spans) else IGNORE for i, (start, _) in zip(ids, offsets)]
@@ -203,13 +231,20 @@ def load_dataset(name: str, text: str, fmt: str = "auto", tokenizer: Tokenizer |
             raise DatasetError(f"{name}: cannot tell the format of the first record (keys {sorted(records[0])}); "
                                f"pass a format: {', '.join(FORMATS)}")
     sequences, tokens, trained, truncated = [], 0, 0, 0
+    # Examples longer than the sequence are cut before tokenizing: no token spans more than
+    # max_token_chars characters, so twice (seq_len + 1) of them leaves every kept token intact.
+    max_chars = 2 * (seq_len + 1) * getattr(tokenizer, "max_token_chars", 1024) if seq_len else None
     for number, record in enumerate(records, 1):
         where = f"{name} record {number}"
-        seq = encode_record(record, fmt, tokenizer, where, train_on_prompt)
+        seq = encode_record(record, fmt, tokenizer, where, train_on_prompt, max_chars)
         if vocab_size is not None:
             bad = next((i for i in seq.input_ids if i >= vocab_size), None)
             if bad is not None:
                 raise DatasetError(f"{where}: token id {bad} is outside the model's vocabulary ({vocab_size})")
+            bad = next((i for i in seq.labels if i != IGNORE and not 0 <= i < vocab_size), None)
+            if bad is not None:
+                raise DatasetError(f"{where}: label {bad} is outside the model's vocabulary ({vocab_size}); "
+                                   f"use {IGNORE} for tokens without loss")
         if seq_len is not None and len(seq.input_ids) > seq_len:
             truncated += 1
         n = min(len(seq.input_ids), seq_len or len(seq.input_ids))

@@ -12,7 +12,8 @@ import json
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
-from .tokenizer import TokenizerError, token_text
+from ..errors import one_line
+from .tokenizer import MAX_RENDER, TokenizerError, longest_token, token_text
 
 _modules: dict[str, object] = {}
 
@@ -54,7 +55,9 @@ class BrowserTokenizer:
         template_text = chat_template or config.get("chat_template")
         tok = tokenizers.Tokenizer.new(js.JSON.parse(tokenizer_json), js.JSON.parse(json.dumps(config)))
         template = jinja.Template.new(template_text) if template_text else None
-        return cls(tok, template, config, {t["content"] for t in spec.get("added_tokens", [])})
+        self = cls(tok, template, config, {t["content"] for t in spec.get("added_tokens", [])})
+        self.max_token_chars = longest_token(spec)
+        return self
 
     def _id(self, token: str | None) -> int | None:
         if token is None:
@@ -96,4 +99,10 @@ class BrowserTokenizer:
             raise TokenizerError("this model has no chat template")
         context = {"messages": messages, "add_generation_prompt": add_generation_prompt,
                    "bos_token": self.bos_token or "", "eos_token": self.eos_token or ""}
-        return str(self._template.render(to_js(context, dict_converter=js.Object.fromEntries)))
+        try:
+            text = str(self._template.render(to_js(context, dict_converter=js.Object.fromEntries)))
+        except Exception as exc:  # a JsException from @huggingface/jinja
+            raise TokenizerError(f"the chat template failed: {one_line(exc)}") from None
+        if len(text) > MAX_RENDER:
+            raise TokenizerError(f"the chat template produced more than {MAX_RENDER:,} characters")
+        return text

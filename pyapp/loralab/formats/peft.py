@@ -14,13 +14,23 @@ import os
 import re
 import zipfile
 
-from ..errors import UserError
-from ..lora import LoraConfig, LoraState
+from ..checks import boolean, field, integer, loads, number
+from ..errors import UserError, short
+from ..lora import MAX_RANK, LoraConfig, LoraState
 from ..model.config import PROJECTIONS, ModelConfig
-from .safetensors import SafetensorsError, parse_header, serialize, to_f32_bytes
+from .archive import read_members
+from .safetensors import (
+    SafetensorsError,
+    first_nonfinite,
+    parse_header,
+    serialize,
+    to_f32_bytes,
+)
 
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
+ADAPTER_MEMBERS = (ADAPTER_FILE, CONFIG_FILE, "adapter_model.bin")
+MAX_ADAPTER_BYTES = 1 << 30  # an r = 64 adapter of a 7B model is about 640 MB
 KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.default)?\.weight$")
 
 
@@ -76,25 +86,32 @@ def files_from_path(path: str) -> dict[str, bytes]:
             raise AdapterError(f"{path}: only a pickle adapter (adapter_model.bin) was found; LoRA Lab reads "
                                f"safetensors only, since pickle files can run code. Re-save it with "
                                f"safe_serialization=True.")
-        out = {}
-        for name, file in found.items():
-            with open(file, "rb") as f:
-                out[name] = f.read()
-        return out
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            return {os.path.basename(n): zf.read(n) for n in zf.namelist() if os.path.basename(n) in (ADAPTER_FILE, CONFIG_FILE, "adapter_model.bin")}
+        return {name: _read_file(file) for name, file in found.items()}
+    if os.path.isfile(path) and zipfile.is_zipfile(path):
+        return files_from_zip(path, path)
     if path.endswith(".bin"):
         raise AdapterError(f"{path}: pickle adapters are refused (they can run code); use adapter_model.safetensors")
     if not os.path.exists(path):
         raise AdapterError(f"{path}: no such file or folder")
-    with open(path, "rb") as f:
-        out = {ADAPTER_FILE: f.read()}
+    out = {ADAPTER_FILE: _read_file(path)}
     beside = os.path.join(os.path.dirname(path), CONFIG_FILE)
     if os.path.exists(beside):
-        with open(beside, "rb") as f:
-            out[CONFIG_FILE] = f.read()
+        out[CONFIG_FILE] = _read_file(beside)
     return out
+
+
+def _read_file(path: str) -> bytes:
+    size = os.path.getsize(path)
+    if size > MAX_ADAPTER_BYTES:
+        raise AdapterError(f"{path}: {size:,} bytes is more than an adapter holds (at most {MAX_ADAPTER_BYTES:,} are read)")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def files_from_zip(data, where: str) -> dict[str, bytes]:
+    """The adapter's files from a zip (bytes or a path): only those members are unpacked, each
+    within MAX_ADAPTER_BYTES (formats.archive)."""
+    return read_members(data, where, ADAPTER_MEMBERS, MAX_ADAPTER_BYTES)
 
 
 def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[LoraConfig, dict[str, tuple[tuple[int, ...], bytes]], dict]:
@@ -105,26 +122,29 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
         raise AdapterError(f"{source}: {ADAPTER_FILE} is missing")
     if CONFIG_FILE not in files:
         raise AdapterError(f"{source}: {CONFIG_FILE} is missing (it holds r, lora_alpha and target_modules)")
-    try:
-        raw = json.loads(files[CONFIG_FILE].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"{source}/{CONFIG_FILE}: not valid JSON ({exc})") from None
+    where = f"{source}/{CONFIG_FILE}"
+    raw = loads(files[CONFIG_FILE], where, AdapterError, unique=True)
     if not isinstance(raw, dict) or raw.get("peft_type", "LORA") != "LORA":
-        raise AdapterError(f"{source}/{CONFIG_FILE}: not a LoRA adapter config (peft_type {raw.get('peft_type') if isinstance(raw, dict) else '?'})")
+        raise AdapterError(f"{where}: not a LoRA adapter config (peft_type {short(raw.get('peft_type')) if isinstance(raw, dict) else '?'})")
     for unsupported in ("use_dora",):
         if raw.get(unsupported):
-            raise AdapterError(f"{source}/{CONFIG_FILE}: {unsupported} adapters are not supported")
+            raise AdapterError(f"{where}: {unsupported} adapters are not supported")
     patterns = {}
-    for name, kind in (("rank_pattern", int), ("alpha_pattern", float)):
+    for name in ("rank_pattern", "alpha_pattern"):
         value = raw.get(name) or {}
         if not isinstance(value, dict):
-            raise AdapterError(f"{source}/{CONFIG_FILE}: {name} must map module names to numbers")
-        try:
-            patterns[name] = tuple((str(k), kind(v)) for k, v in value.items())
-            for key, _ in patterns[name]:
-                re.compile(key)
-        except (TypeError, ValueError, re.error) as exc:
-            raise AdapterError(f"{source}/{CONFIG_FILE}: {name}: {exc}") from None
+            raise AdapterError(f"{where}: {name} must map module names to numbers")
+        patterns[name] = tuple(value.items())
+    try:
+        r = field(raw, "r", integer, where, AdapterError, 8, lo=1, hi=MAX_RANK)
+        lora_fields = dict(r=r, alpha=field(raw, "lora_alpha", number, where, AdapterError, float(r)),
+                           dropout=field(raw, "lora_dropout", number, where, AdapterError, 0.0, lo=0.0, hi=1.0),
+                           use_rslora=field(raw, "use_rslora", boolean, where, AdapterError, False), **patterns)
+        LoraConfig(**lora_fields)  # checks the patterns before any is matched
+    except AdapterError:
+        raise
+    except UserError as exc:
+        raise AdapterError(f"{where}: {exc}") from None
     data = files[ADAPTER_FILE]
     try:
         header = parse_header(data, len(data), f"{source}/{ADAPTER_FILE}")
@@ -140,18 +160,19 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
         if len(info.shape) != 2:
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} has shape {list(info.shape)}; LoRA matrices are 2-D")
         key = name.replace(".default.weight", ".weight")
-        state[key] = (info.shape, to_f32_bytes(info.dtype, data[info.start : info.end]))
+        if key in state:
+            raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {key} appears twice (with and without .default)")
+        values = to_f32_bytes(info.dtype, data[info.start : info.end])
+        bad = first_nonfinite(values)
+        if bad is not None:
+            raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} holds a NaN or infinite value "
+                               f"(element {bad:,}); the adapter is damaged")
+        state[key] = (info.shape, values)
         targets.add(m.group(3))
         ranks[key] = (int(m.group(1)), m.group(3), info.shape[0] if m.group(4) == "A" else info.shape[1])
     if not state:
         raise AdapterError(f"{source}/{ADAPTER_FILE}: holds no LoRA tensors")
-    try:
-        r = int(raw.get("r", 8))
-        lora = LoraConfig(r=r, alpha=float(raw.get("lora_alpha", r)), targets=tuple(p for p in PROJECTIONS if p in targets),
-                          dropout=float(raw.get("lora_dropout") or 0.0), use_rslora=bool(raw.get("use_rslora", False)),
-                          **patterns)
-    except (TypeError, ValueError) as exc:
-        raise AdapterError(f"{source}/{CONFIG_FILE}: {exc}") from None
+    lora = LoraConfig(targets=tuple(p for p in PROJECTIONS if p in targets), **lora_fields)
     for key, (layer, module, rank) in sorted(ranks.items()):
         if rank != lora.rank(layer, module):
             said = f"r = {lora.r}" + (" with its rank_pattern" if lora.rank_pattern else "")
