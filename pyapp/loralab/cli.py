@@ -46,21 +46,26 @@ def open_model(spec: str, hub_endpoint: str | None = None):
 
 
 class Session:
-    """A native device with every kernel compiled, and a model folder with its tokenizer."""
+    """A model folder with its tokenizer and, once `start_gpu` ran, a native device with the
+    kernels compiled. The files (model, data, adapter) are read and checked first, so a bad
+    input is reported before any GPU work."""
 
     @classmethod
     async def open(cls, model_path: str, hub_endpoint: str | None = None) -> "Session":
+        self = cls()
+        self.source, self.tokenizer = open_model(model_path, hub_endpoint)
+        self.config = self.source.config
+        self.device = self.ops = None
+        return self
+
+    async def start_gpu(self) -> None:
         from .engine import load_ops
         from .gpu.native import NativeDevice
         from .kernels import directory_reader
 
-        self = cls()
-        self.source, self.tokenizer = open_model(model_path, hub_endpoint)  # validates the files before any GPU work
-        self.config = self.source.config
         self.device = await NativeDevice.create()
         self.ops = await load_ops(self.device, directory_reader())
         await self.ops.specialize_head_dim(self.config.head_dim)
-        return self
 
     async def weights(self, dtype: str = "f32"):
         from .model.weights import upload_weights
@@ -151,6 +156,7 @@ async def cmd_train(args) -> int:
                              warmup_steps=args.warmup_steps, optimizer=args.optimizer, weight_decay=args.weight_decay,
                              max_grad_norm=args.max_grad_norm, seed=args.seed, shuffle=not args.no_shuffle,
                              report_every=args.report_every, gradient_checkpointing=args.gradient_checkpointing)
+    await s.start_gpu()
     trainer = await prepare_training(s.ops, s.source, s.config, records, valid, lora_config, state, config, s.pad_id,
                                      args.weights)
     lora = trainer.lora
@@ -200,7 +206,9 @@ async def cmd_eval(args) -> int:
 
     s = await Session.open(args.model, args.hub_endpoint)
     records, _ = s.dataset(args.data, args.format, args.seq_len)
-    lora = make_lora(s.ops, s.config, *s.adapter(args.adapter)) if args.adapter else None
+    adapter = s.adapter(args.adapter) if args.adapter else None
+    await s.start_gpu()
+    lora = make_lora(s.ops, s.config, *adapter) if adapter else None
     model = Transformer(s.device, s.ops, s.config, await s.weights(args.weights), lora, args.batch_size,
                         fit_seq_len(records, args.seq_len))
     history = s.device.create_buffer(4, label="eval_loss")
@@ -217,7 +225,7 @@ async def cmd_generate(args) -> int:
     s = await Session.open(args.model, args.hub_endpoint)
     if s.tokenizer is None:
         raise TokenizerError(f"{args.model}: tokenizer.json is missing; generate needs the model's tokenizer")
-    lora = make_lora(s.ops, s.config, *s.adapter(args.adapter)) if args.adapter else None
+    adapter = s.adapter(args.adapter) if args.adapter else None
     if args.chat is not None:
         if not s.tokenizer.chat_template:
             raise TokenizerError(f"{args.model}: the model has no chat template; use --prompt")
@@ -226,6 +234,8 @@ async def cmd_generate(args) -> int:
     else:
         ids = s.tokenizer.encode(args.prompt)
     max_len = min(s.config.max_position_embeddings, len(ids) + args.max_new_tokens)
+    await s.start_gpu()
+    lora = make_lora(s.ops, s.config, *adapter) if adapter else None
     gen = Generator(s.device, s.ops, s.config, await s.weights(args.weights), lora, max_len)
     started = time.perf_counter()
     out = await gen.generate(ids, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
@@ -252,6 +262,7 @@ async def cmd_bench(args) -> int:
 
     if args.model:
         s = await Session.open(args.model, args.hub_endpoint)
+        await s.start_gpu()
         ops, config, config_dict = s.ops, s.config, s.source.config_dict
         weights = await s.weights(args.weights)
     else:
@@ -333,6 +344,7 @@ async def cmd_export(args) -> int:
 
     s = await Session.open(args.model, args.hub_endpoint)
     lora_config, state = s.adapter(args.adapter_dir)
+    await s.start_gpu()
     lora = make_lora(s.ops, s.config, lora_config, state)
     tokenizer_json = tok_config = template = None
     if s.tokenizer is not None:

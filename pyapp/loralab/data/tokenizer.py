@@ -20,6 +20,7 @@ class TokenizerError(UserError):
 
 MAX_RENDER = 1 << 26  # characters a chat template may produce for one conversation
 MAX_LOOP_STEPS = 1_000_000  # items range() may hand a template's loops in one render
+MAX_INT_BITS = 1 << 12  # the largest integer a template's arithmetic may build
 
 
 def longest_token(spec: dict) -> int:
@@ -45,10 +46,12 @@ def budgeted_sandbox():
 
         def call_binop(self, context, operator, left, right):
             sized = [v for v in (left, right) if isinstance(v, (str, list, tuple))]
-            counts = [v for v in (left, right) if isinstance(v, int) and not isinstance(v, bool)]
-            if operator == "*" and sized and counts and len(sized[0]) * max(counts[0], 0) > MAX_RENDER:
+            ints = [v for v in (left, right) if isinstance(v, int) and not isinstance(v, bool)]
+            if operator == "*" and sized and ints and len(sized[0]) * max(ints[0], 0) > MAX_RENDER:
                 raise TemplateError("the chat template builds a string or list that is too large")
-            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            if operator == "*" and len(ints) == 2 and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                raise TemplateError("the chat template builds a number that is too large")
+            if operator == "**" and len(ints) == 2 and abs(left) > 1 and left.bit_length() * abs(right) > MAX_INT_BITS:
                 raise TemplateError("the chat template raises a number to too high a power")
             return super().call_binop(context, operator, left, right)
 

@@ -87,7 +87,7 @@ def files_from_path(path: str) -> dict[str, bytes]:
                                f"safetensors only, since pickle files can run code. Re-save it with "
                                f"safe_serialization=True.")
         return {name: _read_file(file) for name, file in found.items()}
-    if os.path.isfile(path) and zipfile.is_zipfile(path):
+    if os.path.isfile(path) and (path.lower().endswith(".zip") or zipfile.is_zipfile(path)):
         return files_from_zip(path, path)
     if path.endswith(".bin"):
         raise AdapterError(f"{path}: pickle adapters are refused (they can run code); use adapter_model.safetensors")

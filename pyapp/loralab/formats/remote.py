@@ -141,7 +141,7 @@ class RemoteFolder:
                     raise FetchError(f"{self.name}: tensor {name} is in two shards")
                 self._infos[name] = info
                 self._bodies[name] = body
-        self.config.check_layers(self._infos, self.name)
+        self.config.check_layers(self._infos, f"{self.name}/config.json")
         return self
 
     def tensors(self) -> dict[str, TensorInfo]:

@@ -109,7 +109,7 @@ class ModelConfig:
             raise E(f"{source}: sliding-window attention is not supported")
         return config
 
-    def check_layers(self, names, source: str) -> None:
+    def check_layers(self, names, source: str, what: str = "num_hidden_layers") -> None:
         """The layer count agrees with the layers the weights hold (`names`: tensor names), so a
         config that claims a million layers fails here, before anything is sized from it."""
         present = set()
@@ -120,8 +120,8 @@ class ModelConfig:
                     present.add(int(index))
         count = max(present) + 1 if present else 0
         if count != self.num_layers:
-            raise ModelConfigError(f"{source}: the config says {self.num_layers} layers, but the weights hold "
-                                   f"{count}; the config and the weights belong to different models")
+            raise ModelConfigError(f"{source}: {what} is {self.num_layers}, but the weights hold {count} layers; "
+                                   f"the config and the weights belong to different models")
 
     @property
     def q_size(self) -> int:

@@ -168,7 +168,8 @@ class GGUFModel:
             name = hf_name(info.name)
             if name is not None:
                 self._infos[name] = TensorInfo(name, info.dtype, info.shape, info.start, info.end)
-        self.config.check_layers(self._infos, self.name)
+        arch = gguf.metadata["general.architecture"]
+        self.config.check_layers(self._infos, self.name, f"metadata {arch}.block_count")
 
     @classmethod
     def from_path(cls, path: str) -> "GGUFModel":

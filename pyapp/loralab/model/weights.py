@@ -86,7 +86,7 @@ class HFFolder:
                     raise WeightsError(f"{self.path}: tensor {name} is in two shards")
                 self._files[name] = file
                 self._infos[name] = info
-        self.config.check_layers(self._infos, self.path)
+        self.config.check_layers(self._infos, config_path)
 
     def tensors(self) -> dict[str, TensorInfo]:
         return self._infos
