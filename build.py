@@ -43,9 +43,12 @@ VENDOR = [
     ("pyodide", ["pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json"], "pyodide"),
     ("@pyscript/core/dist", ["*.js", "*.css"], "pyscript"),
     ("@huggingface/tokenizers/dist", ["tokenizers.min.mjs"], "vendor/tokenizers"),
-    ("@huggingface/jinja/dist", ["index.js"], "vendor/jinja"),
     ("uplot/dist", ["uPlot.esm.js", "uPlot.min.css"], "vendor/uplot"),
 ]
+
+# Pure-Python packages the browser's Python imports (chat templates: jinja2, which needs
+# markupsafe; its C speed-ups are skipped and its pure-Python fallback is used).
+BROWSER_PYTHON_DEPS = ("jinja2", "markupsafe")
 
 # The PyScript configuration both interpreters (page and engine worker) load: the local
 # Pyodide, and our Python package unpacked into the interpreter's working directory.
@@ -131,11 +134,18 @@ def setup() -> None:
 
 
 def python_package_zip(dest: Path) -> None:
-    """The `loralab` package as a zip that PyScript unpacks into each interpreter."""
+    """The `loralab` package, and the pure-Python packages it imports in the browser (taken from
+    their PyPI wheels as installed in .venv), as a zip that PyScript unpacks into each interpreter."""
     pkg = ROOT / "pyapp" / "loralab"
+    found = sorted((VENV / "lib").glob("python3*/site-packages"))
+    if not found or not all((found[0] / dep).is_dir() for dep in BROWSER_PYTHON_DEPS):
+        sys.exit(f"[build.py] {', '.join(BROWSER_PYTHON_DEPS)} not found in .venv: run `python3 build.py setup`.")
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(pkg.rglob("*.py")):
             zf.write(path, path.relative_to(pkg.parent).as_posix())
+        for dep in BROWSER_PYTHON_DEPS:
+            for path in sorted((found[0] / dep).rglob("*.py")):
+                zf.write(path, path.relative_to(found[0]).as_posix())
 
 
 def copy_vendor(dist: Path) -> None:

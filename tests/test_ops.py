@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from loralab import ref
+from loralab.errors import UsageError
 
 RTOL = 1e-5
 
@@ -394,7 +395,7 @@ def test_cross_entropy_loss_and_gradient(ops, arrays, R, V):
 def test_attention_forward_and_backward(ops, arrays, run, B, S, Hq, Hkv, D, variant):
     ops._by_head_dim.clear()
     if variant == "tiled" and D % 4 or variant == "lanes" and D % 16:
-        with pytest.raises(ValueError, match="multiple of 4|D/16 lanes"):
+        with pytest.raises(UsageError, match="multiple of 4|D/16 lanes"):
             run(ops.specialize_head_dim(D, variant))
         return
     if variant == "lanes" and not ops.tile_lanes(D):

@@ -103,11 +103,12 @@ def loads(data, source: str, error: type[UserError], unique: bool = False):
     except UnicodeDecodeError:
         raise error(f"{source}: not valid UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise error(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        where = f"column {exc.colno}" if exc.lineno == 1 else f"line {exc.lineno} column {exc.colno}"
+        raise error(f"{source}: invalid JSON ({exc.msg} at {where})") from None
     except RecursionError:
         raise error(f"{source}: the JSON is nested too deeply") from None
     except ValueError as exc:  # e.g. an integer literal with more digits than Python converts
-        raise error(f"{source}: not valid JSON ({exc})") from None
+        raise error(f"{source}: invalid JSON ({exc})") from None
 
 
 def relative_name(value, what: str, error: type[UserError]) -> str:

@@ -14,6 +14,7 @@ import traceback
 import js  # type: ignore[import-not-found]
 
 from . import runstore
+from .checks import loads
 from .data.formats import DatasetError, load_dataset
 from .data.tokenizer import TokenizerError
 from .datacache import CACHE_INSTANCE as CACHE
@@ -21,7 +22,6 @@ from .engine import fit_seq_len, load_ops, prepare_training
 from .errors import UsageError, UserError, one_line
 from .formats.peft import check_fits, files_from_zip, parse_adapter
 from .formats.remote import RemoteFolder, fetch
-from .formats.safetensors import SafetensorsError
 from .gpu.browser import BrowserDevice
 from .gpu.device import GpuError
 from .kernels import KernelLibrary, SourceReader
@@ -238,7 +238,10 @@ async def _load_model(req: dict) -> dict:
             raise TokenizerError(f"{source.name}: tokenizer.json is missing; LoRA Lab needs the model's tokenizer")
         cfg_body = await source.fetch_file("tokenizer_config.json", missing_ok=True)
         tpl_body = await source.fetch_file("chat_template.jinja", missing_ok=True)
-        tokenizer_json, tok_config = tok_body.text(), json.loads(cfg_body.text()) if cfg_body else {}
+        tokenizer_json = tok_body.text()
+        tok_config = loads(cfg_body.bytes(), f"{source.name}/tokenizer_config.json", TokenizerError) if cfg_body else {}
+        if not isinstance(tok_config, dict):
+            raise TokenizerError(f"{source.name}/tokenizer_config.json: expected a JSON object")
         template = tpl_body.text() if tpl_body else None
     _free_model()
     await ops.specialize_head_dim(source.config.head_dim)
@@ -369,7 +372,7 @@ async def _start_run(config: TrainConfig, lora, save_every: int, stop_after: int
             saved = await runstore.save(t, model, _engine["dataset_source"], save_every, state)
             _report({"kind": "checkpoint", **saved})
         except Exception as exc:  # training goes on; the person is told that saving failed
-            _report({"kind": "checkpoint", "error": f"the checkpoint could not be saved: {exc}", "step": t.step})
+            _report({"kind": "checkpoint", "error": f"the checkpoint could not be saved: {one_line(exc)}", "step": t.step})
 
     async def go():
         try:
@@ -380,7 +383,8 @@ async def _start_run(config: TrainConfig, lora, save_every: int, stop_after: int
         except Exception as exc:
             run["state"] = "error"
             lost = ops.device.lost_reason is not None
-            _report({"kind": "state", "state": "error", "error": str(exc), "step": trainer.step, "device_lost": lost})
+            message = one_line(exc) if isinstance(exc, UserError) else f"internal error: {one_line(exc)}"
+            _report({"kind": "state", "state": "error", "error": message, "step": trainer.step, "device_lost": lost})
 
     run["task"] = asyncio.ensure_future(go())
     _report({"kind": "state", "state": "running", "step": trainer.step, "total_steps": trainer.total_steps})
@@ -700,8 +704,8 @@ async def checkpoint_info(request: str = "{}") -> dict:
     saved_at, loss} | null}. An unreadable one is reported as {"checkpoint": null, "problem"}."""
     try:
         found = await runstore.load()
-    except (SafetensorsError, ValueError, KeyError) as exc:
-        return {"checkpoint": None, "problem": str(exc)}
+    except (UserError, ValueError, KeyError) as exc:
+        return {"checkpoint": None, "problem": one_line(exc)}
     return {"checkpoint": runstore.summary(found[0]) if found else None}
 
 

@@ -39,7 +39,7 @@ def test_a_good_adapter_parses_and_fits():
     (lambda: {**adapter(), "adapter_model.safetensors": adapter()["adapter_model.safetensors"].replace(b'"F32"', b'"Q9Z"', 1)},
      "unknown dtype"),
     (lambda: {"adapter_model.bin": b"\x80\x04", "adapter_config.json": b"{}"}, "pickle"),
-    (lambda: adapter(config=b"{nope"), "not valid JSON"),
+    (lambda: adapter(config=b"{nope"), "invalid JSON"),
     (lambda: {"adapter_config.json": json.dumps(CONFIG).encode()}, "adapter_model.safetensors is missing"),
 ])
 def test_malformed_adapters(files, message):

@@ -21,7 +21,7 @@ def test_round_trip():
 @pytest.mark.parametrize("blob, message", [
     (b"\x01\x02", "truncated"),
     (struct.pack("<Q", 10_000) + b"{}", "runs past the end"),
-    (struct.pack("<Q", 5) + b"{nope", "not valid JSON"),
+    (struct.pack("<Q", 5) + b"{nope", "invalid JSON"),
     (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
 ])
 def test_bad_headers(blob, message):

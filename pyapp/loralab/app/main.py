@@ -13,6 +13,7 @@ from dataclasses import MISSING, fields
 from pyodide.ffi import create_proxy, jsnull, to_js  # type: ignore[import-not-found]
 from pyscript import document, window, workers  # type: ignore[import-not-found]
 
+from ..errors import UserError, one_line
 from ..lora import LoraConfig
 from ..model.config import PROJECTIONS
 from ..train import OPTIMIZERS, SCHEDULES, TrainConfig
@@ -449,8 +450,8 @@ def read_plan() -> tuple[TrainConfig | None, LoraConfig | None]:
         values[group][f.name] = value
     try:
         return TrainConfig(**values["train"]), LoraConfig(**values["lora"])
-    except (TypeError, ValueError) as exc:
-        show_error(f"Plan: {exc}")
+    except (TypeError, ValueError, UserError) as exc:
+        show_error(f"Plan: {one_line(exc)}")
         return None, None
 
 

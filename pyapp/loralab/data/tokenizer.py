@@ -1,26 +1,20 @@
-"""The model's tokenizer and chat template on CPython (`tokenizers` and `jinja2`).
+"""The model's tokenizer on CPython (`tokenizers`) and its chat template (data.template).
 
-The browser uses @huggingface/tokenizers and @huggingface/jinja through the same interface
-(data.formats.Tokenizer).
+The browser uses @huggingface/tokenizers and the same chat template code through the same
+interface (data.formats.Tokenizer).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from datetime import datetime
 
 from ..checks import loads
 from ..errors import UserError, one_line
+from .template import ChatTemplate
 
 
 class TokenizerError(UserError):
     pass
-
-
-MAX_RENDER = 1 << 26  # characters a chat template may produce for one conversation
-MAX_LOOP_STEPS = 1_000_000  # items range() may hand a template's loops in one render
-MAX_INT_BITS = 1 << 12  # the largest integer a template's arithmetic may build
 
 
 def longest_token(spec: dict) -> int:
@@ -31,41 +25,6 @@ def longest_token(spec: dict) -> int:
     tokens = vocab.keys() if isinstance(vocab, dict) else [v[0] for v in vocab if isinstance(v, list) and v]
     added = [t.get("content", "") for t in spec.get("added_tokens") or [] if isinstance(t, dict)]
     return max((len(t) for t in [*tokens, *added] if isinstance(t, str)), default=1)
-
-
-def budgeted_sandbox():
-    """Jinja's immutable sandbox with budgets, for chat templates we did not write: `range` hands
-    out at most MAX_LOOP_STEPS items per render, `*` and `**` may not build huge strings, lists
-    or numbers, and the caller stops reading output past MAX_RENDER characters."""
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class Sandbox(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset(["*", "**"])
-        steps = 0
-
-        def call_binop(self, context, operator, left, right):
-            sized = [v for v in (left, right) if isinstance(v, (str, list, tuple))]
-            ints = [v for v in (left, right) if isinstance(v, int) and not isinstance(v, bool)]
-            if operator == "*" and sized and ints and len(sized[0]) * max(ints[0], 0) > MAX_RENDER:
-                raise TemplateError("the chat template builds a string or list that is too large")
-            if operator == "*" and len(ints) == 2 and left.bit_length() + right.bit_length() > MAX_INT_BITS:
-                raise TemplateError("the chat template builds a number that is too large")
-            if operator == "**" and len(ints) == 2 and abs(left) > 1 and left.bit_length() * abs(right) > MAX_INT_BITS:
-                raise TemplateError("the chat template raises a number to too high a power")
-            return super().call_binop(context, operator, left, right)
-
-    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-
-    def budget_range(*args):
-        for value in range(*args):
-            env.steps += 1
-            if env.steps > MAX_LOOP_STEPS:
-                raise TemplateError(f"the chat template loops more than {MAX_LOOP_STEPS:,} times")
-            yield value
-
-    env.globals["range"] = budget_range
-    return env
 
 
 def token_text(value) -> str | None:
@@ -129,31 +88,7 @@ class HFTokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         if not self.chat_template:
             raise TokenizerError("this model has no chat template")
-        from jinja2.exceptions import TemplateError
-
         if self._template is None:
-            def raise_exception(message):
-                raise TemplateError(message)
-
-            self._env = env = budgeted_sandbox()
-            env.filters["tojson"] = lambda v, indent=None, **_: json.dumps(v, indent=indent, ensure_ascii=False)
-            env.globals["raise_exception"] = raise_exception
-            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-            try:
-                self._template = env.from_string(self.chat_template)
-            except TemplateError as exc:
-                raise TokenizerError(f"the chat template is not valid Jinja ({exc})") from None
-        self._env.steps = 0
-        parts, size = [], 0
-        try:
-            for part in self._template.generate(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                bos_token=self.bos_token or "", eos_token=self.eos_token or ""):
-                size += len(part)
-                if size > MAX_RENDER:
-                    raise TokenizerError(f"the chat template produced more than {MAX_RENDER:,} characters")
-                parts.append(part)
-        except RecursionError:
-            raise TokenizerError("the chat template recursed too deeply") from None
-        except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
-            raise TokenizerError(f"the chat template failed: {one_line(exc)}") from None
-        return "".join(parts)
+            self._template = ChatTemplate(self.chat_template)
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "")

@@ -1,8 +1,9 @@
-"""The model's tokenizer and chat template in the browser: @huggingface/tokenizers and
-@huggingface/jinja through Pyodide's JS FFI, behind the same interface as data.tokenizer.
+"""The model's tokenizer in the browser: @huggingface/tokenizers through Pyodide's JS FFI, and
+the chat template through data.template (jinja2, as on CPython), behind the same interface as
+data.tokenizer.
 
-Browser-only (it imports `js`); loaded by the engine worker. Both libraries are served from the
-site's own vendor/ folder.
+Browser-only (it imports `js`); loaded by the engine worker. The tokenizer library is served
+from the site's own vendor/ folder, jinja2 travels in loralab.zip.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import json
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
+from ..checks import loads
 from ..errors import one_line
-from .tokenizer import MAX_RENDER, TokenizerError, longest_token, token_text
+from .template import ChatTemplate
+from .tokenizer import TokenizerError, longest_token, token_text
 
 _modules: dict[str, object] = {}
 
@@ -50,11 +53,15 @@ class BrowserTokenizer:
     @classmethod
     async def create(cls, base_url: str, tokenizer_json: str, config: dict, chat_template: str | None = None):
         tokenizers = await _import(js.URL.new("vendor/tokenizers/tokenizers.min.mjs", base_url).href)
-        jinja = await _import(js.URL.new("vendor/jinja/index.js", base_url).href)
-        spec = json.loads(tokenizer_json)
+        spec = loads(tokenizer_json, "tokenizer.json", TokenizerError)
+        if not isinstance(spec, dict):
+            raise TokenizerError("tokenizer.json: expected a JSON object")
         template_text = chat_template or config.get("chat_template")
-        tok = tokenizers.Tokenizer.new(js.JSON.parse(tokenizer_json), js.JSON.parse(json.dumps(config)))
-        template = jinja.Template.new(template_text) if template_text else None
+        try:
+            tok = tokenizers.Tokenizer.new(js.JSON.parse(tokenizer_json), js.JSON.parse(json.dumps(config)))
+        except Exception as exc:  # a JsException from @huggingface/tokenizers
+            raise TokenizerError(f"tokenizer.json cannot be read: {one_line(exc)}") from None
+        template = ChatTemplate(template_text) if template_text else None
         self = cls(tok, template, config, {t["content"] for t in spec.get("added_tokens", [])})
         self.max_token_chars = longest_token(spec)
         return self
@@ -97,12 +104,5 @@ class BrowserTokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         if self._template is None:
             raise TokenizerError("this model has no chat template")
-        context = {"messages": messages, "add_generation_prompt": add_generation_prompt,
-                   "bos_token": self.bos_token or "", "eos_token": self.eos_token or ""}
-        try:
-            text = str(self._template.render(to_js(context, dict_converter=js.Object.fromEntries)))
-        except Exception as exc:  # a JsException from @huggingface/jinja
-            raise TokenizerError(f"the chat template failed: {one_line(exc)}") from None
-        if len(text) > MAX_RENDER:
-            raise TokenizerError(f"the chat template produced more than {MAX_RENDER:,} characters")
-        return text
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "")

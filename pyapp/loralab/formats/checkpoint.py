@@ -37,7 +37,7 @@ def load(directory: str) -> tuple[dict, dict[str, bytes]]:
     except FileNotFoundError as exc:
         raise CheckpointError(f"{directory}: not a LoRA Lab checkpoint ({os.path.basename(exc.filename)} is missing)") from None
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{directory}/{STATE_JSON}: not valid JSON ({exc})") from None
+        raise CheckpointError(f"{directory}/{STATE_JSON}: invalid JSON ({exc})") from None
     header = parse_header(data, len(data), f"{directory}/{STATE_TENSORS}")
     return meta, {name: data[t.start : t.end] for name, t in header.tensors.items()}
 

@@ -56,7 +56,8 @@ class ModelConfig:
             raise E(f"{source}: architectures must be a list of names, not {short(archs)}")
         arch = next((a for a in archs if a in ARCHITECTURES), None)
         if arch is None:
-            raise E(f"{source}: architecture {short(', '.join(archs)) if archs else '(none given)'} is not supported; "
+            named = ", ".join(archs)[:200] if archs else "(none given)"
+            raise E(f"{source}: architecture {named} is not supported; "
                     f"LoRA Lab trains {', '.join(ARCHITECTURES)}")
         hidden = field(cfg, "hidden_size", integer, source, E, lo=1, hi=MAX_HIDDEN)
         heads = field(cfg, "num_attention_heads", integer, source, E, lo=1, hi=MAX_HEADS)
