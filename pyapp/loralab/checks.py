@@ -8,6 +8,7 @@ the message names the source and the field. Callers pass the error class of thei
 from __future__ import annotations
 
 import math
+import re
 
 from .errors import UserError, short
 
@@ -86,6 +87,30 @@ def no_duplicate_keys(error: type[UserError], source: str):
     return hook
 
 
+MAX_JSON_DEPTH = 256  # model files nest a few levels; Pyodide's stack gives out near a few thousand
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON text nests arrays and objects more than `limit` deep. json's C parser
+    recurses on the machine stack, which under Pyodide overflows (a fatal error, not an
+    exception) long before Python's recursion limit, so depth is checked before parsing.
+    Strings are skipped whole by the regex (brackets inside them do not count); text with
+    fewer brackets than the limit needs no scan at all."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in "]}":
+            depth -= 1
+    return False
+
+
 def loads(data, source: str, error: type[UserError], unique: bool = False):
     """json.loads of untrusted text with one-line errors: invalid JSON, invalid UTF-8, nesting too
     deep for the parser (RecursionError), NaN/Infinity and numbers out of range all name `source`;
@@ -98,6 +123,8 @@ def loads(data, source: str, error: type[UserError], unique: bool = False):
     try:
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = bytes(data).decode("utf-8")
+        if too_deep(data):
+            raise error(f"{source}: the JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
         hook = no_duplicate_keys(error, source) if unique else None
         return json.loads(data, object_pairs_hook=hook, parse_constant=constant)
     except UnicodeDecodeError:

@@ -37,6 +37,8 @@ def test_hostile_files_get_one_line_errors_and_the_app_stays_usable(app_page, tm
 
     (tmp_path / "tiny.gguf").write_bytes(F.tiny_gguf())
     page.set_input_files("[data-testid=model-files]", str(tmp_path / "tiny.gguf"))
+    page.wait_for_function("document.querySelector('[data-testid=model-card]').textContent.includes('tiny.gguf')",
+                           timeout=300_000)
     wait_until_ready(page)
 
     (tmp_path / "nested.json").write_text("[" * 100_000 + "]" * 100_000)
