@@ -53,6 +53,11 @@ def test_train_writes_a_peft_adapter_that_reproduces_our_eval_loss(tmp_path, mod
     assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
     assert all({"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= set(m) for m in lines)
     assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
+    # Each line is its own step's: the epoch position (12 records, 3 a step) and the throughput.
+    assert [m["epoch"] for m in lines] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
+    assert len({m["tokens_per_s"] for m in lines[:4]}) == 4, "steps of one read-back window share a throughput"
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(model_dir) and config["revision"] is None
 
     ours = json.loads(loralab("eval", model_dir, tokens_file, "--adapter", out, "--seq-len", 16).stdout)
     import peft
@@ -74,6 +79,12 @@ def test_train_writes_a_peft_adapter_that_reproduces_our_eval_loss(tmp_path, mod
     assert ours["loss"] == pytest.approx(losses / count, abs=1e-4)
     base = json.loads(loralab("eval", model_dir, tokens_file, "--seq-len", 16).stdout)
     assert base["loss"] > ours["loss"], "training should lower the loss on its own data"
+
+    # The way people load an adapter: the base from the path adapter_config.json names.
+    auto = peft.AutoPeftModelForCausalLM.from_pretrained(str(out))
+    ids = torch.tensor([json.loads(tokens_file.read_text().splitlines()[0])["input_ids"][:16]])
+    with torch.no_grad():
+        assert torch.allclose(auto(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
 
 
 def test_adapter_loads_in_peft_with_no_missing_or_unexpected_keys(tmp_path, model_dir, tokens_file):
@@ -253,6 +264,46 @@ def test_export_gguf_lora_reads_back_as_llama_cpp_expects(tmp_path, llama_with_a
     assert list(qb.shape) == [4, 64]
     back = np.frombuffer(unpermute_rows(qb.data.astype(np.float32).tobytes(), 64, 16, 16), np.float32).reshape(64, 4)
     np.testing.assert_array_equal(back, peft["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"])
+
+
+def test_export_merged_from_a_gguf_loads_with_auto_classes(tmp_path):
+    """A GGUF base has no config.json: the merged folder's config must still say what
+    AutoModelForCausalLM needs (model_type, dtype, token ids, generation config)."""
+    from tests.hostile import files as F
+    from tests.hostile.test_reproducers import adapter_config, adapter_tensors
+
+    (tmp_path / "tiny.gguf").write_bytes(F.tiny_gguf())
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(adapter_tensors(0.1))
+    (adapter / "adapter_config.json").write_bytes(adapter_config())
+    loralab("export", adapter, "--to", "merged", "--model", tmp_path / "tiny.gguf", "--out", tmp_path / "merged")
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
+    assert config["torch_dtype"] == config["dtype"] == "float32" and config["tie_word_embeddings"] is True
+    assert (config["bos_token_id"], config["eos_token_id"]) == (0, 3)
+    assert json.loads((tmp_path / "merged" / "generation_config.json").read_text())["eos_token_id"] == 3
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    q = model.model.layers[0].self_attn.q_proj.weight.detach().numpy()
+    np.testing.assert_allclose(q, 0.25 + (4 / 2) * (0.1 * 0.1 * 2), rtol=1e-6)  # W + (alpha/r)·B·A
+    generation = transformers.GenerationConfig.from_pretrained(tmp_path / "merged")
+    assert generation.eos_token_id == 3
+
+
+def test_adapters_name_the_base_model_people_load():
+    from loralab.cli import open_model
+    from loralab.model.identity import DEFAULT_MODEL_ID, base_model_reference, gguf_hub_id
+
+    source, _ = open_model("default")
+    assert source.reference == (DEFAULT_MODEL_ID, None) == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+    assert base_model_reference("repo", "Qwen/Qwen2.5-0.5B-Instruct") == ("Qwen/Qwen2.5-0.5B-Instruct", "main")
+    assert gguf_hub_id({"general.source.huggingface.repository": "Qwen/Qwen3-0.6B"}) == "Qwen/Qwen3-0.6B"
+    assert gguf_hub_id({"general.source.url": "https://huggingface.co/google/gemma-3-1b-it"}) == "google/gemma-3-1b-it"
+    assert gguf_hub_id({"general.source.url": "https://example.com/x/y"}) is None
+    assert gguf_hub_id({"general.name": "SmolLM2"}) is None
+    assert base_model_reference("gguf", "/models/x.gguf", {}) == ("/models/x.gguf", None)
 
 
 def test_export_merged_equals_base_plus_adapter_in_peft(tmp_path, llama_with_adapter):

@@ -93,7 +93,7 @@ async def _timed_steps(device: Device, trainer: Trainer, lora: LoraState, batch:
     await device.read_buffer(trainer.loss_hist, 0, 4)
     submits, dispatches = device.submits, device.dispatches
     started = time.perf_counter()
-    counts = [trainer.run_step(i) for i in range(steps)]
+    counts = [trainer.run_step(i)[0] for i in range(steps)]
     recorded = time.perf_counter() - started  # host time to write batches and encode the steps
     losses = await device.read_buffer(trainer.loss_hist, 0, 4 * steps)
     elapsed = time.perf_counter() - started

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 
+from .checks import loads
 from .data.formats import DatasetError
 from .data.tokenizer import TokenizerError
 from .errors import UsageError, UserError, one_line
@@ -30,18 +31,25 @@ def open_model(spec: str, hub_endpoint: str | None = None):
     from .data.tokenizer import HFTokenizer
     from .formats.hub import DEFAULT_HUB_ENDPOINT, fetch_repo, is_repo_id
     from .model.gguf_model import GGUFModel, default_model_path, tokenizer_files
+    from .model.identity import base_model_reference
     from .model.weights import HFFolder
 
     path = default_model_path() if spec == "default" else spec
+    kind = "default" if spec == "default" and not os.environ.get("LORALAB_DEFAULT_MODEL") else "folder"
     if is_repo_id(path):
-        path = fetch_repo(path, hub_endpoint or DEFAULT_HUB_ENDPOINT)
+        path, kind = fetch_repo(path, hub_endpoint or DEFAULT_HUB_ENDPOINT), "repo"
     if path.lower().endswith(".gguf"):
         source = GGUFModel.from_path(path)
-        return source, HFTokenizer(*tokenizer_files(source.gguf))
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such model folder or GGUF file")
-    source = HFFolder(path)
-    tokenizer = HFTokenizer.from_folder(path) if os.path.isfile(os.path.join(path, "tokenizer.json")) else None
+        tokenizer = HFTokenizer(*tokenizer_files(source.gguf))
+        kind = "gguf" if kind == "folder" else kind
+    else:
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: no such model folder or GGUF file")
+        source = HFFolder(path)
+        tokenizer = HFTokenizer.from_folder(path) if os.path.isfile(os.path.join(path, "tokenizer.json")) else None
+    # What adapters trained on it name as their base (adapter_config.json's base_model_name_or_path).
+    gguf = getattr(source, "gguf", None)
+    source.reference = base_model_reference(kind, spec if kind == "repo" else path, gguf.metadata if gguf else None)
     return source, tokenizer
 
 
@@ -82,8 +90,14 @@ class Session:
                 text = f.read()
             except UnicodeDecodeError:
                 raise DatasetError(f"{path}: not a UTF-8 text file") from None
-        return load_dataset(os.path.basename(path), text, fmt, self.tokenizer, seq_len, self.config.vocab_size,
-                            train_on_prompt)
+        records, summary = load_dataset(os.path.basename(path), text, fmt, self.tokenizer, seq_len,
+                                        self.config.vocab_size, train_on_prompt)
+        for note in summary.notes():
+            print(f"loralab: {path}: {note}", file=sys.stderr)
+        if summary.cuts_most():
+            print(f"loralab: warning: --seq-len {seq_len} cuts most examples of {path}; their ends are not "
+                  f"trained on", file=sys.stderr)
+        return records, summary
 
     def adapter(self, path: str):
         from .formats.peft import check_fits, files_from_path, parse_adapter
@@ -189,8 +203,9 @@ async def cmd_train(args) -> int:
     finally:
         if metrics:
             metrics.close()
-    files = adapter_files(await lora.read_state(), lora_config, os.path.abspath(args.model),
-                          {"loralab_history": json.dumps(trainer.history[-1000:])})
+    base_model, revision = s.source.reference
+    files = adapter_files(await lora.read_state(), lora_config, base_model,
+                          {"loralab_history": json.dumps(trainer.history[-1000:])}, revision)
     save_adapter(args.out, files)
     if failure:
         print(f"loralab: {failure}; the adapter in {args.out} is that last good one", file=sys.stderr)
@@ -346,21 +361,24 @@ async def cmd_export(args) -> int:
     lora_config, state = s.adapter(args.adapter_dir)
     await s.start_gpu()
     lora = make_lora(s.ops, s.config, lora_config, state)
+    from .model.gguf_model import GGUFModel, tokenizer_files
+
     tokenizer_json = tok_config = template = None
     if s.tokenizer is not None:
-        from .model.gguf_model import GGUFModel, tokenizer_files
-
         if isinstance(s.source, GGUFModel):
             tokenizer_json, tok_config, template = tokenizer_files(s.source.gguf)
         else:
             folder = s.source.path
-            tokenizer_json = open(os.path.join(folder, "tokenizer.json"), encoding="utf-8").read()
-            cfg_path = os.path.join(folder, "tokenizer_config.json")
-            tok_config = json.load(open(cfg_path, encoding="utf-8")) if os.path.exists(cfg_path) else {}
-            template = s.tokenizer.chat_template
+            with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
+                tokenizer_json = f.read()
+            tok_config, template = s.tokenizer.config, s.tokenizer.chat_template
+    generation = None
+    if not isinstance(s.source, GGUFModel) and os.path.isfile(os.path.join(s.source.path, "generation_config.json")):
+        with open(os.path.join(s.source.path, "generation_config.json"), "rb") as f:
+            generation = loads(f.read(), "generation_config.json", UsageError)
     os.makedirs(args.out, exist_ok=True)
     for name, data in folder_files(dict(getattr(s.source, "config_dict", {})), tokenizer_json, tok_config,
-                                   template).items():
+                                   template, generation).items():
         with open(os.path.join(args.out, name), "wb") as f:
             f.write(data)
     with open(os.path.join(args.out, "model.safetensors"), "wb") as f:

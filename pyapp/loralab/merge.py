@@ -14,7 +14,7 @@ from .errors import UsageError
 from .formats.safetensors import header_bytes
 from .gpu.device import Buffer, Copy, Device
 from .lora import LoraState
-from .model.config import ModelConfig
+from .model.config import ARCHITECTURES, ModelConfig
 from .model.weights import expected_shapes
 from .ops import Ops
 
@@ -78,14 +78,49 @@ async def write_merged(write: Callable[[bytes], object], device: Device, ops: Op
         write(data)
 
 
+def _token_id(tokenizer_json: dict, token) -> int | None:
+    """The id of a special token (a string, or {"content": ...}) in a parsed tokenizer.json."""
+    token = token.get("content") if isinstance(token, dict) else token
+    if not isinstance(token, str):
+        return None
+    for added in tokenizer_json.get("added_tokens") or []:
+        if isinstance(added, dict) and added.get("content") == token and isinstance(added.get("id"), int):
+            return added["id"]
+    vocab = (tokenizer_json.get("model") or {}).get("vocab")
+    return vocab.get(token) if isinstance(vocab, dict) else None
+
+
+def merged_config(config_dict: dict, tokenizer_json: str | None, tokenizer_config: dict | None) -> tuple[dict, dict]:
+    """(config.json, generation_config.json) of the merged folder, with what save_pretrained writes
+    and AutoModelForCausalLM needs: model_type, one architecture, the float32 dtype (under both
+    names transformers has used), tie_word_embeddings, and the special token ids (taken from the
+    tokenizer when the source, e.g. a GGUF file, has no config.json of its own)."""
+    arch = next(a for a in config_dict.get("architectures", []) if a in ARCHITECTURES)
+    config = {**config_dict, "architectures": [arch], "model_type": config_dict.get("model_type") or ARCHITECTURES[arch],
+              "torch_dtype": "float32", "dtype": "float32",
+              "tie_word_embeddings": bool(config_dict.get("tie_word_embeddings", False))}
+    generation = {}
+    if tokenizer_json is not None:
+        spec = json.loads(tokenizer_json)
+        for name in ("bos", "eos", "pad"):
+            found = _token_id(spec, (tokenizer_config or {}).get(f"{name}_token"))
+            if found is not None and config.get(f"{name}_token_id") is None:
+                config[f"{name}_token_id"] = found
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if config.get(name) is not None:
+            generation[name] = config[name]
+    return config, generation
+
+
 def folder_files(config_dict: dict, tokenizer_json: str | None, tokenizer_config: dict | None,
-                 chat_template: str | None) -> dict[str, bytes]:
-    """The merged folder's small files: config.json (float32 now) and the tokenizer's."""
-    config = {**config_dict, "torch_dtype": "float32"}
-    files = {"config.json": json.dumps(config, indent=2).encode()}
+                 chat_template: str | None, generation_config: dict | None = None) -> dict[str, bytes]:
+    """The merged folder's small files: config.json (float32 now), generation_config.json (the
+    source's own when it has one) and the tokenizer's."""
+    config, generation = merged_config(config_dict, tokenizer_json, tokenizer_config)
+    files = {"config.json": json.dumps(config, indent=2).encode(),
+             "generation_config.json": json.dumps(generation_config or generation, indent=2).encode()}
     if tokenizer_json is not None:
         files["tokenizer.json"] = tokenizer_json.encode()
         tok = {**(tokenizer_config or {}), **({"chat_template": chat_template} if chat_template else {})}
         files["tokenizer_config.json"] = json.dumps(tok, indent=2).encode()
     return files
-

@@ -18,7 +18,7 @@ from typing import Callable
 
 from .data.batches import BatchOrder, Sequence, make_batch
 from .errors import UsageError, UserError
-from .gpu.device import Copy, Device
+from .gpu.device import Copy, Device, Timestamp
 from .lora import LoraState
 from .model.transformer import Transformer
 from .ops import Ops
@@ -143,6 +143,9 @@ class Trainer:
         self.snapshot = device.create_buffer(lora.nbytes, label="lora.last_good")
         self.pending = device.create_buffer(lora.nbytes, label="lora.pending")
         self.eval_hist = device.create_buffer(4, label="eval_loss")
+        # GPU timestamps at the start of each reporting window and the end of each step, for each
+        # step's own throughput (None without timestamp-query: the window's average is used).
+        self.timer = device.create_timer(n + 1)
         self.tokens_seen = 0
         self.history: list[dict] = []
         self._recorded: dict[bool, list] = {}
@@ -153,6 +156,8 @@ class Trainer:
         for buf in (self.step_buf, self.loss_hist, self.norm_hist, self.clip, self.partial, self.snapshot,
                     self.pending, self.eval_hist):
             self.device.destroy_buffer(buf)
+        if self.timer is not None:
+            self.device.destroy_timer(self.timer)
 
     # -- recording ----------------------------------------------------------------------------
     def _optimizer(self) -> list:
@@ -190,11 +195,13 @@ class Trainer:
             self._recorded[accumulate] = cmds + self.model.backward(accumulate_grads=accumulate, step=step)
         return self._recorded[accumulate]
 
-    def run_step(self, slot: int, keep_params: bool = False) -> int:
-        """Record and submit optimizer step self.step + 1; returns its target-token count.
-        With keep_params, the parameters this step's loss is computed with are copied to
-        `pending` (they become the last good adapter once that loss is read back finite)."""
+    def run_step(self, slot: int, keep_params: bool = False) -> tuple[int, float]:
+        """Record and submit optimizer step self.step + 1; returns its target-token count and the
+        epoch (a fraction) its data came from. With keep_params, the parameters this step's loss
+        is computed with are copied to `pending` (they become the last good adapter once that loss
+        is read back finite)."""
         batches = self._batches()
+        epoch = self.order.epoch + self.order.index / self.order.count
         n_targets = sum(n for _, _, n in batches)
         lr = lr_at(self.config, self.step, self.total_steps)
         for micro, (ids, targets, _) in enumerate(batches):
@@ -205,10 +212,22 @@ class Trainer:
                 if keep_params:  # the parameters this step's loss was computed with
                     cmds = cmds + [Copy(self.lora.params, 0, self.pending, 0, self.lora.nbytes)]
                 cmds = cmds + self._optimizer_cmds + [Copy(self.clip, 0, self.norm_hist, 4 * slot, 4)]
+                if self.timer is not None:
+                    cmds = cmds + [Timestamp(self.timer, slot + 1)]
             self.device.submit(cmds)
         self.step += 1
         self.tokens_seen += self.config.batch_size * self.config.seq_len * self.config.grad_accum
-        return n_targets
+        return n_targets, epoch
+
+    async def _step_seconds(self, window: int, elapsed: float) -> list[float]:
+        """Each step's own time in the window just run: between GPU timestamps (the window's
+        start, then the end of each step), or the window's average without timestamps."""
+        if self.timer is not None:
+            stamps = await self.device.read_timer(self.timer, window + 1)
+            seconds = [(b - a) * 1e-9 for a, b in zip(stamps, stamps[1:])]
+            if all(s > 0 for s in seconds):
+                return seconds
+        return [elapsed / window] * window
 
     # -- the loop -----------------------------------------------------------------------------
     async def train(self, on_report: Callable[[dict], None] | None = None,
@@ -233,21 +252,25 @@ class Trainer:
                 window = min(window, save_every - self.step % save_every)
             self.device.write_buffer(self.loss_hist, bytes(4 * c.report_every))
             started, first = time.perf_counter(), self.step
-            counts = [self.run_step(slot, keep_params=slot == window - 1) for slot in range(window)]
+            if self.timer is not None:
+                self.device.submit([Timestamp(self.timer, 0)])
+            steps = [self.run_step(slot, keep_params=slot == window - 1) for slot in range(window)]
             losses = struct.unpack(f"<{window}f", await self.device.read_buffer(self.loss_hist, 0, 4 * window))
             norms = struct.unpack(f"<{window}f", await self.device.read_buffer(self.norm_hist, 0, 4 * window))
             elapsed = time.perf_counter() - started
+            seconds = await self._step_seconds(window, elapsed)
             tokens_per_step = c.batch_size * c.seq_len * c.grad_accum
             for i in range(window):
-                loss = losses[i] / max(1, counts[i])
+                count, epoch = steps[i]
+                loss = losses[i] / max(1, count)
                 if not math.isfinite(loss) or not math.isfinite(norms[i]):
                     self.device.submit([Copy(self.snapshot, 0, self.lora.params, 0, self.lora.nbytes)])
                     raise NonFiniteLoss(first + i + 1)
                 record = {
                     "kind": "train", "step": first + i + 1, "total_steps": self.total_steps, "loss": loss,
-                    "lr": lr_at(c, first + i, self.total_steps), "grad_norm": norms[i], "targets": counts[i],
-                    "tokens": (first + i + 1) * tokens_per_step, "tokens_per_s": window * tokens_per_step / elapsed,
-                    "epoch": self.order.epoch + self.order.index / self.order.count,
+                    "lr": lr_at(c, first + i, self.total_steps), "grad_norm": norms[i], "targets": count,
+                    "tokens": (first + i + 1) * tokens_per_step, "tokens_per_s": tokens_per_step / seconds[i],
+                    "epoch": epoch,
                 }
                 self.history.append(record)
                 if on_report:

@@ -213,6 +213,7 @@ async def _load_model(req: dict) -> dict:
     from .data.tokenizer_browser import BrowserTokenizer
     from .formats.hub import DEFAULT_HUB_ENDPOINT
     from .model.gguf_model import GGUFModel, tokenizer_files
+    from .model.identity import base_model_reference
     from .model.weights import upload_weights
 
     base = _engine["base_url"]
@@ -249,7 +250,11 @@ async def _load_model(req: dict) -> dict:
     tokenizer = await BrowserTokenizer.create(base, tokenizer_json, tok_config, template)
     config = source.config
     parameters = sum(b.size // 4 for b in weights.values())
+    gguf = getattr(source, "gguf", None)
+    ref_kind = "default" if kind == "default" else "repo" if kind == "repo" else "gguf" if gguf else "folder"
+    reference = base_model_reference(ref_kind, req.get("repo") or source.name, gguf.metadata if gguf else None)
     _engine["model"] = {"config": config, "weights": weights, "tokenizer": tokenizer, "name": source.name,
+                        "reference": reference,
                         "config_dict": dict(getattr(source, "config_dict", {})), "request": req,
                         "tokenizer_files": (tokenizer_json, tok_config, template)}
     return {"model": {"name": source.name, "architecture": config.architecture, "parameters": parameters,
@@ -525,7 +530,9 @@ async def export_adapter(request: str) -> dict:
     if req.get("format") == "gguf":
         data, name = gguf_lora(state, lora.config, model["config"], model["name"]), "adapter.gguf"
     else:
-        files = adapter_files(state, lora.config, model["name"], {"loralab_history": json.dumps(history[-1000:])})
+        base_model, revision = model["reference"]
+        files = adapter_files(state, lora.config, base_model, {"loralab_history": json.dumps(history[-1000:])},
+                              revision)
         run = _engine.get("run")
         training = asdict(run["trainer"].config) if run else None
         files["README.md"] = model_card(model["name"], lora.config, history, _engine.get("dataset_summary"),

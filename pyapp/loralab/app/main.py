@@ -347,7 +347,9 @@ async def use_dataset(name: str, text: str) -> None:
             f"{name}: {s['records']:,} records, format {s['format']}"
             f"{' (detected)' if s['detected'] else ''}, {s['tokens']:,} tokens, "
             f"{s['trained_fraction']:.0%} of them trained, {s['truncated']} truncated"
-            + (f"; {s['validation_records']} held out for validation" if s["validation_records"] else ""))
+            + (f"; {s['validation_records']} held out for validation" if s["validation_records"] else "")
+            + "".join(f"; {note}" for note in s["notes"]))
+        state["cuts_most"] = s["cuts_most"]
         preview = el("dataset-preview")
         preview.replaceChildren()
         for item in result["preview"]:
@@ -480,6 +482,9 @@ async def update_estimate(event=None) -> None:
         await show_gpu_status()
         if not result["fits"]:
             text += f" This will not fit: {result['advice']}."
+        if state.get("cuts_most"):
+            text += (f" The sequence length ({train.seq_len}) cuts most examples of the dataset: their ends "
+                     f"are not trained on; raise it if memory allows.")
         el("plan-estimate").textContent = text
 
 

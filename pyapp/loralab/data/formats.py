@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..checks import loads
@@ -20,8 +20,13 @@ from ..errors import UserError, one_line
 from .batches import IGNORE, Sequence
 
 FORMATS = ("tokens", "text", "completion", "chat", "alpaca")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-                  "model": "assistant", "bot": "assistant"}
+# ShareGPT speaker names seen in real dumps, by the chat role they stand for.
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user", "system": "system", "tool": "tool", "function": "tool", "observation": "tool",
+    **{name: "assistant" for name in ("gpt", "chatgpt", "bard", "bing", "claude", "gemini", "assistant", "model",
+                                      "bot", "ai", "llm")},
+}
+TURN_MARK = "LoRALabTurnMark7f3a"  # stands in for an assistant turn's text to find where it starts
 
 
 class DatasetError(UserError):
@@ -39,17 +44,42 @@ class Tokenizer(Protocol):
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str: ...
 
 
+class SkipRecord(Exception):
+    """A record with nothing to train on by its nature (an empty conversation, no speaker we
+    know): counted and left out, not fatal. The message is the reason, as counted."""
+
+
 @dataclass
 class DatasetSummary:
     format: str
     detected: bool
-    records: int
+    records: int  # records used
     tokens: int
     trained_tokens: int
-    truncated: int
+    truncated: int  # of the records used, those longer than the sequence
+    read: int = 0  # records in the file
+    skipped: dict = field(default_factory=dict)  # {reason: count} of records left out as they are
+    dropped: int = 0  # records truncated to no trained token (records with none at all are skipped)
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__, trained_fraction=self.trained_tokens / max(1, self.tokens))
+        return dict(self.__dict__, trained_fraction=self.trained_tokens / max(1, self.tokens), notes=self.notes(),
+                    cuts_most=self.cuts_most())
+
+    def notes(self) -> list[str]:
+        """What a person should know about how the file was used, one sentence each."""
+        out = []
+        if self.skipped:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items(), key=lambda x: -x[1]))
+            out.append(f"{sum(self.skipped.values()):,} records skipped ({reasons})")
+        if self.truncated or self.dropped:
+            considered = self.records + self.dropped
+            out.append(f"{self.truncated + self.dropped:,} of {considered:,} truncated"
+                       + (f", {self.dropped:,} with no trained tokens left, dropped" if self.dropped else ""))
+        return out
+
+    def cuts_most(self) -> bool:
+        """Whether the sequence length cuts most examples (the plan warns)."""
+        return self.truncated + self.dropped > (self.records + self.dropped) / 2
 
 
 def read_records(name: str, text: str) -> list[dict]:
@@ -119,15 +149,17 @@ def _messages(record: dict, where: str) -> list[dict]:
         raw, role_key, content_key = record["messages"], "role", "content"
     else:
         raw, role_key, content_key = record["conversations"], "from", "value"
-    if not isinstance(raw, list) or not raw:
-        raise DatasetError(f"{where}: the conversation is empty")
+    if raw == [] or raw is None:
+        raise SkipRecord("with an empty conversation")
+    if not isinstance(raw, list):
+        raise DatasetError(f"{where}: the conversation must be a list of messages")
     out = []
     for m in raw:
         if not isinstance(m, dict) or role_key not in m or content_key not in m:
             raise DatasetError(f"{where}: each message needs {role_key!r} and {content_key!r}")
         role = SHAREGPT_ROLES.get(str(m[role_key]).lower()) if role_key == "from" else str(m[role_key])
         if role is None:
-            raise DatasetError(f"{where}: unknown speaker {m[role_key]!r}")
+            raise SkipRecord("with an unknown speaker")
         out.append({"role": role, "content": str(m[content_key])})
     return out
 
@@ -205,19 +237,42 @@ def _encode_chat(messages: list[dict], tok: Tokenizer, where: str, train_on_prom
                  max_chars: int | None = None) -> Sequence:
     """Render with the model's template; the loss covers each assistant turn's characters, found by
     rendering the conversation up to that turn with and without it."""
+    try:
+        tracked = tok.assistant_spans(messages) if hasattr(tok, "assistant_spans") else None
+    except UserError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+    if tracked is not None:  # the template marks the assistant's text ({% generation %}), as transformers reads it
+        full, spans = tracked
+        return _labelled(tok, full, spans, train_on_prompt, max_chars)
     full = _render(tok, messages, where)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = _render(tok, messages[:i], where, add_generation_prompt=True)
         upto = _render(tok, messages[: i + 1], where)
-        if full.startswith(upto) and upto.startswith(before):
-            spans.append((len(before), len(upto)))
-    ids, offsets = tok.encode_with_offsets(cut_text(full, max_chars))
+        if not full.startswith(upto):
+            continue
+        before = _render(tok, messages[:i], where, add_generation_prompt=True)
+        if upto.startswith(before):
+            spans.append((len(before), len(upto.rstrip())))  # up to the end-of-turn token, not the newline after
+            continue
+        # The conversation so far renders differently without this turn (a default system prompt
+        # that an empty conversation does not get): find where the turn's text starts instead.
+        probe = _render(tok, messages[:i] + [{**m, "content": TURN_MARK}], where)
+        start = probe.find(TURN_MARK)
+        if start >= 0 and upto.startswith(probe[:start]):
+            spans.append((start, len(upto.rstrip())))
+    return _labelled(tok, full, spans, train_on_prompt, max_chars)
+
+
+def _labelled(tok: Tokenizer, text: str, spans: list[tuple[int, int]], train_on_prompt: bool,
+              max_chars: int | None) -> Sequence:
+    """Tokens of `text`, trained where a token overlaps one of the character spans (the rule of
+    transformers' return_assistant_tokens_mask), or everywhere with train_on_prompt."""
+    ids, offsets = tok.encode_with_offsets(cut_text(text, max_chars))
     if train_on_prompt:
         return Sequence(ids, list(ids))
-    labels = [i if any(a <= start < b for a, b in spans) else IGNORE for i, (start, _) in zip(ids, offsets)]
+    labels = [i if any(start < b and end > a for a, b in spans) else IGNORE for i, (start, end) in zip(ids, offsets)]
     return Sequence(ids, labels)
 
 
@@ -230,13 +285,17 @@ def load_dataset(name: str, text: str, fmt: str = "auto", tokenizer: Tokenizer |
         if not fmt:
             raise DatasetError(f"{name}: cannot tell the format of the first record (keys {sorted(records[0])}); "
                                f"pass a format: {', '.join(FORMATS)}")
-    sequences, tokens, trained, truncated = [], 0, 0, 0
+    sequences, tokens, trained, truncated, dropped, skipped = [], 0, 0, 0, 0, {}
     # Examples longer than the sequence are cut before tokenizing: no token spans more than
     # max_token_chars characters, so twice (seq_len + 1) of them leaves every kept token intact.
     max_chars = 2 * (seq_len + 1) * getattr(tokenizer, "max_token_chars", 1024) if seq_len else None
     for number, record in enumerate(records, 1):
         where = f"{name} record {number}"
-        seq = encode_record(record, fmt, tokenizer, where, train_on_prompt, max_chars)
+        try:
+            seq = encode_record(record, fmt, tokenizer, where, train_on_prompt, max_chars)
+        except SkipRecord as reason:
+            skipped[str(reason)] = skipped.get(str(reason), 0) + 1
+            continue
         if vocab_size is not None:
             bad = next((i for i in seq.input_ids if i >= vocab_size), None)
             if bad is not None:
@@ -245,12 +304,21 @@ def load_dataset(name: str, text: str, fmt: str = "auto", tokenizer: Tokenizer |
             if bad is not None:
                 raise DatasetError(f"{where}: label {bad} is outside the model's vocabulary ({vocab_size}); "
                                    f"use {IGNORE} for tokens without loss")
+        n = min(len(seq.input_ids), seq_len or len(seq.input_ids))
+        learned = sum(1 for label in seq.labels[1:n] if label != IGNORE)
+        if learned == 0:  # nothing to learn from (in what fits): a step on it would teach nothing
+            if seq_len is not None and len(seq.input_ids) > seq_len:
+                dropped += 1
+            else:
+                skipped["with no trained tokens"] = skipped.get("with no trained tokens", 0) + 1
+            continue
         if seq_len is not None and len(seq.input_ids) > seq_len:
             truncated += 1
-        n = min(len(seq.input_ids), seq_len or len(seq.input_ids))
         tokens += n
-        trained += sum(1 for label in seq.labels[1:n] if label != IGNORE)
+        trained += learned
         sequences.append(seq)
+    summary = DatasetSummary(fmt, detected, len(sequences), tokens, trained, truncated, len(records), skipped, dropped)
     if trained == 0:
-        raise DatasetError(f"{name}: no token is trained on (every label is masked)")
-    return sequences, DatasetSummary(fmt, detected, len(records), tokens, trained, truncated)
+        notes = "; ".join(summary.notes())
+        raise DatasetError(f"{name}: no token is trained on (every label is masked{'; ' + notes if notes else ''})")
+    return sequences, summary

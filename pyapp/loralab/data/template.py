@@ -10,6 +10,7 @@ so the text (and so the loss masks) matches what it would produce.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 
 from ..errors import UserError, one_line
@@ -23,13 +24,36 @@ class TemplateError(UserError):
     """A chat template that is not valid Jinja, or failed or ran over a budget while rendering."""
 
 
+# While tracking, {% generation %} blocks are wrapped in these (private-use) characters, then
+# cut out again with their positions: the spans transformers' return_assistant_tokens_mask uses.
+GEN_OPEN, GEN_CLOSE = "\ue000", "\ue001"
+GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
 def _sandbox():
+    from jinja2 import nodes
     from jinja2.exceptions import TemplateError as JinjaError
+    from jinja2.ext import Extension
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationBlocks(Extension):
+        """{% generation %}...{% endgeneration %}: the assistant's own text, as transformers marks it."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_block"), [], [], body).set_lineno(lineno)
+
+        def _block(self, caller):
+            text = caller()
+            return GEN_OPEN + text + GEN_CLOSE if self.environment.tracking else text
 
     class Sandbox(ImmutableSandboxedEnvironment):
         intercepted_binops = frozenset(["*", "**"])
         steps = 0
+        tracking = False
 
         def call_binop(self, context, operator, left, right):
             sized = [v for v in (left, right) if isinstance(v, (str, list, tuple))]
@@ -42,7 +66,7 @@ def _sandbox():
                 raise JinjaError("the chat template raises a number to too high a power")
             return super().call_binop(context, operator, left, right)
 
-    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", GenerationBlocks])
 
     def budget_range(*args):
         for value in range(*args):
@@ -69,10 +93,38 @@ class ChatTemplate:
         if not isinstance(text, str):
             raise TemplateError(f"the chat template must be text, not {type(text).__name__}")
         self._env = _sandbox()
+        self.has_generation = bool(GENERATION_TAG.search(text))
         try:
             self._template = self._env.from_string(text)
         except (JinjaError, RecursionError) as exc:
             raise TemplateError(f"the chat template is not valid Jinja ({one_line(exc)})") from None
+
+    def render_with_spans(self, **context) -> tuple[str, list[tuple[int, int]]] | None:
+        """The text and the character spans of its {% generation %} blocks, or None when the
+        template has none (or the conversation itself holds the marker characters)."""
+        if not self.has_generation:
+            return None
+        self._env.tracking = True
+        try:
+            marked = self.render(**context)
+        finally:
+            self._env.tracking = False
+        text, spans, start = [], [], None
+        at = 0
+        for piece in re.split(f"([{GEN_OPEN}{GEN_CLOSE}])", marked):
+            if piece == GEN_OPEN:
+                if start is not None:
+                    return None
+                start = at
+            elif piece == GEN_CLOSE:
+                if start is None:
+                    return None
+                spans.append((start, at))
+                start = None
+            else:
+                text.append(piece)
+                at += len(piece)
+        return ("".join(text), spans) if start is None else None
 
     def render(self, **context) -> str:
         from jinja2.exceptions import TemplateError as JinjaError

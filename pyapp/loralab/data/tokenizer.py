@@ -92,3 +92,12 @@ class HFTokenizer:
             self._template = ChatTemplate(self.chat_template)
         return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                      bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+
+    def assistant_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]] | None:
+        """The rendered conversation and its {% generation %} spans, when the template marks them."""
+        if not self.chat_template:
+            return None
+        if self._template is None:
+            self._template = ChatTemplate(self.chat_template)
+        return self._template.render_with_spans(messages=messages, add_generation_prompt=False,
+                                                bos_token=self.bos_token or "", eos_token=self.eos_token or "")

@@ -106,3 +106,10 @@ class BrowserTokenizer:
             raise TokenizerError("this model has no chat template")
         return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                      bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+
+    def assistant_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]] | None:
+        """The rendered conversation and its {% generation %} spans, when the template marks them."""
+        if self._template is None:
+            return None
+        return self._template.render_with_spans(messages=messages, add_generation_prompt=False,
+                                                bos_token=self.bos_token or "", eos_token=self.eos_token or "")

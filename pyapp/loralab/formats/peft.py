@@ -38,11 +38,12 @@ class AdapterError(UserError):
     """An adapter that cannot be read or does not fit the model; the message says which file/tensor."""
 
 
-def adapter_config(lora: LoraConfig, base_model: str) -> dict:
+def adapter_config(lora: LoraConfig, base_model: str, revision: str | None = None) -> dict:
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,
+        "revision": revision,
         "r": lora.r,
         "lora_alpha": lora.alpha,
         "target_modules": sorted(lora.targets, key=PROJECTIONS.index),
@@ -61,12 +62,13 @@ def adapter_config(lora: LoraConfig, base_model: str) -> dict:
 
 
 def adapter_files(state: dict[str, tuple[tuple[int, int], bytes]], lora: LoraConfig, base_model: str,
-                  metadata: dict[str, str] | None = None) -> dict[str, bytes]:
-    """{file name: bytes} of a PEFT adapter from LoraState.read_state()."""
+                  metadata: dict[str, str] | None = None, revision: str | None = None) -> dict[str, bytes]:
+    """{file name: bytes} of a PEFT adapter from LoraState.read_state(); `base_model` and
+    `revision` as model.identity.base_model_reference gives them."""
     tensors = {key: ("F32", shape, data) for key, (shape, data) in state.items()}
     return {
         ADAPTER_FILE: serialize(tensors, {"format": "pt", **(metadata or {})}),
-        CONFIG_FILE: json.dumps(adapter_config(lora, base_model), indent=2).encode(),
+        CONFIG_FILE: json.dumps(adapter_config(lora, base_model, revision), indent=2).encode(),
     }
 
 

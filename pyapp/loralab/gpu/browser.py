@@ -20,6 +20,8 @@ from .device import (
     Device,
     GpuError,
     ShaderError,
+    Timer,
+    Timestamp,
     check_limits,
     requested_limits,
 )
@@ -132,7 +134,13 @@ class BrowserDevice(Device):
         encoder = self.device.createCommandEncoder()
         compute_pass, pipeline = None, None
         for command in commands:
-            if isinstance(command, Copy):
+            if isinstance(command, Timestamp):
+                if compute_pass is not None:
+                    compute_pass.end()
+                    compute_pass, pipeline = None, None
+                writes = {"querySet": command.timer.query_set, "endOfPassWriteIndex": command.index}
+                encoder.beginComputePass(_js({"timestampWrites": writes})).end()
+            elif isinstance(command, Copy):
                 if compute_pass is not None:
                     compute_pass.end()
                     compute_pass, pipeline = None, None
@@ -173,3 +181,18 @@ class BrowserDevice(Device):
 
     def _destroy_buffer(self, handle) -> None:
         handle.destroy()
+
+    def _create_timer(self, count: int) -> Timer:
+        query_set = self.device.createQuerySet(_js({"type": "timestamp", "count": count}))
+        resolve = self.device.createBuffer(_js({"size": 8 * count,
+                                                "usage": BufferUsage.QUERY_RESOLVE | BufferUsage.COPY_SRC}))
+        return Timer(query_set, resolve, count)
+
+    async def _read_timer(self, timer: Timer, count: int) -> list[float]:
+        import struct
+
+        encoder = self.device.createCommandEncoder()
+        encoder.resolveQuerySet(timer.query_set, 0, count, timer.resolve, 0)
+        self.device.queue.submit(to_js([encoder.finish()]))
+        raw = await self._read_buffer(timer.resolve, 0, 8 * count, "timestamps")
+        return [float(t) for t in struct.unpack(f"<{count}Q", raw)]  # WebGPU's are nanoseconds already

@@ -39,6 +39,7 @@ class BufferUsage:
     COPY_DST = 0x0008
     UNIFORM = 0x0040
     STORAGE = 0x0080
+    QUERY_RESOLVE = 0x0200
 
 
 STORAGE_RW = BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST
@@ -161,6 +162,22 @@ class Copy:
     size: int
 
 
+@dataclass(eq=False)
+class Timer:
+    """`count` GPU timestamp slots and the buffer they are resolved into (driver handles)."""
+    query_set: object
+    resolve: object
+    count: int
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    """In a command list: writes into slot `index` of `timer` the GPU time at which all work
+    submitted before it has finished (the end of an empty compute pass)."""
+    timer: Timer
+    index: int
+
+
 class Device(abc.ABC):
     """A WebGPU device. Subclasses implement the driver primitives (the `_` methods)."""
 
@@ -197,6 +214,12 @@ class Device(abc.ABC):
 
     @abc.abstractmethod
     def _destroy_buffer(self, handle: object) -> None: ...
+
+    @abc.abstractmethod
+    def _create_timer(self, count: int) -> Timer: ...
+
+    @abc.abstractmethod
+    async def _read_timer(self, timer: Timer, count: int) -> list[float]: ...  # nanoseconds
 
     # -- the API the engine uses ------------------------------------------------------------
     def _check_alive(self) -> None:
@@ -266,7 +289,22 @@ class Device(abc.ABC):
         for key in [k for k in self._bind_groups if any(buf.handle is buffer.handle for _, buf in k[1])]:
             del self._bind_groups[key]
 
-    def submit(self, commands: list[Dispatch | Copy]) -> None:
+    def create_timer(self, count: int) -> Timer | None:
+        """Slots for GPU timestamps (Timestamp commands), or None where the adapter lacks the
+        timestamp-query feature (callers then time on the host)."""
+        self._check_alive()
+        return self._create_timer(count) if "timestamp-query" in self.info.features else None
+
+    def destroy_timer(self, timer: Timer) -> None:
+        timer.query_set.destroy()
+        self._destroy_buffer(timer.resolve)
+
+    async def read_timer(self, timer: Timer, count: int) -> list[float]:
+        """The first `count` timestamps of `timer`, in nanoseconds on the GPU's clock."""
+        self._check_alive()
+        return await self._read_timer(timer, count)
+
+    def submit(self, commands: list[Dispatch | Copy | Timestamp]) -> None:
         """Encode `commands` into one command buffer and submit it."""
         self._check_alive()
         if commands:

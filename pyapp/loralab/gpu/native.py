@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
+import shutil
+import struct
+import tempfile
 
 import wgpu
 from wgpu.backends.wgpu_native import _api
@@ -16,6 +21,8 @@ from .device import (
     Device,
     GpuError,
     ShaderError,
+    Timer,
+    Timestamp,
     check_limits,
     requested_limits,
 )
@@ -30,6 +37,17 @@ RUNTIME_CHECKS = _api.lib.WGPUShaderRuntimeChecks_None
 
 # wgpu-py spells a few feature names differently from the WebGPU spec.
 _FEATURE_ALIASES = {"subgroup": "subgroups"}
+
+
+def _runtime_dir() -> None:
+    """Give the Vulkan drivers a valid XDG_RUNTIME_DIR (a private temporary folder) where the
+    environment has none: Mesa's window-system code otherwise prints "XDG_RUNTIME_DIR is invalid"
+    on every start, a warning about displays a compute-only program never opens."""
+    current = os.environ.get("XDG_RUNTIME_DIR")
+    if not current or not os.path.isdir(current):
+        folder = tempfile.mkdtemp(prefix="loralab-runtime-")  # created mode 0700
+        os.environ["XDG_RUNTIME_DIR"] = folder
+        atexit.register(shutil.rmtree, folder, True)
 
 
 def _camel(name: str) -> str:
@@ -49,6 +67,7 @@ class NativeDevice(Device):
 
     @classmethod
     async def create(cls, power_preference: str = "high-performance") -> "NativeDevice":
+        _runtime_dir()
         adapter = await wgpu.gpu.request_adapter_async(power_preference=power_preference)
         if adapter is None:
             raise GpuError("No WebGPU adapter found (wgpu-native): install a Vulkan driver (Debian: mesa-vulkan-drivers).")
@@ -124,7 +143,13 @@ class NativeDevice(Device):
         encoder = self.device.create_command_encoder()
         compute_pass, pipeline = None, None
         for command in commands:
-            if isinstance(command, Copy):
+            if isinstance(command, Timestamp):
+                if compute_pass is not None:
+                    compute_pass.end()
+                    compute_pass, pipeline = None, None
+                writes = {"query_set": command.timer.query_set, "end_of_pass_write_index": command.index}
+                encoder.begin_compute_pass(timestamp_writes=writes).end()
+            elif isinstance(command, Copy):
                 if compute_pass is not None:
                     compute_pass.end()
                     compute_pass, pipeline = None, None
@@ -157,3 +182,16 @@ class NativeDevice(Device):
 
     def _destroy_buffer(self, handle) -> None:
         handle.destroy()
+
+    def _create_timer(self, count: int) -> Timer:
+        query_set = self.device.create_query_set(type="timestamp", count=count)
+        resolve = self.device.create_buffer(size=8 * count, usage=BufferUsage.QUERY_RESOLVE | BufferUsage.COPY_SRC)
+        return Timer(query_set, resolve, count)
+
+    async def _read_timer(self, timer: Timer, count: int) -> list[float]:
+        encoder = self.device.create_command_encoder()
+        encoder.resolve_query_set(timer.query_set, 0, count, timer.resolve, 0)
+        self.device.queue.submit([encoder.finish()])
+        raw = await self._read_buffer(timer.resolve, 0, 8 * count, "timestamps")
+        period = _api.lib.wgpuQueueGetTimestampPeriod(self.device.queue._internal)  # ns per tick
+        return [tick * period for tick in struct.unpack(f"<{count}Q", raw)]
