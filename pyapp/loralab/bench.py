@@ -10,14 +10,14 @@ from __future__ import annotations
 import random
 import time
 
+from .config import LoraConfig, ModelConfig, TrainConfig
 from .data.batches import Sequence
 from .gpu.device import Device
-from .lora import LoraConfig, LoraState
-from .model.config import ModelConfig
+from .lora import LoraState
 from .model.transformer import Transformer
 from .model.weights import expected_shapes, fuse_attention_inputs
 from .ops import Ops
-from .train import TrainConfig, Trainer
+from .train import Trainer
 
 NAMED_CONFIGS = {
     "tiny": {"architectures": ["LlamaForCausalLM"], "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,

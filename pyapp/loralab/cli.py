@@ -18,10 +18,10 @@ import sys
 import time
 
 from .checks import loads
+from .config import PROJECTIONS
 from .data.formats import DatasetError
 from .data.tokenizer import TokenizerError
 from .errors import UsageError, UserError, one_line
-from .model.config import PROJECTIONS
 from .ops import ATTENTION_VARIANTS
 
 
@@ -129,11 +129,11 @@ async def cmd_info(args) -> int:
 
 
 async def cmd_train(args) -> int:
+    from .config import LoraConfig, TrainConfig
     from .data.batches import pack
     from .engine import fit_seq_len, prepare_training
     from .formats.peft import adapter_files, save_adapter
-    from .lora import LoraConfig
-    from .train import NonFiniteLoss, TrainConfig
+    from .train import NonFiniteLoss
 
     s = await Session.open(args.model, args.hub_endpoint)
     records, summary = s.dataset(args.data, args.format, args.seq_len, args.train_on_prompt)
@@ -270,10 +270,10 @@ async def cmd_bench(args) -> int:
         bench_training,
         profile_step,
     )
+    from .config import ModelConfig
     from .engine import load_ops
     from .gpu.native import NativeDevice
     from .kernels import directory_reader
-    from .model.config import ModelConfig
 
     if args.model:
         s = await Session.open(args.model, args.hub_endpoint)
@@ -343,7 +343,8 @@ async def cmd_bench(args) -> int:
 
 async def cmd_export(args) -> int:
     """An adapter as llama.cpp GGUF-LoRA, or merged into the base model as a Hugging Face folder."""
-    from .formats.peft import check_fits, files_from_path, gguf_lora, parse_adapter
+    from .formats.peft import check_fits, files_from_path, parse_adapter
+    from .model.gguf_model import gguf_lora
 
     if args.to == "gguf":
         source, _ = open_model(args.model, args.hub_endpoint)
@@ -388,7 +389,7 @@ async def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train import OPTIMIZERS, SCHEDULES
+    from .config import OPTIMIZERS, SCHEDULES
 
     parser = argparse.ArgumentParser(prog="loralab", description="LoRA fine-tuning on WebGPU (native driver).")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from .config import LoraConfig, ModelConfig, TrainConfig
 from .data.batches import Sequence
 from .gpu.device import Device
 from .kernels import KernelLibrary, SourceReader
-from .lora import LoraConfig, LoraState
-from .model.config import ModelConfig
+from .lora import LoraState
 from .model.transformer import Transformer
 from .model.weights import WeightSource, upload_weights
 from .ops import Ops
-from .train import TrainConfig, Trainer
+from .train import Trainer
 
 
 async def load_ops(device: Device, read_source: SourceReader) -> Ops:

@@ -10,10 +10,10 @@ import math
 import random
 import struct
 
+from .config import ModelConfig
 from .errors import UsageError
 from .gpu.device import Buffer, Copy, Device
 from .lora import LoraState
-from .model.config import ModelConfig
 from .model.transformer import KVCache, Transformer
 from .ops import Ops
 

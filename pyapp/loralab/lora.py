@@ -12,71 +12,10 @@ alpha / √r with rsLoRA (Kalajdzievski 2023).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .checks import integer, number
-from .errors import UsageError
+from .config import ATTENTION, PROJECTIONS, LoraConfig, ModelConfig
 from .gpu.device import VIEW_ALIGNMENT, Buffer, Device
-from .model.config import PROJECTIONS, ModelConfig
-from .patterns import compile_key, first_match
-
-MAX_RANK = 4096
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    r: int = field(default=8, metadata={"help": "LoRA rank: the inner size of A (r × in) and B (out × r)"})
-    alpha: float = field(default=16.0, metadata={"help": "scaling numerator: the update is (alpha / r) · B · A"})
-    targets: tuple[str, ...] = field(default=PROJECTIONS, metadata={"help": "projections that get an adapter"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input (training only)"})
-    use_rslora: bool = field(default=False, metadata={"help": "scale by alpha / sqrt(r) (rank-stabilised LoRA)"})
-    rank_pattern: tuple[tuple[str, int], ...] = field(
-        default=(), metadata={"help": "per-module ranks, (pattern, r) pairs as PEFT's rank_pattern"})
-    alpha_pattern: tuple[tuple[str, float], ...] = field(
-        default=(), metadata={"help": "per-module alphas, (pattern, alpha) pairs as PEFT's alpha_pattern"})
-
-    def __post_init__(self):
-        for name in ("rank_pattern", "alpha_pattern"):  # from JSON: lists (or a dict) -> pairs
-            value = getattr(self, name)
-            pairs = value.items() if isinstance(value, dict) else value
-            object.__setattr__(self, name, tuple((str(k), v) for k, v in pairs))
-        integer(self.r, "LoRA rank r", UsageError, 1, MAX_RANK)
-        number(self.alpha, "lora_alpha", UsageError)
-        for key, value in self.rank_pattern:
-            compile_key(key, "rank_pattern")
-            integer(value, f"rank_pattern {key!r}: the rank", UsageError, 1, MAX_RANK)
-        for key, value in self.alpha_pattern:
-            compile_key(key, "alpha_pattern")
-            number(value, f"alpha_pattern {key!r}: lora_alpha", UsageError)
-        unknown = [t for t in self.targets if t not in PROJECTIONS]
-        if unknown or not self.targets:
-            raise UsageError(f"unknown LoRA target modules {unknown}; choose from {', '.join(PROJECTIONS)}")
-        if not 0.0 <= number(self.dropout, "LoRA dropout", UsageError) < 1.0:
-            raise UsageError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
-
-    @staticmethod
-    def _match(pattern: tuple, layer: int, module: str, default):
-        """PEFT's rule: the first pattern key that matches the end of the module's name."""
-        name = f"model.layers.{layer}.{'self_attn' if module in ATTENTION else 'mlp'}.{module}"
-        key = first_match([k for k, _ in pattern], name)
-        return default if key is None else dict(pattern)[key]
-
-    def rank(self, layer: int, module: str) -> int:
-        return int(self._match(self.rank_pattern, layer, module, self.r))
-
-    def scaling_for(self, layer: int, module: str) -> float:
-        r, alpha = self.rank(layer, module), float(self._match(self.alpha_pattern, layer, module, self.alpha))
-        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
-
-    @property
-    def max_rank(self) -> int:
-        return max([self.r] + [int(v) for _, v in self.rank_pattern])
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 
+from .config import ARCHITECTURES, ModelConfig
 from .errors import UsageError
 from .formats.safetensors import header_bytes
 from .gpu.device import Buffer, Copy, Device
 from .lora import LoraState
-from .model.config import ARCHITECTURES, ModelConfig
 from .model.weights import expected_shapes
 from .ops import Ops
 

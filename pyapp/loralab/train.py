@@ -13,67 +13,15 @@ from __future__ import annotations
 import math
 import struct
 import time
-from dataclasses import dataclass, field, fields
 from typing import Callable
 
+from .config import TrainConfig
 from .data.batches import BatchOrder, Sequence, make_batch
 from .errors import UsageError, UserError
 from .gpu.device import Copy, Device, Timestamp
 from .lora import LoraState
 from .model.transformer import Transformer
 from .ops import Ops
-
-SCHEDULES = ("constant", "linear", "cosine")
-OPTIMIZERS = ("adamw", "sgd")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = field(default=0, metadata={"help": "optimizer steps (0: use epochs)"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training set when steps is 0"})
-    batch_size: int = field(default=4, metadata={"help": "sequences per micro-batch"})
-    seq_len: int = field(default=256, metadata={"help": "tokens per sequence; longer ones are truncated"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    lr: float = field(default=2e-4, metadata={"help": "peak learning rate"})
-    lr_schedule: str = field(default="constant", metadata={"help": "constant, linear or cosine decay after warmup"})
-    warmup_steps: int = field(default=0, metadata={"help": "steps of linear warmup from 0"})
-    optimizer: str = field(default="adamw", metadata={"help": "adamw (torch.optim.AdamW) or sgd"})
-    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (AdamW) / L2 (SGD)"})
-    beta1: float = field(default=0.9, metadata={"help": "AdamW β1"})
-    beta2: float = field(default=0.999, metadata={"help": "AdamW β2"})
-    eps: float = field(default=1e-8, metadata={"help": "AdamW ε"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0: off)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer in the backward pass: far less activation memory, about a third more compute"})
-    seed: int = field(default=0, metadata={"help": "seed for LoRA init and shuffling"})
-    shuffle: bool = field(default=True, metadata={"help": "shuffle records each epoch"})
-    report_every: int = field(default=10, metadata={"help": "read losses back every N steps"})
-    eval_every: int = field(default=0, metadata={"help": "validation loss every N steps (0: at the end only)"})
-
-    def __post_init__(self):
-        problems = []
-        for name in ("batch_size", "seq_len", "grad_accum", "report_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1")
-        if self.steps < 0 or self.epochs <= 0 and self.steps == 0:
-            problems.append("give a positive number of steps or epochs")
-        if self.lr_schedule not in SCHEDULES:
-            problems.append(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
-        if self.lr < 0 or self.weight_decay < 0 or self.max_grad_norm < 0 or self.warmup_steps < 0:
-            problems.append("lr, weight_decay, max_grad_norm and warmup_steps cannot be negative")
-        if problems:
-            raise UsageError("; ".join(problems))
-
-    @classmethod
-    def field_help(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
-
-    def total_steps(self, train_records: int) -> int:
-        if self.steps:
-            return self.steps
-        per_epoch = math.ceil(train_records / (self.batch_size * self.grad_accum))
-        return max(1, math.ceil(per_epoch * self.epochs))
 
 
 def lr_at(config: TrainConfig, step: int, total: int) -> float:

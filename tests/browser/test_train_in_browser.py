@@ -12,7 +12,7 @@ from loralab.devserver import serve_in_background
 from loralab.engine import fit_seq_len, prepare_training
 from loralab.formats.peft import files_from_path, parse_adapter
 from loralab.model.weights import HFFolder
-from loralab.train import TrainConfig
+from loralab.config import TrainConfig
 from tests.model import hf
 from tests.rig import wait_for_engine
 

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from loralab.data.batches import Sequence, make_batch
-from loralab.lora import LoraConfig, LoraState
+from loralab.config import LoraConfig
+from loralab.lora import LoraState
 from loralab.model.transformer import Transformer
 from loralab.model.weights import HFFolder, upload_weights
-from loralab.train import NonFiniteLoss, TrainConfig, Trainer, evaluate, lr_at
+from loralab.config import TrainConfig
+from loralab.train import NonFiniteLoss, Trainer, evaluate, lr_at
 from tests.model import hf
 
 torch = pytest.importorskip("torch")

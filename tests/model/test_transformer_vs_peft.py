@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from loralab.data.batches import Sequence, make_batch
-from loralab.lora import LoraConfig, LoraState
+from loralab.config import LoraConfig
+from loralab.lora import LoraState
 from loralab.model.transformer import Transformer
 from loralab.model.weights import HFFolder, upload_weights
 from tests.model import hf
@@ -126,7 +127,7 @@ def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_di
 def test_lora_dropout_matches_peft_with_the_same_masks(gpu, ops, run, arrays, model_dir):
     """PEFT's nn.Dropout replaced by our kernel's masks: loss and gradients must then agree."""
     from loralab import ref
-    from loralab.model.config import PROJECTIONS
+    from loralab.config import PROJECTIONS
 
     B, S, r, alpha, p, seed = 2, 7, 4, 8.0, 0.3, 4242
     pm = hf.peft_model(model_dir, r=r, alpha=alpha, b_std=0.05)

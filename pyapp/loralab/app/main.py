@@ -1,6 +1,6 @@
 """The page's Python (PyScript, main thread): the LoRA Lab UI.
 
-It talks to the engine only through the worker protocol (loralab.worker.EXPORTS, JSON in and
+It talks to the engine only through the worker protocol (loralab.browser.worker.EXPORTS, JSON in and
 out); the engine reports training progress through window.loralabOnReport. The plan form is
 generated from the TrainConfig and LoraConfig dataclasses, so defaults and validation live there.
 """
@@ -13,10 +13,8 @@ from dataclasses import MISSING, fields
 from pyodide.ffi import create_proxy, jsnull, to_js  # type: ignore[import-not-found]
 from pyscript import document, window, workers  # type: ignore[import-not-found]
 
+from ..config import OPTIMIZERS, PROJECTIONS, SCHEDULES, LoraConfig, TrainConfig
 from ..errors import UserError, one_line
-from ..lora import LoraConfig
-from ..model.config import PROJECTIONS
-from ..train import OPTIMIZERS, SCHEDULES, TrainConfig
 
 STORE = "loralab.ui"
 CHOICES = {"lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS}

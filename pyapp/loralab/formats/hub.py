@@ -1,5 +1,5 @@
 """Hugging Face Hub repo ids: files fetched from {endpoint}/{repo}/resolve/main/{file} into a
-local cache, then read as a model folder (CPython; the browser fetches through formats.remote).
+local cache, then read as a model folder (CPython; the browser reads repos through model.remote with its own fetch).
 """
 
 from __future__ import annotations

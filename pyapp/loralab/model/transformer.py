@@ -12,10 +12,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..config import PROJECTIONS, ModelConfig
 from ..gpu.device import VIEW_ALIGNMENT, Buffer, Copy, Device
 from ..lora import LoraState
 from ..ops import MAX_ROWS_OUTPUTS, Blocks, Ops, Product
-from .config import PROJECTIONS, ModelConfig
 from .weights import adjacent
 
 LOGITS_CHUNK_BYTES = 96 * 2**20  # the [rows, V] logits block computed at once

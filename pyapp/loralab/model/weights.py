@@ -10,6 +10,7 @@ import os
 from typing import Protocol
 
 from ..checks import loads, path_inside, weight_map_shards
+from ..config import ModelConfig, ModelConfigError
 from ..errors import UserError
 from ..formats.safetensors import (
     SafetensorsError,
@@ -18,7 +19,6 @@ from ..formats.safetensors import (
     to_f32_bytes,
 )
 from ..gpu.device import VIEW_ALIGNMENT, Buffer, Copy, Device
-from .config import ModelConfig, ModelConfigError
 
 
 class WeightsError(UserError):

@@ -12,11 +12,11 @@ import hashlib
 import json
 import time
 
+from ..config import ModelConfig
+from ..errors import UsageError
+from ..formats.checkpoint import pack, unpack
+from ..formats.safetensors import SafetensorsError
 from . import opfs
-from .errors import UsageError
-from .formats.checkpoint import pack, unpack
-from .formats.safetensors import SafetensorsError
-from .model.config import ModelConfig
 
 FOLDER = "loralab/run"
 STATE = f"{FOLDER}/state.safetensors"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import JsException, to_js  # type: ignore[import-not-found]
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class StorageError(UserError):

@@ -6,7 +6,7 @@ synthetic same-origin key. The index (OPFS `loralab/cache-index.json`) groups th
 items ({id, kind, name, bytes, last_used, source, files}) for the cache manager, and enforces a
 size limit by deleting the least recently used items.
 
-While an item loads (`async with cache.loading(...)`), `formats.remote.fetch` asks `lookup`
+While an item loads (`async with cache.loading(...)`), `browser.fetch`'s fetch asks `lookup`
 before the network and hands what it fetched to `store`, so a cached model starts without
 downloading or re-reading anything, and a model loaded offline comes from here.
 """
@@ -20,8 +20,8 @@ from urllib.parse import quote
 
 import js  # type: ignore[import-not-found]
 
+from ..errors import UsageError
 from . import opfs
-from .errors import UsageError
 
 CACHE = "loralab-data"
 INDEX = "loralab/cache-index.json"

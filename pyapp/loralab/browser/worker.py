@@ -13,25 +13,25 @@ import traceback
 
 import js  # type: ignore[import-not-found]
 
+from ..checks import loads
+from ..config import LoraConfig, ModelConfigError, TrainConfig
+from ..data.formats import DatasetError, load_dataset
+from ..data.tokenizer import TokenizerError
+from ..engine import fit_seq_len, load_ops, prepare_training
+from ..errors import UsageError, UserError, one_line
+from ..formats.peft import check_fits, files_from_zip, parse_adapter
+from ..gpu.browser import BrowserDevice
+from ..gpu.device import GpuError
+from ..kernels import KernelLibrary, SourceReader
+from ..model.remote import RemoteFolder
+from ..selftest import matmul_check
 from . import runstore
-from .checks import loads
-from .data.formats import DatasetError, load_dataset
-from .data.tokenizer import TokenizerError
 from .datacache import CACHE_INSTANCE as CACHE
-from .engine import fit_seq_len, load_ops, prepare_training
-from .errors import UsageError, UserError, one_line
-from .formats.peft import check_fits, files_from_zip, parse_adapter
-from .formats.remote import RemoteFolder, fetch
-from .gpu.browser import BrowserDevice
-from .gpu.device import GpuError
-from .kernels import KernelLibrary, SourceReader
-from .lora import LoraConfig
-from .model.config import ModelConfigError
+from .fetch import make_fetch
 from .opfs import StorageError
-from .selftest import matmul_check
-from .train import TrainConfig
 
 _engine: dict = {}
+fetch = make_fetch(CACHE)  # model files through the engine's cache while an item loads
 
 
 def fetch_reader(base_url: str) -> SourceReader:
@@ -87,7 +87,7 @@ async def train_run(request: str) -> dict:
     """
     req = json.loads(request)
     ops = await _ops()
-    source = await RemoteFolder.open(req["model_url"])
+    source = await RemoteFolder.open(req["model_url"], fetch=fetch)
     data = await fetch(req["data_url"])
     train_fields = dict(req.get("train", {}))
     records, summary = load_dataset(req["data_url"].rsplit("/", 1)[-1], data.text(), req.get("format", "auto"), None,
@@ -113,8 +113,8 @@ async def tokenize(request: str) -> dict:
     """Tokenize with the browser's tokenizer: {"base_url", "tokenizer_json", "config",
     "chat_template"?, "texts": [...], "chats": [[{role, content}, ...], ...]} -> ids of each text,
     and ids, labels and rendered text of each chat (loss on assistant turns, as in training)."""
-    from .data.formats import encode_record
-    from .data.tokenizer_browser import BrowserTokenizer
+    from ..data.formats import encode_record
+    from .tokenizer import BrowserTokenizer
 
     req = json.loads(request)
     tok = await BrowserTokenizer.create(req["base_url"], req["tokenizer_json"], req.get("config") or {},
@@ -163,7 +163,7 @@ def _cache_item(req: dict) -> tuple[str, str, dict]:
     for again (the same repo, the same files by name, size and date) is the same item."""
     import hashlib
 
-    from .formats.hub import DEFAULT_HUB_ENDPOINT
+    from ..formats.hub import DEFAULT_HUB_ENDPOINT
 
     kind = req.get("kind", "default")
     if kind == "default":
@@ -210,11 +210,11 @@ async def load_model(request: str) -> dict:
 
 
 async def _load_model(req: dict) -> dict:
-    from .data.tokenizer_browser import BrowserTokenizer
-    from .formats.hub import DEFAULT_HUB_ENDPOINT
-    from .model.gguf_model import GGUFModel, tokenizer_files
-    from .model.identity import base_model_reference
-    from .model.weights import upload_weights
+    from ..formats.hub import DEFAULT_HUB_ENDPOINT
+    from ..model.gguf_model import GGUFModel, tokenizer_files
+    from ..model.identity import base_model_reference
+    from ..model.weights import upload_weights
+    from .tokenizer import BrowserTokenizer
 
     base = _engine["base_url"]
     ops = await _ops()
@@ -223,17 +223,17 @@ async def _load_model(req: dict) -> dict:
     gguf_name = next((n for n in files if n.lower().endswith(".gguf")), None)
     if kind == "default" or gguf_name:
         url = js.URL.new(DEFAULT_MODEL, base).href if kind == "default" else files[gguf_name]
-        source = await GGUFModel.from_url(url, gguf_name or DEFAULT_MODEL.rsplit("/", 1)[-1])
+        source = await GGUFModel.from_url(url, gguf_name or DEFAULT_MODEL.rsplit("/", 1)[-1], fetch)
         tokenizer_json, tok_config, template = tokenizer_files(source.gguf)
     else:
         if kind == "repo":
             endpoint = (req.get("endpoint") or DEFAULT_HUB_ENDPOINT).rstrip("/")
-            source = await RemoteFolder.open(f"{endpoint}/{req['repo']}/resolve/main/", name=req["repo"])
+            source = await RemoteFolder.open(f"{endpoint}/{req['repo']}/resolve/main/", name=req["repo"], fetch=fetch)
         else:
             if "config.json" not in files:
                 raise ModelConfigError("config.json is missing from the chosen files; choose a Hugging Face model "
                                        "folder's files (config.json, model.safetensors, tokenizer.json) or a .gguf")
-            source = await RemoteFolder.open("", files, name=req.get("name") or "model")
+            source = await RemoteFolder.open("", files, name=req.get("name") or "model", fetch=fetch)
         tok_body = await source.fetch_file("tokenizer.json", missing_ok=True)
         if tok_body is None:
             raise TokenizerError(f"{source.name}: tokenizer.json is missing; LoRA Lab needs the model's tokenizer")
@@ -319,7 +319,7 @@ async def train_start(request: str) -> dict:
     "sample_prompt"?}: starts training in the background; progress arrives through _report
     ({"kind": "train" | "eval" | "state" | "sample" | "checkpoint", ...}). The full training state
     is saved to the browser's private file system every `save_every` steps, at pause and at stop."""
-    from .engine import make_lora
+    from ..engine import make_lora
 
     if _engine.get("run") and _engine["run"]["state"] in ("running", "paused"):
         raise UsageError("a training run is already going; stop it first")
@@ -347,8 +347,8 @@ async def _start_run(config: TrainConfig, lora, save_every: int, stop_after: int
                      restore: tuple[dict, dict] | None = None) -> dict:
     import asyncio
 
-    from .model.transformer import Transformer
-    from .train import TrainControl, Trainer
+    from ..model.transformer import Transformer
+    from ..train import TrainControl, Trainer
 
     model, ops = _model(), await _ops()
     network = Transformer(ops.device, ops, model["config"], model["weights"], lora, config.batch_size, config.seq_len,
@@ -433,8 +433,8 @@ async def gpu_status(request: str = "{}") -> dict:
 async def plan(request: str) -> dict:
     """{"train", "lora"} -> GPU memory and time estimates against this GPU (its matmul rate is
     measured once), and whether the plan fits, with a concrete fix when it does not."""
-    from .bench import bench_matmul
-    from .engine import estimate_memory, estimate_step_seconds
+    from ..bench import bench_matmul
+    from ..engine import estimate_memory, estimate_step_seconds
 
     req = json.loads(request)
     model = _model()
@@ -478,7 +478,7 @@ async def generate(request: str) -> dict:
 async def _generate_text(prompt: str, lora, new: int, temperature: float, top_p: float, stream: str | None = None) -> str:
     """The model's answer to one user message (chat template applied when there is one); with
     `stream`, the text so far is reported after every token ({"kind": "token", "which": stream})."""
-    from .generate import Generator
+    from ..generate import Generator
 
     model = _model()
     tok, config = model["tokenizer"], model["config"]
@@ -521,7 +521,8 @@ async def export_adapter(request: str) -> dict:
     import base64
     from dataclasses import asdict
 
-    from .formats.peft import adapter_files, gguf_lora, model_card, zip_bytes
+    from ..formats.peft import adapter_files, model_card, zip_bytes
+    from ..model.gguf_model import gguf_lora
 
     req = json.loads(request)
     model = _model()
@@ -546,7 +547,7 @@ async def import_adapter(request: str) -> dict:
     """{"files": {name: url}}: a PEFT adapter (a .zip, or adapter_model.safetensors +
     adapter_config.json), checked against the loaded model; it then answers in the compare panel
     and is where the next training run starts."""
-    from .engine import make_lora
+    from ..engine import make_lora
 
     req = json.loads(request)
     model = _model()
@@ -571,7 +572,7 @@ async def export_merged(request: str = "{}") -> dict:
     -> {"path", "name", "bytes"}."""
     import zipfile
 
-    from .merge import folder_files, merged_bytes, write_merged
+    from ..merge import folder_files, merged_bytes, write_merged
     from .opfs import SyncFile
 
     model = _model()
@@ -608,8 +609,8 @@ async def _storage_free() -> int | None:
 async def evaluate_adapter(request: str = "{}") -> dict:
     """Mean loss per target token of the base model and of base + adapter on the validation set
     (the whole dataset when nothing is held out): {"base", "adapter" | null, "tokens", "records", "set"}."""
-    from .model.transformer import Transformer
-    from .train import evaluate
+    from ..model.transformer import Transformer
+    from ..train import evaluate
 
     model = _model()
     run = _engine.get("run")
@@ -649,8 +650,8 @@ async def bench_step(request: str = "{}") -> dict:
     "batch_size", "seq_len", "steps", "rank"} -> tokens/s, ms/step, dispatches and submits per
     step, peak GPU bytes. "loaded" times the loaded model's own weights; named configs use
     random weights (freed after)."""
-    from .bench import NAMED_CONFIGS, bench_training
-    from .model.config import ModelConfig
+    from ..bench import NAMED_CONFIGS, bench_training
+    from ..config import ModelConfig
 
     req = json.loads(request)
     run = _engine.get("run")
@@ -720,7 +721,7 @@ async def checkpoint_info(request: str = "{}") -> dict:
 async def checkpoint_resume(request: str = "{}") -> dict:
     """Continue the saved run exactly where it was (same model, dataset, data order, schedule and
     optimizer state); after a lost GPU device a new device is started and the model reloaded."""
-    from .engine import make_lora
+    from ..engine import make_lora
 
     found = await runstore.load()
     if found is None:

@@ -14,9 +14,9 @@ import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
 from ..checks import loads
+from ..data.template import ChatTemplate
+from ..data.tokenizer import TokenizerError, longest_token, token_text
 from ..errors import one_line
-from .template import ChatTemplate
-from .tokenizer import TokenizerError, longest_token, token_text
 
 _modules: dict[str, object] = {}
 

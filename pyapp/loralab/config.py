@@ -1,0 +1,286 @@
+"""The configurations, as plain dataclasses: the model's shape (read from a Hugging Face
+`config.json` or GGUF metadata), the LoRA adapter's and the training run's.
+
+Each validates itself in one place, and the page imports this module alone for its plan form
+(it is generated from the fields and their help), so nothing here touches the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from . import checks
+from .checks import boolean, integer, number
+from .errors import UsageError, UserError, short
+from .patterns import compile_key, first_match
+
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
+# Upper limits on a config's sizes: far above any model a browser can train, low enough that
+# nothing is sized from an absurd value before the weights are checked against it.
+MAX_HIDDEN = 1 << 16
+MAX_HEADS = 1024
+MAX_LAYERS = 1024
+MAX_VOCAB = 1 << 22
+MAX_TEMPLATE = 1 << 20  # characters of a chat template
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ModelConfigError(UserError):
+    """config.json describes a model LoRA Lab cannot train, or is inconsistent."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str  # a key of ARCHITECTURES
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    tie_word_embeddings: bool
+    attention_bias: bool  # q/k/v biases (Qwen2)
+    max_position_embeddings: int
+
+    @classmethod
+    def from_dict(cls, cfg: dict, source: str = "config.json") -> "ModelConfig":
+        """Every field checked for type and range, and the shapes for consistency (head counts
+        divide sizes), before anything is sized from them. Limits: see MAX_* above."""
+        E = ModelConfigError
+        if not isinstance(cfg, dict):
+            raise E(f"{source}: expected a JSON object, found {type(cfg).__name__}")
+        archs = cfg.get("architectures") or []
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise E(f"{source}: architectures must be a list of names, not {short(archs)}")
+        arch = next((a for a in archs if a in ARCHITECTURES), None)
+        if arch is None:
+            named = ", ".join(archs)[:200] if archs else "(none given)"
+            raise E(f"{source}: architecture {named} is not supported; "
+                    f"LoRA Lab trains {', '.join(ARCHITECTURES)}")
+        hidden = checks.field(cfg, "hidden_size", integer, source, E, lo=1, hi=MAX_HIDDEN)
+        heads = checks.field(cfg, "num_attention_heads", integer, source, E, lo=1, hi=MAX_HEADS)
+        kv_heads = checks.field(cfg, "num_key_value_heads", integer, source, E, heads, lo=1, hi=MAX_HEADS)
+        if cfg.get("head_dim") is None and hidden % heads:
+            raise E(f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+        head_dim = checks.field(cfg, "head_dim", integer, source, E, hidden // heads, lo=2, hi=128)
+        rope_params = cfg.get("rope_parameters") or {}
+        scaling = cfg.get("rope_scaling")
+        for name, value in (("rope_parameters", rope_params), ("rope_scaling", scaling)):
+            if value is not None and not isinstance(value, dict):
+                raise E(f"{source}: {name} must be a JSON object, not {short(value)}")
+        if not scaling and rope_params.get("rope_type", "default") != "default":
+            scaling = rope_params
+        theta = cfg.get("rope_theta") if cfg.get("rope_theta") is not None else rope_params.get("rope_theta", 10000.0)
+        config = cls(
+            architecture=arch,
+            vocab_size=checks.field(cfg, "vocab_size", integer, source, E, lo=1, hi=MAX_VOCAB),
+            hidden_size=hidden,
+            intermediate_size=checks.field(cfg, "intermediate_size", integer, source, E, lo=1, hi=MAX_HIDDEN * 16),
+            num_layers=checks.field(cfg, "num_hidden_layers", integer, source, E, lo=1, hi=MAX_LAYERS),
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=checks.field(cfg, "rms_norm_eps", number, source, E, 1e-6, lo=0.0, hi=1.0, open_lo=True),
+            rope_theta=number(theta, f"{source}: rope_theta", E, lo=0.0, open_lo=True),
+            rope_scaling=dict(scaling) if scaling else None,
+            tie_word_embeddings=checks.field(cfg, "tie_word_embeddings", boolean, source, E, False),
+            attention_bias=ARCHITECTURES[arch] == "qwen2" or checks.field(cfg, "attention_bias", boolean, source, E, False),
+            max_position_embeddings=checks.field(cfg, "max_position_embeddings", integer, source, E, 2048, lo=1, hi=1 << 24),
+        )
+        if heads % kv_heads:
+            raise E(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+        if head_dim % 2:
+            raise E(f"{source}: head_dim {head_dim} must be even and at most 128")
+        if config.rope_scaling:
+            kind = config.rope_scaling.get("rope_type", config.rope_scaling.get("type"))
+            if kind not in ("llama3", "default"):
+                raise E(f"{source}: rope_scaling {short(config.rope_scaling)} is not supported (only llama3)")
+            if kind == "llama3":
+                s = config.rope_scaling
+                where = f"{source}: rope_scaling"
+                low = checks.field(s, "low_freq_factor", number, where, E, 1.0, lo=0.0, open_lo=True)
+                high = checks.field(s, "high_freq_factor", number, where, E, 4.0, lo=low, open_lo=True)
+                checks.field(s, "factor", number, where, E, lo=0.0, open_lo=True)
+                checks.field(s, "original_max_position_embeddings", integer, where, E, 8192, lo=1, hi=1 << 24)
+                if high == low:
+                    raise E(f"{where}: high_freq_factor must be greater than low_freq_factor")
+        if cfg.get("sliding_window") and cfg.get("use_sliding_window"):
+            raise E(f"{source}: sliding-window attention is not supported")
+        return config
+
+    def check_layers(self, names, source: str, what: str = "num_hidden_layers") -> None:
+        """The layer count agrees with the layers the weights hold (`names`: tensor names), so a
+        config that claims a million layers fails here, before anything is sized from it."""
+        present = set()
+        for name in names:
+            if name.startswith("model.layers."):
+                index = name[len("model.layers."):].split(".", 1)[0]
+                if index.isdigit():
+                    present.add(int(index))
+        count = max(present) + 1 if present else 0
+        if count != self.num_layers:
+            raise ModelConfigError(f"{source}: {what} is {self.num_layers}, but the weights hold {count} layers; "
+                                   f"the config and the weights belong to different models")
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def projection_shape(self, name: str) -> tuple[int, int]:
+        """(out_features, in_features) of a projection, as nn.Linear stores its weight."""
+        h, i = self.hidden_size, self.intermediate_size
+        return {
+            "q_proj": (self.q_size, h),
+            "k_proj": (self.kv_size, h),
+            "v_proj": (self.kv_size, h),
+            "o_proj": (h, self.q_size),
+            "gate_proj": (i, h),
+            "up_proj": (i, h),
+            "down_proj": (h, i),
+        }[name]
+
+    def inv_freq(self) -> list[float]:
+        """RoPE inverse frequencies (Hugging Face's, including Llama-3 scaling), in float64."""
+        D = self.head_dim
+        inv = [1.0 / self.rope_theta ** (i / D) for i in range(0, D, 2)]
+        s = self.rope_scaling
+        if s and s.get("rope_type", s.get("type")) == "llama3":
+            factor, low, high = float(s["factor"]), float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
+            old = float(s.get("original_max_position_embeddings", 8192))
+            low_wl, high_wl = old / low, old / high
+            out = []
+            for f in inv:
+                wavelen = 2 * math.pi / f
+                if wavelen > low_wl:
+                    out.append(f / factor)
+                elif wavelen < high_wl:
+                    out.append(f)
+                else:
+                    smooth = (old / wavelen - low) / (high - low)
+                    out.append((1 - smooth) * f / factor + smooth * f)
+            inv = out
+        return inv
+
+
+MAX_RANK = 4096
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = field(default=8, metadata={"help": "LoRA rank: the inner size of A (r × in) and B (out × r)"})
+    alpha: float = field(default=16.0, metadata={"help": "scaling numerator: the update is (alpha / r) · B · A"})
+    targets: tuple[str, ...] = field(default=PROJECTIONS, metadata={"help": "projections that get an adapter"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input (training only)"})
+    use_rslora: bool = field(default=False, metadata={"help": "scale by alpha / sqrt(r) (rank-stabilised LoRA)"})
+    rank_pattern: tuple[tuple[str, int], ...] = field(
+        default=(), metadata={"help": "per-module ranks, (pattern, r) pairs as PEFT's rank_pattern"})
+    alpha_pattern: tuple[tuple[str, float], ...] = field(
+        default=(), metadata={"help": "per-module alphas, (pattern, alpha) pairs as PEFT's alpha_pattern"})
+
+    def __post_init__(self):
+        for name in ("rank_pattern", "alpha_pattern"):  # from JSON: lists (or a dict) -> pairs
+            value = getattr(self, name)
+            pairs = value.items() if isinstance(value, dict) else value
+            object.__setattr__(self, name, tuple((str(k), v) for k, v in pairs))
+        integer(self.r, "LoRA rank r", UsageError, 1, MAX_RANK)
+        number(self.alpha, "lora_alpha", UsageError)
+        for key, value in self.rank_pattern:
+            compile_key(key, "rank_pattern")
+            integer(value, f"rank_pattern {key!r}: the rank", UsageError, 1, MAX_RANK)
+        for key, value in self.alpha_pattern:
+            compile_key(key, "alpha_pattern")
+            number(value, f"alpha_pattern {key!r}: lora_alpha", UsageError)
+        unknown = [t for t in self.targets if t not in PROJECTIONS]
+        if unknown or not self.targets:
+            raise UsageError(f"unknown LoRA target modules {unknown}; choose from {', '.join(PROJECTIONS)}")
+        if not 0.0 <= number(self.dropout, "LoRA dropout", UsageError) < 1.0:
+            raise UsageError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+    @staticmethod
+    def _match(pattern: tuple, layer: int, module: str, default):
+        """PEFT's rule: the first pattern key that matches the end of the module's name."""
+        name = f"model.layers.{layer}.{'self_attn' if module in ATTENTION else 'mlp'}.{module}"
+        key = first_match([k for k, _ in pattern], name)
+        return default if key is None else dict(pattern)[key]
+
+    def rank(self, layer: int, module: str) -> int:
+        return int(self._match(self.rank_pattern, layer, module, self.r))
+
+    def scaling_for(self, layer: int, module: str) -> float:
+        r, alpha = self.rank(layer, module), float(self._match(self.alpha_pattern, layer, module, self.alpha))
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+    @property
+    def max_rank(self) -> int:
+        return max([self.r] + [int(v) for _, v in self.rank_pattern])
+
+
+SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = field(default=0, metadata={"help": "optimizer steps (0: use epochs)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training set when steps is 0"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per micro-batch"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per sequence; longer ones are truncated"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant, linear or cosine decay after warmup"})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear warmup from 0"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw (torch.optim.AdamW) or sgd"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (AdamW) / L2 (SGD)"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW β1"})
+    beta2: float = field(default=0.999, metadata={"help": "AdamW β2"})
+    eps: float = field(default=1e-8, metadata={"help": "AdamW ε"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0: off)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer in the backward pass: far less activation memory, about a third more compute"})
+    seed: int = field(default=0, metadata={"help": "seed for LoRA init and shuffling"})
+    shuffle: bool = field(default=True, metadata={"help": "shuffle records each epoch"})
+    report_every: int = field(default=10, metadata={"help": "read losses back every N steps"})
+    eval_every: int = field(default=0, metadata={"help": "validation loss every N steps (0: at the end only)"})
+
+    def __post_init__(self):
+        problems = []
+        for name in ("batch_size", "seq_len", "grad_accum", "report_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.steps < 0 or self.epochs <= 0 and self.steps == 0:
+            problems.append("give a positive number of steps or epochs")
+        if self.lr_schedule not in SCHEDULES:
+            problems.append(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.lr < 0 or self.weight_decay < 0 or self.max_grad_norm < 0 or self.warmup_steps < 0:
+            problems.append("lr, weight_decay, max_grad_norm and warmup_steps cannot be negative")
+        if problems:
+            raise UsageError("; ".join(problems))
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    def total_steps(self, train_records: int) -> int:
+        if self.steps:
+            return self.steps
+        per_epoch = math.ceil(train_records / (self.batch_size * self.grad_accum))
+        return max(1, math.ceil(per_epoch * self.epochs))
