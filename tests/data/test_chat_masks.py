@@ -22,8 +22,9 @@ CHATML_SYSTEM = ("{{% for message in messages %}}{{% if loop.first and messages[
                  "{{{{ '<|im_start|>system\\n{system}<|im_end|>\\n' }}}}{{% endif %}}{body}{{% endfor %}}"
                  "{{% if add_generation_prompt %}}{{{{ '<|im_start|>assistant\\n' }}}}{{% endif %}}")
 CHATML_PLAIN = "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+# As TRL's training templates mark a turn: its text, the end-of-turn token and the newline after it.
 CHATML_TAGGED = ("{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}{% generation %}"
-                 "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}{% else %}" + CHATML_PLAIN
+                 "{{ message['content'] + '<|im_end|>' + '\\n' }}{% endgeneration %}{% else %}" + CHATML_PLAIN
                  + "{% endif %}")
 SMOL = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 QWEN = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."

@@ -254,14 +254,14 @@ def _encode_chat(messages: list[dict], tok: Tokenizer, where: str, train_on_prom
             continue
         before = _render(tok, messages[:i], where, add_generation_prompt=True)
         if upto.startswith(before):
-            spans.append((len(before), len(upto.rstrip())))  # up to the end-of-turn token, not the newline after
+            spans.append((len(before), len(upto)))
             continue
         # The conversation so far renders differently without this turn (a default system prompt
         # that an empty conversation does not get): find where the turn's text starts instead.
         probe = _render(tok, messages[:i] + [{**m, "content": TURN_MARK}], where)
         start = probe.find(TURN_MARK)
         if start >= 0 and upto.startswith(probe[:start]):
-            spans.append((start, len(upto.rstrip())))
+            spans.append((start, len(upto)))
     return _labelled(tok, full, spans, train_on_prompt, max_chars)
 
 
