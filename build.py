@@ -43,7 +43,6 @@ VENDOR = [
     ("pyodide", ["pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json"], "pyodide"),
     ("@pyscript/core/dist", ["*.js", "*.css"], "pyscript"),
     ("@huggingface/tokenizers/dist", ["tokenizers.min.mjs"], "vendor/tokenizers"),
-    ("uplot/dist", ["uPlot.esm.js", "uPlot.min.css"], "vendor/uplot"),
 ]
 
 # Pure-Python packages the browser's Python imports (chat templates: jinja2, which needs

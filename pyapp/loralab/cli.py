@@ -19,7 +19,7 @@ import time
 
 from .checks import loads
 from .config import PROJECTIONS
-from .data.formats import DatasetError
+from .data.formats import FORMATS, DatasetError
 from .data.tokenizer import TokenizerError
 from .errors import UsageError, UserError, one_line
 from .ops import ATTENTION_VARIANTS
@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="describe the GPU adapter and run the kernel self-check; prints JSON")
 
-    formats = ["auto", "tokens", "text", "completion", "chat", "alpaca"]
+    formats = ["auto", *FORMATS]
     t = sub.add_parser("train", help="train a LoRA adapter; writes a PEFT adapter folder")
     t.add_argument("model", help="`default` (SmolLM2-135M-Instruct), a .gguf file, or a Hugging Face model folder")
     t.add_argument("data", help="dataset file: .jsonl, .json, .csv or .txt")

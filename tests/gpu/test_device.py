@@ -51,3 +51,14 @@ def test_missing_limits_are_named():
                 "maxComputeWorkgroupsPerDimension": 65535,
             }
         )
+
+
+def test_the_subgroup_probe_measures_a_power_of_two(gpu, kernels, run):
+    from loralab.ops import measure_subgroup_size
+
+    if not gpu.info.has_subgroups:
+        pytest.skip("this adapter has no subgroups")
+    size = run(measure_subgroup_size(gpu, kernels))
+    assert size >= 1 and size & (size - 1) == 0
+    if gpu.info.subgroup_min_size:
+        assert size >= gpu.info.subgroup_min_size
