@@ -28,6 +28,12 @@ MAX_LAYERS = 1024
 MAX_VOCAB = 1 << 22
 MAX_TEMPLATE = 1 << 20  # characters of a chat template
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ATTENTION = PROJECTIONS[:4]  # in self_attn; the rest are in mlp
+
+
+def module_name(layer: int, module: str) -> str:
+    """A projection's Hugging Face module name, e.g. model.layers.3.self_attn.q_proj."""
+    return f"model.layers.{layer}.{'self_attn' if module in ATTENTION else 'mlp'}.{module}"
 
 
 class ModelConfigError(UserError):
@@ -176,7 +182,6 @@ class ModelConfig:
 
 
 MAX_RANK = 4096
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @dataclass(frozen=True)
@@ -217,7 +222,7 @@ class LoraConfig:
     @staticmethod
     def _match(pattern: tuple, layer: int, module: str, default):
         """PEFT's rule: the first pattern key that matches the end of the module's name."""
-        name = f"model.layers.{layer}.{'self_attn' if module in ATTENTION else 'mlp'}.{module}"
+        name = module_name(layer, module)
         key = first_match([k for k, _ in pattern], name)
         return default if key is None else dict(pattern)[key]
 

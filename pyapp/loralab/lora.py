@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import ATTENTION, PROJECTIONS, LoraConfig, ModelConfig
+from .config import PROJECTIONS, LoraConfig, ModelConfig, module_name
 from .gpu.device import VIEW_ALIGNMENT, Buffer, Device
 
 
@@ -32,8 +32,7 @@ class LoraTensor:
 
     @property
     def peft_key(self) -> str:
-        block = "self_attn" if self.module in ATTENTION else "mlp"
-        return f"base_model.model.model.layers.{self.layer}.{block}.{self.module}.lora_{self.kind}.weight"
+        return f"base_model.model.{module_name(self.layer, self.module)}.lora_{self.kind}.weight"
 
 
 def layout(config: ModelConfig, lora: LoraConfig) -> tuple[list[LoraTensor], int]:

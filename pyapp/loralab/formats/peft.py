@@ -14,7 +14,7 @@ import re
 import zipfile
 
 from ..checks import boolean, field, integer, loads, number
-from ..config import MAX_RANK, PROJECTIONS, LoraConfig, ModelConfig
+from ..config import MAX_RANK, PROJECTIONS, LoraConfig, ModelConfig, module_name
 from ..errors import UserError, short
 from .archive import read_members
 from .safetensors import (
@@ -187,8 +187,7 @@ def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = 
     for layer in range(model.num_layers):
         for module in lora.targets:
             out_f, in_f = model.projection_shape(module)
-            block = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-            base = f"base_model.model.model.layers.{layer}.{block}.{module}"
+            base = f"base_model.model.{module_name(layer, module)}"
             r = lora.rank(layer, module)
             expected[f"{base}.lora_A.weight"] = (r, in_f)
             expected[f"{base}.lora_B.weight"] = (out_f, r)

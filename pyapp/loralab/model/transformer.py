@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..config import PROJECTIONS, ModelConfig
+from ..config import PROJECTIONS, ModelConfig, module_name
 from ..gpu.device import VIEW_ALIGNMENT, Buffer, Copy, Device
 from ..lora import LoraState
 from ..ops import MAX_ROWS_OUTPUTS, Blocks, Ops, Product
@@ -176,8 +176,7 @@ class Transformer:
         return self.w["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"]
 
     def _weight(self, layer: int, module: str, suffix: str = "weight") -> Buffer:
-        block = "mlp" if module in ("gate_proj", "up_proj", "down_proj") else "self_attn"
-        return self.w[f"model.layers.{layer}.{block}.{module}.{suffix}"]
+        return self.w[f"{module_name(layer, module)}.{suffix}"]
 
     def write_batch(self, ids: list[int], targets: list[int]) -> None:
         """Token ids [T] and next-token targets [T] (-100 = ignored) of the next micro-batch."""

@@ -10,7 +10,7 @@ import os
 from typing import Protocol
 
 from ..checks import loads, path_inside, weight_map_shards
-from ..config import ModelConfig, ModelConfigError
+from ..config import ATTENTION, PROJECTIONS, ModelConfig, ModelConfigError, module_name
 from ..errors import UserError
 from ..formats.safetensors import (
     SafetensorsError,
@@ -34,13 +34,13 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{i}."
         shapes[p + "input_layernorm.weight"] = (C,)
         shapes[p + "post_attention_layernorm.weight"] = (C,)
-        for module in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes[f"{p}self_attn.{module}.weight"] = config.projection_shape(module)
+        for module in ATTENTION:
+            shapes[f"{module_name(i, module)}.weight"] = config.projection_shape(module)
         if config.attention_bias:
-            for module in ("q_proj", "k_proj", "v_proj"):
-                shapes[f"{p}self_attn.{module}.bias"] = (config.projection_shape(module)[0],)
-        for module in ("gate_proj", "up_proj", "down_proj"):
-            shapes[f"{p}mlp.{module}.weight"] = config.projection_shape(module)
+            for module in ATTENTION[:3]:  # q, k and v
+                shapes[f"{module_name(i, module)}.bias"] = (config.projection_shape(module)[0],)
+        for module in PROJECTIONS[len(ATTENTION):]:
+            shapes[f"{module_name(i, module)}.weight"] = config.projection_shape(module)
     return shapes
 
 
