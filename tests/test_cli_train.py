@@ -335,3 +335,11 @@ def test_a_peft_made_adapter_evaluates_like_peft(tmp_path, model_dir, tokens_fil
             total += torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum").item()
             count += int((targets != -100).sum())
     assert ours["loss"] == pytest.approx(total / count, abs=1e-4)
+
+
+def test_the_cli_says_how_the_data_was_used(tmp_path, model_dir, tokens_file):
+    out = loralab("eval", model_dir, tokens_file, "--seq-len", 4)
+    notes = [line for line in out.stderr.splitlines() if line.startswith("loralab: ")]
+    assert f"loralab: {tokens_file}: 12 of 12 truncated" in notes
+    assert any("--seq-len 4 cuts most examples" in line for line in notes)
+    assert "XDG_RUNTIME_DIR" not in out.stderr
