@@ -22,8 +22,13 @@ TOKENS_DATA = '{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]}\n'
 
 
 def run_cli(capsys, *argv) -> str:
-    """The CLI's stderr for argv; asserts exit code 2 and a single line without a traceback."""
-    code = main([str(a) for a in argv])
+    """The CLI's stderr for argv; asserts exit code 2 and a single line without a traceback.
+    main() runs on a thread of its own: it starts an event loop, and in the whole suite the
+    browser tests' Playwright already runs one on the main thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        code = pool.submit(main, [str(a) for a in argv]).result()
     err = capsys.readouterr().err.strip()
     assert code == 2, f"exit {code}: {err}"
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
