@@ -35,17 +35,26 @@ class Body:
         return self.bytes().decode("utf-8")
 
 
+def open_url(url: str, missing_ok: bool = False, error: type[UserError] = FetchError):
+    """The response for `url` (a context manager), None for a 404 with missing_ok; any other
+    failure is `error` naming the URL."""
+    try:
+        return urllib.request.urlopen(url, timeout=60)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404 and missing_ok:
+            return None
+        raise error(f"{url}: HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        raise error(f"{url}: could not be fetched ({exc.reason})") from None
+
+
 async def fetch(url: str, missing_ok: bool = False, file: str | None = None) -> Body | None:
     def get() -> bytes | None:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r:
-                return r.read()
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404 and missing_ok:
-                return None
-            raise FetchError(f"{url}: HTTP {exc.code}") from None
-        except urllib.error.URLError as exc:
-            raise FetchError(f"{url}: could not be fetched ({exc.reason})") from None
+        response = open_url(url, missing_ok)
+        if response is None:
+            return None
+        with response:
+            return response.read()
 
     data = await asyncio.get_running_loop().run_in_executor(None, get)
     return None if data is None else Body(url, data)

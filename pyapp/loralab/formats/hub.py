@@ -13,6 +13,7 @@ import urllib.request
 
 from ..checks import loads, path_inside, weight_map_shards
 from ..errors import UserError
+from .http import open_url
 
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -40,14 +41,9 @@ def file_url(endpoint: str, repo: str, name: str) -> str:
 
 def _download(url: str, dest: str, missing_ok: bool) -> bool:
     """Stream url to dest (via a temporary file) with progress on stderr; False if 404 and missing_ok."""
-    try:
-        response = urllib.request.urlopen(url, timeout=60)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404 and missing_ok:
-            return False
-        raise HubError(f"{url}: HTTP {exc.code}") from None
-    except urllib.error.URLError as exc:
-        raise HubError(f"{url}: could not be fetched ({exc.reason})") from None
+    response = open_url(url, missing_ok, HubError)
+    if response is None:
+        return False
     total = int(response.headers.get("Content-Length") or 0)
     done = 0
     os.makedirs(os.path.dirname(dest), exist_ok=True)
