@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from ..checks import loads, path_inside, weight_map_shards
 from ..errors import UserError
