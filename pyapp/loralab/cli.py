@@ -150,10 +150,14 @@ async def cmd_train(args) -> int:
     state = None
     resumed = None
     if args.resume:
+        from .formats.checkpoint import CheckpointError
         from .formats.checkpoint import load as load_checkpoint
 
         resumed = load_checkpoint(args.resume)
-        lora_config = LoraConfig(**{**resumed[0]["lora"], "targets": tuple(resumed[0]["lora"]["targets"])})
+        try:
+            lora_config = LoraConfig(**{**resumed[0]["lora"], "targets": tuple(resumed[0]["lora"]["targets"])})
+        except TypeError as exc:  # fields this version does not know
+            raise CheckpointError(f"{args.resume}: the saved LoRA configuration does not fit ({exc})") from None
     elif args.adapter:
         lora_config, state = s.adapter(args.adapter)
     else:
@@ -163,7 +167,11 @@ async def cmd_train(args) -> int:
     seq_len = fit_seq_len(records + valid, args.seq_len)
     if resumed:  # the same run: its configuration, with the total steps from this command
         saved = resumed[0]["train"]
-        config = TrainConfig(**{**saved, "steps": args.steps or saved["steps"], "report_every": args.report_every})
+        try:
+            config = TrainConfig(**{**saved, "steps": args.steps or saved.get("steps", 0),
+                                    "report_every": args.report_every})
+        except TypeError as exc:
+            raise CheckpointError(f"{args.resume}: the saved training configuration does not fit ({exc})") from None
     else:
         config = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, seq_len=seq_len,
                              grad_accum=args.grad_accum, lr=args.lr, lr_schedule=args.lr_schedule,

@@ -27,6 +27,7 @@ def run_cli(capsys, *argv) -> str:
     browser tests' Playwright already runs one on the main thread."""
     from concurrent.futures import ThreadPoolExecutor
 
+    capsys.readouterr()  # what the test itself printed before
     with ThreadPoolExecutor(1) as pool:
         code = pool.submit(main, [str(a) for a in argv]).result()
     err = capsys.readouterr().err.strip()
@@ -411,3 +412,64 @@ def test_a_hostile_hub_writes_nothing_outside_the_cache(tmp_path, capsys, monkey
     outside = [p for p in tmp_path.rglob("*") if p.is_file() and cache not in p.parents and hub not in p.parents
                and p.name != "d.jsonl"]
     assert outside == [] and list(victim.iterdir()) == []
+
+
+TOKENIZER_FILES = [
+    ("tokenizer.json not JSON", {"tokenizer.json": "{nope"}, "tokenizer.json cannot be read"),
+    ("tokenizer.json nested deep", {"tokenizer.json": "[" * 5000 + "]" * 5000}, "tokenizer.json"),
+    ("special token a number", {"tokenizer_config.json": '{"eos_token": 5}'}, "eos_token must be a token"),
+    ("tokenizer config a list", {"tokenizer_config.json": "[1]"}, "expected a JSON object"),
+    ("named templates not objects", {"tokenizer_config.json": '{"chat_template": [1, 2]}'}, None),
+]
+
+
+@pytest.mark.parametrize("files, message", [c[1:] for c in TOKENIZER_FILES], ids=[c[0] for c in TOKENIZER_FILES])
+def test_hostile_tokenizer_files(tmp_path, capsys, files, message):
+    from tests.browser.test_app_flow import make_chat_model
+
+    folder = make_chat_model(tmp_path / "model")
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    (tmp_path / "d.jsonl").write_text('{"text": "hi"}\n')
+    if message is None:  # not an error: a list without a "default" entry means no template
+        from loralab.data.tokenizer import HFTokenizer
+
+        assert HFTokenizer.from_folder(str(folder)).chat_template is None
+        return
+    err = run_cli(capsys, "eval", folder, tmp_path / "d.jsonl")
+    assert str(folder) in err and message in err, err
+
+
+def checkpoint(tmp_path, meta) -> str:
+    folder = tmp_path / "ckpt"
+    folder.mkdir(exist_ok=True)
+    (folder / "state.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    (folder / "state.safetensors").write_bytes(serialize({"params": ("F32", (1,), bytes(4))}))
+    return str(folder)
+
+
+GOOD_META = {"lora": {"r": 2, "targets": ["q_proj"]}, "train": {"steps": 2}, "step": 1, "order": {"epoch": 0, "index": 1}}
+CHECKPOINTS = [
+    ("state a list", [1], "expected a JSON object|must be a JSON object"),
+    ("state nested deep", "[" * 5000 + "]" * 5000, "nested too deeply"),
+    ("step a string", {**GOOD_META, "step": "1"}, "step must be an integer"),
+    ("order missing", {k: v for k, v in GOOD_META.items() if k != "order"}, "order must be a JSON object"),
+    ("targets a string", {**GOOD_META, "lora": {"r": 2, "targets": "q_proj"}}, "lora.targets"),
+    ("buffers missing", GOOD_META, "m, v missing"),
+    ("unknown LoRA field", {**GOOD_META, "lora": {"r": 2, "targets": ["q_proj"], "colour": 1}}, None),
+]
+
+
+@pytest.mark.parametrize("meta, message", [c[1:] for c in CHECKPOINTS], ids=[c[0] for c in CHECKPOINTS])
+def test_hostile_checkpoints(tmp_path, capsys, meta, message):
+    import re
+
+    folder = F.model_folder(tmp_path / "model")
+    (tmp_path / "d.jsonl").write_text(TOKENS_DATA)
+    ckpt = checkpoint(tmp_path, meta)
+    if message is None:  # well formed, all buffers there, but a field this version does not know
+        (tmp_path / "ckpt" / "state.safetensors").write_bytes(
+            serialize({name: ("F32", (1,), bytes(4)) for name in ("params", "m", "v")}))
+        message = "does not fit"
+    err = run_cli(capsys, "train", folder, tmp_path / "d.jsonl", "--out", tmp_path / "out", "--resume", ckpt)
+    assert "ckpt" in err and re.search(message, err), err

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from ..checks import loads
-from ..errors import UserError, one_line
+from ..errors import UserError, one_line, short
 from .template import ChatTemplate
 
 
@@ -46,7 +46,11 @@ class HFTokenizer:
         self.config = config or {}
         self.chat_template = chat_template or self.config.get("chat_template")
         if isinstance(self.chat_template, list):  # named templates: take "default"
-            self.chat_template = next((t["template"] for t in self.chat_template if t.get("name") == "default"), None)
+            self.chat_template = next((t.get("template") for t in self.chat_template
+                                       if isinstance(t, dict) and t.get("name") == "default"), None)
+        for name in ("bos_token", "eos_token", "pad_token"):
+            if token_text(self.config.get(name)) is not None and not isinstance(token_text(self.config[name]), str):
+                raise TokenizerError(f"tokenizer_config.json: {name} must be a token (text), not {short(self.config[name])}")
         self.bos_token = token_text(self.config.get("bos_token"))
         self.eos_token = token_text(self.config.get("eos_token"))
         self.eos_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
@@ -73,7 +77,10 @@ class HFTokenizer:
         if os.path.isfile(jinja_file):
             with open(jinja_file, encoding="utf-8") as f:
                 template = f.read()
-        return cls(tokenizer_json, config, template)
+        try:
+            return cls(tokenizer_json, config, template)
+        except TokenizerError as exc:
+            raise TokenizerError(f"{path}: {exc}") from None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+from ..checks import integer, loads, mapping
 from ..errors import UserError
 from .safetensors import SafetensorsError, parse_header, serialize
 
@@ -30,16 +31,34 @@ class CheckpointError(UserError):
 
 def load(directory: str) -> tuple[dict, dict[str, bytes]]:
     try:
-        with open(os.path.join(directory, STATE_JSON), encoding="utf-8") as f:
-            meta = json.load(f)
+        with open(os.path.join(directory, STATE_JSON), "rb") as f:
+            meta = loads(f.read(), f"{directory}/{STATE_JSON}", CheckpointError)
         with open(os.path.join(directory, STATE_TENSORS), "rb") as f:
             data = f.read()
     except FileNotFoundError as exc:
         raise CheckpointError(f"{directory}: not a LoRA Lab checkpoint ({os.path.basename(exc.filename)} is missing)") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{directory}/{STATE_JSON}: invalid JSON ({exc})") from None
     header = parse_header(data, len(data), f"{directory}/{STATE_TENSORS}")
-    return meta, {name: data[t.start : t.end] for name, t in header.tensors.items()}
+    buffers = {name: data[t.start : t.end] for name, t in header.tensors.items()}
+    check(meta, buffers, directory)
+    return meta, buffers
+
+
+def check(meta, buffers: dict[str, bytes], directory: str) -> None:
+    """The fields a resume reads, checked for type before anything is built from them."""
+    where = f"{directory}/{STATE_JSON}"
+    E = CheckpointError
+    mapping(meta, where, E)
+    for key in ("lora", "train", "order"):
+        mapping(meta.get(key), f"{where}: {key}", E)
+    integer(meta.get("step"), f"{where}: step", E)
+    for key in ("epoch", "index"):
+        integer(meta["order"].get(key), f"{where}: order.{key}", E)
+    targets = meta["lora"].get("targets")
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise E(f"{where}: lora.targets must be a list of projection names")
+    missing = [name for name in ("params", "m", "v") if name not in buffers]
+    if missing:
+        raise E(f"{directory}/{STATE_TENSORS}: {', '.join(missing)} missing")
 
 
 def pack(meta: dict, buffers: dict[str, bytes]) -> bytes:
