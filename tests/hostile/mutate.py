@@ -5,6 +5,7 @@ counts that do not fit) into every field the readers look at. Each case is a pur
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import struct
@@ -14,6 +15,12 @@ from . import files as F
 HOSTILE_JSON = [-1, 0, 1, 3, 1.5, 4.0, True, False, None, "12", "", "F32", [], [1], [2, 2], [-1], [0, -4], [8, 0],
                 [[1]], {}, {"a": 1}, 2**63, 2**64 + 1, 10**30, 1e308, float("inf"), float("-inf"), float("nan"), -0.0,
                 "x" * 300]
+
+
+def _hostile(rng: random.Random, extra: tuple = ()):
+    """A hostile JSON value, copied: the table's lists and dicts are never shared between edits
+    (an edit into a shared one could make a later header contain itself)."""
+    return copy.deepcopy(rng.choice(HOSTILE_JSON + list(extra)))
 
 
 def _deep(n: int, leaf="0") -> str:
@@ -34,13 +41,13 @@ def safetensors_case(rng: random.Random) -> bytes:
         if op <= 3 and names:  # a field of a tensor entry gets a hostile value
             entry = header[rng.choice(names)]
             if isinstance(entry, dict):
-                entry[rng.choice(["dtype", "shape", "data_offsets"])] = rng.choice(HOSTILE_JSON)
+                entry[rng.choice(["dtype", "shape", "data_offsets"])] = _hostile(rng)
         elif op == 4 and names:  # a shape entry or an offset gets a hostile value
             entry = header[rng.choice(names)]
             if isinstance(entry, dict) and isinstance(entry.get("shape"), list) and entry["shape"]:
                 field = rng.choice(["shape", "data_offsets"])
                 if isinstance(entry.get(field), list) and entry[field]:
-                    entry[field][rng.randrange(len(entry[field]))] = rng.choice(HOSTILE_JSON)
+                    entry[field][rng.randrange(len(entry[field]))] = _hostile(rng)
         elif op == 5 and names:  # offsets reversed, or a negative dimension balancing them
             entry = header[rng.choice(names)]
             if isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list):
@@ -53,9 +60,9 @@ def safetensors_case(rng: random.Random) -> bytes:
                 if rng.random() < 0.5 and entry:
                     entry.pop(rng.choice(list(entry)))
                 else:
-                    entry["extra"] = rng.choice(HOSTILE_JSON)
+                    entry["extra"] = _hostile(rng)
         elif op == 7 and isinstance(header, dict):
-            header["__metadata__"] = rng.choice(HOSTILE_JSON + [{"k": 5}, {"k": None}, {"k": "v"}])
+            header["__metadata__"] = _hostile(rng, ({"k": 5}, {"k": None}, {"k": "v"}))
         elif op == 8 and names:  # a tensor's name repeated (text level: json.dumps cannot)
             name = rng.choice(names)
             body = json.dumps(header)
@@ -63,7 +70,7 @@ def safetensors_case(rng: random.Random) -> bytes:
         elif op == 9 and isinstance(header, dict):  # deep nesting where a value is expected
             text = json.dumps(header)[:-1] + ', "__metadata__": ' + _deep(rng.choice([50, 5000, 100_000])) + "}"
         elif op == 10:
-            header = rng.choice(HOSTILE_JSON)
+            header = _hostile(rng)
         elif op == 11:  # the length prefix lies
             length = rng.choice([0, 1, n - 1, n + 1, n + 8, 2**63, 100_000_001, rng.randrange(1 << 20)])
         elif op == 12:  # the data is cut or extended
@@ -73,7 +80,7 @@ def safetensors_case(rng: random.Random) -> bytes:
         elif op == 14 and names:  # shapes in other spellings
             entry = header[rng.choice(names)]
             if isinstance(entry, dict):
-                entry["shape"] = rng.choice(["12", [1.0, 2.0], [True, 2], [2**40, 2**40], [0] * 9, {"0": 1}])
+                entry["shape"] = copy.deepcopy(rng.choice(["12", [1.0, 2.0], [True, 2], [2**40, 2**40], [0] * 9, {"0": 1}]))
         else:  # bytes of the header flipped
             body = bytearray((text or json.dumps(header)).encode())
             for _ in range(rng.randint(1, 4)):
