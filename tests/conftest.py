@@ -75,8 +75,9 @@ def page_guard(context, page):
 
 @pytest.fixture
 def app_page(page, page_guard, site):
-    """The app without loading the default model (tests that bring their own model, or none)."""
-    page.goto(site + "?autoload=0")
+    """The app without loading the default model (tests that bring their own model, or none), with
+    the engine's debugging commands."""
+    page.goto(site + "?autoload=0&debug=1")
     return page
 
 

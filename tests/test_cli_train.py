@@ -52,7 +52,7 @@ def test_train_writes_a_peft_adapter_that_reproduces_our_eval_loss(tmp_path, mod
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]
     assert all({"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= set(m) for m in lines)
-    assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(out)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     # Each line is its own step's: the epoch position (12 records, 3 a step) and the throughput.
     assert [m["epoch"] for m in lines] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
     assert len({m["tokens_per_s"] for m in lines[:4]}) == 4, "steps of one read-back window share a throughput"
@@ -293,11 +293,11 @@ def test_export_merged_from_a_gguf_loads_with_auto_classes(tmp_path):
 
 
 def test_adapters_name_the_base_model_people_load():
-    from loralab.cli import open_model
+    from loralab.cli import open_source
     from loralab.model.identity import DEFAULT_MODEL_ID, base_model_reference, gguf_hub_id
 
-    source, _ = open_model("default")
-    assert source.reference == (DEFAULT_MODEL_ID, None) == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+    _, reference = open_source("default")
+    assert reference == (DEFAULT_MODEL_ID, None) == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
     assert base_model_reference("repo", "Qwen/Qwen2.5-0.5B-Instruct") == ("Qwen/Qwen2.5-0.5B-Instruct", "main")
     assert gguf_hub_id({"general.source.huggingface.repository": "Qwen/Qwen3-0.6B"}) == "Qwen/Qwen3-0.6B"
     assert gguf_hub_id({"general.source.url": "https://huggingface.co/google/gemma-3-1b-it"}) == "google/gemma-3-1b-it"

@@ -168,3 +168,69 @@ def weight_map_shards(index, source: str, error: type[UserError]) -> list[str]:
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict) or not index["weight_map"]:
         raise error(f"{source}: weight_map must be a JSON object mapping tensor names to shard files")
     return sorted({relative_name(v, f"{source}: weight_map", error) for v in index["weight_map"].values()})
+
+
+def typed(value, kind, what: str, error: type[UserError]):
+    """`value` checked against the type annotation `kind`: int, float, bool, str, dict, list,
+    tuple[T, ...], tuple[A, B], X | None, or a dataclass (built with `build`). Anything else
+    passes through for the dataclass's own checks."""
+    import dataclasses
+    import types
+    import typing
+
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return typed(value, rest[0], what, error) if len(rest) == 1 else value
+    if kind is bool:
+        return boolean(value, what, error)
+    if kind is int:
+        return integer(value, what, error, -(2**53))
+    if kind is float:
+        return number(value, what, error)
+    if kind is str:
+        return text(value, what, error)
+    if kind is dict or origin is dict:
+        return mapping(value, what, error)
+    if kind is list or origin is list:
+        if not isinstance(value, list):
+            raise error(f"{what} must be a JSON list, not {type(value).__name__}")
+        return [typed(v, args[0], f"{what}[{i}]", error) for i, v in enumerate(value)] if args else value
+    if origin is tuple:
+        if isinstance(value, dict) and len(args) == 2 and typing.get_origin(args[0]) is tuple:
+            value = list(value.items())  # PEFT writes per-module patterns as an object
+        if not isinstance(value, (list, tuple)):
+            raise error(f"{what} must be a JSON list, not {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(typed(v, args[0], f"{what}[{i}]", error) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise error(f"{what} must be a list of {len(args)} values, not {len(value)}")
+        return tuple(typed(v, a, f"{what}[{i}]", error) for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(kind):
+        return build(kind, value, what, error)
+    return value
+
+
+def build(cls, value, what: str, error: type[UserError]):
+    """The dataclass `cls` from a JSON object, each field read through `typed`: an unknown field,
+    a field of the wrong type or a required field that is absent is `error` naming `what` and the
+    field (where `cls(**value)` would raise a TypeError, which reads as a bug). Nulls leave a
+    field at its default."""
+    import dataclasses
+    import typing
+
+    value = mapping(value, what, error)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in value if k not in known]
+    if unknown:
+        raise error(f"{what}: unknown field {short(unknown[0])}; expected {', '.join(known)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in known.items():
+        if value.get(name) is not None:
+            values[name] = typed(value[name], hints[name], f"{what}: {name}", error)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise error(f"{what}: {name} is missing")
+    return cls(**values)

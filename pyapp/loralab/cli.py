@@ -15,22 +15,20 @@ import asyncio
 import json
 import os
 import sys
-import time
 
-from .checks import loads
 from .config import PROJECTIONS
 from .data.formats import FORMATS, DatasetError
 from .data.tokenizer import TokenizerError
 from .errors import UsageError, UserError, one_line
 from .ops import ATTENTION_VARIANTS
+from .session import Dataset, Session, checkpoint_configs
 
 
-def open_model(spec: str, hub_endpoint: str | None = None):
-    """(weight source, tokenizer or None) for MODEL: `default`, a .gguf file, a model folder,
+def open_source(spec: str, hub_endpoint: str | None = None):
+    """(weight source, base model reference) for MODEL: `default`, a .gguf file, a model folder,
     or a Hugging Face repo id (fetched into the cache from `hub_endpoint`)."""
-    from .data.tokenizer import HFTokenizer
     from .formats.hub import DEFAULT_HUB_ENDPOINT, fetch_repo, is_repo_id
-    from .model.gguf_model import GGUFModel, default_model_path, tokenizer_files
+    from .model.gguf_model import GGUFModel, default_model_path
     from .model.identity import base_model_reference
     from .model.weights import HFFolder
 
@@ -40,75 +38,69 @@ def open_model(spec: str, hub_endpoint: str | None = None):
         path, kind = fetch_repo(path, hub_endpoint or DEFAULT_HUB_ENDPOINT), "repo"
     if path.lower().endswith(".gguf"):
         source = GGUFModel.from_path(path)
-        tokenizer = HFTokenizer(*tokenizer_files(source.gguf))
         kind = "gguf" if kind == "folder" else kind
     else:
         if not os.path.exists(path):
             raise UsageError(f"{path}: no such model folder or GGUF file")
         source = HFFolder(path)
-        tokenizer = HFTokenizer.from_folder(path) if os.path.isfile(os.path.join(path, "tokenizer.json")) else None
     # What adapters trained on it name as their base (adapter_config.json's base_model_name_or_path).
     gguf = getattr(source, "gguf", None)
-    source.reference = base_model_reference(kind, spec if kind == "repo" else path, gguf.metadata if gguf else None)
-    return source, tokenizer
+    return source, base_model_reference(kind, spec if kind == "repo" else path, gguf.metadata if gguf else None)
 
 
-class Session:
-    """A model folder with its tokenizer and, once `start_gpu` ran, a native device with the
-    kernels compiled. The files (model, data, adapter) are read and checked first, so a bad
-    input is reported before any GPU work."""
+async def open_session(spec: str, hub_endpoint: str | None = None) -> Session:
+    """A Session with MODEL opened (files read and checked, no GPU yet)."""
+    from .data.tokenizer import HFTokenizer
 
-    @classmethod
-    async def open(cls, model_path: str, hub_endpoint: str | None = None) -> "Session":
-        self = cls()
-        self.source, self.tokenizer = open_model(model_path, hub_endpoint)
-        self.config = self.source.config
-        self.device = self.ops = None
-        return self
+    source, reference = open_source(spec, hub_endpoint)
 
-    async def start_gpu(self) -> None:
-        from .engine import load_ops
-        from .gpu.native import NativeDevice
-        from .kernels import directory_reader
+    async def make_tokenizer(tokenizer_json: str, config: dict, template: str | None):
+        try:
+            return HFTokenizer(tokenizer_json, config, template)
+        except TokenizerError as exc:
+            raise TokenizerError(f"{spec}: {exc}") from None
 
-        self.device = await NativeDevice.create()
-        self.ops = await load_ops(self.device, directory_reader())
-        await self.ops.specialize_head_dim(self.config.head_dim)
+    session = Session()
+    await session.open_model(source, reference, make_tokenizer)
+    return session
 
-    async def weights(self, dtype: str = "f32"):
-        from .model.weights import upload_weights
 
-        return await upload_weights(self.device, self.config, self.source, self.ops, dtype)
+async def start_gpu(session: Session) -> None:
+    """The native device, with every kernel compiled, for `session`."""
+    from .gpu.native import NativeDevice
+    from .kernels import directory_reader
 
-    def dataset(self, path: str, fmt: str, seq_len: int, train_on_prompt: bool = False):
-        from .data.formats import load_dataset
+    await session.start(await NativeDevice.create(), directory_reader())
 
-        if not os.path.isfile(path):
-            raise DatasetError(f"{path}: no such dataset file")
-        with open(path, encoding="utf-8", errors="strict") as f:
-            try:
-                text = f.read()
-            except UnicodeDecodeError:
-                raise DatasetError(f"{path}: not a UTF-8 text file") from None
-        records, summary = load_dataset(os.path.basename(path), text, fmt, self.tokenizer, seq_len,
-                                        self.config.vocab_size, train_on_prompt)
-        for note in summary.notes():
-            print(f"loralab: {path}: {note}", file=sys.stderr)
-        if summary.cuts_most():
-            print(f"loralab: warning: --seq-len {seq_len} cuts most examples of {path}; their ends are not "
-                  f"trained on", file=sys.stderr)
-        return records, summary
 
-    def adapter(self, path: str):
-        from .formats.peft import check_fits, files_from_path, parse_adapter
+def read_text(path: str) -> str:
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: no such dataset file")
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            return f.read()
+        except UnicodeDecodeError:
+            raise DatasetError(f"{path}: not a UTF-8 text file") from None
 
-        lora_config, state, _ = parse_adapter(files_from_path(path), path)
-        check_fits(lora_config, state, self.config, path)
-        return lora_config, state
 
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_id if self.tokenizer else 0
+def use_dataset(session: Session, args, valid_fraction: float = 0.0) -> Dataset:
+    """DATA (and --valid) as the session's dataset; what a person should know goes to stderr."""
+    valid = (os.path.basename(args.valid), read_text(args.valid)) if getattr(args, "valid", None) else None
+    dataset = session.use_dataset(os.path.basename(args.data), read_text(args.data), args.format, args.seq_len,
+                                  valid_fraction, getattr(args, "train_on_prompt", False), valid,
+                                  getattr(args, "packing", False))
+    for note in dataset.summary.notes():
+        print(f"loralab: {args.data}: {note}", file=sys.stderr)
+    if dataset.summary.cuts_most():
+        print(f"loralab: warning: --seq-len {args.seq_len} cuts most examples of {args.data}; their ends are not "
+              f"trained on", file=sys.stderr)
+    return dataset
+
+
+def import_adapter(session: Session, path: str) -> None:
+    from .formats.peft import files_from_path
+
+    session.import_adapter(files_from_path(path), path)
 
 
 async def cmd_info(args) -> int:
@@ -130,63 +122,35 @@ async def cmd_info(args) -> int:
 
 async def cmd_train(args) -> int:
     from .config import LoraConfig, TrainConfig
-    from .data.batches import pack
-    from .engine import fit_seq_len, prepare_training
-    from .formats.peft import adapter_files, save_adapter
-    from .train import NonFiniteLoss
+    from .formats.peft import save_adapter
 
-    s = await Session.open(args.model, args.hub_endpoint)
-    records, summary = s.dataset(args.data, args.format, args.seq_len, args.train_on_prompt)
-    valid = []
-    if args.valid:
-        valid, _ = s.dataset(args.valid, args.format, args.seq_len, args.train_on_prompt)
-    elif args.valid_fraction:
-        n = max(1, int(len(records) * args.valid_fraction))
-        if n >= len(records):
-            raise DatasetError(f"{args.data}: too few records ({len(records)}) for a validation split")
-        records, valid = records[:-n], records[-n:]
-    if args.packing:
-        records = pack(records, args.seq_len)
-    state = None
-    resumed = None
+    s = await open_session(args.model, args.hub_endpoint)
+    dataset = use_dataset(s, args, args.valid_fraction if not args.valid else 0.0)
+    restore = None
     if args.resume:
-        from .formats.checkpoint import CheckpointError
         from .formats.checkpoint import load as load_checkpoint
 
-        resumed = load_checkpoint(args.resume)
-        try:
-            lora_config = LoraConfig(**{**resumed[0]["lora"], "targets": tuple(resumed[0]["lora"]["targets"])})
-        except TypeError as exc:  # fields this version does not know
-            raise CheckpointError(f"{args.resume}: the saved LoRA configuration does not fit ({exc})") from None
-    elif args.adapter:
-        lora_config, state = s.adapter(args.adapter)
+        restore = load_checkpoint(args.resume)
+        config, lora_config = checkpoint_configs(restore[0], args.resume, args.steps, args.report_every)
     else:
-        targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
-        lora_config = LoraConfig(r=args.rank, alpha=args.alpha if args.alpha is not None else 2.0 * args.rank,
-                                 targets=targets, use_rslora=args.rslora, dropout=args.dropout)
-    seq_len = fit_seq_len(records + valid, args.seq_len)
-    if resumed:  # the same run: its configuration, with the total steps from this command
-        saved = resumed[0]["train"]
-        try:
-            config = TrainConfig(**{**saved, "steps": args.steps or saved.get("steps", 0),
-                                    "report_every": args.report_every})
-        except TypeError as exc:
-            raise CheckpointError(f"{args.resume}: the saved training configuration does not fit ({exc})") from None
-    else:
-        config = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, seq_len=seq_len,
+        lora_config = None
+        if args.adapter:
+            import_adapter(s, args.adapter)
+        else:
+            targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+            lora_config = LoraConfig(r=args.rank, alpha=args.alpha if args.alpha is not None else 2.0 * args.rank,
+                                     targets=targets, use_rslora=args.rslora, dropout=args.dropout)
+        config = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, seq_len=args.seq_len,
                              grad_accum=args.grad_accum, lr=args.lr, lr_schedule=args.lr_schedule,
                              warmup_steps=args.warmup_steps, optimizer=args.optimizer, weight_decay=args.weight_decay,
                              max_grad_norm=args.max_grad_norm, seed=args.seed, shuffle=not args.no_shuffle,
                              report_every=args.report_every, gradient_checkpointing=args.gradient_checkpointing)
-    await s.start_gpu()
-    trainer = await prepare_training(s.ops, s.source, s.config, records, valid, lora_config, state, config, s.pad_id,
-                                     args.weights)
-    lora = trainer.lora
-    if resumed:
-        trainer.restore(*resumed)
-    print(json.dumps({"event": "start", "dataset": summary.as_dict(), "steps": trainer.total_steps,
-                      "trainable_parameters": lora.trainable_parameters, "seq_len": seq_len}), file=sys.stderr)
-    metrics = open(args.metrics, "a" if resumed else "w", encoding="utf-8") if args.metrics else None
+    await start_gpu(s)
+    run = await s.start_run(config, lora_config, restore, args.weights)
+    print(json.dumps({"event": "start", "dataset": dataset.summary.as_dict(), "steps": run.trainer.total_steps,
+                      "trainable_parameters": run.lora.trainable_parameters,
+                      "seq_len": run.trainer.config.seq_len}), file=sys.stderr)
+    metrics = open(args.metrics, "a" if restore else "w", encoding="utf-8") if args.metrics else None
 
     def report(record: dict) -> None:
         if metrics and record["kind"] == "train":
@@ -202,70 +166,45 @@ async def cmd_train(args) -> int:
             save_checkpoint(args.checkpoint_dir, *await t.state())
             print(json.dumps({"event": "checkpoint", "dir": args.checkpoint_dir, "step": t.step}), file=sys.stderr)
 
-    failure = None
     try:
-        await trainer.train(report, stop_after=args.stop_after, save_every=args.save_every if args.checkpoint_dir else 0,
-                            on_checkpoint=on_checkpoint)
-    except NonFiniteLoss as exc:
-        failure = exc
+        failure = await run.train(report, stop_after=args.stop_after,
+                                  save_every=args.save_every if args.checkpoint_dir else 0, on_checkpoint=on_checkpoint)
     finally:
         if metrics:
             metrics.close()
-    base_model, revision = s.source.reference
-    files = adapter_files(await lora.read_state(), lora_config, base_model,
-                          {"loralab_history": json.dumps(trainer.history[-1000:])}, revision)
-    save_adapter(args.out, files)
+    save_adapter(args.out, await s.peft_files())
     if failure:
         print(f"loralab: {failure}; the adapter in {args.out} is that last good one", file=sys.stderr)
         return 3
-    print(json.dumps({"event": "saved", "out": args.out, "steps": trainer.step}), file=sys.stderr)
+    print(json.dumps({"event": "saved", "out": args.out, "steps": run.step}), file=sys.stderr)
     return 0
 
 
 async def cmd_eval(args) -> int:
-    from .engine import fit_seq_len, make_lora
-    from .model.transformer import Transformer
-    from .train import evaluate
-
-    s = await Session.open(args.model, args.hub_endpoint)
-    records, _ = s.dataset(args.data, args.format, args.seq_len)
-    adapter = s.adapter(args.adapter) if args.adapter else None
-    await s.start_gpu()
-    lora = make_lora(s.ops, s.config, *adapter) if adapter else None
-    model = Transformer(s.device, s.ops, s.config, await s.weights(args.weights), lora, args.batch_size,
-                        fit_seq_len(records, args.seq_len))
-    history = s.device.create_buffer(4, label="eval_loss")
-    step = s.device.create_buffer(32, label="step")
-    result = await evaluate(s.device, model, records, history, step, s.pad_id)
-    print(json.dumps(result))
+    s = await open_session(args.model, args.hub_endpoint)
+    use_dataset(s, args)
+    if args.adapter:
+        import_adapter(s, args.adapter)
+    await start_gpu(s)
+    await s.upload(args.weights)
+    result = await s.evaluate(s.adapter(), args.batch_size)
+    print(json.dumps({"loss": result["loss"], "tokens": result["tokens"]}))
     return 0
 
 
 async def cmd_generate(args) -> int:
-    from .engine import make_lora
-    from .generate import Generator
-
-    s = await Session.open(args.model, args.hub_endpoint)
-    if s.tokenizer is None:
-        raise TokenizerError(f"{args.model}: tokenizer.json is missing; generate needs the model's tokenizer")
-    adapter = s.adapter(args.adapter) if args.adapter else None
-    if args.chat is not None:
-        if not s.tokenizer.chat_template:
-            raise TokenizerError(f"{args.model}: the model has no chat template; use --prompt")
-        text = s.tokenizer.apply_chat_template([{"role": "user", "content": args.chat}], add_generation_prompt=True)
-        ids = s.tokenizer.encode(text, add_special_tokens=False)
-    else:
-        ids = s.tokenizer.encode(args.prompt)
-    max_len = min(s.config.max_position_embeddings, len(ids) + args.max_new_tokens)
-    await s.start_gpu()
-    lora = make_lora(s.ops, s.config, *adapter) if adapter else None
-    gen = Generator(s.device, s.ops, s.config, await s.weights(args.weights), lora, max_len)
-    started = time.perf_counter()
-    out = await gen.generate(ids, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                             stop_ids={s.tokenizer.eos_id} if s.tokenizer.eos_id is not None else set())
-    elapsed = time.perf_counter() - started
-    print(s.tokenizer.decode(out))
-    print(json.dumps({"prompt_tokens": len(ids), "new_tokens": len(out), "tokens_per_s": len(out) / elapsed}), file=sys.stderr)
+    s = await open_session(args.model, args.hub_endpoint)
+    s.need_tokenizer("generate")
+    if args.adapter:
+        import_adapter(s, args.adapter)
+    chat = args.chat is not None
+    s.prompt_ids(args.chat if chat else args.prompt, chat)  # (a missing chat template is told before GPU work)
+    await start_gpu(s)
+    out = await s.generate(args.chat if chat else args.prompt, s.adapter(), args.max_new_tokens, chat,
+                           args.temperature, args.top_p, args.seed, weights_dtype=args.weights)
+    print(out.text)
+    print(json.dumps({"prompt_tokens": out.prompt_tokens, "new_tokens": len(out.ids),
+                      "tokens_per_s": out.tokens_per_s}), file=sys.stderr)
     return 0
 
 
@@ -279,20 +218,17 @@ async def cmd_bench(args) -> int:
         profile_step,
     )
     from .config import ModelConfig
-    from .engine import load_ops
-    from .gpu.native import NativeDevice
-    from .kernels import directory_reader
 
+    s = await open_session(args.model, args.hub_endpoint) if args.model else Session()
+    await start_gpu(s)
     if args.model:
-        s = await Session.open(args.model, args.hub_endpoint)
-        await s.start_gpu()
-        ops, config, config_dict = s.ops, s.config, s.source.config_dict
-        weights = await s.weights(args.weights)
+        model = await s.upload(args.weights)
+        config, config_dict, weights = model.config, model.config_dict, model.weights
     else:
         config_dict = NAMED_CONFIGS[args.config]
         config = ModelConfig.from_dict(config_dict, args.config)
-        ops = await load_ops(await NativeDevice.create(), directory_reader())
         weights = None
+    ops = s.ops
     results = []
     if not args.kernels_only:
         ours = await bench_training(ops, config, args.batch_size, args.seq_len, args.steps, args.rank, weights,
@@ -351,47 +287,21 @@ async def cmd_bench(args) -> int:
 
 async def cmd_export(args) -> int:
     """An adapter as llama.cpp GGUF-LoRA, or merged into the base model as a Hugging Face folder."""
-    from .formats.peft import check_fits, files_from_path, parse_adapter
-    from .model.gguf_model import gguf_lora
-
+    s = await open_session(args.model, args.hub_endpoint)
+    import_adapter(s, args.adapter_dir)
     if args.to == "gguf":
-        source, _ = open_model(args.model, args.hub_endpoint)
-        lora_config, state, _ = parse_adapter(files_from_path(args.adapter_dir), args.adapter_dir)
-        check_fits(lora_config, state, source.config, args.adapter_dir)
-        data = gguf_lora(state, lora_config, source.config, source.name)
+        data = await s.gguf_adapter()
         with open(args.out, "wb") as f:
             f.write(data)
         print(json.dumps({"event": "exported", "to": "gguf", "out": args.out, "bytes": len(data)}), file=sys.stderr)
         return 0
-    from .engine import make_lora
-    from .merge import folder_files, write_merged
-
-    s = await Session.open(args.model, args.hub_endpoint)
-    lora_config, state = s.adapter(args.adapter_dir)
-    await s.start_gpu()
-    lora = make_lora(s.ops, s.config, lora_config, state)
-    from .model.gguf_model import GGUFModel, tokenizer_files
-
-    tokenizer_json = tok_config = template = None
-    if s.tokenizer is not None:
-        if isinstance(s.source, GGUFModel):
-            tokenizer_json, tok_config, template = tokenizer_files(s.source.gguf)
-        else:
-            folder = s.source.path
-            with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
-                tokenizer_json = f.read()
-            tok_config, template = s.tokenizer.config, s.tokenizer.chat_template
-    generation = None
-    if not isinstance(s.source, GGUFModel) and os.path.isfile(os.path.join(s.source.path, "generation_config.json")):
-        with open(os.path.join(s.source.path, "generation_config.json"), "rb") as f:
-            generation = loads(f.read(), "generation_config.json", UsageError)
+    await start_gpu(s)
     os.makedirs(args.out, exist_ok=True)
-    for name, data in folder_files(dict(getattr(s.source, "config_dict", {})), tokenizer_json, tok_config,
-                                   template, generation).items():
+    for name, data in s.merged_folder_files().items():
         with open(os.path.join(args.out, name), "wb") as f:
             f.write(data)
     with open(os.path.join(args.out, "model.safetensors"), "wb") as f:
-        await write_merged(f.write, s.device, s.ops, s.config, await s.weights(), lora)
+        await s.write_merged(f.write)
     print(json.dumps({"event": "exported", "to": "merged", "out": args.out}), file=sys.stderr)
     return 0
 

@@ -1,7 +1,7 @@
 """The page's Python (PyScript, main thread): the LoRA Lab UI.
 
-It talks to the engine only through the worker protocol (loralab.browser.worker.EXPORTS, JSON in and
-out); the engine reports training progress through window.loralabOnReport. The plan form is
+It talks to the engine only through the worker protocol (loralab.browser.worker.call: a command name
+and JSON in, JSON out); the engine reports training progress through window.loralabOnReport. The plan form is
 generated from the TrainConfig and LoraConfig dataclasses, so defaults and validation live there.
 """
 
@@ -68,7 +68,7 @@ async def call(name: str, payload: dict | str = "{}", background: bool = False) 
     """One worker call; errors go to the error area and return None. A person's action that
     succeeds clears the last error; a background refresh leaves it for them to read."""
     text = payload if isinstance(payload, str) else json.dumps(payload)
-    result = json.loads(await getattr(state["engine"], name)(text))
+    result = json.loads(await state["engine"].call(name, text))
     if not result["ok"]:
         show_error(result["error"])
         return None
@@ -781,7 +781,7 @@ def expose_engine(engine) -> None:
     """window.loralabEngine(name, json) -> Promise<json>: the worker protocol, for scripts and tests."""
 
     async def call_engine(name: str, payload: str = "{}") -> str:
-        return await getattr(engine, name)(payload)
+        return await engine.call(name, payload)
 
     proxy = create_proxy(call_engine)
     state["proxies"].append(proxy)
@@ -798,7 +798,8 @@ async def start() -> None:
     state["engine"] = engine
     expose_engine(engine)
     set_status("Looking for a WebGPU adapter…")
-    result = json.loads(await engine.probe(document.baseURI))
+    debug = window.location.search.find("debug=1") >= 0  # the engine's debugging commands, for tests
+    result = json.loads(await engine.call("probe", json.dumps({"base_url": document.baseURI, "debug": debug})))
     if not result["ok"]:
         set_status("Stopped: " + result["error"].split(". ")[0], "error")
         show_error(result["error"])

@@ -12,10 +12,10 @@ import hashlib
 import json
 import time
 
+from ..checks import boolean, field, integer, loads, mapping, number, text
 from ..config import ModelConfig
 from ..errors import UsageError
-from ..formats.checkpoint import pack, unpack
-from ..formats.safetensors import SafetensorsError
+from ..formats.checkpoint import CheckpointError, check, pack, unpack
 from . import opfs
 
 FOLDER = "loralab/run"
@@ -40,10 +40,10 @@ async def begin(dataset: dict) -> None:
     await opfs.write(DATASET, json.dumps({**dataset, "sha256": _digest(dataset["text"])}).encode())
 
 
-async def save(trainer, model: dict, dataset: dict, save_every: int, state: str) -> dict:
+async def save(trainer, model_name: str, config: ModelConfig, dataset: dict, save_every: int, state: str) -> dict:
     meta, buffers = await trainer.state()
     losses = [r["loss"] for r in meta["history"] if r.get("kind") == "train"]
-    meta["app"] = {"model": model["name"], "fingerprint": fingerprint(model["config"]), "state": state,
+    meta["app"] = {"model": model_name, "fingerprint": fingerprint(config), "state": state,
                    "dataset": dataset["name"], "dataset_sha256": _digest(dataset["text"]), "save_every": save_every,
                    "total_steps": trainer.total_steps, "saved_at": time.time(), "loss": losses[-1] if losses else None}
     await opfs.write(STATE, pack(meta, buffers))
@@ -62,11 +62,24 @@ async def load() -> tuple[dict, dict[str, bytes], dict] | None:
     data = await opfs.read(STATE)
     if data is None:
         return None
-    meta, buffers = unpack(data, "the saved training run")
+    where, E = "the saved training run", CheckpointError
+    meta, buffers = unpack(data, where)
+    check(meta, buffers, where)
+    app = mapping(meta.get("app"), f"{where}: app", E)
+    for key in ("model", "dataset", "dataset_sha256", "state"):
+        field(app, key, text, where, E)
+    for key in ("save_every", "total_steps"):
+        field(app, key, integer, where, E)
+    mapping(app.get("fingerprint"), f"{where}: fingerprint", E)
     raw = await opfs.read(DATASET)
-    dataset = json.loads(raw) if raw else None
-    if dataset is None or dataset.get("sha256") != meta.get("app", {}).get("dataset_sha256"):
-        raise SafetensorsError("the saved training run's dataset is missing or was replaced; start a new run")
+    dataset = loads(raw, f"{where}: dataset.json", E) if raw else None
+    if not isinstance(dataset, dict) or dataset.get("sha256") != app["dataset_sha256"]:
+        raise E("the saved training run's dataset is missing or was replaced; start a new run")
+    for key in ("name", "text", "format"):
+        field(dataset, key, text, f"{where}: dataset.json", E, limit=1 << 31)
+    field(dataset, "seq_len", integer, f"{where}: dataset.json", E, lo=1)
+    field(dataset, "valid_fraction", number, f"{where}: dataset.json", E)
+    field(dataset, "train_on_prompt", boolean, f"{where}: dataset.json", E, default=False)
     return meta, buffers, dataset
 
 

@@ -8,7 +8,7 @@ import os
 
 from ..checks import integer, loads, mapping
 from ..errors import UserError
-from .safetensors import SafetensorsError, parse_header, serialize
+from .safetensors import parse_header, serialize
 
 STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
@@ -69,8 +69,7 @@ def pack(meta: dict, buffers: dict[str, bytes]) -> bytes:
 
 def unpack(data: bytes, source: str) -> tuple[dict, dict[str, bytes]]:
     header = parse_header(data, len(data), source)
-    try:
-        meta = json.loads(header.metadata["loralab_state"])
-    except (KeyError, json.JSONDecodeError):
-        raise SafetensorsError(f"{source}: not a LoRA Lab checkpoint (no training state in its metadata)") from None
+    if "loralab_state" not in header.metadata:
+        raise CheckpointError(f"{source}: not a LoRA Lab checkpoint (no training state in its metadata)")
+    meta = loads(header.metadata["loralab_state"], f"{source}: its training state", CheckpointError)
     return meta, {name: data[t.start : t.end] for name, t in header.tensors.items()}

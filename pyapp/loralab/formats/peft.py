@@ -209,7 +209,7 @@ def model_card(base_model: str, lora: LoraConfig, history: list[dict], dataset: 
     training config) and where the training and validation losses ended."""
     train = [h for h in history if h.get("kind") == "train"]
     valid = [h for h in history if h.get("kind") == "eval"]
-    lines = [f"# LoRA adapter for {base_model}", "", "Trained with LoRA Lab (WebGPU, in the browser).", "",
+    lines = [f"# LoRA adapter for {base_model}", "", "Trained with LoRA Lab (LoRA on WebGPU).", "",
              f"- base model: {base_model}", f"- r = {lora.r}, lora_alpha = {lora.alpha}, target modules: {', '.join(lora.targets)}",
              f"- dropout {lora.dropout}, rsLoRA: {lora.use_rslora}"]
     if dataset:

@@ -41,6 +41,11 @@ class RemoteFolder:
             raise FetchError(f"{self.name}: {file} is missing")
         return await self._fetch(url, missing_ok=missing_ok, file=file)
 
+    async def read_file(self, name: str) -> bytes | None:
+        """One of the folder's small files (tokenizer.json, …) by its plain name, or None."""
+        body = await self.fetch_file(name, missing_ok=True)
+        return None if body is None else body.bytes()
+
     @classmethod
     async def open(cls, base_url: str, files: dict[str, str] | None = None, name: str | None = None,
                    fetch=http_fetch) -> "RemoteFolder":

@@ -91,6 +91,14 @@ class HFFolder:
     def tensors(self) -> dict[str, TensorInfo]:
         return self._infos
 
+    async def read_file(self, name: str) -> bytes | None:
+        """One of the folder's small files (tokenizer.json, …) by its plain name, or None."""
+        path = os.path.join(self.path, name)
+        if not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
     async def read(self, info: TensorInfo) -> bytes:
         with open(self._files[info.name], "rb") as f:
             f.seek(info.start)

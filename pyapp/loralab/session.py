@@ -1,0 +1,589 @@
+"""The engine's one API. A `Session` holds a GPU (kernels compiled), one base model with its
+tokenizer, the training and validation sets, an adapter (imported, or the last run's) and a
+training run, and does what a person asks of them: plan, train (pause, resume, stop,
+checkpoints), evaluate, generate and export.
+
+The CLI (cli.py) and the app's engine worker (browser/worker.py) are thin adapters over it: they
+find the files (paths, or URLs through the browser cache), choose the tokenizer implementation
+and the storage for checkpoints, and pass those in. Everything the two share happens here once:
+the validation split, the sequence length a run is built for, the chat prompt, the evaluation
+set, the adapter files and their history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+
+from .checks import build, loads
+from .config import LoraConfig, ModelConfig, TrainConfig
+from .data.batches import Sequence, pack
+from .data.formats import DatasetError, DatasetSummary, Tokenizer, load_dataset
+from .data.tokenizer import TokenizerError
+from .errors import UsageError, UserError
+from .gpu.device import Buffer, Device, GpuError
+from .kernels import KernelLibrary, SourceReader
+from .lora import LoraState
+from .model.weights import WeightSource, upload_weights
+from .ops import Ops
+
+HISTORY_KEPT = 1000  # per-step records an exported adapter carries in its metadata
+EVAL_BATCH = 8  # sequences per evaluation batch unless the caller says otherwise
+
+TokenizerFactory = Callable[[str, dict, "str | None"], Awaitable[Tokenizer]]
+
+
+async def read_tokenizer_files(source: WeightSource) -> tuple[str | None, dict, str | None, dict | None]:
+    """(tokenizer.json text or None, tokenizer_config, chat template or None, generation_config
+    or None) of a model: from a GGUF file's metadata, or a folder's files."""
+    gguf = getattr(source, "gguf", None)
+    if gguf is not None:
+        from .model.gguf_model import tokenizer_files
+
+        return (*tokenizer_files(gguf), None)
+    name = getattr(source, "path", None) or source.name  # (a folder on disk by its path)
+    raw = await source.read_file("tokenizer.json")
+    try:
+        tokenizer_json = None if raw is None else bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{name}/tokenizer.json: not valid UTF-8 text") from None
+    raw = await source.read_file("tokenizer_config.json")
+    config = {} if raw is None else loads(raw, f"{name}/tokenizer_config.json", TokenizerError)
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{name}/tokenizer_config.json: expected a JSON object")
+    raw = await source.read_file("chat_template.jinja")
+    try:
+        template = None if raw is None else bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{name}/chat_template.jinja: not valid UTF-8 text") from None
+    raw = await source.read_file("generation_config.json")
+    generation = None if raw is None else loads(raw, f"{name}/generation_config.json", UsageError)
+    return tokenizer_json, config, template, generation if isinstance(generation, dict) else None
+
+
+@dataclass
+class Model:
+    """A base model as the session holds it: the weight source, its configuration, tokenizer
+    and tokenizer files, the name adapters give as their base, and (once uploaded) the weights."""
+
+    name: str
+    source: WeightSource
+    tokenizer: Tokenizer | None
+    tokenizer_files: tuple[str | None, dict, str | None]
+    generation: dict | None
+    reference: tuple[str, str | None]
+    weights: dict[str, Buffer] | None = None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.source.config
+
+    @property
+    def config_dict(self) -> dict:
+        return dict(getattr(self.source, "config_dict", {}))
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id if self.tokenizer is not None else 0
+
+    def card(self) -> dict:
+        config = self.config
+        parameters = sum(b.size // 4 for b in self.weights.values()) if self.weights else 0
+        return {"name": self.name, "architecture": config.architecture, "parameters": parameters,
+                "layers": config.num_layers, "hidden_size": config.hidden_size, "vocab_size": config.vocab_size,
+                "heads": config.num_heads, "kv_heads": config.num_kv_heads, "weights_bytes": parameters * 4,
+                "chat_template": getattr(self.tokenizer, "chat_template", None)}
+
+
+@dataclass
+class Dataset:
+    """The training set and validation set a person gave, tokenized for the loaded model; `source`
+    is what rebuilds it (a saved run keeps it)."""
+
+    source: dict
+    summary: DatasetSummary
+    train: list[Sequence]
+    valid: list[Sequence]
+
+    def info(self) -> dict:
+        return {**self.summary.as_dict(), "validation_records": len(self.valid)}
+
+    def card(self) -> dict:
+        """What an exported adapter's model card says about its data."""
+        s = self.summary
+        return {"name": self.source["name"], "records": s.records, "tokens": s.tokens, "format": s.format,
+                "validation_records": len(self.valid)}
+
+
+def validation_split(records: list[Sequence], fraction: float, name: str) -> tuple[list[Sequence], list[Sequence]]:
+    """The last `fraction` of the records held out for validation: at least one record when the
+    fraction is above 0, and never all of them."""
+    if not 0.0 <= fraction < 1.0:
+        raise UsageError(f"the validation fraction must be at least 0 and below 1 (got {fraction})")
+    if fraction == 0.0:
+        return records, []
+    held = max(1, int(len(records) * fraction))
+    if held >= len(records):
+        raise DatasetError(f"{name}: too few records ({len(records)}) to hold some out for validation")
+    return records[:-held], records[-held:]
+
+
+def fit_seq_len(records: list[Sequence], limit: int) -> int:
+    """A run is built for its longest record (right padding changes no loss), capped at `limit`."""
+    return max(1, min(limit, max(len(r.input_ids) for r in records)))
+
+
+def make_lora(ops: Ops, config: ModelConfig, lora_config: LoraConfig, state: dict | None = None,
+              seed: int = 0) -> LoraState:
+    """An adapter on the GPU: from `state` ({peft_key: (shape, f32 bytes)}) or PEFT's init with `seed`."""
+    lora = LoraState(ops.device, config, lora_config)
+    if state is not None:
+        lora.load_state({key: data for key, (_, data) in state.items()})
+    else:
+        ops.device.submit(lora.init_dispatches(ops, seed))
+    return lora
+
+
+def checkpoint_configs(meta: dict, where: str, steps: int | None = None,
+                       report_every: int | None = None) -> tuple[TrainConfig, LoraConfig]:
+    """The training and LoRA configurations a checkpoint saved, read as untrusted JSON; `steps`
+    (the total a resumed run goes to) and `report_every` replace the saved ones when given."""
+    from .formats.checkpoint import CheckpointError
+
+    train = dict(meta.get("train") or {})
+    if steps:
+        train["steps"] = steps
+    if report_every:
+        train["report_every"] = report_every
+    try:
+        return (build(TrainConfig, train, f"{where}: the saved training configuration", CheckpointError),
+                build(LoraConfig, meta.get("lora"), f"{where}: the saved LoRA configuration", CheckpointError))
+    except UsageError as exc:  # a value the configuration refuses
+        raise CheckpointError(f"{where}: the saved configuration does not fit ({exc})") from None
+
+
+class Run:
+    """One training run: the network built for its batch shape, the trainer and the adapter it
+    trains. `state` is "running", "paused", "stopped", "done" or "error"."""
+
+    def __init__(self, trainer, network, lora: LoraState):
+        from .train import TrainControl
+
+        self.trainer, self.network, self.lora = trainer, network, lora
+        self.control = TrainControl()
+        self.state = "running"
+        self.task: asyncio.Task | None = None  # when it trains in the background (run_in_background)
+
+    @property
+    def going(self) -> bool:
+        return self.state in ("running", "paused")
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step
+
+    @property
+    def history(self) -> list[dict]:
+        return self.trainer.history
+
+    def pause(self) -> None:
+        self._need_going()
+        self.control.pause()
+        self.state = "paused"
+
+    def resume(self) -> None:
+        self._need_going()
+        self.control.resume()
+        self.state = "running"
+
+    def stop(self) -> None:
+        self._need_going()
+        self.control.stop()
+
+    def _need_going(self) -> None:
+        if not self.going:
+            raise UsageError("no training run is going")
+
+    def checkpoint_state(self) -> str:
+        """What a checkpoint taken now records the run as."""
+        if self.control.paused and not self.control.stopped:
+            return "paused"
+        return "stopped" if self.control.stopped or self.step < self.trainer.total_steps else "done"
+
+    async def train(self, report: Callable[[dict], None] | None = None, stop_after: int | None = None,
+                    save_every: int = 0, on_checkpoint: Callable[[object], Awaitable[None]] | None = None):
+        """Train to the end (or `stop_after`, or until stopped). A loss that is not finite ends
+        the run with the last good adapter in place: it is returned (NonFiniteLoss), not raised."""
+        from .train import NonFiniteLoss
+
+        failure = None
+        try:
+            await self.trainer.train(report, self.control, stop_after=stop_after, save_every=save_every,
+                                     on_checkpoint=on_checkpoint)
+        except NonFiniteLoss as exc:
+            failure = exc
+        except BaseException:
+            self.state = "error"
+            raise
+        self.state = "error" if failure else (
+            "stopped" if self.control.stopped or self.step < self.trainer.total_steps else "done")
+        return failure
+
+    def release(self) -> None:
+        """Free the run's GPU memory: activations, trainer buffers and its adapter."""
+        self.network.release()
+        self.trainer.release()
+        self.lora.release()
+
+
+@dataclass
+class Generation:
+    text: str
+    ids: list[int]
+    prompt_tokens: int
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.ids) / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Session:
+    """See the module docstring. Methods that touch the GPU need `start` first; the others
+    (opening files, datasets, adapters read from files) run without one, so a bad input is
+    reported before any GPU work."""
+
+    ops: Ops | None = None
+    model: Model | None = None
+    dataset: Dataset | None = None
+    run: Run | None = None
+    imported: tuple[LoraConfig, dict] | None = None  # an adapter read from files, on the CPU
+    _imported_gpu: LoraState | None = None
+    gflops: float | None = None  # the measured matmul rate the plan's time estimate uses
+
+    # -- the GPU ---------------------------------------------------------------------------------
+    async def start(self, device: Device, read_source: SourceReader) -> None:
+        """Every kernel compiled for `device`. A new device replaces a lost one: what lived on
+        the old one (weights, adapters, the run) is forgotten, and the model's weights go up again
+        from its source at the next use."""
+        if self.ops is not None:
+            self.run, self._imported_gpu = None, None
+            if self.model is not None:
+                self.model.weights = None
+        self.ops = await Ops.load(device, KernelLibrary(device, read_source))
+
+    @property
+    def device(self) -> Device:
+        if self.ops is None:
+            raise GpuError("the engine has no GPU device yet")
+        return self.ops.device
+
+    # -- the model ---------------------------------------------------------------------------------
+    async def open_model(self, source: WeightSource, reference: tuple[str, str | None],
+                         make_tokenizer: TokenizerFactory, need_tokenizer: bool = False) -> Model:
+        """Read a model's tokenizer files and make it the session's model (its weights are not on
+        the GPU yet: `upload`). The previous model, its adapter and run are freed only once the
+        new one has been read, so a bad file leaves the session as it was."""
+        tokenizer_json, tok_config, template, generation = await read_tokenizer_files(source)
+        if tokenizer_json is None:
+            if need_tokenizer:
+                raise TokenizerError(f"{source.name}: tokenizer.json is missing; LoRA Lab needs the model's tokenizer")
+            tokenizer = None
+        else:
+            tokenizer = await make_tokenizer(tokenizer_json, tok_config, template)
+        self.close_model()
+        self.model = Model(source.name, source, tokenizer, (tokenizer_json, tok_config, template), generation,
+                           reference)
+        return self.model
+
+    async def upload(self, dtype: str = "f32") -> Model:
+        """The model's weights to the GPU (kernels specialised for its head size)."""
+        model = self.need_model()
+        if model.weights is None:
+            device = self.device  # (GpuError before any GPU work when there is none)
+            await self.ops.specialize_head_dim(model.config.head_dim)
+            model.weights = await upload_weights(device, model.config, model.source, self.ops, dtype)
+        return model
+
+    def close_model(self) -> None:
+        """Free the model, its adapter and run (GPU memory included); datasets go too, as they
+        were tokenized for it."""
+        self.free_run()
+        self.drop_imported()
+        model, self.model, self.dataset = self.model, None, None
+        if model is not None and model.weights:
+            for buffer in model.weights.values():
+                self.device.destroy_buffer(buffer)
+
+    def need_model(self) -> Model:
+        if self.model is None:
+            raise UsageError("load a model first")
+        return self.model
+
+    def need_tokenizer(self, what: str) -> Tokenizer:
+        model = self.need_model()
+        if model.tokenizer is None:
+            raise TokenizerError(f"{model.name}: tokenizer.json is missing; {what} needs the model's tokenizer")
+        return model.tokenizer
+
+    # -- datasets ------------------------------------------------------------------------------------
+    def use_dataset(self, name: str, text: str, fmt: str = "auto", seq_len: int = 256, valid_fraction: float = 0.0,
+                    train_on_prompt: bool = False, valid: tuple[str, str] | None = None,
+                    packing: bool = False) -> Dataset:
+        """Tokenize a dataset for the model and make it the training set, holding out
+        `valid_fraction` of it for validation, or using the separate `valid` (name, text)."""
+        model = self.need_model()
+        source = {"name": name, "text": text, "format": fmt, "seq_len": seq_len, "valid_fraction": valid_fraction,
+                  "train_on_prompt": train_on_prompt}
+        records, summary = load_dataset(name, text, fmt, model.tokenizer, seq_len, model.config.vocab_size,
+                                        train_on_prompt)
+        if valid is not None:
+            held, _ = load_dataset(valid[0], valid[1], fmt, model.tokenizer, seq_len, model.config.vocab_size,
+                                   train_on_prompt)
+            train = records
+        else:
+            train, held = validation_split(records, valid_fraction, name)
+        if packing:
+            train = pack(train, seq_len)
+        self.dataset = Dataset(source, summary, train, held)
+        return self.dataset
+
+    def need_dataset(self) -> Dataset:
+        if self.dataset is None or not self.dataset.train:
+            raise DatasetError("add a dataset first")
+        return self.dataset
+
+    # -- adapters ----------------------------------------------------------------------------------
+    def import_adapter(self, files: dict[str, bytes], where: str) -> LoraConfig:
+        """A PEFT adapter (adapter_config.json + adapter_model.safetensors) checked against the
+        model: it answers in generation and evaluation, and the next run starts from it."""
+        from .formats.peft import check_fits, parse_adapter
+
+        model = self.need_model()
+        lora_config, state, _ = parse_adapter(files, where)
+        check_fits(lora_config, state, model.config, where)
+        self.free_run()
+        self.drop_imported()
+        self.imported = (lora_config, state)
+        return lora_config
+
+    def drop_imported(self) -> None:
+        self.imported = None
+        if self._imported_gpu is not None:
+            self._imported_gpu.release()
+            self._imported_gpu = None
+
+    def adapter(self) -> LoraState | None:
+        """The adapter generation and evaluation use: the last run's, else the imported one."""
+        if self.run is not None:
+            return self.run.lora
+        if self.imported is not None and self._imported_gpu is None:
+            self._imported_gpu = make_lora(self.ops, self.need_model().config, *self.imported)
+        return self._imported_gpu
+
+    async def adapter_state(self) -> tuple[LoraConfig, dict, list[dict]]:
+        """(config, {peft key: (shape, f32 bytes)}, history) of the current adapter."""
+        if self.run is not None:
+            return self.run.lora.config, await self.run.lora.read_state(), self.run.history
+        if self.imported is not None:
+            return (*self.imported, [])
+        raise UsageError("train or import an adapter first")
+
+    # -- the plan ----------------------------------------------------------------------------------------
+    async def plan(self, train: TrainConfig, lora: LoraConfig, budget: int) -> dict:
+        """GPU memory and time for a run against this GPU (its matmul rate is measured once), and
+        whether it fits in `budget` bytes, with a concrete fix when it does not."""
+        from .bench import bench_matmul
+        from .plan import estimate_memory, estimate_step_seconds
+
+        model = await self.upload()
+        if self.gflops is None:
+            self.gflops = (await bench_matmul(self.ops, 256, 256, 256, repeats=4))["gflops"]
+        memory = estimate_memory(model.config, train, lora, sum(b.size for b in model.weights.values()))
+        fits = memory["total"] <= budget
+        advice = None
+        if not fits:
+            advice = ("turn on gradient checkpointing" if not train.gradient_checkpointing else
+                      f"lower the batch size to {max(1, train.batch_size // 2)} or the sequence length to "
+                      f"{max(32, train.seq_len // 2)}")
+        steps = train.total_steps(len(self.dataset.train)) if self.dataset and self.dataset.train else train.steps
+        step_s = estimate_step_seconds(model.config, train, lora, self.gflops)
+        return {"memory": memory, "budget": budget, "fits": fits, "advice": advice, "gflops": self.gflops,
+                "step_seconds": step_s, "steps": steps, "total_seconds": step_s * steps}
+
+    # -- training ------------------------------------------------------------------------------------------
+    async def start_run(self, train: TrainConfig, lora: LoraConfig | None = None,
+                        restore: tuple[dict, dict[str, bytes]] | None = None, weights_dtype: str = "f32") -> Run:
+        """A run over the session's dataset, ready to `train`: from a checkpoint's state
+        (`restore`), else from the imported adapter (its r/alpha/targets win), else a new adapter
+        with `lora` (PEFT's init). Its shape is the longest record, capped at `train.seq_len`."""
+        from dataclasses import replace
+
+        from .model.transformer import Transformer
+        from .train import Trainer
+
+        if self.run is not None and self.run.going:
+            raise UsageError("a training run is already going; stop it first")
+        dataset = self.need_dataset()
+        model = await self.upload(weights_dtype)
+        self.free_run()
+        train = replace(train, seq_len=fit_seq_len(dataset.train + dataset.valid, train.seq_len))
+        if restore is None and self.imported is not None:
+            adapter = make_lora(self.ops, model.config, *self.imported, train.seed)
+        else:
+            adapter = make_lora(self.ops, model.config, lora or LoraConfig(), None, train.seed)
+        try:
+            network = Transformer(self.device, self.ops, model.config, model.weights, adapter, train.batch_size,
+                                  train.seq_len, train.gradient_checkpointing)
+            trainer = Trainer(self.device, self.ops, network, adapter, train, dataset.train, dataset.valid,
+                              model.pad_id)
+        except BaseException:
+            adapter.release()
+            raise
+        if restore is not None:
+            trainer.restore(*restore)
+        self.drop_imported()
+        self.run = Run(trainer, network, adapter)
+        return self.run
+
+    def free_run(self) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            run.release()
+
+    def need_idle(self, what: str) -> None:
+        if self.run is not None and self.run.going:
+            raise UsageError(f"{what} waits until training is stopped or done")
+
+    # -- evaluation ------------------------------------------------------------------------------------------
+    async def evaluate(self, lora: LoraState | None, batch_size: int = EVAL_BATCH) -> dict:
+        """Mean loss per target token of the model with `lora` (None: the base model alone) over
+        the validation set, or the training set when nothing is held out: {"loss", "tokens",
+        "records", "set"}."""
+        from .model.transformer import Transformer
+        from .train import evaluate
+
+        self.need_idle("evaluation")
+        dataset = self.need_dataset()
+        model = await self.upload()
+        records, which = (dataset.valid, "validation") if dataset.valid else (dataset.train, "training")
+        batch = max(1, min(batch_size, len(records)))
+        step_buf = self.device.create_buffer(32, label="eval.step")
+        history = self.device.create_buffer(4, label="eval.loss")
+        network = None
+        try:
+            network = Transformer(self.device, self.ops, model.config, model.weights, lora, batch,
+                                  fit_seq_len(records, dataset.source["seq_len"]))
+            result = await evaluate(self.device, network, records, history, step_buf, model.pad_id)
+        finally:
+            if network is not None:
+                network.release()
+            self.device.destroy_buffer(step_buf)
+            self.device.destroy_buffer(history)
+        return {**result, "records": len(records), "set": which}
+
+    # -- generation ----------------------------------------------------------------------------------------
+    def prompt_ids(self, text: str, chat: bool | None = None) -> list[int]:
+        """Token ids of a prompt: one user message through the chat template (`chat` True: the
+        model must have one; None: when it has one), or the text as it is (`chat` False)."""
+        tok = self.need_tokenizer("generation")
+        template = getattr(tok, "chat_template", None)
+        if chat and not template:
+            raise TokenizerError(f"{self.need_model().name}: the model has no chat template; give a plain prompt")
+        if chat or (chat is None and template):
+            text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+            return tok.encode(text, add_special_tokens=False)
+        return tok.encode(text)
+
+    async def generate(self, prompt: str, lora: LoraState | None, max_new_tokens: int = 64, chat: bool | None = None,
+                       temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                       on_text: Callable[[str], None] | None = None, weights_dtype: str = "f32") -> Generation:
+        """The model's continuation of `prompt` (see prompt_ids) with `lora` (None: the base
+        model); `on_text` gets the answer so far after every token."""
+        from .generate import Generator
+
+        tok = self.need_tokenizer("generation")
+        ids = self.prompt_ids(prompt, chat)
+        model = await self.upload(weights_dtype)
+        out: list[int] = []
+
+        def on_token(token: int) -> None:
+            out.append(token)
+            if on_text is not None:
+                on_text(tok.decode(out))
+
+        gen = Generator(self.device, self.ops, model.config, model.weights, lora,
+                        min(model.config.max_position_embeddings, len(ids) + max_new_tokens))
+        started = time.perf_counter()
+        try:
+            await gen.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                               stop_ids={tok.eos_id} if tok.eos_id is not None else set(), on_token=on_token)
+        finally:
+            gen.release()
+        return Generation(tok.decode(out), out, len(ids), time.perf_counter() - started)
+
+    # -- exports -----------------------------------------------------------------------------------------------
+    async def peft_files(self) -> dict[str, bytes]:
+        """The adapter as a PEFT folder: adapter_model.safetensors (with the run's history in its
+        metadata), adapter_config.json naming the base model, and a README.md model card."""
+        from .formats.peft import adapter_files, model_card
+
+        model = self.need_model()
+        lora_config, state, history = await self.adapter_state()
+        base_model, revision = model.reference
+        files = adapter_files(state, lora_config, base_model,
+                              {"loralab_history": json.dumps(history[-HISTORY_KEPT:])}, revision)
+        training = asdict(self.run.trainer.config) if self.run is not None else None
+        files["README.md"] = model_card(model.name, lora_config, history,
+                                        self.dataset.card() if self.dataset else None, training).encode()
+        return files
+
+    async def gguf_adapter(self) -> bytes:
+        """The adapter as a llama.cpp GGUF-LoRA file."""
+        from .model.gguf_model import gguf_lora
+
+        model = self.need_model()
+        lora_config, state, _ = await self.adapter_state()
+        return gguf_lora(state, lora_config, model.config, model.name)
+
+    def merged_folder_files(self) -> dict[str, bytes]:
+        """The merged model folder's small files (config, generation config, tokenizer)."""
+        from .merge import folder_files
+
+        model = self.need_model()
+        return folder_files(model.config_dict, *model.tokenizer_files, model.generation)
+
+    async def write_merged(self, write: Callable[[bytes], object]) -> None:
+        """model.safetensors of the base model with the adapter merged in, tensor by tensor."""
+        from .merge import write_merged
+
+        model = await self.upload()
+        lora = self.adapter()
+        if lora is None:
+            raise UsageError("train or import an adapter first")
+        await write_merged(write, self.device, self.ops, model.config, model.weights, lora)
+
+
+def run_in_background(run: Run, report: Callable[[dict], None], **train_args) -> asyncio.Task:
+    """`run.train` as a task that reports its end ({"kind": "state", ...}) instead of raising:
+    the app's runs go on while the page stays responsive."""
+    from .errors import one_line
+
+    async def go() -> None:
+        try:
+            failure = await run.train(report, **train_args)
+            if failure is not None:
+                report({"kind": "state", "state": "error", "error": one_line(failure), "step": run.step,
+                        "device_lost": False})
+                return
+            report({"kind": "state", "state": run.state, "step": run.step})
+        except Exception as exc:
+            lost = run.trainer.device.lost_reason is not None
+            message = one_line(exc) if isinstance(exc, UserError) else f"internal error: {one_line(exc)}"
+            report({"kind": "state", "state": "error", "error": message, "step": run.step, "device_lost": lost})
+
+    return asyncio.ensure_future(go())
