@@ -51,8 +51,8 @@ def test_python_package_zip_has_the_whole_package():
 
 
 def test_kernels_and_vendor_libraries_are_shipped():
-    for wgsl in (ROOT / "wgsl").glob("*.wgsl"):
-        assert (DIST / "wgsl" / wgsl.name).read_bytes() == wgsl.read_bytes()
+    for wgsl in (ROOT / "wgsl").rglob("*.wgsl"):  # (includes too)
+        assert (DIST / "wgsl" / wgsl.relative_to(ROOT / "wgsl")).read_bytes() == wgsl.read_bytes()
     for path in ("vendor/tokenizers/tokenizers.min.mjs", "pyscript/core.js"):
         assert (DIST / path).is_file(), path
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from loralab.kernels import KernelSource, default_wgsl_dir
@@ -36,3 +38,33 @@ def test_params_are_packed_in_declared_order():
     assert source.entry_points == {"t": (64, 1, 1)}
     with pytest.raises(TypeError, match=r"missing \['c'\]"):
         source.pack_params({"a": 1, "b": 0.5})
+
+
+def test_shared_declarations_live_in_one_include_each():
+    """The Step struct and the PCG hash are declared only in wgsl/include/ and pulled in by the
+    kernels that use them; the Step layout Python packs is the one the WGSL declares."""
+    import re
+
+    from loralab.kernels import StructLayout
+
+    include = default_wgsl_dir() / "include"
+    for name in ("step", "pcg"):
+        assert (include / f"{name}.wgsl").is_file()
+    for path in WGSL_FILES:
+        code = path.read_text()
+        assert not re.search(r"struct\s+Step\b|fn\s+pcg\b", code), f"{path.name} declares a shared helper again"
+        assert re.search(r"var<storage, read> step: array", code) is None, f"{path.name}: bind step as Step"
+        if re.search(r"\bstep\.\w+", code):
+            assert "//! include step" in code, path.name
+    layout = StructLayout.parse("Step", (include / "step.wgsl").read_text(), "step.wgsl")
+    assert [n for n, _ in layout.fields] == ["lr", "bc1", "bc2", "grad_scale", "slot", "seed"]
+    assert layout.pack(lr=0.5, bc1=1, bc2=1, grad_scale=0.25, slot=3, seed=7) == struct.pack("<6f", 0.5, 1, 1, 0.25, 3, 7)
+    with pytest.raises(TypeError, match="fields are"):
+        layout.pack(lr=1.0)
+
+
+def test_includes_expand_once(kernels, run):
+    code = run(kernels.expand("t", "// t\n//! include pcg\nfn main() {}\n"))
+    assert code.count("fn pcg(") == 1 and "//! include" not in code
+    with pytest.raises(ValueError, match="includes pcg twice"):
+        run(kernels.expand("t", "//! include pcg\n//! include pcg\n"))

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyapp" / "loralab"
 # Low to high. A module's layer is the first pattern it matches.
 LAYERS = [
     ("base", ["errors", "checks", "patterns", "config", "ref", "devserver"]),
-    ("io", ["gpu.device", "gpu.native", "formats.*", "data.*"]),
+    ("io", ["gpu.device", "gpu.native", "gpu.counting", "formats.*", "data.*"]),
     ("kernels", ["kernels", "ops", "selftest"]),
     ("lora", ["lora"]),
     ("model", ["model.*"]),
@@ -27,6 +27,10 @@ LAYERS = [
     ("app", ["app.*"]),
 ]
 BROWSER_SIDE = ("gpu.browser", "browser.*", "app.*")
+# The CLI and the worker are adapters over session.Session: they reach the run, the model's
+# network, generation and merging only through it.
+ADAPTERS = ("cli", "browser.worker")
+BEHIND_SESSION = ("train", "generate", "merge", "plan", "lora", "model.transformer")
 BROWSER_MODULES = ("js", "pyodide", "pyscript")
 
 
@@ -97,6 +101,8 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
             if layer_of(target) > layer_of(module):
                 found.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} "
                              f"({LAYERS[layer_of(target)][0]}), a higher layer")
+            if module in ADAPTERS and target in BEHIND_SESSION:
+                found.append(f"{module} imports {target}: the adapters go through session.Session")
             if fnmatch(module, "app.*") and not fnmatch(target, "app.*") and layer_of(target) != 0:
                 found.append(f"{module} imports {target}: the page reaches the engine only through the worker")
     units: dict[str, set[str]] = {}
@@ -131,5 +137,7 @@ def test_a_forbidden_import_is_caught():
     assert any(v.startswith("import cycle") for v in violations(upward))
     js_in_engine = {**graph, "train": graph["train"] | {"@js"}}
     assert "train imports js: only the browser side may" in violations(js_in_engine)
+    around_session = {**graph, "cli": graph["cli"] | {"train"}}
+    assert "cli imports train: the adapters go through session.Session" in violations(around_session)
     engine_in_page = {**graph, "app.main": graph["app.main"] | {"train"}}
     assert any("the page reaches the engine only through the worker" in v for v in violations(engine_in_page))

@@ -13,6 +13,7 @@ import pytest
 
 from loralab import ref
 from loralab.errors import UsageError
+from loralab.train import step_scalars
 
 RTOL = 1e-5
 
@@ -445,7 +446,7 @@ def test_attention_with_kv_cache(ops, arrays, T, start, Hq, Hkv, D):
 def test_grad_norm_and_clip(ops, arrays, N, max_norm, scale):
     grad = rng("norm", N).standard_normal(N, dtype=np.float32)
     clip, partial = arrays.empty(2), arrays.empty(ops.sumsq_partials(N))
-    step = arrays.up(np.array([1e-3, 1, 1, scale, 0], np.float32))
+    step = arrays.up(np.frombuffer(step_scalars(ops, lr=1e-3, grad_scale=scale), np.float32))
     arrays.submit(ops.grad_norm(clip, partial, arrays.up(grad), step, N, max_norm))
     norm, factor = arrays.down(clip, (2,))
     norm_ref, coefficient_ref = ref.grad_clip(grad * np.float32(scale), max_norm)
@@ -457,7 +458,7 @@ def test_loss_sum_accumulates_into_the_step_slot(ops, arrays):
     T = 1000
     loss = rng("loss", T).random(T, dtype=np.float32)
     history = arrays.up(np.zeros(4, np.float32))
-    step = arrays.up(np.array([0, 1, 1, 1, 2], np.float32))
+    step = arrays.up(np.frombuffer(step_scalars(ops, slot=2), np.float32))
     arrays.submit(ops.loss_sum(history, arrays.up(loss), step, T), ops.loss_sum(history, arrays.up(loss), step, T))
     got = arrays.down(history, (4,))
     assert got[[0, 1, 3]].tolist() == [0, 0, 0]
@@ -470,10 +471,10 @@ def test_adamw_steps(ops, arrays):
     p = r.standard_normal(N, dtype=np.float32)
     m, v = np.zeros(N, np.float32), np.zeros(N, np.float32)
     bp, bm, bv = arrays.up(p), arrays.up(m), arrays.up(v)
-    step, clip = arrays.empty(3), arrays.up(np.array([0.0, 0.7], np.float32))
+    step, clip = arrays.empty(6), arrays.up(np.array([0.0, 0.7], np.float32))
     for t in range(1, 4):
         g = r.standard_normal(N, dtype=np.float32)
-        arrays.gpu.write_buffer(step, np.array([lr, 1 - b1**t, 1 - b2**t], np.float32).tobytes())
+        arrays.gpu.write_buffer(step, step_scalars(ops, lr=lr, bc1=1 - b1**t, bc2=1 - b2**t))
         arrays.submit(ops.adamw(bp, bm, bv, arrays.up(g), step, clip, N, beta1=b1, beta2=b2, eps=eps, weight_decay=wd))
         p, m, v = ref.adamw(p, m, v, g, lr, t, b1, b2, eps, wd, clip=0.7)
     np.testing.assert_allclose(arrays.down(bp, (N,)), p, rtol=1e-5, atol=1e-6)
@@ -486,7 +487,7 @@ def test_sgd_step(ops, arrays):
     r = rng("sgd")
     p, g = r.standard_normal(N, dtype=np.float32), r.standard_normal(N, dtype=np.float32)
     bp = arrays.up(p)
-    step, clip = arrays.up(np.array([0.1, 1.0, 1.0], np.float32)), arrays.up(np.array([0.0, 0.5], np.float32))
+    step, clip = arrays.up(np.frombuffer(step_scalars(ops, lr=0.1), np.float32)), arrays.up(np.array([0.0, 0.5], np.float32))
     arrays.submit(ops.sgd(bp, arrays.up(g), step, clip, N, weight_decay=0.01))
     np.testing.assert_allclose(arrays.down(bp, (N,)), ref.sgd(p, g, 0.1, 0.01, clip=0.5), rtol=1e-6, atol=1e-7)
 
@@ -495,7 +496,7 @@ def test_dropout_mask_scaling_and_accumulate(ops, arrays):
     N, p, seed, stream = 5003, 0.25, 9876543, 17
     x = rng("drop").standard_normal(N, dtype=np.float32)
     y0 = rng("drop0").standard_normal(N, dtype=np.float32)
-    step = arrays.up(np.array([0, 1, 1, 1, 0, seed], np.float32))
+    step = arrays.up(np.frombuffer(step_scalars(ops, seed=seed), np.float32))
     y, acc = arrays.empty(N), arrays.up(y0)
     arrays.submit(ops.dropout(y, arrays.up(x), step, N, p, stream), ops.dropout(acc, arrays.up(x), step, N, p, stream, accumulate=True))
     want = ref.dropout(x, p, seed, stream)

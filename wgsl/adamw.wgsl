@@ -3,7 +3,7 @@
 //   the clipping coefficient)
 //   p ← p − lr · wd · p;  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
 //   p ← p − (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps)
-//   step: [lr, bc1, bc2] written by the host each step (bc = 1 − β^t), so the uniform stays fixed.
+//   step: Step (include/step.wgsl): lr, bc1, bc2 written by the host each step (bc = 1 − β^t), so the uniform stays fixed.
 //   param, m, v: [N] updated in place; grad: [N].
 // Work split: one invocation per element, 256 per workgroup, 2-D grid for large N.
 
@@ -17,9 +17,11 @@ struct Params {
   weight_decay: f32,
 }
 
+//! include step
+
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;         // [N]
-@group(0) @binding(2) var<storage, read> step: array<f32>;         // [lr, bc1, bc2]
+@group(0) @binding(2) var<storage, read> step: Step;
 @group(0) @binding(3) var<storage, read> clip: array<f32>;         // [norm, coefficient]
 @group(0) @binding(4) var<storage, read_write> param: array<f32>;  // [N]
 @group(0) @binding(5) var<storage, read_write> m: array<f32>;      // [N]
@@ -31,13 +33,13 @@ const WG = 256u;
 fn adamw(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * nwg.x * WG;
   if (i >= params.N) { return; }
-  let lr = step[0];
+  let lr = step.lr;
   let g = grad[i] * clip[1];
   var p = param[i] * (1.0 - lr * params.weight_decay);
   let mi = params.beta1 * m[i] + params.one_minus_beta1 * g;
   let vi = params.beta2 * v[i] + params.one_minus_beta2 * g * g;
   m[i] = mi;
   v[i] = vi;
-  p -= (lr / step[1]) * mi / (sqrt(vi) / sqrt(step[2]) + params.eps);
+  p -= (lr / step.bc1) * mi / (sqrt(vi) / sqrt(step.bc2) + params.eps);
   param[i] = p;
 }

@@ -1,7 +1,7 @@
 // grad_clip: the global gradient norm and the factor the optimizer applies to the raw gradients,
 // on the GPU so the step needs no readback.
 //   partial: [P] (from sumsq.wgsl over the raw, unscaled gradients)
-//   step: [lr, bc1, bc2, grad_scale, ...] (grad_scale = 1 / target tokens of the step, so the
+//   step.grad_scale (include/step.wgsl; grad_scale = 1 / target tokens of the step, so the
 //   loss is a mean and the raw gradients are sums)
 //   clip ← [norm, factor]: norm = sqrt(Σ partial) · grad_scale (torch's total_norm), and
 //   factor = grad_scale · min(1, max_norm / (norm + 1e-6))  (clip_grad_norm_; max_norm = 0 → no clip)
@@ -12,9 +12,11 @@ struct Params {
   max_norm: f32,
 }
 
+//! include step
+
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> partial: array<f32>;     // [P]
-@group(0) @binding(2) var<storage, read> step: array<f32>;        // [lr, bc1, bc2, grad_scale, ...]
+@group(0) @binding(2) var<storage, read> step: Step;
 @group(0) @binding(3) var<storage, read_write> clip: array<f32>;  // [norm, factor]
 
 const WG = 256u;
@@ -31,7 +33,7 @@ fn grad_clip(@builtin(local_invocation_index) li: u32) {
     workgroupBarrier();
   }
   if (li == 0u) {
-    let scale = step[3];
+    let scale = step.grad_scale;
     let norm = sqrt(red[0]) * scale;
     var coefficient = 1.0;
     if (params.max_norm > 0.0) { coefficient = min(1.0, params.max_norm / (norm + 1e-6)); }

@@ -1,6 +1,6 @@
 // sgd: one plain SGD step with decoupled-free weight decay (torch.optim.SGD, no momentum):
 //   g ← grad · clip[1] + wd · p;  p ← p − lr · g   (clip[1]: mean-loss scale × clip coefficient)
-//   step: [lr, ...] written by the host; clip: [norm, coefficient] from grad_clip.wgsl.
+//   step.lr (include/step.wgsl) written by the host; clip: [norm, coefficient] from grad_clip.wgsl.
 // Work split: one invocation per element, 256 per workgroup, 2-D grid for large N.
 
 struct Params {
@@ -8,9 +8,11 @@ struct Params {
   weight_decay: f32,
 }
 
+//! include step
+
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;         // [N]
-@group(0) @binding(2) var<storage, read> step: array<f32>;         // [lr, ...]
+@group(0) @binding(2) var<storage, read> step: Step;
 @group(0) @binding(3) var<storage, read> clip: array<f32>;         // [norm, coefficient]
 @group(0) @binding(4) var<storage, read_write> param: array<f32>;  // [N]
 
@@ -22,5 +24,5 @@ fn sgd(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: 
   if (i >= params.N) { return; }
   let p = param[i];
   let g = grad[i] * clip[1] + params.weight_decay * p;
-  param[i] = p - step[0] * g;
+  param[i] = p - step.lr * g;
 }

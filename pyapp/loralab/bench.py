@@ -19,20 +19,6 @@ from .model.weights import expected_shapes, fuse_attention_inputs
 from .ops import Ops
 from .train import Trainer
 
-NAMED_CONFIGS = {
-    "tiny": {"architectures": ["LlamaForCausalLM"], "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
-             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": True,
-             "rms_norm_eps": 1e-5, "rope_theta": 10000.0},
-    "smollm2-135m": {"architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "hidden_size": 576,
-                     "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-                     "num_key_value_heads": 3, "tie_word_embeddings": True, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
-                     "max_position_embeddings": 8192},
-    "qwen2.5-0.5b": {"architectures": ["Qwen2ForCausalLM"], "vocab_size": 151936, "hidden_size": 896,
-                     "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
-                     "num_key_value_heads": 2, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
-                     "rope_theta": 1000000.0, "max_position_embeddings": 32768},
-}
-
 
 def random_weights(ops: Ops, config: ModelConfig, seed: int = 0, dtype: str = "f32") -> dict:
     """Every weight the config needs, uniform in ±1/√fan_in, generated on the GPU (matrices as

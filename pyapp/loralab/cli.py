@@ -16,8 +16,8 @@ import json
 import os
 import sys
 
-from .config import PROJECTIONS
-from .data.formats import FORMATS, DatasetError
+from .config import CHOICES, DATASET_FORMATS, NAMED_CONFIGS, LoraConfig, TrainConfig, option_fields
+from .data.formats import DatasetError
 from .data.tokenizer import TokenizerError
 from .errors import UsageError, UserError, one_line
 from .ops import ATTENTION_VARIANTS
@@ -121,7 +121,6 @@ async def cmd_info(args) -> int:
 
 
 async def cmd_train(args) -> int:
-    from .config import LoraConfig, TrainConfig
     from .formats.peft import save_adapter
 
     s = await open_session(args.model, args.hub_endpoint)
@@ -137,14 +136,8 @@ async def cmd_train(args) -> int:
         if args.adapter:
             import_adapter(s, args.adapter)
         else:
-            targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
-            lora_config = LoraConfig(r=args.rank, alpha=args.alpha if args.alpha is not None else 2.0 * args.rank,
-                                     targets=targets, use_rslora=args.rslora, dropout=args.dropout)
-        config = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, seq_len=args.seq_len,
-                             grad_accum=args.grad_accum, lr=args.lr, lr_schedule=args.lr_schedule,
-                             warmup_steps=args.warmup_steps, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                             max_grad_norm=args.max_grad_norm, seed=args.seed, shuffle=not args.no_shuffle,
-                             report_every=args.report_every, gradient_checkpointing=args.gradient_checkpointing)
+            lora_config = config_from_args(LoraConfig, args)
+        config = config_from_args(TrainConfig, args)
     await start_gpu(s)
     run = await s.start_run(config, lora_config, restore, args.weights)
     print(json.dumps({"event": "start", "dataset": dataset.summary.as_dict(), "steps": run.trainer.total_steps,
@@ -210,7 +203,6 @@ async def cmd_generate(args) -> int:
 
 async def cmd_bench(args) -> int:
     from .bench import (
-        NAMED_CONFIGS,
         bench_attention,
         bench_cross_entropy,
         bench_matmul,
@@ -306,44 +298,64 @@ async def cmd_export(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .config import OPTIMIZERS, SCHEDULES
+FLAG_NAMES = {"r": "rank", "use_rslora": "rslora", "shuffle": "no-shuffle"}  # the flags' names, where not the field's
 
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of TrainConfig or LoraConfig (config.option_fields), with the field's
+    type, default, help and choices: `--batch-size`, `--lr-schedule`, …; a boolean that is on by
+    default is turned off by `--no-…`, projections are a comma-separated list, and LoRA's alpha
+    defaults to 2 × rank."""
+    from dataclasses import MISSING
+
+    for f in option_fields(cls):
+        flag = "--" + FLAG_NAMES.get(f.name, f.name).replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        kind = {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type), str)
+        default = f.default if f.default is not MISSING else f.default_factory()
+        if kind is bool:
+            if default:
+                parser.add_argument(flag, dest=f.name, action="store_false", help=f"do not {help_text}")
+            else:
+                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+        elif f.name == "targets":
+            parser.add_argument(flag, dest=f.name, default=",".join(default), help=help_text + " (comma-separated)")
+        elif f.name == "alpha":
+            parser.add_argument(flag, dest=f.name, type=float, default=None, help=help_text + " (default 2 × rank)")
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=CHOICES.get(f.name),
+                                metavar=None if f.name in CHOICES else flag[2:].upper().replace("-", "_"),
+                                help=help_text)
+
+
+def config_from_args(cls, args):
+    """TrainConfig or LoraConfig from the flags add_config_arguments made."""
+    values = {f.name: getattr(args, f.name) for f in option_fields(cls)}
+    if cls is LoraConfig:
+        values["targets"] = tuple(t.strip() for t in values["targets"].split(",") if t.strip())
+        if values["alpha"] is None:
+            values["alpha"] = 2.0 * values["r"]
+    return cls(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loralab", description="LoRA fine-tuning on WebGPU (native driver).")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="describe the GPU adapter and run the kernel self-check; prints JSON")
 
-    formats = ["auto", *FORMATS]
+    formats = ["auto", *DATASET_FORMATS]
     t = sub.add_parser("train", help="train a LoRA adapter; writes a PEFT adapter folder")
     t.add_argument("model", help="`default` (SmolLM2-135M-Instruct), a .gguf file, or a Hugging Face model folder")
     t.add_argument("data", help="dataset file: .jsonl, .json, .csv or .txt")
     t.add_argument("--out", required=True, help="folder for adapter_model.safetensors + adapter_config.json")
     t.add_argument("--adapter", help="start from this PEFT adapter (folder or .zip); its r/alpha/targets win")
-    t.add_argument("--steps", type=int, default=0, help="optimizer steps (default: --epochs over the data)")
-    t.add_argument("--epochs", type=float, default=1.0)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--seq-len", type=int, default=256)
-    t.add_argument("--lr", type=float, default=2e-4)
-    t.add_argument("--lr-schedule", choices=SCHEDULES, default="constant")
-    t.add_argument("--warmup-steps", type=int, default=0)
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
-    t.add_argument("--rank", type=int, default=8)
-    t.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 × rank)")
-    t.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(rank)")
-    t.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout on the adapters' input")
-    t.add_argument("--targets", default=",".join(PROJECTIONS), help="comma-separated projections")
-    t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--gradient-checkpointing", action="store_true", help="recompute layers in the backward pass to save memory")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--no-shuffle", action="store_true")
+    add_config_arguments(t, TrainConfig)
+    add_config_arguments(t, LoraConfig)
     t.add_argument("--format", choices=formats, default="auto")
     t.add_argument("--valid", help="a separate validation file")
     t.add_argument("--packing", action="store_true", help="concatenate short examples up to --seq-len")
     t.add_argument("--train-on-prompt", action="store_true", help="take the loss on every token, prompts included")
     t.add_argument("--valid-fraction", type=float, default=0.0, help="hold out this fraction of the records")
-    t.add_argument("--report-every", type=int, default=10, help="read losses back every N steps")
     t.add_argument("--metrics", help="write one JSON line per optimizer step to this file")
     t.add_argument("--checkpoint-dir", help="save the full training state here (every --save-every steps and at the end)")
     t.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (with --checkpoint-dir)")
@@ -370,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
 
     b = sub.add_parser("bench", help="time the training step (random weights for named configs); prints JSON lines")
-    b.add_argument("--config", choices=["tiny", "smollm2-135m", "qwen2.5-0.5b"], default="tiny")
+    b.add_argument("--config", choices=list(NAMED_CONFIGS), default="tiny")
     b.add_argument("--model", help="a model folder instead of a named config")
     b.add_argument("--batch-size", type=int, default=8)
     b.add_argument("--seq-len", type=int, default=512)

@@ -289,3 +289,29 @@ class TrainConfig:
             return self.steps
         per_epoch = math.ceil(train_records / (self.batch_size * self.grad_accum))
         return max(1, math.ceil(per_epoch * self.epochs))
+
+
+CHOICES = {"lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS}  # fields with a fixed set of values
+DATASET_FORMATS = ("tokens", "text", "completion", "chat", "alpaca")  # (and "auto": detect per file)
+
+# Model configurations `loralab bench` and the app's hardware panel time with random weights.
+NAMED_CONFIGS = {
+    "tiny": {"architectures": ["LlamaForCausalLM"], "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": True,
+             "rms_norm_eps": 1e-5, "rope_theta": 10000.0},
+    "smollm2-135m": {"architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "hidden_size": 576,
+                     "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                     "num_key_value_heads": 3, "tie_word_embeddings": True, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+                     "max_position_embeddings": 8192},
+    "qwen2.5-0.5b": {"architectures": ["Qwen2ForCausalLM"], "vocab_size": 151936, "hidden_size": 896,
+                     "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+                     "num_key_value_heads": 2, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
+                     "rope_theta": 1000000.0, "max_position_embeddings": 32768},
+}
+NAMED_CONFIG_LABELS = {"smollm2-135m": "SmolLM2-135M", "qwen2.5-0.5b": "Qwen2.5-0.5B", "tiny": "a tiny test model"}
+
+
+def option_fields(cls) -> list:
+    """The fields of TrainConfig or LoraConfig a person sets (the CLI's flags, the app's plan
+    form): all but the per-module patterns, which come with imported adapters."""
+    return [f for f in fields(cls) if f.name not in ("rank_pattern", "alpha_pattern")]

@@ -7,6 +7,10 @@ restates them: callers pass buffers by their WGSL names and params by field name
 Conventions every `wgsl/*.wgsl` file follows (tests/test_kernels_registry.py checks them):
 binding 0 is `var<uniform> params: Params` (scalar u32/i32/f32 fields), then read-only storage
 inputs, then read_write outputs.
+
+Declarations several kernels share live once in `wgsl/include/NAME.wgsl`, pulled in by a line
+`//! include NAME` (each at most once per kernel): the per-step scalars (`struct Step`, which
+Python packs by field name like Params: `step_layout`) and the PCG hash.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ _BINDING = re.compile(
     r"@group\((\d+)\)\s*@binding\((\d+)\)\s*var<(\w+)(?:\s*,\s*(\w+))?>\s*(\w+)\s*:\s*([^;]+);"
 )
 _STRUCT = re.compile(r"struct\s+Params\s*\{([^}]*)\}")
+_INCLUDE = re.compile(r"^//!\s*include\s+(\w+)\s*$", re.M)
 _FIELD = re.compile(r"(\w+)\s*:\s*(\w+)")
 _ENTRY = re.compile(r"@compute\s+@workgroup_size\(([^)]*)\)\s*fn\s+(\w+)")
 _COMMENT = re.compile(r"//[^\n]*")
@@ -88,6 +93,36 @@ class KernelSource:
         return data.ljust(max(16, -(-len(data) // 16) * 16), b"\0")
 
 
+@dataclass(frozen=True)
+class StructLayout:
+    """A WGSL struct of scalar fields (u32/i32/f32, 4 bytes each, in declared order), packed by
+    field name: the host side of a storage buffer the kernels read as that struct."""
+
+    name: str
+    fields: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def parse(cls, struct_name: str, code: str, where: str) -> "StructLayout":
+        match = re.search(rf"struct\s+{struct_name}\s*\{{([^}}]*)\}}", _COMMENT.sub("", code))
+        if match is None:
+            raise ValueError(f"{where} declares no struct {struct_name}")
+        fields = tuple(_FIELD.findall(match.group(1)))
+        bad = [f"{n}: {t}" for n, t in fields if t not in _PARAM_FORMATS]
+        if bad:
+            raise ValueError(f"{where}: {struct_name} fields must be u32, i32 or f32 ({', '.join(bad)})")
+        return cls(struct_name, fields)
+
+    @property
+    def size(self) -> int:
+        return 4 * len(self.fields)
+
+    def pack(self, **values: float) -> bytes:
+        names = [n for n, _ in self.fields]
+        if sorted(values) != sorted(names):
+            raise TypeError(f"{self.name}: fields are {names}, got {sorted(values)}")
+        return struct.pack("<" + "".join(_PARAM_FORMATS[t] for _, t in self.fields), *(values[n] for n in names))
+
+
 def eval_const(token: str, code: str) -> int:
     """A workgroup size: an integer literal, a `const NAME = <int>u;` in the same file, or an
     `override NAME: u32 = <int>u;`'s default."""
@@ -146,8 +181,29 @@ class KernelLibrary:
 
     async def source(self, name: str) -> KernelSource:
         if name not in self._sources:
-            self._sources[name] = KernelSource.parse(name, await self.read_source(name))
+            self._sources[name] = KernelSource.parse(name, await self.expand(name, await self.read_source(name)))
         return self._sources[name]
+
+    async def expand(self, name: str, code: str) -> str:
+        """`code` with each `//! include NAME` line replaced by wgsl/include/NAME.wgsl."""
+        seen: set[str] = set()
+
+        async def text(match: re.Match) -> str:
+            include = match.group(1)
+            if include in seen:
+                raise ValueError(f"wgsl/{name}.wgsl includes {include} twice")
+            seen.add(include)
+            return await self.read_source(f"include/{include}")
+
+        parts, last = [], 0
+        for match in _INCLUDE.finditer(code):
+            parts += [code[last:match.start()], await text(match)]
+            last = match.end()
+        return "".join(parts) + code[last:]
+
+    async def step_layout(self) -> StructLayout:
+        """The per-step scalars' layout, read from wgsl/include/step.wgsl."""
+        return StructLayout.parse("Step", await self.read_source("include/step"), "wgsl/include/step.wgsl")
 
     async def get(self, name: str, entry_point: str | None = None, constants: dict[str, float] | None = None) -> Kernel:
         """The compiled kernel `entry_point` (default: the file's name) of `wgsl/<name>.wgsl`,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 from .gpu.device import Buffer, Copy, Device, Dispatch
-from .kernels import Kernel, KernelLibrary
+from .kernels import Kernel, KernelLibrary, StructLayout
 
 KERNELS = (
     "matmul",
@@ -129,6 +129,7 @@ class Ops:
         self.device = device
         self.k = kernels
         self.library = library
+        self.step: StructLayout | None = None  # the per-step scalars (wgsl/include/step.wgsl), from load
         self._by_head_dim: dict[tuple[str, int], Kernel] = {}
         self._split_scratch: Buffer | None = None  # partial products of split-K matmuls
         self._spare_buffer: Buffer | None = None
@@ -138,12 +139,22 @@ class Ops:
         self.cols: dict[int, Kernel] = {}  # matmul_cols by RV
         self.blocks: dict[bool, Kernel] = {}  # matmul for fused products (Blocks), by float16 B
 
+    def on(self, device: Device) -> "Ops":
+        """These kernels recording for another device (the plan's counting device): pipelines
+        shared, scratch buffers its own."""
+        import copy
+
+        ops = copy.copy(self)
+        ops.device, ops._split_scratch, ops._spare_buffer = device, None, None
+        return ops
+
     @classmethod
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
         kernels = {name: await library.get(name) for name in KERNELS}
         for entry in DEQUANT.values():
             kernels[entry] = await library.get("dequant", entry)
         ops = cls(device, kernels, library)
+        ops.step = await library.step_layout()
         if device.info.has_subgroups:
             ops.subgroup_size = await measure_subgroup_size(device, library)
         return ops

@@ -3,26 +3,41 @@
 from __future__ import annotations
 
 from .config import LoraConfig, ModelConfig, TrainConfig
+from .data.batches import Sequence
+from .gpu.device import Buffer
+from .ops import Ops
 
 
-def estimate_memory(config: ModelConfig, train: TrainConfig, lora: LoraConfig, weight_bytes: int) -> dict:
-    """GPU bytes a run needs: the model's weights, the activations the backward pass keeps (all
-    layers, or one with checkpointing), the logits block, and LoRA with AdamW's state and the
-    gradient's token slices (Transformer)."""
-    from .model.transformer import GRAD_SLICE_TOKENS, GRAD_SLICES, logit_chunk_rows
+def estimate_memory(ops: Ops, config: ModelConfig, weights: dict[str, Buffer], train: TrainConfig, lora: LoraConfig,
+                    records: list[Sequence] | None = None, counting=None) -> dict:
+    """GPU bytes a run needs, found by building it (adapter and AdamW state, the network for the
+    batch shape, the trainer, the step's recorded commands) on a device that only counts bytes:
+    the same code that training runs, so the estimate is what training allocates. `weights` are
+    the model's, already on the GPU; `records` the training set (a one-record stand-in without);
+    `counting`, a CountingDevice to use (tests read its counts)."""
+    from .data.batches import IGNORE
+    from .gpu.counting import CountingDevice
+    from .lora import LoraState
+    from .model.transformer import Transformer
+    from .train import Trainer
 
-    T = train.batch_size * train.seq_len
-    C, I, q, kv = config.hidden_size, config.intermediate_size, config.q_size, config.kv_size
-    per_layer = T * (4 * C + 2 * q + 2 * kv + 3 * I + 2 + config.num_heads + len(lora.targets) * lora.r)
-    layers = 1 if train.gradient_checkpointing else config.num_layers
-    activations = 4 * (per_layer * layers + T * C * (config.num_layers + 6) + T * (2 * q + 2 * kv + 3 * I))
-    logits = 4 * logit_chunk_rows(T, config.vocab_size) * config.vocab_size
-    params = sum(lora.r * sum(config.projection_shape(m)) for m in lora.targets) * config.num_layers
-    slices = max(1, min(GRAD_SLICES, T // GRAD_SLICE_TOKENS))
-    adapter = 16 * params + (4 * params * slices if slices > 1 else 0)
-    total = weight_bytes + activations + logits + adapter
-    return {"weights": weight_bytes, "activations": activations, "logits": logits, "adapter_and_optimizer": adapter,
-            "total": total}
+    device = counting or CountingDevice(ops.device.info)
+    recording = ops.on(device)
+    adapter = LoraState(device, config, lora)
+    after_adapter = device.allocated_bytes
+    network = Transformer(device, recording, config, weights, adapter, train.batch_size, train.seq_len,
+                          train.gradient_checkpointing)
+    after_network = device.allocated_bytes
+    records = records or [Sequence([0] * train.seq_len, [IGNORE] * train.seq_len)]
+    trainer = Trainer(device, recording, network, adapter, train, records, [], 0)
+    after_trainer = device.allocated_bytes
+    trainer.record()
+    weight_bytes = sum(b.size for b in weights.values())
+    logits = device.by_label.get("logits", 0)
+    return {"weights": weight_bytes, "activations": after_network - after_adapter - logits
+            + device.peak_bytes - after_trainer, "logits": logits,
+            "adapter_and_optimizer": after_adapter + after_trainer - after_network,
+            "total": weight_bytes + device.peak_bytes}
 
 
 def estimate_step_seconds(config: ModelConfig, train: TrainConfig, lora: LoraConfig, gflops: float) -> float:

@@ -397,13 +397,18 @@ class Session:
     async def plan(self, train: TrainConfig, lora: LoraConfig, budget: int) -> dict:
         """GPU memory and time for a run against this GPU (its matmul rate is measured once), and
         whether it fits in `budget` bytes, with a concrete fix when it does not."""
+        from dataclasses import replace
+
         from .bench import bench_matmul
         from .plan import estimate_memory, estimate_step_seconds
 
         model = await self.upload()
+        if self.dataset is not None and self.dataset.train:  # the shape start_run builds
+            train = replace(train, seq_len=fit_seq_len(self.dataset.train + self.dataset.valid, train.seq_len))
         if self.gflops is None:
             self.gflops = (await bench_matmul(self.ops, 256, 256, 256, repeats=4))["gflops"]
-        memory = estimate_memory(model.config, train, lora, sum(b.size for b in model.weights.values()))
+        records = self.dataset.train if self.dataset and self.dataset.train else None
+        memory = estimate_memory(self.ops, model.config, model.weights, train, lora, records)
         fits = memory["total"] <= budget
         advice = None
         if not fits:
@@ -465,14 +470,14 @@ class Session:
         the validation set, or the training set when nothing is held out: {"loss", "tokens",
         "records", "set"}."""
         from .model.transformer import Transformer
-        from .train import evaluate
+        from .train import evaluate, step_bytes
 
         self.need_idle("evaluation")
         dataset = self.need_dataset()
         model = await self.upload()
         records, which = (dataset.valid, "validation") if dataset.valid else (dataset.train, "training")
         batch = max(1, min(batch_size, len(records)))
-        step_buf = self.device.create_buffer(32, label="eval.step")
+        step_buf = self.device.create_buffer(step_bytes(self.ops), label="eval.step")
         history = self.device.create_buffer(4, label="eval.loss")
         network = None
         try:
@@ -556,6 +561,12 @@ class Session:
 
         model = self.need_model()
         return folder_files(model.config_dict, *model.tokenizer_files, model.generation)
+
+    def merged_size(self) -> int:
+        """Bytes of the merged model.safetensors."""
+        from .merge import merged_bytes
+
+        return merged_bytes(self.need_model().config)
 
     async def write_merged(self, write: Callable[[bytes], object]) -> None:
         """model.safetensors of the base model with the adapter merged in, tensor by tensor."""

@@ -38,6 +38,18 @@ def lr_at(config: TrainConfig, step: int, total: int) -> float:
     return config.lr * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def step_scalars(ops: Ops, lr: float = 0.0, bc1: float = 1.0, bc2: float = 1.0, grad_scale: float = 1.0,
+                 slot: int = 0, seed: int = 0) -> bytes:
+    """The per-step scalars as the kernels read them (`struct Step`, wgsl/include/step.wgsl); the
+    defaults leave the loss unscaled in slot 0 and no optimizer effect."""
+    return ops.step.pack(lr=lr, bc1=bc1, bc2=bc2, grad_scale=grad_scale, slot=slot, seed=seed)
+
+
+def step_bytes(ops: Ops) -> int:
+    """The size of a buffer for the Step struct (rounded up to 16 bytes)."""
+    return -(-ops.step.size // 16) * 16
+
+
 class TrainControl:
     """Pause, resume and stop for a running Trainer.train (the app's buttons); checked between
     reporting windows, so a pause takes effect after at most report_every steps."""
@@ -82,7 +94,7 @@ class Trainer:
         self.total_steps = config.total_steps(len(train))
         self.step = 0  # optimizer steps done
         n = config.report_every
-        self.step_buf = device.create_buffer(32, label="step")  # see _write_step
+        self.step_buf = device.create_buffer(step_bytes(ops), label="step")  # see _write_step
         self.loss_hist = device.create_buffer(4 * n, label="loss_history")
         self.norm_hist = device.create_buffer(4 * n, label="grad_norm_history")
         self.clip = device.create_buffer(8, label="clip")
@@ -119,12 +131,12 @@ class Trainer:
         return cmds
 
     def _write_step(self, lr: float, t: int, grad_scale: float, slot: int, micro: int) -> None:
-        """[lr, bc1, bc2, grad_scale, slot, dropout seed]: written before each micro-batch's submit
+        """The Step struct (wgsl/include/step.wgsl), written before each micro-batch's submit
         (queue writes are ordered with submits, so each submit sees its own values)."""
         c = self.config
-        bc1, bc2 = 1 - c.beta1**t, 1 - c.beta2**t
         seed = (c.seed * 1_000_003 + t * c.grad_accum + micro) & 0xFFFFFF  # exact as a float
-        self.device.write_buffer(self.step_buf, struct.pack("<6f", lr, bc1, bc2, grad_scale, slot, seed))
+        self.device.write_buffer(self.step_buf, step_scalars(self.ops, lr=lr, bc1=1 - c.beta1**t, bc2=1 - c.beta2**t,
+                                                             grad_scale=grad_scale, slot=slot, seed=seed))
 
     def _batches(self) -> list[tuple[list[int], list[int], int]]:
         out = []
@@ -142,6 +154,12 @@ class Trainer:
             cmds = self.model.forward(step=step) + self.model.loss(self.loss_hist, step, backward=True)
             self._recorded[accumulate] = cmds + self.model.backward(accumulate_grads=accumulate, step=step)
         return self._recorded[accumulate]
+
+    def record(self) -> None:
+        """Record the step's command lists now (they allocate any scratch they need)."""
+        self._micro_batch(False)
+        if self.config.grad_accum > 1:
+            self._micro_batch(True)
 
     def run_step(self, slot: int, keep_params: bool = False) -> tuple[int, float]:
         """Record and submit optimizer step self.step + 1; returns its target-token count and the
@@ -264,7 +282,7 @@ class Trainer:
 async def evaluate(device: Device, model: Transformer, records: list[Sequence], history, step_buf, pad_id: int = 0) -> dict:
     """Mean loss over every target token of `records` (one readback at the end)."""
     device.write_buffer(history, bytes(4))
-    device.write_buffer(step_buf, struct.pack("<6f", 0.0, 1.0, 1.0, 1.0, 0.0, 0.0))
+    device.write_buffer(step_buf, step_scalars(model.ops))
     total = 0
     for start in range(0, len(records), model.B):
         ids, targets, n = make_batch(records[start : start + model.B], model.B, model.S, pad_id)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 import pytest
 
-from loralab.data.batches import Sequence, make_batch
 from loralab.config import LoraConfig
+from loralab.data.batches import Sequence, make_batch
 from loralab.lora import LoraState
 from loralab.model.transformer import Transformer
 from loralab.model.weights import HFFolder, upload_weights
+from loralab.train import step_scalars
 from tests.model import hf
 
 torch = pytest.importorskip("torch")
@@ -70,7 +69,7 @@ def test_logits_in_row_chunks_give_the_same_loss_and_gradients(gpu, ops, run, ar
         flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
         model.write_batch(flat_ids, targets)
         history = arrays.up(np.zeros(1, np.float32))
-        step = arrays.up(np.zeros(5, np.float32))
+        step = arrays.up(np.frombuffer(step_scalars(ops), np.float32))
         gpu.submit(model.forward() + model.loss(history, step, backward=True) + model.backward(accumulate_grads=False))
         results.append((arrays.down(history, (1,))[0], np.frombuffer(run(gpu.read_buffer(lora.grads)), np.float32)))
     (loss1, grads1), (loss2, grads2) = results
@@ -110,7 +109,7 @@ def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_di
     flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
     model.write_batch(flat_ids, targets)
     history = arrays.up(np.zeros(1, np.float32))
-    step = arrays.up(np.zeros(5, np.float32))
+    step = arrays.up(np.frombuffer(step_scalars(ops), np.float32))
     gpu.submit(model.forward() + model.loss(history, step, backward=True) + model.backward(accumulate_grads=False))
     loss = arrays.down(history, (1,))[0] / n
     assert loss == pytest.approx(out.loss.item(), rel=1e-4)
@@ -157,7 +156,7 @@ def test_lora_dropout_matches_peft_with_the_same_masks(gpu, ops, run, arrays, mo
     flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
     model.write_batch(flat_ids, targets)
     history = arrays.up(np.zeros(1, np.float32))
-    step = arrays.up(np.array([0, 1, 1, 1, 0, seed], np.float32))
+    step = arrays.up(np.frombuffer(step_scalars(ops, seed=seed), np.float32))
     gpu.submit(model.forward(step=step) + model.loss(history, step, backward=True) + model.backward(False, step=step))
     assert arrays.down(history, (1,))[0] / n == pytest.approx(out.loss.item(), rel=1e-4)
     grads = np.frombuffer(run(gpu.read_buffer(lora.grads)), np.float32) / n

@@ -13,13 +13,20 @@ from dataclasses import MISSING, fields
 from pyodide.ffi import create_proxy, jsnull, to_js  # type: ignore[import-not-found]
 from pyscript import document, window, workers  # type: ignore[import-not-found]
 
-from ..config import OPTIMIZERS, PROJECTIONS, SCHEDULES, LoraConfig, TrainConfig
+from ..config import (
+    CHOICES,
+    DATASET_FORMATS,
+    NAMED_CONFIG_LABELS,
+    PROJECTIONS,
+    LoraConfig,
+    TrainConfig,
+    option_fields,
+)
 from ..errors import UserError, one_line
 
 STORE = "loralab.ui"
-CHOICES = {"lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS}
 TESTID_NAMES = {"r": "rank"}  # cfg-<name> hooks; LoRA's r is "rank" in the UI
-HIDDEN_FIELDS = {"beta1", "beta2", "eps", "rank_pattern", "alpha_pattern"}  # (patterns come with imported adapters)
+ADVANCED_FIELDS = {"beta1", "beta2", "eps"}  # (set from the CLI; the form keeps the defaults)
 
 state = {"engine": None, "model": None, "dataset": False, "train": "idle", "records": [], "total": 0,
          "busy": False, "proxies": []}
@@ -390,9 +397,22 @@ async def on_dataset_typed(event) -> None:
 # -- plan ----------------------------------------------------------------------------------------
 def plan_fields():
     for cls, group in ((TrainConfig, "train"), (LoraConfig, "lora")):
-        for f in fields(cls):
-            if f.name not in HIDDEN_FIELDS:
+        for f in option_fields(cls):
+            if f.name not in ADVANCED_FIELDS:
                 yield group, f
+
+
+def fill_options() -> None:
+    """The dataset format and benchmark choices, from the engine's own lists (config.py)."""
+    for testid, options in (("dataset-format", [("auto", "detect"), *((f, f) for f in DATASET_FORMATS)]),
+                            ("hw-bench-config", [("loaded", "the loaded model"),
+                                                 *((name, label if name == "tiny" else f"{label} (random weights)")
+                                                   for name, label in NAMED_CONFIG_LABELS.items())])):
+        select = el(testid)
+        for value, text in options:
+            option = document.createElement("option")
+            option.value, option.textContent = value, text
+            select.append(option)
 
 
 def build_plan_form() -> None:
@@ -789,6 +809,7 @@ def expose_engine(engine) -> None:
 
 
 async def start() -> None:
+    fill_options()
     build_plan_form()
     wire()
     for testid in ("train-start", "train-pause", "train-resume", "train-stop", "gen-run", "eval-run", "checkpoint-resume"):

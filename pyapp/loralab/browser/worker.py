@@ -489,13 +489,12 @@ async def export_merged(w: Worker, req: Empty) -> dict:
     -> {"path", "name", "bytes"}."""
     import zipfile
 
-    from ..merge import merged_bytes
     from .opfs import SyncFile
 
     session = await w.ready()
     model = session.need_model()
     await session.adapter_state()  # (an adapter is needed before anything is written)
-    size = merged_bytes(model.config)
+    size = session.merged_size()
     quota = await storage_free()
     if quota is not None and size > quota:
         raise StorageError(f"the merged model needs {size / 2**20:,.0f} MiB of browser storage and "
@@ -526,7 +525,7 @@ async def storage_free() -> int | None:
 # -- the benchmark -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Bench:
-    config: str = "loaded"  # "loaded" or a named config (bench.NAMED_CONFIGS)
+    config: str = "loaded"  # "loaded" or a named config (config.NAMED_CONFIGS)
     batch_size: int = 4
     seq_len: int = 128
     steps: int = 5
@@ -538,8 +537,8 @@ async def bench_step(w: Worker, req: Bench) -> dict:
     """The `loralab bench` training step in this browser -> tokens/s, ms/step, dispatches and
     submits per step, peak GPU bytes. "loaded" times the loaded model's own weights; named configs
     use random weights (freed after)."""
-    from ..bench import NAMED_CONFIGS, bench_training
-    from ..config import ModelConfig
+    from ..bench import bench_training
+    from ..config import NAMED_CONFIGS, ModelConfig
 
     session = await w.ready()
     session.need_idle("the benchmark")

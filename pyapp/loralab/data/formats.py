@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..checks import loads
+from ..config import DATASET_FORMATS
 from ..errors import UserError, one_line
 from .batches import IGNORE, Sequence
 
-FORMATS = ("tokens", "text", "completion", "chat", "alpaca")
+FORMATS = DATASET_FORMATS
 # ShareGPT speaker names seen in real dumps, by the chat role they stand for.
 SHAREGPT_ROLES = {
     "human": "user", "user": "user", "system": "system", "tool": "tool", "function": "tool", "observation": "tool",
