@@ -63,6 +63,17 @@ def test_shared_declarations_live_in_one_include_each():
         layout.pack(lr=1.0)
 
 
+def test_no_helper_is_copied_between_kernels():
+    """A function written identically in two kernel files belongs in wgsl/include/."""
+    import re
+
+    seen: dict[str, str] = {}
+    for path in WGSL_FILES:
+        for body in re.findall(r"^fn \w+\(.*?^}\n", path.read_text(), re.S | re.M):
+            assert body not in seen, f"{path.name} repeats a function of {seen[body]}: move it to wgsl/include/"
+            seen[body] = path.name
+
+
 def test_includes_expand_once(kernels, run):
     code = run(kernels.expand("t", "// t\n//! include pcg\nfn main() {}\n"))
     assert code.count("fn pcg(") == 1 and "//! include" not in code

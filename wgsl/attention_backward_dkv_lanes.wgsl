@@ -39,11 +39,7 @@ var<workgroup> dt: array<vec4f, TILE>;
 var<workgroup> lse_t: array<f32, 64>;
 var<workgroup> delta_t: array<f32, 64>;
 
-fn row_sum(x: vec4f) -> vec4f {  // over the LANES lanes of a row (adjacent in the subgroup)
-  var s = x;
-  for (var m = LANES / 2u; m > 0u; m >>= 1u) { s += subgroupShuffleXor(s, m); }
-  return s;
-}
+//! include lanes_sum
 
 // x · the four queries (their do) at tile rows t … t+3 (vec4 `at` of each row).
 fn dot_queries(x: vec4f, t: u32, at: u32) -> vec4f {

@@ -35,18 +35,10 @@ override WG: u32 = 256u;  // invocations per workgroup: 64 rows of LANES (at mos
 var<workgroup> kt: array<vec4f, TILE>;
 var<workgroup> vt: array<vec4f, TILE>;
 
-fn row_sum(x: vec4f) -> vec4f {  // over the LANES lanes of a row (adjacent in the subgroup)
-  var s = x;
-  for (var m = LANES / 2u; m > 0u; m >>= 1u) { s += subgroupShuffleXor(s, m); }
-  return s;
-}
+//! include lanes_sum
 
 // x · the four keys (values) at tile rows t … t+3 (vec4 `at` of each row).
-fn dot_keys(x: vec4f, t: u32, at: u32) -> vec4f {
-  let d4 = 4u * LANES;
-  let e = t * d4 + at;
-  return vec4f(dot(x, kt[e]), dot(x, kt[e + d4]), dot(x, kt[e + 2u * d4]), dot(x, kt[e + 3u * d4]));
-}
+//! include lanes_keys
 
 fn dot_values(x: vec4f, t: u32, at: u32) -> vec4f {
   let d4 = 4u * LANES;

@@ -24,33 +24,9 @@ override HEAD_DIM4: u32 = 32u;
 const MAX_D4 = 32u;
 const WG = 64u;
 
-fn lane_mask(d: u32) -> vec4f {
-  return vec4f(vec4<bool>(d < params.D, d + 1u < params.D, d + 2u < params.D, d + 3u < params.D));
-}
+//! include attention_qk
 
-fn load_q(base: u32, d4: u32) -> vec4f {
-  let d = d4 * 4u;
-  if (d + 3u < params.D) { return vec4f(q[base + d], q[base + d + 1u], q[base + d + 2u], q[base + d + 3u]); }
-  let m = lane_mask(d);
-  return vec4f(q[base + min(d, params.D - 1u)] * m.x, q[base + min(d + 1u, params.D - 1u)] * m.y,
-               q[base + min(d + 2u, params.D - 1u)] * m.z, q[base + min(d + 3u, params.D - 1u)] * m.w);
-}
-
-fn load_k(base: u32, d4: u32) -> vec4f {
-  let d = d4 * 4u;
-  if (d + 3u < params.D) { return vec4f(k[base + d], k[base + d + 1u], k[base + d + 2u], k[base + d + 3u]); }
-  let m = lane_mask(d);
-  return vec4f(k[base + min(d, params.D - 1u)] * m.x, k[base + min(d + 1u, params.D - 1u)] * m.y,
-               k[base + min(d + 2u, params.D - 1u)] * m.z, k[base + min(d + 3u, params.D - 1u)] * m.w);
-}
-
-fn load_d_o(base: u32, d4: u32) -> vec4f {
-  let d = d4 * 4u;
-  if (d + 3u < params.D) { return vec4f(d_o[base + d], d_o[base + d + 1u], d_o[base + d + 2u], d_o[base + d + 3u]); }
-  let m = lane_mask(d);
-  return vec4f(d_o[base + min(d, params.D - 1u)] * m.x, d_o[base + min(d + 1u, params.D - 1u)] * m.y,
-               d_o[base + min(d + 2u, params.D - 1u)] * m.z, d_o[base + min(d + 3u, params.D - 1u)] * m.w);
-}
+//! include attention_do
 
 @compute @workgroup_size(WG)
 fn attention_backward_dv(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
