@@ -81,6 +81,14 @@ def app_page(page, page_guard, site):
     return page
 
 
+@pytest.fixture
+def app(app_page):
+    """The page object over app_page (tests/browser/app.py)."""
+    from tests.browser.app import App
+
+    return App(app_page)
+
+
 @pytest.fixture(scope="session")
 def ops(gpu, kernels, run):
     from loralab.ops import Ops

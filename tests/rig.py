@@ -40,33 +40,3 @@ class PageGuard:
 
     def check(self) -> None:
         assert not self.problems, "\n".join(self.problems)
-
-
-def wait_for_engine(page, timeout_ms: int = 120_000) -> str:
-    """Wait until the engine is up (the GPU checked) or has failed; returns the status text."""
-    page.wait_for_function(
-        "document.querySelector('[data-testid=hw-info]').dataset.check !== undefined"
-        " || document.querySelector('[data-testid=status]').dataset.state === 'error'", timeout=timeout_ms
-    )
-    page.wait_for_function("document.querySelector('[data-testid=status]').dataset.state !== 'busy'", timeout=timeout_ms)
-    return page.inner_text("[data-testid=status]")
-
-
-def wait_until_ready(page, timeout_ms: int = 600_000) -> None:
-    """Wait until training can start (status "ready"); fails fast on a shown error."""
-    page.wait_for_function(
-        "(() => { const s = document.querySelector('[data-testid=status]');"
-        " const e = document.querySelector('[data-testid=error]');"
-        " return s.textContent.trim() === 'ready' || (!e.hidden && e.textContent.length > 0); })()", timeout=timeout_ms)
-    error = page.locator("[data-testid=error]")
-    assert error.is_hidden(), error.inner_text()
-
-
-def drop_files(page, paths) -> None:
-    """Drop files on the page as a person drags them from a file manager."""
-    files = [(Path(p).name, list(Path(p).read_bytes())) for p in paths]
-    handle = page.evaluate_handle("""(files) => {
-        const dt = new DataTransfer();
-        for (const [name, bytes] of files) dt.items.add(new File([new Uint8Array(bytes)], name));
-        return dt; }""", files)
-    page.dispatch_event("body", "drop", {"dataTransfer": handle})

@@ -10,8 +10,9 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from loralab.devserver import serve_in_background
+from tests.browser.app import App
 from tests.browser.test_app_flow import chat_jsonl, make_chat_model
-from tests.rig import CHROMIUM, CHROMIUM_FLAGS, DIST, wait_for_engine, wait_until_ready
+from tests.rig import CHROMIUM, CHROMIUM_FLAGS, DIST
 
 
 def main(out: Path) -> None:
@@ -25,9 +26,9 @@ def main(out: Path) -> None:
         for scheme in ("light", "dark"):
             page = browser.new_page(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
             page.goto(url + "?autoload=0")
-            wait_for_engine(page)
+            App(page).engine_up()
             page.set_input_files("[data-testid=model-files]", [str(f) for f in sorted(folder.iterdir())])
-            wait_until_ready(page)
+            App(page).ready()
             page.set_input_files("[data-testid=dataset-files]", str(data))
             page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('records')")
             page.click("[data-testid=plan-open]")

@@ -7,13 +7,14 @@ import json
 import pytest
 
 from loralab.selftest import matmul_check
-from tests.rig import CHROMIUM, PageGuard, wait_for_engine
+from tests.browser.app import App
+from tests.rig import CHROMIUM, PageGuard
 
 pytestmark = pytest.mark.browser
 
 
 def test_engine_comes_up_on_webgpu(app_page):
-    assert wait_for_engine(app_page) == "No model loaded"  # "ready" needs a model too
+    assert App(app_page).engine_up() == "No model loaded"  # "ready" needs a model too
     hw = app_page.locator("[data-testid=hw-info]")
     assert hw.get_attribute("data-vendor") == "google"
     assert hw.get_attribute("data-architecture") == "swiftshader"
@@ -24,7 +25,7 @@ def test_engine_comes_up_on_webgpu(app_page):
 
 def test_the_hardware_panel_measures_the_training_step(app_page):
     """The same step benchmark as `loralab bench` (here the tiny config: SwiftShader is a CPU)."""
-    wait_for_engine(app_page)
+    App(app_page).engine_up()
     app_page.select_option("[data-testid=hw-bench-config]", "tiny")
     app_page.fill("[data-testid=hw-bench-batch]", "2")
     app_page.fill("[data-testid=hw-bench-seq]", "32")
@@ -39,7 +40,7 @@ def test_the_hardware_panel_measures_the_training_step(app_page):
 
 def test_browser_and_native_kernels_agree(app_page, gpu, kernels, run):
     native = run(matmul_check(gpu, kernels))
-    wait_for_engine(app_page)
+    App(app_page).engine_up()
     browser = json.loads(app_page.locator("[data-testid=hw-info]").get_attribute("data-check"))
     assert browser["ok"] and native["ok"]
     assert browser["shape"] == native["shape"]
@@ -56,7 +57,7 @@ def test_without_webgpu_the_page_says_so(playwright, site):
         page = context.new_page()
         guard = PageGuard(context, page)
         page.goto(site)
-        status = wait_for_engine(page)
+        status = App(page).engine_up()
         assert "ready" not in status.lower()
         error = page.inner_text("[data-testid=error]")
         assert "WebGPU" in error and "Chrome" in error

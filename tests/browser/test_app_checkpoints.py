@@ -12,14 +12,13 @@ import pytest
 
 from tests.browser.test_app_flow import make_chat_model
 from tests.model import hf
-from tests.rig import drop_files, wait_for_engine, wait_until_ready
 
 pytestmark = pytest.mark.browser
 torch = pytest.importorskip("torch")
 
 STEPS = 40
-PLAN = (("cfg-steps", str(STEPS)), ("cfg-lr", "0.02"), ("cfg-batch-size", "2"), ("cfg-seq-len", "32"), ("cfg-rank", "4"),
-        ("cfg-alpha", "8"), ("cfg-warmup-steps", "3"), ("cfg-report-every", "1"), ("cfg-dropout", "0.1"))
+PLAN = {"steps": STEPS, "lr": 0.02, "batch-size": 2, "seq-len": 32, "rank": 4, "alpha": 8, "warmup-steps": 3,
+        "report-every": 1, "dropout": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -40,41 +39,16 @@ def tokens_data(tmp_path_factory):
     return path
 
 
-def load_model_and_data(page, model_folder, data) -> None:
-    wait_for_engine(page)
-    page.set_input_files("[data-testid=model-files]", [str(p) for p in sorted(model_folder.iterdir())])
-    wait_until_ready(page)
-    page.set_input_files("[data-testid=dataset-files]", str(data))
-    page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('7 records')")
+def load_model_and_data(app, model_folder, data) -> None:
+    app.engine_up()
+    app.load_model_files(model_folder)
+    app.use_dataset_file(data, "7 records")
 
 
-def set_plan(page, plan=PLAN) -> None:
-    if page.get_attribute("[data-testid=plan-open]", "aria-expanded") != "true":
-        page.click("[data-testid=plan-open]")
-    page.select_option("[data-testid=cfg-lr-schedule]", "cosine")
-    for testid, value in plan:
-        page.fill(f"[data-testid={testid}]", value)
-
-
-def wait_state(page, value: str, timeout: int = 300_000) -> None:
-    page.wait_for_function(f"document.querySelector('[data-testid=train-state]').textContent === '{value}'",
-                           timeout=timeout)
-
-
-def metrics(page) -> list[dict]:
-    with page.expect_download() as d:
-        page.click("[data-testid=metrics-download]")
-    return [json.loads(line) for line in open(d.value.path()).read().splitlines()]
-
-
-def adapter_tensors(page, tmp_path, name: str) -> dict[str, np.ndarray]:
+def adapter_tensors(app, tmp_path, name: str) -> dict[str, np.ndarray]:
     from safetensors.numpy import load
 
-    with page.expect_download() as d:
-        page.click("[data-testid=export-adapter]")
-    path = tmp_path / name
-    d.value.save_as(path)
-    with zipfile.ZipFile(path) as zf:
+    with zipfile.ZipFile(app.download("export-adapter", tmp_path / name)) as zf:
         return load(zf.read("adapter_model.safetensors"))
 
 
@@ -82,16 +56,15 @@ def train_losses(lines):
     return {r["step"]: r["loss"] for r in lines if r["kind"] == "train"}
 
 
-def test_pause_reload_resume_equals_a_straight_run(app_page, model_folder, tokens_data, tmp_path):
-    page = app_page
-    load_model_and_data(page, model_folder, tokens_data)
-    set_plan(page)
+def test_pause_reload_resume_equals_a_straight_run(app, model_folder, tokens_data, tmp_path):
+    page = app.page
+    load_model_and_data(app, model_folder, tokens_data)
+    app.set_plan(PLAN, schedule="cosine")
     page.fill("[data-testid=checkpoint-every]", "0")  # saved at pause and at the end only
-    page.click("[data-testid=train-start]")
-    wait_state(page, "done")
-    straight = train_losses(metrics(page))
+    app.train()
+    straight = train_losses(app.metrics())
     assert sorted(straight) == list(range(1, STEPS + 1))
-    straight_adapter = adapter_tensors(page, tmp_path, "straight.zip")
+    straight_adapter = adapter_tensors(app, tmp_path, "straight.zip")
 
     page.evaluate("document.querySelector('[data-testid=train-step]').textContent = '0'")
     page.click("[data-testid=train-start]")  # the same run again, paused part-way
@@ -103,47 +76,42 @@ def test_pause_reload_resume_equals_a_straight_run(app_page, model_folder, token
     assert 3 <= paused_at < STEPS
 
     page.reload()  # a reload (or a crash): the run is offered again once its model is loaded
-    wait_for_engine(page)
+    app.engine_up()
     page.wait_for_selector("[data-testid=checkpoint-offer]:not([hidden])")
     assert int(page.get_attribute("[data-testid=checkpoint-offer]", "data-step")) == paused_at
-    assert "tokens.jsonl" in page.inner_text("[data-testid=checkpoint-info]")
-    page.set_input_files("[data-testid=model-files]", [str(p) for p in sorted(model_folder.iterdir())])
-    wait_until_ready(page)
+    assert "tokens.jsonl" in app.text("checkpoint-info")
+    app.load_model_files(model_folder)
     page.click("[data-testid=checkpoint-resume]")
-    wait_state(page, "done")
-    resumed = train_losses(metrics(page))
+    app.wait_state("done")
+    resumed = train_losses(app.metrics())
     assert sorted(resumed) == list(range(1, STEPS + 1)), "metrics continue at the saved step + 1"
     for step in range(1, STEPS + 1):
         assert resumed[step] == pytest.approx(straight[step], abs=1e-5), step
-    resumed_adapter = adapter_tensors(page, tmp_path, "resumed.zip")
+    resumed_adapter = adapter_tensors(app, tmp_path, "resumed.zip")
     assert resumed_adapter.keys() == straight_adapter.keys()
     for key, value in straight_adapter.items():
         np.testing.assert_allclose(resumed_adapter[key], value, atol=1e-5, err_msg=key)
 
 
-def test_a_lost_gpu_device_resumes_from_the_last_checkpoint(app_page, model_folder, tokens_data):
-    page = app_page
-    load_model_and_data(page, model_folder, tokens_data)
-    set_plan(page)
+def test_a_lost_gpu_device_resumes_from_the_last_checkpoint(app, model_folder, tokens_data):
+    page = app.page
+    load_model_and_data(app, model_folder, tokens_data)
+    app.set_plan(PLAN, schedule="cosine")
     page.fill("[data-testid=checkpoint-every]", "2")
     page.click("[data-testid=train-start]")
     page.wait_for_function("parseInt(document.querySelector('[data-testid=checkpoint-status]').dataset.step) >= 4",
                            timeout=120_000)
-    page.evaluate("window.loralabEngine('debug_lose_device', '{}')")
-    wait_state(page, "error", timeout=120_000)
-    assert "lost" in page.inner_text("[data-testid=error]")
+    app.engine("debug_lose_device")
+    app.wait_state("error", timeout=120_000)
+    assert "lost" in app.text("error")
     page.wait_for_selector("[data-testid=checkpoint-offer]:not([hidden])")
-    assert "lost" in page.inner_text("[data-testid=checkpoint-info]")
+    assert "lost" in app.text("checkpoint-info")
     page.click("[data-testid=checkpoint-resume]")
-    wait_state(page, "done")
-    lines = metrics(page)
+    app.wait_state("done")
+    lines = app.metrics()
     assert sorted(train_losses(lines)) == list(range(1, STEPS + 1))
-    page.fill("[data-testid=gen-prompt]", "Where is the key?")
-    page.click("[data-testid=gen-run]")  # the new device answers too
-    page.wait_for_function("document.querySelector('[data-testid=gen-output-adapter]').dataset.done === '1'",
-                           timeout=300_000)
-    assert page.inner_text("[data-testid=gen-output-adapter]")
-    assert page.inner_text("[data-testid=status]") == "ready"
+    assert app.generate("Where is the key?")[1]  # the new device answers too
+    assert app.text("status") == "ready"
 
 
 def peft_loss(model, data_path) -> tuple[float, int]:
@@ -159,24 +127,18 @@ def peft_loss(model, data_path) -> tuple[float, int]:
     return total / count, count
 
 
-def test_evaluation_import_export_and_merged_model_match_peft(app_page, model_folder, tokens_data, tmp_path):
+def test_evaluation_import_export_and_merged_model_match_peft(app, model_folder, tokens_data, tmp_path):
     import peft
     from safetensors.numpy import load
 
-    page = app_page
-    load_model_and_data(page, model_folder, tokens_data)
-    set_plan(page, (("cfg-steps", "6"), ("cfg-lr", "0.02"), ("cfg-batch-size", "3"), ("cfg-report-every", "3")))
-    page.click("[data-testid=train-start]")
-    wait_state(page, "done")
+    page = app.page
+    load_model_and_data(app, model_folder, tokens_data)
+    app.train({"steps": 6, "lr": 0.02, "batch-size": 3, "report-every": 3})
     page.click("[data-testid=eval-run]")
     page.wait_for_function("document.querySelector('[data-testid=eval-loss]').dataset.result")
     ours = json.loads(page.get_attribute("[data-testid=eval-loss]", "data-result"))
 
-    with page.expect_download() as d:
-        page.click("[data-testid=export-adapter]")
-    zpath = tmp_path / "adapter.zip"
-    d.value.save_as(zpath)
-    with zipfile.ZipFile(zpath) as zf:
+    with zipfile.ZipFile(app.download("export-adapter", tmp_path / "adapter.zip")) as zf:
         zf.extractall(tmp_path / "adapter")
         card = zf.read("README.md").decode()
     assert "tokens.jsonl" in card and "training config" in card and "training loss" in card
@@ -186,9 +148,7 @@ def test_evaluation_import_export_and_merged_model_match_peft(app_page, model_fo
     assert ours["adapter"] == pytest.approx(loss, abs=1e-4)
     assert ours["base"] == pytest.approx(peft_loss(hf.load_hf(model_folder).eval(), tokens_data)[0], abs=1e-4)
 
-    with page.expect_download() as d:  # merged: a Hugging Face folder equal to base + adapter
-        page.click("[data-testid=export-merged]")
-    with zipfile.ZipFile(d.value.path()) as zf:
+    with zipfile.ZipFile(app.download("export-merged")) as zf:  # merged: a Hugging Face folder equal to base + adapter
         assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(zf.namelist())
         zf.extractall(tmp_path / "merged")
     ids = torch.tensor([[5, 17, 33, 2, 90, 41, 7]])
@@ -201,16 +161,14 @@ def test_evaluation_import_export_and_merged_model_match_peft(app_page, model_fo
     made = peft.get_peft_model(hf.load_hf(model_folder), peft.LoraConfig(
         r=4, lora_alpha=12, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0, init_lora_weights=False))
     made.save_pretrained(tmp_path / "made")
-    drop_files(page, [tmp_path / "made" / "adapter_config.json", tmp_path / "made" / "adapter_model.safetensors"])
-    page.wait_for_function("document.querySelector('[data-testid=adapter-info]').textContent.includes('Imported')")
+    app.drop([tmp_path / "made" / "adapter_config.json", tmp_path / "made" / "adapter_model.safetensors"])
+    app.wait_text("adapter-info", "Imported")
     page.evaluate("document.querySelector('[data-testid=eval-loss]').dataset.result = ''")
     page.click("[data-testid=eval-run]")
     page.wait_for_function("document.querySelector('[data-testid=eval-loss]').dataset.result")
     imported = json.loads(page.get_attribute("[data-testid=eval-loss]", "data-result"))
     assert imported["adapter"] == pytest.approx(peft_loss(made.eval(), tokens_data)[0], abs=1e-4)
-    with page.expect_download() as d:
-        page.click("[data-testid=export-adapter]")
-    with zipfile.ZipFile(d.value.path()) as zf:
+    with zipfile.ZipFile(app.download("export-adapter")) as zf:
         exported = load(zf.read("adapter_model.safetensors"))
     original = load((tmp_path / "made" / "adapter_model.safetensors").read_bytes())
     assert exported.keys() == original.keys()

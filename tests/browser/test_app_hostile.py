@@ -10,66 +10,53 @@ import pytest
 
 from tests.hostile import files as F
 from tests.hostile.test_reproducers import adapter_config, adapter_tensors, adapter_zip, gguf_with, zip_overlapping
-from tests.rig import wait_for_engine, wait_until_ready
 
 pytestmark = pytest.mark.browser
 
 
-def shown_error(page, expect: str) -> str:
-    page.wait_for_function("(want) => { const e = document.querySelector('[data-testid=error]');"
-                           " return !e.hidden && e.textContent.includes(want); }", arg=expect, timeout=120_000)
-    text = page.inner_text("[data-testid=error]")
-    assert "\n" not in text.strip() and "internal error" not in text, text
-    return text
-
-
-def test_hostile_files_get_one_line_errors_and_the_app_stays_usable(app_page, tmp_path):
-    page = app_page
-    wait_for_engine(page)
+def test_hostile_files_get_one_line_errors_and_the_app_stays_usable(app, tmp_path):
+    page, shown_error = app.page, app.shown_error
+    app.engine_up()
 
     bad_model = tmp_path / "bad-model"
     F.model_folder(bad_model, config={**F.CONFIG, "num_attention_heads": 0})
     page.set_input_files("[data-testid=model-files]", [str(p) for p in sorted(bad_model.iterdir())])
-    assert "config.json" in shown_error(page, "num_attention_heads")
+    assert "config.json" in shown_error("num_attention_heads")
     (tmp_path / "deep.gguf").write_bytes(gguf_with({"general.alignment": (F.U32, 24)}))
     page.set_input_files("[data-testid=model-files]", str(tmp_path / "deep.gguf"))
-    assert "deep.gguf" in shown_error(page, "general.alignment")
+    assert "deep.gguf" in shown_error("general.alignment")
 
     (tmp_path / "tiny.gguf").write_bytes(F.tiny_gguf())
     page.set_input_files("[data-testid=model-files]", str(tmp_path / "tiny.gguf"))
-    page.wait_for_function("document.querySelector('[data-testid=model-card]').textContent.includes('tiny.gguf')",
-                           timeout=300_000)
-    wait_until_ready(page)
+    app.wait_text("model-card", "tiny.gguf", timeout=300_000)
+    app.ready()
 
     (tmp_path / "nested.json").write_text("[" * 100_000 + "]" * 100_000)
     page.set_input_files("[data-testid=dataset-files]", str(tmp_path / "nested.json"))
-    assert "nested.json" in shown_error(page, "nested too deeply")
+    assert "nested.json" in shown_error("nested too deeply")
     (tmp_path / "labels.jsonl").write_text('{"input_ids": [4, 5, 6], "labels": [4, 5, 99]}\n')
     page.set_input_files("[data-testid=dataset-files]", str(tmp_path / "labels.jsonl"))
-    assert "labels.jsonl record 1" in shown_error(page, "label 99")
+    assert "labels.jsonl record 1" in shown_error("label 99")
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_model.safetensors").write_bytes(adapter_tensors())
     (adapter / "adapter_config.json").write_bytes(adapter_config(rank_pattern={"(.|.)*z": 2}))
     page.set_input_files("[data-testid=adapter-files]", [str(p) for p in sorted(adapter.iterdir())])
-    shown_error(page, "could take a very long time")
+    shown_error("could take a very long time")
     (tmp_path / "overlap.zip").write_bytes(zip_overlapping())
     page.set_input_files("[data-testid=adapter-files]", str(tmp_path / "overlap.zip"))
-    assert "overlap.zip" in shown_error(page, "overlap")
+    assert "overlap.zip" in shown_error("overlap")
     (adapter / "adapter_model.safetensors").write_bytes(adapter_tensors(float("nan")))
     (adapter / "adapter_config.json").write_bytes(adapter_config())
     page.set_input_files("[data-testid=adapter-files]", [str(p) for p in sorted(adapter.iterdir())])
-    shown_error(page, "NaN or infinite")
+    shown_error("NaN or infinite")
 
     # Still usable: a good dataset and a good adapter load.
     (tmp_path / "good.jsonl").write_text("".join(json.dumps({"text": "hi ab c"}) + "\n" for _ in range(4)))
-    page.set_input_files("[data-testid=dataset-files]", str(tmp_path / "good.jsonl"))
-    page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('4 records')",
-                           timeout=120_000)
+    app.use_dataset_file(tmp_path / "good.jsonl", "4 records")
     (tmp_path / "good.zip").write_bytes(adapter_zip({"adapter_model.safetensors": adapter_tensors(),
                                                      "adapter_config.json": adapter_config()}))
     page.set_input_files("[data-testid=adapter-files]", str(tmp_path / "good.zip"))
-    page.wait_for_function("document.querySelector('[data-testid=adapter-info]').textContent.includes('Imported')",
-                           timeout=120_000)
-    assert page.inner_text("[data-testid=status]") == "ready"
+    app.wait_text("adapter-info", "Imported")
+    assert app.text("status") == "ready"

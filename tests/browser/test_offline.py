@@ -14,8 +14,9 @@ import time
 import pytest
 
 from loralab.devserver import IsolatedHandler, Server, serve_in_background
+from tests.browser.app import App
 from tests.browser.test_app_flow import chat_jsonl, make_chat_model
-from tests.rig import DIST, wait_for_engine, wait_until_ready
+from tests.rig import DIST
 
 pytestmark = pytest.mark.browser
 pytest.importorskip("torch")
@@ -34,14 +35,9 @@ def free_port() -> int:
 
 def train_briefly(page, records: str = "records", batch_size: int = 2) -> None:
     """Two short steps on the dataset in use, once its summary mentions `records`."""
-    page.wait_for_function(f"document.querySelector('[data-testid=dataset-summary]').textContent.includes('{records}')")
-    page.click("[data-testid=plan-open]")
-    for testid, value in (("cfg-steps", "2"), ("cfg-batch-size", str(batch_size)), ("cfg-seq-len", "32"),
-                          ("cfg-report-every", "1")):
-        page.fill(f"[data-testid={testid}]", value)
-    page.click("[data-testid=train-start]")
-    page.wait_for_function("document.querySelector('[data-testid=train-state]').textContent === 'done'",
-                           timeout=600_000)
+    app = App(page)
+    app.wait_text("dataset-summary", records)
+    app.train({"steps": 2, "batch-size": batch_size, "seq-len": 32, "report-every": 1})
 
 
 def test_a_plain_static_server_without_headers_reaches_ready_and_trains(page, page_guard, model_folder, tmp_path):
@@ -56,12 +52,11 @@ def test_a_plain_static_server_without_headers_reaches_ready_and_trains(page, pa
             except OSError:
                 time.sleep(0.1)
         page.goto(f"http://127.0.0.1:{port}/?autoload=0")
-        assert wait_for_engine(page, timeout_ms=180_000) == "No model loaded"
+        assert App(page).engine_up(timeout_ms=180_000) == "No model loaded"
         assert page.evaluate("window.crossOriginIsolated")  # the service worker's headers
         assert page.evaluate("navigator.serviceWorker.controller !== null")
-        page.set_input_files("[data-testid=model-files]", [str(p) for p in sorted(model_folder.iterdir())])
-        wait_until_ready(page)
-        page.set_input_files("[data-testid=dataset-files]", str(chat_jsonl(tmp_path / "chat.jsonl", repeats=1)))
+        App(page).load_model_files(model_folder)
+        App(page).use_dataset_file(chat_jsonl(tmp_path / "chat.jsonl", repeats=1))
         train_briefly(page)
     finally:
         server.terminate()
@@ -74,7 +69,7 @@ def test_offline_after_one_visit_default_model_trains_and_downloads(page, page_g
     ready with the default model from the cache, trains and downloads an adapter."""
     server, url = serve_in_background(DIST)
     page.goto(url)
-    wait_until_ready(page)  # the default model loaded (and kept)
+    App(page).ready()  # the default model loaded (and kept)
     page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=120_000)
     page.evaluate("navigator.serviceWorker.ready")
     server.shutdown()
@@ -83,16 +78,14 @@ def test_offline_after_one_visit_default_model_trains_and_downloads(page, page_g
     page_guard.allow_console = ("Failed to load resource", "ERR_INTERNET_DISCONNECTED", "ERR_CONNECTION_REFUSED")
 
     page.reload()
-    wait_until_ready(page)
+    App(page).ready()
     assert "SmolLM2" in page.inner_text("[data-testid=model-card]") or "llama" in page.inner_text(
         "[data-testid=model-card]").lower()
-    page.fill("[data-testid=dataset-text]",
-              '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there!"}]}\n' * 4)
-    page.click("[data-testid=dataset-use]")
+    App(page).paste_dataset(
+        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there!"}]}\n' * 4,
+        "4 records")
     train_briefly(page, records="4 records", batch_size=1)
-    with page.expect_download() as d:
-        page.click("[data-testid=export-adapter]")
-    assert d.value.path().stat().st_size > 1000
+    assert App(page).download("export-adapter").stat().st_size > 1000
 
 
 class CountingHub(IsolatedHandler):
@@ -141,7 +134,7 @@ def weights_requests(repo: str) -> int:
 
 def test_cache_manager_reuses_deletes_and_evicts_least_recently_used(app_page, hub):
     page = app_page
-    wait_for_engine(page)
+    App(page).engine_up()
     load_repo(page, hub, "lab/first")
     first = f"model:hub:{hub}/lab/first"
     page.wait_for_function(f"[...document.querySelectorAll('[data-testid=cache-item]')].some(r => r.dataset.id === '{first}')")
@@ -158,7 +151,7 @@ def test_cache_manager_reuses_deletes_and_evicts_least_recently_used(app_page, h
     assert page.locator("[data-testid=cache-item][data-kind=dataset]").count() == 1
 
     page.reload()  # a cached model starts without downloading again
-    wait_for_engine(page)
+    App(page).engine_up()
     load_repo(page, hub, "lab/first")
     assert weights_requests("lab/first") == 1
 
@@ -173,7 +166,7 @@ def test_cache_manager_reuses_deletes_and_evicts_least_recently_used(app_page, h
     # A limit that holds one model: loading a second evicts the least recently used (the first).
     page.fill("[data-testid=cache-limit]", f"{size * 1.5 / 2**20:.3f}")
     page.dispatch_event("[data-testid=cache-limit]", "change")
-    page.wait_for_function(f"parseFloat(document.querySelector('[data-testid=cache-limit]').value) > 0")
+    page.wait_for_function("parseFloat(document.querySelector('[data-testid=cache-limit]').value) > 0")
     load_repo(page, hub, "lab/second")
     second = f"model:hub:{hub}/lab/second"
     page.wait_for_function(f"[...document.querySelectorAll('[data-testid=cache-item]')].some(r => r.dataset.id === '{second}')")
@@ -188,7 +181,7 @@ def test_a_new_build_is_announced_and_replaces_the_old_cache(page, page_guard, t
     server, url = serve_in_background(site)
     try:
         page.goto(url + "?autoload=0")
-        wait_for_engine(page)
+        App(page).engine_up()
         page.wait_for_function("navigator.serviceWorker.controller !== null")
         shells = "caches.keys().then(keys => keys.filter(k => k.startsWith('loralab-shell-')))"
         (old,) = page.evaluate(shells)
@@ -199,7 +192,7 @@ def test_a_new_build_is_announced_and_replaces_the_old_cache(page, page_guard, t
         page.wait_for_selector("[data-testid=update-ready]:not([hidden])", timeout=60_000)
         page.click("[data-testid=update-reload]")
         page.wait_for_function(f"{shells}.then(keys => keys.length === 1 && keys[0] !== '{old}')", timeout=60_000)
-        wait_for_engine(page)
+        App(page).engine_up()
         assert "the next build" in page.evaluate("fetch('static/app.css').then(r => r.text())")
     finally:
         server.shutdown()

@@ -10,9 +10,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 from loralab.data.formats import encode_record
 from loralab.data.tokenizer import HFTokenizer
-from loralab.model.gguf_model import default_model_path, tokenizer_files
 from loralab.formats.gguf import read as read_gguf
-from tests.rig import wait_for_engine
+from loralab.model.gguf_model import default_model_path, tokenizer_files
+from tests.browser.app import App
 
 pytestmark = pytest.mark.browser
 
@@ -66,7 +66,7 @@ def tokenizers_under_test():
 @pytest.mark.parametrize("name, files", list(tokenizers_under_test()), ids=lambda x: x if isinstance(x, str) else "")
 def test_browser_and_cpython_tokenize_alike(app_page, site, name, files):
     tokenizer_json, config, template = files
-    wait_for_engine(app_page)
+    App(app_page).engine_up()
     request = {"base_url": site, "tokenizer_json": tokenizer_json, "config": config, "chat_template": template,
                "texts": CORPUS, "chats": CHATS}
     answer = json.loads(app_page.evaluate("([n, r]) => window.loralabEngine(n, r)", ["tokenize", json.dumps(request)]))

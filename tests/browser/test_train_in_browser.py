@@ -4,7 +4,6 @@ train_start), and the same Session calls on CPython."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -16,9 +15,9 @@ from loralab.devserver import serve_in_background
 from loralab.formats.peft import files_from_path
 from loralab.model.weights import HFFolder
 from loralab.session import Session
+from tests.browser.app import App
 from tests.browser.test_app_flow import chat_jsonl, make_chat_model
 from tests.model import hf
-from tests.rig import wait_for_engine
 
 pytestmark = pytest.mark.browser
 torch = pytest.importorskip("torch")
@@ -37,24 +36,18 @@ def files(tmp_path):
     server.shutdown()
 
 
-def engine(page, name: str, request: dict | None = None) -> dict:
-    answer = json.loads(page.evaluate("([n, r]) => window.loralabEngine(n, r)", [name, json.dumps(request or {})]))
-    assert answer["ok"], f"{name}: {answer.get('error')}"
-    return answer
-
-
-def test_browser_and_native_training_agree(app_page, files, ops, run):
+def test_browser_and_native_training_agree(app, files, ops, run):
     root, url = files
-    wait_for_engine(app_page)
+    app.engine_up()
     model_files = {p.name: f"{url}model/{p.name}" for p in sorted((root / "model").iterdir())}
-    engine(app_page, "load_model", {"kind": "files", "files": model_files, "name": "tiny-chat"})
+    app.engine("load_model", {"kind": "files", "files": model_files, "name": "tiny-chat"})
     adapter = {n: f"{url}adapter/{n}" for n in ("adapter_model.safetensors", "adapter_config.json")}
-    engine(app_page, "import_adapter", {"files": adapter})
+    app.engine("import_adapter", {"files": adapter})
     text = (root / "chat.jsonl").read_text()
-    engine(app_page, "set_dataset", {"name": "chat.jsonl", "text": text, "seq_len": 48, "valid_fraction": 0.2})
-    engine(app_page, "train_start", {"train": TRAIN})
+    app.engine("set_dataset", {"name": "chat.jsonl", "text": text, "seq_len": 48, "valid_fraction": 0.2})
+    app.engine("train_start", {"train": TRAIN})
     deadline = time.monotonic() + 300
-    while (status := engine(app_page, "train_status"))["state"] in ("running", "paused"):
+    while (status := app.engine("train_status"))["state"] in ("running", "paused"):
         assert time.monotonic() < deadline, "the browser's run did not finish"
         time.sleep(0.3)
     assert status["state"] == "done", status
@@ -85,8 +78,11 @@ def test_browser_and_native_training_agree(app_page, files, ops, run):
 
 def test_debugging_commands_exist_only_when_the_page_asks(page, page_guard, site):
     page.goto(site + "?autoload=0")
-    wait_for_engine(page)
-    answer = json.loads(page.evaluate("window.loralabEngine('debug_lose_device', '{}')"))
+    app = App(page)
+    app.engine_up()
+    answer = app.engine("debug_lose_device", ok=False)
     assert not answer["ok"] and "no command 'debug_lose_device'" in answer["error"]
-    answer = json.loads(page.evaluate("window.loralabEngine('set_dataset', '{\"text\": 3}')"))
+    answer = app.engine("set_dataset", {"text": 3}, ok=False)
     assert answer == {"ok": False, "error": "the set_dataset request: text must be a string, not 3"}
+    answer = app.engine("train_start", {"train": {"batch_size": "4"}}, ok=False)
+    assert answer["error"] == "the train_start request: train: batch_size must be an integer, not '4'"

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import struct
 
-import numpy as np
 import pytest
 
+from loralab.config import ModelConfig
 from loralab.formats.peft import AdapterError, check_fits, parse_adapter
 from loralab.formats.safetensors import serialize
-from loralab.config import ModelConfig
 
 KEY = "base_model.model.model.layers.0.self_attn.q_proj.lora_{}.weight"
 CONFIG = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}

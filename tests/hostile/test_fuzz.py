@@ -9,7 +9,6 @@ CI runs 20,000 safetensors and 10,000 GGUF cases; LORALAB_FUZZ_SCALE=10 runs ten
 from __future__ import annotations
 
 import asyncio
-
 import os
 import random
 import time

@@ -432,9 +432,11 @@ def test_hostile_tokenizer_files(tmp_path, capsys, files, message):
         (folder / name).write_text(text)
     (tmp_path / "d.jsonl").write_text('{"text": "hi"}\n')
     if message is None:  # not an error: a list without a "default" entry means no template
-        from loralab.data.tokenizer import HFTokenizer
+        import asyncio
 
-        assert HFTokenizer.from_folder(str(folder)).chat_template is None
+        from loralab.cli import open_session
+
+        assert asyncio.run(open_session(str(folder))).model.tokenizer.chat_template is None
         return
     err = run_cli(capsys, "eval", folder, tmp_path / "d.jsonl")
     assert str(folder) in err and message in err, err

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loralab.generate import Generator
 from loralab.config import LoraConfig
+from loralab.generate import Generator
 from loralab.lora import LoraState
 from loralab.model.weights import HFFolder, upload_weights
 from tests.model import hf

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from loralab.config import LoraConfig, TrainConfig
 from loralab.data.batches import Sequence, make_batch
-from loralab.config import LoraConfig
 from loralab.lora import LoraState
 from loralab.model.transformer import Transformer
 from loralab.model.weights import HFFolder, upload_weights
-from loralab.config import TrainConfig
 from loralab.train import NonFiniteLoss, Trainer, evaluate, lr_at
 from tests.model import hf
 

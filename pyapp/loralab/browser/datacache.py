@@ -178,5 +178,3 @@ class DataCache:
             raise UsageError(f"{item['name']}: the browser dropped this dataset from its cache")
         return item["name"], js.TextDecoder.new().decode(data)
 
-
-CACHE_INSTANCE = DataCache()

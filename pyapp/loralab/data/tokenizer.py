@@ -6,9 +6,6 @@ interface (data.formats.Tokenizer).
 
 from __future__ import annotations
 
-import os
-
-from ..checks import loads
 from ..errors import UserError, one_line, short
 from .template import ChatTemplate
 
@@ -58,29 +55,6 @@ class HFTokenizer:
         pad_id = self._tok.token_to_id(pad) if pad else None
         self.pad_id = pad_id if pad_id is not None else (self.eos_id or 0)
         self._template = None
-
-    @classmethod
-    def from_folder(cls, path: str) -> "HFTokenizer":
-        file = os.path.join(path, "tokenizer.json")
-        if not os.path.isfile(file):
-            raise TokenizerError(f"{path}: tokenizer.json is missing; text datasets need the model's tokenizer")
-        with open(file, encoding="utf-8") as f:
-            tokenizer_json = f.read()
-        config, template = {}, None
-        cfg_file = os.path.join(path, "tokenizer_config.json")
-        if os.path.isfile(cfg_file):
-            with open(cfg_file, "rb") as f:
-                config = loads(f.read(), cfg_file, TokenizerError)
-            if not isinstance(config, dict):
-                raise TokenizerError(f"{cfg_file}: expected a JSON object")
-        jinja_file = os.path.join(path, "chat_template.jinja")
-        if os.path.isfile(jinja_file):
-            with open(jinja_file, encoding="utf-8") as f:
-                template = f.read()
-        try:
-            return cls(tokenizer_json, config, template)
-        except TokenizerError as exc:
-            raise TokenizerError(f"{path}: {exc}") from None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
