@@ -190,8 +190,8 @@ def typed(value, kind, what: str, error: type[UserError]):
         return integer(value, what, error, -(2**53))
     if kind is float:
         return number(value, what, error)
-    if kind is str:
-        return text(value, what, error)
+    if kind is str:  # (whole datasets and tokenizer files arrive as strings)
+        return text(value, what, error, limit=1 << 31)
     if kind is dict or origin is dict:
         return mapping(value, what, error)
     if kind is list or origin is list:
