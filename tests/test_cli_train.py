@@ -319,6 +319,33 @@ def test_export_merged_equals_base_plus_adapter_in_peft(tmp_path, llama_with_ada
     assert float((merged - reference).abs().max()) <= 1e-4
 
 
+def test_export_merged_over_a_quantized_base_is_float16_and_equals_peft(tmp_path, llama_with_adapter):
+    """With the base kept as Q8_0 (--weights q8), the merged folder holds float16 matrices: the
+    dequantized base plus the delta, as PEFT computes over that same base."""
+    import gguf
+    import peft
+    from safetensors import safe_open
+
+    model, adapter = llama_with_adapter
+    out = tmp_path / "merged"
+    loralab("export", adapter, "--to", "merged", "--model", model, "--out", out, "--weights", "q8")
+    with safe_open(str(out / "model.safetensors"), "np") as f:
+        assert str(f.get_tensor("model.layers.0.self_attn.q_proj.weight").dtype) == "float16"
+        assert str(f.get_tensor("model.norm.weight").dtype) == "float32"
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float16"
+    base = hf.load_hf(model)
+    with torch.no_grad():  # the base as Q8_0 holds it (embeddings and head stay float32)
+        for name, p in base.named_parameters():
+            if p.ndim == 2 and ".layers." in name:
+                q8 = gguf.quants.quantize(p.numpy(), gguf.GGMLQuantizationType.Q8_0)
+                p.copy_(torch.tensor(gguf.quants.dequantize(q8, gguf.GGMLQuantizationType.Q8_0)))
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    with torch.no_grad():
+        merged = hf.load_hf(out)(ids).logits
+        reference = peft.PeftModel.from_pretrained(base, str(adapter))(input_ids=ids).logits
+    assert float((merged - reference).abs().max()) <= 2e-3 * float(reference.abs().max())
+
+
 @pytest.mark.parametrize("patterns", [{}, {"rank_pattern": {"k_proj": 2, "layers.0.mlp.gate_proj": 6},
                                           "alpha_pattern": {"o_proj": 2.0}}], ids=["uniform", "rank-alpha-patterns"])
 def test_a_peft_made_adapter_evaluates_like_peft(tmp_path, model_dir, tokens_file, patterns):

@@ -1,11 +1,13 @@
 // embedding: out[t, :] = table[ids[t], :] (token embedding lookup; ids outside [0, V) give 0).
-//   ids: [T] u32, table: [V, C] → out: [T, C]
+//   ids: [T] u32, table: [V, C] (f32, f16 pairs or quantized) → out: [T, C]
 // Work split: one invocation per output element, 256 per workgroup, 2-D grid for large T·C.
 
 struct Params {
   T: u32,
   C: u32,
   V: u32,
+  scales: u32,  // a quantized table (Q_BITS > 0, include/qweight.wgsl): where its scales start,
+  groups: u32,  //   and how many groups it has
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -15,6 +17,8 @@ struct Params {
 
 const WG = 256u;
 override TABLE_F16: bool = false;  // the table holds float16 pairs (frozen weights at half the memory)
+
+//! include qweight
 
 @compute @workgroup_size(WG)
 fn embedding(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -26,7 +30,16 @@ fn embedding(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups)
   var v = 0.0;
   if (id < params.V) {
     let e = id * params.C + c;
-    if (TABLE_F16) { v = unpack2x16float(table[e / 2u])[e % 2u]; } else { v = bitcast<f32>(table[e]); }
+    if (Q_BITS > 0u) {
+      let g = e / Q_GROUP;
+      var offset = 0.0;
+      if (!Q_TABLE) { offset = bitcast<f32>(table[params.scales + params.groups + g]); }
+      v = q_value(table[q_word(e)], e, bitcast<f32>(table[params.scales + g]), offset);
+    } else if (TABLE_F16) {
+      v = unpack2x16float(table[e / 2u])[e % 2u];
+    } else {
+      v = bitcast<f32>(table[e]);
+    }
   }
   out[i] = v;
 }

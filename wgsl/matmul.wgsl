@@ -3,7 +3,8 @@
 //   op(B): [N, K], element (n, k) at B[n * b_sn + k * b_sk]
 //   C:     [M, N] f32, row-major; beta = 0 overwrites (C is not read), beta = 1 accumulates;
 //          with c_in = 1 the beta term reads C_in instead (y = residual + x·Wᵀ without a copy).
-//   B is float32, or float16 pairs with the pipeline constant B_F16 (frozen weights).
+//   B is float32, float16 pairs with the pipeline constant B_F16, or quantized with Q_BITS > 0
+//   (frozen weights; include/qweight.wgsl).
 // Strides express the three products of a linear layer without copies:
 //   forward  y  = x · Wᵀ   A = x [M,K] (K, 1),   B = W [N,K] (K, 1)
 //   backward dx = dy · W   A = dy [M,N'] (N', 1), B = W [N',K] read as (1, K)
@@ -55,6 +56,8 @@ struct Params {
   b2_off1: u32,
   b2_off2: u32,
   b2_diag: u32,
+  b_scales: u32,  // a quantized B (Q_BITS > 0, include/qweight.wgsl): the word where its scales
+  b_groups: u32,  //   start, and how many groups it has
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -111,6 +114,8 @@ fn load_a(m: u32, k: u32, k_end: u32, second: bool) -> f32 {
 // with unpack2x16float, which needs no shader-f16 feature). Otherwise B is float32 bits.
 override B_F16: bool = false;
 
+//! include qweight
+
 fn load_b(n: u32, k: u32, k_end: u32, second: bool) -> f32 {
   if (n >= params.N || k >= k_end) { return 0.0; }
   if (second) {
@@ -127,6 +132,12 @@ fn load_b(n: u32, k: u32, k_end: u32, second: bool) -> f32 {
     return B2[n * params.b2_sn + k * params.b2_sk];
   }
   let e = n * params.b_sn + k * params.b_sk;
+  if (Q_BITS > 0u) {
+    let g = e / Q_GROUP;
+    var offset = 0.0;
+    if (!Q_TABLE) { offset = bitcast<f32>(B[params.b_scales + params.b_groups + g]); }
+    return q_value(B[q_word(e)], e, bitcast<f32>(B[params.b_scales + g]), offset);
+  }
   if (B_F16) { return unpack2x16float(B[e / 2u])[e % 2u]; }
   return bitcast<f32>(B[e]);
 }

@@ -32,6 +32,8 @@ struct Params {
   beta: f32,
   k_split: u32,
   c_sz: u32,  // floats between the splits' outputs
+  b_scales: u32,  // a quantized B (Q_BITS > 0, include/qweight.wgsl): the word where its scales
+  b_groups: u32,  //   start, and how many groups it has
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -39,9 +41,12 @@ struct Params {
 @group(0) @binding(2) var<storage, read> B: array<u32>;        // op(B) [N, K]: f32 bits or f16 pairs
 @group(0) @binding(3) var<storage, read_write> C: array<f32>;  // [M, N] (strided)
 
-// A_F16 / B_F16: the operand holds float16 pairs (frozen weights), read with unpack2x16float.
+// A_F16 / B_F16: the operand holds float16 pairs (frozen weights), read with unpack2x16float;
+// Q_BITS > 0: B is quantized (include/qweight.wgsl).
 override A_F16: bool = false;
 override B_F16: bool = false;
+
+//! include qweight
 
 fn read_a(e: u32) -> f32 {
   if (A_F16) { return unpack2x16float(A[e / 2u])[e % 2u]; }
@@ -49,6 +54,12 @@ fn read_a(e: u32) -> f32 {
 }
 
 fn read_b(e: u32) -> f32 {
+  if (Q_BITS > 0u) {
+    let g = e / Q_GROUP;
+    var offset = 0.0;
+    if (!Q_TABLE) { offset = bitcast<f32>(B[params.b_scales + params.b_groups + g]); }
+    return q_value(B[q_word(e)], e, bitcast<f32>(B[params.b_scales + g]), offset);
+  }
   if (B_F16) { return unpack2x16float(B[e / 2u])[e % 2u]; }
   return bitcast<f32>(B[e]);
 }

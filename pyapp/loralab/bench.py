@@ -10,21 +10,43 @@ from __future__ import annotations
 import random
 import time
 
-from .config import LoraConfig, ModelConfig, TrainConfig
+from .config import PROJECTIONS, LoraConfig, ModelConfig, TrainConfig, module_name
 from .data.batches import Sequence
 from .gpu.device import Device
 from .lora import LoraState
 from .model.transformer import Transformer
-from .model.weights import expected_shapes, fuse_attention_inputs
-from .ops import Ops
+from .model.weights import expected_shapes, fuse_attention_inputs, weight_types
+from .ops import GGUF_TYPES, QUANTIZE_TO, Ops
 from .train import Trainer
+
+# Formats of `loralab bench --weights`: the --weights choices of training, each GGUF block type
+# (random blocks, as repacked on the GPU), and llama.cpp's Q4_K_M mix.
+BENCH_WEIGHTS = ("f32", "f16", "q8", "q4", *GGUF_TYPES, "Q4_K_M")
+
+
+def _mix_type(name: str, config: ModelConfig) -> str:
+    """llama.cpp's Q4_K_M: Q6_K for the embeddings and head, and for v and down projections in
+    the layers its use_more_bits picks (the first and last eighth, every third between); Q4_K else."""
+    if "layers." not in name:
+        return "Q6_K"
+    layer, n = int(name.split(".")[2]), config.num_layers
+    more = layer < n // 8 or layer >= 7 * n // 8 or (layer - n // 8) % 3 == 2
+    return "Q6_K" if more and (name.endswith("v_proj.weight") or name.endswith("down_proj.weight")) else "Q4_K"
 
 
 def random_weights(ops: Ops, config: ModelConfig, seed: int = 0, dtype: str = "f32") -> dict:
-    """Every weight the config needs, uniform in ±1/√fan_in, generated on the GPU (matrices as
-    float16 pairs with dtype "f16")."""
+    """Every weight the config needs, random, in the format `dtype` (BENCH_WEIGHTS): float
+    weights uniform in ±1/√fan_in, generated on the GPU (f16: converted, q8/q4: the projections
+    quantized as training's --weights does); GGUF types straight in their repacked layout."""
+    projections = {f"{module_name(i, m)}.weight" for i in range(config.num_layers) for m in PROJECTIONS}
     weights, cmds = {}, []
     for i, (name, shape) in enumerate(sorted(expected_shapes(config).items())):
+        gguf_type = _mix_type(name, config) if dtype == "Q4_K_M" else dtype
+        if gguf_type in GGUF_TYPES and len(shape) == 2:
+            buf = ops.quantized_buffer(GGUF_TYPES[gguf_type][1], *shape, label=name)
+            cmds.append(ops.random_quantized(buf, *shape, seed + i))
+            weights[name] = buf
+            continue
         numel = 1
         for d in shape:
             numel *= d
@@ -38,9 +60,25 @@ def random_weights(ops: Ops, config: ModelConfig, seed: int = 0, dtype: str = "f
             ops.device.submit([ops.to_f16(packed, buf, numel)])
             ops.device.destroy_buffer(buf)
             buf = packed
+        elif dtype in QUANTIZE_TO and name in projections and (dtype == "q4" or shape[1] % 32 == 0):
+            ops.device.submit(cmds)
+            cmds = []
+            packed = ops.quantized_buffer(QUANTIZE_TO[dtype], *shape, label=name)
+            ops.device.submit([ops.quantize(packed, buf, *shape)])
+            ops.device.destroy_buffer(buf)
+            buf = packed
         weights[name] = buf
     ops.device.submit(cmds)
     return fuse_attention_inputs(ops.device, config, weights)
+
+
+def bench_quant_dtypes(dtype: str) -> tuple[str, ...]:
+    """The quantized GPU dtypes random_weights makes for `dtype` (to prepare their pipelines)."""
+    if dtype == "Q4_K_M":
+        return (GGUF_TYPES["Q4_K"][1], GGUF_TYPES["Q6_K"][1])
+    if dtype in GGUF_TYPES:
+        return (GGUF_TYPES[dtype][1],)
+    return (QUANTIZE_TO[dtype],) if dtype in QUANTIZE_TO else ()
 
 
 async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int, steps: int, rank: int,
@@ -51,7 +89,7 @@ async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int
     device: Device = ops.device
     attention = await ops.specialize_head_dim(config.head_dim, attention)
     own_weights = weights is None
-    await ops.prepare(f16_weights=weights_dtype == "f16")
+    await ops.prepare(f16_weights=weights_dtype == "f16", quant=bench_quant_dtypes(weights_dtype))
     weights = weights or random_weights(ops, config, dtype=weights_dtype)
     lora = LoraState(device, config, LoraConfig(r=rank, alpha=2.0 * rank))
     device.submit(lora.init_dispatches(ops, seed=1))
@@ -63,7 +101,8 @@ async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int
     trainer = Trainer(device, ops, model, lora, train, records)
     try:
         return {**await _timed_steps(device, trainer, lora, batch, seq_len, steps, rank, warmup, checkpointing,
-                                     weights_dtype), "attention": attention}
+                                     weights_dtype), "attention": attention,
+                "weight_bytes": sum(b.size for b in weights.values()), "weight_types": weight_types(weights)}
     finally:
         for part in (trainer, model, lora):
             part.release()

@@ -20,6 +20,7 @@ from .config import CHOICES, DATASET_FORMATS, NAMED_CONFIGS, LoraConfig, TrainCo
 from .data.formats import DatasetError
 from .data.tokenizer import TokenizerError
 from .errors import UsageError, UserError, one_line
+from .model.weights import WEIGHT_DTYPES
 from .ops import ATTENTION_VARIANTS
 from .session import Dataset, Session, checkpoint_configs
 
@@ -214,6 +215,8 @@ async def cmd_bench(args) -> int:
     s = await open_session(args.model, args.hub_endpoint) if args.model else Session()
     await start_gpu(s)
     if args.model:
+        if args.weights not in WEIGHT_DTYPES:
+            raise UsageError(f"--weights {args.weights} makes random weights; with --model choose {', '.join(WEIGHT_DTYPES)}")
         model = await s.upload(args.weights)
         config, config_dict, weights = model.config, model.config_dict, model.weights
     else:
@@ -288,6 +291,7 @@ async def cmd_export(args) -> int:
         print(json.dumps({"event": "exported", "to": "gguf", "out": args.out, "bytes": len(data)}), file=sys.stderr)
         return 0
     await start_gpu(s)
+    await s.upload(args.weights)
     os.makedirs(args.out, exist_ok=True)
     for name, data in s.merged_folder_files().items():
         with open(os.path.join(args.out, name), "wb") as f:
@@ -382,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
 
     b = sub.add_parser("bench", help="time the training step (random weights for named configs); prints JSON lines")
+    from .bench import BENCH_WEIGHTS
+
     b.add_argument("--config", choices=list(NAMED_CONFIGS), default="tiny")
     b.add_argument("--model", help="a model folder instead of a named config")
     b.add_argument("--batch-size", type=int, default=8)
@@ -405,8 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command in (t, e, g, b, x):
         command.add_argument("--hub-endpoint", help="where repo ids are fetched from (default: the public hub)")
-        command.add_argument("--weights", choices=["f32", "f16"], default="f32",
-                             help="keep the frozen weight matrices as float32, or float16 at half the memory")
+    for command in (t, e, g, x):
+        command.add_argument("--weights", choices=WEIGHT_DTYPES, default="auto",
+                             help="the frozen weight matrices on the GPU: auto (a quantized GGUF stays quantized, "
+                                  "float weights stay float32), f32, f16 (half the memory), q8 (Q8_0) or q4 "
+                                  "(NF4, as QLoRA) for the linear projections")
+    b.add_argument("--weights", choices=BENCH_WEIGHTS, default="f32",
+                   help="the random weights' format: f32, f16, q8 (Q8_0), q4 (NF4), a GGUF block type, or Q4_K_M "
+                        "(llama.cpp's mix: Q4_K, with Q6_K for the embeddings, v and down projections)")
     return parser
 
 

@@ -307,8 +307,19 @@ NAMED_CONFIGS = {
                      "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
                      "num_key_value_heads": 2, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
                      "rope_theta": 1000000.0, "max_position_embeddings": 32768},
+    "qwen2.5-1.5b": {"architectures": ["Qwen2ForCausalLM"], "vocab_size": 151936, "hidden_size": 1536,
+                     "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+                     "num_key_value_heads": 2, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
+                     "rope_theta": 1000000.0, "max_position_embeddings": 32768},
+    "llama3.2-1b": {"architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 2048,
+                    "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+                    "num_key_value_heads": 8, "tie_word_embeddings": True, "rms_norm_eps": 1e-5,
+                    "rope_theta": 500000.0, "max_position_embeddings": 131072,
+                    "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}},
 }
-NAMED_CONFIG_LABELS = {"smollm2-135m": "SmolLM2-135M", "qwen2.5-0.5b": "Qwen2.5-0.5B", "tiny": "a tiny test model"}
+NAMED_CONFIG_LABELS = {"smollm2-135m": "SmolLM2-135M", "qwen2.5-0.5b": "Qwen2.5-0.5B", "qwen2.5-1.5b": "Qwen2.5-1.5B",
+                       "llama3.2-1b": "Llama-3.2-1B", "tiny": "a tiny test model"}
 
 
 def option_fields(cls) -> list:

@@ -16,7 +16,7 @@ from .formats.safetensors import header_bytes
 from .gpu.device import Buffer, Copy, Device
 from .lora import LoraState
 from .model.weights import expected_shapes
-from .ops import Ops
+from .ops import QUANT_DTYPES, Ops
 
 
 def _lora_site(name: str) -> tuple[int, str] | None:
@@ -27,54 +27,83 @@ def _lora_site(name: str) -> tuple[int, str] | None:
     return None
 
 
-def _nbytes(shape: tuple[int, ...]) -> int:
-    n = 4
+def _nbytes(shape: tuple[int, ...], dtype: str = "F32") -> int:
+    n = 2 if dtype == "F16" else 4
     for d in shape:
         n *= d
     return n
 
 
-def merged_bytes(config: ModelConfig) -> int:
-    """The size of the merged model's float32 tensors."""
-    return sum(_nbytes(shape) for shape in expected_shapes(config).values())
+def merged_dtype(weights: dict[str, Buffer]) -> str:
+    """The merged matrices' safetensors dtype: float32 over float32 weights; float16 over
+    quantized ones (their values plus the delta, at half float32's size)."""
+    return "F16" if any(b.dtype in QUANT_DTYPES for b in weights.values()) else "F32"
+
+
+def _tensor_dtype(shape: tuple[int, ...], dtype: str) -> str:
+    return dtype if len(shape) == 2 else "F32"  # (norms and biases stay float32)
+
+
+def merged_bytes(config: ModelConfig, dtype: str = "F32") -> int:
+    """The size of the merged model's tensors."""
+    return sum(_nbytes(shape, _tensor_dtype(shape, dtype)) for shape in expected_shapes(config).values())
 
 
 async def merged_tensors(device: Device, ops: Ops, config: ModelConfig, weights: dict[str, Buffer],
-                         lora: LoraState) -> AsyncIterator[tuple[str, bytes]]:
-    """Each base tensor by name (sorted, as in the safetensors header) as float32 bytes, with
-    scaling · B · A added where the adapter has a projection."""
-    for name in sorted(expected_shapes(config)):
-        buf = weights[name]
-        if buf.dtype != "f32":
-            raise UsageError(f"merging needs float32 base weights; {name} is {buf.dtype} (load with --weights f32)")
+                         lora: LoraState, dtype: str = "F32") -> AsyncIterator[tuple[str, bytes]]:
+    """Each base tensor by name (sorted, as in the safetensors header) as `dtype` bytes (see
+    merged_dtype), with scaling · B · A added where the adapter has a projection; a quantized
+    weight is dequantized first."""
+    shapes = expected_shapes(config)
+    for name in sorted(shapes):
+        buf, shape = weights[name], shapes[name]
+        if buf.dtype == "f16":
+            raise UsageError(f"merging needs float32 or quantized base weights; {name} is float16 (load with --weights "
+                             f"f32)")
         site = _lora_site(name)
-        if site is None or not lora.has(*site):
-            yield name, await device.read_buffer(buf)
-            continue
-        layer, module = site
-        out_f, in_f = config.projection_shape(module)
-        r, scale = lora.config.rank(layer, module), lora.config.scaling_for(layer, module)
-        merged = device.create_buffer(buf.size, label=f"{name}.merged")
+        temps = []
         try:
-            # merged[out, in] = W + scale · B[out, r] · A[r, in]  (A is stored [r, in]: op(B) = Aᵀ)
-            device.submit([Copy(buf, 0, merged, 0, buf.size)] + ops.matmul(
-                merged, lora.param(layer, module, "B"), lora.param(layer, module, "A"), out_f, in_f, r,
-                trans_b=True, alpha=scale, beta=1.0))
-            yield name, await device.read_buffer(merged)
+            if buf.dtype in QUANT_DTYPES:
+                plain = device.create_buffer(_nbytes(shape), label=f"{name}.dequantized")
+                temps.append(plain)
+                device.submit([ops.dequantize(plain, buf, *shape)])
+                buf = plain
+            if site is not None and lora.has(*site):
+                layer, module = site
+                out_f, in_f = config.projection_shape(module)
+                r, scale = lora.config.rank(layer, module), lora.config.scaling_for(layer, module)
+                merged = device.create_buffer(buf.size, label=f"{name}.merged")
+                temps.append(merged)
+                # merged[out, in] = W + scale · B[out, r] · A[r, in]  (A is stored [r, in]: op(B) = Aᵀ)
+                device.submit([Copy(buf, 0, merged, 0, buf.size)] + ops.matmul(
+                    merged, lora.param(layer, module, "B"), lora.param(layer, module, "A"), out_f, in_f, r,
+                    trans_b=True, alpha=scale, beta=1.0))
+                buf = merged
+            if _tensor_dtype(shape, dtype) == "F16":
+                numel = shape[0] * shape[1]
+                half = device.create_buffer(-(-numel // 2) * 4, label=f"{name}.f16")
+                temps.append(half)
+                device.submit([ops.to_f16(half, buf, numel)])
+                yield name, (await device.read_buffer(half))[: numel * 2]
+            else:
+                yield name, await device.read_buffer(buf)
         finally:
-            device.destroy_buffer(merged)
+            for temp in temps:
+                device.destroy_buffer(temp)
 
 
-def safetensors_header(config: ModelConfig) -> bytes:
-    entries = {name: ("F32", shape, _nbytes(shape)) for name, shape in expected_shapes(config).items()}
+def safetensors_header(config: ModelConfig, dtype: str = "F32") -> bytes:
+    entries = {name: (_tensor_dtype(shape, dtype), shape, _nbytes(shape, _tensor_dtype(shape, dtype)))
+               for name, shape in expected_shapes(config).items()}
     return header_bytes(entries, {"format": "pt"})
 
 
 async def write_merged(write: Callable[[bytes], object], device: Device, ops: Ops, config: ModelConfig,
                        weights: dict[str, Buffer], lora: LoraState) -> None:
     """model.safetensors of the merged model, streamed through `write`."""
-    write(safetensors_header(config))
-    async for _, data in merged_tensors(device, ops, config, weights, lora):
+    dtype = merged_dtype(weights)
+    write(safetensors_header(config, dtype))
+    async for _, data in merged_tensors(device, ops, config, weights, lora, dtype):
         write(data)
 
 
@@ -90,14 +119,16 @@ def _token_id(tokenizer_json: dict, token) -> int | None:
     return vocab.get(token) if isinstance(vocab, dict) else None
 
 
-def merged_config(config_dict: dict, tokenizer_json: str | None, tokenizer_config: dict | None) -> tuple[dict, dict]:
+def merged_config(config_dict: dict, tokenizer_json: str | None, tokenizer_config: dict | None,
+                  dtype: str = "F32") -> tuple[dict, dict]:
     """(config.json, generation_config.json) of the merged folder, with what save_pretrained writes
-    and AutoModelForCausalLM needs: model_type, one architecture, the float32 dtype (under both
-    names transformers has used), tie_word_embeddings, and the special token ids (taken from the
+    and AutoModelForCausalLM needs: model_type, one architecture, the dtype (float32, or float16
+    over a quantized base; under both names transformers has used), tie_word_embeddings, and the special token ids (taken from the
     tokenizer when the source, e.g. a GGUF file, has no config.json of its own)."""
     arch = next(a for a in config_dict.get("architectures", []) if a in ARCHITECTURES)
     config = {**config_dict, "architectures": [arch], "model_type": config_dict.get("model_type") or ARCHITECTURES[arch],
-              "torch_dtype": "float32", "dtype": "float32",
+              "torch_dtype": "float16" if dtype == "F16" else "float32",
+              "dtype": "float16" if dtype == "F16" else "float32",
               "tie_word_embeddings": bool(config_dict.get("tie_word_embeddings", False))}
     generation = {}
     if tokenizer_json is not None:
@@ -113,10 +144,10 @@ def merged_config(config_dict: dict, tokenizer_json: str | None, tokenizer_confi
 
 
 def folder_files(config_dict: dict, tokenizer_json: str | None, tokenizer_config: dict | None,
-                 chat_template: str | None, generation_config: dict | None = None) -> dict[str, bytes]:
-    """The merged folder's small files: config.json (float32 now), generation_config.json (the
-    source's own when it has one) and the tokenizer's."""
-    config, generation = merged_config(config_dict, tokenizer_json, tokenizer_config)
+                 chat_template: str | None, generation_config: dict | None = None, dtype: str = "F32") -> dict[str, bytes]:
+    """The merged folder's small files: config.json (with the merged dtype), generation_config.json
+    (the source's own when it has one) and the tokenizer's."""
+    config, generation = merged_config(config_dict, tokenizer_json, tokenizer_config, dtype)
     files = {"config.json": json.dumps(config, indent=2).encode(),
              "generation_config.json": json.dumps(generation_config or generation, indent=2).encode()}
     if tokenizer_json is not None:

@@ -44,7 +44,25 @@ KERNELS = (
     "matmul_thin",
     "to_f16",
 )
-DEQUANT = {"Q8_0": "dequant_q8_0", "Q4_0": "dequant_q4_0", "Q4_1": "dequant_q4_1"}
+# Frozen weights kept quantized on the GPU (wgsl/include/qweight.wgsl): Buffer.dtype -> (bits
+# per code, values per group, NF4 table). Codes, then a f32 scale per group, then (affine types)
+# a f32 offset per group.
+QUANT_DTYPES = {"q8_32": (8, 32, False), "q4_32": (4, 32, False), "q8_16": (8, 16, False), "nf4": (4, 64, True)}
+# GGUF block types, repacked into those at load (quantize.wgsl's `repack` kinds), values exact.
+GGUF_TYPES = {"Q8_0": (0, "q8_32"), "Q4_0": (1, "q4_32"), "Q4_1": (2, "q4_32"), "Q5_0": (3, "q8_32"),
+              "Q5_1": (4, "q8_32"), "Q4_K": (5, "q4_32"), "Q5_K": (6, "q8_32"), "Q6_K": (7, "q8_16")}
+# Quantizing float weights at load: the --weights choice -> its dtype.
+QUANTIZE_TO = {"q4": "nf4", "q8": "q8_32"}
+# Kernels that read a quantized weight: (file, entry point), each specialised per dtype.
+QUANT_READERS = (("matmul", "matmul"), ("matmul_thin", "matmul_thin"), ("embedding", "embedding"),
+                 ("quantize", "dequantize"), ("quantize", "random_layout"))
+
+
+def quant_layout(dtype: str, numel: int) -> tuple[int, int, int]:
+    """(words of codes, groups, words in all) of a quantized weight of `numel` values."""
+    bits, group, table = QUANT_DTYPES[dtype]
+    codes, groups = -(-numel * bits // 32), -(-numel // group)
+    return codes, groups, codes + groups * (1 if table else 2)
 # Pipelines specialised for float16 weights: (kernel, override constant).
 F16_VARIANTS = (("matmul", "B_F16"), ("matmul_thin", "A_F16"), ("matmul_thin", "B_F16"), ("embedding", "TABLE_F16"))
 
@@ -135,6 +153,7 @@ class Ops:
         self._spare_buffer: Buffer | None = None
         self.subgroup_size = 0  # measured at load where the adapter has subgroups
         self.f16: dict[tuple[str, str], Kernel] = {}
+        self.q: dict[tuple[str, str], Kernel] = {}  # (entry point, quantized dtype) -> its reader
         self.rows: dict[int, Kernel] = {}  # matmul_rows by RV (vec4s of outputs per row)
         self.cols: dict[int, Kernel] = {}  # matmul_cols by RV
         self.blocks: dict[bool, Kernel] = {}  # matmul for fused products (Blocks), by float16 B
@@ -151,23 +170,29 @@ class Ops:
     @classmethod
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
         kernels = {name: await library.get(name) for name in KERNELS}
-        for entry in DEQUANT.values():
-            kernels[entry] = await library.get("dequant", entry)
+        for entry in ("repack", "quantize_nf4", "quantize_q8_0"):
+            kernels[entry] = await library.get("quantize", entry)
         ops = cls(device, kernels, library)
         ops.step = await library.step_layout()
         if device.info.has_subgroups:
             ops.subgroup_size = await measure_subgroup_size(device, library)
         return ops
 
-    async def prepare(self, f16_weights: bool = False) -> None:
+    async def prepare(self, f16_weights: bool = False, quant: tuple[str, ...] = ()) -> None:
         """Compile the pipelines a model's products need beyond the base kernels (call before
         building a Transformer; upload_weights does): LoRA's row and column products for ranks
-        up to 8 and up to 16, the fused q/k/v matmul for the weights' dtype, and the float16
-        variants when the weights are float16. Without them those products take the generic
-        kernels."""
+        up to 8 and up to 16, the fused q/k/v matmul for the weights' dtype, the float16
+        variants when the weights are float16, and the readers of each quantized dtype in
+        `quant`. Without them those products take the generic kernels."""
         library = self.library
         if library is None:
             return
+        for dtype in quant:
+            bits, group, table = QUANT_DTYPES[dtype]
+            for name, entry in QUANT_READERS:
+                if (entry, dtype) not in self.q:
+                    self.q[(entry, dtype)] = await library.get(name, entry, constants={
+                        "Q_BITS": bits, "Q_GROUP": group, "Q_TABLE": table})
         for rv in PREPARED_RV:
             if rv not in self.rows:
                 self.rows[rv] = await library.get("matmul_rows", constants={"RV": rv})
@@ -182,7 +207,7 @@ class Ops:
 
     async def prepare_all(self) -> None:
         """Every pipeline prepare can compile (tests and benchmarks)."""
-        await self.prepare(False)
+        await self.prepare(False, tuple(QUANT_DTYPES))
         await self.prepare(True)
 
     def subgroup_width(self) -> int:
@@ -286,17 +311,19 @@ class Ops:
                                    alpha=plus.alpha, beta=1.0)
             return out
         if A.dtype != "f32":
-            raise ValueError(f"matmul: {A.label} is {A.dtype}; only the B operand may hold float16 weights")
+            raise ValueError(f"matmul: {A.label} is {A.dtype}; only the B operand may hold frozen weights")
         if blocks is not None:
+            if B.dtype in QUANT_DTYPES:
+                raise ValueError("matmul: quantized weights are not fused into blocks")
             kernel = self.blocks[B.dtype == "f16"]
         else:
-            kernel = self.f16[("matmul", "B_F16")] if B.dtype == "f16" else self.k["matmul"]
+            kernel = self._reader("matmul", B) or (self.f16[("matmul", "B_F16")] if B.dtype == "f16" else self.k["matmul"])
         src = kernel.source
         grid = (math.ceil(N / src.constant("TILE_N")), math.ceil(M / src.constant("TILE_M")))
         params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta,
                       K2=0, a2_sm=0, a2_sk=0, b2_sn=0, b2_sk=0, rel2=0.0, c_in=int(c_in is not None),
                       seg_n1=N, seg_n2=N, seg_k1=K, seg_k2=K, r2=0, a2_blk=0, b2_off0=0, b2_off1=0, b2_off2=0,
-                      b2_diag=0)
+                      b2_diag=0, **self._scales(B, "b_"))
         second = {"A2": A, "B2": B, "C_in": c_in if c_in is not None else A}  # bound but unread when unused
         if plus is not None:
             if plus.A.dtype != "f32" or plus.B.dtype != "f32":
@@ -438,10 +465,13 @@ class Ops:
             M, N, A, B, a_strides, b_strides, c_strides = N, M, B, A, b_strides, a_strides, (1, N)
         if A.dtype == "f16" and B.dtype == "f16":
             raise ValueError("matmul: at most one operand may hold float16 weights")
-        kernel = (self.f16[("matmul_thin", "A_F16")] if A.dtype == "f16" else
-                  self.f16[("matmul_thin", "B_F16")] if B.dtype == "f16" else self.k["matmul_thin"])
+        if A.dtype in QUANT_DTYPES:
+            raise ValueError(f"matmul: a quantized weight ({A.label}) is read as B only; {M}×{N}×{K} would need it as A")
+        kernel = self._reader("matmul_thin", B) or (
+            self.f16[("matmul_thin", "A_F16")] if A.dtype == "f16" else
+            self.f16[("matmul_thin", "B_F16")] if B.dtype == "f16" else self.k["matmul_thin"])
         params = dict(M=M, N=N, K=K, a_sm=a_strides[0], a_sk=a_strides[1], b_sn=b_strides[0], b_sk=b_strides[1],
-                      c_sm=c_strides[0], c_sn=c_strides[1], alpha=alpha, beta=beta)
+                      c_sm=c_strides[0], c_sn=c_strides[1], alpha=alpha, beta=beta, **self._scales(B, "b_"))
         return self._split_k(kernel, (math.ceil(N / src.constant("TILE_N")), 1), params, splits, A, B, C, slices)
 
     def _scratch(self, floats: int) -> Buffer:
@@ -486,16 +516,67 @@ class Ops:
         return self._elementwise("swiglu_backward", N, dict(N=N), gate=gate, up=up, dh=dh, dgate=dgate, dup=dup)
 
     def embedding(self, out: Buffer, ids: Buffer, table: Buffer, T: int, C: int, V: int) -> Dispatch:
-        kernel = self.f16[("embedding", "TABLE_F16")] if table.dtype == "f16" else None
-        return self._elementwise("embedding", T * C, dict(T=T, C=C, V=V), kernel, ids=ids, table=table, out=out)
+        kernel = self._reader("embedding", table) or (self.f16[("embedding", "TABLE_F16")] if table.dtype == "f16" else None)
+        return self._elementwise("embedding", T * C, dict(T=T, C=C, V=V, **self._scales(table)), kernel,
+                                 ids=ids, table=table, out=out)
 
-    def dequant(self, out: Buffer, src: Buffer, kind: str, rows: int, cols: int, head_dim: int = 0) -> Dispatch:
-        """out[rows, cols] f32 ← GGUF blocks of `kind` (Q8_0, Q4_0, Q4_1); head_dim undoes the
-        q/k row permutation."""
-        if kind not in DEQUANT:
-            raise ValueError(f"no GPU dequantizer for {kind} (have {', '.join(DEQUANT)})")
-        return self._elementwise(DEQUANT[kind], rows * (cols // 32), dict(rows=rows, cols=cols, head_dim=head_dim),
-                                 self.k[DEQUANT[kind]], src=src, out=out)
+    # -- quantized weights (QUANT_DTYPES) ----------------------------------------------------------
+    def _reader(self, entry: str, weight: Buffer) -> Kernel | None:
+        """The pipeline of `entry` that reads `weight`'s quantized dtype (None: not quantized)."""
+        if weight.dtype not in QUANT_DTYPES:
+            return None
+        if (entry, weight.dtype) not in self.q:
+            raise ValueError(f"{entry}: no pipeline for {weight.dtype} weights; call Ops.prepare(quant=...) first")
+        return self.q[(entry, weight.dtype)]
+
+    @staticmethod
+    def _scales(weight: Buffer, prefix: str = "") -> dict:
+        """The Params fields that locate a quantized weight's scales (zeros otherwise)."""
+        if weight.dtype not in QUANT_DTYPES:
+            return {f"{prefix}scales": 0, f"{prefix}groups": 0}
+        codes, groups, _ = quant_layout(weight.dtype, weight.numel)
+        return {f"{prefix}scales": codes, f"{prefix}groups": groups}
+
+    def quantized_buffer(self, dtype: str, rows: int, cols: int, label: str) -> Buffer:
+        """An empty buffer for a [rows, cols] weight quantized as `dtype`."""
+        buffer = self.device.create_buffer(quant_layout(dtype, rows * cols)[2] * 4, label=label)
+        buffer.dtype, buffer.numel = dtype, rows * cols
+        return buffer
+
+    def _quantize_params(self, out: Buffer, rows: int, cols: int, kind: int = 0, head_dim: int = 0) -> dict:
+        codes, groups, _ = quant_layout(out.dtype, rows * cols)
+        return dict(rows=rows, cols=cols, kind=kind, head_dim=head_dim, scales=codes, groups=groups)
+
+    def repack(self, out: Buffer, src: Buffer, gguf_type: str, rows: int, cols: int, head_dim: int = 0) -> Dispatch:
+        """out (quantized_buffer of GGUF_TYPES[gguf_type][1]) ← the [rows, cols] tensor's GGUF blocks,
+        every value exact; head_dim undoes llama.cpp's q/k row permutation."""
+        kind, dtype = GGUF_TYPES[gguf_type]
+        if out.dtype != dtype or out.numel != rows * cols or cols % 32:
+            raise ValueError(f"repack: {gguf_type} [{rows}, {cols}] goes into a {dtype} buffer of {rows * cols} values")
+        return self._elementwise("repack", rows * (cols // 32), self._quantize_params(out, rows, cols, kind, head_dim),
+                                 src=src, out=out)
+
+    def quantize(self, out: Buffer, x: Buffer, rows: int, cols: int) -> Dispatch:
+        """out (quantized_buffer of "nf4" or "q8_32") ← x [rows, cols] float32: bitsandbytes NF4, or
+        ggml's Q8_0 (cols a multiple of 32)."""
+        if out.dtype == "nf4":
+            return self._elementwise("quantize_nf4", -(-rows * cols // 64), self._quantize_params(out, rows, cols),
+                                     src=x, out=out)
+        if out.dtype != "q8_32" or cols % 32:
+            raise ValueError(f"quantize: to nf4, or q8_32 with columns in 32s (got {out.dtype}, {cols} columns)")
+        return self._elementwise("quantize_q8_0", rows * cols // 32, self._quantize_params(out, rows, cols),
+                                 src=x, out=out)
+
+    def random_quantized(self, out: Buffer, rows: int, cols: int, seed: int) -> Dispatch:
+        """Random benchmark weights written straight in `out`'s quantized layout."""
+        params = self._quantize_params(out, rows, cols, kind=seed)
+        return self._elementwise("random_layout", quant_layout(out.dtype, rows * cols)[2], params,
+                                 self._reader("random_layout", out), src=self._spare(), out=out)
+
+    def dequantize(self, out: Buffer, src: Buffer, rows: int, cols: int) -> Dispatch:
+        """out [rows, cols] float32 ← a quantized weight."""
+        return self._elementwise("dequantize", rows * cols, self._quantize_params(src, rows, cols),
+                                 self._reader("dequantize", src), src=src, out=out)
 
     def to_f16(self, y: Buffer, x: Buffer, N: int) -> Dispatch:
         """y (u32 words) ← float16 pairs of x[N]."""

@@ -193,3 +193,35 @@ def dropout_mask(N: int, p: float, seed: int, stream: int) -> np.ndarray:
 def dropout(x: np.ndarray, p: float, seed: int, stream: int) -> np.ndarray:
     keep = dropout_mask(x.size, p, seed, stream).reshape(x.shape)
     return np.where(keep, x / np.float32(1.0 - p), 0.0).astype(np.float32)
+
+
+# bitsandbytes' NF4 code (QLoRA, Dettmers et al. 2023): the 16 levels as float32.
+NF4_LEVELS = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                       0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                       0.7229568362236023, 1.0], np.float32)
+
+
+def nf4_quantize(x: np.ndarray, block: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [n] uint8, absmax [blocks] float32) of x flattened row-major, as bitsandbytes'
+    quantize_4bit(quant_type="nf4", blocksize=64) without double quantization: per block of 64
+    the absmax, each value times float32(1 / absmax), then the level whose midpoints bracket it
+    (a value on a midpoint takes the lower level: bitsandbytes compares with `>`). An all-zero
+    block codes every value as level 7 (0.0) (wgsl/quantize.wgsl, quantize_nf4)."""
+    flat = x.astype(np.float32).ravel()
+    n = flat.size
+    pad = np.zeros(-n % block, np.float32)
+    blocks = np.concatenate([flat, pad]).reshape(-1, block)
+    absmax = np.abs(blocks).max(axis=1).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(absmax > 0, np.float32(1.0) / absmax, np.float32(0.0)).astype(np.float32)
+    normed = (blocks * inv[:, None]).astype(np.float32)
+    mids = ((NF4_LEVELS[:-1].astype(np.float64) + NF4_LEVELS[1:].astype(np.float64)) / 2).astype(np.float32)
+    codes = (normed[..., None] > mids).sum(-1).astype(np.uint8)
+    codes[absmax == 0] = 7
+    return codes.ravel()[:n], absmax
+
+
+def nf4_dequantize(codes: np.ndarray, absmax: np.ndarray, block: int = 64) -> np.ndarray:
+    """NF4 level · absmax of each value's block (bitsandbytes' dequantize_4bit)."""
+    return (NF4_LEVELS[codes] * np.repeat(absmax, block)[: codes.size]).astype(np.float32)

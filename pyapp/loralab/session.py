@@ -90,11 +90,14 @@ class Model:
         return self.tokenizer.pad_id if self.tokenizer is not None else 0
 
     def card(self) -> dict:
-        config = self.config
-        parameters = sum(b.size // 4 for b in self.weights.values()) if self.weights else 0
+        from .model.weights import weight_types
+
+        config, weights = self.config, self.weights or {}
+        parameters = sum(b.numel or b.size // (2 if b.dtype == "f16" else 4) for b in weights.values())
         return {"name": self.name, "architecture": config.architecture, "parameters": parameters,
                 "layers": config.num_layers, "hidden_size": config.hidden_size, "vocab_size": config.vocab_size,
-                "heads": config.num_heads, "kv_heads": config.num_kv_heads, "weights_bytes": parameters * 4,
+                "heads": config.num_heads, "kv_heads": config.num_kv_heads,
+                "weights_bytes": sum(b.size for b in weights.values()), "weight_types": weight_types(weights),
                 "chat_template": getattr(self.tokenizer, "chat_template", None)}
 
 
@@ -300,7 +303,7 @@ class Session:
                            reference)
         return self.model
 
-    async def upload(self, dtype: str = "f32") -> Model:
+    async def upload(self, dtype: str = "auto") -> Model:
         """The model's weights to the GPU (kernels specialised for its head size)."""
         model = self.need_model()
         if model.weights is None:
@@ -422,7 +425,7 @@ class Session:
 
     # -- training ------------------------------------------------------------------------------------------
     async def start_run(self, train: TrainConfig, lora: LoraConfig | None = None,
-                        restore: tuple[dict, dict[str, bytes]] | None = None, weights_dtype: str = "f32") -> Run:
+                        restore: tuple[dict, dict[str, bytes]] | None = None, weights_dtype: str = "auto") -> Run:
         """A run over the session's dataset, ready to `train`: from a checkpoint's state
         (`restore`), else from the imported adapter (its r/alpha/targets win), else a new adapter
         with `lora` (PEFT's init). Its shape is the longest record, capped at `train.seq_len`."""
@@ -506,7 +509,7 @@ class Session:
 
     async def generate(self, prompt: str, lora: LoraState | None, max_new_tokens: int = 64, chat: bool | None = None,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                       on_text: Callable[[str], None] | None = None, weights_dtype: str = "f32") -> Generation:
+                       on_text: Callable[[str], None] | None = None, weights_dtype: str = "auto") -> Generation:
         """The model's continuation of `prompt` (see prompt_ids) with `lora` (None: the base
         model); `on_text` gets the answer so far after every token."""
         from .generate import Generator
@@ -557,16 +560,18 @@ class Session:
 
     def merged_folder_files(self) -> dict[str, bytes]:
         """The merged model folder's small files (config, generation config, tokenizer)."""
-        from .merge import folder_files
+        from .merge import folder_files, merged_dtype
 
         model = self.need_model()
-        return folder_files(model.config_dict, *model.tokenizer_files, model.generation)
+        return folder_files(model.config_dict, *model.tokenizer_files, model.generation,
+                            merged_dtype(model.weights or {}))
 
     def merged_size(self) -> int:
         """Bytes of the merged model.safetensors."""
-        from .merge import merged_bytes
+        from .merge import merged_bytes, merged_dtype
 
-        return merged_bytes(self.need_model().config)
+        model = self.need_model()
+        return merged_bytes(model.config, merged_dtype(model.weights or {}))
 
     async def write_merged(self, write: Callable[[bytes], object]) -> None:
         """model.safetensors of the base model with the adapter merged in, tensor by tensor."""

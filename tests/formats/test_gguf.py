@@ -42,25 +42,36 @@ def test_default_model_config_and_names(default_path):
     assert m.row_permutation("model.layers.3.self_attn.v_proj.weight") == 0
 
 
+# GGUF block types: (values, bytes, byte offsets of the float16 scales) per block.
+BLOCKS = {"Q8_0": (32, 34, (0,)), "Q4_0": (32, 18, (0,)), "Q4_1": (32, 20, (0, 2)), "Q5_0": (32, 22, (0,)),
+          "Q5_1": (32, 24, (0, 2)), "Q4_K": (256, 144, (0, 2)), "Q5_K": (256, 176, (0, 2)), "Q6_K": (256, 210, (208,))}
+
+
 def random_blocks(kind: str, blocks: int, seed: int) -> bytes:
-    """Random but valid blocks: finite float16 scales, random quants."""
+    """Random but valid blocks: finite float16 scales, random quants and sub-block scales."""
     rng = np.random.default_rng(seed)
-    size = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}[kind]
+    _, size, scales = BLOCKS[kind]
     raw = bytearray(rng.integers(0, 256, blocks * size, dtype=np.uint8).tobytes())
-    scales = 2 if kind == "Q4_1" else 1
     for b in range(blocks):
-        for s in range(scales):
-            struct.pack_into("<e", raw, b * size + 2 * s, float(rng.uniform(-0.1, 0.1)))
+        for at in scales:
+            struct.pack_into("<e", raw, b * size + at, float(rng.uniform(-0.1, 0.1)))
     return bytes(raw)
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1"])
-@pytest.mark.parametrize("rows, cols, head_dim", [(3, 64, 0), (8, 96, 4)])
-def test_dequant_kernels_match_gguf_py(ops, arrays, kind, rows, cols, head_dim):
-    raw = random_blocks(kind, rows * cols // 32, seed=rows + cols)
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+@pytest.mark.parametrize("rows, head_dim", [(3, 0), (8, 4)])
+def test_repacked_blocks_dequantize_exactly_as_gguf_py(ops, arrays, kind, rows, head_dim):
+    """Each GGUF type kept quantized on the GPU: the values its readers see (the dequantize
+    kernel shares their decoding) equal gguf-py's dequantize bit for bit, rows un-permuted."""
+    from loralab.ops import GGUF_TYPES
+
+    per_block = BLOCKS[kind][0]
+    cols = 2 * per_block
+    raw = random_blocks(kind, rows * cols // per_block, seed=rows + cols + len(kind))
     src = arrays.up(np.frombuffer(raw + bytes(-len(raw) % 4), np.uint8))
+    packed = ops.quantized_buffer(GGUF_TYPES[kind][1], rows, cols, "packed")
     out = arrays.empty(rows * cols)
-    arrays.submit(ops.dequant(out, src, kind, rows, cols, head_dim))
+    arrays.submit(ops.repack(packed, src, kind, rows, cols, head_dim), ops.dequantize(out, packed, rows, cols))
     want = gguf.quants.dequantize(np.frombuffer(raw, np.uint8).reshape(rows, -1), getattr(gguf.GGMLQuantizationType, kind))
     if head_dim:  # llama.cpp's permutation undone: HF row h·D + s·D/2 + j is GGUF row h·D + 2j + s
         want = want.reshape(rows // head_dim, head_dim // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
@@ -88,7 +99,7 @@ def test_a_valid_handmade_file_parses():
     (lambda: b"GGML" + bytes(60), "not a GGUF file"),
     (lambda: header(version=7) + bytes(128), "version 7"),
     (lambda: header(), "outside the file"),  # data missing: truncated
-    (lambda: header(tensors=((b"t", [32], 13, 0),)) + bytes(128), "ggml type 13"),
+    (lambda: header(tensors=((b"t", [32], 10, 0),)) + bytes(128), "ggml type 10"),
     (lambda: header(tensors=((b"a", [32], 0, 0), (b"b", [32], 0, 64))) + bytes(256), "overlap"),
     (lambda: header(tensors=((b"q", [20], 8, 0),)) + bytes(128), "not whole blocks"),
     (lambda: header()[:30], "truncated"),

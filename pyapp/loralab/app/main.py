@@ -25,6 +25,9 @@ from ..config import (
 from ..errors import UserError, one_line
 
 STORE = "loralab.ui"
+# How the model card names the GPU weight types (ops.QUANT_DTYPES).
+WEIGHT_TYPE_NAMES = {"f32": "float32", "f16": "float16", "q8_32": "8-bit (Q8_0, Q5_*)", "q4_32": "4-bit (Q4_*)",
+                     "q8_16": "6-bit (Q6_K)", "nf4": "NF4"}
 TESTID_NAMES = {"r": "rank"}  # cfg-<name> hooks; LoRA's r is "rank" in the UI
 ADVANCED_FIELDS = {"beta1", "beta2", "eps"}  # (set from the CLI; the form keeps the defaults)
 
@@ -164,6 +167,8 @@ async def load_model(request: dict, label: str) -> None:
             ("Parameters", f"{m['parameters'] / 1e6:,.1f} M"), ("Layers", str(m["layers"])),
             ("Hidden size", str(m["hidden_size"])), ("Heads", f"{m['heads']} ({m['kv_heads']} key/value)"),
             ("Vocabulary", f"{m['vocab_size']:,}"), ("Weights in GPU memory", _mib(m["weights_bytes"])),
+            ("Weight types", ", ".join(f"{WEIGHT_TYPE_NAMES.get(t, t)} {_mib(n)}" for t, n in
+                                       sorted(m.get("weight_types", {}).items(), key=lambda kv: -kv[1]))),
             ("Chat template", "yes" if m["chat_template"] else "no"),
         ])
         state["dataset"] = False

@@ -3,7 +3,7 @@
 Layout (version 2/3): "GGUF", u32 version, u64 tensor count, u64 metadata count, the metadata
 (key, typed value), the tensor infos (name, dims innermost first, ggml type, offset), then the
 data, aligned to `general.alignment` (32). Quantized tensors are dequantized on the GPU
-(wgsl/dequant.wgsl). llama.cpp's converter permutes the rows of q and k for its RoPE layout;
+(wgsl/quantize.wgsl). llama.cpp's converter permutes the rows of q and k for its RoPE layout;
 `TensorInfo.permuted_heads` tells the loader to undo that, so adapters stay PEFT-compatible.
 """
 
@@ -21,10 +21,15 @@ GGML_TYPES = {
     1: ("F16", 1, 2),
     2: ("Q4_0", 32, 18),
     3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
     8: ("Q8_0", 32, 34),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
     30: ("BF16", 1, 2),
 }
-SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+SUPPORTED = tuple(name for name, _, _ in GGML_TYPES.values())
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _INTEGERS = (0, 1, 2, 3, 4, 5, 10, 11)
 MAX_COUNT = 1 << 28

@@ -133,7 +133,8 @@ class Buffer:
     usage: int
     label: str
     offset: int = 0
-    dtype: str = "f32"  # "f16": float16 pairs packed in u32 words (frozen weights)
+    dtype: str = "f32"  # "f16": float16 pairs packed in u32 words; ops.QUANT_DTYPES: quantized (frozen weights)
+    numel: int = 0  # the values a quantized weight holds
 
     def view(self, offset: int, size: int, label: str | None = None) -> "Buffer":
         if offset % VIEW_ALIGNMENT or offset < 0 or offset + size > self.size:

@@ -1,4 +1,5 @@
-"""A model's weights: which tensors a config needs, checking them, uploading them as float32.
+"""A model's weights: which tensors a config needs, checking them, uploading them to the GPU
+as float32, float16 or quantized (upload_weights).
 
 Sources hand over tensors by Hugging Face name; `HFFolder` reads a local model folder
 (CPython). Bytes go from the file straight to a GPU buffer.
@@ -11,7 +12,7 @@ from typing import Protocol
 
 from ..checks import loads, path_inside, weight_map_shards
 from ..config import ATTENTION, PROJECTIONS, ModelConfig, ModelConfigError, module_name
-from ..errors import UserError
+from ..errors import UsageError, UserError
 from ..formats.safetensors import (
     SafetensorsError,
     TensorInfo,
@@ -105,11 +106,8 @@ class HFFolder:
             return f.read(info.end - info.start)
 
 
-QUANTIZED = ("Q8_0", "Q4_0", "Q4_1")
-
-
 def _rope_row_order(rows: int, head_dim: int) -> list[int]:
-    """For each Hugging Face q/k row, the llama.cpp row that holds it (see wgsl/dequant.wgsl)."""
+    """For each Hugging Face q/k row, the llama.cpp row that holds it (see wgsl/quantize.wgsl)."""
     half = head_dim // 2
     return [(r // head_dim) * head_dim + 2 * (r % head_dim % half) + (r % head_dim) // half for r in range(rows)]
 
@@ -133,15 +131,24 @@ def _host_bytes(raw) -> bytes:
     return raw.to_bytes()  # a JS typed array (browser)
 
 
+WEIGHT_DTYPES = ("auto", "f32", "f16", "q8", "q4")
+
+
 async def upload_weights(device: Device, config: ModelConfig, source: WeightSource, ops=None,
-                         dtype: str = "f32") -> dict[str, Buffer]:
-    """Check every tensor the config needs against the source, then upload it. With dtype "f16"
-    (needs `ops`), the matrices are kept as float16 pairs at half the memory (converted on the GPU);
-    norms and biases stay float32."""
-    if dtype not in ("f32", "f16") or (dtype == "f16" and ops is None):
-        raise ValueError(f"weights dtype {dtype!r}: use 'f32', or 'f16' with ops")
-    if ops is not None:
-        await ops.prepare(f16_weights=dtype == "f16")
+                         dtype: str = "auto") -> dict[str, Buffer]:
+    """Check every tensor the config needs against the source, then upload it. The frozen
+    matrices are kept as:
+      "auto": as the source has them: GGUF block types stay quantized on the GPU (repacked,
+              every value exact), float tensors become float32;
+      "f32":  float32 (GGUF blocks dequantized on the GPU);
+      "f16":  float16 pairs at half the memory (converted on the GPU);
+      "q4"/"q8": the linear projections quantized on the GPU to bitsandbytes' NF4 or ggml's
+              Q8_0, as QLoRA does (the embeddings and the head keep "auto"'s choice).
+    Norms and biases stay float32. Every choice but plain float32 needs `ops`."""
+    from ..ops import GGUF_TYPES, QUANT_DTYPES, QUANTIZE_TO
+
+    if dtype not in WEIGHT_DTYPES:
+        raise UsageError(f"weights dtype {dtype!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
     available = source.tensors()
     shapes = expected_shapes(config)
     missing = [n for n in shapes if n not in available]
@@ -154,23 +161,34 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
             raise WeightsError(
                 f"{source.name}: tensor {name} has shape {list(info.shape)}, but config.json implies {list(shape)}"
             )
-        if info.dtype not in ("F32", "F16", "BF16") + QUANTIZED:
+        if info.dtype not in ("F32", "F16", "BF16", *GGUF_TYPES):
             raise WeightsError(f"{source.name}: tensor {name} has dtype {info.dtype}; LoRA Lab reads F32, F16, BF16 "
-                               f"and {', '.join(QUANTIZED)}")
-        if info.dtype in QUANTIZED and ops is None:
-            raise WeightsError(f"{source.name}: quantized tensors are dequantized on the GPU; pass ops")
+                               f"and {', '.join(GGUF_TYPES)}")
+        if info.dtype in GGUF_TYPES and len(shape) != 2:
+            raise WeightsError(f"{source.name}: tensor {name} is {info.dtype}; only matrices may be block-quantized")
+    kept = {GGUF_TYPES[info.dtype][1] for n, info in ((n, available[n]) for n in shapes)
+            if info.dtype in GGUF_TYPES and dtype == "auto"}
+    quantized = kept | ({QUANTIZE_TO[dtype]} if dtype in QUANTIZE_TO else set())
+    if ops is None and (dtype in ("f16", *QUANTIZE_TO) or any(available[n].dtype in GGUF_TYPES for n in shapes)):
+        raise WeightsError(f"{source.name}: {dtype} weights are converted on the GPU; pass ops")
+    if ops is not None:
+        await ops.prepare(f16_weights=dtype == "f16", quant=tuple(sorted(quantized | {
+            GGUF_TYPES[available[n].dtype][1] for n in shapes if available[n].dtype in GGUF_TYPES})))
     weights = {}
     permutation = getattr(source, "row_permutation", lambda name: 0)
-    for name in shapes:
+    projection = {f"{module_name(i, m)}.weight" for i in range(config.num_layers) for m in PROJECTIONS}
+    for name, shape in shapes.items():
         info = available[name]
         raw = await source.read(info)
         head_dim = permutation(name)
-        if info.dtype in QUANTIZED:  # raw blocks to the GPU, dequantized (and un-permuted) there
+        if info.dtype in GGUF_TYPES:  # raw blocks to the GPU, repacked (and un-permuted) there
             blocks = device.create_buffer(len(raw), label=f"{name}.raw")
             device.write_buffer(blocks, raw if len(raw) % 4 == 0 else _host_bytes(raw) + bytes(-len(raw) % 4))
-            buffer = device.create_buffer(info.numel * 4, label=name)
-            device.submit([ops.dequant(buffer, blocks, info.dtype, info.shape[0], info.shape[1], head_dim)])
+            buffer = ops.quantized_buffer(GGUF_TYPES[info.dtype][1], *shape, label=name)
+            device.submit([ops.repack(buffer, blocks, info.dtype, *shape, head_dim)])
             device.destroy_buffer(blocks)
+            if dtype != "auto" and not (dtype in QUANTIZE_TO and name not in projection):
+                buffer = _dequantized(device, ops, buffer, shape, name)
         else:
             try:  # float32 goes to the GPU as it is (in the browser: a JS view, never copied into Python)
                 data = raw if info.dtype == "F32" and not head_dim else to_f32_bytes(info.dtype, _host_bytes(raw))
@@ -179,15 +197,38 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
             if head_dim:
                 data = unpermute_rows(data, info.shape[0], info.shape[1] * 4, head_dim)
             buffer = device.create_buffer_with_data(data, label=name)
-        if dtype == "f16" and len(shapes[name]) == 2:
-            numel = shapes[name][0] * shapes[name][1]
-            packed = device.create_buffer(-(-numel // 2) * 4, label=name)
-            packed.dtype = "f16"
-            device.submit([ops.to_f16(packed, buffer, numel)])
-            device.destroy_buffer(buffer)
-            buffer = packed
+        if buffer.dtype == "f32" and len(shape) == 2:
+            if dtype == "f16":
+                numel = shape[0] * shape[1]
+                packed = device.create_buffer(-(-numel // 2) * 4, label=name)
+                packed.dtype = "f16"
+                device.submit([ops.to_f16(packed, buffer, numel)])
+                device.destroy_buffer(buffer)
+                buffer = packed
+            elif dtype in QUANTIZE_TO and name in projection and (dtype == "q4" or shape[1] % 32 == 0):
+                packed = ops.quantized_buffer(QUANTIZE_TO[dtype], *shape, label=name)
+                device.submit([ops.quantize(packed, buffer, *shape)])
+                device.destroy_buffer(buffer)
+                buffer = packed
+        assert buffer.dtype in ("f32", "f16", *QUANT_DTYPES)
         weights[name] = buffer
     return fuse_attention_inputs(device, config, weights)
+
+
+def _dequantized(device: Device, ops, buffer: Buffer, shape: tuple[int, int], name: str) -> Buffer:
+    """A quantized weight as float32 (the buffer given is freed)."""
+    out = device.create_buffer(shape[0] * shape[1] * 4, label=name)
+    device.submit([ops.dequantize(out, buffer, *shape)])
+    device.destroy_buffer(buffer)
+    return out
+
+
+def weight_types(weights: dict[str, Buffer]) -> dict[str, int]:
+    """{dtype: bytes} of the weights on the GPU (the model card's "types present")."""
+    out: dict[str, int] = {}
+    for buffer in weights.values():  # (fused q/k/v views partition their buffer)
+        out[buffer.dtype] = out.get(buffer.dtype, 0) + buffer.size
+    return out
 
 
 def fuse_attention_inputs(device: Device, config: ModelConfig, weights: dict[str, Buffer]) -> dict[str, Buffer]:
@@ -197,7 +238,8 @@ def fuse_attention_inputs(device: Device, config: ModelConfig, weights: dict[str
     for layer in range(config.num_layers):
         names = [f"model.layers.{layer}.self_attn.{m}_proj.weight" for m in "qkv"]
         parts = [weights[n] for n in names]
-        if any(p.size % VIEW_ALIGNMENT or p.offset for p in parts) or len({p.dtype for p in parts}) > 1:
+        if (any(p.size % VIEW_ALIGNMENT or p.offset for p in parts) or len({p.dtype for p in parts}) > 1
+                or parts[0].dtype not in ("f32", "f16")):  # (quantized weights are read whole)
             continue
         fused = device.create_buffer(sum(p.size for p in parts), label=f"model.layers.{layer}.self_attn.qkv")
         fused.dtype = parts[0].dtype
