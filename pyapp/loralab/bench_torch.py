@@ -1,5 +1,6 @@
 """The reference side of `loralab bench --compare-torch`: the same configuration trained by
-PyTorch + PEFT (eager; fp32 with TF32 off, TF32, or bf16 autocast), and torch's matmul rate.
+PyTorch + PEFT (eager; fp32 with TF32 off, TF32, bf16 autocast, or QLoRA: the projections as
+bitsandbytes NF4 with float32 compute), and torch's matmul rate.
 Imported only when asked for; PyTorch, transformers and PEFT are references, never dependencies.
 """
 
@@ -19,6 +20,28 @@ def _model(config: dict, device: str):
     return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32).to(device)
 
 
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _nf4(model):
+    """The decoder's projections as bitsandbytes Linear4bit (NF4, blocks of 64, no double
+    quantization, float32 compute), as QLoRA loads a model; quantized when moved to the GPU."""
+    import bitsandbytes as bnb
+    import torch
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear) and name in PROJECTIONS:
+                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=torch.float32, compress_statistics=False, quant_type="nf4")
+                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=False,
+                                             quant_type="nf4")
+                if child.bias is not None:
+                    q.bias = child.bias
+                setattr(module, name, q)
+    return model
+
+
 def bench_torch_training(config: dict, batch: int, seq_len: int, steps: int, rank: int, precision: str = "fp32",
                          warmup: int = 2) -> dict:
     import peft
@@ -27,9 +50,10 @@ def bench_torch_training(config: dict, batch: int, seq_len: int, steps: int, ran
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    model = peft.get_peft_model(_model(config, device), peft.LoraConfig(
+    base = _nf4(_model(config, "cpu")).to(device) if precision == "nf4" else _model(config, device)
+    model = peft.get_peft_model(base, peft.LoraConfig(
         r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type="CAUSAL_LM",
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        target_modules=list(PROJECTIONS)))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, config["vocab_size"], (batch, seq_len), device=device)
 

@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kernels-only", action="store_true")
     b.add_argument("--profile", action="store_true", help="time each kernel's share of a step")
     b.add_argument("--compare-torch", action="store_true", help="run the same configuration in PyTorch + PEFT too")
-    b.add_argument("--torch-precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), tf32, bf16")
+    b.add_argument("--torch-precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), tf32, bf16, nf4 (bitsandbytes QLoRA)")
     x = sub.add_parser("export", help="an adapter as llama.cpp GGUF-LoRA, or merged into the base model")
     x.add_argument("adapter_dir", help="a PEFT adapter folder or .zip")
     x.add_argument("--to", choices=["gguf", "merged"], required=True)

@@ -76,6 +76,7 @@ class Model:
     generation: dict | None
     reference: tuple[str, str | None]
     weights: dict[str, Buffer] | None = None
+    dtype: str = "auto"  # how the weights went to the GPU (upload_weights)
 
     @property
     def config(self) -> ModelConfig:
@@ -310,7 +311,41 @@ class Session:
             device = self.device  # (GpuError before any GPU work when there is none)
             await self.ops.specialize_head_dim(model.config.head_dim)
             model.weights = await upload_weights(device, model.config, model.source, self.ops, dtype)
+            model.dtype = dtype
         return model
+
+    async def set_weights(self, dtype: str) -> Model:
+        """The model's weights again, as `dtype` (model.weights.WEIGHT_DTYPES), from the source the
+        session still holds; the run and the adapters' GPU copies go with the old weights (an
+        imported adapter stays, and the next run starts from it)."""
+        from .model.weights import WEIGHT_DTYPES
+
+        if dtype not in WEIGHT_DTYPES:
+            raise UsageError(f"weights {dtype!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
+        model = self.need_model()
+        self.need_idle("changing the weights")
+        if model.weights is not None and model.dtype == dtype:
+            return model
+        self.free_run()
+        if self._imported_gpu is not None:
+            self._imported_gpu.release()
+            self._imported_gpu = None
+        self._free_weights(model)
+        return await self.upload(dtype)
+
+    def _free_weights(self, model: Model) -> None:
+        """Destroy the weights' buffers (the views of a fused q/k/v buffer each account for their
+        part of it; destroying a buffer twice is allowed)."""
+        weights, model.weights = model.weights, None
+        for buffer in (weights or {}).values():
+            self.device.destroy_buffer(buffer)
+
+    def precisions(self) -> dict[str, int]:
+        """{weights choice: GPU bytes of the weights} for this model (the plan shows them)."""
+        from .model.weights import WEIGHT_DTYPES, weight_bytes
+
+        model = self.need_model()
+        return {dtype: weight_bytes(model.config, model.source, dtype) for dtype in WEIGHT_DTYPES}
 
     def close_model(self) -> None:
         """Free the model, its adapter and run (GPU memory included); datasets go too, as they
@@ -319,8 +354,7 @@ class Session:
         self.drop_imported()
         model, self.model, self.dataset = self.model, None, None
         if model is not None and model.weights:
-            for buffer in model.weights.values():
-                self.device.destroy_buffer(buffer)
+            self._free_weights(model)
 
     def need_model(self) -> Model:
         if self.model is None:
@@ -420,8 +454,15 @@ class Session:
                       f"{max(32, train.seq_len // 2)}")
         steps = train.total_steps(len(self.dataset.train)) if self.dataset and self.dataset.train else train.steps
         step_s = estimate_step_seconds(model.config, train, lora, self.gflops)
+        precisions = self.precisions()
+        if not fits:  # a smaller precision that would fit comes first
+            rest = memory["total"] - memory["weights"]
+            smaller = [d for d in ("q4", "q8", "f16") if precisions[d] < memory["weights"] and rest + precisions[d] <= budget]
+            if smaller:
+                advice = f"keep the weights as {smaller[-1]} ({precisions[smaller[-1]] / 2**20:,.0f} MiB)"
         return {"memory": memory, "budget": budget, "fits": fits, "advice": advice, "gflops": self.gflops,
-                "step_seconds": step_s, "steps": steps, "total_seconds": step_s * steps}
+                "step_seconds": step_s, "steps": steps, "total_seconds": step_s * steps,
+                "weights": {"current": model.dtype, "choices": precisions}}
 
     # -- training ------------------------------------------------------------------------------------------
     async def start_run(self, train: TrainConfig, lora: LoraConfig | None = None,

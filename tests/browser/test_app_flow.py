@@ -148,3 +148,24 @@ def test_export_then_import_round_trip_and_bad_adapters(app, model_folder, tmp_p
     page.set_input_files("[data-testid=adapter-files]", [str(bad / "adapter_model.bin")])
     app.shown_error("pickle")
     assert app.text("status") == "ready"  # still usable
+
+
+def test_the_plan_offers_each_weight_precision_and_trains_with_nf4(app, model_folder, tmp_path):
+    """The plan lists every precision with its memory; choosing 4-bit converts the loaded model's
+    weights on the GPU (the card says NF4), and training runs on them."""
+    page = app.page
+    app.engine_up()
+    app.load_model_files(model_folder)
+    page.wait_for_function("document.querySelectorAll('[data-testid=plan-weights] option').length === 5")
+    options = page.eval_on_selector_all("[data-testid=plan-weights] option", "os => os.map(o => [o.value, o.textContent])")
+    assert [v for v, _ in options] == ["auto", "f32", "f16", "q8", "q4"]
+    assert page.input_value("[data-testid=plan-weights]") == "auto"
+    assert all("MiB" in text for _, text in options)
+    page.select_option("[data-testid=plan-weights]", "q4")
+    app.wait_text("model-card", "NF4")
+    app.ready()
+    assert page.input_value("[data-testid=plan-weights]") == "q4"
+    app.use_dataset_file(chat_jsonl(tmp_path / "chat.jsonl"))
+    app.train({"steps": 4, "batch-size": 3, "report-every": 2})
+    losses = [r["loss"] for r in app.metrics() if r["kind"] == "train"]
+    assert len(losses) == 4 and all(0 < x < 20 for x in losses)

@@ -59,3 +59,38 @@ def test_the_estimate_equals_what_a_run_allocates(tmp_path, run, checkpointing, 
     assert counted - scratch <= allocated <= counted
     assert memory["total"] - memory["weights"] == counting.peak_bytes
     session.close_model()
+
+
+def test_each_weights_choice_takes_the_bytes_the_plan_says(tmp_path, run):
+    """The plan's precision list (Session.precisions) against the uploads themselves, for a float
+    model and a quantized GGUF; set_weights switches in place, and a plan that does not fit
+    points to a precision that would."""
+    from loralab.model.gguf_model import GGUFModel
+    from tests.hostile import files as F
+
+    hf.tiny_model("llama", tmp_path / "model", seed=2, tied=True, hidden_size=64, intermediate_size=128)
+    (tmp_path / "tiny.gguf").write_bytes(F.tiny_gguf())
+
+    async def no_tokenizer(*_):
+        return None
+
+    session = Session()
+    run(session.start(run(NativeDevice.create()), directory_reader()))
+    for source in (HFFolder(str(tmp_path / "model")), GGUFModel.from_path(str(tmp_path / "tiny.gguf"))):
+        run(session.open_model(source, ("m", None), no_tokenizer))
+        choices = session.precisions()
+        for dtype in ("auto", "f32", "f16", "q8", "q4"):
+            model = run(session.set_weights(dtype))
+            assert model.dtype == dtype and sum(b.size for b in model.weights.values()) == choices[dtype], dtype
+        assert choices["q4"] < choices["q8"] <= choices["f32"] and choices["f16"] < choices["f32"]  # (Q8_0 needs columns in 32s)
+    session.close_model()
+    assert session.device.allocated_bytes < 1 << 16  # (the kernels' uniforms and scratch only)
+
+    run(session.open_model(HFFolder(str(tmp_path / "model")), ("m", None), no_tokenizer))
+    run(session.set_weights("f32"))
+    train, lora = TrainConfig(steps=1, batch_size=1, seq_len=16), LoraConfig(r=2, alpha=4)
+    need = run(session.plan(train, lora, budget=1 << 40))["memory"]
+    plan = run(session.plan(train, lora, budget=need["total"] - need["weights"] + session.precisions()["q8"]))
+    assert not plan["fits"] and plan["advice"].startswith("keep the weights as q8")
+    assert plan["weights"]["current"] == "f32" and set(plan["weights"]["choices"]) == {"auto", "f32", "f16", "q8", "q4"}
+    session.close_model()

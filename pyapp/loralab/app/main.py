@@ -70,7 +70,8 @@ def refresh_status() -> None:
                             ("eval-run", state["model"] is not None and state["dataset"]
                              and state["train"] not in ("running", "paused")),
                             ("checkpoint-resume", state["model"] is not None
-                             and state["train"] not in ("running", "paused"))):
+                             and state["train"] not in ("running", "paused")),
+                            ("plan-weights", state["model"] is not None and state["train"] not in ("running", "paused"))):
         el(testid).disabled = not enabled
 
 
@@ -162,15 +163,7 @@ async def load_model(request: dict, label: str) -> None:
     if result:
         m = result["model"]
         state["model"] = m
-        render_rows("model-card", [
-            ("Model", m["name"]), ("Architecture", m["architecture"]),
-            ("Parameters", f"{m['parameters'] / 1e6:,.1f} M"), ("Layers", str(m["layers"])),
-            ("Hidden size", str(m["hidden_size"])), ("Heads", f"{m['heads']} ({m['kv_heads']} key/value)"),
-            ("Vocabulary", f"{m['vocab_size']:,}"), ("Weights in GPU memory", _mib(m["weights_bytes"])),
-            ("Weight types", ", ".join(f"{WEIGHT_TYPE_NAMES.get(t, t)} {_mib(n)}" for t, n in
-                                       sorted(m.get("weight_types", {}).items(), key=lambda kv: -kv[1]))),
-            ("Chat template", "yes" if m["chat_template"] else "no"),
-        ])
+        render_model_card(m)
         state["dataset"] = False
         el("dataset-summary").textContent = "No dataset yet."
     refresh_status()
@@ -178,7 +171,20 @@ async def load_model(request: dict, label: str) -> None:
         await show_gpu_status()
         await show_checkpoint()
         await keep_storage()
+        await update_estimate()
     await render_cache()
+
+
+def render_model_card(m: dict) -> None:
+    render_rows("model-card", [
+        ("Model", m["name"]), ("Architecture", m["architecture"]),
+        ("Parameters", f"{m['parameters'] / 1e6:,.1f} M"), ("Layers", str(m["layers"])),
+        ("Hidden size", str(m["hidden_size"])), ("Heads", f"{m['heads']} ({m['kv_heads']} key/value)"),
+        ("Vocabulary", f"{m['vocab_size']:,}"), ("Weights in GPU memory", _mib(m["weights_bytes"])),
+        ("Weight types", ", ".join(f"{WEIGHT_TYPE_NAMES.get(t, t)} {_mib(n)}" for t, n in
+                                   sorted(m.get("weight_types", {}).items(), key=lambda kv: -kv[1]))),
+        ("Chat template", "yes" if m["chat_template"] else "no"),
+    ])
 
 
 async def load_model_files(files: list) -> None:
@@ -509,6 +515,35 @@ async def update_estimate(event=None) -> None:
             text += (f" The sequence length ({train.seq_len}) cuts most examples of the dataset: their ends "
                      f"are not trained on; raise it if memory allows.")
         el("plan-estimate").textContent = text
+        render_precisions(result["weights"])
+
+
+# What each weights choice means, for the plan's precision list.
+PRECISIONS = {"auto": "as the model has them", "f32": "float32", "f16": "float16", "q8": "8-bit (Q8_0)",
+              "q4": "4-bit (NF4, as QLoRA)"}
+
+
+def render_precisions(weights: dict) -> None:
+    """The precision list: each choice with the GPU memory its weights take; the current one selected."""
+    select = el("plan-weights")
+    select.innerHTML = ""
+    for dtype, size in weights["choices"].items():
+        option = document.createElement("option")
+        option.value = dtype
+        option.textContent = f"{PRECISIONS.get(dtype, dtype)}: {_mib(size)}"
+        option.selected = dtype == weights["current"]
+        select.append(option)
+    select.disabled = state["busy"] or state["train"] in ("running", "paused")
+
+
+async def on_weights(event) -> None:
+    """Upload the model's weights again in the chosen precision (the run and its adapter go)."""
+    result = await busy_call("Converting the weights…", "set_weights", {"weights": el("plan-weights").value})
+    if result:
+        state["model"] = result["model"]
+        render_model_card(result["model"])
+    refresh_status()
+    await update_estimate()
 
 
 def toggle_plan(event) -> None:
@@ -796,6 +831,7 @@ def wire() -> None:
     on("checkpoint-discard", "click", on_checkpoint_discard)
     on("cache-limit", "change", on_cache_limit)
     on("hw-bench", "click", on_bench)
+    on("plan-weights", "change", on_weights)
     on("gen-run", "click", on_generate)
     report = create_proxy(on_report)
     state["proxies"].append(report)

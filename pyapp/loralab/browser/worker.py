@@ -260,6 +260,18 @@ async def open_source(w: Worker, req: LoadModel):
     return source, base_model_reference("folder", source.name)
 
 
+@dataclass(frozen=True)
+class SetWeights:
+    weights: str  # model.weights.WEIGHT_DTYPES
+
+
+@command("set_weights", SetWeights)
+async def set_weights(w: Worker, req: SetWeights) -> dict:
+    """The loaded model's weights again in another precision (auto, f32, f16, q8, q4) -> its card."""
+    session = await w.ready()
+    return {"model": (await session.set_weights(req.weights)).card()}
+
+
 # -- datasets ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SetDataset:

@@ -215,6 +215,30 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
     return fuse_attention_inputs(device, config, weights)
 
 
+def weight_bytes(config: ModelConfig, source: WeightSource, dtype: str) -> int:
+    """GPU bytes upload_weights(…, dtype) gives this model's weights, without uploading them (the
+    plan's precision choices)."""
+    from ..ops import GGUF_TYPES, QUANTIZE_TO, quant_layout
+
+    available = source.tensors()
+    projection = {f"{module_name(i, m)}.weight" for i in range(config.num_layers) for m in PROJECTIONS}
+    total = 0
+    for name, shape in expected_shapes(config).items():
+        numel = shape[0] * (shape[1] if len(shape) == 2 else 1)
+        kind = available[name].dtype if name in available else "F32"
+        if len(shape) == 1:
+            total += 4 * numel
+        elif kind in GGUF_TYPES and (dtype == "auto" or (dtype in QUANTIZE_TO and name not in projection)):
+            total += 4 * quant_layout(GGUF_TYPES[kind][1], numel)[2]
+        elif dtype == "f16":
+            total += 4 * -(-numel // 2)
+        elif dtype in QUANTIZE_TO and name in projection and (dtype == "q4" or shape[1] % 32 == 0):
+            total += 4 * quant_layout(QUANTIZE_TO[dtype], numel)[2]
+        else:
+            total += 4 * numel
+    return total
+
+
 def _dequantized(device: Device, ops, buffer: Buffer, shape: tuple[int, int], name: str) -> Buffer:
     """A quantized weight as float32 (the buffer given is freed)."""
     out = device.create_buffer(shape[0] * shape[1] * 4, label=name)
