@@ -40,3 +40,15 @@ class PageGuard:
 
     def check(self) -> None:
         assert not self.problems, "\n".join(self.problems)
+
+
+def settle(coro):
+    """The result of a coroutine that never waits on anything (a reader over local files), run
+    to its end without an event loop: the tests that fuzz readers call it thousands of times,
+    and Playwright's loop may already run on this thread."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the coroutine waited on something; run it on an event loop")

@@ -8,7 +8,6 @@ CI runs 20,000 safetensors and 10,000 GGUF cases; LORALAB_FUZZ_SCALE=10 runs ten
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import time
@@ -21,6 +20,7 @@ from loralab.errors import UserError
 from loralab.formats import gguf as our_gguf
 from loralab.formats.peft import ADAPTER_FILE, CONFIG_FILE, parse_adapter
 from loralab.formats.safetensors import read_header
+from tests.rig import settle
 
 from . import files as F
 from .mutate import gguf_case, safetensors_case
@@ -93,7 +93,7 @@ def test_safetensors_cases_raise_only_user_errors(tmp_path, traced):
             budget.run(label, lambda: parse_adapter({ADAPTER_FILE: blob, CONFIG_FILE: ADAPTER_CONFIG}, "fuzz"))
             continue
         weights.write_bytes(blob)
-        budget.run(label, lambda: asyncio.run(open_session(str(folder))))  # the CLI's model reader
+        budget.run(label, lambda: settle(open_session(str(folder))))  # the CLI's model reader
         try:
             ours = read_header(weights)
         except UserError:
@@ -118,7 +118,7 @@ def test_gguf_cases_raise_only_user_errors(tmp_path, traced):
     for index in range(GGUF_CASES):
         path.write_bytes(gguf_case(random.Random(rng_seed * 1_000_003 + index)))
         label = f"gguf case {index} (seed {rng_seed})"
-        budget.run(label, lambda: asyncio.run(open_session(str(path))))  # the CLI's (and, by bytes, the worker's) reader
+        budget.run(label, lambda: settle(open_session(str(path))))  # the CLI's (and, by bytes, the worker's) reader
         if index % 10:
             continue
         try:

@@ -15,6 +15,7 @@ import pytest
 
 from loralab.cli import main
 from loralab.formats.safetensors import serialize
+from tests.rig import settle
 
 from . import files as F
 
@@ -432,11 +433,10 @@ def test_hostile_tokenizer_files(tmp_path, capsys, files, message):
         (folder / name).write_text(text)
     (tmp_path / "d.jsonl").write_text('{"text": "hi"}\n')
     if message is None:  # not an error: a list without a "default" entry means no template
-        import asyncio
 
         from loralab.cli import open_session
 
-        assert asyncio.run(open_session(str(folder))).model.tokenizer.chat_template is None
+        assert settle(open_session(str(folder))).model.tokenizer.chat_template is None
         return
     err = run_cli(capsys, "eval", folder, tmp_path / "d.jsonl")
     assert str(folder) in err and message in err, err

@@ -1,0 +1,84 @@
+"""Adapters in and out, evaluation, and the base-versus-adapter comparison."""
+
+from __future__ import annotations
+
+import json
+
+from pyodide.ffi import to_js  # type: ignore[import-not-found]
+from pyscript import document, window  # type: ignore[import-not-found]
+
+from . import client
+from .page import download, el, refresh_status, show_error, state
+
+
+async def export_merged(event) -> None:
+    """The merged model is written by the engine into the browser's private file system and
+    downloaded from there (it can be larger than what fits in one message)."""
+    result = await client.busy_call("Merging the adapter into the model…", "export_merged")
+    if result:
+        folder = await window.navigator.storage.getDirectory()
+        for part in result["path"].split("/")[:-1]:
+            folder = await folder.getDirectoryHandle(part)
+        handle = await folder.getFileHandle(result["path"].rsplit("/", 1)[-1])
+        file = await handle.getFile()
+        link = document.createElement("a")
+        link.href = window.URL.createObjectURL(file)
+        link.download = result["name"]
+        link.click()
+    refresh_status()
+
+
+async def on_evaluate(event) -> None:
+    result = await client.busy_call("Evaluating…", "evaluate_adapter")
+    if result:
+        text = f"Loss per token on the {result['set']} set ({result['records']} records, {result['tokens']:,} tokens): "
+        text += f"base {result['base']:.4f}"
+        if result["adapter"] is not None:
+            text += f", base + adapter {result['adapter']:.4f}"
+        node = el("eval-loss")
+        node.textContent = text
+        node.dataset.result = json.dumps(result)
+    refresh_status()
+
+
+def export_handler(fmt: str):
+    async def handler(event) -> None:
+        result = await client.call("export_adapter", {"format": fmt})
+        if result:
+            import base64
+
+            download(result["name"], [to_js(memoryview(base64.b64decode(result["base64"])))], "application/octet-stream")
+
+    return handler
+
+
+async def on_adapter_files(event) -> None:
+    files = event.target.files
+    await import_adapter_files([files.item(i) for i in range(files.length)])
+
+
+async def import_adapter_files(files: list) -> None:
+    urls = {f.name: window.URL.createObjectURL(f) for f in files}
+    result = await client.call("import_adapter", {"files": urls})
+    if result:
+        state["train"] = "idle"
+        el("train-state").textContent = "idle"
+        el("adapter-info").textContent = (f"Imported: r = {result['r']}, alpha = {result['alpha']}, "
+                                          f"{', '.join(result['targets'])}; compare it below or train on")
+    refresh_status()
+
+
+async def on_generate(event) -> None:
+    prompt = el("gen-prompt").value.strip()
+    if not prompt:
+        show_error("Type a prompt first.")
+        return
+    el("gen-output-base").textContent = el("gen-output-adapter").textContent = "…"
+    el("gen-output-adapter").dataset.done = ""
+    result = await client.busy_call("Generating…", "generate", {
+        "prompt": prompt, "max_new_tokens": int(float(el("gen-max-tokens").value or 64)),
+        "temperature": float(el("gen-temperature").value or 0), "top_p": float(el("gen-top-p").value or 1)})
+    el("gen-output-base").textContent = result["base"] if result else ""
+    el("gen-output-adapter").textContent = (result["adapter"] or "(train an adapter first)") if result else ""
+    el("gen-output-adapter").dataset.done = "1"  # streamed text is final now
+    refresh_status()

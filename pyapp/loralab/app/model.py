@@ -1,0 +1,100 @@
+"""The model panel: the built-in default, a dropped folder or GGUF, a hub repo id; the model card."""
+
+from __future__ import annotations
+
+from pyscript import window  # type: ignore[import-not-found]
+
+from . import adapters, cache, checkpoints, client, dataset, hardware, plan
+from .page import el, mib, refresh_status, render_rows, save, show_error, state
+
+# How the model card names the GPU weight types (ops.QUANT_DTYPES).
+WEIGHT_TYPE_NAMES = {"f32": "float32", "f16": "float16", "q8_32": "8-bit (Q8_0, Q5_*)", "q4_32": "4-bit (Q4_*)",
+                     "q8_16": "6-bit (Q6_K)", "nf4": "NF4"}
+
+
+async def load_model(request: dict, label: str) -> None:
+    state["model"] = None
+    result = await client.busy_call(f"Loading {label}…", "load_model", request)
+    if result:
+        m = result["model"]
+        state["model"] = m
+        render_model_card(m)
+        state["dataset"] = False
+        el("dataset-summary").textContent = "No dataset yet."
+    refresh_status()
+    if result:
+        await hardware.show_gpu_status()
+        await checkpoints.show_checkpoint()
+        await cache.keep_storage()
+        await plan.update_estimate()
+    await cache.render_cache()
+
+
+def render_model_card(m: dict) -> None:
+    render_rows("model-card", [
+        ("Model", m["name"]), ("Architecture", m["architecture"]),
+        ("Parameters", f"{m['parameters'] / 1e6:,.1f} M"), ("Layers", str(m["layers"])),
+        ("Hidden size", str(m["hidden_size"])), ("Heads", f"{m['heads']} ({m['kv_heads']} key/value)"),
+        ("Vocabulary", f"{m['vocab_size']:,}"), ("Weights in GPU memory", mib(m["weights_bytes"])),
+        ("Weight types", ", ".join(f"{WEIGHT_TYPE_NAMES.get(t, t)} {mib(n)}" for t, n in
+                                   sorted(m.get("weight_types", {}).items(), key=lambda kv: -kv[1]))),
+        ("Chat template", "yes" if m["chat_template"] else "no"),
+    ])
+
+
+async def load_model_files(files: list) -> None:
+    """A Hugging Face folder's files or one .gguf: handed to the engine as blob: URLs (with
+    their size and date, which identify them in the browser cache)."""
+    urls = {f.name: window.URL.createObjectURL(f) for f in files}
+    if urls:
+        stamps = {f.name: [int(f.size), int(f.lastModified)] for f in files}
+        folder = next((str(f.webkitRelativePath).split("/")[0] for f in files if f.webkitRelativePath), None)
+        gguf = next((f.name for f in files if f.name.lower().endswith(".gguf")), None)
+        name = gguf or folder or "your model"
+        el("model-select").value = "files"
+        await load_model({"kind": "files", "files": urls, "stamps": stamps, "name": name}, name)
+        save(model="files")
+
+
+async def on_model_files(event) -> None:
+    files = event.target.files
+    await load_model_files([files.item(i) for i in range(files.length)])
+
+
+MODEL_FILES = (".gguf", ".safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", ".jinja",
+               "generation_config.json", "special_tokens_map.json", ".index.json")
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+async def on_drop(files) -> None:
+    """Files (folders already flattened by static/boot.js) dropped anywhere on the page: an
+    adapter (a .zip or its files) is imported, model files load the model, anything else is a dataset."""
+    files = list(files)
+    adapter = [f for f in files if f.name in ADAPTER_FILES or f.name.lower().endswith(".zip")]
+    model = [f for f in files if f not in adapter and any(f.name.endswith(suffix) for suffix in MODEL_FILES)]
+    data = [f for f in files if f not in model and f not in adapter]
+    if model:
+        await load_model_files(model)
+    if adapter:
+        await adapters.import_adapter_files(adapter)
+    if data:
+        await dataset.use_dataset(data[0].name, await data[0].text())
+
+
+async def on_model_load(event) -> None:
+    choice = el("model-select").value
+    if choice == "repo":
+        repo = el("model-repo").value.strip()
+        if not repo:
+            show_error("Type a Hugging Face repo id, e.g. HuggingFaceTB/SmolLM2-360M-Instruct")
+            return
+        endpoint = el("hub-endpoint").value.strip() or None
+        save(model="repo", repo=repo, hub_endpoint=endpoint)
+        await load_model({"kind": "repo", "repo": repo, "endpoint": endpoint}, repo)
+    elif choice == "default":
+        save(model="default")
+        await load_model({"kind": "default"}, "SmolLM2-135M-Instruct")
+    else:
+        show_error("Choose the model's files (config.json, model.safetensors, tokenizer.json, …) or a .gguf file")

@@ -1,0 +1,99 @@
+"""The page itself: the DOM hooks (data-testid), the status line and error area, the shared UI
+state, what the page remembers between visits, and small renderers the panels share."""
+
+from __future__ import annotations
+
+import json
+
+from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
+from pyscript import document, window  # type: ignore[import-not-found]
+
+STORE = "loralab.ui"
+
+
+state = {"engine": None, "model": None, "dataset": False, "train": "idle", "records": [], "total": 0,
+         "busy": False, "proxies": []}
+
+
+def el(testid: str):
+    return document.querySelector(f'[data-testid="{testid}"]')
+
+
+def set_status(text: str, kind: str = "busy") -> None:
+    node = el("status")
+    node.textContent = text
+    node.dataset.state = kind
+
+
+def show_error(message: str | None) -> None:
+    node = el("error")
+    node.textContent = message or ""
+    node.hidden = not message
+
+
+def refresh_status() -> None:
+    """"ready" exactly when training can start: engine up, a model loaded, nothing running."""
+    if state["busy"]:
+        return
+    if state["model"] is None:
+        set_status("No model loaded", "idle")
+    elif state["train"] in ("running", "paused"):
+        set_status(f"Training ({state['train']})", "busy")
+    else:
+        set_status("ready", "ready")
+    for testid, enabled in (("train-start", state["model"] is not None and state["dataset"]
+                             and state["train"] not in ("running", "paused")),
+                            ("train-pause", state["train"] == "running"),
+                            ("train-resume", state["train"] == "paused"),
+                            ("train-stop", state["train"] in ("running", "paused")),
+                            ("gen-run", state["model"] is not None and state["train"] not in ("running", "paused")),
+                            ("eval-run", state["model"] is not None and state["dataset"]
+                             and state["train"] not in ("running", "paused")),
+                            ("checkpoint-resume", state["model"] is not None
+                             and state["train"] not in ("running", "paused")),
+                            ("plan-weights", state["model"] is not None and state["train"] not in ("running", "paused"))):
+        el(testid).disabled = not enabled
+
+
+def on(testid: str, event: str, handler) -> None:
+    proxy = create_proxy(handler)
+    state["proxies"].append(proxy)
+    el(testid).addEventListener(event, proxy)
+
+
+def saved() -> dict:
+    try:
+        return json.loads(window.localStorage.getItem(STORE) or "{}")
+    except Exception:
+        return {}
+
+
+def save(**values) -> None:
+    window.localStorage.setItem(STORE, json.dumps({**saved(), **values}))
+
+
+def mib(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
+
+
+def rate(gflops: float) -> str:
+    return f"{gflops:,.0f} GFLOP/s" if gflops >= 100 else f"{gflops:.3g} GFLOP/s"
+
+
+def render_rows(testid: str, rows: list[tuple[str, str]]) -> None:
+    dl = el(testid)
+    dl.replaceChildren()
+    for name, value in rows:
+        dt, dd = document.createElement("dt"), document.createElement("dd")
+        dt.textContent, dd.textContent = name, value
+        dl.append(dt, dd)
+
+
+def download(name: str, parts, kind: str) -> None:
+    blob = window.Blob.new(to_js(parts), to_js({"type": kind}, dict_converter=window.Object.fromEntries))
+    link = document.createElement("a")
+    link.href = window.URL.createObjectURL(blob)
+    link.download = name
+    link.click()

@@ -1,0 +1,173 @@
+"""The plan panel: the form generated from TrainConfig and LoraConfig (defaults and validation
+live there), the weights' precision, and the memory and time estimate."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields
+
+from pyodide.ffi import jsnull  # type: ignore[import-not-found]
+from pyscript import document  # type: ignore[import-not-found]
+
+from ..config import (
+    CHOICES,
+    DATASET_FORMATS,
+    NAMED_CONFIG_LABELS,
+    PROJECTIONS,
+    LoraConfig,
+    TrainConfig,
+    option_fields,
+)
+from ..errors import UserError, one_line
+from . import client, hardware, model
+from .page import el, mib, rate, refresh_status, save, saved, show_error, state
+
+TESTID_NAMES = {"r": "rank"}  # cfg-<name> hooks; LoRA's r is "rank" in the UI
+
+
+ADVANCED_FIELDS = {"beta1", "beta2", "eps"}  # (set from the CLI; the form keeps the defaults)
+
+
+def plan_fields():
+    for cls, group in ((TrainConfig, "train"), (LoraConfig, "lora")):
+        for f in option_fields(cls):
+            if f.name not in ADVANCED_FIELDS:
+                yield group, f
+
+
+def fill_options() -> None:
+    """The dataset format and benchmark choices, from the engine's own lists (config.py)."""
+    for testid, options in (("dataset-format", [("auto", "detect"), *((f, f) for f in DATASET_FORMATS)]),
+                            ("hw-bench-config", [("loaded", "the loaded model"),
+                                                 *((name, label if name == "tiny" else f"{label} (random weights)")
+                                                   for name, label in NAMED_CONFIG_LABELS.items())])):
+        select = el(testid)
+        for value, text in options:
+            option = document.createElement("option")
+            option.value, option.textContent = value, text
+            select.append(option)
+
+
+def build_plan_form() -> None:
+    form = el("plan-open").closest("section").querySelector("form")
+    values = saved().get("plan", {})
+    for group, f in plan_fields():
+        default = f.default if f.default is not MISSING else None
+        value = values.get(f.name, default)
+        label = document.createElement("label")
+        label.title = f.metadata.get("help", "")
+        name = f.name.replace("_", " ")
+        if f.type in ("bool", bool):
+            control = document.createElement("input")
+            control.type = "checkbox"
+            control.checked = bool(value)
+            label.className = "check"
+            label.append(control, document.createTextNode(name))
+        else:
+            if f.name in CHOICES:
+                control = document.createElement("select")
+                for choice in CHOICES[f.name]:
+                    option = document.createElement("option")
+                    option.value = option.textContent = choice
+                    control.append(option)
+            else:
+                control = document.createElement("input")
+                if f.type in ("int", "float", int, float):
+                    control.type = "number"
+                    control.step = "1" if f.type in ("int", int) else "any"
+            control.value = ",".join(value) if isinstance(value, (tuple, list)) else str(value)
+            label.append(document.createTextNode(name), control)
+        control.name = f"{group}.{f.name}"
+        control.dataset.testid = "cfg-" + TESTID_NAMES.get(f.name, f.name).replace("_", "-")
+        control.setAttribute("data-testid", control.dataset.testid)
+        form.append(label)
+
+
+def read_plan() -> tuple[TrainConfig | None, LoraConfig | None]:
+    """The plan as the two dataclasses (their own validation), or (None, None) with the error shown."""
+    values = {"train": {}, "lora": {}}
+    for group, f in plan_fields():
+        control = document.querySelector(f'[name="{group}.{f.name}"]')
+        if control is None or control is jsnull:
+            continue
+        if f.type in ("bool", bool):
+            value = bool(control.checked)
+        elif f.type in ("int", int):
+            value = int(float(control.value or 0))
+        elif f.type in ("float", float):
+            value = float(control.value or 0)
+        elif f.name == "targets":
+            value = tuple(t.strip() for t in control.value.split(",") if t.strip()) or PROJECTIONS
+        else:
+            value = control.value
+        values[group][f.name] = value
+    try:
+        return TrainConfig(**values["train"]), LoraConfig(**values["lora"])
+    except (TypeError, ValueError, UserError) as exc:
+        show_error(f"Plan: {one_line(exc)}")
+        return None, None
+
+
+def plan_payload(train: TrainConfig, lora: LoraConfig) -> dict:
+    return {"train": {f.name: getattr(train, f.name) for f in fields(TrainConfig)},
+            "lora": {f.name: list(v) if isinstance(v := getattr(lora, f.name), tuple) else v for f in fields(LoraConfig)}}
+
+
+async def update_estimate(event=None) -> None:
+    train, lora = read_plan()
+    if train is None:
+        return
+    payload = plan_payload(train, lora)
+    save(plan={**payload["train"], **payload["lora"]})
+    if state["model"] is None:
+        return
+    result = await client.call("plan", payload)
+    if result:
+        m = result["memory"]
+        text = (f"GPU memory: {mib(m['total'])} (weights {mib(m['weights'])}, activations {mib(m['activations'])}, "
+                f"logits {mib(m['logits'])}, adapter + optimizer {mib(m['adapter_and_optimizer'])}). "
+                f"About {result['step_seconds']:.2f} s per step")
+        if result["steps"]:
+            text += f", {result['total_seconds'] / 60:.1f} min for {result['steps']} steps"
+        text += f" at this GPU's measured {rate(result['gflops'])}."
+        await hardware.show_gpu_status()
+        if not result["fits"]:
+            text += f" This will not fit: {result['advice']}."
+        if state.get("cuts_most"):
+            text += (f" The sequence length ({train.seq_len}) cuts most examples of the dataset: their ends "
+                     f"are not trained on; raise it if memory allows.")
+        el("plan-estimate").textContent = text
+        render_precisions(result["weights"])
+
+
+# What each weights choice means, for the plan's precision list.
+PRECISIONS = {"auto": "as the model has them", "f32": "float32", "f16": "float16", "q8": "8-bit (Q8_0)",
+              "q4": "4-bit (NF4, as QLoRA)"}
+
+
+def render_precisions(weights: dict) -> None:
+    """The precision list: each choice with the GPU memory its weights take; the current one selected."""
+    select = el("plan-weights")
+    select.innerHTML = ""
+    for dtype, size in weights["choices"].items():
+        option = document.createElement("option")
+        option.value = dtype
+        option.textContent = f"{PRECISIONS.get(dtype, dtype)}: {mib(size)}"
+        option.selected = dtype == weights["current"]
+        select.append(option)
+    select.disabled = state["busy"] or state["train"] in ("running", "paused")
+
+
+async def on_weights(event) -> None:
+    """Upload the model's weights again in the chosen precision (the run and its adapter go)."""
+    result = await client.busy_call("Converting the weights…", "set_weights", {"weights": el("plan-weights").value})
+    if result:
+        state["model"] = result["model"]
+        model.render_model_card(result["model"])
+    refresh_status()
+    await update_estimate()
+
+
+def toggle_plan(event) -> None:
+    form = document.getElementById("plan-form")
+    form.hidden = not form.hidden
+    el("plan-open").setAttribute("aria-expanded", "false" if form.hidden else "true")

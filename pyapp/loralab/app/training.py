@@ -1,0 +1,119 @@
+"""The training panel: start, pause, resume and stop; live loss chart, step, tokens/s, ETA; the metrics download."""
+
+from __future__ import annotations
+
+import json
+
+from pyscript import window  # type: ignore[import-not-found]
+
+from . import checkpoints, client, hardware, plan
+from .page import download, el, refresh_status, show_error, state
+
+
+def draw_chart() -> None:
+    points = [(r["step"], r["loss"]) for r in state["records"] if r.get("kind") == "train"]
+    svg = el("loss-chart")
+    if len(points) < 1:
+        svg.innerHTML = ""
+        return
+    import math
+
+    log = el("chart-log").checked
+    xs = [p[0] for p in points]
+    ys = [math.log10(max(p[1], 1e-9)) if log else p[1] for p in points]
+    x0, x1 = 1, max(max(xs), state["total"] or 1, 2)
+    y0, y1 = min(ys), max(ys)
+    span = (y1 - y0) or 1.0
+    coords = " ".join(f"{40 + 550 * (x - x0) / (x1 - x0):.1f},{10 + 130 * (y1 - y) / span:.1f}" for x, y in points)
+    evals = [(r["step"], math.log10(max(r["loss"], 1e-9)) if log else r["loss"])
+             for r in state["records"] if r.get("kind") == "eval"]
+    dots = "".join(f'<circle r="3" cx="{40 + 550 * (x - x0) / (x1 - x0):.1f}" '
+                   f'cy="{10 + 130 * (y1 - min(max(y, y0), y1)) / span:.1f}"/>' for x, y in evals)
+    top, bottom = (10 ** y1, 10 ** y0) if log else (y1, y0)
+    svg.innerHTML = (f'<polyline points="{coords}"/>{dots}<text x="2" y="14">{top:.3f}</text>'
+                     f'<text x="2" y="144">{bottom:.3f}</text><text x="520" y="156">step {x1}'
+                     f'{" (log)" if log else ""}</text>')
+
+
+def on_report(text: str) -> None:
+    """Progress from the engine (called from the worker, so it must return quickly)."""
+    import asyncio
+
+    record = json.loads(text)
+    if record["kind"] == "token":
+        el(f"gen-output-{record['which']}").textContent = record["text"]
+        return
+    if record["kind"] == "sample":
+        el("train-sample").textContent = f"Step {record['step']}, {record['prompt']!r} → {record['text']}"
+        return
+    if record["kind"] == "checkpoint":
+        el("checkpoint-status").textContent = (f"Not saved: {record['error']}" if record.get("error") else
+                                               f"Saved at step {record['step']}")
+        el("checkpoint-status").dataset.step = str(record["step"])
+        return
+    if record["kind"] == "state":
+        state["train"] = record["state"]
+        el("train-state").textContent = record["state"]
+        if record.get("error"):
+            show_error(f"Training stopped: {record['error']}")
+        if record.get("device_lost"):
+            asyncio.ensure_future(checkpoints.show_checkpoint("The GPU device was lost. "))
+        refresh_status()
+        if record["state"] in ("done", "stopped", "error"):
+            asyncio.ensure_future(hardware.show_gpu_status())
+        return
+    state["records"].append(record)
+    if record["kind"] == "eval":
+        el("train-sample").textContent = f"Validation loss at step {record['step']}: {record['loss']:.4f}"
+        draw_chart()
+    if record["kind"] == "train":
+        el("train-step").textContent = f"{record['step']} / {record['total_steps']}"
+        el("train-loss").textContent = f"{record['loss']:.4f}"
+        el("train-speed").textContent = f"{record['tokens_per_s']:,.0f} tokens/s"
+        per_step = record["tokens"] / max(1, record["step"])
+        remaining = (record["total_steps"] - record["step"]) * per_step / max(record["tokens_per_s"], 1e-9)
+        el("train-eta").textContent = f"{remaining:,.0f} s"
+        el("train-lr").textContent = f"{record['lr']:.3g}"
+        el("train-grad-norm").textContent = f"{record['grad_norm']:.3g}"
+        elapsed = window.performance.now() / 1000 - state.get("started_at", 0)
+        el("train-elapsed").textContent = f"{elapsed:,.0f} s"
+        draw_chart()
+
+
+async def on_train_start(event) -> None:
+    train, lora = plan.read_plan()
+    if train is None:
+        return
+    state["records"] = []
+    state["started_at"] = window.performance.now() / 1000
+    el("train-step").textContent = "0"
+    payload = plan.plan_payload(train, lora)
+    prompt = el("gen-prompt").value.strip()
+    if prompt:  # sample generations at evaluation points use the compare box's prompt
+        payload["sample_prompt"] = prompt
+    payload["save_every"] = max(0, int(float(el("checkpoint-every").value or 0)))
+    result = await client.call("train_start", payload)
+    if result:
+        state["total"] = result["total_steps"]
+        el("train-step").textContent = f"0 / {result['total_steps']}"
+        el("checkpoint-offer").hidden = True  # this run replaces the saved one
+        el("checkpoint-status").textContent = ""
+        el("checkpoint-status").removeAttribute("data-step")
+    refresh_status()
+
+
+async def on_control(action: str) -> None:
+    await client.call(f"train_{action}")
+    refresh_status()
+
+
+def control_handler(action: str):
+    async def handler(event) -> None:
+        await on_control(action)
+
+    return handler
+
+
+def download_metrics(event) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in state["records"] if r.get("kind") in ("train", "eval"))
+    download("loralab-metrics.jsonl", [lines], "application/x-ndjson")
