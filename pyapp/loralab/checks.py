@@ -193,7 +193,11 @@ def typed(value, kind, what: str, error: type[UserError]):
     if kind is str:  # (whole datasets and tokenizer files arrive as strings)
         return text(value, what, error, limit=1 << 31)
     if kind is dict or origin is dict:
-        return mapping(value, what, error)
+        value = mapping(value, what, error)
+        if args:
+            return {typed(k, args[0], f"{what} key", error): typed(v, args[1], f"{what}[{short(k)}]", error)
+                    for k, v in value.items()}
+        return value
     if kind is list or origin is list:
         if not isinstance(value, list):
             raise error(f"{what} must be a JSON list, not {type(value).__name__}")

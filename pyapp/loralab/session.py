@@ -45,20 +45,20 @@ async def read_tokenizer_files(source: WeightSource) -> tuple[str | None, dict, 
 
         return (*tokenizer_files(gguf), None)
     name = getattr(source, "path", None) or source.name  # (a folder on disk by its path)
-    raw = await source.read_file("tokenizer.json")
-    try:
-        tokenizer_json = None if raw is None else bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise TokenizerError(f"{name}/tokenizer.json: not valid UTF-8 text") from None
+
+    async def text(file: str) -> str | None:
+        raw = await source.read_file(file)
+        try:
+            return None if raw is None else bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise TokenizerError(f"{name}/{file}: not valid UTF-8 text") from None
+
+    tokenizer_json = await text("tokenizer.json")
     raw = await source.read_file("tokenizer_config.json")
     config = {} if raw is None else loads(raw, f"{name}/tokenizer_config.json", TokenizerError)
     if not isinstance(config, dict):
         raise TokenizerError(f"{name}/tokenizer_config.json: expected a JSON object")
-    raw = await source.read_file("chat_template.jinja")
-    try:
-        template = None if raw is None else bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise TokenizerError(f"{name}/chat_template.jinja: not valid UTF-8 text") from None
+    template = await text("chat_template.jinja")
     raw = await source.read_file("generation_config.json")
     generation = None if raw is None else loads(raw, f"{name}/generation_config.json", UsageError)
     return tokenizer_json, config, template, generation if isinstance(generation, dict) else None

@@ -226,8 +226,8 @@ async def load_model(w: Worker, req: LoadModel) -> dict:
 
             return await BrowserTokenizer.create(base_url, tokenizer_json, config, template)
 
-        w.model_item = None
         model = await session.open_model(source, reference, make_tokenizer, need_tokenizer=True)
+        w.model_item = None  # (the model that was loaded is gone)
         try:
             await session.upload()
         except BaseException:
@@ -296,7 +296,7 @@ async def set_dataset(w: Worker, req: SetDataset) -> dict:
         await w.cache.keep_text(item_id, dataset.source["name"], req.text)
     except Exception as exc:  # storage is a convenience here: the dataset is in use either way
         js.console.warn(f"LoRA Lab: the dataset was not kept in the browser cache: {exc}")
-    first = (dataset.train + dataset.valid)[0]
+    first = dataset.train[0] if dataset.train else dataset.valid[0]
     tok = session.model.tokenizer
     preview = [{"token": tok.decode([i]), "trained": label != -100}
                for i, label in zip(first.input_ids[:64], first.labels[:64])]
