@@ -80,8 +80,15 @@ def base_dir(tmp_path_factory):
                          intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
 
 
+@pytest.mark.parametrize("path", ["codes", "dequantized"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_quantized_weights_train_like_peft_on_the_dequantized_model(gpu, ops, run, arrays, base_dir, tmp_path, kind):
+def test_quantized_weights_train_like_peft_on_the_dequantized_model(gpu, ops, run, arrays, base_dir, tmp_path, kind,
+                                                                    path, monkeypatch):
+    """path: the matmuls read the codes (few rows), or each projection is dequantized into a
+    scratch buffer first (many rows; DEQUANT_ROWS lowered so the tiny batch takes it)."""
+    from loralab.model import transformer
+
+    monkeypatch.setattr(transformer, "DEQUANT_ROWS", 10**9 if path == "codes" else 1)
     source = HFFolder(str(base_dir))
     config = source.config
     f32 = run(upload_weights(gpu, config, source, ops, "f32"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..config import PROJECTIONS, ModelConfig, module_name
 from ..gpu.device import VIEW_ALIGNMENT, Buffer, Copy, Device
 from ..lora import LoraState
-from ..ops import MAX_ROWS_OUTPUTS, Blocks, Ops, Product
+from ..ops import MAX_ROWS_OUTPUTS, QUANT_DTYPES, Blocks, Ops, Product
 from .weights import adjacent
 
 LOGITS_CHUNK_BYTES = 96 * 2**20  # the [rows, V] logits block computed at once
@@ -28,6 +28,10 @@ GRAD_SLICE_TOKENS = 128
 # Chunks are multiples of 128 rows, the matmul's tile height (no tile half past the chunk), or of
 # 64 for vocabularies too large for that; 64 · 4 bytes keeps the views 256-aligned.
 ROW_ALIGN = 128
+# Products over at least this many rows take a quantized weight dequantized into a scratch
+# buffer first (one bandwidth-bound pass) and then the float32 matmul; fewer rows (generation's
+# steps) read the codes directly.
+DEQUANT_ROWS = 64
 ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")
 
 
@@ -91,6 +95,11 @@ class Transformer:
             buffer = device.create_buffer(count * 4, label=label)
             self.buffers.append(buffer)
             return buffer
+
+        # Quantized projections are dequantized, one at a time, into this float32 scratch (DEQUANT_ROWS).
+        quantized = [m for m in PROJECTIONS if self._weight(0, m).dtype in QUANT_DTYPES]
+        self.wscratch = buf(max(cfg.projection_shape(m)[0] * cfg.projection_shape(m)[1] for m in quantized),
+                            "weights.dequantized") if quantized else None
 
         self.ids = buf(T, "ids")  # [T] u32
         self.targets = buf(T, "targets")  # [T] i32, the next token or -100
@@ -178,6 +187,16 @@ class Transformer:
     def _weight(self, layer: int, module: str, suffix: str = "weight") -> Buffer:
         return self.w[f"{module_name(layer, module)}.{suffix}"]
 
+    def _matrix(self, cmds: list, layer: int, module: str, T: int) -> Buffer:
+        """The projection's weight as a product over T rows reads it: a quantized weight is
+        dequantized into the scratch first when T ≥ DEQUANT_ROWS (the values are exact, so the
+        product equals the float32 path's), else read as codes."""
+        weight = self._weight(layer, module)
+        if weight.dtype not in QUANT_DTYPES or T < DEQUANT_ROWS:
+            return weight
+        cmds.append(self.ops.dequantize(self.wscratch, weight, *self.config.projection_shape(module)))
+        return self.wscratch
+
     def write_batch(self, ids: list[int], targets: list[int]) -> None:
         """Token ids [T] and next-token targets [T] (-100 = ignored) of the next micro-batch."""
         self.device.write_buffer(self.ids, struct.pack(f"<{self.T}I", *ids))
@@ -210,8 +229,8 @@ class Transformer:
             x_in = self._lora_input(cmds, x, layer, module, T, step)
             cmds.extend(ops.matmul(u, x_in, self.lora.param(layer, module, "A"), T, r, in_f))
             plus = Product(u, self.lora.param(layer, module, "B"), r, alpha=s)
-        cmds.extend(ops.matmul(y, x, self._weight(layer, module), T, out_f, in_f, beta=1.0 if residual else beta,
-                               plus=plus, c_in=residual))
+        cmds.extend(ops.matmul(y, x, self._matrix(cmds, layer, module, T), T, out_f, in_f,
+                               beta=1.0 if residual else beta, plus=plus, c_in=residual))
         if self.config.attention_bias and module in ("q_proj", "k_proj", "v_proj"):
             cmds.append(ops.bias_add(y, self._weight(layer, module, "bias"), T, out_f))
 
@@ -316,17 +335,19 @@ class Transformer:
         beta_dx = 1.0 if accumulate_dx else 0.0
         if not (self.lora and self.lora.has(layer, module)):
             if dx is not None:
-                cmds.extend(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True, beta=beta_dx))
+                cmds.extend(ops.matmul(dx, dy, self._matrix(cmds, layer, module, T), T, in_f, out_f, trans_b=True,
+                                       beta=beta_dx))
             return
         r, lora = self.lora.config.rank(layer, module), self.lora
         x_in = self._lora_grads(cmds, dy, x, layer, module, accumulate_grads, step, self.du)
         if dx is None:
             return
+        weight = self._matrix(cmds, layer, module, T)
         if x_in is x:  # dx (+)= dy · W + du · A in one pass
-            cmds.extend(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True, beta=beta_dx,
+            cmds.extend(ops.matmul(dx, dy, weight, T, in_f, out_f, trans_b=True, beta=beta_dx,
                                    plus=Product(self.du, lora.param(layer, module, "A"), r, trans_b=True)))
         else:  # through the dropout: dx += mask · (du · A) / (1 − p)
-            cmds.extend(ops.matmul(dx, dy, self._weight(layer, module), T, in_f, out_f, trans_b=True, beta=beta_dx))
+            cmds.extend(ops.matmul(dx, dy, weight, T, in_f, out_f, trans_b=True, beta=beta_dx))
             cmds.extend(ops.matmul(self.dx_drop, self.du, lora.param(layer, module, "A"), T, in_f, r, trans_b=True))
             cmds.append(ops.dropout(dx, self.dx_drop, step, T * in_f, lora.config.dropout,
                                     self._stream(layer, module), accumulate=True))
