@@ -304,9 +304,11 @@ class Session:
                            reference)
         return self.model
 
-    async def upload(self, dtype: str = "auto") -> Model:
-        """The model's weights to the GPU (kernels specialised for its head size)."""
+    async def upload(self, dtype: str | None = None) -> Model:
+        """The model's weights to the GPU (kernels specialised for its head size), as `dtype`
+        (model.weights.WEIGHT_DTYPES), or as they were last (after a lost device)."""
         model = self.need_model()
+        dtype = dtype or model.dtype
         if model.weights is None:
             device = self.device  # (GpuError before any GPU work when there is none)
             await self.ops.specialize_head_dim(model.config.head_dim)
@@ -466,7 +468,7 @@ class Session:
 
     # -- training ------------------------------------------------------------------------------------------
     async def start_run(self, train: TrainConfig, lora: LoraConfig | None = None,
-                        restore: tuple[dict, dict[str, bytes]] | None = None, weights_dtype: str = "auto") -> Run:
+                        restore: tuple[dict, dict[str, bytes]] | None = None, weights_dtype: str | None = None) -> Run:
         """A run over the session's dataset, ready to `train`: from a checkpoint's state
         (`restore`), else from the imported adapter (its r/alpha/targets win), else a new adapter
         with `lora` (PEFT's init). Its shape is the longest record, capped at `train.seq_len`."""
@@ -550,7 +552,7 @@ class Session:
 
     async def generate(self, prompt: str, lora: LoraState | None, max_new_tokens: int = 64, chat: bool | None = None,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                       on_text: Callable[[str], None] | None = None, weights_dtype: str = "auto") -> Generation:
+                       on_text: Callable[[str], None] | None = None, weights_dtype: str | None = None) -> Generation:
         """The model's continuation of `prompt` (see prompt_ids) with `lora` (None: the base
         model); `on_text` gets the answer so far after every token."""
         from .generate import Generator
