@@ -445,10 +445,12 @@ def test_attention_with_kv_cache(ops, arrays, T, start, Hq, Hkv, D):
 @pytest.mark.parametrize("N, max_norm, scale", [(3, 1.0, 1.0), (10007, 0.5, 0.25), (10007, 0.0, 0.5), (5000, 1e6, 1.0)])
 def test_grad_norm_and_clip(ops, arrays, N, max_norm, scale):
     grad = rng("norm", N).standard_normal(N, dtype=np.float32)
-    clip, partial = arrays.empty(2), arrays.empty(ops.sumsq_partials(N))
-    step = arrays.up(np.frombuffer(step_scalars(ops, lr=1e-3, grad_scale=scale), np.float32))
-    arrays.submit(ops.grad_norm(clip, partial, arrays.up(grad), step, N, max_norm))
-    norm, factor = arrays.down(clip, (2,))
+    clip, partial = arrays.up(np.zeros(3, np.float32)), arrays.empty(ops.sumsq_partials(N))
+    step = arrays.up(np.frombuffer(step_scalars(ops, lr=1e-3, grad_scale=scale, slot=1), np.float32))
+    history = arrays.up(np.array([np.nan, 2.5], np.float32))  # this step's loss is slot 1's
+    arrays.submit(ops.grad_norm(clip, partial, arrays.up(grad), step, history, N, max_norm))
+    norm, factor, halted = arrays.down(clip, (3,))
+    assert halted == 0
     norm_ref, coefficient_ref = ref.grad_clip(grad * np.float32(scale), max_norm)
     assert norm == pytest.approx(norm_ref, rel=1e-5)
     assert factor == pytest.approx(coefficient_ref * scale, rel=1e-5)
@@ -471,13 +473,15 @@ def test_adamw_steps(ops, arrays):
     p = r.standard_normal(N, dtype=np.float32)
     m, v = np.zeros(N, np.float32), np.zeros(N, np.float32)
     bp, bm, bv = arrays.up(p), arrays.up(m), arrays.up(v)
-    step, clip = arrays.empty(6), arrays.up(np.array([0.0, 0.7], np.float32))
+    step, clip, last_good = arrays.empty(6), arrays.up(np.array([0.0, 0.7, 0.0], np.float32)), arrays.empty(N)
     for t in range(1, 4):
         g = r.standard_normal(N, dtype=np.float32)
         arrays.gpu.write_buffer(step, step_scalars(ops, lr=lr, bc1=1 - b1**t, bc2=1 - b2**t))
-        arrays.submit(ops.adamw(bp, bm, bv, arrays.up(g), step, clip, N, beta1=b1, beta2=b2, eps=eps, weight_decay=wd))
-        p, m, v = ref.adamw(p, m, v, g, lr, t, b1, b2, eps, wd, clip=0.7)
+        arrays.submit(ops.adamw(bp, bm, bv, arrays.up(g), step, clip, last_good, N, beta1=b1, beta2=b2, eps=eps,
+                                weight_decay=wd))
+        before, (p, m, v) = p, ref.adamw(p, m, v, g, lr, t, b1, b2, eps, wd, clip=0.7)
     np.testing.assert_allclose(arrays.down(bp, (N,)), p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(arrays.down(last_good, (N,)), before, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(arrays.down(bm, (N,)), m, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(arrays.down(bv, (N,)), v, rtol=1e-5, atol=1e-9)
 
@@ -488,8 +492,47 @@ def test_sgd_step(ops, arrays):
     p, g = r.standard_normal(N, dtype=np.float32), r.standard_normal(N, dtype=np.float32)
     bp = arrays.up(p)
     step, clip = arrays.up(np.frombuffer(step_scalars(ops, lr=0.1), np.float32)), arrays.up(np.array([0.0, 0.5], np.float32))
-    arrays.submit(ops.sgd(bp, arrays.up(g), step, clip, N, weight_decay=0.01))
+    arrays.submit(ops.sgd(bp, arrays.up(g), step, clip, arrays.empty(N), N, weight_decay=0.01))
     np.testing.assert_allclose(arrays.down(bp, (N,)), ref.sgd(p, g, 0.1, 0.01, clip=0.5), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("bad", ["loss", "norm"])
+def test_a_step_whose_loss_or_norm_is_not_finite_restores_the_last_good_adapter(ops, arrays, optimizer, bad):
+    """Step 1 is finite (last_good ← p0, p ← p1); step 2 finds a NaN loss or an infinite gradient:
+    it halts, p ← p0, and step 3, finite again, stays halted (m and v untouched throughout)."""
+    N = 300
+    r = rng("halt")
+    p0 = r.standard_normal(N, dtype=np.float32)
+    bp, bm, bv, last_good = arrays.up(p0), arrays.empty(N), arrays.empty(N), arrays.empty(N)
+    clip, partial = arrays.up(np.zeros(3, np.float32)), arrays.empty(ops.sumsq_partials(N))
+    step = arrays.empty(6)
+    history = arrays.up(np.array([1.0, 1.0, 1.0], np.float32))
+    for t in range(1, 4):
+        g = r.standard_normal(N, dtype=np.float32)
+        if t == 2:
+            if bad == "loss":
+                arrays.gpu.write_buffer(history, np.array([1.0, np.nan], np.float32).tobytes())
+            else:
+                g[7] = np.inf
+        arrays.gpu.write_buffer(step, step_scalars(ops, lr=0.1, bc1=0.1, bc2=0.001, grad_scale=1.0, slot=t - 1))
+        grad = arrays.up(g)
+        cmds = ops.grad_norm(clip, partial, grad, step, history, N, 1.0)
+        if optimizer == "adamw":
+            cmds.append(ops.adamw(bp, bm, bv, grad, step, clip, last_good, N, beta1=0.9, beta2=0.999, eps=1e-8,
+                                  weight_decay=0.0))
+        else:
+            cmds.append(ops.sgd(bp, grad, step, clip, last_good, N, weight_decay=0.0))
+        arrays.submit(*cmds)
+        after = arrays.down(bp, (N,))
+        assert np.isfinite(after).all()
+        if t == 1:
+            m1 = arrays.down(bm, (N,))
+            assert not np.array_equal(after, p0)
+        else:
+            np.testing.assert_array_equal(after, p0)
+            np.testing.assert_array_equal(arrays.down(bm, (N,)), m1)
+        assert arrays.down(clip, (3,))[2] == (0 if t == 1 else 1)
 
 
 def test_dropout_mask_scaling_and_accumulate(ops, arrays):

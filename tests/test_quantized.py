@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from loralab import ref
-from loralab.ops import GGUF_TYPES, QUANT_DTYPES
+from loralab.ops import QUANT_DTYPES
 
 gguf = pytest.importorskip("gguf")
 
 
 def quantized(ops, arrays, dtype: str, w: np.ndarray):
-    """w quantized on the GPU as `dtype` ("nf4" or "q8_32"), and the values its readers see."""
+    """w quantized on the GPU as `dtype` ("nf4" or "q8_0"), and the values its readers see."""
     rows, cols = w.shape
     packed = ops.quantized_buffer(dtype, rows, cols, "w")
     values = arrays.empty(rows * cols)
@@ -49,7 +49,7 @@ def test_q8_0_matches_ggml_through_gguf_py(ops, arrays):
     w = (rng.standard_normal((6, 96)) * rng.uniform(0.001, 2, (6, 1))).astype(np.float32)
     w[2] = 0.0
     w[3, 5] = 0.5 * w[3].max()  # exact halves after scaling exercise the rounding
-    _, values = quantized(ops, arrays, "q8_32", w)
+    _, values = quantized(ops, arrays, "q8_0", w)
     blocks = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
     np.testing.assert_array_equal(values, gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q8_0))
 
@@ -62,11 +62,11 @@ def test_every_reader_sees_the_dequantized_values(ops, arrays, dtype, M, N, K):
     from tests.formats.test_gguf import BLOCKS, random_blocks
 
     rng = np.random.default_rng(M + N + K)
-    kind = next((k for k, (_, d) in sorted(GGUF_TYPES.items()) if d == dtype and BLOCKS[k][0] <= K), None)
-    if dtype == "nf4" or kind is None:
-        packed, w = quantized(ops, arrays, "nf4" if dtype == "nf4" else "q8_32", rng.standard_normal((N, K)).astype(np.float32))
-        if packed.dtype != dtype:
-            pytest.skip(f"no GGUF type of {dtype} fits K = {K}")
+    kind = dtype.upper()
+    if dtype == "nf4" or (dtype == "q8_0" and M != 3):  # quantized at load (Q8_0 repacked at M = 3)
+        packed, w = quantized(ops, arrays, dtype, rng.standard_normal((N, K)).astype(np.float32))
+    elif BLOCKS[kind][0] > K:
+        pytest.skip(f"{kind}'s blocks are longer than K = {K}")
     else:
         raw = random_blocks(kind, N * K // BLOCKS[kind][0], seed=N)
         packed = ops.quantized_buffer(dtype, N, K, "w")
@@ -86,3 +86,24 @@ def test_every_reader_sees_the_dequantized_values(ops, arrays, dtype, M, N, K):
     out = arrays.empty(M * K)
     arrays.submit(ops.embedding(out, arrays.up(ids), packed, M, K, N))
     np.testing.assert_array_equal(arrays.down(out, (M, K)), w[ids])
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("rows, cols, head_dim", [(6, 96, 0), (8, 64, 4), (3, 32, 0)])
+def test_to_ggml_writes_the_blocks_gguf_py_quantizes(ops, arrays, kind, rows, cols, head_dim):
+    """Merged exports re-quantized: ggml's reference quantizers (through gguf-py), byte for
+    byte, with llama.cpp's q/k row order when head_dim is given."""
+    from loralab.ops import ggml_bytes
+
+    rng = np.random.default_rng(rows * cols)
+    w = (rng.standard_normal((rows, cols)) * rng.uniform(0.001, 2, (rows, 1))).astype(np.float32)
+    w[1] = 0.0  # all-zero blocks
+    w[2, 3] = -4 * np.abs(w[2]).max()  # a negative extreme sets Q4_0's d
+    out = arrays.gpu.create_buffer(ggml_bytes(kind, w.size, pairs=True), label="blocks")
+    arrays.submit(ops.to_ggml(out, arrays.up(w), kind, rows, cols, head_dim))
+    got = arrays.down(out, (out.size,), "uint8")[: ggml_bytes(kind, w.size)]
+    order = w
+    if head_dim:  # GGUF row h·D + 2j + s holds row h·D + s·D/2 + j
+        order = w.reshape(rows // head_dim, 2, head_dim // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    want = gguf.quants.quantize(order, getattr(gguf.GGMLQuantizationType, kind))
+    np.testing.assert_array_equal(got, want.reshape(-1))

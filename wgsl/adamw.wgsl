@@ -5,6 +5,8 @@
 //   p ← p − (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps)
 //   step: Step (include/step.wgsl): lr, bc1, bc2 written by the host each step (bc = 1 − β^t), so the uniform stays fixed.
 //   param, m, v: [N] updated in place; grad: [N].
+//   last_good: [N] ← param before the update, the adapter whose loss this step found finite; once
+//   clip[2] (halted: a loss or norm that was not finite) is set, param ← last_good and nothing steps.
 // Work split: one invocation per element, 256 per workgroup, 2-D grid for large N.
 
 struct Params {
@@ -22,10 +24,11 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;         // [N]
 @group(0) @binding(2) var<storage, read> step: Step;
-@group(0) @binding(3) var<storage, read> clip: array<f32>;         // [norm, coefficient]
+@group(0) @binding(3) var<storage, read> clip: array<f32>;         // [norm, coefficient, halted]
 @group(0) @binding(4) var<storage, read_write> param: array<f32>;  // [N]
 @group(0) @binding(5) var<storage, read_write> m: array<f32>;      // [N]
 @group(0) @binding(6) var<storage, read_write> v: array<f32>;      // [N]
+@group(0) @binding(7) var<storage, read_write> last_good: array<f32>;  // [N]
 
 const WG = 256u;
 
@@ -33,8 +36,13 @@ const WG = 256u;
 fn adamw(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * nwg.x * WG;
   if (i >= params.N) { return; }
+  if (clip[2] != 0.0) {
+    param[i] = last_good[i];
+    return;
+  }
   let lr = step.lr;
   let g = grad[i] * clip[1];
+  last_good[i] = param[i];
   var p = param[i] * (1.0 - lr * params.weight_decay);
   let mi = params.beta1 * m[i] + params.one_minus_beta1 * g;
   let vi = params.beta2 * v[i] + params.one_minus_beta2 * g * g;

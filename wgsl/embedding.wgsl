@@ -6,7 +6,7 @@ struct Params {
   T: u32,
   C: u32,
   V: u32,
-  scales: u32,  // a quantized table (Q_BITS > 0, include/qweight.wgsl): where its scales start,
+  scales: u32,  // a quantized table (Q_BITS > 0, include/qweight.wgsl): where its group heads start,
   groups: u32,  //   and how many groups it has
 }
 
@@ -32,9 +32,7 @@ fn embedding(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups)
     let e = id * params.C + c;
     if (Q_BITS > 0u) {
       let g = e / Q_GROUP;
-      var offset = 0.0;
-      if (!Q_TABLE) { offset = bitcast<f32>(table[params.scales + params.groups + g]); }
-      v = q_value(table[q_word(e)], e, bitcast<f32>(table[params.scales + g]), offset);
+      v = q_value(table[q_word(e)], e, table[q_head(params.scales, g)], table[q_super(params.scales, params.groups, g)]);
     } else if (TABLE_F16) {
       v = unpack2x16float(table[e / 2u])[e % 2u];
     } else {

@@ -56,7 +56,7 @@ struct Params {
   b2_off1: u32,
   b2_off2: u32,
   b2_diag: u32,
-  b_scales: u32,  // a quantized B (Q_BITS > 0, include/qweight.wgsl): the word where its scales
+  b_scales: u32,  // a quantized B (Q_BITS > 0, include/qweight.wgsl): the word where its group heads
   b_groups: u32,  //   start, and how many groups it has
 }
 
@@ -134,9 +134,8 @@ fn load_b(n: u32, k: u32, k_end: u32, second: bool) -> f32 {
   let e = n * params.b_sn + k * params.b_sk;
   if (Q_BITS > 0u) {
     let g = e / Q_GROUP;
-    var offset = 0.0;
-    if (!Q_TABLE) { offset = bitcast<f32>(B[params.b_scales + params.b_groups + g]); }
-    return q_value(B[q_word(e)], e, bitcast<f32>(B[params.b_scales + g]), offset);
+    return q_value(B[q_word(e)], e, B[q_head(params.b_scales, g)],
+                   B[q_super(params.b_scales, params.b_groups, g)]);
   }
   if (B_F16) { return unpack2x16float(B[e / 2u])[e % 2u]; }
   return bitcast<f32>(B[e]);

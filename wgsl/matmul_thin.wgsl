@@ -32,7 +32,7 @@ struct Params {
   beta: f32,
   k_split: u32,
   c_sz: u32,  // floats between the splits' outputs
-  b_scales: u32,  // a quantized B (Q_BITS > 0, include/qweight.wgsl): the word where its scales
+  b_scales: u32,  // a quantized B (Q_BITS > 0, include/qweight.wgsl): the word where its group heads
   b_groups: u32,  //   start, and how many groups it has
 }
 
@@ -56,9 +56,8 @@ fn read_a(e: u32) -> f32 {
 fn read_b(e: u32) -> f32 {
   if (Q_BITS > 0u) {
     let g = e / Q_GROUP;
-    var offset = 0.0;
-    if (!Q_TABLE) { offset = bitcast<f32>(B[params.b_scales + params.b_groups + g]); }
-    return q_value(B[q_word(e)], e, bitcast<f32>(B[params.b_scales + g]), offset);
+    return q_value(B[q_word(e)], e, B[q_head(params.b_scales, g)],
+                   B[q_super(params.b_scales, params.b_groups, g)]);
   }
   if (B_F16) { return unpack2x16float(B[e / 2u])[e % 2u]; }
   return bitcast<f32>(B[e]);

@@ -16,7 +16,15 @@ import json
 import os
 import sys
 
-from .config import CHOICES, DATASET_FORMATS, NAMED_CONFIGS, LoraConfig, TrainConfig, option_fields
+from .config import (
+    CHOICES,
+    DATASET_FORMATS,
+    MERGED_GGUF_TYPES,
+    NAMED_CONFIGS,
+    LoraConfig,
+    TrainConfig,
+    option_fields,
+)
 from .data.formats import DatasetError
 from .data.tokenizer import TokenizerError
 from .errors import UsageError, UserError, one_line
@@ -281,8 +289,13 @@ async def cmd_bench(args) -> int:
 
 
 async def cmd_export(args) -> int:
-    """An adapter as llama.cpp GGUF-LoRA, or merged into the base model as a Hugging Face folder."""
+    """An adapter as llama.cpp GGUF-LoRA, or merged into the base model as a Hugging Face folder
+    (or, with --quantize, as a GGUF file re-quantized)."""
     s = await open_session(args.model, args.hub_endpoint)
+    if args.quantize:
+        if args.to != "merged":
+            raise UsageError("--quantize goes with --to merged")
+        s.gguf_base()
     import_adapter(s, args.adapter_dir)
     if args.to == "gguf":
         data = await s.gguf_adapter()
@@ -292,6 +305,12 @@ async def cmd_export(args) -> int:
         return 0
     await start_gpu(s)
     await s.upload(args.weights)
+    if args.quantize:
+        with open(args.out, "wb") as f:
+            await s.write_merged_gguf(f.write, args.quantize)
+        print(json.dumps({"event": "exported", "to": "merged", "quantize": args.quantize, "out": args.out,
+                          "bytes": os.path.getsize(args.out)}), file=sys.stderr)
+        return 0
     os.makedirs(args.out, exist_ok=True)
     for name, data in s.merged_folder_files().items():
         with open(os.path.join(args.out, name), "wb") as f:
@@ -408,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--to", choices=["gguf", "merged"], required=True)
     x.add_argument("--model", required=True, help="the base model the adapter was trained on")
     x.add_argument("--out", required=True, help="the .gguf file, or the folder for the merged model")
+    x.add_argument("--quantize", choices=MERGED_GGUF_TYPES,
+                   help="with --to merged over a GGUF model: write a GGUF file (--out) whose merged matrices are "
+                        "re-quantized to this type, every other tensor and the metadata as the base has them")
 
     for command in (t, e, g, b, x):
         command.add_argument("--hub-endpoint", help="where repo ids are fetched from (default: the public hub)")

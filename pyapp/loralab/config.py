@@ -291,6 +291,10 @@ class TrainConfig:
         return max(1, math.ceil(per_epoch * self.epochs))
 
 
+# Re-quantized merged exports (a GGUF base with the adapter merged in): the types a merged matrix
+# may take (ops.GGML_QUANTIZERS writes them on the GPU with ggml's reference quantizers).
+MERGED_GGUF_TYPES = ("Q8_0", "Q4_0")
+
 CHOICES = {"lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS}  # fields with a fixed set of values
 DATASET_FORMATS = ("tokens", "text", "completion", "chat", "alpaca")  # (and "auto": detect per file)
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 
-from .config import ARCHITECTURES, ModelConfig
+from .config import ARCHITECTURES, MERGED_GGUF_TYPES, ModelConfig
 from .errors import UsageError
 from .formats.safetensors import header_bytes
 from .gpu.device import Buffer, Copy, Device
 from .lora import LoraState
 from .model.weights import expected_shapes
-from .ops import QUANT_DTYPES, Ops
+from .ops import QUANT_DTYPES, Ops, ggml_bytes
 
 
 def _lora_site(name: str) -> tuple[int, str] | None:
@@ -49,6 +49,33 @@ def merged_bytes(config: ModelConfig, dtype: str = "F32") -> int:
     return sum(_nbytes(shape, _tensor_dtype(shape, dtype)) for shape in expected_shapes(config).values())
 
 
+def _merged_matrix(device: Device, ops: Ops, config: ModelConfig, name: str, buf: Buffer, shape: tuple[int, ...],
+                   lora: LoraState, temps: list[Buffer]) -> Buffer:
+    """Base tensor `name` as float32 on the GPU, with scaling · B · A added where the adapter has
+    its projection (a quantized weight dequantized first); the buffers it makes go in `temps`."""
+    if buf.dtype == "f16":
+        raise UsageError(f"merging needs float32 or quantized base weights; {name} is float16 (load with --weights "
+                         f"f32)")
+    if buf.dtype in QUANT_DTYPES:
+        plain = device.create_buffer(_nbytes(shape), label=f"{name}.dequantized")
+        temps.append(plain)
+        device.submit([ops.dequantize(plain, buf, *shape)])
+        buf = plain
+    site = _lora_site(name)
+    if site is not None and lora.has(*site):
+        layer, module = site
+        out_f, in_f = config.projection_shape(module)
+        r, scale = lora.config.rank(layer, module), lora.config.scaling_for(layer, module)
+        merged = device.create_buffer(buf.size, label=f"{name}.merged")
+        temps.append(merged)
+        # merged[out, in] = W + scale · B[out, r] · A[r, in]  (A is stored [r, in]: op(B) = Aᵀ)
+        device.submit([Copy(buf, 0, merged, 0, buf.size)] + ops.matmul(
+            merged, lora.param(layer, module, "B"), lora.param(layer, module, "A"), out_f, in_f, r,
+            trans_b=True, alpha=scale, beta=1.0))
+        buf = merged
+    return buf
+
+
 async def merged_tensors(device: Device, ops: Ops, config: ModelConfig, weights: dict[str, Buffer],
                          lora: LoraState, dtype: str = "F32") -> AsyncIterator[tuple[str, bytes]]:
     """Each base tensor by name (sorted, as in the safetensors header) as `dtype` bytes (see
@@ -56,29 +83,9 @@ async def merged_tensors(device: Device, ops: Ops, config: ModelConfig, weights:
     weight is dequantized first."""
     shapes = expected_shapes(config)
     for name in sorted(shapes):
-        buf, shape = weights[name], shapes[name]
-        if buf.dtype == "f16":
-            raise UsageError(f"merging needs float32 or quantized base weights; {name} is float16 (load with --weights "
-                             f"f32)")
-        site = _lora_site(name)
-        temps = []
+        shape, temps = shapes[name], []
         try:
-            if buf.dtype in QUANT_DTYPES:
-                plain = device.create_buffer(_nbytes(shape), label=f"{name}.dequantized")
-                temps.append(plain)
-                device.submit([ops.dequantize(plain, buf, *shape)])
-                buf = plain
-            if site is not None and lora.has(*site):
-                layer, module = site
-                out_f, in_f = config.projection_shape(module)
-                r, scale = lora.config.rank(layer, module), lora.config.scaling_for(layer, module)
-                merged = device.create_buffer(buf.size, label=f"{name}.merged")
-                temps.append(merged)
-                # merged[out, in] = W + scale · B[out, r] · A[r, in]  (A is stored [r, in]: op(B) = Aᵀ)
-                device.submit([Copy(buf, 0, merged, 0, buf.size)] + ops.matmul(
-                    merged, lora.param(layer, module, "B"), lora.param(layer, module, "A"), out_f, in_f, r,
-                    trans_b=True, alpha=scale, beta=1.0))
-                buf = merged
+            buf = _merged_matrix(device, ops, config, name, weights[name], shape, lora, temps)
             if _tensor_dtype(shape, dtype) == "F16":
                 numel = shape[0] * shape[1]
                 half = device.create_buffer(-(-numel // 2) * 4, label=f"{name}.f16")
@@ -90,6 +97,73 @@ async def merged_tensors(device: Device, ops: Ops, config: ModelConfig, weights:
         finally:
             for temp in temps:
                 device.destroy_buffer(temp)
+
+
+def _gguf_plan(source, lora: LoraState, quant: str) -> list[tuple[object, str | None, int, int]]:
+    """(GGUF tensor info, its Hugging Face name where the adapter changes it, ggml type id, bytes)
+    for every tensor of the source file, in the file's order."""
+    from .formats.gguf import GGML_TYPES
+    from .model.gguf_model import hf_name
+
+    type_id = {name: kind for kind, (name, _, _) in GGML_TYPES.items()}
+    out = []
+    for info in sorted(source.gguf.tensors.values(), key=lambda i: i.start):
+        hf = hf_name(info.name)
+        site = _lora_site(hf) if hf else None
+        if site is not None and lora.has(*site):
+            numel = 1
+            for d in info.shape:
+                numel *= d
+            out.append((info, hf, type_id[quant], ggml_bytes(quant, numel)))
+        else:
+            out.append((info, None, type_id[info.dtype], info.end - info.start))
+    return out
+
+
+def merged_gguf_size(source, lora: LoraState, quant: str) -> int:
+    """Bytes of the re-quantized merged GGUF file (header included)."""
+    from .formats.gguf import header
+
+    plan = _gguf_plan(source, lora, quant)
+    align = source.gguf.alignment
+    start, end = source.gguf.metadata_span
+    head = header(bytes(end - start), 0, [(i.name, i.shape, k, n) for i, _, k, n in plan], align)
+    return len(head) + sum(-(-n // align) * align for _, _, _, n in plan)
+
+
+async def write_merged_gguf(write: Callable[[bytes], object], device: Device, ops: Ops, source,
+                            weights: dict[str, Buffer], lora: LoraState, quant: str) -> None:
+    """The base GGUF file with the adapter merged in, re-quantized, streamed through `write`: its
+    metadata (architecture, tokenizer, chat template) and every tensor the adapter leaves alone
+    copied byte for byte; each merged matrix written as `quant` (MERGED_GGUF_TYPES, ggml's
+    reference quantizer on the GPU) in llama.cpp's row order."""
+    from .formats.gguf import header
+
+    if quant not in MERGED_GGUF_TYPES:
+        raise UsageError(f"re-quantize to one of {', '.join(MERGED_GGUF_TYPES)}, not {quant!r}")
+    gguf = source.gguf
+    start, end = gguf.metadata_span
+    metadata = bytes(await source.read_span(start, end))
+    plan = _gguf_plan(source, lora, quant)
+    shapes = expected_shapes(source.config)
+    write(header(metadata, len(gguf.metadata), [(i.name, i.shape, k, n) for i, _, k, n in plan], gguf.alignment))
+    for info, hf, _, size in plan:
+        if hf is None:
+            data = await source.read_span(info.start, info.end)
+        else:
+            temps: list[Buffer] = []
+            try:
+                merged = _merged_matrix(device, ops, source.config, hf, weights[hf], shapes[hf], lora, temps)
+                rows, cols = shapes[hf]
+                blocks = device.create_buffer(ggml_bytes(quant, rows * cols, pairs=True), label=f"{hf}.{quant}")
+                temps.append(blocks)
+                device.submit([ops.to_ggml(blocks, merged, quant, rows, cols, source.row_permutation(hf))])
+                data = (await device.read_buffer(blocks))[:size]
+            finally:
+                for temp in temps:
+                    device.destroy_buffer(temp)
+        write(data)
+        write(bytes(-size % gguf.alignment))
 
 
 def safetensors_header(config: ModelConfig, dtype: str = "F32") -> bytes:

@@ -47,22 +47,45 @@ KERNELS = (
 # Frozen weights kept quantized on the GPU (wgsl/include/qweight.wgsl): Buffer.dtype -> (bits
 # per code, values per group, NF4 table). Codes, then a f32 scale per group, then (affine types)
 # a f32 offset per group.
-QUANT_DTYPES = {"q8_32": (8, 32, False), "q4_32": (4, 32, False), "q8_16": (8, 16, False), "nf4": (4, 64, True)}
-# GGUF block types, repacked into those at load (quantize.wgsl's `repack` kinds), values exact.
-GGUF_TYPES = {"Q8_0": (0, "q8_32"), "Q4_0": (1, "q4_32"), "Q4_1": (2, "q4_32"), "Q5_0": (3, "q8_32"),
-              "Q5_1": (4, "q8_32"), "Q4_K": (5, "q4_32"), "Q5_K": (6, "q8_32"), "Q6_K": (7, "q8_16")}
+# Quantized frozen weights on the GPU (include/qweight.wgsl): dtype -> (code bits, group, format,
+# zero). Each GGUF block type keeps its own scales (format 1: the block's f16 d and m; 2, 3: the
+# k-quants' 6-bit/8-bit sub-block scales under an f16 super-block scale), so the values are exact
+# and the bytes close to the file's; NF4 is bitsandbytes' (an f32 absmax per 64).
+QUANT_DTYPES = {"q8_0": (8, 32, 1, 128), "q4_0": (4, 32, 1, 8), "q4_1": (4, 32, 1, 0), "q5_0": (8, 32, 1, 16),
+                "q5_1": (8, 32, 1, 0), "q4_k": (4, 32, 2, 0), "q5_k": (8, 32, 2, 0), "q6_k": (8, 16, 3, 32),
+                "nf4": (4, 64, 0, 0)}
+# GGUF block types -> (quantize.wgsl's `repack` kind, dtype).
+GGUF_TYPES = {name: (kind, name.lower()) for kind, name in
+              enumerate(("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"))}
+# GGUF types to_ggml writes (quantize.wgsl's kind) -> bytes per 32 values.
+GGML_QUANTIZERS = {"Q8_0": 0, "Q4_0": 1}
+GGML_BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18}
+
+
+def ggml_bytes(gguf_type: str, numel: int, pairs: bool = False) -> int:
+    """Bytes of `numel` values as GGUF blocks of `gguf_type` (pairs: rounded up to two blocks)."""
+    blocks = -(-numel // 32)
+    return GGML_BLOCK_BYTES[gguf_type] * (blocks + blocks % 2 if pairs else blocks)
+
+
 # Quantizing float weights at load: the --weights choice -> its dtype.
-QUANTIZE_TO = {"q4": "nf4", "q8": "q8_32"}
+QUANTIZE_TO = {"q4": "nf4", "q8": "q8_0"}
 # Kernels that read a quantized weight: (file, entry point), each specialised per dtype.
 QUANT_READERS = (("matmul", "matmul"), ("matmul_thin", "matmul_thin"), ("embedding", "embedding"),
                  ("quantize", "dequantize"), ("quantize", "random_layout"))
 
 
 def quant_layout(dtype: str, numel: int) -> tuple[int, int, int]:
-    """(words of codes, groups, words in all) of a quantized weight of `numel` values."""
-    bits, group, table = QUANT_DTYPES[dtype]
+    """(words of codes, groups, words in all) of a quantized weight of `numel` values: the codes,
+    then one head per group (32 bits; 16 for Q4_K/Q5_K, 8 for Q6_K), then a word per super-block
+    of 256 values (k-quants)."""
+    bits, group, fmt, _ = QUANT_DTYPES[dtype]
     codes, groups = -(-numel * bits // 32), -(-numel // group)
-    return codes, groups, codes + groups * (1 if table else 2)
+    head_bits = {2: 16, 3: 8}.get(fmt, 32)
+    supers = -(-numel // 256) if fmt >= 2 else 0
+    return codes, groups, codes + -(-groups * head_bits // 32) + supers
+
+
 # Pipelines specialised for float16 weights: (kernel, override constant).
 F16_VARIANTS = (("matmul", "B_F16"), ("matmul_thin", "A_F16"), ("matmul_thin", "B_F16"), ("embedding", "TABLE_F16"))
 
@@ -170,7 +193,7 @@ class Ops:
     @classmethod
     async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
         kernels = {name: await library.get(name) for name in KERNELS}
-        for entry in ("repack", "quantize_nf4", "quantize_q8_0"):
+        for entry in ("repack", "quantize_nf4", "quantize_q8_0", "to_ggml"):
             kernels[entry] = await library.get("quantize", entry)
         ops = cls(device, kernels, library)
         ops.step = await library.step_layout()
@@ -188,11 +211,11 @@ class Ops:
         if library is None:
             return
         for dtype in quant:
-            bits, group, table = QUANT_DTYPES[dtype]
+            bits, group, fmt, zero = QUANT_DTYPES[dtype]
             for name, entry in QUANT_READERS:
                 if (entry, dtype) not in self.q:
                     self.q[(entry, dtype)] = await library.get(name, entry, constants={
-                        "Q_BITS": bits, "Q_GROUP": group, "Q_TABLE": table})
+                        "Q_BITS": bits, "Q_GROUP": group, "Q_FORMAT": fmt, "Q_ZERO": zero})
         for rv in PREPARED_RV:
             if rv not in self.rows:
                 self.rows[rv] = await library.get("matmul_rows", constants={"RV": rv})
@@ -551,21 +574,32 @@ class Ops:
         """out (quantized_buffer of GGUF_TYPES[gguf_type][1]) ← the [rows, cols] tensor's GGUF blocks,
         every value exact; head_dim undoes llama.cpp's q/k row permutation."""
         kind, dtype = GGUF_TYPES[gguf_type]
-        if out.dtype != dtype or out.numel != rows * cols or cols % 32:
+        unit = 256 if gguf_type.endswith("_K") else 32
+        if out.dtype != dtype or out.numel != rows * cols or cols % unit:
             raise ValueError(f"repack: {gguf_type} [{rows}, {cols}] goes into a {dtype} buffer of {rows * cols} values")
-        return self._elementwise("repack", rows * (cols // 32), self._quantize_params(out, rows, cols, kind, head_dim),
+        return self._elementwise("repack", rows * (cols // unit), self._quantize_params(out, rows, cols, kind, head_dim),
                                  src=src, out=out)
 
     def quantize(self, out: Buffer, x: Buffer, rows: int, cols: int) -> Dispatch:
-        """out (quantized_buffer of "nf4" or "q8_32") ← x [rows, cols] float32: bitsandbytes NF4, or
+        """out (quantized_buffer of "nf4" or "q8_0") ← x [rows, cols] float32: bitsandbytes NF4, or
         ggml's Q8_0 (cols a multiple of 32)."""
         if out.dtype == "nf4":
             return self._elementwise("quantize_nf4", -(-rows * cols // 64), self._quantize_params(out, rows, cols),
                                      src=x, out=out)
-        if out.dtype != "q8_32" or cols % 32:
-            raise ValueError(f"quantize: to nf4, or q8_32 with columns in 32s (got {out.dtype}, {cols} columns)")
+        if out.dtype != "q8_0" or cols % 32:
+            raise ValueError(f"quantize: to nf4, or q8_0 with columns in 32s (got {out.dtype}, {cols} columns)")
         return self._elementwise("quantize_q8_0", rows * cols // 32, self._quantize_params(out, rows, cols),
                                  src=x, out=out)
+
+    def to_ggml(self, out: Buffer, x: Buffer, gguf_type: str, rows: int, cols: int, head_dim: int = 0) -> Dispatch:
+        """out ← x [rows, cols] float32 as a GGUF file's blocks of `gguf_type` (GGML_QUANTIZERS),
+        ggml's reference quantizer, rows permuted as llama.cpp stores q/k when head_dim > 0. `out`
+        holds ggml_bytes(...) rounded up to a whole pair of blocks."""
+        if gguf_type not in GGML_QUANTIZERS or cols % 32:
+            raise ValueError(f"to_ggml: {gguf_type} of [{rows}, {cols}]: choose {', '.join(GGML_QUANTIZERS)}, "
+                             f"columns in 32s")
+        params = dict(rows=rows, cols=cols, kind=GGML_QUANTIZERS[gguf_type], head_dim=head_dim, scales=0, groups=0)
+        return self._elementwise("to_ggml", -(-rows * cols // 64), params, src=x, out=out)
 
     def random_quantized(self, out: Buffer, rows: int, cols: int, seed: int) -> Dispatch:
         """Random benchmark weights written straight in `out`'s quantized layout."""
@@ -649,14 +683,16 @@ class Ops:
         return cmds
 
     # -- optimisation -------------------------------------------------------------------------
-    def grad_norm(self, clip: Buffer, partial: Buffer, grad: Buffer, step: Buffer, N: int, max_norm: float) -> list[Dispatch]:
-        """clip ← [norm, factor] of the gradient grad · step[3] (see grad_clip.wgsl);
+    def grad_norm(self, clip: Buffer, partial: Buffer, grad: Buffer, step: Buffer, history: Buffer, N: int,
+                  max_norm: float) -> list[Dispatch]:
+        """clip ← [norm, factor, halted] of the gradient grad · step.grad_scale, halted once the
+        step's loss (history[step.slot]) or norm is not finite (see grad_clip.wgsl);
         `partial` holds sumsq_partials(N) floats."""
         P = self.sumsq_partials(N)
         return [
             self._rows("sumsq", P, dict(N=N), x=grad, partial=partial),
             self.k["grad_clip"].dispatch(self.device, (1, 1), dict(P=P, max_norm=max_norm),
-                                         partial=partial, step=step, clip=clip),
+                                         partial=partial, step=step, history=history, clip=clip),
         ]
 
     def loss_sum(self, history: Buffer, loss: Buffer, step: Buffer, T: int) -> Dispatch:
@@ -666,15 +702,18 @@ class Ops:
     def sumsq_partials(self, N: int) -> int:
         return max(1, math.ceil(N / self.k["sumsq"].source.constant("CHUNK")))
 
-    def adamw(self, param: Buffer, m: Buffer, v: Buffer, grad: Buffer, step: Buffer, clip: Buffer, N: int, *,
-              beta1: float, beta2: float, eps: float, weight_decay: float) -> Dispatch:
+    def adamw(self, param: Buffer, m: Buffer, v: Buffer, grad: Buffer, step: Buffer, clip: Buffer, last_good: Buffer,
+              N: int, *, beta1: float, beta2: float, eps: float, weight_decay: float) -> Dispatch:
+        """One AdamW step of param, m, v; last_good ← param first (or, halted, param ← last_good)."""
         params = dict(N=N, beta1=beta1, beta2=beta2, one_minus_beta1=1 - beta1, one_minus_beta2=1 - beta2,
                       eps=eps, weight_decay=weight_decay)
         return self._elementwise("adamw", N, params,
-                                 grad=grad, step=step, clip=clip, param=param, m=m, v=v)
+                                 grad=grad, step=step, clip=clip, param=param, m=m, v=v, last_good=last_good)
 
-    def sgd(self, param: Buffer, grad: Buffer, step: Buffer, clip: Buffer, N: int, *, weight_decay: float) -> Dispatch:
-        return self._elementwise("sgd", N, dict(N=N, weight_decay=weight_decay), grad=grad, step=step, clip=clip, param=param)
+    def sgd(self, param: Buffer, grad: Buffer, step: Buffer, clip: Buffer, last_good: Buffer, N: int, *,
+            weight_decay: float) -> Dispatch:
+        return self._elementwise("sgd", N, dict(N=N, weight_decay=weight_decay), grad=grad, step=step, clip=clip,
+                                 param=param, last_good=last_good)
 
     def dropout(self, y: Buffer, x: Buffer, step: Buffer, N: int, p: float, stream: int, accumulate: bool = False) -> Dispatch:
         """y (+)= x · mask / (1 − p), the mask drawn from (step[5] seed, stream)."""

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from .config import LoraConfig, ModelConfig, TrainConfig
 from .data.batches import Sequence
-from .gpu.device import Buffer
+from .gpu.device import AdapterInfo, Buffer
 from .ops import Ops
+
+# "auto" weights keep a float model in float32 while its weights take at most this share of the
+# GPU budget (the rest is the run's: activations, logits, the adapter and its optimizer state).
+AUTO_WEIGHTS_SHARE = 0.6
+
+
+def memory_budget(info: AdapterInfo) -> int:
+    """GPU bytes a run may plan on. WebGPU reports no memory size: the largest buffer the adapter
+    grants stands for it, and at least 2 GiB (browsers give a tab a few GiB)."""
+    return max(int(info.limits.get("maxBufferSize", 0)), 2 << 30)
 
 
 def estimate_memory(ops: Ops, config: ModelConfig, weights: dict[str, Buffer], train: TrainConfig, lora: LoraConfig,

@@ -306,9 +306,10 @@ class Session:
 
     async def upload(self, dtype: str | None = None) -> Model:
         """The model's weights to the GPU (kernels specialised for its head size), as `dtype`
-        (model.weights.WEIGHT_DTYPES), or as they were last (after a lost device)."""
+        (model.weights.WEIGHT_DTYPES; "auto": weights_for), or as they were last (after a lost
+        device). Weights already there stay as they are."""
         model = self.need_model()
-        dtype = dtype or model.dtype
+        dtype = self.weights_for(dtype or model.dtype)
         if model.weights is None:
             device = self.device  # (GpuError before any GPU work when there is none)
             await self.ops.specialize_head_dim(model.config.head_dim)
@@ -326,6 +327,7 @@ class Session:
             raise UsageError(f"weights {dtype!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
         model = self.need_model()
         self.need_idle("changing the weights")
+        dtype = self.weights_for(dtype)
         if model.weights is not None and model.dtype == dtype:
             return model
         self.free_run()
@@ -341,6 +343,23 @@ class Session:
         weights, model.weights = model.weights, None
         for buffer in (weights or {}).values():
             self.device.destroy_buffer(buffer)
+
+    def weights_for(self, dtype: str) -> str:
+        """`dtype` with "auto" made concrete for this model and GPU: a GGUF's block-quantized
+        matrices stay as they are ("auto"), and so do float weights while they take at most
+        plan.AUTO_WEIGHTS_SHARE of the GPU's budget; past it, the first of f16, q8 and q4 that
+        does (q4 when none does)."""
+        from .model.weights import weight_bytes
+        from .plan import AUTO_WEIGHTS_SHARE, memory_budget
+
+        if dtype != "auto":
+            return dtype
+        model = self.need_model()
+        room = AUTO_WEIGHTS_SHARE * memory_budget(self.device.info)
+        for choice in ("auto", "f16", "q8"):
+            if weight_bytes(model.config, model.source, choice) <= room:
+                return choice
+        return "q4"
 
     def precisions(self) -> dict[str, int]:
         """{weights choice: GPU bytes of the weights} for this model (the plan shows them)."""
@@ -433,14 +452,16 @@ class Session:
         raise UsageError("train or import an adapter first")
 
     # -- the plan ----------------------------------------------------------------------------------------
-    async def plan(self, train: TrainConfig, lora: LoraConfig, budget: int) -> dict:
+    async def plan(self, train: TrainConfig, lora: LoraConfig, budget: int | None = None) -> dict:
         """GPU memory and time for a run against this GPU (its matmul rate is measured once), and
-        whether it fits in `budget` bytes, with a concrete fix when it does not."""
+        whether it fits in `budget` bytes (default: plan.memory_budget), with a concrete fix when
+        it does not."""
         from dataclasses import replace
 
         from .bench import bench_matmul
-        from .plan import estimate_memory, estimate_step_seconds
+        from .plan import estimate_memory, estimate_step_seconds, memory_budget
 
+        budget = budget if budget is not None else memory_budget(self.device.info)
         model = await self.upload()
         if self.dataset is not None and self.dataset.train:  # the shape start_run builds
             train = replace(train, seq_len=fit_seq_len(self.dataset.train + self.dataset.valid, train.seq_len))
@@ -625,6 +646,38 @@ class Session:
         if lora is None:
             raise UsageError("train or import an adapter first")
         await write_merged(write, self.device, self.ops, model.config, model.weights, lora)
+
+    def gguf_base(self, what: str = "a re-quantized merged model"):
+        """The model's GGUF source, for exports written over it (else a UsageError naming `what`)."""
+        from .model.gguf_model import GGUFModel
+
+        model = self.need_model()
+        if not isinstance(model.source, GGUFModel):
+            raise UsageError(f"{model.name}: {what} is written over a GGUF base model; this one is a Hugging Face "
+                             f"folder: export the merged model as a folder (float weights) and convert it with "
+                             f"llama.cpp's convert_hf_to_gguf.py")
+        return model.source
+
+    def merged_gguf_size(self, quant: str) -> int:
+        """Bytes of the re-quantized merged GGUF file."""
+        from .merge import merged_gguf_size
+
+        lora = self.adapter()
+        if lora is None:
+            raise UsageError("train or import an adapter first")
+        return merged_gguf_size(self.gguf_base(), lora, quant)
+
+    async def write_merged_gguf(self, write: Callable[[bytes], object], quant: str) -> None:
+        """The base GGUF file with the adapter merged in, each changed matrix re-quantized as
+        `quant` (merge.MERGED_GGUF_TYPES) and everything else copied as it is."""
+        from .merge import write_merged_gguf
+
+        source = self.gguf_base()
+        model = await self.upload()
+        lora = self.adapter()
+        if lora is None:
+            raise UsageError("train or import an adapter first")
+        await write_merged_gguf(write, self.device, self.ops, source, model.weights, lora, quant)
 
 
 def run_in_background(run: Run, report: Callable[[dict], None], **train_args) -> asyncio.Task:

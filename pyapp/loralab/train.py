@@ -97,11 +97,11 @@ class Trainer:
         self.step_buf = device.create_buffer(step_bytes(ops), label="step")  # see _write_step
         self.loss_hist = device.create_buffer(4 * n, label="loss_history")
         self.norm_hist = device.create_buffer(4 * n, label="grad_norm_history")
-        self.clip = device.create_buffer(8, label="clip")
+        self.clip = device.create_buffer(12, label="clip")  # [norm, factor, halted] (grad_clip.wgsl)
         self.partial = device.create_buffer(4 * ops.sumsq_partials(lora.numel), label="sumsq_partial")
-        # The last adapter whose loss was read back finite, and the candidate for it.
-        self.snapshot = device.create_buffer(lora.nbytes, label="lora.last_good")
-        self.pending = device.create_buffer(lora.nbytes, label="lora.pending")
+        # The last adapter whose loss was finite: the optimizer keeps it, and restores it on the GPU
+        # once a loss or gradient norm is not (adamw.wgsl), so no step needs a readback to be safe.
+        self.last_good = device.create_buffer(lora.nbytes, label="lora.last_good")
         self.eval_hist = device.create_buffer(4, label="eval_loss")
         # GPU timestamps at the start of each reporting window and the end of each step, for each
         # step's own throughput (None without timestamp-query: the window's average is used).
@@ -113,8 +113,8 @@ class Trainer:
 
     def release(self) -> None:
         """Free the trainer's own buffers (the model's and the adapter's belong to the caller)."""
-        for buf in (self.step_buf, self.loss_hist, self.norm_hist, self.clip, self.partial, self.snapshot,
-                    self.pending, self.eval_hist):
+        for buf in (self.step_buf, self.loss_hist, self.norm_hist, self.clip, self.partial, self.last_good,
+                    self.eval_hist):
             self.device.destroy_buffer(buf)
         if self.timer is not None:
             self.device.destroy_timer(self.timer)
@@ -122,12 +122,14 @@ class Trainer:
     # -- recording ----------------------------------------------------------------------------
     def _optimizer(self) -> list:
         c, ops, lora = self.config, self.ops, self.lora
-        cmds = ops.grad_norm(self.clip, self.partial, lora.grads, self.step_buf, lora.numel, c.max_grad_norm)
+        cmds = ops.grad_norm(self.clip, self.partial, lora.grads, self.step_buf, self.loss_hist, lora.numel,
+                             c.max_grad_norm)
         if c.optimizer == "adamw":
-            cmds.append(ops.adamw(lora.params, lora.m, lora.v, lora.grads, self.step_buf, self.clip, lora.numel,
-                                  beta1=c.beta1, beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay))
+            cmds.append(ops.adamw(lora.params, lora.m, lora.v, lora.grads, self.step_buf, self.clip, self.last_good,
+                                  lora.numel, beta1=c.beta1, beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay))
         else:
-            cmds.append(ops.sgd(lora.params, lora.grads, self.step_buf, self.clip, lora.numel, weight_decay=c.weight_decay))
+            cmds.append(ops.sgd(lora.params, lora.grads, self.step_buf, self.clip, self.last_good, lora.numel,
+                                weight_decay=c.weight_decay))
         return cmds
 
     def _write_step(self, lr: float, t: int, grad_scale: float, slot: int, micro: int) -> None:
@@ -161,11 +163,9 @@ class Trainer:
         if self.config.grad_accum > 1:
             self._micro_batch(True)
 
-    def run_step(self, slot: int, keep_params: bool = False) -> tuple[int, float]:
+    def run_step(self, slot: int) -> tuple[int, float]:
         """Record and submit optimizer step self.step + 1; returns its target-token count and the
-        epoch (a fraction) its data came from. With keep_params, the parameters this step's loss
-        is computed with are copied to `pending` (they become the last good adapter once that loss
-        is read back finite)."""
+        epoch (a fraction) its data came from."""
         batches = self._batches()
         epoch = self.order.epoch + self.order.index / self.order.count
         n_targets = sum(n for _, _, n in batches)
@@ -175,8 +175,6 @@ class Trainer:
             self.model.write_batch(ids, targets)
             cmds = self._micro_batch(micro > 0)
             if micro == len(batches) - 1:
-                if keep_params:  # the parameters this step's loss was computed with
-                    cmds = cmds + [Copy(self.lora.params, 0, self.pending, 0, self.lora.nbytes)]
                 cmds = cmds + self._optimizer_cmds + [Copy(self.clip, 0, self.norm_hist, 4 * slot, 4)]
                 if self.timer is not None:
                     cmds = cmds + [Timestamp(self.timer, slot + 1)]
@@ -205,7 +203,8 @@ class Trainer:
         restoring the last good adapter."""
         c = self.config
         end = min(self.total_steps, stop_after) if stop_after else self.total_steps
-        self.device.submit([Copy(self.lora.params, 0, self.snapshot, 0, self.lora.nbytes)])
+        self.device.write_buffer(self.clip, bytes(12))
+        self.device.submit([Copy(self.lora.params, 0, self.last_good, 0, self.lora.nbytes)])
         while self.step < end:
             if control is not None:
                 if control.paused and on_checkpoint:  # a paused run is saved, in case it never resumes
@@ -220,7 +219,7 @@ class Trainer:
             started, first = time.perf_counter(), self.step
             if self.timer is not None:
                 self.device.submit([Timestamp(self.timer, 0)])
-            steps = [self.run_step(slot, keep_params=slot == window - 1) for slot in range(window)]
+            steps = [self.run_step(slot) for slot in range(window)]
             losses = struct.unpack(f"<{window}f", await self.device.read_buffer(self.loss_hist, 0, 4 * window))
             norms = struct.unpack(f"<{window}f", await self.device.read_buffer(self.norm_hist, 0, 4 * window))
             elapsed = time.perf_counter() - started
@@ -229,8 +228,7 @@ class Trainer:
             for i in range(window):
                 count, epoch = steps[i]
                 loss = losses[i] / max(1, count)
-                if not math.isfinite(loss) or not math.isfinite(norms[i]):
-                    self.device.submit([Copy(self.snapshot, 0, self.lora.params, 0, self.lora.nbytes)])
+                if not math.isfinite(loss) or not math.isfinite(norms[i]):  # (restored on the GPU)
                     raise NonFiniteLoss(first + i + 1)
                 record = {
                     "kind": "train", "step": first + i + 1, "total_steps": self.total_steps, "loss": loss,
@@ -241,7 +239,6 @@ class Trainer:
                 self.history.append(record)
                 if on_report:
                     on_report(record)
-            self.device.submit([Copy(self.pending, 0, self.snapshot, 0, self.lora.nbytes)])
             due = c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps
             if self.valid_set and (due or self.step == self.total_steps):
                 record = {"kind": "eval", "step": self.step, **await evaluate(self.device, self.model, self.valid_set,

@@ -170,3 +170,40 @@ def test_the_plan_offers_each_weight_precision_and_trains_with_nf4(app, model_fo
     app.train({"steps": 4, "batch-size": 3, "report-every": 2})
     losses = [r["loss"] for r in app.metrics() if r["kind"] == "train"]
     assert len(losses) == 4 and all(0 < x < 20 for x in losses)
+
+
+def test_a_k_quant_gguf_stays_quantized_and_exports_merged_as_a_requantized_gguf(app, tmp_path):
+    """A llama.cpp-style GGUF (Q4_K, Q6_K, Q8_0) loads with its types kept (the card lists them);
+    with a PEFT adapter imported, "Download merged model" as GGUF Q8_0 gives the base file with
+    the adapted matrices re-quantized and every other tensor as it was."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from tests.model.test_qlora import HIDDEN, k_quant_gguf
+
+    page = app.page
+    app.engine_up()
+    k_quant_gguf(tmp_path / "mix.gguf")
+    app.load_model_files(tmp_path / "mix.gguf")
+    for kind in ("Q4_K", "Q6_K", "Q8_0"):
+        app.wait_text("model-card", kind)
+    rng = np.random.default_rng(0)
+    base = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{base}.lora_A.weight": (rng.standard_normal((2, HIDDEN)) * 0.05).astype(np.float32),
+               f"{base}.lora_B.weight": (rng.standard_normal((HIDDEN, 2)) * 0.05).astype(np.float32)},
+              str(tmp_path / "adapter_model.safetensors"))
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}))
+    app.drop([tmp_path / "adapter_config.json", tmp_path / "adapter_model.safetensors"])
+    app.wait_text("adapter-info", "Imported")
+    page.select_option("[data-testid=export-merged-format]", "Q8_0")
+    path = app.download("export-merged", tmp_path / "merged.gguf")
+    assert path.read_bytes()[:4] == b"GGUF"
+    before = {t.name: t for t in gguf.GGUFReader(tmp_path / "mix.gguf").tensors}
+    after = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    assert list(after) == list(before)
+    assert after["blk.0.attn_q.weight"].tensor_type.name == "Q8_0"
+    for name, t in after.items():
+        if name != "blk.0.attn_q.weight":
+            assert bytes(t.data) == bytes(before[name].data), name

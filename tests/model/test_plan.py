@@ -94,3 +94,32 @@ def test_each_weights_choice_takes_the_bytes_the_plan_says(tmp_path, run):
     assert not plan["fits"] and plan["advice"].startswith("keep the weights as q8")
     assert plan["weights"]["current"] == "f32" and set(plan["weights"]["choices"]) == {"auto", "f32", "f16", "q8", "q4"}
     session.close_model()
+
+
+def test_auto_weights_take_the_first_precision_whose_weights_fit(tmp_path, run, monkeypatch):
+    """A float model stays float32 while its weights take at most plan.AUTO_WEIGHTS_SHARE of the
+    GPU budget; past it, "auto" uploads f16, then q8, then q4 (here the share is squeezed, as a
+    small GPU would)."""
+    from loralab import plan as plan_module
+    from loralab.model.weights import weight_types
+    from loralab.plan import memory_budget
+
+    hf.tiny_model("llama", tmp_path / "model", seed=3)
+
+    async def no_tokenizer(*_):
+        raise AssertionError("the tiny model has no tokenizer")
+
+    session = Session()
+    run(session.start(run(NativeDevice.create()), directory_reader()))
+    run(session.open_model(HFFolder(str(tmp_path / "model")), ("tiny", None), no_tokenizer))
+    sizes = session.precisions()
+    assert sizes["auto"] > sizes["f16"] > sizes["q8"] > sizes["q4"]
+    budget = memory_budget(session.device.info)
+    for room, want in ((sizes["auto"], "auto"), (sizes["f16"], "f16"), (sizes["q8"], "q8"), (sizes["q4"], "q4"),
+                       (1, "q4")):
+        monkeypatch.setattr(plan_module, "AUTO_WEIGHTS_SHARE", (room + 0.5) / budget)
+        assert session.weights_for("auto") == want
+        assert session.weights_for("f32") == "f32"  # a choice the person made is kept
+    model = run(session.upload())
+    assert model.dtype == "q4" and "nf4" in weight_types(model.weights)
+    assert run(session.plan(TrainConfig(steps=1, batch_size=1, seq_len=8), LoraConfig(r=2)))["weights"]["current"] == "q4"

@@ -151,13 +151,15 @@ def test_quantized_weights_train_like_peft_on_the_dequantized_model(gpu, ops, ru
         gpu.destroy_buffer(weights[name])
 
 
-def test_a_k_quant_gguf_stays_quantized_and_equals_its_float32_load(gpu, ops, run, tmp_path):
-    """A llama.cpp-style file (Q4_K projections, Q6_K v/down, Q8_0 embedding; q/k rows permuted
-    for llama.cpp's RoPE) loads quantized by default; its values equal the float32 load's."""
-    from loralab.model.gguf_model import GGUFModel
+HIDDEN, INTER = 256, 512
+
+
+def k_quant_gguf(path) -> None:
+    """A llama.cpp-style one-layer file at `path`: Q4_K projections, Q6_K v/down, a Q8_0
+    embedding, q/k rows permuted for llama.cpp's RoPE, and a tokenizer."""
     from tests.hostile import files as F
 
-    hidden, inter, heads, kv_heads, vocab = 256, 512, 4, 2, 16
+    hidden, inter, heads, kv_heads, vocab = HIDDEN, INTER, 4, 2, 16
     kv = [("general.architecture", F.STRING, "llama"), ("general.alignment", F.U32, 32),
           ("llama.block_count", F.U32, 1), ("llama.embedding_length", F.U32, hidden),
           ("llama.feed_forward_length", F.U32, inter), ("llama.attention.head_count", F.U32, heads),
@@ -184,10 +186,19 @@ def test_a_k_quant_gguf_stays_quantized_and_equals_its_float32_load(gpu, ops, ru
                     if name_kind == "Q8_0" else k_quant_blocks(name_kind, *shape, seed=i))
         tensors.append((name, list(reversed(shape)), kind, len(data)))
         data += blob + bytes(-len(blob) % 32)
-    (tmp_path / "mix.gguf").write_bytes(F.gguf_bytes(kv, tensors, data))
+    path.write_bytes(F.gguf_bytes(kv, tensors, data))
+
+
+def test_a_k_quant_gguf_stays_quantized_and_equals_its_float32_load(gpu, ops, run, tmp_path):
+    """A llama.cpp-style file (Q4_K projections, Q6_K v/down, Q8_0 embedding; q/k rows permuted
+    for llama.cpp's RoPE) loads quantized by default; its values equal the float32 load's."""
+    from loralab.model.gguf_model import GGUFModel
+
+    hidden = HIDDEN
+    k_quant_gguf(tmp_path / "mix.gguf")
     source = GGUFModel.from_path(str(tmp_path / "mix.gguf"))
     kept = run(upload_weights(gpu, source.config, source, ops))  # "auto"
-    assert set(weight_types(kept)) == {"f32", "q4_32", "q8_16", "q8_32"}
+    assert set(weight_types(kept)) == {"f32", "q4_k", "q6_k", "q8_0"}
     floats = run(upload_weights(gpu, source.config, source, ops, "f32"))
     for name, buffer in kept.items():
         if buffer.dtype == "f32":
@@ -216,6 +227,81 @@ def test_the_default_model_quantized_evaluates_like_float32(run):
         losses[dtype] = run(session.evaluate(None))
         losses[dtype + "_types"] = weight_types(model.weights)
         session.close_model()
-    assert set(losses["auto_types"]) == {"f32", "q4_32", "q8_32"} and set(losses["f32_types"]) == {"f32"}
+    assert set(losses["auto_types"]) == {"f32", "q4_1", "q8_0"} and set(losses["f32_types"]) == {"f32"}
     assert losses["auto"]["tokens"] == losses["f32"]["tokens"] > 10
     assert losses["auto"]["loss"] == pytest.approx(losses["f32"]["loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0"])
+def test_a_merged_export_re_quantized_is_the_gguf_with_its_merged_matrices_requantized(tmp_path, quant):
+    """`export --to merged --quantize`: the base GGUF's metadata and untouched tensors byte for
+    byte; each adapted matrix is W + scaling · B · A in llama.cpp's row order (q/k permuted),
+    quantized as ggml's reference quantizer does (gguf-py's quantize of the same values, within
+    float32 rounding of the product: at most one step of a block's scale). HF-folder bases are
+    refused with a message."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.numpy import save_file
+
+    from loralab.model.weights import permute_rows
+
+    k_quant_gguf(tmp_path / "mix.gguf")
+    rng = np.random.default_rng(3)
+    r, alpha, head = 2, 8, HIDDEN // 4
+    shapes = {"q_proj": (HIDDEN, HIDDEN), "v_proj": (2 * head, HIDDEN), "down_proj": (HIDDEN, INTER)}
+    tensors = {}
+    for module, (out_f, in_f) in shapes.items():
+        block = "mlp" if module == "down_proj" else "self_attn"
+        base = f"base_model.model.model.layers.0.{block}.{module}"
+        tensors[f"{base}.lora_A.weight"] = (rng.standard_normal((r, in_f)) * 0.05).astype(np.float32)
+        tensors[f"{base}.lora_B.weight"] = (rng.standard_normal((out_f, r)) * 0.05).astype(np.float32)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": list(shapes)}))
+    loralab = str(Path(sys.executable).with_name("loralab"))
+    out = subprocess.run([loralab, "export", str(adapter), "--to", "merged", "--quantize", quant, "--model",
+                          str(tmp_path / "mix.gguf"), "--out", str(tmp_path / "merged.gguf")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+
+    base, merged = gguf.GGUFReader(tmp_path / "mix.gguf"), gguf.GGUFReader(tmp_path / "merged.gguf")
+    assert [(f.name, f.types, [bytes(p) for p in f.parts]) for f in merged.fields.values()][3:] == \
+           [(f.name, f.types, [bytes(p) for p in f.parts]) for f in base.fields.values()][3:]  # (after the counts)
+    before = {t.name: t for t in base.tensors}
+    gguf_name = {"q_proj": "blk.0.attn_q.weight", "v_proj": "blk.0.attn_v.weight",
+                 "down_proj": "blk.0.ffn_down.weight"}
+    assert [t.name for t in merged.tensors] == list(before)
+    for t in merged.tensors:
+        module = next((m for m, g in gguf_name.items() if g == t.name), None)
+        if module is None:
+            assert t.tensor_type == before[t.name].tensor_type and bytes(t.data) == bytes(before[t.name].data), t.name
+            continue
+        assert t.tensor_type.name == quant, t.name
+        block = "mlp" if module == "down_proj" else "self_attn"
+        key = f"base_model.model.model.layers.0.{block}.{module}"
+        delta = (alpha / r) * tensors[f"{key}.lora_B.weight"] @ tensors[f"{key}.lora_A.weight"]
+        rows, cols = shapes[module]
+        if module == "q_proj":  # into llama.cpp's row order, as the base tensor has it
+            delta = np.frombuffer(permute_rows(delta.astype(np.float32).tobytes(), rows, cols * 4, head),
+                                  np.float32).reshape(rows, cols)
+        want = gguf.quants.dequantize(before[t.name].data, before[t.name].tensor_type) + delta
+        got = gguf.quants.dequantize(t.data, t.tensor_type)
+        step = np.abs(want).reshape(rows, cols // 32, 32).max(axis=2, keepdims=True) / (127 if quant == "Q8_0" else 8)
+        # Half a step (d is rounded to f16), or for Q4_0 a whole one: the code range is −8…7, so a value
+        # of the opposite sign to the block's extreme reaches only 7 steps.
+        bound = (0.6 if quant == "Q8_0" else 1.1) * step + 1e-7
+        assert (np.abs(got - want).reshape(rows, cols // 32, 32) <= bound).all(), t.name
+        requantized = gguf.quants.quantize(want.astype(np.float32), t.tensor_type)
+        assert (requantized.reshape(-1) != np.asarray(t.data).reshape(-1)).mean() < 0.01, t.name
+
+    folder = tmp_path / "folder"
+    hf.tiny_model("llama", folder, seed=1, hidden_size=HIDDEN, intermediate_size=INTER, num_attention_heads=4,
+                  num_key_value_heads=2)
+    refused = subprocess.run([loralab, "export", str(adapter), "--to", "merged", "--quantize", quant, "--model",
+                              str(folder), "--out", str(tmp_path / "x.gguf")], capture_output=True, text=True,
+                             timeout=600)
+    assert refused.returncode != 0 and "GGUF base" in refused.stderr and "Traceback" not in refused.stderr

@@ -13,8 +13,11 @@ from .page import download, el, refresh_status, show_error, state
 
 async def export_merged(event) -> None:
     """The merged model is written by the engine into the browser's private file system and
-    downloaded from there (it can be larger than what fits in one message)."""
-    result = await client.busy_call("Merging the adapter into the model…", "export_merged")
+    downloaded from there (it can be larger than what fits in one message): a Hugging Face folder,
+    or over a GGUF base, the GGUF file with the merged matrices re-quantized."""
+    quantize = el("export-merged-format").value
+    result = await client.busy_call("Merging the adapter into the model…", "export_merged",
+                                    {"quantize": quantize})
     if result:
         folder = await window.navigator.storage.getDirectory()
         for part in result["path"].split("/")[:-1]:

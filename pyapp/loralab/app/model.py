@@ -7,9 +7,8 @@ from pyscript import window  # type: ignore[import-not-found]
 from . import adapters, cache, checkpoints, client, dataset, hardware, plan
 from .page import el, mib, refresh_status, render_rows, save, show_error, state
 
-# How the model card names the GPU weight types (ops.QUANT_DTYPES).
-WEIGHT_TYPE_NAMES = {"f32": "float32", "f16": "float16", "q8_32": "8-bit (Q8_0, Q5_*)", "q4_32": "4-bit (Q4_*)",
-                     "q8_16": "6-bit (Q6_K)", "nf4": "NF4"}
+# How the model card names the GPU weight types (the GGUF block types by their own names).
+WEIGHT_TYPE_NAMES = {"f32": "float32", "f16": "float16", "nf4": "NF4"}
 
 
 async def load_model(request: dict, label: str) -> None:
@@ -36,7 +35,7 @@ def render_model_card(m: dict) -> None:
         ("Parameters", f"{m['parameters'] / 1e6:,.1f} M"), ("Layers", str(m["layers"])),
         ("Hidden size", str(m["hidden_size"])), ("Heads", f"{m['heads']} ({m['kv_heads']} key/value)"),
         ("Vocabulary", f"{m['vocab_size']:,}"), ("Weights in GPU memory", mib(m["weights_bytes"])),
-        ("Weight types", ", ".join(f"{WEIGHT_TYPE_NAMES.get(t, t)} {mib(n)}" for t, n in
+        ("Weight types", ", ".join(f"{WEIGHT_TYPE_NAMES.get(t, t.upper())} {mib(n)}" for t, n in
                                    sorted(m.get("weight_types", {}).items(), key=lambda kv: -kv[1]))),
         ("Chat template", "yes" if m["chat_template"] else "no"),
     ])

@@ -316,8 +316,7 @@ async def plan(w: Worker, req: Plan) -> dict:
     fix when it does not."""
     session = await w.ready()
     session.need_model()
-    budget = max(w.device.info.limits.get("maxBufferSize", 0), 2 << 30)  # browsers give a tab a few GiB at least
-    return await session.plan(req.train, req.lora, budget)
+    return await session.plan(req.train, req.lora)
 
 
 @dataclass(frozen=True)
@@ -494,10 +493,16 @@ async def export_adapter(w: Worker, req: Export) -> dict:
     return {"name": name, "base64": base64.b64encode(data).decode()}
 
 
-@command("export_merged", Empty)
-async def export_merged(w: Worker, req: Empty) -> dict:
-    """The adapter merged into the base model, as a Hugging Face folder in a zip written to the
-    browser's private file system (streamed tensor by tensor); the page downloads it from there.
+@dataclass(frozen=True)
+class ExportMerged:
+    quantize: str = ""  # "": a Hugging Face folder in a zip; a GGUF type: the GGUF base re-quantized
+
+
+@command("export_merged", ExportMerged)
+async def export_merged(w: Worker, req: ExportMerged) -> dict:
+    """The adapter merged into the base model, written to the browser's private file system
+    (streamed tensor by tensor) for the page to download from there: a Hugging Face folder in a
+    zip, or with `quantize`, the GGUF base file with its merged matrices re-quantized.
     -> {"path", "name", "bytes"}."""
     import zipfile
 
@@ -506,24 +511,28 @@ async def export_merged(w: Worker, req: Empty) -> dict:
     session = await w.ready()
     model = session.need_model()
     await session.adapter_state()  # (an adapter is needed before anything is written)
-    size = session.merged_size()
+    size = session.merged_gguf_size(req.quantize) if req.quantize else session.merged_size()
     quota = await storage_free()
     if quota is not None and size > quota:
         raise StorageError(f"the merged model needs {size / 2**20:,.0f} MiB of browser storage and "
                            f"{quota / 2**20:,.0f} MiB are free; download the adapter instead")
-    path = "loralab/exports/merged-model.zip"
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.name).removesuffix(".gguf")
+    path = "loralab/exports/merged-model." + ("gguf" if req.quantize else "zip")
     out = await SyncFile.create(path)
     try:
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for name, data in session.merged_folder_files().items():
-                zf.writestr(name, data)
-            with zf.open("model.safetensors", "w", force_zip64=True) as entry:
-                await session.write_merged(entry.write)
+        if req.quantize:
+            await session.write_merged_gguf(out.write, req.quantize)
+        else:
+            with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for name, data in session.merged_folder_files().items():
+                    zf.writestr(name, data)
+                with zf.open("model.safetensors", "w", force_zip64=True) as entry:
+                    await session.write_merged(entry.write)
         written = out.tell()
     finally:
         out.close()
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.name)
-    return {"path": path, "name": f"{safe}-merged.zip", "bytes": written}
+    name = f"{safe}-merged-{req.quantize}.gguf" if req.quantize else f"{safe}-merged.zip"
+    return {"path": path, "name": name, "bytes": written}
 
 
 async def storage_free() -> int | None:

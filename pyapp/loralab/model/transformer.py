@@ -23,8 +23,11 @@ LOGITS_CHUNK_BYTES = 96 * 2**20  # the [rows, V] logits block computed at once
 # (at most; at least GRAD_SLICE_TOKENS each) into its own slice of a gradient-shaped buffer,
 # and one dispatch after the backward pass adds the slices for the whole adapter, instead of a
 # reduction after every product (2 × 7 per layer).
+# The slices take at most GRAD_SLICES_BYTES: a large adapter (1-2 B models) gets fewer slices
+# rather than several copies of its gradient.
 GRAD_SLICES = 32
 GRAD_SLICE_TOKENS = 128
+GRAD_SLICES_BYTES = 128 * 2**20
 # Chunks are multiples of 128 rows, the matmul's tile height (no tile half past the chunk), or of
 # 64 for vocabularies too large for that; 64 · 4 bytes keeps the views 256-aligned.
 ROW_ALIGN = 128
@@ -166,7 +169,7 @@ class Transformer:
         self.du_qkv, self.du_views = blocks((self.u_block,) * 3, "du_qkv")  # q, k, v's du for the fused product
         self.grad_slices = 1
         if lora:
-            limit = device.info.limits.get("maxStorageBufferBindingSize", 128 * 2**20)
+            limit = min(GRAD_SLICES_BYTES, device.info.limits.get("maxStorageBufferBindingSize", 128 * 2**20))
             self.grad_slices = max(1, min(GRAD_SLICES, T // GRAD_SLICE_TOKENS, limit // lora.nbytes))
             if self.grad_slices > 1:
                 self.grad_parts = buf(self.grad_slices * lora.numel, "lora.grad_slices")

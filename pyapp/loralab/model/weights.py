@@ -125,7 +125,8 @@ def permute_rows(data: bytes, rows: int, row_bytes: int, head_dim: int) -> bytes
     return b"".join(out)
 
 
-def _host_bytes(raw) -> bytes:
+def host_bytes(raw) -> bytes:
+    """Bytes a source read, as Python bytes (a JS typed array is copied over from the browser)."""
     if isinstance(raw, (bytes, bytearray, memoryview)):
         return bytes(raw)
     return raw.to_bytes()  # a JS typed array (browser)
@@ -183,7 +184,7 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
         head_dim = permutation(name)
         if info.dtype in GGUF_TYPES:  # raw blocks to the GPU, repacked (and un-permuted) there
             blocks = device.create_buffer(len(raw), label=f"{name}.raw")
-            device.write_buffer(blocks, raw if len(raw) % 4 == 0 else _host_bytes(raw) + bytes(-len(raw) % 4))
+            device.write_buffer(blocks, raw if len(raw) % 4 == 0 else host_bytes(raw) + bytes(-len(raw) % 4))
             buffer = ops.quantized_buffer(GGUF_TYPES[info.dtype][1], *shape, label=name)
             device.submit([ops.repack(buffer, blocks, info.dtype, *shape, head_dim)])
             device.destroy_buffer(blocks)
@@ -191,7 +192,7 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
                 buffer = _dequantized(device, ops, buffer, shape, name)
         else:
             try:  # float32 goes to the GPU as it is (in the browser: a JS view, never copied into Python)
-                data = raw if info.dtype == "F32" and not head_dim else to_f32_bytes(info.dtype, _host_bytes(raw))
+                data = raw if info.dtype == "F32" and not head_dim else to_f32_bytes(info.dtype, host_bytes(raw))
             except SafetensorsError as exc:
                 raise WeightsError(f"{source.name}: {exc}") from None
             if head_dim:
