@@ -19,6 +19,7 @@ ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
 }
 # Upper limits on a config's sizes: far above any model a browser can train, low enough that
 # nothing is sized from an absurd value before the weights are checked against it.
@@ -56,6 +57,9 @@ class ModelConfig:
     tie_word_embeddings: bool
     attention_bias: bool  # q/k/v biases (Qwen2)
     max_position_embeddings: int
+    qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Qwen3)
+    # llama.cpp's rope_freqs tensor (a GGUF's Llama-3 RoPE scaling): each frequency divided by it.
+    rope_freq_factors: tuple[float, ...] | None = None
 
     @classmethod
     def from_dict(cls, cfg: dict, source: str = "config.json") -> "ModelConfig":
@@ -99,9 +103,17 @@ class ModelConfig:
             rope_theta=number(theta, f"{source}: rope_theta", E, lo=0.0, open_lo=True),
             rope_scaling=dict(scaling) if scaling else None,
             tie_word_embeddings=checks.field(cfg, "tie_word_embeddings", boolean, source, E, False),
-            attention_bias=ARCHITECTURES[arch] == "qwen2" or checks.field(cfg, "attention_bias", boolean, source, E, False),
+            attention_bias=ARCHITECTURES[arch] == "qwen2",
             max_position_embeddings=checks.field(cfg, "max_position_embeddings", integer, source, E, 2048, lo=1, hi=1 << 24),
+            qk_norm=ARCHITECTURES[arch] == "qwen3",
         )
+        # Biases the engine does not add: refused by name rather than dropped (Qwen2's q/k/v biases
+        # are its architecture's, not this flag's).
+        if ARCHITECTURES[arch] != "qwen2" and checks.field(cfg, "attention_bias", boolean, source, E, False):
+            raise E(f"{source}: attention_bias is true (biases on q, k, v and o_proj); LoRA Lab runs this "
+                    f"architecture without them")
+        if checks.field(cfg, "mlp_bias", boolean, source, E, False):
+            raise E(f"{source}: mlp_bias is true (biases on the MLP projections); LoRA Lab runs them without")
         if heads % kv_heads:
             raise E(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
         if head_dim % 2:
@@ -159,9 +171,12 @@ class ModelConfig:
         }[name]
 
     def inv_freq(self) -> list[float]:
-        """RoPE inverse frequencies (Hugging Face's, including Llama-3 scaling), in float64."""
+        """RoPE inverse frequencies (Hugging Face's, including Llama-3 scaling, or llama.cpp's
+        frequency factors), in float64."""
         D = self.head_dim
         inv = [1.0 / self.rope_theta ** (i / D) for i in range(0, D, 2)]
+        if self.rope_freq_factors:
+            return [f / factor for f, factor in zip(inv, self.rope_freq_factors)]
         s = self.rope_scaling
         if s and s.get("rope_type", s.get("type")) == "llama3":
             factor, low, high = float(s["factor"]), float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
@@ -321,9 +336,13 @@ NAMED_CONFIGS = {
                     "rope_theta": 500000.0, "max_position_embeddings": 131072,
                     "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}},
+    "qwen3-0.6b": {"architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": 1024,
+                   "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
+                   "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
+                   "rope_theta": 1000000.0, "max_position_embeddings": 40960},
 }
 NAMED_CONFIG_LABELS = {"smollm2-135m": "SmolLM2-135M", "qwen2.5-0.5b": "Qwen2.5-0.5B", "qwen2.5-1.5b": "Qwen2.5-1.5B",
-                       "llama3.2-1b": "Llama-3.2-1B", "tiny": "a tiny test model"}
+                       "llama3.2-1b": "Llama-3.2-1B", "qwen3-0.6b": "Qwen3-0.6B", "tiny": "a tiny test model"}
 
 
 def option_fields(cls) -> list:

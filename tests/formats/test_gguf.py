@@ -125,3 +125,32 @@ def test_fuzzed_headers_raise_only_gguf_errors(blob, flip):
         parse(bytes(data), len(data), "fuzz.gguf")
     except (GGUFError, NeedMore):
         pass
+
+
+@pytest.mark.parametrize("pre, pieces", [("qwen2", ["1", "2", "3", "4"]), ("llama-bpe", ["123", "4"]),
+                                         ("gpt2", ["1234"])])
+def test_the_tokenizer_splits_digits_as_its_family_does(tmp_path, pre, pieces):
+    """tokenizer.ggml.pre picks the pre-tokenizer split: Qwen2/Qwen3 digit by digit, Llama 3 in
+    runs of up to three, GPT-2 whole runs (the merges would join all four digits)."""
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    from loralab.model.gguf_model import tokenizer_files
+
+    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + ["12", "123", "1234"]
+    path = tmp_path / "tok.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for add, value in ((writer.add_block_count, 1), (writer.add_embedding_length, 8), (writer.add_head_count, 2),
+                       (writer.add_feed_forward_length, 16)):
+        add(value)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_merges(["1 2", "12 3", "123 4"])
+    writer.add_tensor("x", np.zeros(32, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tokenizer_json, _, _ = tokenizer_files(read(str(path)))
+    encoding = Tokenizer.from_str(tokenizer_json).encode("1234")
+    assert encoding.tokens == pieces

@@ -13,7 +13,7 @@ from tests.model import hf
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 def test_greedy_generation_matches_transformers(gpu, ops, run, tmp_path, kind):
     path = hf.tiny_model(kind, tmp_path / kind, seed=9, tied=kind == "llama")
     pm = hf.peft_model(path, r=4, alpha=8.0, b_std=0.2, seed=2)

@@ -88,13 +88,14 @@ def ours_run(gpu, ops, run, path, data, config: TrainConfig, start, r, alpha):
     return [h["loss"] for h in history if h["kind"] == "train"], final, reports, weights
 
 
-@pytest.mark.parametrize("schedule, accum, model", [("cosine", 1, "llama"), ("linear", 2, "qwen2")])
-def test_adamw_losses_follow_peft(gpu, ops, run, llama_dir, qwen_dir, schedule, accum, model, monkeypatch):
+@pytest.mark.parametrize("schedule, accum, model", [("cosine", 1, "llama"), ("linear", 2, "qwen2"),
+                                                    ("cosine", 1, "qwen3")])
+def test_adamw_losses_follow_peft(gpu, ops, run, llama_dir, qwen_dir, tmp_path, schedule, accum, model, monkeypatch):
     from loralab.model import transformer
 
     if accum > 1:  # gradients accumulated in 3 token slices each (as 4096-token batches do in 32)
         monkeypatch.setattr(transformer, "GRAD_SLICE_TOKENS", 8)
-    path = llama_dir if model == "llama" else qwen_dir
+    path = {"llama": llama_dir, "qwen2": qwen_dir}.get(model) or hf.tiny_model(model, tmp_path / model, seed=7)
     config = TrainConfig(steps=10, batch_size=2, seq_len=12, grad_accum=accum, lr=5e-3, lr_schedule=schedule,
                          warmup_steps=3, weight_decay=0.01, max_grad_norm=0.5, shuffle=False, report_every=4)
     data = records(9, 12, seed=2)

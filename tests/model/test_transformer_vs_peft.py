@@ -15,7 +15,7 @@ from tests.model import hf
 
 torch = pytest.importorskip("torch")
 
-KINDS = [("llama", True), ("qwen2", False), ("mistral", True), ("llama3", False)]
+KINDS = [("llama", True), ("qwen2", False), ("mistral", True), ("llama3", False), ("qwen3", True)]
 
 
 @pytest.fixture(scope="module", params=KINDS, ids=[f"{k}-{'tied' if t else 'untied'}" for k, t in KINDS])
@@ -164,3 +164,30 @@ def test_lora_dropout_matches_peft_with_the_same_masks(gpu, ops, run, arrays, mo
         t = lora.by_key[key]
         got = grads[t.offset // 4 : t.offset // 4 + t.numel].reshape(t.shape)
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max(), err_msg=key)
+
+
+def test_the_gguf_llama_cpp_writes_gives_the_folders_logits(gpu, ops, run, arrays, model_dir, tmp_path):
+    """The folder written as a GGUF file the way llama.cpp's converter writes it (its names and
+    keys for the architecture, q/k rows permuted for Llama) loads to the same logits."""
+    from loralab.model.gguf_model import GGUFModel
+    from tests.model import gguf_from_hf
+
+    config = HFFolder(str(model_dir)).config
+    if config.architecture == "MistralForCausalLM":
+        pytest.skip("llama.cpp converts Mistral as llama")
+    path = gguf_from_hf.write(model_dir, tmp_path / "model.gguf")
+    B, S = 1, 9
+    ids, _ = hf.batch(2, B, S)
+    logits = []
+    for source in (HFFolder(str(model_dir)), GGUFModel.from_path(str(path))):
+        assert source.config.architecture == config.architecture and source.config.head_dim == config.head_dim
+        weights = run(upload_weights(gpu, source.config, source, ops))
+        model = Transformer(gpu, ops, source.config, weights, None, B, S)
+        model.write_batch(ids.reshape(-1).tolist(), [-100] * S)
+        out = arrays.empty(S * config.vocab_size)
+        gpu.submit(model.forward() + model.logits_into(out))
+        logits.append(arrays.down(out, (S, config.vocab_size)))
+    if config.rope_scaling:  # llama.cpp's factors are HF's scaling rounded to float32
+        np.testing.assert_allclose(logits[1], logits[0], atol=1e-5)
+    else:
+        np.testing.assert_array_equal(logits[1], logits[0])

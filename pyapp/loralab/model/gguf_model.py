@@ -28,7 +28,8 @@ from ..formats.gguf import GGUFError, GGUFFile
 from ..formats.gguf import read as read_gguf
 from ..formats.safetensors import TensorInfo
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                 "mistral": "MistralForCausalLM"}
 LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
@@ -39,6 +40,8 @@ LAYER_NAMES = {
     "attn_q.bias": "self_attn.q_proj.bias",
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
@@ -98,13 +101,23 @@ def config_dict(gguf: GGUFFile) -> dict:
         "num_hidden_layers": _meta(gguf, f"{arch}.block_count", integer, lo=1, hi=MAX_LAYERS),
         "num_attention_heads": heads,
         "num_key_value_heads": _meta(gguf, f"{arch}.attention.head_count_kv", integer, heads, lo=1, hi=MAX_HEADS),
-        "head_dim": _meta(gguf, f"{arch}.rope.dimension_count", integer, hidden // heads, lo=1, hi=MAX_HIDDEN),
+        "head_dim": _meta(gguf, f"{arch}.attention.key_length", integer,
+                          _meta(gguf, f"{arch}.rope.dimension_count", integer, hidden // heads, lo=1, hi=MAX_HIDDEN),
+                          lo=1, hi=MAX_HIDDEN),
         "rms_norm_eps": _meta(gguf, f"{arch}.attention.layer_norm_rms_epsilon", number, 1e-6, lo=0.0, hi=1.0, open_lo=True),
         "rope_theta": _meta(gguf, f"{arch}.rope.freq_base", number, 10000.0, lo=0.0, open_lo=True),
         "max_position_embeddings": _meta(gguf, f"{arch}.context_length", integer, 2048, lo=1, hi=1 << 24),
         "vocab_size": vocab,
         "tie_word_embeddings": "output.weight" not in gguf.tensors,
     }
+
+
+# The pre-tokenizer splits of the byte-level BPE families llama.cpp names in tokenizer.ggml.pre
+# (the regexes their tokenizer.json files carry): Qwen2/Qwen3 split digits one by one, Llama 3 in
+# runs of up to three.
+_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}%s| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+          r"\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_PATTERNS = {"qwen2": _SPLIT % "", "llama-bpe": _SPLIT % "{1,3}"}
 
 
 def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
@@ -131,8 +144,13 @@ def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
     model_max_length = int(config_dict(gguf)["max_position_embeddings"])
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     pre = byte_level
-    if meta.get("tokenizer.ggml.pre") == "smollm":  # SmolLM splits digits one by one first
+    kind = meta.get("tokenizer.ggml.pre")
+    if kind == "smollm":  # SmolLM splits digits one by one first
         pre = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    elif kind in SPLIT_PATTERNS:  # the model's own split, then bytes to symbols
+        pre = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": SPLIT_PATTERNS[kind]}, "behavior": "Isolated", "invert": False},
+            {**byte_level, "use_regex": False}]}
     special = [i for i, t in enumerate(types) if t in (3, 4)]  # control and user-defined tokens
     tokenizer = {
         "version": "1.0",
@@ -174,6 +192,23 @@ class GGUFModel:
         arch = gguf.metadata["general.architecture"]
         self.config.check_layers(self._infos, self.name, f"metadata {arch}.block_count")
 
+    def _rope_factors(self, read_bytes) -> None:
+        """llama.cpp keeps Llama 3's RoPE scaling as a tensor of per-frequency factors (not
+        metadata): into the config. `read_bytes(start, end)` reads the file on the host."""
+        import dataclasses
+
+        info = self.gguf.tensors.get("rope_freqs.weight")
+        if info is None:
+            return
+        half = self.config.head_dim // 2
+        if info.dtype != "F32" or info.shape != (half,):
+            raise GGUFError(f"{self.name}: tensor rope_freqs.weight must be {half} F32 values (head_dim / 2), "
+                            f"not {info.dtype} {list(info.shape)}")
+        factors = array.array("f", read_bytes(info.start, info.end))
+        if not all(0.0 < f < float("inf") for f in factors):
+            raise GGUFError(f"{self.name}: tensor rope_freqs.weight holds a factor that is not a positive number")
+        self.config = dataclasses.replace(self.config, rope_freq_factors=tuple(factors))
+
     @classmethod
     def from_path(cls, path: str) -> "GGUFModel":
         path = str(path)
@@ -185,7 +220,14 @@ class GGUFModel:
                 f.seek(start)
                 return f.read(end - start)
 
-        return cls(read_gguf(path), read_range)
+        def read_bytes(start: int, end: int) -> bytes:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+
+        model = cls(read_gguf(path), read_range)
+        model._rope_factors(read_bytes)
+        return model
 
     @classmethod
     async def from_url(cls, url: str, name: str | None = None, fetch=None) -> "GGUFModel":
@@ -208,7 +250,9 @@ class GGUFModel:
         async def read_range(start: int, end: int):
             return body.view(start, end)
 
-        return cls(gguf, read_range)
+        model = cls(gguf, read_range)
+        model._rope_factors(body.bytes)
+        return model
 
     def tensors(self) -> dict[str, TensorInfo]:
         return self._infos

@@ -79,6 +79,21 @@ class LayerActivations:
     u: dict  # module -> [T, r]: x · Aᵀ, the LoRA inner activation
     qkv: Buffer | None = None  # q, k, v one after the other (their views), for the fused product
     u_qkv: Buffer | None = None  # u of q, k, v, blocks Transformer.u_block floats apart (their views)
+    # With qk_norm (Qwen3): q and k above are the projections' outputs; attention reads these,
+    # each head RMS-normalised, then rotated.
+    qn: Buffer | None = None  # [T, Hq·D]
+    kn: Buffer | None = None  # [T, Hkv·D]
+    rstd_q: Buffer | None = None  # [T·Hq]
+    rstd_k: Buffer | None = None  # [T·Hkv]
+
+    @property
+    def q_att(self) -> Buffer:
+        """The queries attention reads (normalised where the model norms them)."""
+        return self.qn if self.qn is not None else self.q
+
+    @property
+    def k_att(self) -> Buffer:
+        return self.kn if self.kn is not None else self.k
 
 
 class Transformer:
@@ -136,13 +151,17 @@ class Transformer:
             u = {}
             for m in lora.config.targets if lora else ():
                 u[m] = u_views[ATTENTION_INPUTS.index(m)] if m in ATTENTION_INPUTS else buf(T * r, f"l{l}.u.{m}")
-            return LayerActivations(
+            a = LayerActivations(
                 xn1=buf(T * C, f"l{l}.xn1"), rstd1=buf(T, f"l{l}.rstd1"), q=q, k=k, v=v,
                 attn=buf(T * cfg.q_size, f"l{l}.attn"), lse=buf(T * cfg.num_heads, f"l{l}.lse"),
                 mid=buf(T * C, f"l{l}.mid"), xn2=buf(T * C, f"l{l}.xn2"), rstd2=buf(T, f"l{l}.rstd2"),
                 gate=buf(T * I, f"l{l}.gate"), up=buf(T * I, f"l{l}.up"), h=buf(T * I, f"l{l}.h"),
                 u=u, qkv=qkv, u_qkv=u_qkv,
             )
+            if cfg.qk_norm:
+                a.qn, a.kn = buf(T * cfg.q_size, f"l{l}.qn"), buf(T * cfg.kv_size, f"l{l}.kn")
+                a.rstd_q, a.rstd_k = buf(T * cfg.num_heads, f"l{l}.rstd_q"), buf(T * cfg.num_kv_heads, f"l{l}.rstd_k")
+            return a
 
         layers = [layer_activations(l) for l in range(kept)]
         self.layers = layers * cfg.num_layers if checkpointing else layers
@@ -164,6 +183,9 @@ class Transformer:
         self.d_attn = buf(T * cfg.q_size, "d_attn")
         self.dqkv, (self.dq, self.dk, self.dv) = blocks(self.qkv_sizes, "dqkv")
         self.delta = buf(T * cfg.num_heads, "delta")
+        # qk_norm: attention's gradients of the normalised q and k, before the norms' backward.
+        self.dqn = buf(T * cfg.q_size, "dqn") if cfg.qk_norm else None
+        self.dkn = buf(T * cfg.kv_size, "dkn") if cfg.qk_norm else None
         self.dk_heads, self.dv_heads = buf(T * cfg.q_size, "dk_heads"), buf(T * cfg.q_size, "dv_heads")
         self.du = buf(T * max(r, 1), "du")
         self.du_qkv, self.du_views = blocks((self.u_block,) * 3, "du_qkv")  # q, k, v's du for the fused product
@@ -385,14 +407,20 @@ class Transformer:
         else:
             for m, y in zip(ATTENTION_INPUTS, (a.q, a.k, a.v)):
                 self._linear(cmds, y, a.xn1, l, m, T, step=step)
-        cmds.append(ops.rope(a.q, self.pos, self.inv_freq, T, cfg.num_heads, D, y=a.k, H2=cfg.num_kv_heads))
+        if cfg.qk_norm:  # each head of q and k RMS-normalised (their own weights over D)
+            cmds.append(ops.rmsnorm(a.qn, a.rstd_q, a.q, self.w[p + "self_attn.q_norm.weight"], T * cfg.num_heads, D,
+                                    cfg.rms_norm_eps))
+            cmds.append(ops.rmsnorm(a.kn, a.rstd_k, a.k, self.w[p + "self_attn.k_norm.weight"], T * cfg.num_kv_heads, D,
+                                    cfg.rms_norm_eps))
+        q, k = a.q_att, a.k_att
+        cmds.append(ops.rope(q, self.pos, self.inv_freq, T, cfg.num_heads, D, y=k, H2=cfg.num_kv_heads))
         if cache is None:
-            cmds.append(ops.attention(a.attn, a.lse, a.q, a.k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D))
+            cmds.append(ops.attention(a.attn, a.lse, q, k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D))
         else:
             kv_bytes = cfg.kv_size * 4
-            cmds.append(Copy(a.k, 0, cache.k[l], start * kv_bytes, T * kv_bytes))
+            cmds.append(Copy(k, 0, cache.k[l], start * kv_bytes, T * kv_bytes))
             cmds.append(Copy(a.v, 0, cache.v[l], start * kv_bytes, T * kv_bytes))
-            cmds.append(ops.attention_cached(a.attn, a.q, cache.k[l], cache.v[l], T, start,
+            cmds.append(ops.attention_cached(a.attn, q, cache.k[l], cache.v[l], T, start,
                                              cfg.num_heads, cfg.num_kv_heads, D))
         self._linear(cmds, a.mid, a.attn, l, "o_proj", T, step=step, residual=self.res[l])
         cmds.append(ops.rmsnorm(a.xn2, a.rstd2, a.mid, self.w[p + "post_attention_layernorm.weight"], T, C, cfg.rms_norm_eps))
@@ -443,11 +471,17 @@ class Transformer:
             cmds.append(ops.rmsnorm_backward(self.d_mid, a.mid, self.w[p + "post_attention_layernorm.weight"], a.rstd2,
                                              self.dxn, T, C, residual=self.d_res))
             self._linear_backward(cmds, self.d_attn, self.d_mid, a.attn, l, "o_proj", False, acc, step)
-            cmds.extend(ops.attention_backward(self.dq, self.dk, self.dv, self.delta, self.dk_heads, self.dv_heads,
-                                               a.q, a.k, a.v, a.attn, self.d_attn, a.lse, B, S, cfg.num_heads,
+            dq, dk = (self.dqn, self.dkn) if cfg.qk_norm else (self.dq, self.dk)
+            cmds.extend(ops.attention_backward(dq, dk, self.dv, self.delta, self.dk_heads, self.dv_heads,
+                                               a.q_att, a.k_att, a.v, a.attn, self.d_attn, a.lse, B, S, cfg.num_heads,
                                                cfg.num_kv_heads, D))
-            cmds.append(ops.rope(self.dq, self.pos, self.inv_freq, T, cfg.num_heads, D, backward=True, y=self.dk,
+            cmds.append(ops.rope(dq, self.pos, self.inv_freq, T, cfg.num_heads, D, backward=True, y=dk,
                                  H2=cfg.num_kv_heads))
+            if cfg.qk_norm:  # through the per-head norms, into the projections' output gradients
+                cmds.append(ops.rmsnorm_backward(self.dq, a.q, self.w[p + "self_attn.q_norm.weight"], a.rstd_q, dq,
+                                                 T * cfg.num_heads, D))
+                cmds.append(ops.rmsnorm_backward(self.dk, a.k, self.w[p + "self_attn.k_norm.weight"], a.rstd_k, dk,
+                                                 T * cfg.num_kv_heads, D))
             dxn = None if first else self.dxn
             weight = self._qkv_fusable(l, T)
             if weight is not None:

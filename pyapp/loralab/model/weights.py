@@ -40,6 +40,9 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         if config.attention_bias:
             for module in ATTENTION[:3]:  # q, k and v
                 shapes[f"{module_name(i, module)}.bias"] = (config.projection_shape(module)[0],)
+        if config.qk_norm:
+            shapes[p + "self_attn.q_norm.weight"] = (config.head_dim,)
+            shapes[p + "self_attn.k_norm.weight"] = (config.head_dim,)
         for module in PROJECTIONS[len(ATTENTION):]:
             shapes[f"{module_name(i, module)}.weight"] = config.projection_shape(module)
     return shapes

@@ -1,0 +1,61 @@
+"""ModelConfig from the config.json files of the models people fine-tune (their published shapes),
+and the fields the engine cannot honour refused by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from loralab.config import NAMED_CONFIGS, ModelConfig, ModelConfigError
+
+LLAMA_32_1B = {
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 128000,
+    "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+    "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama",
+    "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8, "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                            "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+    "vocab_size": 128256}
+LLAMA_32_3B = {**LLAMA_32_1B, "head_dim": 128, "hidden_size": 3072, "num_attention_heads": 24,
+               "num_hidden_layers": 28}
+QWEN3_06B = {
+    "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024, "initializer_range": 0.02,
+    "intermediate_size": 3072, "max_position_embeddings": 40960, "max_window_layers": 28, "model_type": "qwen3",
+    "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8, "rms_norm_eps": 1e-06,
+    "rope_scaling": None, "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936}
+QWEN3_17B = {**QWEN3_06B, "hidden_size": 2048, "intermediate_size": 6144}
+
+
+@pytest.mark.parametrize("cfg, q_size, tied, qk_norm", [(LLAMA_32_1B, 2048, True, False), (LLAMA_32_3B, 3072, True, False),
+                                                         (QWEN3_06B, 2048, True, True), (QWEN3_17B, 2048, True, True)])
+def test_the_published_configs_load(cfg, q_size, tied, qk_norm):
+    config = ModelConfig.from_dict(cfg)
+    assert (config.q_size, config.tie_word_embeddings, config.qk_norm) == (q_size, tied, qk_norm)
+    assert not config.attention_bias
+    assert config.projection_shape("o_proj") == (cfg["hidden_size"], q_size)
+
+
+def test_the_named_bench_configs_are_the_published_shapes():
+    for name, cfg in (("llama3.2-1b", LLAMA_32_1B), ("qwen3-0.6b", QWEN3_06B)):
+        assert ModelConfig.from_dict(NAMED_CONFIGS[name]) == ModelConfig.from_dict(cfg), name
+
+
+def test_llama3_scaling_slows_only_the_low_frequencies():
+    config = ModelConfig.from_dict(LLAMA_32_1B)
+    plain = ModelConfig.from_dict({**LLAMA_32_1B, "rope_scaling": None})
+    scaled, base = config.inv_freq(), plain.inv_freq()
+    assert scaled[0] == base[0] and scaled[-1] == pytest.approx(base[-1] / 32)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"mlp_bias": True}, "mlp_bias"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling"),
+    ({"use_sliding_window": True, "sliding_window": 4096}, "sliding-window"),
+    ({"num_key_value_heads": 5}, "num_key_value_heads"),
+])
+def test_what_the_engine_cannot_run_is_refused_by_name(change, field):
+    with pytest.raises(ModelConfigError, match=field):
+        ModelConfig.from_dict({**QWEN3_06B, **change} if "sliding" in field else {**LLAMA_32_1B, **change})
