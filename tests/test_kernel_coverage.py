@@ -57,8 +57,8 @@ KERNELS = {
     "sgd": ("sgd", "ref.sgd", "tests/test_ops.py::test_sgd_step"),
     "subgroup_size": ("load", "-- a probe that measures the subgroup width, no maths",
                       "tests/gpu/test_device.py::test_the_subgroup_probe_measures_a_power_of_two"),
-    "swiglu": ("swiglu", "ref.swiglu", "tests/test_ops.py::test_swiglu_forward_and_backward"),
-    "swiglu_backward": ("swiglu_backward", "ref.swiglu_backward", "tests/test_ops.py::test_swiglu_forward_and_backward"),
+    "glu": ("glu", "ref.glu", "tests/test_ops.py::test_glu_forward_and_backward"),
+    "glu_backward": ("glu_backward", "ref.glu_backward", "tests/test_ops.py::test_glu_forward_and_backward"),
     "to_f16": ("to_f16", "-- numpy's float16 cast is the reference", "tests/test_ops.py::test_to_f16_rounds_like_numpy"),
 }
 

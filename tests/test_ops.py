@@ -307,6 +307,22 @@ def test_rmsnorm_forward_and_backward(ops, arrays, T, C):
     np.testing.assert_allclose(arrays.down(dx, (T, C)), dx0 + ref.rmsnorm_backward(x, w, rstd_ref, dy), rtol=1e-4, atol=1e-5)
 
 
+def test_rmsnorm_with_gemmas_offset_and_a_residual(ops, arrays):
+    """Gemma's (1 + w), and y = residual + norm(x) for the norms after attention and the MLP."""
+    T, C = 5, 48
+    r = rng("rms1", T, C)
+    x, res, dy = (r.standard_normal((T, C), dtype=np.float32) for _ in range(3))
+    w = 0.1 * r.standard_normal(C, dtype=np.float32)
+    bx, bw = arrays.up(x), arrays.up(w)
+    y, rstd, dx = arrays.empty(T * C), arrays.empty(T), arrays.empty(T * C)
+    arrays.submit(ops.rmsnorm(y, rstd, bx, bw, T, C, 1e-6, w_offset=1.0, residual=arrays.up(res)),
+                  ops.rmsnorm_backward(dx, bx, bw, rstd, arrays.up(dy), T, C, w_offset=1.0))
+    y_ref, rstd_ref = ref.rmsnorm(x, w, 1e-6, w_offset=1.0)
+    np.testing.assert_allclose(arrays.down(y, (T, C)), res + y_ref, rtol=RTOL, atol=1e-5)
+    np.testing.assert_allclose(arrays.down(dx, (T, C)), ref.rmsnorm_backward(x, w, rstd_ref, dy, w_offset=1.0),
+                               rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("T, H, D, theta", [(3, 2, 8, 10000.0), (17, 3, 64, 100000.0)])
 def test_rope_forward_and_inverse(ops, arrays, T, H, D, theta):
     r = rng("rope", T, H, D)
@@ -332,16 +348,17 @@ def test_rope_of_queries_and_keys_in_one_dispatch(ops, arrays):
     np.testing.assert_allclose(arrays.down(bk, (T, Hkv, D)), ref.rope(k, pos, inv_freq), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("N", [1, 1000, 70001])
-def test_swiglu_forward_and_backward(ops, arrays, N):
-    r = rng("swiglu", N)
+def test_glu_forward_and_backward(ops, arrays, N, act):
+    r = rng("glu", N)
     g, u, dh = (r.standard_normal(N, dtype=np.float32) * 3 for _ in range(3))
     bg, bu, bdh = arrays.up(g), arrays.up(u), arrays.up(dh)
     h, dg, du = arrays.empty(N), arrays.empty(N), arrays.empty(N)
-    arrays.submit(ops.swiglu(h, bg, bu, N), ops.swiglu_backward(dg, du, bg, bu, bdh, N))
-    # exp differs from numpy's by a few ulps: values near 0 get an absolute tolerance
-    np.testing.assert_allclose(arrays.down(h, (N,)), ref.swiglu(g, u), rtol=1e-5, atol=1e-5)
-    dg_ref, du_ref = ref.swiglu_backward(g, u, dh)
+    arrays.submit(ops.glu(h, bg, bu, N, act), ops.glu_backward(dg, du, bg, bu, bdh, N, act))
+    # exp and tanh differ from numpy's by a few ulps: values near 0 get an absolute tolerance
+    np.testing.assert_allclose(arrays.down(h, (N,)), ref.glu(g, u, act), rtol=1e-5, atol=1e-5)
+    dg_ref, du_ref = ref.glu_backward(g, u, dh, act)
     np.testing.assert_allclose(arrays.down(dg, (N,)), dg_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(arrays.down(du, (N,)), du_ref, rtol=1e-5, atol=1e-5)
 
@@ -391,11 +408,11 @@ def test_cross_entropy_loss_and_gradient(ops, arrays, R, V):
 
 
 @pytest.mark.parametrize("B, S, Hq, Hkv, D", [(1, 1, 1, 1, 4), (2, 7, 4, 2, 8), (1, 19, 3, 1, 64), (2, 5, 2, 2, 33),
-                                              (2, 70, 6, 2, 16), (1, 37, 2, 1, 128)])
+                                              (2, 70, 6, 2, 16), (1, 37, 2, 1, 128), (1, 21, 4, 1, 256)])
 @pytest.mark.parametrize("variant", ["generic", "portable", "tiled", "lanes"])
 def test_attention_forward_and_backward(ops, arrays, run, B, S, Hq, Hkv, D, variant):
     ops._by_head_dim.clear()
-    if variant == "tiled" and D % 4 or variant == "lanes" and D % 16:
+    if variant == "tiled" and (D % 4 or D > 128) or variant == "lanes" and D % 16:
         with pytest.raises(UsageError, match="multiple of 4|D/16 lanes"):
             run(ops.specialize_head_dim(D, variant))
         return
@@ -424,6 +441,48 @@ def test_attention_forward_and_backward(ops, arrays, run, B, S, Hq, Hkv, D, vari
     np.testing.assert_allclose(arrays.down(lse, lse_ref.shape), lse_ref, rtol=1e-5, atol=1e-5)
     for got, want in zip((dq, dk, dv), ref.attention_backward(q, k, v, d_o, B, S, Hq, Hkv, D)):
         np.testing.assert_allclose(arrays.down(got, want.shape), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+@pytest.mark.parametrize("B, S, Hq, Hkv, D, window", [(2, 13, 4, 2, 16, 4), (1, 70, 2, 1, 8, 33), (1, 9, 2, 2, 16, 9)])
+def test_sliding_window_attention_and_its_gradients(ops, arrays, run, B, S, Hq, Hkv, D, window, tiled):
+    """Gemma's local layers: each query sees its `window` latest keys, with Gemma's own scale; a
+    window as long as the sequence is plain causal attention (the tiled kernels serve it)."""
+    ops._by_head_dim.clear()
+    if tiled:
+        run(ops.specialize_head_dim(D, "tiled"))
+    scale = 0.3
+    r = rng("window", B, S, D, window)
+    q, d_o = (r.standard_normal((B * S, Hq * D), dtype=np.float32) for _ in range(2))
+    k, v = (r.standard_normal((B * S, Hkv * D), dtype=np.float32) for _ in range(2))
+    bq, bk, bv, bdo = arrays.up(q), arrays.up(k), arrays.up(v), arrays.up(d_o)
+    o, lse = arrays.empty(B * S * Hq * D), arrays.empty(B * Hq * S)
+    dq, dk, dv, delta = arrays.empty(B * S * Hq * D), arrays.empty(B * S * Hkv * D), arrays.empty(B * S * Hkv * D), arrays.empty(B * Hq * S)
+    dk_heads, dv_heads = arrays.empty(B * S * Hq * D), arrays.empty(B * S * Hq * D)
+    arrays.submit(
+        ops.attention(o, lse, bq, bk, bv, B, S, Hq, Hkv, D, scale=scale, window=window),
+        *ops.attention_backward(dq, dk, dv, delta, dk_heads, dv_heads, bq, bk, bv, o, bdo, lse, B, S, Hq, Hkv, D,
+                                scale=scale, window=window),
+    )
+    o_ref, lse_ref = ref.attention(q, k, v, B, S, Hq, Hkv, D, scale, window)
+    np.testing.assert_allclose(arrays.down(o, o_ref.shape), o_ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(arrays.down(lse, lse_ref.shape), lse_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip((dq, dk, dv), ref.attention_backward(q, k, v, d_o, B, S, Hq, Hkv, D, scale, window)):
+        np.testing.assert_allclose(arrays.down(got, want.shape), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("T, start, window", [(5, 0, 2), (1, 9, 4), (3, 4, 3)])
+def test_attention_with_kv_cache_and_a_sliding_window(ops, arrays, T, start, window):
+    Hq, Hkv, D = 4, 2, 8
+    r = rng("cachewin", T, start)
+    cap = start + T + 2
+    q = r.standard_normal((T, Hq * D), dtype=np.float32)
+    kc, vc = (r.standard_normal((cap, Hkv * D), dtype=np.float32) for _ in range(2))
+    o = arrays.empty(T * Hq * D)
+    arrays.submit(ops.attention_cached(o, arrays.up(q), arrays.up(kc), arrays.up(vc), T, start, Hq, Hkv, D, scale=0.2,
+                                       window=window))
+    want = ref.attention_cached(q, kc, vc, T, start, Hq, Hkv, D, 0.2, window)
+    np.testing.assert_allclose(arrays.down(o, want.shape), want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("T, start, Hq, Hkv, D", [(5, 0, 4, 2, 8), (1, 9, 3, 1, 16), (3, 4, 2, 2, 33)])

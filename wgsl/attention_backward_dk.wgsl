@@ -13,6 +13,7 @@ struct Params {
   Hkv: u32,
   D: u32,
   scale: f32,
+  window: u32,  // sliding-window attention: keys within `window` positions (i − j < window); 0: all
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -24,9 +25,11 @@ struct Params {
 @group(0) @binding(6) var<storage, read> delta: array<f32>;      // [B, Hq, S]
 @group(0) @binding(7) var<storage, read_write> dk_heads: array<f32>;  // [B·S, Hq·D], summed per kv group by head_sum
 
-override HEAD_DIM4: u32 = 32u;
-const MAX_D4 = 32u;
+override HEAD_DIM4: u32 = 64u;
+const MAX_D4 = 64u;
 const WG = 64u;
+
+//! include attention_window
 
 //! include attention_qk
 
@@ -51,8 +54,8 @@ fn attention_backward_dk(@builtin(global_invocation_id) gid: vec3u, @builtin(num
   for (var d4 = 0u; d4 < HEAD_DIM4; d4++) { kr[d4] = load_k(kv_base, d4) * p.scale; vr[d4] = load_v(kv_base, d4); acc[d4] = vec4f(0.0); }
   // Every invocation of a workgroup walks the same queries in step (from the block's first key),
   // so each query row is read once for all of them; rows before a thread's own key are skipped.
-  for (var i = j - j % WG; i < p.S; i++) {
-    if (i >= j) {
+  for (var i = j - j % WG; i < last_query(j - j % WG + WG - 1u, p.S, p.window); i++) {
+    if (i >= j && i < last_query(j, p.S, p.window)) {
       let q_base = (b * p.S + i) * p.Hq * p.D + h * p.D;
       let row = (b * p.Hq + h) * p.S + i;
       var s = 0.0;

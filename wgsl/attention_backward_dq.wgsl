@@ -13,6 +13,7 @@ struct Params {
   Hkv: u32,
   D: u32,
   scale: f32,
+  window: u32,  // sliding-window attention: keys within `window` positions (i − j < window); 0: all
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -25,9 +26,11 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> dq: array<f32>;      // [B·S, Hq·D]
 @group(0) @binding(8) var<storage, read_write> delta: array<f32>;   // [B, Hq, S]
 
-override HEAD_DIM4: u32 = 32u;
-const MAX_D4 = 32u;
+override HEAD_DIM4: u32 = 64u;
+const MAX_D4 = 64u;
 const WG = 64u;
+
+//! include attention_window
 
 //! include attention_qk
 
@@ -65,7 +68,7 @@ fn attention_backward_dq(@builtin(global_invocation_id) gid: vec3u, @builtin(num
   }
   delta[idx] = di;
   let li = lse[idx];
-  for (var j = 0u; j <= i; j++) {
+  for (var j = first_key(i, p.window); j <= i; j++) {
     let kv_base = (b * p.S + j) * p.Hkv * p.D + g * p.D;
     var s = 0.0;
     var dp = 0.0;

@@ -1,6 +1,7 @@
 // attention_cached: causal GQA attention of T new tokens against a KV cache (generation).
 //   q: [T, Hq·D] for the tokens at positions start … start+T−1; k_cache, v_cache: [max, Hkv·D]
-//   already holding positions 0 … start+T−1. Token i of head h attends to positions ≤ start+i.
+//   already holding positions 0 … start+T−1. Token i of head h attends to positions ≤ start+i
+//   (and, with a sliding window, > start+i − window).
 //   o: [T, Hq·D].  Prefill is T = prompt length, start = 0; each decoding step is T = 1.
 // Work split: one invocation per (i, h), 64 per workgroup, online softmax over the cache; D ≤ 256.
 
@@ -11,6 +12,7 @@ struct Params {
   Hkv: u32,
   D: u32,
   scale: f32,
+  window: u32,  // sliding-window attention: keys within `window` positions (i − j < window); 0: all
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -21,6 +23,8 @@ struct Params {
 
 const WG = 64u;
 const MAX_D = 256u;
+
+//! include attention_window
 
 @compute @workgroup_size(WG)
 fn attention_cached(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -35,7 +39,7 @@ fn attention_cached(@builtin(global_invocation_id) gid: vec3u, @builtin(num_work
   for (var d = 0u; d < p.D; d++) { acc[d] = 0.0; }
   var m = -3.4e38;
   var l = 0.0;
-  for (var j = 0u; j <= p.start + i; j++) {
+  for (var j = first_key(p.start + i, p.window); j <= p.start + i; j++) {
     let kv_base = j * p.Hkv * p.D + g * p.D;
     var s = 0.0;
     for (var d = 0u; d < p.D; d++) { s += q[q_base + d] * k_cache[kv_base + d]; }

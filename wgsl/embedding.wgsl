@@ -1,4 +1,5 @@
-// embedding: out[t, :] = table[ids[t], :] (token embedding lookup; ids outside [0, V) give 0).
+// embedding: out[t, :] = table[ids[t], :] · scale (token embedding lookup; ids outside [0, V)
+// give 0; Gemma scales by √hidden, everything else by 1).
 //   ids: [T] u32, table: [V, C] (f32, f16 pairs or quantized) → out: [T, C]
 // Work split: one invocation per output element, 256 per workgroup, 2-D grid for large T·C.
 
@@ -8,6 +9,7 @@ struct Params {
   V: u32,
   scales: u32,  // a quantized table (Q_BITS > 0, include/qweight.wgsl): where its group heads start,
   groups: u32,  //   and how many groups it has
+  scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -39,5 +41,5 @@ fn embedding(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups)
       v = bitcast<f32>(table[e]);
     }
   }
-  out[i] = v;
+  out[i] = v * params.scale;
 }

@@ -1,4 +1,6 @@
-// rmsnorm: y = x / sqrt(mean(x²) + eps) · w, per row (Llama/Qwen2 RMSNorm, in f32).
+// rmsnorm: y = x / sqrt(mean(x²) + eps) · (w + w_offset), per row (in f32): Llama/Qwen RMSNorm
+// (w_offset 0), Gemma's (1 + w). With add_residual, y = residual + that (Gemma's norms after
+// attention and the MLP, added to the stream without a copy).
 //   x: [T, C], w: [C] → y: [T, C], rstd: [T] (1/sqrt(mean(x²)+eps), kept for the backward pass)
 // Work split: one workgroup of 256 invocations per row; a tree reduction in workgroup memory.
 
@@ -6,13 +8,16 @@ struct Params {
   T: u32,
   C: u32,
   eps: f32,
+  w_offset: f32,
+  add_residual: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;           // [T, C]
 @group(0) @binding(2) var<storage, read> w: array<f32>;           // [C]
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // [T, C]
-@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;  // [T]
+@group(0) @binding(3) var<storage, read> residual: array<f32>;    // [T, C] (add_residual)
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;     // [T, C]
+@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;  // [T]
 
 const WG = 256u;
 var<workgroup> partial: array<f32, WG>;
@@ -32,6 +37,10 @@ fn rmsnorm(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li
     workgroupBarrier();
   }
   let r = inverseSqrt(partial[0] / f32(C) + params.eps);
-  for (var c = li; c < C; c += WG) { y[base + c] = x[base + c] * r * w[c]; }
+  for (var c = li; c < C; c += WG) {
+    var v = x[base + c] * r * (w[c] + params.w_offset);
+    if (params.add_residual != 0u) { v = residual[base + c] + v; }
+    y[base + c] = v;
+  }
   if (li == 0u) { rstd[t] = r; }
 }

@@ -1,4 +1,5 @@
-// rmsnorm_backward: dx (+)= rstd · (g − x · rstd² · mean(g · x)),  g = dy · w  (w is frozen).
+// rmsnorm_backward: dx (+)= rstd · (g − x · rstd² · mean(g · x)),  g = dy · (w + w_offset)
+// (w is frozen; w_offset as in rmsnorm.wgsl).
 //   x: [T, C], w: [C], rstd: [T] (from rmsnorm), dy: [T, C] → dx: [T, C]
 //   accumulate = 1 adds into dx (the residual stream's gradient), 2 adds `residual` instead
 //   (dx = residual + …: the stream's gradient carried over without a copy), 0 overwrites dx.
@@ -8,6 +9,7 @@ struct Params {
   T: u32,
   C: u32,
   accumulate: u32,
+  w_offset: f32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -28,7 +30,7 @@ fn rmsnorm_backward(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_
   let C = params.C;
   let base = t * C;
   var s = 0.0;
-  for (var c = li; c < C; c += WG) { s += dy[base + c] * w[c] * x[base + c]; }
+  for (var c = li; c < C; c += WG) { s += dy[base + c] * (w[c] + params.w_offset) * x[base + c]; }
   partial[li] = s;
   workgroupBarrier();
   for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
@@ -38,7 +40,7 @@ fn rmsnorm_backward(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_
   let r = rstd[t];
   let k = r * r * partial[0] / f32(C);
   for (var c = li; c < C; c += WG) {
-    var v = r * (dy[base + c] * w[c] - x[base + c] * k);
+    var v = r * (dy[base + c] * (w[c] + params.w_offset) - x[base + c] * k);
     if (params.accumulate == 1u) { v += dx[base + c]; }
     if (params.accumulate == 2u) { v += residual[base + c]; }
     dx[base + c] = v;

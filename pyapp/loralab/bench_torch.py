@@ -14,7 +14,8 @@ def _model(config: dict, device: str):
     import transformers
 
     kind = {"LlamaForCausalLM": transformers.LlamaConfig, "Qwen2ForCausalLM": transformers.Qwen2Config,
-            "MistralForCausalLM": transformers.MistralConfig}[config["architectures"][0]]
+            "MistralForCausalLM": transformers.MistralConfig, "Qwen3ForCausalLM": transformers.Qwen3Config,
+            "Gemma3ForCausalLM": transformers.Gemma3TextConfig}[config["architectures"][0]]
     cfg = kind(**{k: v for k, v in config.items() if k != "architectures"})
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32).to(device)

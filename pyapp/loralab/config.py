@@ -8,6 +8,7 @@ Each validates itself in one place, and the page imports this module alone for i
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field, fields
 
 from . import checks
@@ -20,6 +21,7 @@ ARCHITECTURES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Gemma3ForCausalLM": "gemma3_text",
 }
 # Upper limits on a config's sizes: far above any model a browser can train, low enough that
 # nothing is sized from an absurd value before the weights are checked against it.
@@ -60,6 +62,17 @@ class ModelConfig:
     qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Qwen3)
     # llama.cpp's rope_freqs tensor (a GGUF's Llama-3 RoPE scaling): each frequency divided by it.
     rope_freq_factors: tuple[float, ...] | None = None
+    # Gemma 3: the MLP's activation (ops.GLU_ACTIVATIONS), norms that scale by (w_offset + w),
+    # norms after attention and after the MLP too, embeddings times embed_scale, q·k times
+    # attn_scale (None: 1/√head_dim), and per layer a sliding window (0: global attention) whose
+    # layers rotate with local_rope_theta.
+    activation: str = "silu"
+    norm_offset: float = 0.0
+    sandwich_norms: bool = False
+    embed_scale: float = 1.0
+    attn_scale: float | None = None
+    layer_windows: tuple[int, ...] = ()
+    local_rope_theta: float | None = None
 
     @classmethod
     def from_dict(cls, cfg: dict, source: str = "config.json") -> "ModelConfig":
@@ -81,7 +94,7 @@ class ModelConfig:
         kv_heads = checks.field(cfg, "num_key_value_heads", integer, source, E, heads, lo=1, hi=MAX_HEADS)
         if cfg.get("head_dim") is None and hidden % heads:
             raise E(f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
-        head_dim = checks.field(cfg, "head_dim", integer, source, E, hidden // heads, lo=2, hi=128)
+        head_dim = checks.field(cfg, "head_dim", integer, source, E, hidden // heads, lo=2, hi=256)
         rope_params = cfg.get("rope_parameters") or {}
         scaling = cfg.get("rope_scaling")
         for name, value in (("rope_parameters", rope_params), ("rope_scaling", scaling)):
@@ -117,11 +130,13 @@ class ModelConfig:
         if heads % kv_heads:
             raise E(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
         if head_dim % 2:
-            raise E(f"{source}: head_dim {head_dim} must be even and at most 128")
+            raise E(f"{source}: head_dim {head_dim} must be even and at most 256")
         if config.rope_scaling:
             kind = config.rope_scaling.get("rope_type", config.rope_scaling.get("type"))
-            if kind not in ("llama3", "default"):
-                raise E(f"{source}: rope_scaling {short(config.rope_scaling)} is not supported (only llama3)")
+            if kind not in ("llama3", "linear", "default"):
+                raise E(f"{source}: rope_scaling {short(config.rope_scaling)} is not supported (llama3 and linear are)")
+            if kind == "linear":
+                checks.field(config.rope_scaling, "factor", number, f"{source}: rope_scaling", E, lo=0.0, open_lo=True)
             if kind == "llama3":
                 s = config.rope_scaling
                 where = f"{source}: rope_scaling"
@@ -133,6 +148,8 @@ class ModelConfig:
                     raise E(f"{where}: high_freq_factor must be greater than low_freq_factor")
         if cfg.get("sliding_window") and cfg.get("use_sliding_window"):
             raise E(f"{source}: sliding-window attention is not supported")
+        if ARCHITECTURES[arch] == "gemma3_text":
+            config = _gemma3(config, cfg, source)
         return config
 
     def check_layers(self, names, source: str, what: str = "num_hidden_layers") -> None:
@@ -170,6 +187,18 @@ class ModelConfig:
             "down_proj": (h, i),
         }[name]
 
+    def window(self, layer: int) -> int:
+        """Layer `layer`'s sliding window (0: it attends to every earlier token)."""
+        return self.layer_windows[layer] if self.layer_windows else 0
+
+    def layer_inv_freq(self, layer: int) -> list[float]:
+        """The RoPE frequencies of layer `layer`: Gemma's sliding layers rotate with their own
+        base (unscaled); every other layer with inv_freq()."""
+        if self.window(layer) and self.local_rope_theta is not None:
+            D = self.head_dim
+            return [1.0 / self.local_rope_theta ** (i / D) for i in range(0, D, 2)]
+        return self.inv_freq()
+
     def inv_freq(self) -> list[float]:
         """RoPE inverse frequencies (Hugging Face's, including Llama-3 scaling, or llama.cpp's
         frequency factors), in float64."""
@@ -178,6 +207,8 @@ class ModelConfig:
         if self.rope_freq_factors:
             return [f / factor for f, factor in zip(inv, self.rope_freq_factors)]
         s = self.rope_scaling
+        if s and s.get("rope_type", s.get("type")) == "linear":
+            return [f / float(s["factor"]) for f in inv]
         if s and s.get("rope_type", s.get("type")) == "llama3":
             factor, low, high = float(s["factor"]), float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
             old = float(s.get("original_max_position_embeddings", 8192))
@@ -194,6 +225,54 @@ class ModelConfig:
                     out.append((1 - smooth) * f / factor + smooth * f)
             inv = out
         return inv
+
+
+def _gemma3(config: ModelConfig, cfg: dict, source: str) -> ModelConfig:
+    """Gemma3ForCausalLM's fields (text-only Gemma 3): its activation, norms, embedding scale,
+    attention scale, sliding layers and their RoPE base. What the engine cannot run (logit
+    soft-capping, bidirectional attention) is refused by name."""
+    import dataclasses
+
+    E = ModelConfigError
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise E(f"{source}: hidden_activation {short(act)} is not supported (gelu_pytorch_tanh is)")
+    for name in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if cfg.get(name) is not None:
+            raise E(f"{source}: {name} is set; LoRA Lab does not soft-cap logits")
+    if cfg.get("use_bidirectional_attention"):
+        raise E(f"{source}: use_bidirectional_attention is true; LoRA Lab trains causal models")
+    L = config.num_layers
+    window = checks.field(cfg, "sliding_window", integer, source, E, 0, lo=0, hi=1 << 24) or 0
+    types = cfg.get("layer_types")
+    if types is None:  # older configs: every `sliding_window_pattern`-th layer is global
+        pattern = checks.field(cfg, "sliding_window_pattern", integer, source, E,
+                               cfg.get("_sliding_window_pattern", 6), lo=1, hi=MAX_LAYERS)
+        types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(L)]
+    if (not isinstance(types, list) or len(types) != L
+            or any(t not in ("sliding_attention", "full_attention") for t in types)):
+        raise E(f"{source}: layer_types must list sliding_attention or full_attention for each of the {L} layers")
+    rope = cfg.get("rope_parameters") or {}
+    local = rope.get("sliding_attention") if isinstance(rope.get("sliding_attention"), dict) else {}
+    full = rope.get("full_attention") if isinstance(rope.get("full_attention"), dict) else {}
+    local_theta = local.get("rope_theta", cfg.get("rope_local_base_freq", 10000.0))
+    theta = full.get("rope_theta", cfg.get("rope_theta", 1000000.0))
+    scaling = config.rope_scaling
+    if full.get("rope_type", "default") != "default":
+        scaling = dict(full)
+        if scaling.get("rope_type") != "linear":
+            raise E(f"{source}: rope_parameters.full_attention {short(full)} is not supported (linear is)")
+    if local.get("rope_type", "default") != "default":
+        raise E(f"{source}: rope_parameters.sliding_attention {short(local)} is not supported (default is)")
+    scalar = checks.field(cfg, "query_pre_attn_scalar", number, source, E, config.head_dim, lo=0.0, open_lo=True)
+    return dataclasses.replace(
+        config, activation="gelu_tanh", norm_offset=1.0, sandwich_norms=True, qk_norm=True,
+        embed_scale=float(struct.unpack("<f", struct.pack("<f", config.hidden_size ** 0.5))[0]),
+        attn_scale=float(scalar) ** -0.5, rope_theta=number(theta, f"{source}: rope_theta", E, lo=0.0, open_lo=True),
+        rope_scaling=scaling, local_rope_theta=number(local_theta, f"{source}: rope_local_base_freq", E, lo=0.0,
+                                                      open_lo=True),
+        layer_windows=tuple(window if t == "sliding_attention" else 0 for t in types),
+        tie_word_embeddings=checks.field(cfg, "tie_word_embeddings", boolean, source, E, True))
 
 
 MAX_RANK = 4096
@@ -340,9 +419,17 @@ NAMED_CONFIGS = {
                    "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
                    "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
                    "rope_theta": 1000000.0, "max_position_embeddings": 40960},
+    "gemma3-1b": {"architectures": ["Gemma3ForCausalLM"], "vocab_size": 262144, "hidden_size": 1152,
+                  "intermediate_size": 6912, "num_hidden_layers": 26, "num_attention_heads": 4,
+                  "num_key_value_heads": 1, "head_dim": 256, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
+                  "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256, "sliding_window": 512,
+                  "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(26)],
+                  "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                      "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+                  "max_position_embeddings": 32768},
 }
 NAMED_CONFIG_LABELS = {"smollm2-135m": "SmolLM2-135M", "qwen2.5-0.5b": "Qwen2.5-0.5B", "qwen2.5-1.5b": "Qwen2.5-1.5B",
-                       "llama3.2-1b": "Llama-3.2-1B", "qwen3-0.6b": "Qwen3-0.6B", "tiny": "a tiny test model"}
+                       "llama3.2-1b": "Llama-3.2-1B", "qwen3-0.6b": "Qwen3-0.6B", "gemma3-1b": "Gemma-3-1B", "tiny": "a tiny test model"}
 
 
 def option_fields(cls) -> list:

@@ -108,7 +108,7 @@ def _gguf_plan(source, lora: LoraState, quant: str) -> list[tuple[object, str | 
     type_id = {name: kind for kind, (name, _, _) in GGML_TYPES.items()}
     out = []
     for info in sorted(source.gguf.tensors.values(), key=lambda i: i.start):
-        hf = hf_name(info.name)
+        hf = hf_name(info.name, source.arch)
         site = _lora_site(hf) if hf else None
         if site is not None and lora.has(*site):
             numel = 1

@@ -20,8 +20,8 @@ KERNELS = (
     "rmsnorm",
     "rmsnorm_backward",
     "rope",
-    "swiglu",
-    "swiglu_backward",
+    "glu",
+    "glu_backward",
     "embedding",
     "cross_entropy",
     "attention",
@@ -90,6 +90,8 @@ def quant_layout(dtype: str, numel: int) -> tuple[int, int, int]:
 F16_VARIANTS = (("matmul", "B_F16"), ("matmul_thin", "A_F16"), ("matmul_thin", "B_F16"), ("embedding", "TABLE_F16"))
 
 MAX_GROUPS = 65535
+# The gated MLP's activations (glu.wgsl's `act`): SiLU (Llama, Qwen), tanh-approximated GELU (Gemma).
+GLU_ACTIVATIONS = ("silu", "gelu_tanh")
 
 
 @dataclass(frozen=True)
@@ -134,12 +136,13 @@ def grid_1d(workgroups: int) -> tuple[int, int]:
 # Kernels with a HEAD_DIM4 pipeline constant: their generic pipeline serves any head size up to
 # MAX_HEAD_DIM; specialize_head_dim compiles one whose loops unroll into registers.
 HEAD_DIM_KERNELS = ("attention", "attention_backward_dq", "attention_backward_dk", "attention_backward_dv")
-MAX_HEAD_DIM = 128
+MAX_HEAD_DIM = 256
 # Portable kernels that stage keys (queries) through workgroup memory, one invocation per row with
 # the row in registers: preferred where the head size is a multiple of 4 and the rows fit in
 # registers (three rows of TILED_MAX_HEAD_DIM floats per invocation).
 TILED_KERNELS = ("attention_tiled", "attention_backward_dq_tiled", "attention_backward_dkv_tiled")
 TILED_MAX_HEAD_DIM = 64
+TILED_KERNELS_MAX_HEAD_DIM = 128  # (their rows in registers: MAX_D4 vec4s)
 # Their subgroup twins: a row spread over D/16 lanes (four vec4s each, in named registers), so
 # the GPU has more invocations in flight for the same registers.
 LANES_KERNELS = ("attention_lanes", "attention_backward_dq_lanes", "attention_backward_dkv_lanes")
@@ -265,8 +268,9 @@ class Ops:
                        "tiled" if D % 4 == 0 and D <= TILED_MAX_HEAD_DIM else "portable")
         if variant not in ATTENTION_VARIANTS:
             raise UsageError(f"unknown attention kernels {variant!r} (one of {', '.join(ATTENTION_VARIANTS)})")
-        if variant == "tiled" and D % 4:
-            raise UsageError(f"the tiled attention kernels need a head size that is a multiple of 4 (got {D})")
+        if variant == "tiled" and (D % 4 or D > TILED_KERNELS_MAX_HEAD_DIM):
+            raise UsageError(f"the tiled attention kernels need a head size that is a multiple of 4 and at most "
+                             f"{TILED_KERNELS_MAX_HEAD_DIM} (got {D})")
         if variant == "lanes" and not self.tile_lanes(D):
             raise UsageError(f"the subgroup attention kernels need subgroups of D/16 lanes (D = {D})")
         for name in TILED_KERNELS + LANES_KERNELS:
@@ -508,14 +512,18 @@ class Ops:
         return self._elementwise("bias_add", T * N, dict(T=T, N=N), bias=bias, y=y)
 
     # -- transformer layers -------------------------------------------------------------------
-    def rmsnorm(self, y: Buffer, rstd: Buffer, x: Buffer, w: Buffer, T: int, C: int, eps: float) -> Dispatch:
-        return self._rows("rmsnorm", T, dict(T=T, C=C, eps=eps), x=x, w=w, y=y, rstd=rstd)
+    def rmsnorm(self, y: Buffer, rstd: Buffer, x: Buffer, w: Buffer, T: int, C: int, eps: float,
+                w_offset: float = 0.0, residual: Buffer | None = None) -> Dispatch:
+        """y = norm(x) · (w + w_offset), or residual + that."""
+        params = dict(T=T, C=C, eps=eps, w_offset=w_offset, add_residual=int(residual is not None))
+        return self._rows("rmsnorm", T, params, x=x, w=w, y=y, rstd=rstd,
+                          residual=residual if residual is not None else x)
 
     def rmsnorm_backward(self, dx: Buffer, x: Buffer, w: Buffer, rstd: Buffer, dy: Buffer, T: int, C: int,
-                         accumulate: bool = False, residual: Buffer | None = None) -> Dispatch:
+                         accumulate: bool = False, residual: Buffer | None = None, w_offset: float = 0.0) -> Dispatch:
         """dx (+)= the norm's input gradient; with `residual`, dx = residual + it (no copy first)."""
         mode = 2 if residual is not None else int(accumulate)
-        return self._rows("rmsnorm_backward", T, dict(T=T, C=C, accumulate=mode),
+        return self._rows("rmsnorm_backward", T, dict(T=T, C=C, accumulate=mode, w_offset=w_offset),
                           x=x, w=w, rstd=rstd, dy=dy, residual=residual if residual is not None else dy, dx=dx)
 
     def rope(self, x: Buffer, pos: Buffer, inv_freq: Buffer, T: int, H: int, D: int, backward: bool = False,
@@ -532,15 +540,18 @@ class Ops:
             self._spare_buffer = self.device.create_buffer(256, label="spare")
         return self._spare_buffer
 
-    def swiglu(self, h: Buffer, gate: Buffer, up: Buffer, N: int) -> Dispatch:
-        return self._elementwise("swiglu", N, dict(N=N), gate=gate, up=up, h=h)
+    def glu(self, h: Buffer, gate: Buffer, up: Buffer, N: int, act: str = "silu") -> Dispatch:
+        """h = act(gate) · up, act one of GLU_ACTIVATIONS."""
+        return self._elementwise("glu", N, dict(N=N, act=GLU_ACTIVATIONS.index(act)), gate=gate, up=up, h=h)
 
-    def swiglu_backward(self, dgate: Buffer, dup: Buffer, gate: Buffer, up: Buffer, dh: Buffer, N: int) -> Dispatch:
-        return self._elementwise("swiglu_backward", N, dict(N=N), gate=gate, up=up, dh=dh, dgate=dgate, dup=dup)
+    def glu_backward(self, dgate: Buffer, dup: Buffer, gate: Buffer, up: Buffer, dh: Buffer, N: int,
+                     act: str = "silu") -> Dispatch:
+        return self._elementwise("glu_backward", N, dict(N=N, act=GLU_ACTIVATIONS.index(act)), gate=gate, up=up,
+                                 dh=dh, dgate=dgate, dup=dup)
 
-    def embedding(self, out: Buffer, ids: Buffer, table: Buffer, T: int, C: int, V: int) -> Dispatch:
+    def embedding(self, out: Buffer, ids: Buffer, table: Buffer, T: int, C: int, V: int, scale: float = 1.0) -> Dispatch:
         kernel = self._reader("embedding", table) or (self.f16[("embedding", "TABLE_F16")] if table.dtype == "f16" else None)
-        return self._elementwise("embedding", T * C, dict(T=T, C=C, V=V, **self._scales(table)), kernel,
+        return self._elementwise("embedding", T * C, dict(T=T, C=C, V=V, scale=scale, **self._scales(table)), kernel,
                                  ids=ids, table=table, out=out)
 
     # -- quantized weights (QUANT_DTYPES) ----------------------------------------------------------
@@ -624,19 +635,27 @@ class Ops:
         """Per-row loss into `loss`; `logits` is overwritten by scale · d(loss)/d(logits)."""
         return self._rows("cross_entropy", R, dict(R=R, V=V, scale=scale), targets=targets, logits=logits, loss=loss)
 
-    def _attention_params(self, B: int, S: int, Hq: int, Hkv: int, D: int) -> dict:
+    def _attention_params(self, B: int, S: int, Hq: int, Hkv: int, D: int, scale: float | None = None) -> dict:
+        """`scale` multiplies q·k (default 1/√D; Gemma: query_pre_attn_scalar^−½)."""
         if Hq % Hkv or D > MAX_HEAD_DIM:
             raise ValueError(f"attention needs Hq divisible by Hkv and head size ≤ {MAX_HEAD_DIM} (got Hq={Hq}, Hkv={Hkv}, D={D})")
-        return dict(B=B, S=S, Hq=Hq, Hkv=Hkv, D=D, scale=1.0 / math.sqrt(D))
+        return dict(B=B, S=S, Hq=Hq, Hkv=Hkv, D=D, scale=1.0 / math.sqrt(D) if scale is None else scale)
+
+    @staticmethod
+    def _windowed(S: int, window: int) -> bool:
+        """A sliding window that hides keys in a sequence of S (the portable kernels apply it; the
+        tiled ones see every earlier key, so they serve windows of S or more)."""
+        return 0 < window < S
 
     def attention(self, o: Buffer, lse: Buffer, q: Buffer, k: Buffer, v: Buffer,
-                  B: int, S: int, Hq: int, Hkv: int, D: int) -> Dispatch:
-        params = self._attention_params(B, S, Hq, Hkv, D)
+                  B: int, S: int, Hq: int, Hkv: int, D: int, scale: float | None = None, window: int = 0) -> Dispatch:
+        """Causal attention; `window` > 0: each query sees only the `window` latest keys (itself included)."""
+        params = self._attention_params(B, S, Hq, Hkv, D, scale)
         tiled = self._by_head_dim.get(("attention_lanes", D)) or self._by_head_dim.get(("attention_tiled", D))
-        if tiled:
+        if tiled and not self._windowed(S, window):
             return self._tiles(tiled, B * Hq, S, params, q=q, k=k, v=v, o=o, lse=lse)
-        return self._elementwise("attention", B * Hq * S, params, self._head_dim_kernel("attention", D),
-                                 q=q, k=k, v=v, o=o, lse=lse)
+        return self._elementwise("attention", B * Hq * S, {**params, "window": window},
+                                 self._head_dim_kernel("attention", D), q=q, k=k, v=v, o=o, lse=lse)
 
     def _tiles(self, kernel: Kernel, heads: int, S: int, params: dict, **buffers: Buffer) -> Dispatch:
         """A tiled attention kernel's grid: per head, blocks of ROWS rows (workgroup size / LANES
@@ -646,29 +665,32 @@ class Ops:
         return kernel.dispatch(self.device, grid_1d(heads * -(-S // rows)), params, **buffers)
 
     def attention_cached(self, o: Buffer, q: Buffer, k_cache: Buffer, v_cache: Buffer, T: int, start: int,
-                         Hq: int, Hkv: int, D: int) -> Dispatch:
-        params = self._attention_params(1, 1, Hq, Hkv, D)
-        params = dict(T=T, start=start, Hq=Hq, Hkv=Hkv, D=D, scale=params["scale"])
+                         Hq: int, Hkv: int, D: int, scale: float | None = None, window: int = 0) -> Dispatch:
+        params = self._attention_params(1, 1, Hq, Hkv, D, scale)
+        params = dict(T=T, start=start, Hq=Hq, Hkv=Hkv, D=D, scale=params["scale"], window=window)
         return self._elementwise("attention_cached", T * Hq, params, q=q, k_cache=k_cache, v_cache=v_cache, o=o)
 
     def attention_backward(self, dq: Buffer, dk: Buffer, dv: Buffer, delta: Buffer, dk_heads: Buffer, dv_heads: Buffer,
                            q: Buffer, k: Buffer, v: Buffer, o: Buffer, d_o: Buffer, lse: Buffer,
-                           B: int, S: int, Hq: int, Hkv: int, D: int) -> list[Dispatch]:
+                           B: int, S: int, Hq: int, Hkv: int, D: int, scale: float | None = None,
+                           window: int = 0) -> list[Dispatch]:
         """dq, dk, dv; dk_heads and dv_heads ([B·S, Hq·D]) hold each query head's share of dk and
-        dv before a kv group's shares are added (unused when Hq == Hkv)."""
-        params = self._attention_params(B, S, Hq, Hkv, D)
+        dv before a kv group's shares are added (unused when Hq == Hkv). `scale`, `window` as in
+        attention."""
+        params = self._attention_params(B, S, Hq, Hkv, D, scale)
         shared = Hq == Hkv
         dq_tiled = (self._by_head_dim.get(("attention_backward_dq_lanes", D))
                     or self._by_head_dim.get(("attention_backward_dq_tiled", D)))
         dkv_tiled = (self._by_head_dim.get(("attention_backward_dkv_lanes", D))
                      or self._by_head_dim.get(("attention_backward_dkv_tiled", D)))
-        if dq_tiled and dkv_tiled:
+        if dq_tiled and dkv_tiled and not self._windowed(S, window):
             cmds = [
                 self._tiles(dq_tiled, B * Hq, S, params, q=q, k=k, v=v, o=o, d_o=d_o, lse=lse, dq=dq, delta=delta),
                 self._tiles(dkv_tiled, B * Hq, S, params, q=q, k=k, v=v, d_o=d_o, lse=lse, delta=delta,
                             dk_heads=dk if shared else dk_heads, dv_heads=dv if shared else dv_heads),
             ]
         else:
+            params = {**params, "window": window}
             cmds = [
                 self._elementwise("attention_backward_dq", B * Hq * S, params, self._head_dim_kernel("attention_backward_dq", D),
                                   q=q, k=k, v=v, o=o, d_o=d_o, lse=lse, dq=dq, delta=delta),

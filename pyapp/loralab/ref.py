@@ -17,16 +17,17 @@ def bias_add(y: np.ndarray, bias: np.ndarray) -> np.ndarray:
     return (y + bias).astype(np.float32)
 
 
-def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """(y, rstd) for x [T, C], w [C] (wgsl/rmsnorm.wgsl)."""
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float, w_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(y, rstd) for x [T, C], w [C] (wgsl/rmsnorm.wgsl; Gemma's norms: w_offset 1)."""
     x = x.astype(np.float32)
     rstd = (1.0 / np.sqrt((x * x).mean(-1) + np.float32(eps))).astype(np.float32)
-    return (x * rstd[:, None] * w).astype(np.float32), rstd
+    return (x * rstd[:, None] * (w + np.float32(w_offset))).astype(np.float32), rstd
 
 
-def rmsnorm_backward(x: np.ndarray, w: np.ndarray, rstd: np.ndarray, dy: np.ndarray) -> np.ndarray:
+def rmsnorm_backward(x: np.ndarray, w: np.ndarray, rstd: np.ndarray, dy: np.ndarray,
+                     w_offset: float = 0.0) -> np.ndarray:
     """dx for frozen w (wgsl/rmsnorm_backward.wgsl, accumulate = 0)."""
-    g = dy * w
+    g = dy * (w + np.float32(w_offset))
     C = x.shape[-1]
     k = rstd**2 * (g * x).sum(-1) / C
     return (rstd[:, None] * (g - x * k[:, None])).astype(np.float32)
@@ -51,13 +52,29 @@ def silu(g: np.ndarray) -> np.ndarray:
     return g / (1.0 + np.exp(-g))
 
 
-def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    return (silu(gate) * up).astype(np.float32)
+GELU_K = np.sqrt(2.0 / np.pi)
 
 
-def swiglu_backward(gate: np.ndarray, up: np.ndarray, dh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sig = 1.0 / (1.0 + np.exp(-gate))
-    return (dh * up * sig * (1 + gate * (1 - sig))).astype(np.float32), (dh * silu(gate)).astype(np.float32)
+def gelu_tanh(g: np.ndarray) -> np.ndarray:
+    return 0.5 * g * (1.0 + np.tanh(GELU_K * (g + 0.044715 * g**3)))
+
+
+def glu(gate: np.ndarray, up: np.ndarray, act: str = "silu") -> np.ndarray:
+    """act(gate) · up: SiLU (Llama, Qwen) or tanh-approximated GELU (Gemma), in float64."""
+    g = gate.astype(np.float64)
+    return ((silu(g) if act == "silu" else gelu_tanh(g)) * up).astype(np.float32)
+
+
+def glu_backward(gate: np.ndarray, up: np.ndarray, dh: np.ndarray, act: str = "silu") -> tuple[np.ndarray, np.ndarray]:
+    g = gate.astype(np.float64)
+    if act == "silu":
+        sig = 1.0 / (1.0 + np.exp(-g))
+        slope, value = sig * (1 + g * (1 - sig)), silu(g)
+    else:
+        t = np.tanh(GELU_K * (g + 0.044715 * g**3))
+        slope = 0.5 * (1 + t) + 0.5 * g * (1 - t * t) * GELU_K * (1 + 3 * 0.044715 * g * g)
+        value = gelu_tanh(g)
+    return (dh * up * slope).astype(np.float32), (dh * value).astype(np.float32)
 
 
 def embedding(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -92,29 +109,37 @@ def _heads(x: np.ndarray, B: int, S: int, H: int, D: int) -> np.ndarray:
     return x.reshape(B, S, H, D).transpose(0, 2, 1, 3).astype(np.float64)  # [B, H, S, D]
 
 
-def attention(q, k, v, B: int, S: int, Hq: int, Hkv: int, D: int):
+def visible(queries: np.ndarray, keys: np.ndarray, window: int = 0) -> np.ndarray:
+    """[len(queries), len(keys)] mask: key j is seen by query i when j ≤ i and, with a sliding
+    window, i − j < window (wgsl/include/attention_window.wgsl)."""
+    i, j = queries[:, None], keys[None, :]
+    return (j <= i) & ((i - j < window) if window else True)
+
+
+def attention(q, k, v, B: int, S: int, Hq: int, Hkv: int, D: int, scale: float | None = None, window: int = 0):
     """(o [B·S, Hq·D], lse [B, Hq, S]) of causal GQA attention (wgsl/attention.wgsl)."""
     rep = Hq // Hkv
     Q = _heads(q, B, S, Hq, D)
     K = np.repeat(_heads(k, B, S, Hkv, D), rep, axis=1)
     V = np.repeat(_heads(v, B, S, Hkv, D), rep, axis=1)
-    s = Q @ K.transpose(0, 1, 3, 2) / np.sqrt(D)
-    s = np.where(np.tril(np.ones((S, S), bool)), s, -np.inf)
+    s = Q @ K.transpose(0, 1, 3, 2) * (1 / np.sqrt(D) if scale is None else scale)
+    s = np.where(visible(np.arange(S), np.arange(S), window), s, -np.inf)
     m = s.max(-1, keepdims=True)
     lse = m + np.log(np.exp(s - m).sum(-1, keepdims=True))
     o = np.exp(s - lse) @ V
     return o.transpose(0, 2, 1, 3).reshape(B * S, Hq * D).astype(np.float32), lse[..., 0].astype(np.float32)
 
 
-def attention_backward(q, k, v, d_o, B: int, S: int, Hq: int, Hkv: int, D: int):
+def attention_backward(q, k, v, d_o, B: int, S: int, Hq: int, Hkv: int, D: int, scale: float | None = None,
+                       window: int = 0):
     """(dq, dk, dv) in the projections' layouts (wgsl/attention_backward_*.wgsl)."""
     rep = Hq // Hkv
     Q = _heads(q, B, S, Hq, D)
     K = np.repeat(_heads(k, B, S, Hkv, D), rep, axis=1)
     V = np.repeat(_heads(v, B, S, Hkv, D), rep, axis=1)
     dO = _heads(d_o, B, S, Hq, D)
-    scale = 1 / np.sqrt(D)
-    s = np.where(np.tril(np.ones((S, S), bool)), Q @ K.transpose(0, 1, 3, 2) * scale, -np.inf)
+    scale = 1 / np.sqrt(D) if scale is None else scale
+    s = np.where(visible(np.arange(S), np.arange(S), window), Q @ K.transpose(0, 1, 3, 2) * scale, -np.inf)
     P = np.exp(s - s.max(-1, keepdims=True))
     P /= P.sum(-1, keepdims=True)
     dV = P.transpose(0, 1, 3, 2) @ dO
@@ -167,16 +192,16 @@ def lora_init(offset: int, N: int, fan_in: int, seed: int) -> np.ndarray:
     return ((np.float32(2.0) * u - np.float32(1.0)) * np.float32(1.0 / np.sqrt(fan_in))).astype(np.float32)
 
 
-def attention_cached(q, k_cache, v_cache, T: int, start: int, Hq: int, Hkv: int, D: int) -> np.ndarray:
+def attention_cached(q, k_cache, v_cache, T: int, start: int, Hq: int, Hkv: int, D: int, scale: float | None = None,
+                     window: int = 0) -> np.ndarray:
     """o [T, Hq·D] of T new tokens at positions start… against the cache (wgsl/attention_cached.wgsl)."""
     rep = Hq // Hkv
     Q = q.reshape(T, Hq, D).transpose(1, 0, 2).astype(np.float64)
     n = start + T
     K = np.repeat(k_cache[:n].reshape(n, Hkv, D).transpose(1, 0, 2), rep, axis=0).astype(np.float64)
     V = np.repeat(v_cache[:n].reshape(n, Hkv, D).transpose(1, 0, 2), rep, axis=0).astype(np.float64)
-    s = Q @ K.transpose(0, 2, 1) / np.sqrt(D)
-    mask = np.arange(n)[None, :] <= (start + np.arange(T))[:, None]
-    s = np.where(mask, s, -np.inf)
+    s = Q @ K.transpose(0, 2, 1) * (1 / np.sqrt(D) if scale is None else scale)
+    s = np.where(visible(start + np.arange(T), np.arange(n), window), s, -np.inf)
     P = np.exp(s - s.max(-1, keepdims=True))
     P /= P.sum(-1, keepdims=True)
     return (P @ V).transpose(1, 0, 2).reshape(T, Hq * D).astype(np.float32)

@@ -13,6 +13,8 @@ LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
          "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
          "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
          "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+GEMMA3 = {**LAYER, "post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+          "post_feedforward_layernorm": "post_ffw_norm"}
 GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
           "lm_head.weight": "output.weight"}
 
@@ -22,11 +24,11 @@ def llama_permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def gguf_name(name: str) -> str:
+def gguf_name(name: str, arch: str) -> str:
     if name in GLOBAL:
         return GLOBAL[name]
     parts = name.split(".")  # model.layers.N.<module path>.<weight|bias>
-    return f"blk.{parts[2]}.{LAYER['.'.join(parts[3:-1])]}.{parts[-1]}"
+    return f"blk.{parts[2]}.{(GEMMA3 if arch == 'gemma3' else LAYER)['.'.join(parts[3:-1])]}.{parts[-1]}"
 
 
 def write(folder: Path, out: Path) -> Path:
@@ -35,8 +37,8 @@ def write(folder: Path, out: Path) -> Path:
     from safetensors.numpy import load_file
 
     config = json.loads((folder / "config.json").read_text())
-    arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}[
-        config["architectures"][0]]
+    arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+            "Gemma3ForCausalLM": "gemma3"}[config["architectures"][0]]
     tensors = load_file(str(folder / "model.safetensors"))
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
@@ -48,9 +50,12 @@ def write(folder: Path, out: Path) -> Path:
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
     rope = config.get("rope_parameters") or {}
+    if arch == "gemma3":  # (llama.cpp: every 6th layer global, local layers at base 10,000)
+        rope = rope["full_attention"]
+        writer.add_sliding_window(config["sliding_window"])
     writer.add_rope_freq_base(config.get("rope_theta") or rope["rope_theta"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    if arch == "qwen3":
+    if arch in ("qwen3", "gemma3"):
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     else:
@@ -77,7 +82,9 @@ def write(folder: Path, out: Path) -> Path:
             continue
         if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
             value = llama_permute(value, heads if "q_proj" in name else kv_heads)
-        writer.add_tensor(gguf_name(name), np.ascontiguousarray(value.astype(np.float32)))
+        if arch == "gemma3" and name.endswith("norm.weight"):  # llama.cpp's converter: Gemma's norms as 1 + w
+            value = value + 1
+        writer.add_tensor(gguf_name(name, arch), np.ascontiguousarray(value.astype(np.float32)))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -10,7 +10,7 @@ PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 
 def tiny_model(kind: str, path: Path, seed: int = 0, tied: bool = True, **overrides) -> Path:
-    """Build, seed and save a tiny model of `kind` (llama, llama3, qwen2, qwen3, mistral) as safetensors."""
+    """Build, seed and save a tiny model of `kind` (llama, llama3, qwen2, qwen3, gemma3, mistral) as safetensors."""
     import torch
     import transformers
 
@@ -32,6 +32,13 @@ def tiny_model(kind: str, path: Path, seed: int = 0, tied: bool = True, **overri
     elif kind == "qwen3":  # head_dim × heads ≠ hidden_size, as in Qwen3-0.6B (128 × 16 over 1024)
         config = transformers.Qwen3Config(**{"head_dim": 32, **common}, rope_theta=1000000.0)
         cls = transformers.Qwen3ForCausalLM
+    elif kind == "gemma3":  # local layers with a window of 4 (shorter than the tests' sequences) and a global one
+        common.pop("rms_norm_eps")
+        layers = common["num_hidden_layers"]
+        config = transformers.Gemma3TextConfig(**{"head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 4,
+                                                  "layer_types": ["sliding_attention", "full_attention"]
+                                                  + ["sliding_attention"] * (layers - 2), **common})
+        cls = transformers.Gemma3ForCausalLM
     elif kind == "mistral":
         config = transformers.MistralConfig(**common, rope_theta=10000.0, sliding_window=None)
         cls = transformers.MistralForCausalLM

@@ -26,6 +26,15 @@ QWEN3_06B = {
     "rope_scaling": None, "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": True,
     "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936}
 QWEN3_17B = {**QWEN3_06B, "hidden_size": 2048, "intermediate_size": 6144}
+GEMMA3_1B = {  # (as published, in the older form: rope_local_base_freq and sliding_window_pattern)
+    "architectures": ["Gemma3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "attn_logit_softcapping": None, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 106],
+    "final_logit_softcapping": None, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152,
+    "initializer_range": 0.02, "intermediate_size": 6912, "max_position_embeddings": 32768, "model_type": "gemma3_text",
+    "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1, "pad_token_id": 0,
+    "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": None,
+    "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "torch_dtype": "bfloat16",
+    "use_cache": True, "vocab_size": 262144}
 
 
 @pytest.mark.parametrize("cfg, q_size, tied, qk_norm", [(LLAMA_32_1B, 2048, True, False), (LLAMA_32_3B, 3072, True, False),
@@ -37,8 +46,28 @@ def test_the_published_configs_load(cfg, q_size, tied, qk_norm):
     assert config.projection_shape("o_proj") == (cfg["hidden_size"], q_size)
 
 
+def test_gemma3_1b():
+    """Local layers (a window of 512, RoPE base 10,000) with every sixth global (base 10⁶), (1 + w)
+    norms before and after attention and the MLP, GELU, q·k / 16, embeddings times √1152."""
+    config = ModelConfig.from_dict(GEMMA3_1B)
+    assert config.layer_windows == tuple(0 if (i + 1) % 6 == 0 else 512 for i in range(26))
+    assert (config.norm_offset, config.sandwich_norms, config.qk_norm, config.activation) == (1.0, True, True, "gelu_tanh")
+    assert config.attn_scale == 1 / 16 and config.embed_scale == pytest.approx(1152 ** 0.5)
+    assert config.layer_inv_freq(0)[1] == pytest.approx(10000 ** (-2 / 256))
+    assert config.layer_inv_freq(5)[1] == pytest.approx(1e6 ** (-2 / 256))
+    assert config.tie_word_embeddings and config.head_dim == 256
+
+
+@pytest.mark.parametrize("change, field", [({"final_logit_softcapping": 30.0}, "final_logit_softcapping"),
+                                           ({"hidden_activation": "relu"}, "hidden_activation"),
+                                           ({"use_bidirectional_attention": True}, "bidirectional")])
+def test_gemma3_fields_the_engine_cannot_run_are_refused(change, field):
+    with pytest.raises(ModelConfigError, match=field):
+        ModelConfig.from_dict({**GEMMA3_1B, **change})
+
+
 def test_the_named_bench_configs_are_the_published_shapes():
-    for name, cfg in (("llama3.2-1b", LLAMA_32_1B), ("qwen3-0.6b", QWEN3_06B)):
+    for name, cfg in (("llama3.2-1b", LLAMA_32_1B), ("qwen3-0.6b", QWEN3_06B), ("gemma3-1b", GEMMA3_1B)):
         assert ModelConfig.from_dict(NAMED_CONFIGS[name]) == ModelConfig.from_dict(cfg), name
 
 

@@ -15,7 +15,7 @@ from tests.model import hf
 
 torch = pytest.importorskip("torch")
 
-KINDS = [("llama", True), ("qwen2", False), ("mistral", True), ("llama3", False), ("qwen3", True)]
+KINDS = [("llama", True), ("qwen2", False), ("mistral", True), ("llama3", False), ("qwen3", True), ("gemma3", True)]
 
 
 @pytest.fixture(scope="module", params=KINDS, ids=[f"{k}-{'tied' if t else 'untied'}" for k, t in KINDS])
@@ -175,6 +175,10 @@ def test_the_gguf_llama_cpp_writes_gives_the_folders_logits(gpu, ops, run, array
     config = HFFolder(str(model_dir)).config
     if config.architecture == "MistralForCausalLM":
         pytest.skip("llama.cpp converts Mistral as llama")
+    if config.architecture == "Gemma3ForCausalLM":  # llama.cpp's Gemma 3: a global layer every sixth,
+        model_dir = hf.tiny_model("gemma3", tmp_path / "gemma3", seed=3, num_hidden_layers=6,  # q·k / √head_dim
+                                  layer_types=["sliding_attention"] * 5 + ["full_attention"], query_pre_attn_scalar=16)
+        config = HFFolder(str(model_dir)).config
     path = gguf_from_hf.write(model_dir, tmp_path / "model.gguf")
     B, S = 1, 9
     ids, _ = hf.batch(2, B, S)

@@ -29,7 +29,7 @@ from ..formats.gguf import read as read_gguf
 from ..formats.safetensors import TensorInfo
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                 "mistral": "MistralForCausalLM"}
+                 "mistral": "MistralForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
@@ -46,17 +46,25 @@ LAYER_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# Gemma 3 has a norm before and after attention and the MLP: llama.cpp's ffn_norm is its
+# pre_feedforward_layernorm, and post_attention_layernorm norms attention's output.
+GEMMA3_NAMES = {**LAYER_NAMES, "post_attention_norm.weight": "post_attention_layernorm.weight",
+                "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+                "post_ffw_norm.weight": "post_feedforward_layernorm.weight"}
+LAYER_NAMES_BY_ARCH = {"gemma3": GEMMA3_NAMES}
 GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
                 "output.weight": "lm_head.weight"}
 _BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
-def hf_name(name: str) -> str | None:
+def hf_name(name: str, arch: str = "llama") -> str | None:
+    """The Hugging Face name of a GGUF tensor of architecture `arch` (None: not a model weight)."""
     if name in GLOBAL_NAMES:
         return GLOBAL_NAMES[name]
+    names = LAYER_NAMES_BY_ARCH.get(arch, LAYER_NAMES)
     m = _BLOCK.match(name)
-    if m and m.group(2) in LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{LAYER_NAMES[m.group(2)]}"
+    if m and m.group(2) in names:
+        return f"model.layers.{m.group(1)}.{names[m.group(2)]}"
     return None
 
 
@@ -94,7 +102,20 @@ def config_dict(gguf: GGUFFile) -> dict:
     vocab = _meta(gguf, f"{arch}.vocab_size", integer, 0, lo=1, hi=MAX_VOCAB)
     if not vocab:
         vocab = len(_list(gguf, "tokenizer.ggml.tokens", str))
+    extra = {}
+    if arch == "gemma3":  # llama.cpp's Gemma 3: a global layer every 6th, local layers rotating with base 10,000
+        layers = _meta(gguf, f"{arch}.block_count", integer, lo=1, hi=MAX_LAYERS)
+        head_dim = _meta(gguf, f"{arch}.attention.key_length", integer, hidden // heads, lo=1, hi=MAX_HIDDEN)
+        extra = {"sliding_window": _meta(gguf, f"{arch}.attention.sliding_window", integer, 0, lo=0, hi=1 << 24),
+                 "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)],
+                 "rope_local_base_freq": _meta(gguf, f"{arch}.rope.freq_base_swa", number, 10000.0, lo=0.0,
+                                               open_lo=True),
+                 "query_pre_attn_scalar": head_dim, "hidden_activation": "gelu_pytorch_tanh"}
+        if gguf.metadata.get(f"{arch}.rope.scaling.type") == "linear":
+            extra["rope_scaling"] = {"rope_type": "linear", "factor": _meta(
+                gguf, f"{arch}.rope.scaling.factor", number, lo=0.0, open_lo=True)}
     return {
+        **extra,
         "architectures": [ARCHITECTURES[arch]],
         "hidden_size": hidden,
         "intermediate_size": _meta(gguf, f"{arch}.feed_forward_length", integer, lo=1, hi=MAX_HIDDEN * 16),
@@ -185,8 +206,9 @@ class GGUFModel:
         self.config_dict = config_dict(gguf)
         self.config = ModelConfig.from_dict(self.config_dict, self.name)
         self._infos: dict[str, TensorInfo] = {}
+        self.arch = gguf.metadata["general.architecture"]
         for info in gguf.tensors.values():
-            name = hf_name(info.name)
+            name = hf_name(info.name, self.arch)
             if name is not None:
                 self._infos[name] = TensorInfo(name, info.dtype, info.shape, info.start, info.end)
         arch = gguf.metadata["general.architecture"]
@@ -265,7 +287,14 @@ class GGUFModel:
         return 0
 
     async def read(self, info: TensorInfo):
-        return await self._read_range(info.start, info.end)
+        data = await self._read_range(info.start, info.end)
+        if self.arch == "gemma3" and info.name.endswith("norm.weight") and info.dtype == "F32":
+            # llama.cpp stores Gemma's norms as 1 + w (its RMSNorm scales by w): back to w, the
+            # form Hugging Face keeps and the engine's (1 + w) norms read (exact: 1 + w is).
+            from .weights import host_bytes
+
+            return array.array("f", (v - 1.0 for v in array.array("f", host_bytes(data)))).tobytes()
+        return data
 
     async def read_span(self, start: int, end: int) -> bytes:
         """Bytes [start, end) of the file, on the host (re-quantized merged exports copy them)."""

@@ -75,12 +75,17 @@ class LayerActivations:
     rstd2: Buffer  # [T]
     gate: Buffer  # [T, I]
     up: Buffer  # [T, I]
-    h: Buffer  # [T, I] silu(gate) · up (input of down_proj)
+    h: Buffer  # [T, I] act(gate) · up (input of down_proj)
     u: dict  # module -> [T, r]: x · Aᵀ, the LoRA inner activation
     qkv: Buffer | None = None  # q, k, v one after the other (their views), for the fused product
     u_qkv: Buffer | None = None  # u of q, k, v, blocks Transformer.u_block floats apart (their views)
     # With qk_norm (Qwen3): q and k above are the projections' outputs; attention reads these,
     # each head RMS-normalised, then rotated.
+    # With sandwich_norms (Gemma): o_proj's and down_proj's outputs before their norms.
+    ao: Buffer | None = None  # [T, C]
+    rstd_ao: Buffer | None = None  # [T]
+    mo: Buffer | None = None  # [T, C]
+    rstd_mo: Buffer | None = None  # [T]
     qn: Buffer | None = None  # [T, Hq·D]
     kn: Buffer | None = None  # [T, Hkv·D]
     rstd_q: Buffer | None = None  # [T·Hq]
@@ -122,9 +127,14 @@ class Transformer:
         self.ids = buf(T, "ids")  # [T] u32
         self.targets = buf(T, "targets")  # [T] i32, the next token or -100
         self.pos = device.create_buffer_with_data(struct.pack(f"<{T}I", *(t % seq_len for t in range(T))), label="pos")
-        inv_freq = cfg.inv_freq()
-        self.inv_freq = device.create_buffer_with_data(struct.pack(f"<{len(inv_freq)}f", *inv_freq), label="inv_freq")
-        self.buffers += [self.pos, self.inv_freq]
+        self.buffers.append(self.pos)
+        by_freqs: dict[tuple, Buffer] = {}  # each layer's RoPE frequencies (Gemma: local and global)
+        for l in range(cfg.num_layers):
+            freqs = tuple(cfg.layer_inv_freq(l))
+            if freqs not in by_freqs:
+                by_freqs[freqs] = device.create_buffer_with_data(struct.pack(f"<{len(freqs)}f", *freqs), label="inv_freq")
+                self.buffers.append(by_freqs[freqs])
+        self.inv_freqs = [by_freqs[tuple(cfg.layer_inv_freq(l))] for l in range(cfg.num_layers)]
         self.res = [buf(T * C, f"res.{l}") for l in range(cfg.num_layers + 1)]
         r = lora.config.max_rank if lora else 0
         kept = 1 if checkpointing else cfg.num_layers  # with checkpointing all layers share one set
@@ -158,6 +168,9 @@ class Transformer:
                 gate=buf(T * I, f"l{l}.gate"), up=buf(T * I, f"l{l}.up"), h=buf(T * I, f"l{l}.h"),
                 u=u, qkv=qkv, u_qkv=u_qkv,
             )
+            if cfg.sandwich_norms:
+                a.ao, a.rstd_ao = buf(T * C, f"l{l}.ao"), buf(T, f"l{l}.rstd_ao")
+                a.mo, a.rstd_mo = buf(T * C, f"l{l}.mo"), buf(T, f"l{l}.rstd_mo")
             if cfg.qk_norm:
                 a.qn, a.kn = buf(T * cfg.q_size, f"l{l}.qn"), buf(T * cfg.kv_size, f"l{l}.kn")
                 a.rstd_q, a.rstd_k = buf(T * cfg.num_heads, f"l{l}.rstd_q"), buf(T * cfg.num_kv_heads, f"l{l}.rstd_k")
@@ -177,6 +190,8 @@ class Transformer:
                                 self.token_loss.view(r0 * 4, n * 4)))
         # Backward scratch, shared by all layers.
         self.d_res, self.d_mid, self.dxn = buf(T * C, "d_res"), buf(T * C, "d_mid"), buf(T * C, "dxn")
+        # Gemma: the gradient of o_proj's or down_proj's output, through the norm after it.
+        self.d_sub = buf(T * C, "d_sub") if cfg.sandwich_norms else None
         self.dxnf = buf(T * C, "dxnf")
         self.dxnf_chunks = [self.dxnf.view(r0 * C * 4, min(rows, T - r0) * C * 4) for r0 in range(0, T, rows)]
         self.dh, self.dgate, self.dup = buf(T * I, "dh"), buf(T * I, "dgate"), buf(T * I, "dup")
@@ -378,6 +393,17 @@ class Transformer:
                                     self._stream(layer, module), accumulate=True))
 
     # -- whole model ------------------------------------------------------------------------
+    def _norm(self, cmds: list, y: Buffer, rstd: Buffer, x: Buffer, weight: str, rows: int, C: int,
+              residual: Buffer | None = None) -> None:
+        """y (= residual +) RMSNorm(x) with the named weight (Gemma's: 1 + w)."""
+        cfg = self.config
+        cmds.append(self.ops.rmsnorm(y, rstd, x, self.w[weight], rows, C, cfg.rms_norm_eps, cfg.norm_offset, residual))
+
+    def _norm_backward(self, cmds: list, dx: Buffer, x: Buffer, weight: str, rstd: Buffer, dy: Buffer, rows: int,
+                       C: int, residual: Buffer | None = None) -> None:
+        cmds.append(self.ops.rmsnorm_backward(dx, x, self.w[weight], rstd, dy, rows, C, residual=residual,
+                                              w_offset=self.config.norm_offset))
+
     def forward(self, rows: int | None = None, cache: "KVCache | None" = None, start: int = 0,
                 step: Buffer | None = None) -> list:
         """Embedding, every layer, the final norm: xnf holds the normalised last hidden states.
@@ -386,12 +412,16 @@ class Transformer:
         `step` marks a training pass: LoRA dropout draws its masks from step's seed."""
         cfg, T = self.config, rows or self.T
         cmds: list = [self.ops.embedding(self.res[0], self.ids, self.w["model.embed_tokens.weight"], T, cfg.hidden_size,
-                                         cfg.vocab_size)]
+                                         cfg.vocab_size, cfg.embed_scale)]
         for l in range(cfg.num_layers):
             self._layer_forward(cmds, l, T, cache, start, step=step)
-        cmds.append(self.ops.rmsnorm(self.xnf, self.rstdf, self.res[-1], self.w["model.norm.weight"], T, cfg.hidden_size,
-                                     cfg.rms_norm_eps))
+        self._norm(cmds, self.xnf, self.rstdf, self.res[-1], "model.norm.weight", T, cfg.hidden_size)
         return cmds
+
+    def _mlp_norm_weight(self, l: int) -> str:
+        """The norm before layer l's MLP (Gemma names it pre_feedforward_layernorm)."""
+        name = "pre_feedforward_layernorm" if self.config.sandwich_norms else "post_attention_layernorm"
+        return f"model.layers.{l}.{name}.weight"
 
     def _layer_forward(self, cmds: list, l: int, T: int, cache: "KVCache | None" = None, start: int = 0,
                        recompute: bool = False, step: Buffer | None = None) -> None:
@@ -400,7 +430,7 @@ class Transformer:
         cfg, ops, B, S = self.config, self.ops, self.B, self.S
         C, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
         a, p = self.layers[l], f"model.layers.{l}."
-        cmds.append(ops.rmsnorm(a.xn1, a.rstd1, self.res[l], self.w[p + "input_layernorm.weight"], T, C, cfg.rms_norm_eps))
+        self._norm(cmds, a.xn1, a.rstd1, self.res[l], p + "input_layernorm.weight", T, C)
         weight = self._qkv_fusable(l, T)
         if weight is not None:
             self._qkv_forward(cmds, l, weight)
@@ -408,26 +438,33 @@ class Transformer:
             for m, y in zip(ATTENTION_INPUTS, (a.q, a.k, a.v)):
                 self._linear(cmds, y, a.xn1, l, m, T, step=step)
         if cfg.qk_norm:  # each head of q and k RMS-normalised (their own weights over D)
-            cmds.append(ops.rmsnorm(a.qn, a.rstd_q, a.q, self.w[p + "self_attn.q_norm.weight"], T * cfg.num_heads, D,
-                                    cfg.rms_norm_eps))
-            cmds.append(ops.rmsnorm(a.kn, a.rstd_k, a.k, self.w[p + "self_attn.k_norm.weight"], T * cfg.num_kv_heads, D,
-                                    cfg.rms_norm_eps))
+            self._norm(cmds, a.qn, a.rstd_q, a.q, p + "self_attn.q_norm.weight", T * cfg.num_heads, D)
+            self._norm(cmds, a.kn, a.rstd_k, a.k, p + "self_attn.k_norm.weight", T * cfg.num_kv_heads, D)
         q, k = a.q_att, a.k_att
-        cmds.append(ops.rope(q, self.pos, self.inv_freq, T, cfg.num_heads, D, y=k, H2=cfg.num_kv_heads))
+        scale, window = cfg.attn_scale, cfg.window(l)
+        cmds.append(ops.rope(q, self.pos, self.inv_freqs[l], T, cfg.num_heads, D, y=k, H2=cfg.num_kv_heads))
         if cache is None:
-            cmds.append(ops.attention(a.attn, a.lse, q, k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D))
+            cmds.append(ops.attention(a.attn, a.lse, q, k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D, scale, window))
         else:
             kv_bytes = cfg.kv_size * 4
             cmds.append(Copy(k, 0, cache.k[l], start * kv_bytes, T * kv_bytes))
             cmds.append(Copy(a.v, 0, cache.v[l], start * kv_bytes, T * kv_bytes))
             cmds.append(ops.attention_cached(a.attn, q, cache.k[l], cache.v[l], T, start,
-                                             cfg.num_heads, cfg.num_kv_heads, D))
-        self._linear(cmds, a.mid, a.attn, l, "o_proj", T, step=step, residual=self.res[l])
-        cmds.append(ops.rmsnorm(a.xn2, a.rstd2, a.mid, self.w[p + "post_attention_layernorm.weight"], T, C, cfg.rms_norm_eps))
+                                             cfg.num_heads, cfg.num_kv_heads, D, scale, window))
+        if cfg.sandwich_norms:  # mid = res + norm(o_proj(attn))
+            self._linear(cmds, a.ao, a.attn, l, "o_proj", T, step=step)
+            self._norm(cmds, a.mid, a.rstd_ao, a.ao, p + "post_attention_layernorm.weight", T, C, residual=self.res[l])
+        else:
+            self._linear(cmds, a.mid, a.attn, l, "o_proj", T, step=step, residual=self.res[l])
+        self._norm(cmds, a.xn2, a.rstd2, a.mid, self._mlp_norm_weight(l), T, C)
         self._linear(cmds, a.gate, a.xn2, l, "gate_proj", T, step=step)
         self._linear(cmds, a.up, a.xn2, l, "up_proj", T, step=step)
-        cmds.append(ops.swiglu(a.h, a.gate, a.up, T * I))
-        if not recompute:
+        cmds.append(ops.glu(a.h, a.gate, a.up, T * I, cfg.activation))
+        if cfg.sandwich_norms:  # res[l+1] = mid + norm(down(h)); recomputing, only its rstd is kept
+            self._linear(cmds, a.mo, a.h, l, "down_proj", T, step=step)
+            self._norm(cmds, self.dxn if recompute else self.res[l + 1], a.rstd_mo, a.mo,
+                       p + "post_feedforward_layernorm.weight", T, C, residual=a.mid)
+        elif not recompute:
             self._linear(cmds, self.res[l + 1], a.h, l, "down_proj", T, step=step, residual=a.mid)
         elif self.lora and self.lora.has(l, "down_proj"):  # down_proj's LoRA input activation u
             x_in = self._lora_input(cmds, a.h, l, "down_proj", T, step)
@@ -458,30 +495,40 @@ class Transformer:
         cfg, ops, T, B, S = self.config, self.ops, self.T, self.B, self.S
         C, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
         acc = accumulate_grads
-        cmds = [ops.rmsnorm_backward(self.d_res, self.res[-1], self.w["model.norm.weight"], self.rstdf, self.dxnf, T, C)]
+        cmds: list = []
+        self._norm_backward(cmds, self.d_res, self.res[-1], "model.norm.weight", self.rstdf, self.dxnf, T, C)
         for l in reversed(range(cfg.num_layers)):
             a, p = self.layers[l], f"model.layers.{l}."
             if self.checkpointing and l != cfg.num_layers - 1:  # the last layer's are still in place
                 self._layer_forward(cmds, l, T, recompute=True, step=step)
             first = l == 0  # the embedding is frozen: layer 0 needs no input gradient
-            self._linear_backward(cmds, self.dh, self.d_res, a.h, l, "down_proj", False, acc, step)
-            cmds.append(ops.swiglu_backward(self.dgate, self.dup, a.gate, a.up, self.dh, T * I))
+            d_down = self.d_res
+            if cfg.sandwich_norms:  # through the norm after the MLP
+                self._norm_backward(cmds, self.d_sub, a.mo, p + "post_feedforward_layernorm.weight", a.rstd_mo,
+                                    self.d_res, T, C)
+                d_down = self.d_sub
+            self._linear_backward(cmds, self.dh, d_down, a.h, l, "down_proj", False, acc, step)
+            cmds.append(ops.glu_backward(self.dgate, self.dup, a.gate, a.up, self.dh, T * I, cfg.activation))
             self._linear_backward(cmds, self.dxn, self.dgate, a.xn2, l, "gate_proj", False, acc, step)
             self._linear_backward(cmds, self.dxn, self.dup, a.xn2, l, "up_proj", True, acc, step)
-            cmds.append(ops.rmsnorm_backward(self.d_mid, a.mid, self.w[p + "post_attention_layernorm.weight"], a.rstd2,
-                                             self.dxn, T, C, residual=self.d_res))
-            self._linear_backward(cmds, self.d_attn, self.d_mid, a.attn, l, "o_proj", False, acc, step)
+            self._norm_backward(cmds, self.d_mid, a.mid, self._mlp_norm_weight(l), a.rstd2, self.dxn, T, C,
+                                residual=self.d_res)
+            d_o = self.d_mid
+            if cfg.sandwich_norms:  # through the norm after attention
+                self._norm_backward(cmds, self.d_sub, a.ao, p + "post_attention_layernorm.weight", a.rstd_ao,
+                                    self.d_mid, T, C)
+                d_o = self.d_sub
+            self._linear_backward(cmds, self.d_attn, d_o, a.attn, l, "o_proj", False, acc, step)
             dq, dk = (self.dqn, self.dkn) if cfg.qk_norm else (self.dq, self.dk)
             cmds.extend(ops.attention_backward(dq, dk, self.dv, self.delta, self.dk_heads, self.dv_heads,
                                                a.q_att, a.k_att, a.v, a.attn, self.d_attn, a.lse, B, S, cfg.num_heads,
-                                               cfg.num_kv_heads, D))
-            cmds.append(ops.rope(dq, self.pos, self.inv_freq, T, cfg.num_heads, D, backward=True, y=dk,
+                                               cfg.num_kv_heads, D, cfg.attn_scale, cfg.window(l)))
+            cmds.append(ops.rope(dq, self.pos, self.inv_freqs[l], T, cfg.num_heads, D, backward=True, y=dk,
                                  H2=cfg.num_kv_heads))
             if cfg.qk_norm:  # through the per-head norms, into the projections' output gradients
-                cmds.append(ops.rmsnorm_backward(self.dq, a.q, self.w[p + "self_attn.q_norm.weight"], a.rstd_q, dq,
-                                                 T * cfg.num_heads, D))
-                cmds.append(ops.rmsnorm_backward(self.dk, a.k, self.w[p + "self_attn.k_norm.weight"], a.rstd_k, dk,
-                                                 T * cfg.num_kv_heads, D))
+                self._norm_backward(cmds, self.dq, a.q, p + "self_attn.q_norm.weight", a.rstd_q, dq, T * cfg.num_heads, D)
+                self._norm_backward(cmds, self.dk, a.k, p + "self_attn.k_norm.weight", a.rstd_k, dk,
+                                    T * cfg.num_kv_heads, D)
             dxn = None if first else self.dxn
             weight = self._qkv_fusable(l, T)
             if weight is not None:
@@ -491,8 +538,8 @@ class Transformer:
                 self._linear_backward(cmds, dxn, self.dk, a.xn1, l, "k_proj", True, acc, step)
                 self._linear_backward(cmds, dxn, self.dv, a.xn1, l, "v_proj", True, acc, step)
             if not first:
-                cmds.append(ops.rmsnorm_backward(self.d_res, self.res[l], self.w[p + "input_layernorm.weight"], a.rstd1,
-                                                 self.dxn, T, C, residual=self.d_mid))
+                self._norm_backward(cmds, self.d_res, self.res[l], p + "input_layernorm.weight", a.rstd1, self.dxn, T, C,
+                                    residual=self.d_mid)
         if self.lora and self.grad_slices > 1:  # the gradients are the sums of their slices
             cmds.append(ops.sum_slices(self.lora.grads, self.grad_parts, self.grad_slices, self.lora.numel))
         return cmds

@@ -43,6 +43,9 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         if config.qk_norm:
             shapes[p + "self_attn.q_norm.weight"] = (config.head_dim,)
             shapes[p + "self_attn.k_norm.weight"] = (config.head_dim,)
+        if config.sandwich_norms:  # Gemma: post_attention_layernorm norms attention's output instead
+            shapes[p + "pre_feedforward_layernorm.weight"] = (C,)
+            shapes[p + "post_feedforward_layernorm.weight"] = (C,)
         for module in PROJECTIONS[len(ATTENTION):]:
             shapes[f"{module_name(i, module)}.weight"] = config.projection_shape(module)
     return shapes
