@@ -370,3 +370,46 @@ def test_the_cli_says_how_the_data_was_used(tmp_path, model_dir, tokens_file):
     assert f"loralab: {tokens_file}: 12 of 12 truncated" in notes
     assert any("--seq-len 4 cuts most examples" in line for line in notes)
     assert "XDG_RUNTIME_DIR" not in out.stderr
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "gemma3", "phi3"])
+def test_each_family_trains_and_exports_what_peft_and_llama_cpp_load(tmp_path, tokens_file, kind):
+    """A few steps on a tiny model of the family; the PEFT adapter (the family's own target names:
+    Phi-3's fused ones) reproduces `loralab eval` in PEFT; the merged folder equals base + adapter;
+    the GGUF-LoRA names llama.cpp's tensors of that architecture."""
+    import gguf
+    import peft
+
+    model = hf.tiny_model(kind, tmp_path / kind, seed=11, tied=False)
+    out = tmp_path / "adapter"
+    loralab("train", model, tokens_file, "--out", out, "--steps", 3, "--batch-size", 3, "--seq-len", 16,
+            "--lr", 2e-2, "--rank", 4, "--alpha", 8)
+    config = json.loads((out / "adapter_config.json").read_text())
+    want = hf.PHI3_PROJECTIONS if kind == "phi3" else hf.PROJECTIONS
+    assert sorted(config["target_modules"]) == sorted(want)
+    ours = json.loads(loralab("eval", model, tokens_file, "--adapter", out, "--seq-len", 16).stdout)
+    with_adapter = peft.PeftModel.from_pretrained(hf.load_hf(model), str(out)).eval()
+    total, count = 0.0, 0
+    for line in tokens_file.read_text().splitlines():
+        rec = json.loads(line)
+        ids, labels = rec["input_ids"][:16], rec.get("labels", rec["input_ids"])[:16]
+        with torch.no_grad():
+            logits = with_adapter(input_ids=torch.tensor([ids])).logits[0]
+        targets = torch.tensor(labels[1:])
+        total += torch.nn.functional.cross_entropy(logits[:-1], targets, ignore_index=-100, reduction="sum").item()
+        count += int((targets != -100).sum())
+    assert ours["tokens"] == count and ours["loss"] == pytest.approx(total / count, abs=1e-4)
+
+    loralab("export", out, "--to", "merged", "--model", model, "--out", tmp_path / "merged")
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35, 8, 9, 10, 11]])
+    with torch.no_grad():
+        merged = hf.load_hf(tmp_path / "merged")(ids).logits
+        assert float((merged - with_adapter(input_ids=ids).logits).abs().max()) <= 1e-4
+
+    loralab("export", out, "--to", "gguf", "--model", model, "--out", tmp_path / "adapter.gguf")
+    reader = gguf.GGUFReader(tmp_path / "adapter.gguf")
+    names = {t.name.split(".")[2] for t in reader.tensors}
+    assert names == ({"attn_qkv", "attn_output", "ffn_up", "ffn_down"} if kind == "phi3" else
+                     {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"})
+    arch = {"qwen3": "qwen3", "gemma3": "gemma3", "phi3": "phi3"}[kind]
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == arch

@@ -22,6 +22,7 @@ ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "Gemma3ForCausalLM": "gemma3_text",
+    "Phi3ForCausalLM": "phi3",
 }
 # Upper limits on a config's sizes: far above any model a browser can train, low enough that
 # nothing is sized from an absurd value before the weights are checked against it.
@@ -32,11 +33,16 @@ MAX_VOCAB = 1 << 22
 MAX_TEMPLATE = 1 << 20  # characters of a chat template
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION = PROJECTIONS[:4]  # in self_attn; the rest are in mlp
+# Phi-3 keeps q, k and v in one matrix, and gate and up in another (rows one after the other): the
+# engine computes the parts as the projections above, and an adapter on a fused module is PEFT's,
+# one A and one B over all its rows (the parts share A; each takes its rows of B).
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+FUSED_PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
 def module_name(layer: int, module: str) -> str:
     """A projection's Hugging Face module name, e.g. model.layers.3.self_attn.q_proj."""
-    return f"model.layers.{layer}.{'self_attn' if module in ATTENTION else 'mlp'}.{module}"
+    return f"model.layers.{layer}.{'self_attn' if module in ATTENTION or module == 'qkv_proj' else 'mlp'}.{module}"
 
 
 class ModelConfigError(UserError):
@@ -73,6 +79,10 @@ class ModelConfig:
     attn_scale: float | None = None
     layer_windows: tuple[int, ...] = ()
     local_rope_theta: float | None = None
+    fused: bool = False  # Phi-3: qkv_proj and gate_up_proj (FUSED)
+    # The positions RoPE serves exactly (Phi-3's LongRoPE: its short factors, up to its original
+    # context; 0: any).
+    max_positions: int = 0
 
     @classmethod
     def from_dict(cls, cfg: dict, source: str = "config.json") -> "ModelConfig":
@@ -131,7 +141,7 @@ class ModelConfig:
             raise E(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
         if head_dim % 2:
             raise E(f"{source}: head_dim {head_dim} must be even and at most 256")
-        if config.rope_scaling:
+        if config.rope_scaling and ARCHITECTURES[arch] != "phi3":  # (Phi-3's LongRoPE: _phi3)
             kind = config.rope_scaling.get("rope_type", config.rope_scaling.get("type"))
             if kind not in ("llama3", "linear", "default"):
                 raise E(f"{source}: rope_scaling {short(config.rope_scaling)} is not supported (llama3 and linear are)")
@@ -150,6 +160,8 @@ class ModelConfig:
             raise E(f"{source}: sliding-window attention is not supported")
         if ARCHITECTURES[arch] == "gemma3_text":
             config = _gemma3(config, cfg, source)
+        if ARCHITECTURES[arch] == "phi3":
+            config = _phi3(config, cfg, source)
         return config
 
     def check_layers(self, names, source: str, what: str = "num_hidden_layers") -> None:
@@ -185,7 +197,40 @@ class ModelConfig:
             "gate_proj": (i, h),
             "up_proj": (i, h),
             "down_proj": (h, i),
+            "qkv_proj": (self.q_size + 2 * self.kv_size, h),
+            "gate_up_proj": (2 * i, h),
         }[name]
+
+    def lora_modules(self) -> tuple[str, ...]:
+        """The modules an adapter can target, as PEFT names them for this model."""
+        return FUSED_PROJECTIONS if self.fused else PROJECTIONS
+
+    def site(self, module: str) -> str:
+        """The module whose adapter a projection uses: its fused module (Phi-3), or itself."""
+        if self.fused:
+            return next((f for f, parts in FUSED.items() if module in parts), module)
+        return module
+
+    def lora_targets(self, targets: tuple[str, ...]) -> tuple[str, ...]:
+        """`targets` as this model's modules: on a fused model a fused module is targeted by its
+        name or by all of its parts (the default, every projection, targets them all); on
+        others, fused names are refused."""
+        if self.fused:
+            out = []
+            for module in FUSED_PROJECTIONS:
+                parts = FUSED.get(module, (module,))
+                chosen = module in targets or all(p in targets for p in parts)
+                if not chosen and any(p in targets for p in parts):
+                    raise UsageError(f"this model fuses {', '.join(parts)} into {module}: target {module} "
+                                     f"(or all of them)")
+                if chosen:
+                    out.append(module)
+            return tuple(out)
+        fused = [t for t in targets if t in FUSED]
+        if fused:
+            raise UsageError(f"{', '.join(fused)}: this model keeps those projections apart; target "
+                             f"{', '.join(p for f in fused for p in FUSED[f])}")
+        return tuple(t for t in PROJECTIONS if t in targets)
 
     def window(self, layer: int) -> int:
         """Layer `layer`'s sliding window (0: it attends to every earlier token)."""
@@ -275,6 +320,44 @@ def _gemma3(config: ModelConfig, cfg: dict, source: str) -> ModelConfig:
         tie_word_embeddings=checks.field(cfg, "tie_word_embeddings", boolean, source, E, True))
 
 
+def _phi3(config: ModelConfig, cfg: dict, source: str) -> ModelConfig:
+    """Phi3ForCausalLM: fused qkv_proj and gate_up_proj, an optional sliding window on every
+    layer, and LongRoPE, which is supported up to the original context (its short factors and
+    attention factor); longer sequences, partial rotary and other activations are refused."""
+    import dataclasses
+
+    E = ModelConfigError
+    rope = cfg.get("rope_parameters") or {}
+    partial = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise E(f"{source}: partial_rotary_factor {short(partial)} is not supported (RoPE over the whole head is)")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise E(f"{source}: hidden_act {short(cfg.get('hidden_act'))} is not supported (silu is)")
+    window = checks.field(cfg, "sliding_window", integer, source, E, 0, lo=0, hi=1 << 24) or 0
+    changes: dict = {"fused": True, "layer_windows": (window,) * config.num_layers if window else ()}
+    scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    if scaling:
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind not in ("longrope", "su"):
+            raise E(f"{source}: rope_scaling {short(scaling)} is not supported (longrope is)")
+        half = config.head_dim // 2
+        factors = scaling.get("short_factor")
+        if (not isinstance(factors, list) or len(factors) != half
+                or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in factors)):
+            raise E(f"{source}: rope_scaling.short_factor must list {half} positive numbers")
+        original = checks.field(cfg, "original_max_position_embeddings", integer, source, E,
+                                scaling.get("original_max_position_embeddings", config.max_position_embeddings),
+                                lo=1, hi=1 << 24)
+        factor = config.max_position_embeddings / original
+        attention = scaling.get("attention_factor")
+        if attention is None:  # transformers' default for LongRoPE
+            attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        # cos and sin times the attention factor rotate q and k both: q·k scales by its square.
+        changes.update(rope_freq_factors=tuple(float(f) for f in factors), max_positions=original,
+                       attn_scale=float(attention) ** 2 / math.sqrt(config.head_dim), rope_scaling=None)
+    return dataclasses.replace(config, **changes)
+
+
 MAX_RANK = 4096
 
 
@@ -303,9 +386,10 @@ class LoraConfig:
         for key, value in self.alpha_pattern:
             compile_key(key, "alpha_pattern")
             number(value, f"alpha_pattern {key!r}: lora_alpha", UsageError)
-        unknown = [t for t in self.targets if t not in PROJECTIONS]
+        unknown = [t for t in self.targets if t not in PROJECTIONS + tuple(FUSED)]
         if unknown or not self.targets:
-            raise UsageError(f"unknown LoRA target modules {unknown}; choose from {', '.join(PROJECTIONS)}")
+            raise UsageError(f"unknown LoRA target modules {unknown}; choose from {', '.join(PROJECTIONS)} "
+                             f"(Phi-3: {', '.join(FUSED_PROJECTIONS)})")
         if not 0.0 <= number(self.dropout, "LoRA dropout", UsageError) < 1.0:
             raise UsageError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
 

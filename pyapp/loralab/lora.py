@@ -14,17 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import PROJECTIONS, LoraConfig, ModelConfig, module_name
+from .config import FUSED, LoraConfig, ModelConfig, module_name
 from .gpu.device import VIEW_ALIGNMENT, Buffer, Device
 
 
 @dataclass(frozen=True)
 class LoraTensor:
     layer: int
-    module: str  # a projection name, e.g. "q_proj"
+    module: str  # the projection it serves, e.g. "q_proj" (a fused module's A: the fused name)
     kind: str  # "A" (r × in) or "B" (out × r)
     shape: tuple[int, int]
     offset: int  # bytes into the flat buffers
+    site: str = ""  # the module PEFT names it by ("qkv_proj" for q's rows of Phi-3's B), if not `module`
+    row: int = 0  # its first row in that module's B
 
     @property
     def numel(self) -> int:
@@ -32,21 +34,32 @@ class LoraTensor:
 
     @property
     def peft_key(self) -> str:
-        return f"base_model.model.{module_name(self.layer, self.module)}.lora_{self.kind}.weight"
+        return f"base_model.model.{module_name(self.layer, self.site or self.module)}.lora_{self.kind}.weight"
 
 
 def layout(config: ModelConfig, lora: LoraConfig) -> tuple[list[LoraTensor], int]:
-    """Every LoRA tensor of the model with its place in the flat buffers, and their size in bytes."""
+    """Every LoRA tensor of the model with its place in the flat buffers, and their size in bytes.
+    A fused module (Phi-3) has one A and its B in parts, one per projection it fuses."""
     tensors, offset = [], 0
+
+    def add(layer: int, module: str, kind: str, shape: tuple[int, int], site: str = "", row: int = 0) -> None:
+        nonlocal offset
+        tensors.append(LoraTensor(layer, module, kind, shape, offset, site, row))
+        offset += -(-shape[0] * shape[1] * 4 // VIEW_ALIGNMENT) * VIEW_ALIGNMENT
+
+    targets = config.lora_targets(lora.targets)
     for layer in range(config.num_layers):
-        for module in PROJECTIONS:
-            if module not in lora.targets:
+        for module in config.lora_modules():
+            if module not in targets:
                 continue
             out_f, in_f = config.projection_shape(module)
             r = lora.rank(layer, module)
-            for kind, shape in (("A", (r, in_f)), ("B", (out_f, r))):
-                tensors.append(LoraTensor(layer, module, kind, shape, offset))
-                offset += -(-shape[0] * shape[1] * 4 // VIEW_ALIGNMENT) * VIEW_ALIGNMENT
+            add(layer, module, "A", (r, in_f))
+            row = 0
+            for part in FUSED.get(module, (module,)) if config.fused else (module,):
+                rows = config.projection_shape(part)[0]
+                add(layer, part, "B", (rows, r), module if part != module else "", row)
+                row += rows
     return tensors, max(offset, VIEW_ALIGNMENT)
 
 
@@ -54,6 +67,10 @@ class LoraState:
     """The adapter on the GPU: parameters, gradients and optimizer moments, with per-tensor views."""
 
     def __init__(self, device: Device, config: ModelConfig, lora: LoraConfig):
+        import dataclasses
+
+        # The targets as this model names its modules (Phi-3: every projection → its fused modules).
+        lora = dataclasses.replace(lora, targets=config.lora_targets(lora.targets))
         self.device, self.model_config, self.config = device, config, lora
         self.tensors, self.nbytes = layout(config, lora)
         self.numel = self.nbytes // 4  # elements of the flat buffers, padding included
@@ -61,11 +78,18 @@ class LoraState:
         self.grads = device.create_buffer(self.nbytes, label="lora.grads")
         self.m = device.create_buffer(self.nbytes, label="lora.adam_m")
         self.v = device.create_buffer(self.nbytes, label="lora.adam_v")
-        self.by_key = {t.peft_key: t for t in self.tensors}
-        self._views = {
-            (t.layer, t.module, t.kind): (t, self.params.view(t.offset, t.numel * 4), self.grads.view(t.offset, t.numel * 4))
-            for t in self.tensors
-        }
+        # PEFT key -> its tensor; a fused module's B -> its parts, in row order.
+        self.parts: dict[str, list[LoraTensor]] = {}
+        for t in self.tensors:
+            self.parts.setdefault(t.peft_key, []).append(t)
+        self.by_key = {key: parts[0] for key, parts in self.parts.items() if len(parts) == 1}
+        self._views = {}
+        for t in self.tensors:
+            view = (t, self.params.view(t.offset, t.numel * 4), self.grads.view(t.offset, t.numel * 4))
+            self._views[(t.layer, t.module, t.kind)] = view
+            if t.kind == "A" and t.module in FUSED:  # the parts read their fused module's A
+                for part in FUSED[t.module]:
+                    self._views[(t.layer, part, "A")] = view
 
     def release(self) -> None:
         for buf in (self.params, self.grads, self.m, self.v):
@@ -77,6 +101,19 @@ class LoraState:
 
     def has(self, layer: int, module: str) -> bool:
         return (layer, module, "A") in self._views
+
+    def rank(self, layer: int, module: str) -> int:
+        """The rank of the adapter `module` uses (its fused module's, on Phi-3)."""
+        return self.config.rank(layer, self.model_config.site(module))
+
+    def scaling(self, layer: int, module: str) -> float:
+        return self.config.scaling_for(layer, self.model_config.site(module))
+
+    def shares_a(self, layer: int, module: str) -> bool:
+        """Whether `module` reads an A that another projection's gradient also adds to, and is not
+        its first: its A gradient adds instead of writing (Phi-3's fused modules)."""
+        site = self.model_config.site(module)
+        return site != module and FUSED[site][0] != module
 
     def param(self, layer: int, module: str, kind: str) -> Buffer:
         return self._views[(layer, module, kind)][1]
@@ -103,15 +140,26 @@ class LoraState:
         ]
 
     def load_state(self, state: dict[str, bytes]) -> None:
-        """Write float32 tensors {peft_key: raw bytes} (as read from an adapter) into the parameters."""
+        """Write float32 tensors {peft_key: raw bytes} (as read from an adapter) into the parameters
+        (a fused module's B split into its parts' rows)."""
         for key, data in state.items():
-            t = self.by_key[key]
-            self.device.write_buffer(self.params, data, t.offset)
+            at = 0
+            for t in self.parts[key]:
+                self.device.write_buffer(self.params, data[at : at + t.numel * 4], t.offset)
+                at += t.numel * 4
+
+    def peft_tensors(self, raw: bytes) -> dict[str, tuple[tuple[int, int], bytes]]:
+        """{peft_key: (shape, float32 bytes)} out of a readback of the flat buffers (parameters or
+        gradients): a fused module's B joined from its parts."""
+        out = {}
+        for key, parts in self.parts.items():
+            rows = sum(t.shape[0] for t in parts)
+            out[key] = ((rows, parts[0].shape[1]), b"".join(raw[t.offset : t.offset + t.numel * 4] for t in parts))
+        return out
 
     async def read_state(self) -> dict[str, tuple[tuple[int, int], bytes]]:
         """{peft_key: (shape, float32 bytes)} of the current parameters: one readback."""
-        raw = await self.device.read_buffer(self.params)
-        return {t.peft_key: (t.shape, raw[t.offset : t.offset + t.numel * 4]) for t in self.tensors}
+        return self.peft_tensors(await self.device.read_buffer(self.params))
 
     def zero_optimizer(self) -> None:
         zeros = bytes(self.nbytes)

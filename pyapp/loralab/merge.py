@@ -15,7 +15,7 @@ from .errors import UsageError
 from .formats.safetensors import header_bytes
 from .gpu.device import Buffer, Copy, Device
 from .lora import LoraState
-from .model.weights import expected_shapes
+from .model.weights import expected_shapes, file_shapes, fused_parts
 from .ops import QUANT_DTYPES, Ops, ggml_bytes
 
 
@@ -46,7 +46,7 @@ def _tensor_dtype(shape: tuple[int, ...], dtype: str) -> str:
 
 def merged_bytes(config: ModelConfig, dtype: str = "F32") -> int:
     """The size of the merged model's tensors."""
-    return sum(_nbytes(shape, _tensor_dtype(shape, dtype)) for shape in expected_shapes(config).values())
+    return sum(_nbytes(shape, _tensor_dtype(shape, dtype)) for shape in file_shapes(config).values())
 
 
 def _merged_matrix(device: Device, ops: Ops, config: ModelConfig, name: str, buf: Buffer, shape: tuple[int, ...],
@@ -65,7 +65,7 @@ def _merged_matrix(device: Device, ops: Ops, config: ModelConfig, name: str, buf
     if site is not None and lora.has(*site):
         layer, module = site
         out_f, in_f = config.projection_shape(module)
-        r, scale = lora.config.rank(layer, module), lora.config.scaling_for(layer, module)
+        r, scale = lora.rank(layer, module), lora.scaling(layer, module)
         merged = device.create_buffer(buf.size, label=f"{name}.merged")
         temps.append(merged)
         # merged[out, in] = W + scale · B[out, r] · A[r, in]  (A is stored [r, in]: op(B) = Aᵀ)
@@ -81,22 +81,25 @@ async def merged_tensors(device: Device, ops: Ops, config: ModelConfig, weights:
     """Each base tensor by name (sorted, as in the safetensors header) as `dtype` bytes (see
     merged_dtype), with scaling · B · A added where the adapter has a projection; a quantized
     weight is dequantized first."""
-    shapes = expected_shapes(config)
-    for name in sorted(shapes):
-        shape, temps = shapes[name], []
-        try:
-            buf = _merged_matrix(device, ops, config, name, weights[name], shape, lora, temps)
-            if _tensor_dtype(shape, dtype) == "F16":
-                numel = shape[0] * shape[1]
-                half = device.create_buffer(-(-numel // 2) * 4, label=f"{name}.f16")
-                temps.append(half)
-                device.submit([ops.to_f16(half, buf, numel)])
-                yield name, (await device.read_buffer(half))[: numel * 2]
-            else:
-                yield name, await device.read_buffer(buf)
-        finally:
-            for temp in temps:
-                device.destroy_buffer(temp)
+    shapes, files = expected_shapes(config), file_shapes(config)
+    for name in sorted(files):
+        data = b""
+        for part in fused_parts(config, name) or [name]:  # (Phi-3's fused matrices: their parts' rows in turn)
+            shape, temps = shapes[part], []
+            try:
+                buf = _merged_matrix(device, ops, config, part, weights[part], shape, lora, temps)
+                if _tensor_dtype(shape, dtype) == "F16":
+                    numel = shape[0] * shape[1]
+                    half = device.create_buffer(-(-numel // 2) * 4, label=f"{part}.f16")
+                    temps.append(half)
+                    device.submit([ops.to_f16(half, buf, numel)])
+                    data += (await device.read_buffer(half))[: numel * 2]
+                else:
+                    data += await device.read_buffer(buf)
+            finally:
+                for temp in temps:
+                    device.destroy_buffer(temp)
+        yield name, data
 
 
 def _gguf_plan(source, lora: LoraState, quant: str) -> list[tuple[object, str | None, int, int]]:
@@ -168,7 +171,7 @@ async def write_merged_gguf(write: Callable[[bytes], object], device: Device, op
 
 def safetensors_header(config: ModelConfig, dtype: str = "F32") -> bytes:
     entries = {name: (_tensor_dtype(shape, dtype), shape, _nbytes(shape, _tensor_dtype(shape, dtype)))
-               for name, shape in expected_shapes(config).items()}
+               for name, shape in file_shapes(config).items()}
     return header_bytes(entries, {"format": "pt"})
 
 

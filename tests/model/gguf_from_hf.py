@@ -15,6 +15,7 @@ LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
          "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
 GEMMA3 = {**LAYER, "post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
           "post_feedforward_layernorm": "post_ffw_norm"}
+PHI3 = {**LAYER, "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
 GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
           "lm_head.weight": "output.weight"}
 
@@ -28,7 +29,8 @@ def gguf_name(name: str, arch: str) -> str:
     if name in GLOBAL:
         return GLOBAL[name]
     parts = name.split(".")  # model.layers.N.<module path>.<weight|bias>
-    return f"blk.{parts[2]}.{(GEMMA3 if arch == 'gemma3' else LAYER)['.'.join(parts[3:-1])]}.{parts[-1]}"
+    names = {"gemma3": GEMMA3, "phi3": PHI3}.get(arch, LAYER)
+    return f"blk.{parts[2]}.{names['.'.join(parts[3:-1])]}.{parts[-1]}"
 
 
 def write(folder: Path, out: Path) -> Path:
@@ -38,7 +40,7 @@ def write(folder: Path, out: Path) -> Path:
 
     config = json.loads((folder / "config.json").read_text())
     arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
-            "Gemma3ForCausalLM": "gemma3"}[config["architectures"][0]]
+            "Gemma3ForCausalLM": "gemma3", "Phi3ForCausalLM": "phi3"}[config["architectures"][0]]
     tensors = load_file(str(folder / "model.safetensors"))
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
@@ -60,9 +62,20 @@ def write(folder: Path, out: Path) -> Path:
         writer.add_value_length(head_dim)
     else:
         writer.add_rope_dimension_count(head_dim)
+    if arch == "phi3" and config.get("sliding_window"):
+        writer.add_sliding_window(config["sliding_window"])
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list([f"t{i}" for i in range(config["vocab_size"])])
     writer.add_token_types([1] * config["vocab_size"])
+    if rope.get("rope_type") == "longrope":  # llama.cpp's Phi-3: both factor tables, the original context
+        import math
+
+        original = config["original_max_position_embeddings"]
+        scale = config["max_position_embeddings"] / original
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+        writer.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], np.float32))
+        writer.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], np.float32))
     if rope.get("rope_type") == "llama3":  # llama.cpp's rope_freqs: 1 / HF's factor per frequency
         factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
         old = rope["original_max_position_embeddings"]

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PHI3_PROJECTIONS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 
 def tiny_model(kind: str, path: Path, seed: int = 0, tied: bool = True, **overrides) -> Path:
-    """Build, seed and save a tiny model of `kind` (llama, llama3, qwen2, qwen3, gemma3, mistral) as safetensors."""
+    """Build, seed and save a tiny model of `kind` (llama, llama3, qwen2, qwen3, gemma3, phi3, mistral) as safetensors."""
     import torch
     import transformers
 
@@ -39,6 +40,18 @@ def tiny_model(kind: str, path: Path, seed: int = 0, tied: bool = True, **overri
                                                   "layer_types": ["sliding_attention", "full_attention"]
                                                   + ["sliding_attention"] * (layers - 2), **common})
         cls = transformers.Gemma3ForCausalLM
+    elif kind == "phi3":  # fused qkv_proj and gate_up_proj
+        config = transformers.Phi3Config(**{"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, **common},
+                                         rope_theta=10000.0)
+        cls = transformers.Phi3ForCausalLM
+    elif kind == "phi3_longrope":  # LongRoPE's short factors (and attention factor) below its original context
+        half = common["hidden_size"] // common["num_attention_heads"] // 2
+        config = transformers.Phi3Config(**{"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, **common,
+                                            "max_position_embeddings": 256}, original_max_position_embeddings=64,
+                                         rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                          "short_factor": [1.0 + 0.5 * i for i in range(half)],
+                                                          "long_factor": [2.0 + i for i in range(half)]})
+        cls = transformers.Phi3ForCausalLM
     elif kind == "mistral":
         config = transformers.MistralConfig(**common, rope_theta=10000.0, sliding_window=None)
         cls = transformers.MistralForCausalLM
@@ -62,15 +75,18 @@ def load_hf(path: Path):
     return transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype="float32").eval()
 
 
-def peft_model(path: Path, r: int = 4, alpha: float = 8.0, targets=PROJECTIONS, b_std: float = 0.0, seed: int = 1,
+def peft_model(path: Path, r: int = 4, alpha: float = 8.0, targets=None, b_std: float = 0.0, seed: int = 1,
                use_rslora: bool = False, **patterns):
     """The model wrapped by PEFT; B is random (std b_std) when b_std > 0 so gradients reach A.
-    `patterns`: PEFT's rank_pattern / alpha_pattern."""
+    `targets`: every linear projection by default (Phi-3's are fused). `patterns`: PEFT's
+    rank_pattern / alpha_pattern."""
     import peft
     import torch
 
+    base = load_hf(path)
+    targets = targets or (PHI3_PROJECTIONS if base.config.model_type == "phi3" else PROJECTIONS)
     torch.manual_seed(seed)
-    model = peft.get_peft_model(load_hf(path), peft.LoraConfig(
+    model = peft.get_peft_model(base, peft.LoraConfig(
         r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none",
         task_type="CAUSAL_LM", use_rslora=use_rslora, **patterns))
     if b_std:

@@ -3,9 +3,12 @@ and the fields the engine cannot honour refused by name."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from loralab.config import NAMED_CONFIGS, ModelConfig, ModelConfigError
+from loralab.config import NAMED_CONFIGS, PROJECTIONS, ModelConfig, ModelConfigError
+from loralab.errors import UsageError
 
 LLAMA_32_1B = {
     "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 128000,
@@ -88,3 +91,34 @@ def test_llama3_scaling_slows_only_the_low_frequencies():
 def test_what_the_engine_cannot_run_is_refused_by_name(change, field):
     with pytest.raises(ModelConfigError, match=field):
         ModelConfig.from_dict({**QWEN3_06B, **change} if "sliding" in field else {**LLAMA_32_1B, **change})
+
+
+PHI35_MINI = {
+    "architectures": ["Phi3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1,
+    "embd_pdrop": 0.0, "eos_token_id": 32000, "hidden_act": "silu", "hidden_size": 3072, "initializer_range": 0.02,
+    "intermediate_size": 8192, "max_position_embeddings": 131072, "model_type": "phi3", "num_attention_heads": 32,
+    "num_hidden_layers": 32, "num_key_value_heads": 32, "original_max_position_embeddings": 4096,
+    "pad_token_id": 32000, "resid_pdrop": 0.0, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"long_factor": [1.0800000429153442] * 48, "short_factor": [1.0] * 48, "type": "longrope"},
+    "rope_theta": 10000.0, "sliding_window": 262144, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "vocab_size": 32064}
+PHI3_MINI_4K = {**PHI35_MINI, "max_position_embeddings": 4096, "rope_scaling": None, "sliding_window": 2047,
+                "vocab_size": 32064}
+
+
+def test_phi3_fuses_its_projections_and_supports_longrope_up_to_the_original_context():
+    config = ModelConfig.from_dict(PHI35_MINI)
+    assert config.fused and config.lora_modules() == ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+    assert config.projection_shape("qkv_proj") == (3 * 3072, 3072) and config.projection_shape("gate_up_proj") == (16384, 3072)
+    assert config.max_positions == 4096 and config.rope_freq_factors == (1.0,) * 48
+    scale = (1 + math.log(32) / math.log(4096)) ** 0.5  # transformers' LongRoPE attention factor, squared into q·k
+    assert config.attn_scale == pytest.approx(scale ** 2 / math.sqrt(96))
+    assert config.lora_targets(PROJECTIONS) == config.lora_modules()
+    with pytest.raises(UsageError, match="qkv_proj"):
+        config.lora_targets(("q_proj", "v_proj"))
+    mini = ModelConfig.from_dict(PHI3_MINI_4K)
+    assert mini.layer_windows == (2047,) * 32 and mini.max_positions == 0
+    with pytest.raises(ModelConfigError, match="partial_rotary_factor"):
+        ModelConfig.from_dict({**PHI3_MINI_4K, "partial_rotary_factor": 0.75})
+    with pytest.raises(UsageError, match="apart"):
+        ModelConfig.from_dict(LLAMA_32_1B).lora_targets(("qkv_proj",))

@@ -13,7 +13,7 @@ from tests.model import hf
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3", "phi3"])
 def test_greedy_generation_matches_transformers(gpu, ops, run, tmp_path, kind):
     """(Gemma 3's local layers see 4 tokens: the 7-token prompt and the 12 new ones go past the window.)"""
     path = hf.tiny_model(kind, tmp_path / kind, seed=9, tied=kind == "llama")

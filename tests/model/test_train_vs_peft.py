@@ -89,7 +89,8 @@ def ours_run(gpu, ops, run, path, data, config: TrainConfig, start, r, alpha):
 
 
 @pytest.mark.parametrize("schedule, accum, model", [("cosine", 1, "llama"), ("linear", 2, "qwen2"),
-                                                    ("cosine", 1, "qwen3"), ("linear", 2, "gemma3")])
+                                                    ("cosine", 1, "qwen3"), ("linear", 2, "gemma3"),
+                                                    ("cosine", 2, "phi3")])
 def test_adamw_losses_follow_peft(gpu, ops, run, llama_dir, qwen_dir, tmp_path, schedule, accum, model, monkeypatch):
     from loralab.model import transformer
 

@@ -14,7 +14,7 @@ import re
 import zipfile
 
 from ..checks import boolean, field, integer, loads, number
-from ..config import MAX_RANK, PROJECTIONS, LoraConfig, ModelConfig, module_name
+from ..config import FUSED, MAX_RANK, PROJECTIONS, LoraConfig, ModelConfig, module_name
 from ..errors import UserError, short
 from .archive import read_members
 from .safetensors import (
@@ -25,6 +25,7 @@ from .safetensors import (
     to_f32_bytes,
 )
 
+MODULES = PROJECTIONS + tuple(FUSED)  # every module name an adapter may target (Phi-3's fused ones last)
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 ADAPTER_MEMBERS = (ADAPTER_FILE, CONFIG_FILE, "adapter_model.bin")
@@ -44,7 +45,7 @@ def adapter_config(lora: LoraConfig, base_model: str, revision: str | None = Non
         "revision": revision,
         "r": lora.r,
         "lora_alpha": lora.alpha,
-        "target_modules": sorted(lora.targets, key=PROJECTIONS.index),
+        "target_modules": sorted(lora.targets, key=MODULES.index),
         "lora_dropout": lora.dropout,
         "bias": "none",
         "fan_in_fan_out": False,
@@ -153,7 +154,7 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
     state, targets, ranks = {}, set(), {}
     for name, info in header.tensors.items():
         m = KEY.match(name)
-        if not m or m.group(3) not in PROJECTIONS:
+        if not m or m.group(3) not in MODULES:
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} is not a LoRA A/B matrix of a supported projection")
         if info.dtype not in ("F32", "F16", "BF16"):
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} has dtype {info.dtype}; float is needed")
@@ -172,7 +173,7 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
         ranks[key] = (int(m.group(1)), m.group(3), info.shape[0] if m.group(4) == "A" else info.shape[1])
     if not state:
         raise AdapterError(f"{source}/{ADAPTER_FILE}: holds no LoRA tensors")
-    lora = LoraConfig(targets=tuple(p for p in PROJECTIONS if p in targets), **lora_fields)
+    lora = LoraConfig(targets=tuple(p for p in MODULES if p in targets), **lora_fields)
     for key, (layer, module, rank) in sorted(ranks.items()):
         if rank != lora.rank(layer, module):
             said = f"r = {lora.r}" + (" with its rank_pattern" if lora.rank_pattern else "")
@@ -184,8 +185,12 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
 def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = "adapter") -> None:
     """Every tensor of the adapter matches the model's layers and shapes, and every expected one is there."""
     expected = {}
+    try:
+        targets = model.lora_targets(lora.targets)
+    except UserError as exc:
+        raise AdapterError(f"{source}: {exc}; the adapter was made for another model") from None
     for layer in range(model.num_layers):
-        for module in lora.targets:
+        for module in targets:
             out_f, in_f = model.projection_shape(module)
             base = f"base_model.model.{module_name(layer, module)}"
             r = lora.rank(layer, module)

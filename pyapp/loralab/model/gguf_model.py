@@ -29,7 +29,7 @@ from ..formats.gguf import read as read_gguf
 from ..formats.safetensors import TensorInfo
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                 "mistral": "MistralForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+                 "mistral": "MistralForCausalLM", "gemma3": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM"}
 LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
@@ -51,7 +51,9 @@ LAYER_NAMES = {
 GEMMA3_NAMES = {**LAYER_NAMES, "post_attention_norm.weight": "post_attention_layernorm.weight",
                 "ffn_norm.weight": "pre_feedforward_layernorm.weight",
                 "post_ffw_norm.weight": "post_feedforward_layernorm.weight"}
-LAYER_NAMES_BY_ARCH = {"gemma3": GEMMA3_NAMES}
+# Phi-3's fused matrices: llama.cpp's ffn_up is its gate_up_proj (gate rows, then up).
+PHI3_NAMES = {**LAYER_NAMES, "attn_qkv.weight": "self_attn.qkv_proj.weight", "ffn_up.weight": "mlp.gate_up_proj.weight"}
+LAYER_NAMES_BY_ARCH = {"gemma3": GEMMA3_NAMES, "phi3": PHI3_NAMES}
 GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
                 "output.weight": "lm_head.weight"}
 _BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
@@ -114,6 +116,9 @@ def config_dict(gguf: GGUFFile) -> dict:
         if gguf.metadata.get(f"{arch}.rope.scaling.type") == "linear":
             extra["rope_scaling"] = {"rope_type": "linear", "factor": _meta(
                 gguf, f"{arch}.rope.scaling.factor", number, lo=0.0, open_lo=True)}
+    if arch == "phi3":
+        extra = {"sliding_window": _meta(gguf, f"{arch}.attention.sliding_window", integer, 0, lo=0, hi=1 << 24)
+                 or None}
     return {
         **extra,
         "architectures": [ARCHITECTURES[arch]],
@@ -219,17 +224,30 @@ class GGUFModel:
         metadata): into the config. `read_bytes(start, end)` reads the file on the host."""
         import dataclasses
 
-        info = self.gguf.tensors.get("rope_freqs.weight")
+        name = "rope_factors_short.weight" if self.arch == "phi3" else "rope_freqs.weight"
+        info = self.gguf.tensors.get(name)
         if info is None:
             return
         half = self.config.head_dim // 2
         if info.dtype != "F32" or info.shape != (half,):
-            raise GGUFError(f"{self.name}: tensor rope_freqs.weight must be {half} F32 values (head_dim / 2), "
+            raise GGUFError(f"{self.name}: tensor {name} must be {half} F32 values (head_dim / 2), "
                             f"not {info.dtype} {list(info.shape)}")
         factors = array.array("f", read_bytes(info.start, info.end))
         if not all(0.0 < f < float("inf") for f in factors):
-            raise GGUFError(f"{self.name}: tensor rope_freqs.weight holds a factor that is not a positive number")
-        self.config = dataclasses.replace(self.config, rope_freq_factors=tuple(factors))
+            raise GGUFError(f"{self.name}: tensor {name} holds a factor that is not a positive number")
+        changes: dict = {"rope_freq_factors": tuple(factors)}
+        if self.arch == "phi3":  # LongRoPE's short factors: exact up to the original context
+            import math
+
+            config = self.config
+            original = _meta(self.gguf, "phi3.rope.scaling.original_context_length", integer,
+                             config.max_position_embeddings, lo=1, hi=1 << 24)
+            factor = config.max_position_embeddings / original
+            attention = _meta(self.gguf, "phi3.rope.scaling.attn_factor", number,
+                              1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original)),
+                              lo=0.0, open_lo=True)
+            changes.update(max_positions=original, attn_scale=attention ** 2 / math.sqrt(config.head_dim))
+        self.config = dataclasses.replace(self.config, **changes)
 
     @classmethod
     def from_path(cls, path: str) -> "GGUFModel":
@@ -328,7 +346,8 @@ def gguf_lora(state: dict[str, tuple[tuple[int, ...], bytes]], lora: LoraConfig,
     from .weights import permute_rows
 
     arch = next(name for name, hf in ARCHITECTURES.items() if hf == model.architecture)
-    to_gguf = {hf.rsplit(".", 1)[0]: g.rsplit(".", 1)[0] for g, hf in LAYER_NAMES.items() if g.endswith(".weight")}
+    names = LAYER_NAMES_BY_ARCH.get(arch, LAYER_NAMES)
+    to_gguf = {hf.rsplit(".", 1)[0]: g.rsplit(".", 1)[0] for g, hf in names.items() if g.endswith(".weight")}
     tensors = []
     for key in sorted(state, key=lambda k: (int(KEY.match(k).group(1)), k)):
         m = KEY.match(key)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..config import PROJECTIONS, ModelConfig, module_name
+from ..config import FUSED, PROJECTIONS, ModelConfig, module_name
+from ..errors import UsageError
 from ..gpu.device import VIEW_ALIGNMENT, Buffer, Copy, Device
 from ..lora import LoraState
 from ..ops import MAX_ROWS_OUTPUTS, QUANT_DTYPES, Blocks, Ops, Product
@@ -106,6 +107,9 @@ class Transformer:
                  lora: LoraState | None, batch: int, seq_len: int, checkpointing: bool = False):
         """checkpointing: keep only each layer's input and recompute the layer during the
         backward pass (one layer's activations in memory instead of all of them)."""
+        if config.max_positions and seq_len > config.max_positions:
+            raise UsageError(f"this model's RoPE (LongRoPE) is supported up to original_max_position_embeddings = "
+                             f"{config.max_positions} tokens; {seq_len} were asked for: use a shorter sequence length")
         self.device, self.ops, self.config, self.w, self.lora = device, ops, config, weights, lora
         self.B, self.S, self.T = batch, seq_len, batch * seq_len
         self.checkpointing = checkpointing
@@ -159,7 +163,7 @@ class Transformer:
             qkv, (q, k, v) = blocks(self.qkv_sizes, f"l{l}.qkv")
             u_qkv, u_views = blocks((self.u_block,) * 3, f"l{l}.u_qkv")
             u = {}
-            for m in lora.config.targets if lora else ():
+            for m in [m for m in PROJECTIONS if cfg.site(m) in lora.config.targets] if lora else ():
                 u[m] = u_views[ATTENTION_INPUTS.index(m)] if m in ATTENTION_INPUTS else buf(T * r, f"l{l}.u.{m}")
             a = LayerActivations(
                 xn1=buf(T * C, f"l{l}.xn1"), rstd1=buf(T, f"l{l}.rstd1"), q=q, k=k, v=v,
@@ -252,9 +256,11 @@ class Transformer:
         cmds.append(self.ops.dropout(self.x_drop, x, step, T * in_f, p, self._stream(layer, module)))
         return self.x_drop
 
-    @staticmethod
-    def _stream(layer: int, module: str) -> int:
-        return layer * len(PROJECTIONS) + PROJECTIONS.index(module)
+    def _stream(self, layer: int, module: str) -> int:
+        """The dropout stream of `module`'s adapter input (a fused module's parts share its mask)."""
+        site = self.config.site(module)
+        first = FUSED[site][0] if site in FUSED else module
+        return layer * len(PROJECTIONS) + PROJECTIONS.index(first)
 
     def _linear(self, cmds: list, y: Buffer, x: Buffer, layer: int, module: str, T: int, beta: float = 0.0,
                 step: Buffer | None = None, residual: Buffer | None = None) -> None:
@@ -264,7 +270,7 @@ class Transformer:
         ops = self.ops
         plus = None
         if self.lora and self.lora.has(layer, module):  # u = dropout(x) · Aᵀ first; s · u · Bᵀ rides on x · Wᵀ
-            r, s = self.lora.config.rank(layer, module), self.lora.config.scaling_for(layer, module)
+            r, s = self.lora.rank(layer, module), self.lora.scaling(layer, module)
             u = self.layers[layer].u[module]
             x_in = self._lora_input(cmds, x, layer, module, T, step)
             cmds.extend(ops.matmul(u, x_in, self.lora.param(layer, module, "A"), T, r, in_f))
@@ -285,7 +291,7 @@ class Transformer:
                     step: Buffer | None, du: Buffer) -> Buffer:
         """LoRA gradients dB (+)= s · dyᵀ · u, dA (+)= (s · dy · B)ᵀ · dropout(x), leaving
         du = s · dy · B; returns the adapter's input (x, or dropout(x))."""
-        r, s, lora = self.lora.config.rank(layer, module), self.lora.config.scaling_for(layer, module), self.lora
+        r, s, lora = self.lora.rank(layer, module), self.lora.scaling(layer, module), self.lora
         out_f, in_f = self.config.projection_shape(module)
         T, ops = self.T, self.ops
         g = 1.0 if accumulate_grads else 0.0
@@ -295,7 +301,8 @@ class Transformer:
         cmds.extend(ops.matmul(du, dy, lora.param(layer, module, "B"), T, r, out_f, trans_b=True, alpha=s))
         x_in = self._lora_input(cmds, x, layer, module, T, step)
         grad, slices = self._grad_out(layer, module, "A")
-        cmds.extend(ops.matmul(grad, du, x_in, r, in_f, T, trans_a=True, trans_b=True, beta=g, slices=slices))
+        g_a = 1.0 if lora.shares_a(layer, module) else g  # (a fused module's A: its parts' gradients add up)
+        cmds.extend(ops.matmul(grad, du, x_in, r, in_f, T, trans_a=True, trans_b=True, beta=g_a, slices=slices))
         return x_in
 
     # -- q, k and v as one product --------------------------------------------------------------
@@ -317,9 +324,9 @@ class Transformer:
         has = [self.lora.has(layer, m) for m in ATTENTION_INPUTS]
         if not any(has):
             return weight
-        cfg = self.lora.config
-        if (not all(has) or cfg.dropout > 0 or len({cfg.rank(layer, m) for m in ATTENTION_INPUTS}) > 1
-                or len({cfg.scaling_for(layer, m) for m in ATTENTION_INPUTS}) > 1):
+        lora = self.lora
+        if (not all(has) or lora.config.dropout > 0 or len({lora.rank(layer, m) for m in ATTENTION_INPUTS}) > 1
+                or len({lora.scaling(layer, m) for m in ATTENTION_INPUTS}) > 1):
             return None
         return weight
 
@@ -330,7 +337,7 @@ class Transformer:
         bounds = (cfg.q_size, cfg.q_size + cfg.kv_size)
         if not (self.lora and self.lora.has(layer, "q_proj")):
             return 0, Blocks(n=bounds) if kind == "B" else Blocks(k=bounds)
-        r = self.lora.config.rank(layer, "q_proj")
+        r = self.lora.rank(layer, "q_proj")
         offsets = tuple(self.lora.offset(layer, m, kind) for m in ATTENTION_INPUTS)
         if kind == "B":
             return r, Blocks(n=bounds, r=r, a2_block=self.u_block, b2_offsets=offsets, b2_strides=(r, 1),
@@ -346,7 +353,7 @@ class Transformer:
         if r:
             for m in ATTENTION_INPUTS:
                 cmds.extend(ops.matmul(a.u[m], a.xn1, self.lora.param(layer, m, "A"), T, r, C))
-            plus = Product(a.u_qkv, self.lora.params, 3 * r, alpha=self.lora.config.scaling_for(layer, "q_proj"))
+            plus = Product(a.u_qkv, self.lora.params, 3 * r, alpha=self.lora.scaling(layer, "q_proj"))
         cmds.extend(ops.matmul(a.qkv, a.xn1, weight, T, N, C, plus=plus, blocks=blocks))
         if cfg.attention_bias:
             for m, y in zip(ATTENTION_INPUTS, (a.q, a.k, a.v)):
@@ -378,7 +385,7 @@ class Transformer:
                 cmds.extend(ops.matmul(dx, dy, self._matrix(cmds, layer, module, T), T, in_f, out_f, trans_b=True,
                                        beta=beta_dx))
             return
-        r, lora = self.lora.config.rank(layer, module), self.lora
+        r, lora = self.lora.rank(layer, module), self.lora
         x_in = self._lora_grads(cmds, dy, x, layer, module, accumulate_grads, step, self.du)
         if dx is None:
             return
@@ -469,7 +476,7 @@ class Transformer:
         elif self.lora and self.lora.has(l, "down_proj"):  # down_proj's LoRA input activation u
             x_in = self._lora_input(cmds, a.h, l, "down_proj", T, step)
             cmds.extend(ops.matmul(a.u["down_proj"], x_in, self.lora.param(l, "down_proj", "A"), T,
-                                   self.lora.config.rank(l, "down_proj"), I))
+                                   self.lora.rank(l, "down_proj"), I))
 
     def logits_into(self, out: Buffer) -> list:
         """All logits [T, V] into `out` (tests and generation; training uses loss_and_grad)."""

@@ -11,7 +11,7 @@ import os
 from typing import Protocol
 
 from ..checks import loads, path_inside, weight_map_shards
-from ..config import ATTENTION, PROJECTIONS, ModelConfig, ModelConfigError, module_name
+from ..config import ATTENTION, FUSED, PROJECTIONS, ModelConfig, ModelConfigError, module_name
 from ..errors import UsageError, UserError
 from ..formats.safetensors import (
     SafetensorsError,
@@ -49,6 +49,74 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         for module in PROJECTIONS[len(ATTENTION):]:
             shapes[f"{module_name(i, module)}.weight"] = config.projection_shape(module)
     return shapes
+
+
+def file_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors as the model's files name them: expected_shapes, with Phi-3's parts joined
+    back into qkv_proj and gate_up_proj (merged exports write these)."""
+    shapes = expected_shapes(config)
+    if not config.fused:
+        return shapes
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in shapes.items():
+        for fused, parts in FUSED.items():
+            for part in parts:
+                if name.endswith(f".{part}.weight"):
+                    joined = name.replace(f".{part}.", f".{fused}.")
+                    rows = out.get(joined, (0, shape[1]))[0]
+                    out[joined] = (rows + shape[0], shape[1])
+                    break
+            else:
+                continue
+            break
+        else:
+            out[name] = shape
+    return out
+
+
+def fused_parts(config: ModelConfig, name: str) -> list[str] | None:
+    """The expected_shapes names a file tensor `name` is made of (Phi-3's fused ones), or None."""
+    if not config.fused:
+        return None
+    for fused, parts in FUSED.items():
+        if name.endswith(f".{fused}.weight"):
+            return [name.replace(f".{fused}.", f".{part}.") for part in parts]
+    return None
+
+
+def split_fused(config: ModelConfig, infos: dict[str, TensorInfo]) -> dict[str, TensorInfo]:
+    """Phi-3's fused matrices as their parts: q/k/v of qkv_proj and gate/up of gate_up_proj, each
+    a range of the fused tensor's rows (its bytes in the file; each info keeps the file's tensor
+    name, so the source reads that range)."""
+    if not config.fused:
+        return infos
+    from ..formats.gguf import GGML_TYPES
+
+    block = {name: (per, size) for name, per, size in GGML_TYPES.values()}
+    item = {"F32": 4, "F16": 2, "BF16": 2}
+    out = dict(infos)
+    for name, info in infos.items():
+        parts = fused_parts(config, name)
+        if parts is None or len(info.shape) != 2:
+            continue
+        rows, cols = info.shape
+        if info.dtype in item:
+            row_bytes = cols * item[info.dtype]
+        elif info.dtype in block and cols % block[info.dtype][0] == 0:
+            row_bytes = cols // block[info.dtype][0] * block[info.dtype][1]
+        else:
+            continue  # (the shape check names it)
+        del out[name]
+        start = info.start
+        for part in parts:
+            n = config.projection_shape(part.rsplit(".", 2)[-2])[0]
+            out[part] = TensorInfo(name, info.dtype, (n, cols), start, start + n * row_bytes)
+            start += n * row_bytes
+        if start != info.end:  # a fused tensor of another size: refused by name, not read
+            out[parts[0]] = TensorInfo(name, info.dtype, info.shape, info.start, info.end)
+            for part in parts[1:]:
+                del out[part]
+    return out
 
 
 class WeightSource(Protocol):
@@ -156,7 +224,7 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
 
     if dtype not in WEIGHT_DTYPES:
         raise UsageError(f"weights dtype {dtype!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
-    available = source.tensors()
+    available = split_fused(config, source.tensors())
     shapes = expected_shapes(config)
     missing = [n for n in shapes if n not in available]
     if missing:
@@ -227,7 +295,7 @@ def weight_bytes(config: ModelConfig, source: WeightSource, dtype: str) -> int:
     plan's precision choices)."""
     from ..ops import GGUF_TYPES, QUANTIZE_TO, quant_layout
 
-    available = source.tensors()
+    available = split_fused(config, source.tensors())
     projection = {f"{module_name(i, m)}.weight" for i in range(config.num_layers) for m in PROJECTIONS}
     total = 0
     for name, shape in expected_shapes(config).items():
