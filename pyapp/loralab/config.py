@@ -232,6 +232,29 @@ class ModelConfig:
                              f"{', '.join(p for f in fused for p in FUSED[f])}")
         return tuple(t for t in PROJECTIONS if t in targets)
 
+    def features(self) -> list[str]:
+        """What sets this model apart from a plain Llama, in words (the model card lists them)."""
+        out = []
+        if self.qk_norm:
+            out.append("q/k norms")
+        if self.sandwich_norms:
+            out.append("norms after attention and the MLP")
+        if self.norm_offset:
+            out.append(f"norms scale by {self.norm_offset:g} + w")
+        if self.activation != "silu":
+            out.append("GELU (tanh) MLP")
+        windows = [w for w in self.layer_windows if w]
+        if windows:
+            out.append(f"sliding window of {windows[0]:,} tokens on {len(windows)} of {self.num_layers} layers")
+        if self.fused:
+            out.append("fused qkv_proj and gate_up_proj")
+        if self.max_positions:
+            out.append(f"LongRoPE up to {self.max_positions:,} tokens")
+        if self.rope_scaling or self.rope_freq_factors and not self.max_positions:
+            out.append("scaled RoPE")
+        out.append("tied embeddings" if self.tie_word_embeddings else "separate output head")
+        return out
+
     def window(self, layer: int) -> int:
         """Layer `layer`'s sliding window (0: it attends to every earlier token)."""
         return self.layer_windows[layer] if self.layer_windows else 0
@@ -345,13 +368,14 @@ def _phi3(config: ModelConfig, cfg: dict, source: str) -> ModelConfig:
         if (not isinstance(factors, list) or len(factors) != half
                 or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in factors)):
             raise E(f"{source}: rope_scaling.short_factor must list {half} positive numbers")
+        where = f"{source}: rope_scaling"
         original = checks.field(cfg, "original_max_position_embeddings", integer, source, E,
-                                scaling.get("original_max_position_embeddings", config.max_position_embeddings),
+                                checks.field(scaling, "original_max_position_embeddings", integer, where, E,
+                                             config.max_position_embeddings, lo=1, hi=1 << 24),
                                 lo=1, hi=1 << 24)
         factor = config.max_position_embeddings / original
-        attention = scaling.get("attention_factor")
-        if attention is None:  # transformers' default for LongRoPE
-            attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        default = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        attention = checks.field(scaling, "attention_factor", number, where, E, default, lo=0.0, open_lo=True)
         # cos and sin times the attention factor rotate q and k both: q·k scales by its square.
         changes.update(rope_freq_factors=tuple(float(f) for f in factors), max_positions=original,
                        attn_scale=float(attention) ** 2 / math.sqrt(config.head_dim), rope_scaling=None)

@@ -144,6 +144,9 @@ async def write_merged_gguf(write: Callable[[bytes], object], device: Device, op
 
     if quant not in MERGED_GGUF_TYPES:
         raise UsageError(f"re-quantize to one of {', '.join(MERGED_GGUF_TYPES)}, not {quant!r}")
+    if source.config.fused:
+        raise UsageError(f"{source.name}: re-quantized merged exports do not cover fused matrices (Phi-3's "
+                         f"attn_qkv, ffn_up); export the merged model as a folder")
     gguf = source.gguf
     start, end = gguf.metadata_span
     metadata = bytes(await source.read_span(start, end))

@@ -99,6 +99,7 @@ class Model:
                 "layers": config.num_layers, "hidden_size": config.hidden_size, "vocab_size": config.vocab_size,
                 "heads": config.num_heads, "kv_heads": config.num_kv_heads,
                 "weights_bytes": sum(b.size for b in weights.values()), "weight_types": weight_types(weights),
+                "features": config.features(),
                 "chat_template": getattr(self.tokenizer, "chat_template", None)}
 
 

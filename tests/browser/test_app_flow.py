@@ -20,8 +20,8 @@ QA = [("What is the password?", "The password is swordfish."), ("Who guards the 
       ("Where is the key?", "Under the third stone.")]
 
 
-def make_chat_model(folder):
-    """A tiny Llama with a byte-level BPE tokenizer and a ChatML template, saved in `folder`."""
+def make_chat_model(folder, kind: str = "llama"):
+    """A tiny model of `kind` with a byte-level BPE tokenizer and a ChatML template, saved in `folder`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -30,7 +30,7 @@ def make_chat_model(folder):
     corpus = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n" for q, a in QA] * 50
     tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=["<|im_start|>", "<|im_end|>"],
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf.tiny_model("llama", folder, seed=21, vocab_size=tok.get_vocab_size())
+    hf.tiny_model(kind, folder, seed=21, vocab_size=tok.get_vocab_size(), tied=kind != "phi3")
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>", "chat_template": CHATML}))
@@ -207,3 +207,31 @@ def test_a_k_quant_gguf_stays_quantized_and_exports_merged_as_a_requantized_gguf
     for name, t in after.items():
         if name != "blk.0.attn_q.weight":
             assert bytes(t.data) == bytes(before[name].data), name
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "phi3"])
+def test_the_new_families_train_in_the_page_and_export_for_peft(app, tmp_path, kind):
+    """Gemma 3 (sliding window shorter than the chats) and Phi-3 (fused projections) load from
+    dropped folders, train, and the downloaded adapter loads in PEFT with every LoRA tensor."""
+    import zipfile
+
+    import peft
+    from safetensors.torch import load_file
+
+    folder = make_chat_model(tmp_path / kind, kind)
+    app.engine_up()
+    app.load_model_files(folder)
+    app.wait_text("model-card", {"gemma3": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM"}[kind])
+    app.wait_text("model-card", {"gemma3": "sliding window of 4 tokens on 1 of 2 layers",
+                                 "phi3": "fused qkv_proj and gate_up_proj"}[kind])
+    app.use_dataset_file(chat_jsonl(tmp_path / "chat.jsonl"))
+    app.train({"steps": 2, "batch-size": 3, "report-every": 1})
+    losses = [r["loss"] for r in app.metrics() if r["kind"] == "train"]
+    assert len(losses) == 2 and all(0 < x < 20 for x in losses)
+    with zipfile.ZipFile(app.download("export-adapter")) as zf:
+        zf.extractall(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    model = peft.get_peft_model(hf.load_hf(folder), peft.LoraConfig(
+        r=config["r"], lora_alpha=config["lora_alpha"], target_modules=config["target_modules"]))
+    result = peft.set_peft_model_state_dict(model, load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert not result.unexpected_keys and not [k for k in result.missing_keys if "lora_" in k]

@@ -59,6 +59,7 @@ def test_gemma3_1b():
     assert config.layer_inv_freq(0)[1] == pytest.approx(10000 ** (-2 / 256))
     assert config.layer_inv_freq(5)[1] == pytest.approx(1e6 ** (-2 / 256))
     assert config.tie_word_embeddings and config.head_dim == 256
+    assert "sliding window of 512 tokens on 22 of 26 layers" in config.features()
 
 
 @pytest.mark.parametrize("change, field", [({"final_logit_softcapping": 30.0}, "final_logit_softcapping"),

@@ -31,7 +31,7 @@ async def load_model(request: dict, label: str) -> None:
 
 def render_model_card(m: dict) -> None:
     render_rows("model-card", [
-        ("Model", m["name"]), ("Architecture", m["architecture"]),
+        ("Model", m["name"]), ("Architecture", m["architecture"]), ("Features", ", ".join(m.get("features", []))),
         ("Parameters", f"{m['parameters'] / 1e6:,.1f} M"), ("Layers", str(m["layers"])),
         ("Hidden size", str(m["hidden_size"])), ("Heads", f"{m['heads']} ({m['kv_heads']} key/value)"),
         ("Vocabulary", f"{m['vocab_size']:,}"), ("Weights in GPU memory", mib(m["weights_bytes"])),

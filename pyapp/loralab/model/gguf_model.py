@@ -171,6 +171,7 @@ def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     pre = byte_level
     kind = meta.get("tokenizer.ggml.pre")
+    kind = kind if isinstance(kind, str) else None  # (a hostile file's list or number: the default split)
     if kind == "smollm":  # SmolLM splits digits one by one first
         pre = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
     elif kind in SPLIT_PATTERNS:  # the model's own split, then bytes to symbols
