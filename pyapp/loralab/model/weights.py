@@ -57,20 +57,15 @@ def file_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes = expected_shapes(config)
     if not config.fused:
         return shapes
+    fused_of = {part: fused for fused, parts in FUSED.items() for part in parts}
     out: dict[str, tuple[int, ...]] = {}
     for name, shape in shapes.items():
-        for fused, parts in FUSED.items():
-            for part in parts:
-                if name.endswith(f".{part}.weight"):
-                    joined = name.replace(f".{part}.", f".{fused}.")
-                    rows = out.get(joined, (0, shape[1]))[0]
-                    out[joined] = (rows + shape[0], shape[1])
-                    break
-            else:
-                continue
-            break
-        else:
+        module = name.rsplit(".", 2)[-2]
+        if module not in fused_of or not name.endswith(".weight"):
             out[name] = shape
+            continue
+        joined = name.replace(f".{module}.", f".{fused_of[module]}.")
+        out[joined] = (out.get(joined, (0,))[0] + shape[0], shape[1])
     return out
 
 
@@ -84,10 +79,10 @@ def fused_parts(config: ModelConfig, name: str) -> list[str] | None:
     return None
 
 
-def split_fused(config: ModelConfig, infos: dict[str, TensorInfo]) -> dict[str, TensorInfo]:
+def split_fused(config: ModelConfig, infos: dict[str, TensorInfo], source: str) -> dict[str, TensorInfo]:
     """Phi-3's fused matrices as their parts: q/k/v of qkv_proj and gate/up of gate_up_proj, each
     a range of the fused tensor's rows (its bytes in the file; each info keeps the file's tensor
-    name, so the source reads that range)."""
+    name, so the source reads that range). A fused tensor of another shape is refused by name."""
     if not config.fused:
         return infos
     from ..formats.gguf import GGML_TYPES
@@ -100,6 +95,9 @@ def split_fused(config: ModelConfig, infos: dict[str, TensorInfo]) -> dict[str, 
         if parts is None or len(info.shape) != 2:
             continue
         rows, cols = info.shape
+        want = (sum(config.projection_shape(p.rsplit(".", 2)[-2])[0] for p in parts), config.hidden_size)
+        if (rows, cols) != want:
+            raise WeightsError(f"{source}: tensor {name} has shape {[rows, cols]}, but config.json implies {list(want)}")
         if info.dtype in item:
             row_bytes = cols * item[info.dtype]
         elif info.dtype in block and cols % block[info.dtype][0] == 0:
@@ -112,10 +110,6 @@ def split_fused(config: ModelConfig, infos: dict[str, TensorInfo]) -> dict[str, 
             n = config.projection_shape(part.rsplit(".", 2)[-2])[0]
             out[part] = TensorInfo(name, info.dtype, (n, cols), start, start + n * row_bytes)
             start += n * row_bytes
-        if start != info.end:  # a fused tensor of another size: refused by name, not read
-            out[parts[0]] = TensorInfo(name, info.dtype, info.shape, info.start, info.end)
-            for part in parts[1:]:
-                del out[part]
     return out
 
 
@@ -224,7 +218,7 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
 
     if dtype not in WEIGHT_DTYPES:
         raise UsageError(f"weights dtype {dtype!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
-    available = split_fused(config, source.tensors())
+    available = split_fused(config, source.tensors(), source.name)
     shapes = expected_shapes(config)
     missing = [n for n in shapes if n not in available]
     if missing:
@@ -295,7 +289,7 @@ def weight_bytes(config: ModelConfig, source: WeightSource, dtype: str) -> int:
     plan's precision choices)."""
     from ..ops import GGUF_TYPES, QUANTIZE_TO, quant_layout
 
-    available = split_fused(config, source.tensors())
+    available = split_fused(config, source.tensors(), source.name)
     projection = {f"{module_name(i, m)}.weight" for i in range(config.num_layers) for m in PROJECTIONS}
     total = 0
     for name, shape in expected_shapes(config).items():
