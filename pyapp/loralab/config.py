@@ -330,6 +330,7 @@ def _gemma3(config: ModelConfig, cfg: dict, source: str) -> ModelConfig:
         scaling = dict(full)
         if scaling.get("rope_type") != "linear":
             raise E(f"{source}: rope_parameters.full_attention {short(full)} is not supported (linear is)")
+        checks.field(scaling, "factor", number, f"{source}: rope_parameters.full_attention", E, lo=0.0, open_lo=True)
     if local.get("rope_type", "default") != "default":
         raise E(f"{source}: rope_parameters.sliding_attention {short(local)} is not supported (default is)")
     scalar = checks.field(cfg, "query_pre_attn_scalar", number, source, E, config.head_dim, lo=0.0, open_lo=True)

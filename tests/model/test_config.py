@@ -64,7 +64,9 @@ def test_gemma3_1b():
 
 @pytest.mark.parametrize("change, field", [({"final_logit_softcapping": 30.0}, "final_logit_softcapping"),
                                            ({"hidden_activation": "relu"}, "hidden_activation"),
-                                           ({"use_bidirectional_attention": True}, "bidirectional")])
+                                           ({"use_bidirectional_attention": True}, "bidirectional"),
+                                           ({"rope_parameters": {"full_attention": {"rope_type": "linear"}}},
+                                            "full_attention: factor is missing")])
 def test_gemma3_fields_the_engine_cannot_run_are_refused(change, field):
     with pytest.raises(ModelConfigError, match=field):
         ModelConfig.from_dict({**GEMMA3_1B, **change})
