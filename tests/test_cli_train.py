@@ -138,8 +138,8 @@ def test_user_errors_are_one_clear_line(tmp_path, model_dir, tokens_file, case):
         model.mkdir()
         cfg = json.loads((model_dir / "config.json").read_text())
         if case == "unsupported_arch":
-            cfg["architectures"] = ["GPT2LMHeadModel"]
-            expect = "GPT2LMHeadModel is not supported"
+            cfg["architectures"] = ["BloomForCausalLM"]
+            expect = "BloomForCausalLM is not supported"
         else:
             cfg["intermediate_size"] = 100
             expect = "implies [100, 64]"
@@ -372,7 +372,7 @@ def test_the_cli_says_how_the_data_was_used(tmp_path, model_dir, tokens_file):
     assert "XDG_RUNTIME_DIR" not in out.stderr
 
 
-@pytest.mark.parametrize("kind", ["qwen3", "gemma3", "phi3"])
+@pytest.mark.parametrize("kind", ["qwen3", "gemma3", "phi3", "gpt2"])
 def test_each_family_trains_and_exports_what_peft_and_llama_cpp_load(tmp_path, tokens_file, kind):
     """A few steps on a tiny model of the family; the PEFT adapter (the family's own target names:
     Phi-3's fused ones) reproduces `loralab eval` in PEFT; the merged folder equals base + adapter;
@@ -385,8 +385,9 @@ def test_each_family_trains_and_exports_what_peft_and_llama_cpp_load(tmp_path, t
     loralab("train", model, tokens_file, "--out", out, "--steps", 3, "--batch-size", 3, "--seq-len", 16,
             "--lr", 2e-2, "--rank", 4, "--alpha", 8)
     config = json.loads((out / "adapter_config.json").read_text())
-    want = hf.PHI3_PROJECTIONS if kind == "phi3" else hf.PROJECTIONS
+    want = {"phi3": hf.PHI3_PROJECTIONS, "gpt2": hf.GPT2_PROJECTIONS}.get(kind, hf.PROJECTIONS)
     assert sorted(config["target_modules"]) == sorted(want)
+    assert config["fan_in_fan_out"] == (kind == "gpt2")  # (GPT-2's Conv1D weights)
     ours = json.loads(loralab("eval", model, tokens_file, "--adapter", out, "--seq-len", 16).stdout)
     with_adapter = peft.PeftModel.from_pretrained(hf.load_hf(model), str(out)).eval()
     total, count = 0.0, 0
@@ -409,7 +410,7 @@ def test_each_family_trains_and_exports_what_peft_and_llama_cpp_load(tmp_path, t
     loralab("export", out, "--to", "gguf", "--model", model, "--out", tmp_path / "adapter.gguf")
     reader = gguf.GGUFReader(tmp_path / "adapter.gguf")
     names = {t.name.split(".")[2] for t in reader.tensors}
-    assert names == ({"attn_qkv", "attn_output", "ffn_up", "ffn_down"} if kind == "phi3" else
+    assert names == ({"attn_qkv", "attn_output", "ffn_up", "ffn_down"} if kind in ("phi3", "gpt2") else
                      {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"})
-    arch = {"qwen3": "qwen3", "gemma3": "gemma3", "phi3": "phi3"}[kind]
+    arch = kind
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == arch

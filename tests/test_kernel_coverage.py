@@ -54,6 +54,7 @@ KERNELS = {
     "rmsnorm": ("rmsnorm", "ref.rmsnorm", "tests/test_ops.py::test_rmsnorm_forward_and_backward"),
     "rmsnorm_backward": ("rmsnorm_backward", "ref.rmsnorm_backward", "tests/test_ops.py::test_rmsnorm_forward_and_backward"),
     "rope": ("rope", "ref.rope", "tests/test_ops.py::test_rope_forward_and_inverse"),
+    "transpose": ("transpose", "ref.transpose", "tests/test_ops.py::test_transpose_of_a_column_range"),
     "sgd": ("sgd", "ref.sgd", "tests/test_ops.py::test_sgd_step"),
     "subgroup_size": ("load", "-- a probe that measures the subgroup width, no maths",
                       "tests/gpu/test_device.py::test_the_subgroup_probe_measures_a_power_of_two"),

@@ -323,6 +323,36 @@ def test_rmsnorm_with_gemmas_offset_and_a_residual(ops, arrays):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("T, C", [(1, 7), (6, 64), (9, 300)])
+def test_layernorm_forward_and_backward(ops, arrays, T, C):
+    """GPT-2's LayerNorm (the norm kernels with a bias: centred rows), on rows whose mean is far
+    from zero (the residual streams of GPT-2 have a few large features)."""
+    r = rng("layernorm", T, C)
+    x = r.standard_normal((T, C), dtype=np.float32) + 30.0
+    w, b = r.standard_normal(C, dtype=np.float32), r.standard_normal(C, dtype=np.float32)
+    dy, res = r.standard_normal((T, C), dtype=np.float32), r.standard_normal((T, C), dtype=np.float32)
+    bx, bw = arrays.up(x), arrays.up(w)
+    y, rstd, dx = arrays.empty(T * C), arrays.empty(T), arrays.empty(T * C)
+    arrays.submit(ops.rmsnorm(y, rstd, bx, bw, T, C, 1e-5, bias=arrays.up(b)),
+                  ops.rmsnorm_backward(dx, bx, bw, rstd, arrays.up(dy), T, C, residual=arrays.up(res), center=True))
+    y_ref, rstd_ref = ref.layernorm(x, w, b, 1e-5)
+    np.testing.assert_allclose(arrays.down(y, (T, C)), y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(arrays.down(rstd, (T,)), rstd_ref, rtol=1e-4)
+    np.testing.assert_allclose(arrays.down(dx, (T, C)), res + ref.layernorm_backward(x, w, dy, 1e-5), rtol=1e-3,
+                               atol=1e-3)
+
+
+def test_transpose_of_a_column_range(ops, arrays):
+    R, K = 37, 90
+    x = rng("transpose").standard_normal((R, K), dtype=np.float32)
+    out = arrays.empty(30 * R)
+    arrays.submit(ops.transpose(out, arrays.up(x), R, K, first=30, N=30))
+    np.testing.assert_array_equal(arrays.down(out, (30, R)), ref.transpose(x, 30, 30))
+    whole = arrays.empty(R * K)
+    arrays.submit(ops.transpose(whole, arrays.up(x), R, K))
+    np.testing.assert_array_equal(arrays.down(whole, (K, R)), ref.transpose(x))
+
+
 @pytest.mark.parametrize("T, H, D, theta", [(3, 2, 8, 10000.0), (17, 3, 64, 100000.0)])
 def test_rope_forward_and_inverse(ops, arrays, T, H, D, theta):
     r = rng("rope", T, H, D)
@@ -363,6 +393,19 @@ def test_glu_forward_and_backward(ops, arrays, N, act):
     np.testing.assert_allclose(arrays.down(du, (N,)), du_ref, rtol=1e-5, atol=1e-5)
 
 
+def test_ungated_activation_forward_and_backward(ops, arrays):
+    """GPT-2's MLP: h = GELU(x), no gate."""
+    N = 1000
+    r = rng("act", N)
+    g, dh = (r.standard_normal(N, dtype=np.float32) * 3 for _ in range(2))
+    bg = arrays.up(g)
+    h, dg = arrays.empty(N), arrays.empty(N)
+    arrays.submit(ops.glu(h, bg, None, N, "gelu_tanh"), ops.glu_backward(dg, None, bg, None, arrays.up(dh), N, "gelu_tanh"))
+    np.testing.assert_allclose(arrays.down(h, (N,)), ref.glu(g, None, "gelu_tanh"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(arrays.down(dg, (N,)), ref.glu_backward(g, None, dh, "gelu_tanh")[0], rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_bias_add(ops, arrays):
     T, N = 7, 45
     r = rng("bias")
@@ -381,6 +424,10 @@ def test_embedding_lookup(ops, arrays):
     out = arrays.empty(T * C)
     arrays.submit(ops.embedding(out, arrays.up(ids), arrays.up(table), T, C, V))
     np.testing.assert_array_equal(arrays.down(out, (T, C)), ref.embedding(ids, table))
+    positions = (np.arange(T) % 7).astype(np.uint32)  # GPT-2's position embeddings add on
+    arrays.submit(ops.embedding(out, arrays.up(positions), arrays.up(table), T, C, V, accumulate=True))
+    np.testing.assert_allclose(arrays.down(out, (T, C)), ref.embedding(ids, table) + ref.embedding(positions, table),
+                               rtol=1e-6)
 
 
 def test_embedding_backward_sums_repeated_ids(ops, arrays):

@@ -1,4 +1,4 @@
-// bias_add: y[t, n] += bias[n] (the q/k/v biases of Qwen2 attention).
+// bias_add: y[t, n] += bias[n] (the q/k/v biases of Qwen2 attention, every projection's of GPT-2).
 //   y: [T, N] in place, bias: [N]
 // Work split: one invocation per element, 256 per workgroup, 2-D grid for large T·N.
 

@@ -1,5 +1,6 @@
 // embedding: out[t, :] = table[ids[t], :] · scale (token embedding lookup; ids outside [0, V)
-// give 0; Gemma scales by √hidden, everything else by 1).
+// give 0; Gemma scales by √hidden, everything else by 1). With accumulate, out += that (GPT-2's
+// position embeddings, ids the positions).
 //   ids: [T] u32, table: [V, C] (f32, f16 pairs or quantized) → out: [T, C]
 // Work split: one invocation per output element, 256 per workgroup, 2-D grid for large T·C.
 
@@ -10,6 +11,7 @@ struct Params {
   scales: u32,  // a quantized table (Q_BITS > 0, include/qweight.wgsl): where its group heads start,
   groups: u32,  //   and how many groups it has
   scale: f32,
+  accumulate: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -41,5 +43,5 @@ fn embedding(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups)
       v = bitcast<f32>(table[e]);
     }
   }
-  out[i] = v * params.scale;
+  if (params.accumulate != 0u) { out[i] += v * params.scale; } else { out[i] = v * params.scale; }
 }

@@ -3,12 +3,14 @@
 //   SiLU:  act' = σ(g) · (1 + g · (1 − σ(g)))
 //   GELU (tanh): with u = √(2/π) · (g + 0.044715 · g³) and s = σ(2u) = (1 + tanh(u)) / 2:
 //          act = g · s,  act' = s + 2 · g · s · (1 − s) · √(2/π) · (1 + 3 · 0.044715 · g²)
+// Without `gated` (h = act(gate)): dgate = dh · act'(g); `up` is not read nor `dup` written.
 //   gate, up, dh: [N] → dgate, dup: [N]
 // Work split: one invocation per element, 256 per workgroup, 2-D grid for large N.
 
 struct Params {
   N: u32,
   act: u32,
+  gated: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -27,15 +29,21 @@ fn glu_backward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgrou
   if (i >= params.N) { return; }
   let g = gate[i];
   let d = dh[i];
+  var act: f32;
+  var slope: f32;
   if (params.act == 1u) {
     let s = 1.0 / (1.0 + exp(-2.0 * GELU_K * (g + 0.044715 * g * g * g)));
-    let act = g * s;
-    let slope = s + 2.0 * g * s * (1.0 - s) * GELU_K * (1.0 + 3.0 * 0.044715 * g * g);
+    act = g * s;
+    slope = s + 2.0 * g * s * (1.0 - s) * GELU_K * (1.0 + 3.0 * 0.044715 * g * g);
+  } else {
+    let sig = 1.0 / (1.0 + exp(-g));
+    act = g * sig;
+    slope = sig * (1.0 + g * (1.0 - sig));
+  }
+  if (params.gated != 0u) {
     dgate[i] = d * up[i] * slope;
     dup[i] = d * act;
   } else {
-    let sig = 1.0 / (1.0 + exp(-g));
-    dgate[i] = d * up[i] * sig * (1.0 + g * (1.0 - sig));
-    dup[i] = d * g * sig;
+    dgate[i] = d * slope;
   }
 }

@@ -1,5 +1,7 @@
 // rmsnorm_backward: dx (+)= rstd · (g − x · rstd² · mean(g · x)),  g = dy · (w + w_offset)
-// (w is frozen; w_offset as in rmsnorm.wgsl).
+// (w is frozen; w_offset as in rmsnorm.wgsl). With center (LayerNorm), x̂ = (x − mean) · rstd:
+//   dx (+)= rstd · (g − mean(g) − x̂ · mean(g · x̂)),
+// the mean taken in a first pass over the row.
 //   x: [T, C], w: [C], rstd: [T] (from rmsnorm), dy: [T, C] → dx: [T, C]
 //   accumulate = 1 adds into dx (the residual stream's gradient), 2 adds `residual` instead
 //   (dx = residual + …: the stream's gradient carried over without a copy), 0 overwrites dx.
@@ -10,6 +12,7 @@ struct Params {
   C: u32,
   accumulate: u32,
   w_offset: f32,
+  center: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -21,7 +24,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;  // [T, C]
 
 const WG = 256u;
-var<workgroup> partial: array<f32, WG>;
+var<workgroup> partial: array<vec3f, WG>;
 
 @compute @workgroup_size(WG)
 fn rmsnorm_backward(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -29,20 +32,38 @@ fn rmsnorm_backward(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_
   if (t >= params.T) { return; }
   let C = params.C;
   let base = t * C;
-  var s = 0.0;
-  for (var c = li; c < C; c += WG) { s += dy[base + c] * (w[c] + params.w_offset) * x[base + c]; }
-  partial[li] = s;
+  let n = f32(C);
+  var mean = 0.0;
+  if (params.center != 0u) {  // (uniform: the whole workgroup takes this branch or none does)
+    var m = vec3f(0.0);
+    for (var c = li; c < C; c += WG) { m.x += x[base + c]; }
+    mean = row_sum(m, li).x / n;
+    workgroupBarrier();  // everyone has read partial[0] before it is written again
+  }
+  var s = vec3f(0.0);  // Σ g · (x − mean), Σ g
+  for (var c = li; c < C; c += WG) {
+    let g = dy[base + c] * (w[c] + params.w_offset);
+    s += vec3f(g * (x[base + c] - mean), g, 0.0);
+  }
+  let sums = row_sum(s, li);
+  let r = rstd[t];
+  let g_mean = select(0.0, sums.y / n, params.center != 0u);
+  let k = r * r * sums.x / n;  // mean(g · x̂) · rstd, with x̂ = (x − mean) · rstd
+  for (var c = li; c < C; c += WG) {
+    var v = r * (dy[base + c] * (w[c] + params.w_offset) - g_mean - (x[base + c] - mean) * k);
+    if (params.accumulate == 1u) { v += dx[base + c]; }
+    if (params.accumulate == 2u) { v += residual[base + c]; }
+    dx[base + c] = v;
+  }
+}
+
+// The workgroup's total of each invocation's `v` (every invocation gets it).
+fn row_sum(v: vec3f, li: u32) -> vec3f {
+  partial[li] = v;
   workgroupBarrier();
   for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
     if (li < stride) { partial[li] += partial[li + stride]; }
     workgroupBarrier();
   }
-  let r = rstd[t];
-  let k = r * r * partial[0] / f32(C);
-  for (var c = li; c < C; c += WG) {
-    var v = r * (dy[base + c] * (w[c] + params.w_offset) - x[base + c] * k);
-    if (params.accumulate == 1u) { v += dx[base + c]; }
-    if (params.accumulate == 2u) { v += residual[base + c]; }
-    dx[base + c] = v;
-  }
+  return partial[0];
 }

@@ -15,13 +15,19 @@ def _model(config: dict, device: str):
 
     kind = {"LlamaForCausalLM": transformers.LlamaConfig, "Qwen2ForCausalLM": transformers.Qwen2Config,
             "MistralForCausalLM": transformers.MistralConfig, "Qwen3ForCausalLM": transformers.Qwen3Config,
-            "Gemma3ForCausalLM": transformers.Gemma3TextConfig}[config["architectures"][0]]
+            "Gemma3ForCausalLM": transformers.Gemma3TextConfig, "GPT2LMHeadModel": transformers.GPT2Config,
+            "Phi3ForCausalLM": transformers.Phi3Config}[config["architectures"][0]]
     cfg = kind(**{k: v for k, v in config.items() if k != "architectures"})
+    if config["architectures"][0] == "GPT2LMHeadModel":  # (LoRA Lab trains without the model's own dropout)
+        cfg.resid_pdrop = cfg.embd_pdrop = cfg.attn_pdrop = 0.0
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32).to(device)
 
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Every linear module, as PEFT names them per architecture (the same adapters LoRA Lab trains).
+TARGETS = {"Phi3ForCausalLM": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+           "GPT2LMHeadModel": ("c_attn", "c_proj", "c_fc")}
 
 
 def _nf4(model):
@@ -51,10 +57,13 @@ def bench_torch_training(config: dict, batch: int, seq_len: int, steps: int, ran
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    arch = config["architectures"][0]
+    if precision == "nf4" and arch in TARGETS:
+        raise ValueError(f"--torch-precisions nf4 covers nn.Linear projections; {arch} has fused or Conv1D ones")
     base = _nf4(_model(config, "cpu")).to(device) if precision == "nf4" else _model(config, device)
     model = peft.get_peft_model(base, peft.LoraConfig(
         r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type="CAUSAL_LM",
-        target_modules=list(PROJECTIONS)))
+        target_modules=list(TARGETS.get(arch, PROJECTIONS)), fan_in_fan_out=arch == "GPT2LMHeadModel"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, config["vocab_size"], (batch, seq_len), device=device)
 

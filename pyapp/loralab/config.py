@@ -8,6 +8,7 @@ Each validates itself in one place, and the page imports this module alone for i
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import dataclass, field, fields
 
@@ -23,6 +24,7 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
     "Gemma3ForCausalLM": "gemma3_text",
     "Phi3ForCausalLM": "phi3",
+    "GPT2LMHeadModel": "gpt2",
 }
 # Upper limits on a config's sizes: far above any model a browser can train, low enough that
 # nothing is sized from an absurd value before the weights are checked against it.
@@ -33,16 +35,30 @@ MAX_VOCAB = 1 << 22
 MAX_TEMPLATE = 1 << 20  # characters of a chat template
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION = PROJECTIONS[:4]  # in self_attn; the rest are in mlp
-# Phi-3 keeps q, k and v in one matrix, and gate and up in another (rows one after the other): the
-# engine computes the parts as the projections above, and an adapter on a fused module is PEFT's,
-# one A and one B over all its rows (the parts share A; each takes its rows of B).
-FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-FUSED_PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+# Where adapters sit ("sites", the modules PEFT names), each with the projections it computes.
+# Phi-3 keeps q, k and v in one matrix, and gate and up in another (rows one after the other);
+# GPT-2's c_attn holds q, k and v (its two c_proj are told apart by their block; it has no gate).
+# The engine computes the parts as the projections above, and an adapter on a fused module is
+# PEFT's, one A and one B over all its rows (the parts share A; each takes its rows of B).
+PHI3_SITES = {"qkv_proj": ATTENTION[:3], "o_proj": ("o_proj",), "gate_up_proj": ("gate_proj", "up_proj"),
+              "down_proj": ("down_proj",)}
+GPT2_SITES = {"c_attn": ATTENTION[:3], "attn.c_proj": ("o_proj",), "c_fc": ("up_proj",), "mlp.c_proj": ("down_proj",)}
+GPT2_PATHS = {"c_attn": "attn.c_attn", "attn.c_proj": "attn.c_proj", "c_fc": "mlp.c_fc", "mlp.c_proj": "mlp.c_proj"}
+FUSED = {site: parts for site, parts in PHI3_SITES.items() if len(parts) > 1}
+FUSED_PROJECTIONS = tuple(PHI3_SITES)
+# Every name a LoRA target may take ("c_proj": both of GPT-2's).
+TARGET_NAMES = PROJECTIONS + tuple(FUSED) + tuple(GPT2_SITES) + ("c_proj",)
 
 
 def module_name(layer: int, module: str) -> str:
-    """A projection's Hugging Face module name, e.g. model.layers.3.self_attn.q_proj."""
+    """A projection's (or an adapter site's) Hugging Face module name, e.g.
+    model.layers.3.self_attn.q_proj, transformer.h.3.attn.c_attn."""
+    if module in GPT2_PATHS:
+        return f"transformer.h.{layer}.{GPT2_PATHS[module]}"
     return f"model.layers.{layer}.{'self_attn' if module in ATTENTION or module == 'qkv_proj' else 'mlp'}.{module}"
+
+
+_LAYER_INDEX = re.compile(r"^(?:model\.layers|(?:transformer\.)?h)\.(\d+)\.")
 
 
 class ModelConfigError(UserError):
@@ -81,8 +97,14 @@ class ModelConfig:
     local_rope_theta: float | None = None
     fused: bool = False  # Phi-3: qkv_proj and gate_up_proj (FUSED)
     # The positions RoPE serves exactly (Phi-3's LongRoPE: its short factors, up to its original
-    # context; 0: any).
+    # context), or the learned position embeddings hold (GPT-2); 0: any.
     max_positions: int = 0
+    # GPT-2: LayerNorm (centred, with biases), learned position embeddings instead of RoPE, an
+    # MLP without a gate (act(up)), and biases on every projection.
+    layer_norm: bool = False
+    learned_positions: bool = False
+    gated_mlp: bool = True
+    linear_bias: bool = False
 
     @classmethod
     def from_dict(cls, cfg: dict, source: str = "config.json") -> "ModelConfig":
@@ -99,6 +121,9 @@ class ModelConfig:
             named = ", ".join(archs)[:200] if archs else "(none given)"
             raise E(f"{source}: architecture {named} is not supported; "
                     f"LoRA Lab trains {', '.join(ARCHITECTURES)}")
+        original = cfg
+        if ARCHITECTURES[arch] == "gpt2":  # its own field names, as the common ones
+            cfg = _gpt2_fields(cfg, source)
         hidden = checks.field(cfg, "hidden_size", integer, source, E, lo=1, hi=MAX_HIDDEN)
         heads = checks.field(cfg, "num_attention_heads", integer, source, E, lo=1, hi=MAX_HEADS)
         kv_heads = checks.field(cfg, "num_key_value_heads", integer, source, E, heads, lo=1, hi=MAX_HEADS)
@@ -162,17 +187,18 @@ class ModelConfig:
             config = _gemma3(config, cfg, source)
         if ARCHITECTURES[arch] == "phi3":
             config = _phi3(config, cfg, source)
+        if ARCHITECTURES[arch] == "gpt2":
+            config = _gpt2(config, original, source)
         return config
 
     def check_layers(self, names, source: str, what: str = "num_hidden_layers") -> None:
         """The layer count agrees with the layers the weights hold (`names`: tensor names), so a
         config that claims a million layers fails here, before anything is sized from it."""
         present = set()
-        for name in names:
-            if name.startswith("model.layers."):
-                index = name[len("model.layers."):].split(".", 1)[0]
-                if index.isdigit():
-                    present.add(int(index))
+        for name in names:  # (model.layers.N. …, GPT-2's transformer.h.N. … or h.N. …)
+            m = _LAYER_INDEX.match(name)
+            if m:
+                present.add(int(m.group(1)))
         count = max(present) + 1 if present else 0
         if count != self.num_layers:
             raise ModelConfigError(f"{source}: {what} is {self.num_layers}, but the weights hold {count} layers; "
@@ -187,50 +213,68 @@ class ModelConfig:
         return self.num_kv_heads * self.head_dim
 
     def projection_shape(self, name: str) -> tuple[int, int]:
-        """(out_features, in_features) of a projection, as nn.Linear stores its weight."""
+        """(out_features, in_features) of a projection, as nn.Linear stores its weight, or of an
+        adapter site (a fused module: its projections' rows together)."""
         h, i = self.hidden_size, self.intermediate_size
-        return {
-            "q_proj": (self.q_size, h),
-            "k_proj": (self.kv_size, h),
-            "v_proj": (self.kv_size, h),
-            "o_proj": (h, self.q_size),
-            "gate_proj": (i, h),
-            "up_proj": (i, h),
-            "down_proj": (h, i),
-            "qkv_proj": (self.q_size + 2 * self.kv_size, h),
-            "gate_up_proj": (2 * i, h),
-        }[name]
+        shapes = {"q_proj": (self.q_size, h), "k_proj": (self.kv_size, h), "v_proj": (self.kv_size, h),
+                  "o_proj": (h, self.q_size), "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
+        if name in shapes:
+            return shapes[name]
+        parts = (PHI3_SITES if name in PHI3_SITES else GPT2_SITES)[name]
+        return sum(shapes[p][0] for p in parts), shapes[parts[0]][1]
+
+    @property
+    def family(self) -> str:
+        """The architecture's short name (ARCHITECTURES' values: llama, gpt2, …)."""
+        return ARCHITECTURES[self.architecture]
+
+    @property
+    def projections(self) -> tuple[str, ...]:
+        """The linear projections the engine computes in each layer (GPT-2 has no gate)."""
+        return PROJECTIONS if self.gated_mlp else tuple(p for p in PROJECTIONS if p != "gate_proj")
+
+    def sites(self) -> dict[str, tuple[str, ...]]:
+        """The modules an adapter can sit on, as PEFT names them for this model, each with the
+        projections it computes."""
+        if self.family == "gpt2":
+            return GPT2_SITES
+        if self.fused:
+            return PHI3_SITES
+        return {p: (p,) for p in self.projections}
 
     def lora_modules(self) -> tuple[str, ...]:
         """The modules an adapter can target, as PEFT names them for this model."""
-        return FUSED_PROJECTIONS if self.fused else PROJECTIONS
+        return tuple(self.sites())
 
     def site(self, module: str) -> str:
-        """The module whose adapter a projection uses: its fused module (Phi-3), or itself."""
-        if self.fused:
-            return next((f for f, parts in FUSED.items() if module in parts), module)
-        return module
+        """The module whose adapter a projection uses: its fused module (Phi-3's, GPT-2's), or itself."""
+        return next((s for s, parts in self.sites().items() if module in parts), module)
 
     def lora_targets(self, targets: tuple[str, ...]) -> tuple[str, ...]:
-        """`targets` as this model's modules: on a fused model a fused module is targeted by its
-        name or by all of its parts (the default, every projection, targets them all); on
-        others, fused names are refused."""
-        if self.fused:
-            out = []
-            for module in FUSED_PROJECTIONS:
-                parts = FUSED.get(module, (module,))
-                chosen = module in targets or all(p in targets for p in parts)
-                if not chosen and any(p in targets for p in parts):
-                    raise UsageError(f"this model fuses {', '.join(parts)} into {module}: target {module} "
-                                     f"(or all of them)")
-                if chosen:
-                    out.append(module)
-            return tuple(out)
-        fused = [t for t in targets if t in FUSED]
-        if fused:
-            raise UsageError(f"{', '.join(fused)}: this model keeps those projections apart; target "
-                             f"{', '.join(p for f in fused for p in FUSED[f])}")
-        return tuple(t for t in PROJECTIONS if t in targets)
+        """`targets` as this model's modules. A module is targeted by its name or by all of the
+        projections it computes, so the default, every projection, targets them all (GPT-2:
+        c_proj names both of its c_proj modules). A fused module's parts alone, or a module of
+        another family, are refused."""
+        sites = self.sites()
+        alien = [t for t in targets if t not in PROJECTIONS and t not in sites
+                 and not (t == "c_proj" and self.family == "gpt2")]
+        if alien:
+            apart = [p for t in alien for p in FUSED.get(t, ())]
+            raise UsageError(f"{', '.join(alien)}: this model has no such module"
+                             + (f" (it keeps {', '.join(apart)} apart)" if apart else "")
+                             + f"; its modules are {', '.join(sites)}")
+        out = []
+        for site, parts in sites.items():
+            chosen = (site in targets or all(p in targets for p in parts)
+                      or (site.endswith(".c_proj") and "c_proj" in targets))
+            if not chosen and any(p in targets for p in parts):
+                raise UsageError(f"this model fuses {', '.join(parts)} into {site}: target {site} (or all of them)")
+            if chosen:
+                out.append(site)
+        if not out:
+            raise UsageError(f"none of the targets {', '.join(targets)} is a module of this model; its modules are "
+                             f"{', '.join(sites)}")
+        return tuple(out)
 
     def features(self) -> list[str]:
         """What sets this model apart from a plain Llama, in words (the model card lists them)."""
@@ -241,15 +285,23 @@ class ModelConfig:
             out.append("norms after attention and the MLP")
         if self.norm_offset:
             out.append(f"norms scale by {self.norm_offset:g} + w")
+        if self.layer_norm:
+            out.append("LayerNorm with biases")
+        if self.linear_bias:
+            out.append("biases on every projection")
         if self.activation != "silu":
-            out.append("GELU (tanh) MLP")
+            out.append("GELU (tanh) MLP" + ("" if self.gated_mlp else " without a gate"))
         windows = [w for w in self.layer_windows if w]
         if windows:
             out.append(f"sliding window of {windows[0]:,} tokens on {len(windows)} of {self.num_layers} layers")
         if self.fused:
             out.append("fused qkv_proj and gate_up_proj")
-        if self.max_positions:
+        if self.learned_positions:
+            out.append(f"learned positions up to {self.max_positions:,} tokens")
+        elif self.max_positions:
             out.append(f"LongRoPE up to {self.max_positions:,} tokens")
+        if self.family == "gpt2":
+            out.append("Conv1D weights (transposed as they load)")
         if self.rope_scaling or self.rope_freq_factors and not self.max_positions:
             out.append("scaled RoPE")
         out.append("tied embeddings" if self.tie_word_embeddings else "separate output head")
@@ -383,6 +435,40 @@ def _phi3(config: ModelConfig, cfg: dict, source: str) -> ModelConfig:
     return dataclasses.replace(config, **changes)
 
 
+def _gpt2_fields(cfg: dict, source: str) -> dict:
+    """GPT2LMHeadModel's config.json under the common field names (n_embd → hidden_size, …),
+    each checked under its own name. What the engine cannot run is refused by name."""
+    E = ModelConfigError
+    for name, what in (("scale_attn_by_inverse_layer_idx", "scales attention by 1 / (layer + 1)"),
+                       ("add_cross_attention", "has cross-attention layers")):
+        if cfg.get(name):
+            raise E(f"{source}: {name} is true (the model {what}); LoRA Lab does not run that")
+    act = cfg.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        raise E(f"{source}: activation_function {short(act)} is not supported (gelu_new, GELU's tanh form, is)")
+    hidden = checks.field(cfg, "n_embd", integer, source, E, 768, lo=1, hi=MAX_HIDDEN)
+    inner = checks.field(cfg, "n_inner", integer, source, E, 4 * hidden, lo=1, hi=MAX_HIDDEN * 16)
+    return {"architectures": cfg.get("architectures"), "vocab_size": cfg.get("vocab_size", 50257),
+            "hidden_size": hidden, "intermediate_size": inner,
+            "num_hidden_layers": checks.field(cfg, "n_layer", integer, source, E, 12, lo=1, hi=MAX_LAYERS),
+            "num_attention_heads": checks.field(cfg, "n_head", integer, source, E, 12, lo=1, hi=MAX_HEADS),
+            "rms_norm_eps": checks.field(cfg, "layer_norm_epsilon", number, source, E, 1e-5, lo=0.0, hi=1.0,
+                                         open_lo=True),
+            "max_position_embeddings": checks.field(cfg, "n_positions", integer, source, E, 1024, lo=1, hi=1 << 20),
+            "tie_word_embeddings": checks.field(cfg, "tie_word_embeddings", boolean, source, E, True)}
+
+
+def _gpt2(config: ModelConfig, cfg: dict, source: str) -> ModelConfig:
+    """GPT2LMHeadModel: LayerNorm, learned positions, a GELU (tanh) MLP without a gate, biases
+    on every projection, and q·k scaled by 1/√head_dim unless scale_attn_weights is false."""
+    import dataclasses
+
+    scaled = checks.field(cfg, "scale_attn_weights", boolean, source, ModelConfigError, True)
+    return dataclasses.replace(config, layer_norm=True, learned_positions=True, gated_mlp=False, linear_bias=True,
+                               activation="gelu_tanh", max_positions=config.max_position_embeddings,
+                               attn_scale=None if scaled else 1.0)
+
+
 MAX_RANK = 4096
 
 
@@ -411,10 +497,11 @@ class LoraConfig:
         for key, value in self.alpha_pattern:
             compile_key(key, "alpha_pattern")
             number(value, f"alpha_pattern {key!r}: lora_alpha", UsageError)
-        unknown = [t for t in self.targets if t not in PROJECTIONS + tuple(FUSED)]
+        unknown = [t for t in self.targets if t not in TARGET_NAMES]
         if unknown or not self.targets:
             raise UsageError(f"unknown LoRA target modules {unknown}; choose from {', '.join(PROJECTIONS)} "
-                             f"(Phi-3: {', '.join(FUSED_PROJECTIONS)})")
+                             f"(Phi-3: {', '.join(FUSED_PROJECTIONS)}; GPT-2: c_attn, c_proj, c_fc, attn.c_proj, "
+                             f"mlp.c_proj)")
         if not 0.0 <= number(self.dropout, "LoRA dropout", UsageError) < 1.0:
             raise UsageError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
 
@@ -537,7 +624,10 @@ NAMED_CONFIGS = {
                                       "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
                   "max_position_embeddings": 32768},
 }
-NAMED_CONFIG_LABELS = {"smollm2-135m": "SmolLM2-135M", "qwen2.5-0.5b": "Qwen2.5-0.5B", "qwen2.5-1.5b": "Qwen2.5-1.5B",
+NAMED_CONFIGS["gpt2"] = {"architectures": ["GPT2LMHeadModel"], "vocab_size": 50257, "n_embd": 768, "n_layer": 12,
+                         "n_head": 12, "n_positions": 1024, "activation_function": "gelu_new",
+                         "layer_norm_epsilon": 1e-5}
+NAMED_CONFIG_LABELS = {"gpt2": "GPT-2 (124M)", "smollm2-135m": "SmolLM2-135M", "qwen2.5-0.5b": "Qwen2.5-0.5B", "qwen2.5-1.5b": "Qwen2.5-1.5B",
                        "llama3.2-1b": "Llama-3.2-1B", "qwen3-0.6b": "Qwen3-0.6B", "gemma3-1b": "Gemma-3-1B", "tiny": "a tiny test model"}
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import FUSED, LoraConfig, ModelConfig, module_name
+from .config import LoraConfig, ModelConfig, module_name
 from .gpu.device import VIEW_ALIGNMENT, Buffer, Device
 
 
@@ -39,7 +39,8 @@ class LoraTensor:
 
 def layout(config: ModelConfig, lora: LoraConfig) -> tuple[list[LoraTensor], int]:
     """Every LoRA tensor of the model with its place in the flat buffers, and their size in bytes.
-    A fused module (Phi-3) has one A and its B in parts, one per projection it fuses."""
+    A module that computes several projections (Phi-3's fused ones, GPT-2's c_attn) has one A
+    and its B in parts, one per projection."""
     tensors, offset = [], 0
 
     def add(layer: int, module: str, kind: str, shape: tuple[int, int], site: str = "", row: int = 0) -> None:
@@ -49,14 +50,14 @@ def layout(config: ModelConfig, lora: LoraConfig) -> tuple[list[LoraTensor], int
 
     targets = config.lora_targets(lora.targets)
     for layer in range(config.num_layers):
-        for module in config.lora_modules():
+        for module, parts in config.sites().items():
             if module not in targets:
                 continue
-            out_f, in_f = config.projection_shape(module)
+            in_f = config.projection_shape(parts[0])[1]
             r = lora.rank(layer, module)
             add(layer, module, "A", (r, in_f))
             row = 0
-            for part in FUSED.get(module, (module,)) if config.fused else (module,):
+            for part in parts:
                 rows = config.projection_shape(part)[0]
                 add(layer, part, "B", (rows, r), module if part != module else "", row)
                 row += rows
@@ -84,11 +85,12 @@ class LoraState:
             self.parts.setdefault(t.peft_key, []).append(t)
         self.by_key = {key: parts[0] for key, parts in self.parts.items() if len(parts) == 1}
         self._views = {}
+        sites = config.sites()
         for t in self.tensors:
             view = (t, self.params.view(t.offset, t.numel * 4), self.grads.view(t.offset, t.numel * 4))
             self._views[(t.layer, t.module, t.kind)] = view
-            if t.kind == "A" and t.module in FUSED:  # the parts read their fused module's A
-                for part in FUSED[t.module]:
+            if t.kind == "A":  # the projections read their module's A
+                for part in sites[t.module]:
                     self._views[(t.layer, part, "A")] = view
 
     def release(self) -> None:
@@ -111,9 +113,8 @@ class LoraState:
 
     def shares_a(self, layer: int, module: str) -> bool:
         """Whether `module` reads an A that another projection's gradient also adds to, and is not
-        its first: its A gradient adds instead of writing (Phi-3's fused modules)."""
-        site = self.model_config.site(module)
-        return site != module and FUSED[site][0] != module
+        its first: its A gradient adds instead of writing (Phi-3's fused modules, GPT-2's c_attn)."""
+        return self.model_config.sites()[self.model_config.site(module)][0] != module
 
     def param(self, layer: int, module: str, kind: str) -> Buffer:
         return self._views[(layer, module, kind)][1]

@@ -8,6 +8,7 @@ at a time: the CLI writes a folder, the browser writes a zip into its private fi
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 
 from .config import ARCHITECTURES, MERGED_GGUF_TYPES, ModelConfig
@@ -15,7 +16,7 @@ from .errors import UsageError
 from .formats.safetensors import header_bytes
 from .gpu.device import Buffer, Copy, Device
 from .lora import LoraState
-from .model.weights import expected_shapes, file_shapes, fused_parts
+from .model.weights import expected_shapes, file_shapes, file_tensors
 from .ops import QUANT_DTYPES, Ops, ggml_bytes
 
 
@@ -81,43 +82,54 @@ async def merged_tensors(device: Device, ops: Ops, config: ModelConfig, weights:
     """Each base tensor by name (sorted, as in the safetensors header) as `dtype` bytes (see
     merged_dtype), with scaling · B · A added where the adapter has a projection; a quantized
     weight is dequantized first."""
-    shapes, files = expected_shapes(config), file_shapes(config)
+    shapes, files = expected_shapes(config), file_tensors(config)
     for name in sorted(files):
-        data = b""
-        for part in fused_parts(config, name) or [name]:  # (Phi-3's fused matrices: their parts' rows in turn)
-            shape, temps = shapes[part], []
-            try:
-                buf = _merged_matrix(device, ops, config, part, weights[part], shape, lora, temps)
-                if _tensor_dtype(shape, dtype) == "F16":
-                    numel = shape[0] * shape[1]
-                    half = device.create_buffer(-(-numel // 2) * 4, label=f"{part}.f16")
+        tensor, temps = files[name], []
+        try:
+            # (several parts: Phi-3's fused matrices, GPT-2's c_attn, their rows in turn)
+            parts = [(_merged_matrix(device, ops, config, part, weights[part], shapes[part], lora, temps),
+                      math.prod(shapes[part])) for part in tensor.parts]
+            if tensor.transposed:  # GPT-2's Conv1D weights: the parts' rows together, stored [in, out]
+                rows, cols = tensor.shape[1], tensor.shape[0]
+                whole = device.create_buffer(rows * cols * 4, label=f"{name}.rows")
+                out = device.create_buffer(rows * cols * 4, label=name)
+                temps += [whole, out]
+                copies, at = [], 0
+                for buf, numel in parts:
+                    copies.append(Copy(buf, 0, whole, at, numel * 4))
+                    at += numel * 4
+                device.submit(copies + [ops.transpose(out, whole, rows, cols)])
+                parts = [(out, rows * cols)]
+            data = b""
+            for buf, numel in parts:
+                if _tensor_dtype(tensor.shape, dtype) == "F16":
+                    half = device.create_buffer(-(-numel // 2) * 4, label=f"{name}.f16")
                     temps.append(half)
                     device.submit([ops.to_f16(half, buf, numel)])
                     data += (await device.read_buffer(half))[: numel * 2]
                 else:
-                    data += await device.read_buffer(buf)
-            finally:
-                for temp in temps:
-                    device.destroy_buffer(temp)
+                    data += (await device.read_buffer(buf))[: numel * 4]
+        finally:
+            for temp in temps:
+                device.destroy_buffer(temp)
         yield name, data
 
 
-def _gguf_plan(source, lora: LoraState, quant: str) -> list[tuple[object, str | None, int, int]]:
-    """(GGUF tensor info, its Hugging Face name where the adapter changes it, ggml type id, bytes)
-    for every tensor of the source file, in the file's order."""
+def _gguf_plan(source, lora: LoraState, quant: str) -> list[tuple[object, list[str] | None, int, int]]:
+    """(GGUF tensor info, the engine tensors it holds where the adapter changes any of them (a
+    fused attn_qkv or ffn_up holds several, rows in turn), ggml type id, bytes) for every tensor
+    of the source file, in the file's order."""
     from .formats.gguf import GGML_TYPES
     from .model.gguf_model import hf_name
+    from .model.weights import engine_tensors
 
     type_id = {name: kind for kind, (name, _, _) in GGML_TYPES.items()}
     out = []
     for info in sorted(source.gguf.tensors.values(), key=lambda i: i.start):
         hf = hf_name(info.name, source.arch)
-        site = _lora_site(hf) if hf else None
-        if site is not None and lora.has(*site):
-            numel = 1
-            for d in info.shape:
-                numel *= d
-            out.append((info, hf, type_id[quant], ggml_bytes(quant, numel)))
+        parts = list(engine_tensors(source.config, {hf: info}, source.name)) if hf else []
+        if any((site := _lora_site(part)) is not None and lora.has(*site) for part in parts):
+            out.append((info, parts, type_id[quant], ggml_bytes(quant, math.prod(info.shape))))
         else:
             out.append((info, None, type_id[info.dtype], info.end - info.start))
     return out
@@ -144,26 +156,33 @@ async def write_merged_gguf(write: Callable[[bytes], object], device: Device, op
 
     if quant not in MERGED_GGUF_TYPES:
         raise UsageError(f"re-quantize to one of {', '.join(MERGED_GGUF_TYPES)}, not {quant!r}")
-    if source.config.fused:
-        raise UsageError(f"{source.name}: re-quantized merged exports do not cover fused matrices (Phi-3's "
-                         f"attn_qkv, ffn_up); export the merged model as a folder")
     gguf = source.gguf
     start, end = gguf.metadata_span
     metadata = bytes(await source.read_span(start, end))
     plan = _gguf_plan(source, lora, quant)
     shapes = expected_shapes(source.config)
     write(header(metadata, len(gguf.metadata), [(i.name, i.shape, k, n) for i, _, k, n in plan], gguf.alignment))
-    for info, hf, _, size in plan:
-        if hf is None:
+    for info, parts, _, size in plan:
+        if parts is None:
             data = await source.read_span(info.start, info.end)
         else:
             temps: list[Buffer] = []
             try:
-                merged = _merged_matrix(device, ops, source.config, hf, weights[hf], shapes[hf], lora, temps)
-                rows, cols = shapes[hf]
-                blocks = device.create_buffer(ggml_bytes(quant, rows * cols, pairs=True), label=f"{hf}.{quant}")
+                merged = [_merged_matrix(device, ops, source.config, part, weights[part], shapes[part], lora, temps)
+                          for part in parts]
+                rows, cols = sum(shapes[part][0] for part in parts), shapes[parts[0]][1]
+                if len(merged) > 1:  # a fused matrix: its parts' rows in turn
+                    whole = device.create_buffer(rows * cols * 4, label=f"{info.name}.merged")
+                    temps.append(whole)
+                    copies, at = [], 0
+                    for part, buf in zip(parts, merged):
+                        copies.append(Copy(buf, 0, whole, at, math.prod(shapes[part]) * 4))
+                        at += math.prod(shapes[part]) * 4
+                    device.submit(copies)
+                    merged = [whole]
+                blocks = device.create_buffer(ggml_bytes(quant, rows * cols, pairs=True), label=f"{info.name}.{quant}")
                 temps.append(blocks)
-                device.submit([ops.to_ggml(blocks, merged, quant, rows, cols, source.row_permutation(hf))])
+                device.submit([ops.to_ggml(blocks, merged[0], quant, rows, cols, source.row_permutation(parts[0]))])
                 data = (await device.read_buffer(blocks))[:size]
             finally:
                 for temp in temps:

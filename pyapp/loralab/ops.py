@@ -43,6 +43,7 @@ KERNELS = (
     "head_sum",
     "matmul_thin",
     "to_f16",
+    "transpose",
 )
 # Frozen weights kept quantized on the GPU (wgsl/include/qweight.wgsl): Buffer.dtype -> (bits
 # per code, values per group, NF4 table). Codes, then a f32 scale per group, then (affine types)
@@ -513,17 +514,21 @@ class Ops:
 
     # -- transformer layers -------------------------------------------------------------------
     def rmsnorm(self, y: Buffer, rstd: Buffer, x: Buffer, w: Buffer, T: int, C: int, eps: float,
-                w_offset: float = 0.0, residual: Buffer | None = None) -> Dispatch:
-        """y = norm(x) · (w + w_offset), or residual + that."""
-        params = dict(T=T, C=C, eps=eps, w_offset=w_offset, add_residual=int(residual is not None))
-        return self._rows("rmsnorm", T, params, x=x, w=w, y=y, rstd=rstd,
+                w_offset: float = 0.0, residual: Buffer | None = None, bias: Buffer | None = None) -> Dispatch:
+        """y = norm(x) · (w + w_offset), or residual + that. With `bias`, LayerNorm: x centred
+        on its mean first, the bias added."""
+        params = dict(T=T, C=C, eps=eps, w_offset=w_offset, add_residual=int(residual is not None),
+                      center=int(bias is not None))
+        return self._rows("rmsnorm", T, params, x=x, w=w, b=bias if bias is not None else w, y=y, rstd=rstd,
                           residual=residual if residual is not None else x)
 
     def rmsnorm_backward(self, dx: Buffer, x: Buffer, w: Buffer, rstd: Buffer, dy: Buffer, T: int, C: int,
-                         accumulate: bool = False, residual: Buffer | None = None, w_offset: float = 0.0) -> Dispatch:
-        """dx (+)= the norm's input gradient; with `residual`, dx = residual + it (no copy first)."""
+                         accumulate: bool = False, residual: Buffer | None = None, w_offset: float = 0.0,
+                         center: bool = False) -> Dispatch:
+        """dx (+)= the norm's input gradient; with `residual`, dx = residual + it (no copy first);
+        `center`: of LayerNorm."""
         mode = 2 if residual is not None else int(accumulate)
-        return self._rows("rmsnorm_backward", T, dict(T=T, C=C, accumulate=mode, w_offset=w_offset),
+        return self._rows("rmsnorm_backward", T, dict(T=T, C=C, accumulate=mode, w_offset=w_offset, center=int(center)),
                           x=x, w=w, rstd=rstd, dy=dy, residual=residual if residual is not None else dy, dx=dx)
 
     def rope(self, x: Buffer, pos: Buffer, inv_freq: Buffer, T: int, H: int, D: int, backward: bool = False,
@@ -540,19 +545,30 @@ class Ops:
             self._spare_buffer = self.device.create_buffer(256, label="spare")
         return self._spare_buffer
 
-    def glu(self, h: Buffer, gate: Buffer, up: Buffer, N: int, act: str = "silu") -> Dispatch:
-        """h = act(gate) · up, act one of GLU_ACTIVATIONS."""
-        return self._elementwise("glu", N, dict(N=N, act=GLU_ACTIVATIONS.index(act)), gate=gate, up=up, h=h)
+    def glu(self, h: Buffer, gate: Buffer, up: Buffer | None, N: int, act: str = "silu") -> Dispatch:
+        """h = act(gate) · up, act one of GLU_ACTIVATIONS; without `up`, h = act(gate)."""
+        params = dict(N=N, act=GLU_ACTIVATIONS.index(act), gated=int(up is not None))
+        return self._elementwise("glu", N, params, gate=gate, up=up if up is not None else gate, h=h)
 
-    def glu_backward(self, dgate: Buffer, dup: Buffer, gate: Buffer, up: Buffer, dh: Buffer, N: int,
+    def glu_backward(self, dgate: Buffer, dup: Buffer | None, gate: Buffer, up: Buffer | None, dh: Buffer, N: int,
                      act: str = "silu") -> Dispatch:
-        return self._elementwise("glu_backward", N, dict(N=N, act=GLU_ACTIVATIONS.index(act)), gate=gate, up=up,
-                                 dh=dh, dgate=dgate, dup=dup)
+        """Without `up` (h = act(gate)), only dgate."""
+        gated = up is not None
+        params = dict(N=N, act=GLU_ACTIVATIONS.index(act), gated=int(gated))
+        return self._elementwise("glu_backward", N, params, gate=gate, up=up if gated else gate, dh=dh, dgate=dgate,
+                                 dup=dup if gated else self._spare())
 
-    def embedding(self, out: Buffer, ids: Buffer, table: Buffer, T: int, C: int, V: int, scale: float = 1.0) -> Dispatch:
+    def embedding(self, out: Buffer, ids: Buffer, table: Buffer, T: int, C: int, V: int, scale: float = 1.0,
+                  accumulate: bool = False) -> Dispatch:
+        """out (+)= table[ids] · scale."""
         kernel = self._reader("embedding", table) or (self.f16[("embedding", "TABLE_F16")] if table.dtype == "f16" else None)
-        return self._elementwise("embedding", T * C, dict(T=T, C=C, V=V, scale=scale, **self._scales(table)), kernel,
-                                 ids=ids, table=table, out=out)
+        params = dict(T=T, C=C, V=V, scale=scale, accumulate=int(accumulate), **self._scales(table))
+        return self._elementwise("embedding", T * C, params, kernel, ids=ids, table=table, out=out)
+
+    def transpose(self, out: Buffer, x: Buffer, R: int, K: int, first: int = 0, N: int | None = None) -> Dispatch:
+        """out[N, R] = columns first…first+N−1 of x[R, K], transposed (all K by default)."""
+        N = K - first if N is None else N
+        return self._elementwise("transpose", N * R, dict(R=R, K=K, first=first, N=N), x=x, out=out)
 
     # -- quantized weights (QUANT_DTYPES) ----------------------------------------------------------
     def _reader(self, entry: str, weight: Buffer) -> Kernel | None:

@@ -33,6 +33,29 @@ def rmsnorm_backward(x: np.ndarray, w: np.ndarray, rstd: np.ndarray, dy: np.ndar
     return (rstd[:, None] * (g - x * k[:, None])).astype(np.float32)
 
 
+def layernorm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(y, rstd) of LayerNorm (wgsl/rmsnorm.wgsl with center), in float64."""
+    x = x.astype(np.float64)
+    xc = x - x.mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt((xc * xc).mean(-1) + eps)
+    return (xc * rstd[:, None] * w + b).astype(np.float32), rstd.astype(np.float32)
+
+
+def layernorm_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, eps: float) -> np.ndarray:
+    """dx of LayerNorm for frozen w and b (wgsl/rmsnorm_backward.wgsl with center), in float64."""
+    x = x.astype(np.float64)
+    xc = x - x.mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt((xc * xc).mean(-1, keepdims=True) + eps)
+    xhat, g = xc * rstd, dy.astype(np.float64) * w
+    return (rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))).astype(np.float32)
+
+
+def transpose(x: np.ndarray, first: int = 0, n: int | None = None) -> np.ndarray:
+    """Columns first…first+n−1 of x, transposed (wgsl/transpose.wgsl)."""
+    n = x.shape[1] - first if n is None else n
+    return np.ascontiguousarray(x[:, first:first + n].T)
+
+
 def rope_inv_freq(D: int, theta: float) -> np.ndarray:
     return (1.0 / theta ** (np.arange(0, D, 2, dtype=np.float64) / D)).astype(np.float32)
 
@@ -59,13 +82,18 @@ def gelu_tanh(g: np.ndarray) -> np.ndarray:
     return 0.5 * g * (1.0 + np.tanh(GELU_K * (g + 0.044715 * g**3)))
 
 
-def glu(gate: np.ndarray, up: np.ndarray, act: str = "silu") -> np.ndarray:
-    """act(gate) · up: SiLU (Llama, Qwen) or tanh-approximated GELU (Gemma), in float64."""
+def glu(gate: np.ndarray, up: np.ndarray | None, act: str = "silu") -> np.ndarray:
+    """act(gate) · up: SiLU (Llama, Qwen) or tanh-approximated GELU (Gemma), in float64;
+    without `up`, act(gate) (GPT-2)."""
     g = gate.astype(np.float64)
-    return ((silu(g) if act == "silu" else gelu_tanh(g)) * up).astype(np.float32)
+    return ((silu(g) if act == "silu" else gelu_tanh(g)) * (1.0 if up is None else up)).astype(np.float32)
 
 
-def glu_backward(gate: np.ndarray, up: np.ndarray, dh: np.ndarray, act: str = "silu") -> tuple[np.ndarray, np.ndarray]:
+def glu_backward(gate: np.ndarray, up: np.ndarray | None, dh: np.ndarray,
+                 act: str = "silu") -> tuple[np.ndarray, np.ndarray]:
+    """(dgate, dup); without `up`, dup is None."""
+    if up is None:
+        return glu_backward(gate, np.ones_like(gate), dh, act)[0], None
     g = gate.astype(np.float64)
     if act == "silu":
         sig = 1.0 / (1.0 + np.exp(-g))

@@ -209,10 +209,11 @@ def test_a_k_quant_gguf_stays_quantized_and_exports_merged_as_a_requantized_gguf
             assert bytes(t.data) == bytes(before[name].data), name
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "phi3"])
+@pytest.mark.parametrize("kind", ["gemma3", "phi3", "gpt2"])
 def test_the_new_families_train_in_the_page_and_export_for_peft(app, tmp_path, kind):
-    """Gemma 3 (sliding window shorter than the chats) and Phi-3 (fused projections) load from
-    dropped folders, train, and the downloaded adapter loads in PEFT with every LoRA tensor."""
+    """Gemma 3 (sliding window shorter than the chats), Phi-3 (fused projections) and GPT-2
+    (Conv1D weights transposed on the GPU as they load) come from dropped folders, train, and the
+    downloaded adapter loads in PEFT with every LoRA tensor."""
     import zipfile
 
     import peft
@@ -221,9 +222,10 @@ def test_the_new_families_train_in_the_page_and_export_for_peft(app, tmp_path, k
     folder = make_chat_model(tmp_path / kind, kind)
     app.engine_up()
     app.load_model_files(folder)
-    app.wait_text("model-card", {"gemma3": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM"}[kind])
+    app.wait_text("model-card", {"gemma3": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM",
+                                 "gpt2": "GPT2LMHeadModel"}[kind])
     app.wait_text("model-card", {"gemma3": "sliding window of 4 tokens on 1 of 2 layers",
-                                 "phi3": "fused qkv_proj and gate_up_proj"}[kind])
+                                 "phi3": "fused qkv_proj and gate_up_proj", "gpt2": "learned positions up to 256"}[kind])
     app.use_dataset_file(chat_jsonl(tmp_path / "chat.jsonl"))
     app.train({"steps": 2, "batch-size": 3, "report-every": 1})
     losses = [r["loss"] for r in app.metrics() if r["kind"] == "train"]

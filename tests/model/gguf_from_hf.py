@@ -33,12 +33,59 @@ def gguf_name(name: str, arch: str) -> str:
     return f"blk.{parts[2]}.{names['.'.join(parts[3:-1])]}.{parts[-1]}"
 
 
+GPT2 = {"ln_1": "attn_norm", "ln_2": "ffn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
+        "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+GPT2_GLOBAL = {"wte": "token_embd", "wpe": "position_embd", "ln_f": "output_norm"}
+
+
+def write_gpt2(config: dict, tensors: dict, out: Path) -> Path:
+    """llama.cpp's converter for GPT-2: its names, the Conv1D weights transposed to [out, in],
+    the causal-mask buffers dropped, and the output matrix (when tied) written as a copy of
+    token_embd."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(out), "gpt2")
+    writer.add_block_count(config["n_layer"])
+    writer.add_context_length(config["n_positions"])
+    writer.add_embedding_length(config["n_embd"])
+    writer.add_feed_forward_length(config.get("n_inner") or 4 * config["n_embd"])
+    writer.add_head_count(config["n_head"])
+    writer.add_layer_norm_eps(config["layer_norm_epsilon"])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(config["vocab_size"])])
+    writer.add_token_types([1] * config["vocab_size"])
+    for name, value in tensors.items():
+        name = name.removeprefix("transformer.")
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue
+        base, kind = name.rsplit(".", 1)
+        if base == "lm_head":  # (an untied head)
+            new = "output.weight"
+        elif base in GPT2_GLOBAL:
+            new = f"{GPT2_GLOBAL[base]}.{kind}"
+        else:
+            _, layer, module = base.split(".", 2)
+            new = f"blk.{layer}.{GPT2[module]}.{kind}"
+            if kind == "weight" and value.ndim == 2:
+                value = value.T
+        writer.add_tensor(new, np.ascontiguousarray(value.astype(np.float32)))
+        if new == "token_embd.weight" and "lm_head.weight" not in tensors:
+            writer.add_tensor("output.weight", np.ascontiguousarray(value.astype(np.float32)))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
 def write(folder: Path, out: Path) -> Path:
     """`folder` (config.json + model.safetensors, float32) as a GGUF file at `out`."""
     import gguf
     from safetensors.numpy import load_file
 
     config = json.loads((folder / "config.json").read_text())
+    if config["architectures"][0] == "GPT2LMHeadModel":
+        return write_gpt2(config, load_file(str(folder / "model.safetensors")), out)
     arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
             "Gemma3ForCausalLM": "gemma3", "Phi3ForCausalLM": "phi3"}[config["architectures"][0]]
     tensors = load_file(str(folder / "model.safetensors"))

@@ -8,10 +8,12 @@ import numpy as np
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PHI3_PROJECTIONS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+GPT2_PROJECTIONS = ["c_attn", "c_proj", "c_fc"]
 
 
 def tiny_model(kind: str, path: Path, seed: int = 0, tied: bool = True, **overrides) -> Path:
-    """Build, seed and save a tiny model of `kind` (llama, llama3, qwen2, qwen3, gemma3, phi3, mistral) as safetensors."""
+    """Build, seed and save a tiny model of `kind` (llama, llama3, qwen2, qwen3, gemma3, phi3, mistral, gpt2) as
+    safetensors."""
     import torch
     import transformers
 
@@ -52,6 +54,13 @@ def tiny_model(kind: str, path: Path, seed: int = 0, tied: bool = True, **overri
                                                           "short_factor": [1.0 + 0.5 * i for i in range(half)],
                                                           "long_factor": [2.0 + i for i in range(half)]})
         cls = transformers.Phi3ForCausalLM
+    elif kind == "gpt2":  # LayerNorm, learned positions, Conv1D weights, no gate; its own dropout off
+        config = transformers.GPT2Config(vocab_size=common["vocab_size"], n_embd=common["hidden_size"],
+                                         n_layer=common["num_hidden_layers"], n_head=common["num_attention_heads"],
+                                         n_inner=common["intermediate_size"], n_positions=common["max_position_embeddings"],
+                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.1,
+                                         tie_word_embeddings=tied, bos_token_id=2, eos_token_id=1)
+        cls = transformers.GPT2LMHeadModel
     elif kind == "mistral":
         config = transformers.MistralConfig(**common, rope_theta=10000.0, sliding_window=None)
         cls = transformers.MistralForCausalLM
@@ -61,7 +70,7 @@ def tiny_model(kind: str, path: Path, seed: int = 0, tied: bool = True, **overri
     model = cls(config).float().eval()
     with torch.no_grad():  # larger-than-default weights so the maths is not all near zero
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or ".ln_" in name and name.endswith("weight"):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn_like(p))
@@ -84,11 +93,11 @@ def peft_model(path: Path, r: int = 4, alpha: float = 8.0, targets=None, b_std: 
     import torch
 
     base = load_hf(path)
-    targets = targets or (PHI3_PROJECTIONS if base.config.model_type == "phi3" else PROJECTIONS)
+    targets = targets or {"phi3": PHI3_PROJECTIONS, "gpt2": GPT2_PROJECTIONS}.get(base.config.model_type, PROJECTIONS)
     torch.manual_seed(seed)
     model = peft.get_peft_model(base, peft.LoraConfig(
         r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none",
-        task_type="CAUSAL_LM", use_rslora=use_rslora, **patterns))
+        task_type="CAUSAL_LM", use_rslora=use_rslora, fan_in_fan_out=base.config.model_type == "gpt2", **patterns))
     if b_std:
         with torch.no_grad():
             for name, p in model.named_parameters():

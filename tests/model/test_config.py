@@ -125,3 +125,44 @@ def test_phi3_fuses_its_projections_and_supports_longrope_up_to_the_original_con
         ModelConfig.from_dict({**PHI3_MINI_4K, "partial_rotary_factor": 0.75})
     with pytest.raises(UsageError, match="apart"):
         ModelConfig.from_dict(LLAMA_32_1B).lora_targets(("qkv_proj",))
+
+
+GPT2 = {  # openai-community/gpt2 as published
+    "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1, "bos_token_id": 50256,
+    "embd_pdrop": 0.1, "eos_token_id": 50256, "initializer_range": 0.02, "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2", "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12, "n_positions": 1024,
+    "resid_pdrop": 0.1, "summary_activation": None, "summary_first_dropout": 0.1, "summary_proj_to_labels": True,
+    "summary_type": "cls_index", "summary_use_proj": True,
+    "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}}, "vocab_size": 50257}
+
+
+def test_gpt2_reads_its_own_field_names_and_targets_its_conv1d_modules():
+    config = ModelConfig.from_dict(GPT2)
+    assert (config.hidden_size, config.intermediate_size, config.num_layers, config.num_heads) == (768, 3072, 12, 12)
+    assert config.num_kv_heads == 12 and config.head_dim == 64 and config.rms_norm_eps == 1e-5
+    assert config.layer_norm and config.learned_positions and config.linear_bias and not config.gated_mlp
+    assert config.max_positions == 1024 and config.tie_word_embeddings and config.activation == "gelu_tanh"
+    assert config.lora_modules() == ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")
+    assert config.projection_shape("c_attn") == (3 * 768, 768) and config.projection_shape("c_fc") == (3072, 768)
+    assert config.lora_targets(PROJECTIONS) == config.lora_modules()  # the default: every module
+    assert config.lora_targets(("c_attn", "c_proj")) == ("c_attn", "attn.c_proj", "mlp.c_proj")
+    assert config.lora_targets(("mlp.c_proj",)) == ("mlp.c_proj",)
+    with pytest.raises(UsageError, match="c_attn"):
+        config.lora_targets(("q_proj", "v_proj"))
+    with pytest.raises(UsageError, match="no such module"):
+        config.lora_targets(("qkv_proj",))
+    with pytest.raises(UsageError, match="no such module"):
+        ModelConfig.from_dict(LLAMA_32_1B).lora_targets(("c_attn",))
+    assert "learned positions up to 1,024 tokens" in config.features()
+    assert ModelConfig.from_dict(NAMED_CONFIGS["gpt2"]) == config
+    assert ModelConfig.from_dict({**GPT2, "scale_attn_weights": False}).attn_scale == 1.0
+
+
+@pytest.mark.parametrize("change, field", [({"activation_function": "relu"}, "activation_function"),
+                                           ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse"),
+                                           ({"add_cross_attention": True}, "add_cross_attention"),
+                                           ({"n_embd": "768"}, "n_embd"),
+                                           ({"n_head": 7}, "num_attention_heads 7")])
+def test_gpt2_fields_the_engine_cannot_run_are_refused(change, field):
+    with pytest.raises(ModelConfigError, match=field):
+        ModelConfig.from_dict({**GPT2, **change})

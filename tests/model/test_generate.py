@@ -13,7 +13,7 @@ from tests.model import hf
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3", "phi3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3", "phi3", "gpt2"])
 def test_greedy_generation_matches_transformers(gpu, ops, run, tmp_path, kind):
     """(Gemma 3's local layers see 4 tokens: the 7-token prompt and the 12 new ones go past the window.)"""
     path = hf.tiny_model(kind, tmp_path / kind, seed=9, tied=kind == "llama")
@@ -25,5 +25,5 @@ def test_greedy_generation_matches_transformers(gpu, ops, run, tmp_path, kind):
     source = HFFolder(str(path))
     lora = LoraState(gpu, source.config, LoraConfig(r=4, alpha=8.0))
     lora.load_state({k: v.tobytes() for k, v in hf.lora_state(pm).items()})
-    gen = Generator(gpu, ops, source.config, run(upload_weights(gpu, source.config, source)), lora, 32)
+    gen = Generator(gpu, ops, source.config, run(upload_weights(gpu, source.config, source, ops)), lora, 32)
     assert run(gen.generate(prompt, 12)) == ref

@@ -305,3 +305,47 @@ def test_a_merged_export_re_quantized_is_the_gguf_with_its_merged_matrices_requa
                               str(folder), "--out", str(tmp_path / "x.gguf")], capture_output=True, text=True,
                              timeout=600)
     assert refused.returncode != 0 and "GGUF base" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("kind", ["phi3", "gpt2"])
+def test_a_re_quantized_merged_gguf_covers_fused_matrices(tmp_path, kind):
+    """Phi-3's attn_qkv and ffn_up (gate and up) and GPT-2's attn_qkv hold several projections:
+    merged, each is its parts' merged rows in turn, quantized as one matrix (against PEFT's
+    merge_and_unload, within a Q8_0 step); the rest of the file stays byte for byte."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.model import gguf_from_hf
+
+    folder = hf.tiny_model(kind, tmp_path / kind, seed=4)
+    base_path = gguf_from_hf.write(folder, tmp_path / "base.gguf")
+    pm = hf.peft_model(folder, r=4, alpha=8.0, b_std=0.05)
+    pm.save_pretrained(tmp_path / "adapter")
+    loralab = str(Path(sys.executable).with_name("loralab"))
+    out = subprocess.run([loralab, "export", str(tmp_path / "adapter"), "--to", "merged", "--quantize", "Q8_0",
+                          "--model", str(base_path), "--out", str(tmp_path / "merged.gguf")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    reference = {k: v.detach().numpy() for k, v in pm.merge_and_unload().state_dict().items()}
+    if kind == "gpt2":  # (Conv1D weights: [in, out] in the folder, [out, in] in the GGUF)
+        fused = {f"blk.{i}.{g}.weight": reference[f"transformer.h.{i}.{hfname}.weight"].T
+                 for i in range(2) for g, hfname in (("attn_qkv", "attn.c_attn"), ("ffn_up", "mlp.c_fc"))}
+    else:
+        fused = {f"blk.{i}.{g}.weight": reference[f"model.layers.{i}.{hfname}.weight"]
+                 for i in range(2) for g, hfname in (("attn_qkv", "self_attn.qkv_proj"), ("ffn_up", "mlp.gate_up_proj"))}
+    base, merged = gguf.GGUFReader(base_path), gguf.GGUFReader(tmp_path / "merged.gguf")
+    before = {t.name: t for t in base.tensors}
+    changed = 0
+    for t in merged.tensors:
+        if t.tensor_type.name != "Q8_0":
+            assert t.tensor_type == before[t.name].tensor_type and bytes(t.data) == bytes(before[t.name].data), t.name
+            continue
+        changed += 1
+        if t.name not in fused:
+            continue
+        want = fused[t.name]
+        got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape)
+        step = np.abs(want).reshape(want.shape[0], -1, 32).max(axis=2, keepdims=True) / 127
+        assert (np.abs(got - want).reshape(want.shape[0], -1, 32) <= 0.6 * step + 1e-7).all(), t.name
+    assert changed == 8  # every projection matrix of the two layers

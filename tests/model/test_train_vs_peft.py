@@ -76,7 +76,7 @@ def peft_run(path, data, config: TrainConfig, r, alpha, steps):
 
 def ours_run(gpu, ops, run, path, data, config: TrainConfig, start, r, alpha):
     source = HFFolder(str(path))
-    weights = run(upload_weights(gpu, source.config, source))
+    weights = run(upload_weights(gpu, source.config, source, ops))
     lora = LoraState(gpu, source.config, LoraConfig(r=r, alpha=alpha))
     lora.load_state({k: v.tobytes() for k, v in start.items()})
     model = Transformer(gpu, ops, source.config, weights, lora, config.batch_size, config.seq_len)
@@ -90,7 +90,7 @@ def ours_run(gpu, ops, run, path, data, config: TrainConfig, start, r, alpha):
 
 @pytest.mark.parametrize("schedule, accum, model", [("cosine", 1, "llama"), ("linear", 2, "qwen2"),
                                                     ("cosine", 1, "qwen3"), ("linear", 2, "gemma3"),
-                                                    ("cosine", 2, "phi3")])
+                                                    ("cosine", 2, "phi3"), ("linear", 2, "gpt2")])
 def test_adamw_losses_follow_peft(gpu, ops, run, llama_dir, qwen_dir, tmp_path, schedule, accum, model, monkeypatch):
     from loralab.model import transformer
 

@@ -16,7 +16,7 @@ from tests.model import hf
 torch = pytest.importorskip("torch")
 
 KINDS = [("llama", True), ("qwen2", False), ("mistral", True), ("llama3", False), ("qwen3", True), ("gemma3", True),
-         ("phi3", False), ("phi3_longrope", False)]
+         ("phi3", False), ("phi3_longrope", False), ("gpt2", True), ("gpt2", False)]
 
 
 @pytest.fixture(scope="module", params=KINDS, ids=[f"{k}-{'tied' if t else 'untied'}" for k, t in KINDS])
@@ -82,6 +82,7 @@ PATTERNS = {"rank_pattern": {"q_proj": 2, "layers.1.mlp.down_proj": 6}, "alpha_p
 # Phi-3's modules are fused: its patterns name qkv_proj and gate_up_proj (q, k, v keep one rank).
 PHI3_PATTERNS = {"rank_pattern": {"qkv_proj": 2, "layers.1.mlp.down_proj": 6},
                  "alpha_pattern": {"o_proj": 3.0, "gate_up_proj": 20.0}}
+GPT2_PATTERNS = {"rank_pattern": {"c_attn": 2, "h.1.mlp.c_proj": 6}, "alpha_pattern": {"attn.c_proj": 3.0, "c_fc": 20.0}}
 
 
 def grads_by_key(run, gpu, lora, n: int) -> dict:
@@ -102,9 +103,10 @@ def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_di
 
     monkeypatch.setattr(transformer, "GRAD_SLICE_TOKENS", 18 // slices)
     B, S, r, alpha = 2, 9, 4, 8.0
-    fused = HFFolder(str(model_dir)).config.fused
+    config = HFFolder(str(model_dir)).config
+    fused = config.site("q_proj") != "q_proj"  # (Phi-3's qkv_proj, GPT-2's c_attn: q, k, v share an adapter)
     if patterns and fused:
-        patterns = PHI3_PATTERNS
+        patterns = GPT2_PATTERNS if config.family == "gpt2" else PHI3_PATTERNS
     pm = hf.peft_model(model_dir, r=r, alpha=alpha, b_std=0.05, use_rslora=rslora, **patterns)
     ids, labels = hf.batch(1, B, S, ignore_prefix=3)
     labels[1, 6:] = -100
@@ -137,10 +139,13 @@ def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_di
 
 def test_lora_dropout_matches_peft_with_the_same_masks(gpu, ops, run, arrays, model_dir):
     """PEFT's nn.Dropout replaced by our kernel's masks: loss and gradients must then agree."""
+    import re
+
     from loralab import ref
-    from loralab.config import FUSED, PROJECTIONS
+    from loralab.config import PROJECTIONS
 
     B, S, r, alpha, p, seed = 2, 7, 4, 8.0, 0.3, 4242
+    sites = HFFolder(str(model_dir)).config.sites()
     pm = hf.peft_model(model_dir, r=r, alpha=alpha, b_std=0.05)
 
     class FixedMask(torch.nn.Module):
@@ -153,10 +158,11 @@ def test_lora_dropout_matches_peft_with_the_same_masks(gpu, ops, run, arrays, mo
 
     for name, module in pm.named_modules():
         if hasattr(module, "lora_dropout") and "default" in module.lora_dropout:
-            layer = int(name.split(".layers.")[1].split(".")[0])
-            proj = name.rsplit(".", 1)[1]
+            layer = int(re.search(r"\.(?:layers|h)\.(\d+)\.", name).group(1))
+            block, proj = name.rsplit(".", 2)[1:]
             in_f = module.in_features
-            first = FUSED[proj][0] if proj in FUSED else proj  # (a fused module: its first part's stream)
+            site = f"{block}.{proj}" if proj == "c_proj" else proj  # (GPT-2's two c_proj)
+            first = sites[site][0]  # (a fused module: its first part's stream)
             keep = ref.dropout_mask(B * S * in_f, p, seed, layer * len(PROJECTIONS) + PROJECTIONS.index(first))
             module.lora_dropout["default"] = FixedMask(keep)
     ids, labels = hf.batch(3, B, S)

@@ -1,7 +1,8 @@
 """PEFT adapters in and out: adapter_model.safetensors + adapter_config.json.
 
-Keys: base_model.model.model.layers.{i}.{self_attn|mlp}.{proj}.lora_{A|B}.weight, A (r, in),
-B (out, r), float32 on export. Anything else in an adapter is refused with the tensor's name.
+Keys: base_model.model.model.layers.{i}.{self_attn|mlp}.{proj}.lora_{A|B}.weight (GPT-2:
+base_model.model.transformer.h.{i}.{attn|mlp}.{c_attn|c_proj|c_fc}…), A (r, in), B (out, r),
+float32 on export. Anything else in an adapter is refused with the tensor's name.
 Pure Python: used by the CLI and, with bytes from JS, by the browser.
 """
 
@@ -14,7 +15,7 @@ import re
 import zipfile
 
 from ..checks import boolean, field, integer, loads, number
-from ..config import FUSED, MAX_RANK, PROJECTIONS, LoraConfig, ModelConfig, module_name
+from ..config import FUSED, GPT2_SITES, MAX_RANK, PROJECTIONS, LoraConfig, ModelConfig, module_name
 from ..errors import UserError, short
 from .archive import read_members
 from .safetensors import (
@@ -25,12 +26,28 @@ from .safetensors import (
     to_f32_bytes,
 )
 
-MODULES = PROJECTIONS + tuple(FUSED)  # every module name an adapter may target (Phi-3's fused ones last)
+# Every module an adapter may sit on (Phi-3's fused ones, then GPT-2's, whose two c_proj are told
+# apart by their block).
+MODULES = PROJECTIONS + tuple(FUSED) + tuple(GPT2_SITES)
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 ADAPTER_MEMBERS = (ADAPTER_FILE, CONFIG_FILE, "adapter_model.bin")
 MAX_ADAPTER_BYTES = 1 << 30  # an r = 64 adapter of a 7B model is about 640 MB
-KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.default)?\.weight$")
+KEY = re.compile(r"^base_model\.model\.(?:model\.layers|transformer\.h)\.(\d+)\.(self_attn|mlp|attn)\.(\w+)"
+                 r"\.lora_([AB])(?:\.default)?\.weight$")
+
+
+def parse_key(key: str) -> tuple[int, str, str] | None:
+    """(layer, module, "A" or "B") of an adapter tensor's key, the module as MODULES names it,
+    or None when the key is not one of a supported module."""
+    m = KEY.match(key)
+    if not m:
+        return None
+    layer, block, module, kind = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+    module = f"{block}.c_proj" if module == "c_proj" else module
+    if module not in MODULES or not key.startswith(f"base_model.model.{module_name(layer, module)}.lora_"):
+        return None
+    return layer, module, kind
 
 
 class AdapterError(UserError):
@@ -38,6 +55,10 @@ class AdapterError(UserError):
 
 
 def adapter_config(lora: LoraConfig, base_model: str, revision: str | None = None) -> dict:
+    targets = sorted(lora.targets, key=MODULES.index)
+    if {"attn.c_proj", "mlp.c_proj"} <= set(targets):  # GPT-2's both c_proj, as PEFT users name them
+        targets = [t for t in targets if t != "mlp.c_proj"]
+        targets[targets.index("attn.c_proj")] = "c_proj"
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -45,10 +66,10 @@ def adapter_config(lora: LoraConfig, base_model: str, revision: str | None = Non
         "revision": revision,
         "r": lora.r,
         "lora_alpha": lora.alpha,
-        "target_modules": sorted(lora.targets, key=MODULES.index),
+        "target_modules": targets,
         "lora_dropout": lora.dropout,
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": any(t in GPT2_SITES for t in lora.targets),  # (GPT-2's Conv1D weights)
         "use_rslora": lora.use_rslora,
         "use_dora": False,
         "modules_to_save": None,
@@ -153,8 +174,8 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
         raise AdapterError(str(exc)) from None
     state, targets, ranks = {}, set(), {}
     for name, info in header.tensors.items():
-        m = KEY.match(name)
-        if not m or m.group(3) not in MODULES:
+        parsed = parse_key(name)
+        if parsed is None:
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} is not a LoRA A/B matrix of a supported projection")
         if info.dtype not in ("F32", "F16", "BF16"):
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} has dtype {info.dtype}; float is needed")
@@ -169,8 +190,9 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} holds a NaN or infinite value "
                                f"(element {bad:,}); the adapter is damaged")
         state[key] = (info.shape, values)
-        targets.add(m.group(3))
-        ranks[key] = (int(m.group(1)), m.group(3), info.shape[0] if m.group(4) == "A" else info.shape[1])
+        layer, module, kind = parsed
+        targets.add(module)
+        ranks[key] = (layer, module, info.shape[0] if kind == "A" else info.shape[1])
     if not state:
         raise AdapterError(f"{source}/{ADAPTER_FILE}: holds no LoRA tensors")
     lora = LoraConfig(targets=tuple(p for p in MODULES if p in targets), **lora_fields)

@@ -29,7 +29,8 @@ from ..formats.gguf import read as read_gguf
 from ..formats.safetensors import TensorInfo
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                 "mistral": "MistralForCausalLM", "gemma3": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM"}
+                 "mistral": "MistralForCausalLM", "gemma3": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM",
+                 "gpt2": "GPT2LMHeadModel"}
 LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
@@ -53,9 +54,17 @@ GEMMA3_NAMES = {**LAYER_NAMES, "post_attention_norm.weight": "post_attention_lay
                 "post_ffw_norm.weight": "post_feedforward_layernorm.weight"}
 # Phi-3's fused matrices: llama.cpp's ffn_up is its gate_up_proj (gate rows, then up).
 PHI3_NAMES = {**LAYER_NAMES, "attn_qkv.weight": "self_attn.qkv_proj.weight", "ffn_up.weight": "mlp.gate_up_proj.weight"}
-LAYER_NAMES_BY_ARCH = {"gemma3": GEMMA3_NAMES, "phi3": PHI3_NAMES}
+# GPT-2: LayerNorm biases, a bias on every projection, q, k and v fused in attn_qkv (as its rows:
+# llama.cpp's converter stores the Conv1D weights transposed, [out, in], as nn.Linear does).
+GPT2_NAMES = {f"{g}.{kind}": f"{hf}.{kind}" for kind in ("weight", "bias") for g, hf in (
+    ("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm"), ("attn_qkv", "self_attn.qkv_proj"),
+    ("attn_output", "self_attn.o_proj"), ("ffn_up", "mlp.up_proj"), ("ffn_down", "mlp.down_proj"))}
+LAYER_NAMES_BY_ARCH = {"gemma3": GEMMA3_NAMES, "phi3": PHI3_NAMES, "gpt2": GPT2_NAMES}
 GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                "output.weight": "lm_head.weight"}
+                "output.weight": "lm_head.weight", "position_embd.weight": "model.embed_positions.weight",
+                "output_norm.bias": "model.norm.bias"}
+# GPT-2's adapter modules (config.GPT2_SITES) -> llama.cpp's tensors.
+GPT2_LORA_NAMES = {"c_attn": "attn_qkv", "attn.c_proj": "attn_output", "c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
 _BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
@@ -119,6 +128,14 @@ def config_dict(gguf: GGUFFile) -> dict:
     if arch == "phi3":
         extra = {"sliding_window": _meta(gguf, f"{arch}.attention.sliding_window", integer, 0, lo=0, hi=1 << 24)
                  or None}
+    if arch == "gpt2":  # GPT2LMHeadModel's own field names
+        return {"architectures": [ARCHITECTURES[arch]], "n_embd": hidden, "n_head": heads, "vocab_size": vocab,
+                "n_inner": _meta(gguf, f"{arch}.feed_forward_length", integer, 4 * hidden, lo=1, hi=MAX_HIDDEN * 16),
+                "n_layer": _meta(gguf, f"{arch}.block_count", integer, lo=1, hi=MAX_LAYERS),
+                "n_positions": _meta(gguf, f"{arch}.context_length", integer, 1024, lo=1, hi=1 << 20),
+                "layer_norm_epsilon": _meta(gguf, f"{arch}.attention.layer_norm_epsilon", number, 1e-5, lo=0.0,
+                                            hi=1.0, open_lo=True),
+                "activation_function": "gelu_new", "tie_word_embeddings": "output.weight" not in gguf.tensors}
     return {
         **extra,
         "architectures": [ARCHITECTURES[arch]],
@@ -167,7 +184,8 @@ def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
         raise GGUFError(f"{gguf.name}: metadata tokenizer.ggml.merges holds an entry that is not two tokens")
     template = _meta(gguf, "tokenizer.chat_template", text, None, limit=MAX_TEMPLATE)
     add_bos = _meta(gguf, "tokenizer.ggml.add_bos_token", boolean, False)
-    model_max_length = int(config_dict(gguf)["max_position_embeddings"])
+    fields = config_dict(gguf)
+    model_max_length = int(fields.get("max_position_embeddings") or fields["n_positions"])  # (GPT-2's name)
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     pre = byte_level
     kind = meta.get("tokenizer.ggml.pre")
@@ -342,18 +360,19 @@ def gguf_lora(state: dict[str, tuple[tuple[int, ...], bytes]], lora: LoraConfig,
     """The adapter as llama.cpp's GGUF-LoRA (what convert_lora_to_gguf.py writes): general.type
     "adapter", adapter.type "lora", adapter.lora.alpha, tensors blk.N.<name>.weight.lora_a / .lora_b.
     For Llama, B's rows of q and k take llama.cpp's RoPE row order, as the base GGUF's q/k do."""
+    from ..config import module_name
     from ..formats.gguf import write
-    from ..formats.peft import KEY
+    from ..formats.peft import parse_key
     from .weights import permute_rows
 
     arch = next(name for name, hf in ARCHITECTURES.items() if hf == model.architecture)
     names = LAYER_NAMES_BY_ARCH.get(arch, LAYER_NAMES)
     to_gguf = {hf.rsplit(".", 1)[0]: g.rsplit(".", 1)[0] for g, hf in names.items() if g.endswith(".weight")}
     tensors = []
-    for key in sorted(state, key=lambda k: (int(KEY.match(k).group(1)), k)):
-        m = KEY.match(key)
-        layer, block, module, kind = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+    for key in sorted(state, key=lambda k: (parse_key(k)[0], k)):
+        layer, module, kind = parse_key(key)
         shape, data = state[key]
+        gguf_module = GPT2_LORA_NAMES[module] if arch == "gpt2" else to_gguf[module_name(layer, module).split(".", 3)[3]]
         if kind == "B":  # llama.cpp scales by alpha / rank: per-module alphas and rsLoRA go into B
             factor = lora.scaling_for(layer, module) * shape[1] / lora.alpha
             if factor != 1.0:
@@ -361,7 +380,7 @@ def gguf_lora(state: dict[str, tuple[tuple[int, ...], bytes]], lora: LoraConfig,
                 data = array.array("f", (v * factor for v in values)).tobytes()
         if kind == "B" and arch == "llama" and module in ("q_proj", "k_proj"):
             data = permute_rows(data, shape[0], shape[1] * 4, model.head_dim)
-        tensors.append((f"blk.{layer}.{to_gguf[f'{block}.{module}']}.weight.lora_{kind.lower()}", tuple(shape), data))
+        tensors.append((f"blk.{layer}.{gguf_module}.weight.lora_{kind.lower()}", tuple(shape), data))
     metadata = {"general.architecture": arch, "general.type": "adapter", "adapter.type": "lora",
                 "adapter.lora.alpha": float(lora.alpha), "general.name": f"LoRA Lab adapter for {base_name}".strip()}
     return write(metadata, tensors)

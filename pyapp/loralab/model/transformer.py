@@ -1,4 +1,4 @@
-"""Llama, Mistral and Qwen2 decoders on the GPU: forward, loss and backward with LoRA, recorded
+"""Decoders (Llama, Mistral, Qwen2/3, Gemma 3, Phi-3, GPT-2) on the GPU: forward, loss and backward with LoRA, recorded
 as dispatch lists (one submit per micro-batch, no readback inside).
 
 Shapes: B batch, S sequence, T = B·S tokens, C hidden, I intermediate, V vocabulary,
@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..config import FUSED, PROJECTIONS, ModelConfig, module_name
+from ..config import PROJECTIONS, ModelConfig, module_name
 from ..errors import UsageError
 from ..gpu.device import VIEW_ALIGNMENT, Buffer, Copy, Device
 from ..lora import LoraState
@@ -74,7 +74,7 @@ class LayerActivations:
     mid: Buffer  # [T, C] residual stream after attention
     xn2: Buffer  # [T, C] post_attention_layernorm output
     rstd2: Buffer  # [T]
-    gate: Buffer  # [T, I]
+    gate: Buffer | None  # [T, I] (None: an MLP without a gate, GPT-2)
     up: Buffer  # [T, I]
     h: Buffer  # [T, I] act(gate) · up (input of down_proj)
     u: dict  # module -> [T, r]: x · Aᵀ, the LoRA inner activation
@@ -108,8 +108,10 @@ class Transformer:
         """checkpointing: keep only each layer's input and recompute the layer during the
         backward pass (one layer's activations in memory instead of all of them)."""
         if config.max_positions and seq_len > config.max_positions:
-            raise UsageError(f"this model's RoPE (LongRoPE) is supported up to original_max_position_embeddings = "
-                             f"{config.max_positions} tokens; {seq_len} were asked for: use a shorter sequence length")
+            what = ("has learned position embeddings for n_positions" if config.learned_positions else
+                    "'s RoPE (LongRoPE) is supported up to original_max_position_embeddings")
+            raise UsageError(f"this model {what} = {config.max_positions} tokens; {seq_len} were asked for: use a "
+                             f"shorter sequence length")
         self.device, self.ops, self.config, self.w, self.lora = device, ops, config, weights, lora
         self.B, self.S, self.T = batch, seq_len, batch * seq_len
         self.checkpointing = checkpointing
@@ -124,7 +126,7 @@ class Transformer:
             return buffer
 
         # Quantized projections are dequantized, one at a time, into this float32 scratch (DEQUANT_ROWS).
-        quantized = [m for m in PROJECTIONS if self._weight(0, m).dtype in QUANT_DTYPES]
+        quantized = [m for m in cfg.projections if self._weight(0, m).dtype in QUANT_DTYPES]
         self.wscratch = buf(max(cfg.projection_shape(m)[0] * cfg.projection_shape(m)[1] for m in quantized),
                             "weights.dequantized") if quantized else None
 
@@ -163,13 +165,14 @@ class Transformer:
             qkv, (q, k, v) = blocks(self.qkv_sizes, f"l{l}.qkv")
             u_qkv, u_views = blocks((self.u_block,) * 3, f"l{l}.u_qkv")
             u = {}
-            for m in [m for m in PROJECTIONS if cfg.site(m) in lora.config.targets] if lora else ():
+            for m in [m for m in cfg.projections if cfg.site(m) in lora.config.targets] if lora else ():
                 u[m] = u_views[ATTENTION_INPUTS.index(m)] if m in ATTENTION_INPUTS else buf(T * r, f"l{l}.u.{m}")
             a = LayerActivations(
                 xn1=buf(T * C, f"l{l}.xn1"), rstd1=buf(T, f"l{l}.rstd1"), q=q, k=k, v=v,
                 attn=buf(T * cfg.q_size, f"l{l}.attn"), lse=buf(T * cfg.num_heads, f"l{l}.lse"),
                 mid=buf(T * C, f"l{l}.mid"), xn2=buf(T * C, f"l{l}.xn2"), rstd2=buf(T, f"l{l}.rstd2"),
-                gate=buf(T * I, f"l{l}.gate"), up=buf(T * I, f"l{l}.up"), h=buf(T * I, f"l{l}.h"),
+                gate=buf(T * I, f"l{l}.gate") if cfg.gated_mlp else None, up=buf(T * I, f"l{l}.up"),
+                h=buf(T * I, f"l{l}.h"),
                 u=u, qkv=qkv, u_qkv=u_qkv,
             )
             if cfg.sandwich_norms:
@@ -198,7 +201,8 @@ class Transformer:
         self.d_sub = buf(T * C, "d_sub") if cfg.sandwich_norms else None
         self.dxnf = buf(T * C, "dxnf")
         self.dxnf_chunks = [self.dxnf.view(r0 * C * 4, min(rows, T - r0) * C * 4) for r0 in range(0, T, rows)]
-        self.dh, self.dgate, self.dup = buf(T * I, "dh"), buf(T * I, "dgate"), buf(T * I, "dup")
+        self.dh, self.dup = buf(T * I, "dh"), buf(T * I, "dup")
+        self.dgate = buf(T * I, "dgate") if cfg.gated_mlp else None
         self.d_attn = buf(T * cfg.q_size, "d_attn")
         self.dqkv, (self.dq, self.dk, self.dv) = blocks(self.qkv_sizes, "dqkv")
         self.delta = buf(T * cfg.num_heads, "delta")
@@ -258,8 +262,7 @@ class Transformer:
 
     def _stream(self, layer: int, module: str) -> int:
         """The dropout stream of `module`'s adapter input (a fused module's parts share its mask)."""
-        site = self.config.site(module)
-        first = FUSED[site][0] if site in FUSED else module
+        first = self.config.sites()[self.config.site(module)][0]
         return layer * len(PROJECTIONS) + PROJECTIONS.index(first)
 
     def _linear(self, cmds: list, y: Buffer, x: Buffer, layer: int, module: str, T: int, beta: float = 0.0,
@@ -277,8 +280,12 @@ class Transformer:
             plus = Product(u, self.lora.param(layer, module, "B"), r, alpha=s)
         cmds.extend(ops.matmul(y, x, self._matrix(cmds, layer, module, T), T, out_f, in_f,
                                beta=1.0 if residual else beta, plus=plus, c_in=residual))
-        if self.config.attention_bias and module in ("q_proj", "k_proj", "v_proj"):
+        if self._has_bias(module):
             cmds.append(ops.bias_add(y, self._weight(layer, module, "bias"), T, out_f))
+
+    def _has_bias(self, module: str) -> bool:
+        """Whether the projection adds a bias (Qwen2's q, k and v; every one of GPT-2's)."""
+        return self.config.linear_bias or self.config.attention_bias and module in ATTENTION_INPUTS
 
     def _grad_out(self, layer: int, module: str, kind: str) -> tuple:
         """Where a gradient product writes: (C, slices) for Ops.matmul."""
@@ -355,7 +362,7 @@ class Transformer:
                 cmds.extend(ops.matmul(a.u[m], a.xn1, self.lora.param(layer, m, "A"), T, r, C))
             plus = Product(a.u_qkv, self.lora.params, 3 * r, alpha=self.lora.scaling(layer, "q_proj"))
         cmds.extend(ops.matmul(a.qkv, a.xn1, weight, T, N, C, plus=plus, blocks=blocks))
-        if cfg.attention_bias:
+        if self._has_bias("q_proj"):
             for m, y in zip(ATTENTION_INPUTS, (a.q, a.k, a.v)):
                 cmds.append(ops.bias_add(y, self._weight(layer, m, "bias"), T, cfg.projection_shape(m)[0]))
 
@@ -402,14 +409,17 @@ class Transformer:
     # -- whole model ------------------------------------------------------------------------
     def _norm(self, cmds: list, y: Buffer, rstd: Buffer, x: Buffer, weight: str, rows: int, C: int,
               residual: Buffer | None = None) -> None:
-        """y (= residual +) RMSNorm(x) with the named weight (Gemma's: 1 + w)."""
+        """y (= residual +) RMSNorm(x) with the named weight (Gemma's: 1 + w), or GPT-2's
+        LayerNorm (with the bias beside the weight)."""
         cfg = self.config
-        cmds.append(self.ops.rmsnorm(y, rstd, x, self.w[weight], rows, C, cfg.rms_norm_eps, cfg.norm_offset, residual))
+        bias = self.w[weight.replace(".weight", ".bias")] if cfg.layer_norm else None
+        cmds.append(self.ops.rmsnorm(y, rstd, x, self.w[weight], rows, C, cfg.rms_norm_eps, cfg.norm_offset, residual,
+                                     bias))
 
     def _norm_backward(self, cmds: list, dx: Buffer, x: Buffer, weight: str, rstd: Buffer, dy: Buffer, rows: int,
                        C: int, residual: Buffer | None = None) -> None:
         cmds.append(self.ops.rmsnorm_backward(dx, x, self.w[weight], rstd, dy, rows, C, residual=residual,
-                                              w_offset=self.config.norm_offset))
+                                              w_offset=self.config.norm_offset, center=self.config.layer_norm))
 
     def forward(self, rows: int | None = None, cache: "KVCache | None" = None, start: int = 0,
                 step: Buffer | None = None) -> list:
@@ -420,6 +430,9 @@ class Transformer:
         cfg, T = self.config, rows or self.T
         cmds: list = [self.ops.embedding(self.res[0], self.ids, self.w["model.embed_tokens.weight"], T, cfg.hidden_size,
                                          cfg.vocab_size, cfg.embed_scale)]
+        if cfg.learned_positions:  # GPT-2: plus the positions' embeddings
+            cmds.append(self.ops.embedding(self.res[0], self.pos, self.w["model.embed_positions.weight"], T,
+                                           cfg.hidden_size, cfg.max_positions, accumulate=True))
         for l in range(cfg.num_layers):
             self._layer_forward(cmds, l, T, cache, start, step=step)
         self._norm(cmds, self.xnf, self.rstdf, self.res[-1], "model.norm.weight", T, cfg.hidden_size)
@@ -449,7 +462,8 @@ class Transformer:
             self._norm(cmds, a.kn, a.rstd_k, a.k, p + "self_attn.k_norm.weight", T * cfg.num_kv_heads, D)
         q, k = a.q_att, a.k_att
         scale, window = cfg.attn_scale, cfg.window(l)
-        cmds.append(ops.rope(q, self.pos, self.inv_freqs[l], T, cfg.num_heads, D, y=k, H2=cfg.num_kv_heads))
+        if not cfg.learned_positions:
+            cmds.append(ops.rope(q, self.pos, self.inv_freqs[l], T, cfg.num_heads, D, y=k, H2=cfg.num_kv_heads))
         if cache is None:
             cmds.append(ops.attention(a.attn, a.lse, q, k, a.v, B, S, cfg.num_heads, cfg.num_kv_heads, D, scale, window))
         else:
@@ -464,9 +478,13 @@ class Transformer:
         else:
             self._linear(cmds, a.mid, a.attn, l, "o_proj", T, step=step, residual=self.res[l])
         self._norm(cmds, a.xn2, a.rstd2, a.mid, self._mlp_norm_weight(l), T, C)
-        self._linear(cmds, a.gate, a.xn2, l, "gate_proj", T, step=step)
+        if cfg.gated_mlp:
+            self._linear(cmds, a.gate, a.xn2, l, "gate_proj", T, step=step)
         self._linear(cmds, a.up, a.xn2, l, "up_proj", T, step=step)
-        cmds.append(ops.glu(a.h, a.gate, a.up, T * I, cfg.activation))
+        if cfg.gated_mlp:
+            cmds.append(ops.glu(a.h, a.gate, a.up, T * I, cfg.activation))
+        else:  # GPT-2: h = act(up)
+            cmds.append(ops.glu(a.h, a.up, None, T * I, cfg.activation))
         if cfg.sandwich_norms:  # res[l+1] = mid + norm(down(h)); recomputing, only its rstd is kept
             self._linear(cmds, a.mo, a.h, l, "down_proj", T, step=step)
             self._norm(cmds, self.dxn if recompute else self.res[l + 1], a.rstd_mo, a.mo,
@@ -515,9 +533,12 @@ class Transformer:
                                     self.d_res, T, C)
                 d_down = self.d_sub
             self._linear_backward(cmds, self.dh, d_down, a.h, l, "down_proj", False, acc, step)
-            cmds.append(ops.glu_backward(self.dgate, self.dup, a.gate, a.up, self.dh, T * I, cfg.activation))
-            self._linear_backward(cmds, self.dxn, self.dgate, a.xn2, l, "gate_proj", False, acc, step)
-            self._linear_backward(cmds, self.dxn, self.dup, a.xn2, l, "up_proj", True, acc, step)
+            if cfg.gated_mlp:
+                cmds.append(ops.glu_backward(self.dgate, self.dup, a.gate, a.up, self.dh, T * I, cfg.activation))
+                self._linear_backward(cmds, self.dxn, self.dgate, a.xn2, l, "gate_proj", False, acc, step)
+            else:
+                cmds.append(ops.glu_backward(self.dup, None, a.up, None, self.dh, T * I, cfg.activation))
+            self._linear_backward(cmds, self.dxn, self.dup, a.xn2, l, "up_proj", cfg.gated_mlp, acc, step)
             self._norm_backward(cmds, self.d_mid, a.mid, self._mlp_norm_weight(l), a.rstd2, self.dxn, T, C,
                                 residual=self.d_res)
             d_o = self.d_mid
@@ -530,8 +551,9 @@ class Transformer:
             cmds.extend(ops.attention_backward(dq, dk, self.dv, self.delta, self.dk_heads, self.dv_heads,
                                                a.q_att, a.k_att, a.v, a.attn, self.d_attn, a.lse, B, S, cfg.num_heads,
                                                cfg.num_kv_heads, D, cfg.attn_scale, cfg.window(l)))
-            cmds.append(ops.rope(dq, self.pos, self.inv_freqs[l], T, cfg.num_heads, D, backward=True, y=dk,
-                                 H2=cfg.num_kv_heads))
+            if not cfg.learned_positions:
+                cmds.append(ops.rope(dq, self.pos, self.inv_freqs[l], T, cfg.num_heads, D, backward=True, y=dk,
+                                     H2=cfg.num_kv_heads))
             if cfg.qk_norm:  # through the per-head norms, into the projections' output gradients
                 self._norm_backward(cmds, self.dq, a.q, p + "self_attn.q_norm.weight", a.rstd_q, dq, T * cfg.num_heads, D)
                 self._norm_backward(cmds, self.dk, a.k, p + "self_attn.k_norm.weight", a.rstd_k, dk,

@@ -8,10 +8,11 @@ Sources hand over tensors by Hugging Face name; `HFFolder` reads a local model f
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..checks import loads, path_inside, weight_map_shards
-from ..config import ATTENTION, FUSED, PROJECTIONS, ModelConfig, ModelConfigError, module_name
+from ..config import ATTENTION, FUSED, ModelConfig, ModelConfigError, module_name
 from ..errors import UsageError, UserError
 from ..formats.safetensors import (
     SafetensorsError,
@@ -27,89 +28,157 @@ class WeightsError(UserError):
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors the engine reads, by its names (Hugging Face's Llama names; GPT-2's are
+    mapped onto them, see file_tensors), with their shapes. q, k and v come one after the other."""
     C, V = config.hidden_size, config.vocab_size
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
+    if config.learned_positions:
+        shapes["model.embed_positions.weight"] = (config.max_positions, C)
+    if config.layer_norm:
+        shapes["model.norm.bias"] = (C,)
     if not config.tie_word_embeddings:
         shapes["lm_head.weight"] = (V, C)
+    norms = ["input_layernorm", "post_attention_layernorm"]
+    if config.sandwich_norms:  # Gemma: post_attention_layernorm norms attention's output instead
+        norms += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
     for i in range(config.num_layers):
         p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (C,)
-        shapes[p + "post_attention_layernorm.weight"] = (C,)
-        for module in ATTENTION:
-            shapes[f"{module_name(i, module)}.weight"] = config.projection_shape(module)
-        if config.attention_bias:
-            for module in ATTENTION[:3]:  # q, k and v
-                shapes[f"{module_name(i, module)}.bias"] = (config.projection_shape(module)[0],)
+        for norm in norms:
+            shapes[p + norm + ".weight"] = (C,)
+            if config.layer_norm:
+                shapes[p + norm + ".bias"] = (C,)
         if config.qk_norm:
             shapes[p + "self_attn.q_norm.weight"] = (config.head_dim,)
             shapes[p + "self_attn.k_norm.weight"] = (config.head_dim,)
-        if config.sandwich_norms:  # Gemma: post_attention_layernorm norms attention's output instead
-            shapes[p + "pre_feedforward_layernorm.weight"] = (C,)
-            shapes[p + "post_feedforward_layernorm.weight"] = (C,)
-        for module in PROJECTIONS[len(ATTENTION):]:
+        for module in config.projections:
             shapes[f"{module_name(i, module)}.weight"] = config.projection_shape(module)
+        for module in config.projections:
+            if config.linear_bias or config.attention_bias and module in ATTENTION[:3]:
+                shapes[f"{module_name(i, module)}.bias"] = (config.projection_shape(module)[0],)
     return shapes
 
 
-def file_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The tensors as the model's files name them: expected_shapes, with Phi-3's parts joined
-    back into qkv_proj and gate_up_proj (merged exports write these)."""
+@dataclass(frozen=True)
+class FileTensor:
+    """A tensor as the model's Hugging Face files hold it: its shape there, the engine tensors
+    it holds (rows one after the other: Phi-3's fused matrices, GPT-2's c_attn), and whether it
+    is stored transposed (GPT-2's Conv1D weights, [in, out]: then its parts are column ranges)."""
+
+    shape: tuple[int, ...]
+    parts: tuple[str, ...]
+    transposed: bool = False
+
+
+def file_tensors(config: ModelConfig) -> dict[str, FileTensor]:
+    """The model's tensors by their names in its Hugging Face files (merged exports write these;
+    engine_tensors reads them)."""
     shapes = expected_shapes(config)
-    if not config.fused:
-        return shapes
-    fused_of = {part: fused for fused, parts in FUSED.items() for part in parts}
-    out: dict[str, tuple[int, ...]] = {}
+    out: dict[str, FileTensor] = {}
+    if config.family == "gpt2":
+        return _gpt2_file_tensors(config, shapes)
     for name, shape in shapes.items():
         module = name.rsplit(".", 2)[-2]
-        if module not in fused_of or not name.endswith(".weight"):
-            out[name] = shape
+        fused = next((f for f, parts in FUSED.items() if module in parts), None) if config.fused else None
+        if fused is None or not name.endswith(".weight"):
+            out[name] = FileTensor(shape, (name,))
             continue
-        joined = name.replace(f".{module}.", f".{fused_of[module]}.")
-        out[joined] = (out.get(joined, (0,))[0] + shape[0], shape[1])
+        joined = name.replace(f".{module}.", f".{fused}.")
+        before = out.get(joined, FileTensor((0, shape[1]), ()))
+        out[joined] = FileTensor((before.shape[0] + shape[0], shape[1]), before.parts + (name,))
     return out
 
 
-def fused_parts(config: ModelConfig, name: str) -> list[str] | None:
-    """The expected_shapes names a file tensor `name` is made of (Phi-3's fused ones), or None."""
-    if not config.fused:
-        return None
-    for fused, parts in FUSED.items():
-        if name.endswith(f".{fused}.weight"):
-            return [name.replace(f".{fused}.", f".{part}.") for part in parts]
-    return None
+def _gpt2_file_tensors(config: ModelConfig, shapes: dict) -> dict[str, FileTensor]:
+    """GPT2LMHeadModel's names (transformer.h.N.attn.c_attn, …): c_attn holds q, k and v, and
+    every Conv1D weight is [in, out]."""
+    out = {"transformer.wte.weight": FileTensor(shapes["model.embed_tokens.weight"], ("model.embed_tokens.weight",)),
+           "transformer.wpe.weight": FileTensor(shapes["model.embed_positions.weight"], ("model.embed_positions.weight",)),
+           "transformer.ln_f.weight": FileTensor(shapes["model.norm.weight"], ("model.norm.weight",)),
+           "transformer.ln_f.bias": FileTensor(shapes["model.norm.bias"], ("model.norm.bias",))}
+    if "lm_head.weight" in shapes:
+        out["lm_head.weight"] = FileTensor(shapes["lm_head.weight"], ("lm_head.weight",))
+    for i in range(config.num_layers):
+        for norm, ours in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
+            for kind in ("weight", "bias"):
+                name = f"model.layers.{i}.{ours}.{kind}"
+                out[f"transformer.h.{i}.{norm}.{kind}"] = FileTensor(shapes[name], (name,))
+        for site, projections in config.sites().items():
+            weights = tuple(f"{module_name(i, m)}.weight" for m in projections)
+            biases = tuple(f"{module_name(i, m)}.bias" for m in projections)
+            out_f, in_f = sum(shapes[w][0] for w in weights), shapes[weights[0]][1]
+            out[f"{module_name(i, site)}.weight"] = FileTensor((in_f, out_f), weights, transposed=True)
+            out[f"{module_name(i, site)}.bias"] = FileTensor((out_f,), biases)
+    return out
 
 
-def split_fused(config: ModelConfig, infos: dict[str, TensorInfo], source: str) -> dict[str, TensorInfo]:
-    """Phi-3's fused matrices as their parts: q/k/v of qkv_proj and gate/up of gate_up_proj, each
-    a range of the fused tensor's rows (its bytes in the file; each info keeps the file's tensor
-    name, so the source reads that range). A fused tensor of another shape is refused by name."""
-    if not config.fused:
-        return infos
+def file_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors' shapes as the model's files name and hold them (file_tensors)."""
+    return {name: tensor.shape for name, tensor in file_tensors(config).items()}
+
+
+@dataclass(frozen=True)
+class ColumnRange(TensorInfo):
+    """Columns first…first+shape[0]−1 of the file's [shape[1], columns] tensor, transposed: an
+    engine matrix [out, in] out of a Conv1D weight [in, out] (GPT-2). Its bytes are the whole
+    file tensor's."""
+
+    first: int = 0
+    columns: int = 0
+
+
+def engine_tensors(config: ModelConfig, infos: dict[str, TensorInfo], source: str) -> dict[str, TensorInfo]:
+    """A source's tensors by the engine's names (expected_shapes). A file tensor that holds
+    several becomes its parts, each a range of its rows (its bytes in the file; each info keeps
+    the file's tensor name, so the source reads that range) or, stored transposed, a ColumnRange:
+    Phi-3's fused matrices, llama.cpp's fused attn_qkv, GPT-2's c_attn and Conv1D weights (with
+    or without the transformer. prefix). A fused tensor of the wrong shape is refused by name."""
+    files, shapes = file_tensors(config), expected_shapes(config)
+    out = {}
+    for name, info in infos.items():
+        tensor = files.get(name) or (files.get(f"transformer.{name}") if config.family == "gpt2" else None)
+        module = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else ""
+        if tensor is None and module in FUSED:  # llama.cpp's fused rows under an engine name (GPT-2's attn_qkv)
+            parts = tuple(name.replace(f".{module}.", f".{p}.") for p in FUSED[module])
+            if all(p in shapes for p in parts):
+                rows = sum(shapes[p][0] for p in parts)
+                tensor = FileTensor((rows, *shapes[parts[0]][1:]), parts)
+        if tensor is None or (tensor.parts == (name,) and not tensor.transposed):
+            out.setdefault(name, info)
+            continue
+        if tuple(info.shape) != tensor.shape:
+            raise WeightsError(f"{source}: tensor {name} has shape {list(info.shape)}, but config.json implies "
+                               f"{list(tensor.shape)}")
+        if tensor.transposed:
+            first = 0
+            for part in tensor.parts:
+                rows = shapes[part][0]
+                out[part] = ColumnRange(info.name, info.dtype, (rows, info.shape[0]), info.start, info.end, first,
+                                        info.shape[1])
+                first += rows
+        elif len(tensor.parts) == 1:
+            out[tensor.parts[0]] = info
+        else:
+            out.update(_row_parts(name, info, [(part, shapes[part]) for part in tensor.parts]))
+    return out
+
+
+def _row_parts(name: str, info: TensorInfo, parts: list[tuple[str, tuple[int, ...]]]) -> dict[str, TensorInfo]:
+    """`info` as consecutive row ranges of the given shapes (floats, or whole GGUF blocks)."""
     from ..formats.gguf import GGML_TYPES
 
     block = {name: (per, size) for name, per, size in GGML_TYPES.values()}
     item = {"F32": 4, "F16": 2, "BF16": 2}
-    out = dict(infos)
-    for name, info in infos.items():
-        parts = fused_parts(config, name)
-        if parts is None or len(info.shape) != 2:
-            continue
-        rows, cols = info.shape
-        want = (sum(config.projection_shape(p.rsplit(".", 2)[-2])[0] for p in parts), config.hidden_size)
-        if (rows, cols) != want:
-            raise WeightsError(f"{source}: tensor {name} has shape {[rows, cols]}, but config.json implies {list(want)}")
-        if info.dtype in item:
-            row_bytes = cols * item[info.dtype]
-        elif info.dtype in block and cols % block[info.dtype][0] == 0:
-            row_bytes = cols // block[info.dtype][0] * block[info.dtype][1]
-        else:
-            continue  # (the shape check names it)
-        del out[name]
-        start = info.start
-        for part in parts:
-            n = config.projection_shape(part.rsplit(".", 2)[-2])[0]
-            out[part] = TensorInfo(name, info.dtype, (n, cols), start, start + n * row_bytes)
-            start += n * row_bytes
+    cols = info.shape[1] if len(info.shape) == 2 else 1
+    if info.dtype in item:
+        row_bytes = cols * item[info.dtype]
+    elif info.dtype in block and len(info.shape) == 2 and cols % block[info.dtype][0] == 0:
+        row_bytes = cols // block[info.dtype][0] * block[info.dtype][1]
+    else:
+        return {name: info}  # (upload_weights names the missing parts)
+    out, start = {}, info.start
+    for part, shape in parts:
+        out[part] = TensorInfo(info.name, info.dtype, shape, start, start + shape[0] * row_bytes)
+        start += shape[0] * row_bytes
     return out
 
 
@@ -214,14 +283,16 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
       "q4"/"q8": the linear projections quantized on the GPU to bitsandbytes' NF4 or ggml's
               Q8_0, as QLoRA does (the embeddings and the head keep "auto"'s choice).
     Norms and biases stay float32. Every choice but plain float32 needs `ops`."""
-    from ..ops import GGUF_TYPES, QUANT_DTYPES, QUANTIZE_TO
+    from ..ops import GGUF_TYPES, QUANTIZE_TO
 
     if dtype not in WEIGHT_DTYPES:
         raise UsageError(f"weights dtype {dtype!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
-    available = split_fused(config, source.tensors(), source.name)
+    available = engine_tensors(config, source.tensors(), source.name)
     shapes = expected_shapes(config)
     missing = [n for n in shapes if n not in available]
-    if missing:
+    if missing:  # named as the files name them
+        owner = {part: name for name, tensor in file_tensors(config).items() for part in tensor.parts}
+        missing = list(dict.fromkeys(owner.get(n, n) for n in missing))
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise WeightsError(f"{source.name}: tensors missing from the weights: {', '.join(missing[:3])}{more}")
     for name, shape in shapes.items():
@@ -233,21 +304,30 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
         if info.dtype not in ("F32", "F16", "BF16", *GGUF_TYPES):
             raise WeightsError(f"{source.name}: tensor {name} has dtype {info.dtype}; LoRA Lab reads F32, F16, BF16 "
                                f"and {', '.join(GGUF_TYPES)}")
-        if info.dtype in GGUF_TYPES and len(shape) != 2:
-            raise WeightsError(f"{source.name}: tensor {name} is {info.dtype}; only matrices may be block-quantized")
+        if info.dtype in GGUF_TYPES and (len(shape) != 2 or isinstance(info, ColumnRange)):
+            raise WeightsError(f"{source.name}: tensor {name} is {info.dtype}; only matrices in [out, in] order may be "
+                               f"block-quantized")
     kept = {GGUF_TYPES[info.dtype][1] for n, info in ((n, available[n]) for n in shapes)
             if info.dtype in GGUF_TYPES and dtype == "auto"}
     quantized = kept | ({QUANTIZE_TO[dtype]} if dtype in QUANTIZE_TO else set())
-    if ops is None and (dtype in ("f16", *QUANTIZE_TO) or any(available[n].dtype in GGUF_TYPES for n in shapes)):
+    if ops is None and (dtype in ("f16", *QUANTIZE_TO) or any(available[n].dtype in GGUF_TYPES
+                                                              or isinstance(available[n], ColumnRange) for n in shapes)):
         raise WeightsError(f"{source.name}: {dtype} weights are converted on the GPU; pass ops")
     if ops is not None:
         await ops.prepare(f16_weights=dtype == "f16", quant=tuple(sorted(quantized | {
             GGUF_TYPES[available[n].dtype][1] for n in shapes if available[n].dtype in GGUF_TYPES})))
     weights = {}
     permutation = getattr(source, "row_permutation", lambda name: 0)
-    projection = {f"{module_name(i, m)}.weight" for i in range(config.num_layers) for m in PROJECTIONS}
+    projection = {f"{module_name(i, m)}.weight" for i in range(config.num_layers) for m in config.projections}
+    held: tuple | None = None  # (file tensor, its float32 buffer): the Conv1D weight whose columns are read
     for name, shape in shapes.items():
         info = available[name]
+        if isinstance(info, ColumnRange):
+            held = await _hold(device, source, info, held)
+            buffer = device.create_buffer(shape[0] * shape[1] * 4, label=name)
+            device.submit([ops.transpose(buffer, held[1], shape[1], info.columns, info.first, shape[0])])
+            weights[name] = await _converted(device, ops, buffer, shape, name, dtype, projection)
+            continue
         raw = await source.read(info)
         head_dim = permutation(name)
         if info.dtype in GGUF_TYPES:  # raw blocks to the GPU, repacked (and un-permuted) there
@@ -266,22 +346,49 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
             if head_dim:
                 data = unpermute_rows(data, info.shape[0], info.shape[1] * 4, head_dim)
             buffer = device.create_buffer_with_data(data, label=name)
-        if buffer.dtype == "f32" and len(shape) == 2:
-            if dtype == "f16":
-                numel = shape[0] * shape[1]
-                packed = device.create_buffer(-(-numel // 2) * 4, label=name)
-                packed.dtype = "f16"
-                device.submit([ops.to_f16(packed, buffer, numel)])
-                device.destroy_buffer(buffer)
-                buffer = packed
-            elif dtype in QUANTIZE_TO and name in projection and (dtype == "q4" or shape[1] % 32 == 0):
-                packed = ops.quantized_buffer(QUANTIZE_TO[dtype], *shape, label=name)
-                device.submit([ops.quantize(packed, buffer, *shape)])
-                device.destroy_buffer(buffer)
-                buffer = packed
-        assert buffer.dtype in ("f32", "f16", *QUANT_DTYPES)
-        weights[name] = buffer
+        weights[name] = await _converted(device, ops, buffer, shape, name, dtype, projection)
+    if held is not None:
+        device.destroy_buffer(held[1])
     return fuse_attention_inputs(device, config, weights)
+
+
+async def _hold(device: Device, source: WeightSource, info: "ColumnRange", held: tuple | None) -> tuple:
+    """The file tensor `info` is a column range of, as float32 on the GPU: the one held already
+    (q, k and v are columns of one c_attn) or read now, the one held before freed."""
+    key = (info.name, info.start)
+    if held is not None and held[0] == key:
+        return held
+    if held is not None:
+        device.destroy_buffer(held[1])
+    try:
+        data = to_f32_bytes(info.dtype, host_bytes(await source.read(info))) if info.dtype != "F32" else \
+            await source.read(info)
+    except SafetensorsError as exc:
+        raise WeightsError(f"{source.name}: {exc}") from None
+    return key, device.create_buffer_with_data(data, label=f"{info.name}.file")
+
+
+async def _converted(device: Device, ops, buffer: Buffer, shape: tuple, name: str, dtype: str,
+                     projection: set[str]) -> Buffer:
+    """A float32 matrix as upload_weights' `dtype` asks (float16 pairs, or a projection
+    quantized on the GPU); anything else as it is."""
+    from ..ops import QUANT_DTYPES, QUANTIZE_TO
+
+    if buffer.dtype == "f32" and len(shape) == 2:
+        if dtype == "f16":
+            numel = shape[0] * shape[1]
+            packed = device.create_buffer(-(-numel // 2) * 4, label=name)
+            packed.dtype = "f16"
+            device.submit([ops.to_f16(packed, buffer, numel)])
+            device.destroy_buffer(buffer)
+            buffer = packed
+        elif dtype in QUANTIZE_TO and name in projection and (dtype == "q4" or shape[1] % 32 == 0):
+            packed = ops.quantized_buffer(QUANTIZE_TO[dtype], *shape, label=name)
+            device.submit([ops.quantize(packed, buffer, *shape)])
+            device.destroy_buffer(buffer)
+            buffer = packed
+    assert buffer.dtype in ("f32", "f16", *QUANT_DTYPES)
+    return buffer
 
 
 def weight_bytes(config: ModelConfig, source: WeightSource, dtype: str) -> int:
@@ -289,8 +396,8 @@ def weight_bytes(config: ModelConfig, source: WeightSource, dtype: str) -> int:
     plan's precision choices)."""
     from ..ops import GGUF_TYPES, QUANTIZE_TO, quant_layout
 
-    available = split_fused(config, source.tensors(), source.name)
-    projection = {f"{module_name(i, m)}.weight" for i in range(config.num_layers) for m in PROJECTIONS}
+    available = engine_tensors(config, source.tensors(), source.name)
+    projection = {f"{module_name(i, m)}.weight" for i in range(config.num_layers) for m in config.projections}
     total = 0
     for name, shape in expected_shapes(config).items():
         numel = shape[0] * (shape[1] if len(shape) == 2 else 1)
