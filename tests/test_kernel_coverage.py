@@ -47,6 +47,7 @@ KERNELS = {
                  "tests/test_ops.py::test_loss_sum_accumulates_into_the_step_slot"),
     "matmul": ("matmul", MATMUL, "tests/test_ops.py::test_matmul_transposes"),
     "matmul_cols": ("matmul", MATMUL, "tests/test_ops.py::test_matmul_cols"),
+    "matmul_f16": ("matmul", MATMUL, "tests/test_ops.py::test_matmul_in_float16_arithmetic"),
     "matmul_rows": ("matmul", MATMUL, "tests/test_ops.py::test_matmul_rows"),
     "matmul_thin": ("matmul", MATMUL, "tests/test_ops.py::test_matmul_thin_products"),
     "matmul_reduce": ("matmul", MATMUL, "tests/test_ops.py::test_matmul_split_k"),

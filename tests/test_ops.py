@@ -37,6 +37,34 @@ def test_matmul_transposes(ops, arrays, M, N, K, trans_a, trans_b):
     np.testing.assert_allclose(arrays.down(c, (M, N)), 0.5 * ref.matmul(A, B) + C0, rtol=1e-5, atol=1e-5 * np.sqrt(K))
 
 
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False)])
+@pytest.mark.parametrize("M, N, K, splits", [(140, 192, 80, 1), (300, 260, 1000, 1), (130, 140, 2000, 3)])
+def test_matmul_in_float16_arithmetic(ops, arrays, run, M, N, K, splits, trans_a, trans_b):
+    """The tiled products with precision "mixed" (matmul_f16.wgsl): float16 products summed in
+    float32 per 16-wide step of K, with the second product (LoRA's) riding along; within float16's
+    rounding of the operands (2⁻¹¹ each) of the float64 product."""
+    if "shader-f16" not in ops.device.info.features:
+        pytest.skip("this adapter lacks shader-f16")
+    run(ops.prepare(mixed=True))
+    mixed = ops.with_precision("mixed")
+    r = rng("mm16", M, N, K, trans_a, trans_b)
+    A, B = r.standard_normal((M, K), dtype=np.float32), r.standard_normal((N, K), dtype=np.float32)
+    U, V = r.standard_normal((M, 8), dtype=np.float32), r.standard_normal((N, 8), dtype=np.float32)
+    C0 = r.standard_normal((M, N), dtype=np.float32)
+    c = arrays.up(C0)
+    from loralab.ops import Product
+
+    d = mixed.matmul(c, arrays.up(A.T.copy() if trans_a else A), arrays.up(B.T.copy() if trans_b else B), M, N, K,
+                     trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=1.0, splits=splits,
+                     plus=Product(arrays.up(U), arrays.up(V), 8, alpha=0.25))
+    assert d[0].kernel == "matmul_f16" and d[0].grid[2] == splits
+    arrays.submit(d)
+    want = 0.5 * ref.matmul(A, B) + 0.25 * ref.matmul(U, V) + C0
+    bound = 2 * 2.0 ** -11 * 0.5 * (np.abs(A) @ np.abs(B).T) + 1e-3
+    assert (np.abs(arrays.down(c, (M, N)) - want) <= bound).all()
+    assert ops.matmul(c, arrays.up(A), arrays.up(B), M, N, K)[0].kernel == "matmul"  # (the f32 kernels untouched)
+
+
 @pytest.mark.parametrize("splits", [2, 5])
 @pytest.mark.parametrize("trans_a, trans_b, beta", [(False, False, 0.0), (True, True, 1.0)])
 def test_matmul_split_k(ops, arrays, splits, trans_a, trans_b, beta):

@@ -83,17 +83,18 @@ def bench_quant_dtypes(dtype: str) -> tuple[str, ...]:
 
 async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int, steps: int, rank: int,
                          weights: dict | None = None, warmup: int = 2, checkpointing: bool = False,
-                         weights_dtype: str = "f32", attention: str = "auto") -> dict:
+                         weights_dtype: str = "f32", attention: str = "auto", precision: str = "f32") -> dict:
     """Time `steps` training steps after `warmup` ones; every buffer it made is freed after
     (the weights too, when it generated them)."""
     device: Device = ops.device
     attention = await ops.specialize_head_dim(config.head_dim, attention)
     own_weights = weights is None
-    await ops.prepare(f16_weights=weights_dtype == "f16", quant=bench_quant_dtypes(weights_dtype))
+    await ops.prepare(f16_weights=weights_dtype == "f16", quant=bench_quant_dtypes(weights_dtype),
+                      mixed=precision == "mixed")
     weights = weights or random_weights(ops, config, dtype=weights_dtype)
     lora = LoraState(device, config, LoraConfig(r=rank, alpha=2.0 * rank))
     device.submit(lora.init_dispatches(ops, seed=1))
-    model = Transformer(device, ops, config, weights, lora, batch, seq_len, checkpointing)
+    model = Transformer(device, ops, config, weights, lora, batch, seq_len, checkpointing, precision)
     rng = random.Random(0)
     records = [Sequence(ids, ids) for ids in ([rng.randrange(config.vocab_size) for _ in range(seq_len)] for _ in range(batch * 4))]
     train = TrainConfig(steps=warmup + steps, batch_size=batch, seq_len=seq_len, report_every=max(steps, warmup),
@@ -101,7 +102,7 @@ async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int
     trainer = Trainer(device, ops, model, lora, train, records)
     try:
         return {**await _timed_steps(device, trainer, lora, batch, seq_len, steps, rank, warmup, checkpointing,
-                                     weights_dtype), "attention": attention,
+                                     weights_dtype), "attention": attention, "precision": precision,
                 "weight_bytes": sum(b.size for b in weights.values()), "weight_types": weight_types(weights)}
     finally:
         for part in (trainer, model, lora):
@@ -143,11 +144,11 @@ async def _timed_steps(device: Device, trainer: Trainer, lora: LoraState, batch:
     }
 
 
-async def profile_step(ops: Ops, config: ModelConfig, batch: int, seq_len: int, rank: int, weights: dict | None = None,
-                       repeats: int = 3, attention: str = "auto") -> list[dict]:
-    """Time per kernel in one training step: each kernel's dispatches of the step, submitted
-    alone `repeats` times (results are garbage, times are real), sorted by time."""
-    from .gpu.device import Dispatch
+async def _captured_step(ops: Ops, config: ModelConfig, batch: int, seq_len: int, rank: int, weights: dict | None,
+                         attention: str) -> tuple[Trainer, list]:
+    """A trainer over `weights` (random if None) and the commands of one training step, recorded
+    instead of run."""
+    from .gpu.device import expand
 
     device: Device = ops.device
     await ops.specialize_head_dim(config.head_dim, attention)
@@ -159,11 +160,22 @@ async def profile_step(ops: Ops, config: ModelConfig, batch: int, seq_len: int, 
     trainer = Trainer(device, ops, model, lora, TrainConfig(steps=1, batch_size=batch, seq_len=seq_len), records)
     captured: list = []
     submit = device.submit
-    device.submit = captured.extend  # record the step instead of running it
+    device.submit = lambda cmds: captured.extend(expand(cmds))  # record the step instead of running it
     try:
         trainer.run_step(0)
     finally:
         device.submit = submit
+    return trainer, captured
+
+
+async def profile_step(ops: Ops, config: ModelConfig, batch: int, seq_len: int, rank: int, weights: dict | None = None,
+                       repeats: int = 3, attention: str = "auto") -> list[dict]:
+    """Time per kernel in one training step: each kernel's dispatches of the step, submitted
+    alone `repeats` times (results are garbage, times are real), sorted by time."""
+    from .gpu.device import Dispatch
+
+    device: Device = ops.device
+    trainer, captured = await _captured_step(ops, config, batch, seq_len, rank, weights, attention)
     groups: dict[str, list] = {}
     for command in captured:
         if isinstance(command, Dispatch):
@@ -178,6 +190,53 @@ async def profile_step(ops: Ops, config: ModelConfig, batch: int, seq_len: int, 
         await device.read_buffer(trainer.loss_hist, 0, 4)
         rows.append({"kernel": name, "dispatches": len(dispatches), "ms_per_step": 1000 * (time.perf_counter() - started) / repeats})
     return sorted(rows, key=lambda r: -r["ms_per_step"])
+
+
+TIMELINE_WINDOW = 2048  # dispatches timed per submit (a query set holds one timestamp more)
+
+
+async def timeline_step(ops: Ops, config: ModelConfig, batch: int, seq_len: int, rank: int,
+                        weights: dict | None = None, attention: str = "auto") -> tuple[list[dict], dict]:
+    """One training step with a GPU timestamp between every two commands (each dispatch in its
+    own compute pass, so the times include a pass boundary each): (the kernels by their total
+    time, largest first, with their share of the step) and a Chrome trace ({"traceEvents": …},
+    one complete event per dispatch, microseconds from the step's start)."""
+    from .errors import UsageError
+    from .gpu.device import Dispatch, Timestamp
+
+    device: Device = ops.device
+    _, captured = await _captured_step(ops, config, batch, seq_len, rank, weights, attention)
+    timer = device.create_timer(TIMELINE_WINDOW + 1)
+    if timer is None:
+        raise UsageError("this GPU offers no timestamp queries (timestamp-query): no timeline")
+    events: list[dict] = []
+    origin = None
+    try:
+        for at in range(0, len(captured), TIMELINE_WINDOW):
+            window = captured[at:at + TIMELINE_WINDOW]
+            cmds: list = [Timestamp(timer, 0)]
+            for i, command in enumerate(window):
+                cmds += [command, Timestamp(timer, i + 1)]
+            device.submit(cmds)
+            stamps = await device.read_timer(timer, len(window) + 1)
+            origin = stamps[0] if origin is None else origin
+            for command, begin, end in zip(window, stamps, stamps[1:]):
+                name = command.kernel if isinstance(command, Dispatch) else type(command).__name__.lower()
+                events.append({"name": name, "ph": "X", "pid": 0, "tid": 0, "ts": (begin - origin) / 1e3,
+                               "dur": max(end - begin, 0) / 1e3,
+                               "args": {"grid": list(command.grid)} if isinstance(command, Dispatch) else {}})
+    finally:
+        device.destroy_timer(timer)
+    total = sum(e["dur"] for e in events) or 1.0
+    kernels: dict[str, dict] = {}
+    for e in events:
+        row = kernels.setdefault(e["name"], {"kernel": e["name"], "dispatches": 0, "ms": 0.0})
+        row["dispatches"] += 1
+        row["ms"] += e["dur"] / 1e3
+    rows = sorted(kernels.values(), key=lambda r: -r["ms"])
+    for row in rows:
+        row["share"] = row["ms"] * 1e3 / total
+    return rows, {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
 async def bench_matmul(ops: Ops, M: int, N: int, K: int, repeats: int = 20, trans_b: bool = False) -> dict:

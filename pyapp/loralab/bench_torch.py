@@ -1,6 +1,7 @@
 """The reference side of `loralab bench --compare-torch`: the same configuration trained by
-PyTorch + PEFT (eager; fp32 with TF32 off, TF32, bf16 autocast, or QLoRA: the projections as
-bitsandbytes NF4 with float32 compute), and torch's matmul rate.
+PyTorch + PEFT (eager; fp32 with TF32 off, TF32, bf16 autocast, bf16 autocast with the model
+under torch.compile ("bf16-compile"), or QLoRA: the projections as bitsandbytes NF4 with float32
+compute), and torch's matmul rate. Every variant clips gradients as LoRA Lab does.
 Imported only when asked for; PyTorch, transformers and PEFT are references, never dependencies.
 """
 
@@ -25,6 +26,7 @@ def _model(config: dict, device: str):
 
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TORCH_PRECISIONS = ("fp32", "tf32", "bf16", "bf16-compile", "nf4")
 # Every linear module, as PEFT names them per architecture (the same adapters LoRA Lab trains).
 TARGETS = {"Phi3ForCausalLM": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
            "GPT2LMHeadModel": ("c_attn", "c_proj", "c_fc")}
@@ -60,16 +62,21 @@ def bench_torch_training(config: dict, batch: int, seq_len: int, steps: int, ran
     arch = config["architectures"][0]
     if precision == "nf4" and arch in TARGETS:
         raise ValueError(f"--torch-precisions nf4 covers nn.Linear projections; {arch} has fused or Conv1D ones")
+    if precision not in TORCH_PRECISIONS:
+        raise ValueError(f"torch precision {precision!r}: choose from {', '.join(TORCH_PRECISIONS)}")
     base = _nf4(_model(config, "cpu")).to(device) if precision == "nf4" else _model(config, device)
     model = peft.get_peft_model(base, peft.LoraConfig(
         r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type="CAUSAL_LM",
         target_modules=list(TARGETS.get(arch, PROJECTIONS)), fan_in_fan_out=arch == "GPT2LMHeadModel"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, config["vocab_size"], (batch, seq_len), device=device)
+    forward = torch.compile(model) if precision == "bf16-compile" else model
+    if precision == "bf16-compile":  # (compiled, forward and backward, in the warm-up steps)
+        warmup = max(warmup, 3)
 
     def step():
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(input_ids=ids, labels=ids).loss
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
+            loss = forward(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -21,6 +21,7 @@ from .config import (
     DATASET_FORMATS,
     MERGED_GGUF_TYPES,
     NAMED_CONFIGS,
+    PRECISIONS,
     LoraConfig,
     TrainConfig,
     option_fields,
@@ -189,7 +190,7 @@ async def cmd_eval(args) -> int:
         import_adapter(s, args.adapter)
     await start_gpu(s)
     await s.upload(args.weights)
-    result = await s.evaluate(s.adapter(), args.batch_size)
+    result = await s.evaluate(s.adapter(), args.batch_size, args.precision)
     print(json.dumps({"loss": result["loss"], "tokens": result["tokens"]}))
     return 0
 
@@ -210,6 +211,9 @@ async def cmd_generate(args) -> int:
     return 0
 
 
+TIMELINE_TOP = 12  # kernels `bench --timeline` prints
+
+
 async def cmd_bench(args) -> int:
     from .bench import (
         bench_attention,
@@ -217,6 +221,7 @@ async def cmd_bench(args) -> int:
         bench_matmul,
         bench_training,
         profile_step,
+        timeline_step,
     )
     from .config import ModelConfig
 
@@ -236,7 +241,7 @@ async def cmd_bench(args) -> int:
     if not args.kernels_only:
         ours = await bench_training(ops, config, args.batch_size, args.seq_len, args.steps, args.rank, weights,
                                     checkpointing=args.gradient_checkpointing, weights_dtype=args.weights,
-                                    attention=args.attention)
+                                    attention=args.attention, precision=args.precision)
         ours["config"] = args.model or args.config
         results.append(ours)
         print(json.dumps(ours), flush=True)
@@ -244,6 +249,13 @@ async def cmd_bench(args) -> int:
         for row in await profile_step(ops, config, args.batch_size, args.seq_len, args.rank, weights,
                                       attention=args.attention):
             print(json.dumps(row), flush=True)
+    if args.timeline:
+        rows, trace = await timeline_step(ops, config, args.batch_size, args.seq_len, args.rank, weights,
+                                          attention=args.attention)
+        with open(args.timeline, "w") as f:
+            json.dump(trace, f)
+        for row in rows[:TIMELINE_TOP]:
+            print(json.dumps({"timeline": args.timeline, **row}), flush=True)
     if args.kernels or args.kernels_only:
         T, C, I = args.batch_size * args.seq_len, config.hidden_size, config.intermediate_size
         shapes = [(T, I, C, False), (T, C, I, False), (T, C, C, False), (T, C, I, True), (T, args.rank, C, False)]
@@ -392,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=formats, default="auto")
     e.add_argument("--seq-len", type=int, default=256)
     e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--precision", choices=PRECISIONS, default="f32",
+                   help="the large matmuls' arithmetic (as train's --precision)")
 
     g = sub.add_parser("generate", help="continue a prompt, or answer a chat message")
     g.add_argument("model")
@@ -420,8 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time the matmuls, attention and the loss kernel at the model's shapes")
     b.add_argument("--kernels-only", action="store_true")
     b.add_argument("--profile", action="store_true", help="time each kernel's share of a step")
+    b.add_argument("--precision", choices=PRECISIONS, default="f32",
+                   help="the large matmuls' arithmetic: f32, or mixed (float16 products, float32 sums; shader-f16)")
+    b.add_argument("--timeline", nargs="?", const="timeline.json", metavar="PATH",
+                   help="a GPU timestamp around every dispatch of one step: the top kernels printed, a Chrome "
+                        "trace (chrome://tracing, ui.perfetto.dev) written to PATH (default timeline.json)")
     b.add_argument("--compare-torch", action="store_true", help="run the same configuration in PyTorch + PEFT too")
-    b.add_argument("--torch-precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), tf32, bf16, nf4 (bitsandbytes QLoRA)")
+    b.add_argument("--torch-precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), tf32, bf16, bf16-compile (torch.compile), "
+                                                            "nf4 (bitsandbytes QLoRA)")
     x = sub.add_parser("export", help="an adapter as llama.cpp GGUF-LoRA, or merged into the base model")
     x.add_argument("adapter_dir", help="a PEFT adapter folder or .zip")
     x.add_argument("--to", choices=["gguf", "merged"], required=True)

@@ -530,6 +530,10 @@ class LoraConfig:
 
 SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
+# The arithmetic of the large (tiled) matmuls: float32, or float16 products summed in float32
+# (wgsl/matmul_f16.wgsl; needs the adapter's shader-f16). The adapter, its gradients, the
+# optimizer's state and the loss stay float32 either way.
+PRECISIONS = ("f32", "mixed")
 
 
 @dataclass(frozen=True)
@@ -553,6 +557,8 @@ class TrainConfig:
     shuffle: bool = field(default=True, metadata={"help": "shuffle records each epoch"})
     report_every: int = field(default=10, metadata={"help": "read losses back every N steps"})
     eval_every: int = field(default=0, metadata={"help": "validation loss every N steps (0: at the end only)"})
+    precision: str = field(default="f32", metadata={"help": "f32, or mixed: the large matmuls multiply in float16 "
+                                                            "(GPUs with shader-f16), summing in float32"})
 
     def __post_init__(self):
         problems = []
@@ -565,6 +571,8 @@ class TrainConfig:
             problems.append(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.lr < 0 or self.weight_decay < 0 or self.max_grad_norm < 0 or self.warmup_steps < 0:
             problems.append("lr, weight_decay, max_grad_norm and warmup_steps cannot be negative")
         if problems:
@@ -585,7 +593,7 @@ class TrainConfig:
 # may take (ops.GGML_QUANTIZERS writes them on the GPU with ggml's reference quantizers).
 MERGED_GGUF_TYPES = ("Q8_0", "Q4_0")
 
-CHOICES = {"lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS}  # fields with a fixed set of values
+CHOICES = {"lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS, "precision": PRECISIONS}  # fields with a fixed set of values
 DATASET_FORMATS = ("tokens", "text", "completion", "chat", "alpaca")  # (and "auto": detect per file)
 
 # Model configurations `loralab bench` and the app's hardware panel time with random weights.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .config import PRECISIONS
 from .errors import UsageError
 from .gpu.device import Buffer, Copy, Device, Dispatch
 from .kernels import Kernel, KernelLibrary, StructLayout
@@ -176,7 +177,8 @@ class Ops:
         self.library = library
         self.step: StructLayout | None = None  # the per-step scalars (wgsl/include/step.wgsl), from load
         self._by_head_dim: dict[tuple[str, int], Kernel] = {}
-        self._split_scratch: Buffer | None = None  # partial products of split-K matmuls
+        self._scratch_box: list[Buffer | None] = [None]  # partial products of split-K matmuls (shared by
+        # the with_precision copies)
         self._spare_buffer: Buffer | None = None
         self.subgroup_size = 0  # measured at load where the adapter has subgroups
         self.f16: dict[tuple[str, str], Kernel] = {}
@@ -184,6 +186,8 @@ class Ops:
         self.rows: dict[int, Kernel] = {}  # matmul_rows by RV (vec4s of outputs per row)
         self.cols: dict[int, Kernel] = {}  # matmul_cols by RV
         self.blocks: dict[bool, Kernel] = {}  # matmul for fused products (Blocks), by float16 B
+        self.f16_math: dict[Kernel, Kernel] = {}  # each tiled matmul pipeline -> its matmul_f16 twin
+        self.mixed = False  # (with_precision)
 
     def on(self, device: Device) -> "Ops":
         """These kernels recording for another device (the plan's counting device): pipelines
@@ -191,7 +195,23 @@ class Ops:
         import copy
 
         ops = copy.copy(self)
-        ops.device, ops._split_scratch, ops._spare_buffer = device, None, None
+        ops.device, ops._scratch_box, ops._spare_buffer = device, [None], None
+        return ops
+
+    def with_precision(self, precision: str) -> "Ops":
+        """These kernels with the tiled matmul's arithmetic in float16 ("mixed": matmul_f16.wgsl,
+        float32 sums across K; the other products stay float32) or as they are ("f32"). Mixed
+        needs prepare(mixed=True), which needs the adapter's shader-f16."""
+        import copy
+
+        if precision not in PRECISIONS:
+            raise UsageError(f"precision {precision!r}: choose {' or '.join(PRECISIONS)}")
+        if precision == "f32" or self.mixed:
+            return self
+        if not self.f16_math:
+            raise UsageError("mixed precision needs the GPU's shader-f16 feature (this one lacks it); use f32")
+        ops = copy.copy(self)
+        ops.mixed = True
         return ops
 
     @classmethod
@@ -205,12 +225,13 @@ class Ops:
             ops.subgroup_size = await measure_subgroup_size(device, library)
         return ops
 
-    async def prepare(self, f16_weights: bool = False, quant: tuple[str, ...] = ()) -> None:
+    async def prepare(self, f16_weights: bool = False, quant: tuple[str, ...] = (), mixed: bool = False) -> None:
         """Compile the pipelines a model's products need beyond the base kernels (call before
         building a Transformer; upload_weights does): LoRA's row and column products for ranks
         up to 8 and up to 16, the fused q/k/v matmul for the weights' dtype, the float16
         variants when the weights are float16, and the readers of each quantized dtype in
-        `quant`. Without them those products take the generic kernels."""
+        `quant`; with `mixed`, every tiled matmul pipeline's float16-arithmetic twin (for
+        with_precision("mixed")). Without them those products take the generic kernels."""
         library = self.library
         if library is None:
             return
@@ -231,6 +252,14 @@ class Ops:
             for name, flag in F16_VARIANTS:
                 if (name, flag) not in self.f16:
                     self.f16[(name, flag)] = await library.get(name, constants={flag: True})
+        if mixed or self.f16_math:  # (once asked for, every later pipeline gets its twin too)
+            if "shader-f16" not in self.device.info.features:
+                raise UsageError("mixed precision needs the GPU's shader-f16 feature (this one lacks it); use f32")
+            tiled = [self.k["matmul"], *self.blocks.values(), *(k for (n, _), k in self.f16.items() if n == "matmul"),
+                     *(k for (n, _), k in self.q.items() if n == "matmul")]
+            for kernel in tiled:
+                if kernel not in self.f16_math:
+                    self.f16_math[kernel] = await library.get("matmul_f16", constants=kernel.constants)
 
     async def prepare_all(self) -> None:
         """Every pipeline prepare can compile (tests and benchmarks)."""
@@ -346,6 +375,8 @@ class Ops:
             kernel = self.blocks[B.dtype == "f16"]
         else:
             kernel = self._reader("matmul", B) or (self.f16[("matmul", "B_F16")] if B.dtype == "f16" else self.k["matmul"])
+        if self.mixed:
+            kernel = self.f16_math.get(kernel, kernel)
         src = kernel.source
         grid = (math.ceil(N / src.constant("TILE_N")), math.ceil(M / src.constant("TILE_M")))
         params = dict(M=M, N=N, K=K, a_sm=a_sm, a_sk=a_sk, b_sn=b_sn, b_sk=b_sk, alpha=alpha, beta=beta,
@@ -503,10 +534,11 @@ class Ops:
         return self._split_k(kernel, (math.ceil(N / src.constant("TILE_N")), 1), params, splits, A, B, C, slices)
 
     def _scratch(self, floats: int) -> Buffer:
-        if self._split_scratch is None or self._split_scratch.size < floats * 4:
+        box = self._scratch_box
+        if box[0] is None or box[0].size < floats * 4:
             # Grown, never shrunk; dispatches already recorded keep the smaller one alive.
-            self._split_scratch = self.device.create_buffer(max(floats * 4, 1 << 20), label="matmul.split_k")
-        return self._split_scratch
+            box[0] = self.device.create_buffer(max(floats * 4, 1 << 20), label="matmul.split_k")
+        return box[0]
 
     def bias_add(self, y: Buffer, bias: Buffer, T: int, N: int) -> Dispatch:
         """y[T, N] += bias[N]."""

@@ -18,7 +18,7 @@ from typing import Callable
 from .config import TrainConfig
 from .data.batches import BatchOrder, Sequence, make_batch
 from .errors import UsageError, UserError
-from .gpu.device import Copy, Device, Timestamp
+from .gpu.device import Copy, Device, Recording, Timestamp
 from .lora import LoraState
 from .model.transformer import Transformer
 from .ops import Ops
@@ -108,8 +108,8 @@ class Trainer:
         self.timer = device.create_timer(n + 1)
         self.tokens_seen = 0
         self.history: list[dict] = []
-        self._recorded: dict[bool, list] = {}
-        self._optimizer_cmds = self._optimizer()
+        self._recorded: dict[bool, Recording] = {}
+        self._optimizer_cmds = Recording(self._optimizer())
 
     def release(self) -> None:
         """Free the trainer's own buffers (the model's and the adapter's belong to the caller)."""
@@ -154,7 +154,7 @@ class Trainer:
         if accumulate not in self._recorded:
             step = self.step_buf
             cmds = self.model.forward(step=step) + self.model.loss(self.loss_hist, step, backward=True)
-            self._recorded[accumulate] = cmds + self.model.backward(accumulate_grads=accumulate, step=step)
+            self._recorded[accumulate] = Recording(cmds + self.model.backward(accumulate_grads=accumulate, step=step))
         return self._recorded[accumulate]
 
     def record(self) -> None:
@@ -173,11 +173,11 @@ class Trainer:
         for micro, (ids, targets, _) in enumerate(batches):
             self._write_step(lr, self.step + 1, 1.0 / max(1, n_targets), slot, micro)
             self.model.write_batch(ids, targets)
-            cmds = self._micro_batch(micro > 0)
+            cmds = [self._micro_batch(micro > 0)]
             if micro == len(batches) - 1:
-                cmds = cmds + self._optimizer_cmds + [Copy(self.clip, 0, self.norm_hist, 4 * slot, 4)]
+                cmds += [self._optimizer_cmds, Copy(self.clip, 0, self.norm_hist, 4 * slot, 4)]
                 if self.timer is not None:
-                    cmds = cmds + [Timestamp(self.timer, slot + 1)]
+                    cmds.append(Timestamp(self.timer, slot + 1))
             self.device.submit(cmds)
         self.step += 1
         self.tokens_seen += self.config.batch_size * self.config.seq_len * self.config.grad_accum

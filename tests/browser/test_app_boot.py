@@ -34,7 +34,11 @@ def test_the_hardware_panel_measures_the_training_step(app_page):
     result = json.loads(app_page.get_attribute("[data-testid=hw-bench-result]", "data-result"))
     assert result["tokens_per_s"] > 0 and result["batch_size"] == 2 and result["seq_len"] == 32
     assert result["submits_per_step"] == 1 and result["dispatches_per_step"] > 50
+    assert result["host_ms_per_step"] > 0  # (the encoding's cost: printed, never asserted against a time)
     assert "tokens/s" in app_page.inner_text("[data-testid=hw-bench-result]")
+    assert "on the CPU, encoding and submitting" in app_page.inner_text("[data-testid=hw-bench-result]")
+    scripted = App(app_page).engine("bench", {"config": "tiny", "batch_size": 1, "seq_len": 16, "steps": 2})
+    assert scripted["host_ms_per_step"] > 0 and scripted["dispatches_per_step"] > 50
     assert app_page.locator("[data-testid=error]").is_hidden()
 
 

@@ -44,6 +44,10 @@ def test_the_estimate_equals_what_a_run_allocates(tmp_path, run, checkpointing, 
     memory = estimate_memory(session.ops, session.model.config, session.model.weights, train, lora, dataset.train,
                              counting)
     assert plan["memory"] == memory and plan["fits"]
+    measured = plan["precision"]  # the tiled matmul timed in both arithmetics where shader-f16 is
+    assert measured["f32_gflops"] > 0 and measured["faster"] in ("f32", "mixed")
+    assert (measured["mixed_gflops"] or 0) > 0 if "shader-f16" in session.device.info.features else \
+        measured["mixed_gflops"] is None
     assert memory["total"] == sum(memory[k] for k in ("weights", "activations", "logits", "adapter_and_optimizer"))
     assert memory["logits"] > 0 and memory["adapter_and_optimizer"] > 0
 

@@ -41,7 +41,8 @@ async def on_bench(event) -> None:
     node = el("hw-bench-result")
     if result:
         node.textContent = (f"{result['config']}, {result['batch_size']} × {result['seq_len']} tokens: "
-                            f"{result['tokens_per_s']:,.0f} tokens/s, {result['ms_per_step']:,.1f} ms per step, "
+                            f"{result['tokens_per_s']:,.0f} tokens/s, {result['ms_per_step']:,.1f} ms per step "
+                            f"({result['host_ms_per_step']:,.2f} ms of it on the CPU, encoding and submitting), "
                             f"{result['dispatches_per_step']:.0f} dispatches in {result['submits_per_step']:.0f} "
                             f"submit(s) per step, peak GPU memory {mib(result['peak_gpu_bytes'])}")
         node.dataset.result = json.dumps(result)

@@ -68,6 +68,7 @@ async def start() -> None:
         show_error(result["error"])
         return
     hardware.render_hw_info(result["adapter"], result["check"])
+    plan.default_precision(result["adapter"]["f16"])
     if not result["check"]["ok"]:
         set_status("Stopped: the GPU computed a wrong result", "error")
         show_error(f"The kernel self-check failed on this GPU (max error {result['check']['max_abs_error']}).")

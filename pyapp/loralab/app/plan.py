@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields
 
-from pyodide.ffi import jsnull  # type: ignore[import-not-found]
+from pyodide.ffi import create_proxy, jsnull  # type: ignore[import-not-found]
 from pyscript import document  # type: ignore[import-not-found]
 
 from ..config import (
@@ -82,6 +82,35 @@ def build_plan_form() -> None:
         form.append(label)
 
 
+def default_precision(f16: bool) -> None:
+    """Without shader-f16 the plan's arithmetic is float32, the only choice offered. With it,
+    the plan picks the faster of the two as measured on this GPU (update_estimate), until the
+    person chooses one."""
+    control = document.querySelector('[name="train.precision"]')
+    if control is None or control is jsnull:
+        return
+    if not f16:
+        control.value = "f32"
+        control.querySelector('option[value="mixed"]').disabled = True
+        control.title = "This GPU lacks shader-f16: float32 arithmetic only"
+    else:
+        control.addEventListener("change", create_proxy(lambda event: save(precision_chosen=True)))
+
+
+def suggest_precision(measured: dict, train: TrainConfig) -> str | None:
+    """The plan's words on the arithmetic; switches the form to the faster precision measured
+    here unless the person chose one (returns None then it switched: estimate again)."""
+    if not measured["mixed_gflops"]:
+        return ""
+    control = document.querySelector('[name="train.precision"]')
+    if not saved().get("precision_chosen") and control.value != measured["faster"]:
+        control.value = measured["faster"]
+        return None
+    ratio = measured["mixed_gflops"] / measured["f32_gflops"]
+    return (f" Arithmetic: {train.precision} (float16 products ran {ratio:.2f}× float32's speed on this GPU; "
+            f"{measured['faster']} is the faster).")
+
+
 def read_plan() -> tuple[TrainConfig | None, LoraConfig | None]:
     """The plan as the two dataclasses (their own validation), or (None, None) with the error shown."""
     values = {"train": {}, "lora": {}}
@@ -132,6 +161,11 @@ async def update_estimate(event=None) -> None:
         await hardware.show_gpu_status()
         if not result["fits"]:
             text += f" This will not fit: {result['advice']}."
+        words = suggest_precision(result["precision"], train)
+        if words is None:  # (switched to the faster arithmetic: the estimate follows it)
+            await update_estimate()
+            return
+        text += words
         if state.get("cuts_most"):
             text += (f" The sequence length ({train.seq_len}) cuts most examples of the dataset: their ends "
                      f"are not trained on; raise it if memory allows.")

@@ -553,11 +553,13 @@ class Bench:
     rank: int = 8
 
 
+@command("bench", Bench)
 @command("bench_step", Bench)
 async def bench_step(w: Worker, req: Bench) -> dict:
-    """The `loralab bench` training step in this browser -> tokens/s, ms/step, dispatches and
-    submits per step, peak GPU bytes. "loaded" times the loaded model's own weights; named configs
-    use random weights (freed after)."""
+    """The `loralab bench` training step in this browser -> tokens/s, ms/step, host_ms_per_step
+    (writing the batch, encoding and submitting: the browser's own cost), dispatches and submits
+    per step, peak GPU bytes. "loaded" times the loaded model's own weights; named configs use
+    random weights (freed after)."""
     from ..bench import bench_training
     from ..config import NAMED_CONFIGS, ModelConfig
 

@@ -154,6 +154,30 @@ class Dispatch:
     kernel: str = ""  # entry point name, for profiles
 
 
+class Recording:
+    """Commands submitted many times unchanged (a training micro-batch, the optimizer's step):
+    a submit may hold recordings among its commands. A driver may keep each one encoded its own
+    way, once: the browser's keeps it as one JS array, so that replaying it costs a single JS call
+    instead of several FFI calls per dispatch."""
+
+    def __init__(self, commands):
+        self.commands = tuple(expand(commands))
+        self.dispatches = sum(1 for c in self.commands if isinstance(c, Dispatch))
+        self.encoded = None  # the driver's form, made on the first submit
+
+    def __len__(self) -> int:
+        return len(self.commands)
+
+
+def expand(commands):
+    """The commands with every Recording among them replaced by its own."""
+    for command in commands:
+        if isinstance(command, Recording):
+            yield from command.commands
+        else:
+            yield command
+
+
 @dataclass(frozen=True)
 class Copy:
     src: Buffer
@@ -305,10 +329,12 @@ class Device(abc.ABC):
         self._check_alive()
         return await self._read_timer(timer, count)
 
-    def submit(self, commands: list[Dispatch | Copy | Timestamp]) -> None:
-        """Encode `commands` into one command buffer and submit it."""
+    def submit(self, commands: list) -> None:
+        """Encode `commands` (Dispatch, Copy, Timestamp, Recording) into one command buffer and
+        submit it."""
         self._check_alive()
         if commands:
             self._submit(commands)
             self.submits += 1
-            self.dispatches += sum(1 for c in commands if isinstance(c, Dispatch))
+            self.dispatches += sum(c.dispatches if isinstance(c, Recording) else isinstance(c, Dispatch)
+                                   for c in commands)

@@ -24,6 +24,7 @@ from .device import (
     Timer,
     Timestamp,
     check_limits,
+    expand,
     requested_limits,
 )
 
@@ -142,7 +143,7 @@ class NativeDevice(Device):
     def _submit(self, commands) -> None:
         encoder = self.device.create_command_encoder()
         compute_pass, pipeline = None, None
-        for command in commands:
+        for command in expand(commands):
             if isinstance(command, Timestamp):
                 if compute_pass is not None:
                     compute_pass.end()

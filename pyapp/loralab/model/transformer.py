@@ -104,15 +104,17 @@ class LayerActivations:
 
 class Transformer:
     def __init__(self, device: Device, ops: Ops, config: ModelConfig, weights: dict[str, Buffer],
-                 lora: LoraState | None, batch: int, seq_len: int, checkpointing: bool = False):
+                 lora: LoraState | None, batch: int, seq_len: int, checkpointing: bool = False,
+                 precision: str = "f32"):
         """checkpointing: keep only each layer's input and recompute the layer during the
-        backward pass (one layer's activations in memory instead of all of them)."""
+        backward pass (one layer's activations in memory instead of all of them). precision:
+        the large products' arithmetic (config.PRECISIONS; "mixed" needs ops.prepare(mixed=True))."""
         if config.max_positions and seq_len > config.max_positions:
             what = ("has learned position embeddings for n_positions" if config.learned_positions else
                     "'s RoPE (LongRoPE) is supported up to original_max_position_embeddings")
             raise UsageError(f"this model {what} = {config.max_positions} tokens; {seq_len} were asked for: use a "
                              f"shorter sequence length")
-        self.device, self.ops, self.config, self.w, self.lora = device, ops, config, weights, lora
+        self.device, self.ops, self.config, self.w, self.lora = device, ops.with_precision(precision), config, weights, lora
         self.B, self.S, self.T = batch, seq_len, batch * seq_len
         self.checkpointing = checkpointing
         cfg, T = config, self.T
