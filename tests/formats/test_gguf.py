@@ -154,3 +154,58 @@ def test_the_tokenizer_splits_digits_as_its_family_does(tmp_path, pre, pieces):
     tokenizer_json, _, _ = tokenizer_files(read(str(path)))
     encoding = Tokenizer.from_str(tokenizer_json).encode("1234")
     assert encoding.tokens == pieces
+
+
+SPM_PIECES = ["\u2581", "\u2581t", "he", "\u2581the", "\u2581a", "an", "\u2581an", "in", "\u2581in", "er", "\u2581w",
+              "or", "\u2581wor", "ld", "\u2581world", "\u2581he", "ll", "llo", "\u2581hello", "\u2581\u2581", "é", "ö",
+              "\u2581there", "\u2581th", "ere", "\u2581hi", "hi", "\u2581H", "ello", "H"]
+
+
+def spm_gguf(path, arch: str, spaces: bool = False):
+    """A tiny SentencePiece BPE vocabulary as llama.cpp writes one (tokenizer.ggml.model "llama":
+    scores, token types, byte tokens, no merges); Gemma's multi-space tokens as real spaces."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces = SPM_PIECES + letters + (["  ", "   "] if spaces else [])
+    tokens = ["<unk>", "<s>", "</s>", "<start_of_turn>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [2, 3, 3, 4] + [6] * 256 + [1] * len(pieces)
+    scores = [0.0] * 260 + [-float(i) for i in range(len(pieces))]
+    writer = gguf.GGUFWriter(str(path), arch)
+    for add, value in ((writer.add_block_count, 1), (writer.add_embedding_length, 8), (writer.add_head_count, 2),
+                       (writer.add_feed_forward_length, 16), (writer.add_context_length, 64)):
+        add(value)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_tensor("x", np.zeros(32, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "phi3"])
+def test_a_sentencepiece_vocabulary_tokenizes_as_transformers_rebuilds_it(tmp_path, arch):
+    """Gemma 3, Phi-3 and Llama 2 GGUFs carry SentencePiece BPE vocabularies without merges: the
+    tokenizer rebuilt from the metadata (merges recovered from the scores, or Gemma's order;
+    spaces as ▁; byte fallback; BOS first) gives transformers' ids for the same file, and
+    decodes them back as it does."""
+    transformers = pytest.importorskip("transformers")
+    from loralab.data.tokenizer import HFTokenizer
+    from loralab.model.gguf_model import tokenizer_files
+
+    path = spm_gguf(tmp_path / f"{arch}.gguf", arch, spaces=arch == "gemma3")
+    tokenizer_json, config, _ = tokenizer_files(read(str(path)))
+    ours = HFTokenizer(tokenizer_json, config)
+    reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    for text in ("the world", "Hello world", "hi  there   in", " the", "héllo wörld 😀", "an\nin",
+                 "<start_of_turn>the"):
+        want = reference.encode(text)
+        assert ours.encode(text) == want, text
+        assert ours.decode(want) == reference.decode(want, skip_special_tokens=True), text
+    assert ours.encode("the")[0] == 1  # (BOS, as the file's add_bos_token says)

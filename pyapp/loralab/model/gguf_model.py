@@ -164,12 +164,14 @@ SPLIT_PATTERNS = {"qwen2": _SPLIT % "", "llama-bpe": _SPLIT % "{1,3}"}
 
 
 def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
-    """(tokenizer.json text, tokenizer_config dict, chat template) from the GGUF metadata.
-    Byte-level BPE ("gpt2") tokenizers only: the kind SmolLM, Qwen2 and Llama 3 use."""
+    """(tokenizer.json text, tokenizer_config dict, chat template) from the GGUF metadata: a
+    byte-level BPE ("gpt2": SmolLM, Qwen, Llama 3, GPT-2) or a SentencePiece BPE ("llama":
+    Gemma 3, Phi-3, Llama 2, Mistral) vocabulary, as transformers rebuilds them from a GGUF."""
     meta = gguf.metadata
-    if meta.get("tokenizer.ggml.model") != "gpt2":
-        raise GGUFError(f"{gguf.name}: tokenizer model {short(meta.get('tokenizer.ggml.model'))} is not supported "
-                        f"(byte-level BPE, 'gpt2', is)")
+    kind = meta.get("tokenizer.ggml.model")
+    if kind not in ("gpt2", "llama"):
+        raise GGUFError(f"{gguf.name}: tokenizer model {short(kind)} is not supported (byte-level BPE, 'gpt2', and "
+                        f"SentencePiece BPE, 'llama', are)")
     tokens = _list(gguf, "tokenizer.ggml.tokens", str)
     if not tokens:
         raise GGUFError(f"{gguf.name}: metadata tokenizer.ggml.tokens is empty")
@@ -186,16 +188,10 @@ def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
     add_bos = _meta(gguf, "tokenizer.ggml.add_bos_token", boolean, False)
     fields = config_dict(gguf)
     model_max_length = int(fields.get("max_position_embeddings") or fields["n_positions"])  # (GPT-2's name)
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    pre = byte_level
-    kind = meta.get("tokenizer.ggml.pre")
-    kind = kind if isinstance(kind, str) else None  # (a hostile file's list or number: the default split)
-    if kind == "smollm":  # SmolLM splits digits one by one first
-        pre = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
-    elif kind in SPLIT_PATTERNS:  # the model's own split, then bytes to symbols
-        pre = {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": SPLIT_PATTERNS[kind]}, "behavior": "Isolated", "invert": False},
-            {**byte_level, "use_regex": False}]}
+    if kind == "gpt2":
+        tokenizer = _byte_level(gguf, tokens, merges)
+    else:
+        tokenizer = _sentencepiece(gguf, tokens, [m.split(" ") for m in merges])
     special = [i for i, t in enumerate(types) if t in (3, 4)]  # control and user-defined tokens
     tokenizer = {
         "version": "1.0",
@@ -203,6 +199,40 @@ def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
         "padding": None,
         "added_tokens": [{"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False,
                           "normalized": False, "special": types[i] == 3} for i in special],
+        **tokenizer,
+    }
+
+    def token(key: str) -> str | None:
+        i = _meta(gguf, f"tokenizer.ggml.{key}_token_id", integer, None, hi=len(tokens) - 1)
+        return None if i is None else tokens[i]
+
+    config = {"bos_token": token("bos"), "eos_token": token("eos"), "pad_token": token("padding"),
+              "unk_token": token("unknown"), "add_bos_token": add_bos, "model_max_length": model_max_length}
+    if kind == "llama" and add_bos and config["bos_token"] is not None:  # SentencePiece models start with BOS
+        bos = config["bos_token"]
+        tokenizer["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [tokens.index(bos)], "tokens": [bos]}}}
+    return json.dumps(tokenizer, ensure_ascii=False), config, template
+
+
+def _byte_level(gguf: GGUFFile, tokens: list[str], merges: list[str]) -> dict:
+    """tokenizer.json's normalizer, pre-tokenizer, post-processor, decoder and model for a
+    byte-level BPE vocabulary (the split regex chosen by tokenizer.ggml.pre)."""
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    pre = byte_level
+    kind = gguf.metadata.get("tokenizer.ggml.pre")
+    kind = kind if isinstance(kind, str) else None  # (a hostile file's list or number: the default split)
+    if kind == "smollm":  # SmolLM splits digits one by one first
+        pre = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    elif kind in SPLIT_PATTERNS:  # the model's own split, then bytes to symbols
+        pre = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": SPLIT_PATTERNS[kind]}, "behavior": "Isolated", "invert": False},
+            {**byte_level, "use_regex": False}]}
+    return {
         "normalizer": None,
         "pre_tokenizer": pre,
         "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
@@ -212,13 +242,68 @@ def tokenizer_files(gguf: GGUFFile) -> tuple[str, dict, str | None]:
                   "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},
     }
 
-    def token(key: str) -> str | None:
-        i = _meta(gguf, f"tokenizer.ggml.{key}_token_id", integer, None, hi=len(tokens) - 1)
-        return None if i is None else tokens[i]
 
-    config = {"bos_token": token("bos"), "eos_token": token("eos"), "pad_token": token("padding"),
-              "unk_token": token("unknown"), "add_bos_token": add_bos, "model_max_length": model_max_length}
-    return json.dumps(tokenizer, ensure_ascii=False), config, template
+SPACE = "\u2581"  # SentencePiece's visible space
+
+
+def _sentencepiece(gguf: GGUFFile, tokens: list[str], merges: list[list[str]]) -> dict:
+    """tokenizer.json's parts for a SentencePiece BPE vocabulary, as transformers rebuilds one
+    from a GGUF: spaces become ▁ (Gemma: every space, by a normalizer; Phi-3: also one ▁ put
+    before the text; the others: Metaspace, ▁ before the first word), characters outside the
+    vocabulary fall back to their <0xXX> byte tokens, and the merges, which such files seldom
+    list, are recovered from the vocabulary: every split of a token into two tokens is a merge,
+    ranked by the token's score (Gemma: by its place in the file, which is its merge order)."""
+    arch = gguf.metadata.get("general.architecture")
+    if arch == "gemma3":  # Gemma stores its runs of spaces as spaces; its vocabulary means ▁s
+        tokens = [SPACE * len(t) if " " in t and not t.strip() else t for t in tokens]
+        ranks = [-float(i) for i in range(len(tokens))]
+    else:
+        scores = _list(gguf, "tokenizer.ggml.scores", float, None) if not merges else None
+        if scores is not None and len(scores) != len(tokens):
+            raise GGUFError(f"{gguf.name}: metadata tokenizer.ggml.scores has {len(scores):,} entries for "
+                            f"{len(tokens):,} tokens")
+        ranks = scores
+    if not merges:
+        if ranks is None:
+            raise GGUFError(f"{gguf.name}: a SentencePiece vocabulary needs tokenizer.ggml.scores or merges")
+        merges = _recovered_merges(tokens, ranks)
+    unknown = _meta(gguf, "tokenizer.ggml.unknown_token_id", integer, None, hi=len(tokens) - 1)
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
+    decoders = [{"type": "Replace", "pattern": {"String": SPACE}, "content": " "}, {"type": "ByteFallback"},
+                {"type": "Fuse"}]
+    if arch == "gemma3":
+        normalizer, pre = replace, None
+    elif arch == "phi3":
+        normalizer, pre = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": SPACE}, replace]}, None
+    else:
+        normalizer = None
+        pre = {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": "first", "split": False}
+    if arch != "gemma3":  # (the space put before the text is taken off again)
+        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    return {
+        "normalizer": normalizer,
+        "pre_tokenizer": pre,
+        "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {"type": "BPE", "dropout": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "unk_token": tokens[unknown] if arch == "gemma3" and unknown is not None else None,
+                  "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},
+    }
+
+
+def _recovered_merges(tokens: list[str], ranks: list[float]) -> list[list[str]]:
+    """The merges a SentencePiece BPE vocabulary implies: each token's splits into two tokens
+    (in the order of their ids), all ranked by the token's score, higher first, then by longer
+    left and right pieces; the ranking is stable, so ties keep the vocabulary's order."""
+    index = {t: i for i, t in enumerate(tokens)}
+    found = []
+    for token, rank in zip(tokens, ranks):
+        pairs = [(token[:k], token[k:]) for k in range(1, len(token)) if token[:k] in index and token[k:] in index]
+        pairs.sort(key=lambda pair: (index[pair[0]], index[pair[1]]))
+        found.extend((rank, len(left), len(right), left, right) for left, right in pairs)
+    found.sort(key=lambda m: m[:3], reverse=True)
+    return [[left, right] for _, _, _, left, right in found]
 
 
 class GGUFModel:
