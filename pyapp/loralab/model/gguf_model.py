@@ -244,6 +244,9 @@ def _byte_level(gguf: GGUFFile, tokens: list[str], merges: list[str]) -> dict:
 
 
 SPACE = "\u2581"  # SentencePiece's visible space
+# The characters of a vocabulary whose merges are recovered (each token is split at every place):
+# Gemma 3's 262,144 tokens hold about 2 million; this bounds a hostile file's cost.
+MAX_SPLIT_CHARS = 1 << 25
 
 
 def _sentencepiece(gguf: GGUFFile, tokens: list[str], merges: list[list[str]]) -> dict:
@@ -266,6 +269,9 @@ def _sentencepiece(gguf: GGUFFile, tokens: list[str], merges: list[list[str]]) -
     if not merges:
         if ranks is None:
             raise GGUFError(f"{gguf.name}: a SentencePiece vocabulary needs tokenizer.ggml.scores or merges")
+        if sum(len(t) for t in tokens) > MAX_SPLIT_CHARS:
+            raise GGUFError(f"{gguf.name}: metadata tokenizer.ggml.tokens is too long to recover its merges from "
+                            f"(over {MAX_SPLIT_CHARS:,} characters in all)")
         merges = _recovered_merges(tokens, ranks)
     unknown = _meta(gguf, "tokenizer.ggml.unknown_token_id", integer, None, hi=len(tokens) - 1)
     replace = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
