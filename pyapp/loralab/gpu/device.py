@@ -165,9 +165,6 @@ class Recording:
         self.dispatches = sum(1 for c in self.commands if isinstance(c, Dispatch))
         self.encoded = None  # the driver's form, made on the first submit
 
-    def __len__(self) -> int:
-        return len(self.commands)
-
 
 def expand(commands):
     """The commands with every Recording among them replaced by its own."""

@@ -73,9 +73,9 @@ def file_tensors(config: ModelConfig) -> dict[str, FileTensor]:
     """The model's tensors by their names in its Hugging Face files (merged exports write these;
     engine_tensors reads them)."""
     shapes = expected_shapes(config)
-    out: dict[str, FileTensor] = {}
     if config.family == "gpt2":
         return _gpt2_file_tensors(config, shapes)
+    out: dict[str, FileTensor] = {}
     for name, shape in shapes.items():
         module = name.rsplit(".", 2)[-2]
         fused = next((f for f, parts in FUSED.items() if module in parts), None) if config.fused else None
