@@ -317,6 +317,8 @@ async def cmd_export(args) -> int:
         return 0
     await start_gpu(s)
     await s.upload(args.weights)
+    if args.to == "onnx":
+        return await export_onnx(s, args.out, args.onnx_dtype)
     if args.quantize:
         with open(args.out, "wb") as f:
             await s.write_merged_gguf(f.write, args.quantize)
@@ -330,6 +332,31 @@ async def cmd_export(args) -> int:
     with open(os.path.join(args.out, "model.safetensors"), "wb") as f:
         await s.write_merged(f.write)
     print(json.dumps({"event": "exported", "to": "merged", "out": args.out}), file=sys.stderr)
+    return 0
+
+
+async def export_onnx(s, out: str, dtype: str) -> int:
+    """The ONNX folder transformers.js loads: config, tokenizer, onnx/model.onnx (float32) and/or
+    onnx/model_q4.onnx (MatMulNBits), each with an .onnx_data file when over 2 GB."""
+    from .onnx_export import MODEL_FILE, Q4_FILE, external_file
+
+    variants = {"fp32": [False], "q4": [True], "both": [False, True]}[dtype]
+    external = {Q4_FILE if q4 else MODEL_FILE: s.onnx_needs_external(q4) for q4 in variants}
+    os.makedirs(os.path.join(out, "onnx"), exist_ok=True)
+    for name, data in s.onnx_folder_files(external).items():
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+    written = []
+    for q4 in variants:
+        path = Q4_FILE if q4 else MODEL_FILE
+        with open(os.path.join(out, path), "wb") as f:
+            if external[path]:
+                with open(os.path.join(out, "onnx", external_file(path)), "wb") as data:
+                    await s.write_onnx(f.write, q4, data.write)
+            else:
+                await s.write_onnx(f.write, q4)
+        written.append(path)
+    print(json.dumps({"event": "exported", "to": "onnx", "out": out, "files": written}), file=sys.stderr)
     return 0
 
 
@@ -442,9 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compare-torch", action="store_true", help="run the same configuration in PyTorch + PEFT too")
     b.add_argument("--torch-precisions", default="fp32,bf16", help="comma-separated: fp32 (TF32 off), tf32, bf16, bf16-compile (torch.compile), "
                                                             "nf4 (bitsandbytes QLoRA)")
-    x = sub.add_parser("export", help="an adapter as llama.cpp GGUF-LoRA, or merged into the base model")
+    x = sub.add_parser("export", help="an adapter as llama.cpp GGUF-LoRA, or merged into the base model (a folder, "
+                                      "a re-quantized GGUF or ONNX)")
     x.add_argument("adapter_dir", help="a PEFT adapter folder or .zip")
-    x.add_argument("--to", choices=["gguf", "merged"], required=True)
+    x.add_argument("--to", choices=["gguf", "merged", "onnx"], required=True,
+                   help="gguf: a llama.cpp GGUF-LoRA file; merged: a Hugging Face folder with the adapter merged "
+                        "in; onnx: a folder for transformers.js / onnxruntime (onnx/model.onnx, onnx/model_q4.onnx)")
+    x.add_argument("--onnx-dtype", choices=["fp32", "q4", "both"], default="both",
+                   help="with --to onnx: float32 (model.onnx), 4-bit MatMulNBits (model_q4.onnx) or both")
     x.add_argument("--model", required=True, help="the base model the adapter was trained on")
     x.add_argument("--out", required=True, help="the .gguf file, or the folder for the merged model")
     x.add_argument("--quantize", choices=MERGED_GGUF_TYPES,

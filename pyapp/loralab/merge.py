@@ -51,9 +51,9 @@ def merged_bytes(config: ModelConfig, dtype: str = "F32") -> int:
 
 
 def _merged_matrix(device: Device, ops: Ops, config: ModelConfig, name: str, buf: Buffer, shape: tuple[int, ...],
-                   lora: LoraState, temps: list[Buffer]) -> Buffer:
-    """Base tensor `name` as float32 on the GPU, with scaling · B · A added where the adapter has
-    its projection (a quantized weight dequantized first); the buffers it makes go in `temps`."""
+                   lora: LoraState | None, temps: list[Buffer]) -> Buffer:
+    """Base tensor `name` as float32 on the GPU, with scaling · B · A added where the adapter (if
+    any) has its projection (a quantized weight dequantized first); the buffers it makes go in `temps`."""
     if buf.dtype == "f16":
         raise UsageError(f"merging needs float32 or quantized base weights; {name} is float16 (load with --weights "
                          f"f32)")
@@ -63,7 +63,7 @@ def _merged_matrix(device: Device, ops: Ops, config: ModelConfig, name: str, buf
         device.submit([ops.dequantize(plain, buf, *shape)])
         buf = plain
     site = _lora_site(name)
-    if site is not None and lora.has(*site):
+    if site is not None and lora is not None and lora.has(*site):
         layer, module = site
         out_f, in_f = config.projection_shape(module)
         r, scale = lora.rank(layer, module), lora.scaling(layer, module)

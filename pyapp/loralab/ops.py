@@ -45,6 +45,7 @@ KERNELS = (
     "matmul_thin",
     "to_f16",
     "transpose",
+    "quantize_nbits",
 )
 # Frozen weights kept quantized on the GPU (wgsl/include/qweight.wgsl): Buffer.dtype -> (bits
 # per code, values per group, NF4 table). Codes, then a f32 scale per group, then (affine types)
@@ -670,6 +671,13 @@ class Ops:
         """out [rows, cols] float32 ← a quantized weight."""
         return self._elementwise("dequantize", rows * cols, self._quantize_params(src, rows, cols),
                                  self._reader("dequantize", src), src=src, out=out)
+
+    def quantize_nbits(self, q: Buffer, scales: Buffer, zp: Buffer, w: Buffer, N: int, K: int) -> list[Dispatch]:
+        """w [N, K] float32 as onnxruntime's MatMulNBits 4-bit blocks of 32: q [N, blocks, 16]
+        bytes, scales [N · blocks] f32, zp one byte per u32 word [N · ceil(blocks / 2)] (keep
+        each word's low byte)."""
+        blocks = -(-K // 32)
+        return [self._elementwise("quantize_nbits", N * -(-blocks // 2), dict(N=N, K=K), W=w, Q=q, scales=scales, zp=zp)]
 
     def to_f16(self, y: Buffer, x: Buffer, N: int) -> Dispatch:
         """y (u32 words) ← float16 pairs of x[N]."""

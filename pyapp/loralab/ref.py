@@ -56,6 +56,22 @@ def transpose(x: np.ndarray, first: int = 0, n: int | None = None) -> np.ndarray
     return np.ascontiguousarray(x[:, first:first + n].T)
 
 
+def quantize_nbits(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """w [N, K] as MatMulNBits' 4-bit blocks of 32 (wgsl/quantize_nbits.wgsl): codes [N, blocks,
+    32] (unpacked), scales [N, blocks], zero points [N, blocks]."""
+    N, K = w.shape
+    blocks = -(-K // 32)
+    x = np.zeros((N, blocks * 32), np.float32)
+    x[:, :K] = w
+    x = x.reshape(N, blocks, 32)
+    lo, hi = np.minimum(x.min(-1), 0), np.maximum(x.max(-1), 0)
+    scale = ((hi - lo) / np.float32(15)).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1).astype(np.float32)
+    zp = np.where(scale > 0, np.clip(np.round(-lo / safe), 0, 15), 0)
+    q = np.where(scale[..., None] > 0, np.clip(np.round(x / safe[..., None]) + zp[..., None], 0, 15), 0)
+    return q.astype(np.uint8), scale, zp.astype(np.uint8)
+
+
 def rope_inv_freq(D: int, theta: float) -> np.ndarray:
     return (1.0 / theta ** (np.arange(0, D, 2, dtype=np.float64) / D)).astype(np.float32)
 

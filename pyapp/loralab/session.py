@@ -674,6 +674,34 @@ class Session:
             raise UsageError("train or import an adapter first")
         await write_merged(write, self.device, self.ops, model.config, model.weights, lora)
 
+    def onnx_needs_external(self, q4: bool = False) -> bool:
+        """Whether the ONNX model is over protobuf's 2 GB (its weights then go in a data file)."""
+        from .onnx_export import needs_external
+
+        model = self.need_model()
+        return needs_external(model.config, model.config_dict, q4)
+
+    def onnx_folder_files(self, external: dict[str, bool]) -> dict[str, bytes]:
+        """The ONNX folder's small files: config.json (saying which ONNX files keep external
+        data, `external`: path → bool), generation_config.json and the tokenizer's."""
+        from .merge import folder_files
+        from .onnx_export import folder_config
+
+        model = self.need_model()
+        files = folder_files(model.config_dict, *model.tokenizer_files, model.generation, "F32")
+        files["config.json"] = folder_config(files["config.json"], external)
+        return files
+
+    async def write_onnx(self, write: Callable[[bytes], object], q4: bool = False,
+                         external: Callable[[bytes], object] | None = None) -> None:
+        """The ONNX decoder (onnx/model.onnx, or onnx/model_q4.onnx with q4) with the adapter, if
+        any, merged in; with `external`, its weights are written there (the .onnx_data file)."""
+        from .onnx_export import write_onnx
+
+        model = await self.upload()
+        await write_onnx(write, self.device, self.ops, model.config, model.config_dict, model.weights, self.adapter(),
+                         q4, external)
+
     def gguf_base(self, what: str = "a re-quantized merged model"):
         """The model's GGUF source, for exports written over it (else a UsageError naming `what`)."""
         from .model.gguf_model import GGUFModel
