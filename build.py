@@ -118,7 +118,9 @@ def setup_node() -> None:
         return
     if not shutil.which("npm"):
         sys.exit("[build.py] npm is missing: install Node.js 20 or newer (Debian/Ubuntu: apt-get install nodejs npm).")
-    run(["npm", "ci", "--no-audit", "--no-fund"])
+    # --ignore-scripts: onnxruntime-node (under transformers.js, a test reference) would download
+    # optional GPU binaries from a host outside npm; its CPU binary ships inside the package.
+    run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"])
     stamp.write_text(want)
 
 

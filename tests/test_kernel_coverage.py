@@ -52,6 +52,7 @@ KERNELS = {
     "matmul_thin": ("matmul", MATMUL, "tests/test_ops.py::test_matmul_thin_products"),
     "matmul_reduce": ("matmul", MATMUL, "tests/test_ops.py::test_matmul_split_k"),
     "matmul_reduce4": ("matmul", MATMUL, "tests/test_ops.py::test_matmul_with_a_residual"),
+    "quantize_nbits": ("quantize_nbits", "ref.quantize_nbits", "tests/test_ops.py::test_quantize_nbits_like_numpy"),
     "rmsnorm": ("rmsnorm", "ref.rmsnorm", "tests/test_ops.py::test_rmsnorm_forward_and_backward"),
     "rmsnorm_backward": ("rmsnorm_backward", "ref.rmsnorm_backward", "tests/test_ops.py::test_rmsnorm_forward_and_backward"),
     "rope": ("rope", "ref.rope", "tests/test_ops.py::test_rope_forward_and_inverse"),

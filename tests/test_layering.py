@@ -21,7 +21,7 @@ LAYERS = [
     ("kernels", ["kernels", "ops", "selftest"]),
     ("lora", ["lora"]),
     ("model", ["model.*"]),
-    ("train", ["train", "generate", "merge", "plan", "bench", "bench_torch"]),
+    ("train", ["train", "generate", "merge", "onnx_export", "plan", "bench", "bench_torch"]),
     ("entry", ["session", "cli"]),
     ("browser", ["gpu.browser", "browser.*"]),
     ("app", ["app.*"]),
@@ -30,7 +30,7 @@ BROWSER_SIDE = ("gpu.browser", "browser.*", "app.*")
 # The CLI and the worker are adapters over session.Session: they reach the run, the model's
 # network, generation and merging only through it.
 ADAPTERS = ("cli", "browser.worker")
-BEHIND_SESSION = ("train", "generate", "merge", "plan", "lora", "model.transformer")
+BEHIND_SESSION = ("train", "generate", "merge", "onnx_export", "plan", "lora", "model.transformer")
 BROWSER_MODULES = ("js", "pyodide", "pyscript")
 
 

@@ -280,6 +280,33 @@ def test_to_f16_rounds_like_numpy(ops, arrays):
     np.testing.assert_array_equal(got, rounded)
 
 
+@pytest.mark.parametrize("N, K", [(5, 64), (3, 96), (7, 70), (2, 32)])
+def test_quantize_nbits_like_numpy(ops, arrays, N, K):
+    """MatMulNBits' 4-bit blocks (ONNX export): codes, scales and zero points as ref.quantize_nbits,
+    with an odd number of blocks per row (a zero-point byte's high nibble unused), K past the last
+    whole block, an all-zero block and an all-positive one; codes may differ only at rounding ties."""
+    w = rng("nbits").standard_normal((N, K)).astype(np.float32)
+    w[0, :32] = 0.0
+    w[-1, :32] = np.abs(w[-1, :32]) + 0.5
+    blocks = -(-K // 32)
+    zp_row = -(-blocks // 2)
+    q, scales, zp = arrays.empty(N * blocks * 4), arrays.empty(N * blocks), arrays.empty(N * zp_row)
+    arrays.submit(ops.quantize_nbits(q, scales, zp, arrays.up(w), N, K))
+    codes = arrays.down(q, (N, blocks, 16), "uint8")
+    codes = np.stack([codes & 15, codes >> 4], -1).reshape(N, blocks, 32)
+    points = arrays.down(zp, (N, zp_row), "uint32")
+    q_ref, s_ref, z_ref = ref.quantize_nbits(w)
+    np.testing.assert_allclose(arrays.down(scales, (N, blocks)), s_ref, rtol=1e-6)
+    assert (points < 256).all()
+    assert ((points & 15) == z_ref[:, 0::2]).all() and ((points >> 4)[:, : blocks // 2] == z_ref[:, 1::2]).all()
+    padded = np.zeros((N, blocks * 32), np.float32)
+    padded[:, :K] = w
+    ratio = padded.reshape(N, blocks, 32) / np.where(s_ref > 0, s_ref, 1)[..., None]
+    tie = np.abs(np.abs(ratio % 1) - 0.5) < 1e-4
+    assert (codes == q_ref)[~tie].all() and (np.abs(codes.astype(int) - q_ref) <= 1).all()
+    assert (codes[0, 0] == 0).all() and s_ref[0, 0] == 0 and z_ref[0, 0] == 0
+
+
 @pytest.mark.parametrize("M, N, K, trans_b", [(37, 45, 70, False), (130, 67, 96, True), (5, 300, 64, False),
                                               (300, 3, 50, True)])
 def test_matmul_with_float16_weights(ops, arrays, M, N, K, trans_b):

@@ -338,25 +338,20 @@ async def cmd_export(args) -> int:
 async def export_onnx(s, out: str, dtype: str) -> int:
     """The ONNX folder transformers.js loads: config, tokenizer, onnx/model.onnx (float32) and/or
     onnx/model_q4.onnx (MatMulNBits), each with an .onnx_data file when over 2 GB."""
-    from .onnx_export import MODEL_FILE, Q4_FILE, external_file
-
-    variants = {"fp32": [False], "q4": [True], "both": [False, True]}[dtype]
-    external = {Q4_FILE if q4 else MODEL_FILE: s.onnx_needs_external(q4) for q4 in variants}
+    files = s.onnx_files(dtype)
     os.makedirs(os.path.join(out, "onnx"), exist_ok=True)
-    for name, data in s.onnx_folder_files(external).items():
+    for name, data in s.onnx_folder_files({path: bool(data) for path, _, data in files}).items():
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)
-    written = []
-    for q4 in variants:
-        path = Q4_FILE if q4 else MODEL_FILE
+    for path, q4, data_path in files:
         with open(os.path.join(out, path), "wb") as f:
-            if external[path]:
-                with open(os.path.join(out, "onnx", external_file(path)), "wb") as data:
+            if data_path:
+                with open(os.path.join(out, data_path), "wb") as data:
                     await s.write_onnx(f.write, q4, data.write)
             else:
                 await s.write_onnx(f.write, q4)
-        written.append(path)
-    print(json.dumps({"event": "exported", "to": "onnx", "out": out, "files": written}), file=sys.stderr)
+    print(json.dumps({"event": "exported", "to": "onnx", "out": out,
+                      "files": [p for path, _, data in files for p in (path, data) if p]}), file=sys.stderr)
     return 0
 
 

@@ -674,16 +674,22 @@ class Session:
             raise UsageError("train or import an adapter first")
         await write_merged(write, self.device, self.ops, model.config, model.weights, lora)
 
-    def onnx_needs_external(self, q4: bool = False) -> bool:
-        """Whether the ONNX model is over protobuf's 2 GB (its weights then go in a data file)."""
-        from .onnx_export import needs_external
+    def onnx_files(self, dtype: str = "both") -> list[tuple[str, bool, str | None]]:
+        """The ONNX folder's models for `dtype` (fp32, q4 or both): (path, q4, the path of its
+        external data file when it is over protobuf's 2 GB, else None)."""
+        from .onnx_export import MODEL_FILE, Q4_FILE, external_file, needs_external
 
         model = self.need_model()
-        return needs_external(model.config, model.config_dict, q4)
+        out = []
+        for q4 in {"fp32": [False], "q4": [True], "both": [False, True]}[dtype]:
+            path = Q4_FILE if q4 else MODEL_FILE
+            big = needs_external(model.config, model.config_dict, q4)
+            out.append((path, q4, f"onnx/{external_file(path)}" if big else None))
+        return out
 
     def onnx_folder_files(self, external: dict[str, bool]) -> dict[str, bytes]:
         """The ONNX folder's small files: config.json (saying which ONNX files keep external
-        data, `external`: path → bool), generation_config.json and the tokenizer's."""
+        data, `external`: path → bool, see onnx_files), generation_config.json and the tokenizer's."""
         from .merge import folder_files
         from .onnx_export import folder_config
 
