@@ -43,6 +43,9 @@ VENDOR = [
     ("pyodide", ["pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json"], "pyodide"),
     ("@pyscript/core/dist", ["*.js", "*.css"], "pyscript"),
     ("@huggingface/tokenizers/dist", ["tokenizers.min.mjs"], "vendor/tokenizers"),
+    # ONNX Runtime Web: the module with the WebGPU and wasm providers, and the wasm it loads.
+    ("onnxruntime-web/dist", ["ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs",
+                              "ort-wasm-simd-threaded.asyncify.wasm"], "vendor/ort"),
 ]
 
 # Pure-Python packages the browser's Python imports (chat templates: jinja2, which needs

@@ -31,7 +31,7 @@ from .data.tokenizer import TokenizerError
 from .errors import UsageError, UserError, one_line
 from .model.weights import WEIGHT_DTYPES
 from .ops import ATTENTION_VARIANTS
-from .session import Dataset, Session, checkpoint_configs
+from .session import ONNX_DTYPES, Dataset, Session, checkpoint_configs
 
 
 def open_source(spec: str, hub_endpoint: str | None = None):
@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--to", choices=["gguf", "merged", "onnx"], required=True,
                    help="gguf: a llama.cpp GGUF-LoRA file; merged: a Hugging Face folder with the adapter merged "
                         "in; onnx: a folder for transformers.js / onnxruntime (onnx/model.onnx, onnx/model_q4.onnx)")
-    x.add_argument("--onnx-dtype", choices=["fp32", "q4", "both"], default="both",
+    x.add_argument("--onnx-dtype", choices=list(ONNX_DTYPES), default="both",
                    help="with --to onnx: float32 (model.onnx), 4-bit MatMulNBits (model_q4.onnx) or both")
     x.add_argument("--model", required=True, help="the base model the adapter was trained on")
     x.add_argument("--out", required=True, help="the .gguf file, or the folder for the merged model")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+from collections.abc import Awaitable, Callable
 
 from .config import ModelConfig
 from .errors import UsageError
@@ -49,7 +50,7 @@ class Generator:
         for buffer in [*self.cache.k, *self.cache.v, self.last, self.logits]:
             self.device.destroy_buffer(buffer)
 
-    async def _step(self, ids: list[int], start: int) -> list[float]:
+    async def step(self, ids: list[int], start: int) -> list[float]:
         """Run tokens `ids` at positions start…; returns the logits after the last one."""
         T, C, V = len(ids), self.config.hidden_size, self.config.vocab_size
         self.device.write_buffer(self.model.ids, struct.pack(f"<{T}I", *ids))
@@ -62,23 +63,34 @@ class Generator:
 
     async def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                        seed: int = 0, stop_ids: set[int] = frozenset(), on_token=None) -> list[int]:
-        if not prompt:
-            raise UsageError("the prompt is empty")
         if len(prompt) >= self.max_len:
             raise UsageError(f"the prompt has {len(prompt)} tokens; this generator holds at most {self.max_len - 1}")
-        rng = random.Random(seed)
-        logits = await self._step(prompt, 0)
-        out: list[int] = []
-        position = len(prompt)
-        while len(out) < max_new_tokens:
-            token = sample(logits, temperature, top_p, rng)
-            if token in stop_ids:
-                break
-            out.append(token)
-            if on_token:
-                on_token(token)
-            if position >= self.max_len or len(out) == max_new_tokens:
-                break
-            logits = await self._step([token], position)
-            position += 1
-        return out
+        return await decode(self.step, prompt, max_new_tokens, self.max_len, temperature, top_p, seed, stop_ids,
+                            on_token)
+
+
+async def decode(step: Callable[[list[int], int], Awaitable[list[float]]], prompt: list[int], max_new_tokens: int,
+                 max_len: int, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                 stop_ids: set[int] = frozenset(), on_token=None) -> list[int]:
+    """The tokens after `prompt`: step(ids, start) runs `ids` at positions start… through a
+    model's KV cache and returns the logits after the last one (our engine's, or an ONNX
+    runtime's); one prefill, then one token per step until a stop id, max_new_tokens or
+    max_len positions."""
+    if not prompt:
+        raise UsageError("the prompt is empty")
+    rng = random.Random(seed)
+    logits = await step(prompt, 0)
+    out: list[int] = []
+    position = len(prompt)
+    while len(out) < max_new_tokens:
+        token = sample(logits, temperature, top_p, rng)
+        if token in stop_ids:
+            break
+        out.append(token)
+        if on_token:
+            on_token(token)
+        if position >= max_len or len(out) == max_new_tokens:
+            break
+        logits = await step([token], position)
+        position += 1
+    return out

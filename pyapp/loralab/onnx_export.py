@@ -333,10 +333,16 @@ async def write_onnx(write: Callable[[bytes], object], device: Device, ops: Ops,
     await onnx.write_model(write, graph, data, (external_file(path), external) if external else None)
 
 
+def onnx_size(config: ModelConfig, config_dict: dict | None = None, q4: bool = False) -> int:
+    """Bytes of the model written inline (over protobuf's 2 GB: its weights go in a data file,
+    about as many bytes in all)."""
+    graph, _ = decoder_graph(config, config_dict, q4)
+    return onnx.model_size(graph)
+
+
 def needs_external(config: ModelConfig, config_dict: dict | None = None, q4: bool = False) -> bool:
     """Whether the model is over protobuf's 2 GB (its weights then go in an external data file)."""
-    graph, _ = decoder_graph(config, config_dict, q4)
-    return onnx.model_size(graph) > onnx.PROTOBUF_LIMIT
+    return onnx_size(config, config_dict, q4) > onnx.PROTOBUF_LIMIT
 
 
 def folder_config(config_json: bytes, external: dict[str, bool]) -> bytes:

@@ -64,6 +64,9 @@ async def read_tokenizer_files(source: WeightSource) -> tuple[str | None, dict, 
     return tokenizer_json, config, template, generation if isinstance(generation, dict) else None
 
 
+ONNX_DTYPES = {"fp32": (False,), "q4": (True,), "both": (False, True)}  # the ONNX export's variants (q4 or not)
+
+
 @dataclass
 class Model:
     """A base model as the session holds it: the weight source, its configuration, tokenizer
@@ -587,16 +590,20 @@ class Session:
 
     # -- generation ----------------------------------------------------------------------------------------
     def prompt_ids(self, text: str, chat: bool | None = None) -> list[int]:
-        """Token ids of a prompt: one user message through the chat template (`chat` True: the
-        model must have one; None: when it has one), or the text as it is (`chat` False)."""
-        tok = self.need_tokenizer("generation")
-        template = getattr(tok, "chat_template", None)
-        if chat and not template:
-            raise TokenizerError(f"{self.need_model().name}: the model has no chat template; give a plain prompt")
-        if chat or (chat is None and template):
-            text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-            return tok.encode(text, add_special_tokens=False)
-        return tok.encode(text)
+        """Token ids of a prompt (see prompt_tokens)."""
+        return prompt_tokens(self.need_tokenizer("generation"), text, chat, self.need_model().name)
+
+    async def next_logits(self, prompt: str, lora: LoraState | None) -> list[float]:
+        """Our engine's logits after the prompt (as generate reads it), with `lora` or without."""
+        from .generate import Generator
+
+        ids = self.prompt_ids(prompt)
+        model = await self.upload()
+        gen = Generator(self.device, self.ops, model.config, model.weights, lora, len(ids) + 1)
+        try:
+            return await gen.step(ids, 0)
+        finally:
+            gen.release()
 
     async def generate(self, prompt: str, lora: LoraState | None, max_new_tokens: int = 64, chat: bool | None = None,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
@@ -680,12 +687,21 @@ class Session:
         from .onnx_export import MODEL_FILE, Q4_FILE, external_file, needs_external
 
         model = self.need_model()
+        if dtype not in ONNX_DTYPES:
+            raise UsageError(f"the ONNX export's dtype is one of {', '.join(ONNX_DTYPES)}, not {dtype!r}")
         out = []
-        for q4 in {"fp32": [False], "q4": [True], "both": [False, True]}[dtype]:
+        for q4 in ONNX_DTYPES[dtype]:
             path = Q4_FILE if q4 else MODEL_FILE
             big = needs_external(model.config, model.config_dict, q4)
             out.append((path, q4, f"onnx/{external_file(path)}" if big else None))
         return out
+
+    def onnx_bytes(self, dtype: str = "both") -> int:
+        """About how many bytes the ONNX export's models take."""
+        from .onnx_export import onnx_size
+
+        model = self.need_model()
+        return sum(onnx_size(model.config, model.config_dict, q4) for q4 in ONNX_DTYPES[dtype])
 
     def onnx_folder_files(self, external: dict[str, bool]) -> dict[str, bytes]:
         """The ONNX folder's small files: config.json (saying which ONNX files keep external
@@ -739,6 +755,18 @@ class Session:
         if lora is None:
             raise UsageError("train or import an adapter first")
         await write_merged_gguf(write, self.device, self.ops, source, model.weights, lora, quant)
+
+
+def prompt_tokens(tok: Tokenizer, text: str, chat: bool | None, name: str) -> list[int]:
+    """Token ids of a prompt: one user message through the chat template (`chat` True: the model
+    `name` must have one; None: when it has one), or the text as it is (`chat` False)."""
+    template = getattr(tok, "chat_template", None)
+    if chat and not template:
+        raise TokenizerError(f"{name}: the model has no chat template; give a plain prompt")
+    if chat or (chat is None and template):
+        text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        return tok.encode(text, add_special_tokens=False)
+    return tok.encode(text)
 
 
 def run_in_background(run: Run, report: Callable[[dict], None], **train_args) -> asyncio.Task:

@@ -7,7 +7,7 @@ import json
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 from pyscript import document, window  # type: ignore[import-not-found]
 
-from . import client
+from . import client, onnx
 from .page import download, el, refresh_status, show_error, state
 
 
@@ -19,16 +19,30 @@ async def export_merged(event) -> None:
     result = await client.busy_call("Merging the adapter into the model…", "export_merged",
                                     {"quantize": quantize})
     if result:
-        folder = await window.navigator.storage.getDirectory()
-        for part in result["path"].split("/")[:-1]:
-            folder = await folder.getDirectoryHandle(part)
-        handle = await folder.getFileHandle(result["path"].rsplit("/", 1)[-1])
-        file = await handle.getFile()
-        link = document.createElement("a")
-        link.href = window.URL.createObjectURL(file)
-        link.download = result["name"]
-        link.click()
+        await download_private_file(result)
     refresh_status()
+
+
+async def export_onnx(event) -> None:
+    """The merged model as an ONNX folder for transformers.js / onnxruntime (a zip, written by the
+    engine into the browser's private file system like the merged model)."""
+    result = await client.busy_call("Writing the ONNX model…", "export_onnx", {"dtype": el("export-onnx-dtype").value})
+    if result:
+        await download_private_file(result)
+    refresh_status()
+
+
+async def download_private_file(result: dict) -> None:
+    """Download result["path"] from the private file system as result["name"]."""
+    folder = await window.navigator.storage.getDirectory()
+    for part in result["path"].split("/")[:-1]:
+        folder = await folder.getDirectoryHandle(part)
+    handle = await folder.getFileHandle(result["path"].rsplit("/", 1)[-1])
+    file = await handle.getFile()
+    link = document.createElement("a")
+    link.href = window.URL.createObjectURL(file)
+    link.download = result["name"]
+    link.click()
 
 
 async def on_evaluate(event) -> None:
@@ -76,12 +90,21 @@ async def on_generate(event) -> None:
     if not prompt:
         show_error("Type a prompt first.")
         return
+    payload = {"prompt": prompt, "max_new_tokens": int(float(el("gen-max-tokens").value or 64)),
+               "temperature": float(el("gen-temperature").value or 0), "top_p": float(el("gen-top-p").value or 1)}
+    if state.get("mode") == "onnx":
+        await onnx.generate_onnx(payload)
+        return
     el("gen-output-base").textContent = el("gen-output-adapter").textContent = "…"
     el("gen-output-adapter").dataset.done = ""
-    result = await client.busy_call("Generating…", "generate", {
-        "prompt": prompt, "max_new_tokens": int(float(el("gen-max-tokens").value or 64)),
-        "temperature": float(el("gen-temperature").value or 0), "top_p": float(el("gen-top-p").value or 1)})
-    el("gen-output-base").textContent = result["base"] if result else ""
-    el("gen-output-adapter").textContent = (result["adapter"] or "(train an adapter first)") if result else ""
-    el("gen-output-adapter").dataset.done = "1"  # streamed text is final now
+    state["busy"] = True  # (until the third answer is in too)
+    try:
+        result = await client.busy_call("Generating…", "generate", payload)
+        el("gen-output-base").textContent = result["base"] if result else ""
+        el("gen-output-adapter").textContent = (result["adapter"] or "(train an adapter first)") if result else ""
+        el("gen-output-adapter").dataset.done = "1"  # streamed text is final now
+        if result:
+            await onnx.compare_onnx(payload)
+    finally:
+        state["busy"] = False
     refresh_status()

@@ -11,7 +11,7 @@ import json
 from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
 from pyscript import document, window, workers  # type: ignore[import-not-found]
 
-from . import adapters, cache, checkpoints, client, dataset, hardware, model, plan, training
+from . import adapters, cache, checkpoints, client, dataset, hardware, model, onnx, plan, training
 from .page import el, on, refresh_status, saved, set_status, show_error, state
 
 
@@ -37,6 +37,7 @@ def wire() -> None:
     on("export-adapter", "click", adapters.export_handler("peft"))
     on("export-gguf", "click", adapters.export_handler("gguf"))
     on("export-merged", "click", adapters.export_merged)
+    on("export-onnx", "click", adapters.export_onnx)
     on("adapter-files", "change", adapters.on_adapter_files)
     on("eval-run", "click", adapters.on_evaluate)
     on("checkpoint-resume", "click", checkpoints.on_checkpoint_resume)
@@ -45,6 +46,8 @@ def wire() -> None:
     on("hw-bench", "click", hardware.on_bench)
     on("plan-weights", "change", plan.on_weights)
     on("gen-run", "click", adapters.on_generate)
+    on("onnx-files", "change", onnx.on_onnx_files)
+    on("onnx-default", "click", onnx.on_onnx_default)
     report = create_proxy(training.on_report)
     state["proxies"].append(report)
     window.loralabOnReport = report
@@ -66,6 +69,9 @@ async def start() -> None:
     if not result["ok"]:
         set_status("Stopped: " + result["error"].split(". ")[0], "error")
         show_error(result["error"])
+        return
+    if result["adapter"] is None:  # no WebGPU: chat through ONNX Runtime Web only
+        onnx.enter_onnx_mode(result["no_webgpu"])
         return
     hardware.render_hw_info(result["adapter"], result["check"])
     plan.default_precision(result["adapter"]["f16"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyscript import window  # type: ignore[import-not-found]
 
-from . import adapters, cache, checkpoints, client, dataset, hardware, plan
+from . import adapters, cache, checkpoints, client, dataset, hardware, onnx, plan
 from .page import el, mib, refresh_status, render_rows, save, show_error, state
 
 # How the model card names the GPU weight types (the GGUF block types by their own names).
@@ -71,6 +71,9 @@ async def on_drop(files) -> None:
     """Files (folders already flattened by static/boot.js) dropped anywhere on the page: an
     adapter (a .zip or its files) is imported, model files load the model, anything else is a dataset."""
     files = list(files)
+    if state.get("mode") == "onnx":  # no WebGPU: a dropped folder is an ONNX model to chat with
+        await onnx.load_onnx(files)
+        return
     adapter = [f for f in files if f.name in ADAPTER_FILES or f.name.lower().endswith(".zip")]
     model = [f for f in files if f not in adapter and any(f.name.endswith(suffix) for suffix in MODEL_FILES)]
     data = [f for f in files if f not in model and f not in adapter]

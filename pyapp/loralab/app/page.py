@@ -12,7 +12,7 @@ STORE = "loralab.ui"
 
 
 state = {"engine": None, "model": None, "dataset": False, "train": "idle", "records": [], "total": 0,
-         "busy": False, "proxies": []}
+         "busy": False, "proxies": [], "mode": "webgpu", "onnx": None}
 
 
 def el(testid: str):
@@ -34,6 +34,11 @@ def show_error(message: str | None) -> None:
 def refresh_status() -> None:
     """"ready" exactly when training can start: engine up, a model loaded, nothing running."""
     if state["busy"]:
+        return
+    if state.get("mode") == "onnx":  # no WebGPU: only chat through ONNX Runtime Web
+        loaded = state.get("onnx")
+        set_status(f"Chat only (no WebGPU): {loaded}" if loaded else "Chat only (no WebGPU): choose a model", "idle")
+        el("gen-run").disabled = not loaded
         return
     if state["model"] is None:
         set_status("No model loaded", "idle")

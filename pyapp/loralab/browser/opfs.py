@@ -62,6 +62,15 @@ async def read(path: str) -> bytes | None:
     return (await file.arrayBuffer()).to_bytes()
 
 
+async def read_js(path: str):
+    """`path`'s bytes as a JS Uint8Array (never copied into Python), or None when it is absent."""
+    handle = await _file(path, create=False)
+    if handle is None:
+        return None
+    file = await handle.getFile()
+    return js.Uint8Array.new(await file.arrayBuffer())
+
+
 async def remove(path: str) -> None:
     *parts, name = path.split("/")
     try:

@@ -21,12 +21,13 @@ import traceback
 from dataclasses import dataclass, field
 
 import js  # type: ignore[import-not-found]
+from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
 from ..checks import build, loads
 from ..config import LoraConfig, ModelConfigError, TrainConfig
 from ..errors import UsageError, UserError, one_line
 from ..formats.peft import files_from_zip
-from ..gpu.browser import BrowserDevice
+from ..gpu.browser import NO_ADAPTER, NO_WEBGPU, BrowserDevice
 from ..gpu.device import GpuError
 from ..kernels import KernelLibrary, SourceReader
 from ..model.remote import RemoteFolder
@@ -52,6 +53,7 @@ class Worker:
         self.base_url = ""
         self.model_item: str | None = None  # the cache item of the loaded model
         self.commands: dict = dict(COMMANDS)
+        self.onnx = None  # OnnxChat: ONNX Runtime Web's session (the compare panel, or chat without WebGPU)
 
     def reader(self) -> SourceReader:
         """Kernel sources fetched from the site's `wgsl/` folder (the worker runs from a blob:
@@ -140,7 +142,13 @@ async def probe(w: Worker, req: Probe) -> dict:
     if req.debug:
         w.commands.update(DEBUG_COMMANDS)
     if w.device is None:
-        w.device = await BrowserDevice.create()
+        try:
+            w.device = await BrowserDevice.create()
+        except GpuError as exc:
+            if str(exc) not in (NO_WEBGPU, NO_ADAPTER):
+                raise
+            # No WebGPU: training is unavailable; chat still runs through ONNX Runtime Web (wasm).
+            return {"adapter": None, "no_webgpu": str(exc)}
         w.kernels = KernelLibrary(w.device, w.reader())
     check = await matmul_check(w.device, w.kernels)
     return {"adapter": w.device.info.summary(), "check": check}
@@ -446,6 +454,162 @@ async def generate(w: Worker, req: Generate) -> dict:
     return answers
 
 
+# -- ONNX Runtime Web ------------------------------------------------------------------------------------------
+ONNX_COMPARE = "loralab/onnx/compare.onnx"
+
+
+@dataclass
+class OnnxChat:
+    """A decoder session in ONNX Runtime Web and what it answers with."""
+
+    decoder: object  # browser.ort.WebOrtDecoder
+    tokenizer: object | None
+    config: object  # ModelConfig
+    name: str
+    key: tuple = ()
+
+
+@dataclass(frozen=True)
+class OnnxCompare:
+    prompt: str
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+@command("onnx_compare", OnnxCompare)
+async def onnx_compare(w: Worker, req: OnnxCompare) -> dict:
+    """The third answer of the compare panel: the loaded model with its adapter (if any) exported
+    to ONNX (float32, into the private file system) and run by ONNX Runtime Web (its WebGPU
+    provider, else wasm); it streams ({"kind": "token", "which": "onnx"}). With it, the largest
+    difference between ONNX Runtime Web's logits after the prompt and our engine's.
+    -> {"text", "provider", "max_abs_diff", "max_abs_logit", "tokens_per_s"}."""
+    import time
+
+    from ..onnx_decode import prompt_logits
+    from . import opfs
+    from .ort import OnnxRuntimeError, WebOrtDecoder, load_ort
+
+    session = await w.ready()
+    model = session.need_model()
+    session.need_idle("the ONNX comparison")
+    lora = session.adapter()
+    key = (id(model), model.dtype, id(lora), session.run.step if session.run else -1)
+    chat = w.onnx
+    if chat is None or chat.key != key:
+        if chat is not None:
+            chat.decoder.release()
+            w.onnx = None
+        if any(p[2] for p in session.onnx_files("fp32")):
+            raise OnnxRuntimeError(f"{model.name} is over 2 GB as a float32 ONNX model; the comparison runs "
+                                   f"smaller models (download the ONNX export to run it elsewhere)")
+        out = await opfs.SyncFile.create(ONNX_COMPARE)
+        try:
+            await session.write_onnx(out.write, False)
+        finally:
+            out.close()
+        ort = await load_ort(w.base_url)
+        decoder = await WebOrtDecoder.create(ort, await opfs.read_js(ONNX_COMPARE), model.config, ["webgpu", "wasm"])
+        await opfs.remove(ONNX_COMPARE)  # (the session holds its own copy)
+        chat = w.onnx = OnnxChat(decoder, session.need_tokenizer("generation"), model.config, model.name, key)
+    ids = session.prompt_ids(req.prompt)
+    theirs = await prompt_logits(chat.decoder, ids)
+    ours = await session.next_logits(req.prompt, lora)
+    diff = max(abs(a - b) for a, b in zip(theirs, ours))
+    started = time.perf_counter()
+    text, tokens = await _onnx_answer(chat, ids, req)
+    return {"text": text, "provider": chat.decoder.provider, "max_abs_diff": diff,
+            "max_abs_logit": max(abs(x) for x in ours), "tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9)}
+
+
+async def _onnx_answer(chat: OnnxChat, ids: list[int], req) -> tuple[str, int]:
+    """ONNX Runtime Web's answer to the prompt ids, streamed as "onnx" tokens."""
+    from ..onnx_decode import onnx_generate
+
+    tok, out = chat.tokenizer, []
+
+    def on_token(token: int) -> None:
+        out.append(token)
+        report({"kind": "token", "which": "onnx", "text": tok.decode(out)})
+
+    stop = {tok.eos_id} if tok.eos_id is not None else set()
+    max_len = min(chat.config.max_position_embeddings, len(ids) + req.max_new_tokens)
+    await onnx_generate(chat.decoder, ids, req.max_new_tokens, max_len, req.temperature, req.top_p, 0, stop, on_token)
+    return tok.decode(out), len(out)
+
+
+@dataclass(frozen=True)
+class OnnxLoad:
+    base_url: str
+    files: dict[str, str] = field(default_factory=dict)  # an ONNX folder's files: name (or path) -> URL
+
+
+@command("onnx_load", OnnxLoad)
+async def onnx_load(w: Worker, req: OnnxLoad) -> dict:
+    """Chat without WebGPU: an ONNX decoder folder (transformers.js' layout: config.json,
+    tokenizer.json, tokenizer_config.json, onnx/model_q4.onnx or onnx/model.onnx, and its
+    .onnx_data when it has one) in ONNX Runtime Web's wasm provider. -> {"name", "model", "provider"}."""
+    from ..config import ModelConfig
+    from .ort import OnnxRuntimeError, WebOrtDecoder, load_ort
+    from .tokenizer import BrowserTokenizer
+
+    w.base_url = w.cache.base = req.base_url
+    by_name = {name.rsplit("/", 1)[-1]: url for name, url in req.files.items()}
+    models = [n for n in ("model_q4.onnx", "model.onnx") if n in by_name] or sorted(n for n in by_name if n.endswith(".onnx"))
+    if not models:
+        raise UsageError("the ONNX folder has no .onnx model (onnx/model.onnx or onnx/model_q4.onnx)")
+    for needed in ("config.json", "tokenizer.json"):
+        if needed not in by_name:
+            raise UsageError(f"the ONNX folder has no {needed}; drop the whole folder (config, tokenizer and onnx/)")
+
+    async def fetch_text(name: str) -> str | None:
+        return None if name not in by_name else str(await (await js.fetch(by_name[name])).text())
+
+    async def fetch_bytes(name: str):
+        return js.Uint8Array.new(await (await js.fetch(by_name[name])).arrayBuffer())
+
+    config_dict = loads(await fetch_text("config.json"), "config.json", ModelConfigError)
+    config = ModelConfig.from_dict(config_dict, "config.json")
+    tok_config = loads(await fetch_text("tokenizer_config.json") or "{}", "tokenizer_config.json", UsageError)
+    if not isinstance(tok_config, dict):
+        raise UsageError("tokenizer_config.json: expected a JSON object")
+    tokenizer = await BrowserTokenizer.create(req.base_url, await fetch_text("tokenizer.json"), tok_config,
+                                              await fetch_text("chat_template.jinja"))
+    model = models[0]
+    external = None
+    data_name = model + "_data"
+    if data_name in by_name:
+        external = js.Array.new()
+        external.push(js.Object.fromEntries(to_js([["path", data_name], ["data", await fetch_bytes(data_name)]])))
+    if w.onnx is not None:
+        w.onnx.decoder.release()
+        w.onnx = None
+    ort = await load_ort(req.base_url)
+    try:
+        decoder = await WebOrtDecoder.create(ort, await fetch_bytes(model), config, ["wasm"], external)
+    except OnnxRuntimeError as exc:
+        raise OnnxRuntimeError(f"{model}: {exc}") from None
+    name = str(config_dict.get("_name_or_path") or "").rsplit("/", 1)[-1] or config.family
+    w.onnx = OnnxChat(decoder, tokenizer, config, name)
+    return {"name": name, "model": model, "provider": decoder.provider, "family": config.family}
+
+
+@command("onnx_generate", OnnxCompare)
+async def onnx_generate_command(w: Worker, req: OnnxCompare) -> dict:
+    """The loaded ONNX decoder's answer (onnx_load), streamed as "onnx" tokens. -> {"text", "tokens_per_s"}."""
+    import time
+
+    from ..session import prompt_tokens
+
+    if w.onnx is None:
+        raise UsageError("load an ONNX model first")
+    ids = prompt_tokens(w.onnx.tokenizer, req.prompt, None, w.onnx.name)
+    started = time.perf_counter()
+    text, tokens = await _onnx_answer(w.onnx, ids, req)
+    return {"text": text, "provider": w.onnx.decoder.provider,
+            "tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9)}
+
+
 # -- adapters and exports -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ImportAdapter:
@@ -533,6 +697,53 @@ async def export_merged(w: Worker, req: ExportMerged) -> dict:
         out.close()
     name = f"{safe}-merged-{req.quantize}.gguf" if req.quantize else f"{safe}-merged.zip"
     return {"path": path, "name": name, "bytes": written}
+
+
+@dataclass(frozen=True)
+class ExportOnnx:
+    dtype: str = "both"  # fp32 (onnx/model.onnx), q4 (onnx/model_q4.onnx, MatMulNBits) or both
+
+
+@command("export_onnx", ExportOnnx)
+async def export_onnx(w: Worker, req: ExportOnnx) -> dict:
+    """The base model with the adapter merged in as an ONNX folder (transformers.js' layout: config,
+    tokenizer, onnx/model.onnx and/or onnx/model_q4.onnx) in a zip written to the browser's
+    private file system, streamed tensor by tensor, for the page to download from there. A model
+    over 2 GB keeps its weights in onnx/model.onnx_data. -> {"path", "name", "bytes"}."""
+    import io
+    import zipfile
+
+    from .opfs import SyncFile
+
+    session = await w.ready()
+    model = session.need_model()
+    await session.adapter_state()  # (an adapter is needed before anything is written)
+    files = session.onnx_files(req.dtype)
+    size = session.onnx_bytes(req.dtype)
+    quota = await storage_free()
+    if quota is not None and size > quota:
+        raise StorageError(f"the ONNX export needs {size / 2**20:,.0f} MiB of browser storage and "
+                           f"{quota / 2**20:,.0f} MiB are free; choose the 4-bit variant or download the adapter")
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.name).removesuffix(".gguf")
+    path = "loralab/exports/onnx-model.zip"
+    out = await SyncFile.create(path)
+    try:
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, data in session.onnx_folder_files({p: bool(d) for p, _, d in files}).items():
+                zf.writestr(name, data)
+            for onnx_path, q4, data_path in files:
+                if data_path:  # the weights stream into their own entry; the small graph follows
+                    graph = io.BytesIO()
+                    with zf.open(data_path, "w", force_zip64=True) as entry:
+                        await session.write_onnx(graph.write, q4, entry.write)
+                    zf.writestr(onnx_path, graph.getvalue())
+                else:
+                    with zf.open(onnx_path, "w", force_zip64=True) as entry:
+                        await session.write_onnx(entry.write, q4)
+        written = out.tell()
+    finally:
+        out.close()
+    return {"path": path, "name": f"{safe}-onnx-{req.dtype}.zip", "bytes": written}
 
 
 async def storage_free() -> int | None:
