@@ -190,3 +190,64 @@ def test_transformers_js_generates_like_loralab(tmp_path, dtype):
     else:
         print(f"q4: transformers.js {result['text']!r}; loralab (float32) {ours.stdout.rstrip()!r}")
         assert len(result["new_ids"]) >= 1
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3", "gemma3"])
+def test_gguf_read_in_place_runs_in_onnxruntime(tmp_path, kind):
+    """Chat without WebGPU reads a GGUF file in place (onnx_export.gguf_graph: the file is the
+    model's external data): Q8_0, Q4_0, Q4_1 and F16 matrices, llama.cpp's q/k row order (Llama)
+    and Gemma's 1 + w norms give transformers' logits over the same dequantized weights (≤ 1e-4)."""
+    import asyncio
+
+    import gguf
+    import onnx
+
+    from loralab.formats import onnx as writer
+    from loralab.model.gguf_model import GGUFModel
+    from loralab.onnx_export import GGUF_LOCATION, gguf_graph
+    from tests.model import gguf_from_hf
+
+    Q = gguf.GGMLQuantizationType
+    types = (Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.F16)
+    extra = {}
+    if kind == "gemma3":  # llama.cpp's Gemma 3: a global layer every sixth, q·k / √head_dim
+        extra = dict(num_hidden_layers=6, layer_types=["sliding_attention"] * 5 + ["full_attention"],
+                     query_pre_attn_scalar=16)
+    model = hf.tiny_model(kind, tmp_path / "model", seed=6, tied=kind != "llama", **extra)
+    gguf_from_hf.write(model, tmp_path / GGUF_LOCATION, types)
+    with open(tmp_path / "model.onnx", "wb") as f:
+        asyncio.run(writer.write_model(f.write, gguf_graph(GGUFModel.from_path(str(tmp_path / GGUF_LOCATION)))))
+    assert (tmp_path / "model.onnx").stat().st_size < 200_000  # the graph only: the weights stay in the GGUF
+    onnx.checker.check_model(str(tmp_path / "model.onnx"))
+    reference = hf.load_hf(model)
+    reader = gguf.GGUFReader(str(tmp_path / GGUF_LOCATION))
+    stored = {t.name: t for t in reader.tensors}
+    with torch.no_grad():  # the weights as the file holds them
+        for name, p in reference.named_parameters():
+            if p.ndim != 2 or (name == "lm_head.weight" and reference.config.tie_word_embeddings):
+                continue
+            t = stored[gguf_from_hf.gguf_name(name, kind)]
+            value = gguf.quants.dequantize(t.data, t.tensor_type).reshape(p.shape)
+            if kind == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+                heads = reference.config.num_attention_heads if "q_proj" in name else reference.config.num_key_value_heads
+                value = value.reshape(heads, -1, 2, value.shape[1]).swapaxes(1, 2).reshape(p.shape)
+            p.copy_(torch.tensor(np.asarray(value, np.float32)))
+        expected = reference(input_ids=torch.tensor([IDS])).logits.numpy()
+    logits = run(session(tmp_path / "model.onnx"), np.array([IDS]))[0]
+    assert np.abs(logits - expected).max() <= 1e-4
+
+
+def test_gguf_read_in_place_refuses_what_it_cannot_decode(tmp_path):
+    """A block type it does not decode (Q5_0, as K-quants) gets a message naming the file, the tensor
+    and what runs without WebGPU."""
+    import gguf
+
+    from loralab.errors import UsageError
+    from loralab.model.gguf_model import GGUFModel
+    from loralab.onnx_export import gguf_graph
+    from tests.model import gguf_from_hf
+
+    model = hf.tiny_model("qwen2", tmp_path / "model", seed=6)
+    gguf_from_hf.write(model, tmp_path / "k.gguf", (gguf.GGMLQuantizationType.Q5_0,))
+    with pytest.raises(UsageError, match=r"k\.gguf: tensor .* is Q5_0; without WebGPU"):
+        gguf_graph(GGUFModel.from_path(str(tmp_path / "k.gguf")))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from .config import ModelConfig
 from .errors import UsageError
 from .formats import onnx
-from .formats.onnx import BOOL, FLOAT, FLOAT16, INT64, UINT8, Graph, Node, Tensor, Value, floats, ints
+from .formats.onnx import BFLOAT16, BOOL, FLOAT, FLOAT16, INT8, INT64, UINT8, Graph, Node, Tensor, Value, floats, ints
 from .gpu.device import Buffer, Device
 from .lora import LoraState
 from .merge import _merged_matrix
@@ -96,16 +96,23 @@ class _Builder:
 
 
 class _Decoder:
-    def __init__(self, config: ModelConfig, q4: bool, long_rope: tuple[list[float], int] | None):
-        self.c, self.q4, self.long_rope = config, q4, long_rope
+    def __init__(self, config: ModelConfig, q4: bool, long_rope: tuple[list[float], int] | None,
+                 view: "GGUFView | None" = None):
+        self.c, self.q4, self.long_rope, self.view = config, q4, long_rope, view
         self.g = _Builder()
 
     # -- pieces
+    def tensor(self, name: str, dims: tuple[int, ...], kind: str = "f32") -> str:
+        """Engine tensor `name` as float32: a streamed initializer, or read in place (view)."""
+        if self.view is not None:
+            return self.view.tensor(self.g, name, dims)
+        return self.g.weight(name, dims, kind)
+
     def linear(self, x: str, name: str, out_f: int, in_f: int, bias: bool) -> str:
         g = self.g
         if not self.q4:
-            w = g.weight(name + ".weight", (out_f, in_f))
-            inputs = (x, w, g.weight(name + ".bias", (out_f,))) if bias else (x, w)
+            w = self.tensor(name + ".weight", (out_f, in_f))
+            inputs = (x, w, self.tensor(name + ".bias", (out_f,))) if bias else (x, w)
             return g.op("Gemm", *inputs, transB=1)
         blocks = -(-in_f // Q_BLOCK)
         base = name + ".weight"
@@ -115,13 +122,13 @@ class _Decoder:
         g.streams.append(Stream(base, base, "q4"))
         y = g.op("MatMulNBits", x, base + "_q4", base + "_scales", base + "_zp", domain=MS,
                  K=in_f, N=out_f, bits=4, block_size=Q_BLOCK)
-        return g.op("Add", y, g.weight(name + ".bias", (out_f,))) if bias else y
+        return g.op("Add", y, self.tensor(name + ".bias", (out_f,))) if bias else y
 
     def norm(self, x: str, name: str, width: int) -> str:
         g, c = self.g, self.c
-        w = g.weight(name + ".weight", (width,))
+        w = self.tensor(name + ".weight", (width,))
         if c.layer_norm:
-            return g.op("LayerNormalization", x, w, g.weight(name + ".bias", (width,)), axis=-1,
+            return g.op("LayerNormalization", x, w, self.tensor(name + ".bias", (width,)), axis=-1,
                         epsilon=float(c.rms_norm_eps))
         mean = g.op("ReduceMean", g.op("Mul", x, x), axes=[-1], keepdims=1)
         y = g.op("Div", x, g.op("Sqrt", g.op("Add", mean, g.scalar(c.rms_norm_eps))))
@@ -186,12 +193,12 @@ class _Decoder:
 
         tables: dict[tuple, tuple[str, str]] = {}
         embed_kind = "f16" if self.q4 else "f32"
-        table = g.weight("model.embed_tokens.weight", (V, C), embed_kind)
+        table = self.tensor("model.embed_tokens.weight", (V, C), embed_kind)
         h = g.op("Gather", table, "input_ids", axis=0)
         if c.embed_scale != 1.0:
             h = g.op("Mul", h, g.scalar(c.embed_scale))
         if c.learned_positions:
-            wpe = g.weight("model.embed_positions.weight", (c.max_positions, C))
+            wpe = self.tensor("model.embed_positions.weight", (c.max_positions, C))
             h = g.op("Add", h, g.op("Gather", wpe, "position_ids", axis=0))
         x = g.op("Reshape", h, g.const([-1, C], INT64))
         heads_q = g.op("Concat", ids_shape, g.const([H, D], INT64), axis=0)
@@ -257,6 +264,79 @@ class _Decoder:
         outputs = [Value("logits", FLOAT, ("batch_size", "sequence_length", V))] + present
         opsets = {"": OPSET, MS: 1} if self.q4 else {"": OPSET}
         return Graph("loralab", g.nodes, inputs, outputs, g.inits, opsets)
+
+
+# GGUF block types the in-place view decodes: bytes per block of 32 values, bytes before the codes.
+GGUF_BLOCKS = {"Q8_0": (34, 2), "Q4_0": (18, 2), "Q4_1": (20, 4)}
+GGUF_FLOATS = {"F32": FLOAT, "F16": FLOAT16, "BF16": BFLOAT16}
+GGUF_LOCATION = "model.gguf"  # the GGUF file's name as the ONNX model's external data
+
+
+class GGUFView:
+    """A GGUF model's tensors read in place, for ONNX Runtime without WebGPU: each tensor is an
+    initializer over the file's own bytes (external data at its offset, the file named
+    GGUF_LOCATION beside the model) and, for a block type, the ops that turn the blocks into
+    float32: d and m from a float16 view of the blocks, the codes from a byte view (4-bit codes
+    split into their two nibbles in float arithmetic). ONNX Runtime evaluates these once, when
+    the session starts (constant folding), so the model runs in float32 from then on. llama.cpp's
+    RoPE row order of Llama's q/k is undone and Gemma's stored 1 + w norms taken back to w, as
+    the engine's loader does."""
+
+    def __init__(self, source):  # model.gguf_model.GGUFModel
+        self.source, self.infos = source, source.tensors()
+
+    def tensor(self, g: _Builder, name: str, dims: tuple[int, ...]) -> str:
+        info, where = self.infos.get(name), self.source.name
+        if info is None:
+            raise UsageError(f"{where}: {name} is not one tensor of the file (a fused matrix); running a GGUF file "
+                             f"without WebGPU takes Llama, Qwen2, Qwen3, Mistral and Gemma 3 layouts")
+        numel = math.prod(dims)
+        if math.prod(info.shape) != numel:
+            raise UsageError(f"{where}: tensor {name} holds {list(info.shape)}, not {list(dims)}")
+        at = (GGUF_LOCATION, info.start)
+        if info.dtype in GGUF_FLOATS:
+            g.inits.append(Tensor(name, GGUF_FLOATS[info.dtype], dims, at=at))
+            out = name if info.dtype == "F32" else g.op("Cast", name, to=FLOAT)
+        elif info.dtype in GGUF_BLOCKS:
+            size, head = GGUF_BLOCKS[info.dtype]
+            blocks = numel // 32
+            g.inits += [Tensor(name + ".halves", FLOAT16, (blocks, size // 2), at=at),
+                        Tensor(name + ".bytes", INT8 if info.dtype == "Q8_0" else UINT8, (blocks, size), at=at)]
+            cols = g.const([1], INT64)
+
+            def column(t: str, first: int, last: int) -> str:
+                return g.op("Slice", t, g.const([first], INT64), g.const([last], INT64), cols)
+
+            d = g.op("Cast", column(name + ".halves", 0, 1), to=FLOAT)
+            codes = g.op("Cast", column(name + ".bytes", head, size), to=FLOAT)
+            if info.dtype != "Q8_0":  # two 4-bit codes a byte: values 0-15 low, 16-31 high
+                high = g.op("Floor", g.op("Div", codes, g.scalar(16.0)))
+                low = g.op("Sub", codes, g.op("Mul", high, g.scalar(16.0)))
+                codes = g.op("Concat", low, high, axis=1)
+            if info.dtype == "Q4_0":
+                codes = g.op("Sub", codes, g.scalar(8.0))
+            out = g.op("Mul", codes, d)
+            if info.dtype == "Q4_1":
+                out = g.op("Add", out, g.op("Cast", column(name + ".halves", 1, 2), to=FLOAT))
+            out = g.op("Reshape", out, g.const(list(dims), INT64))
+        else:
+            raise UsageError(f"{where}: tensor {name} is {info.dtype}; without WebGPU, GGUF files with F32, F16, "
+                             f"BF16, Q8_0, Q4_0 and Q4_1 tensors run (choose such a file, or its ONNX export)")
+        head_dim = self.source.row_permutation(name)
+        if head_dim:  # llama.cpp's RoPE row order, undone
+            rows, K = dims
+            out = g.op("Reshape", out, g.const([rows // head_dim, head_dim // 2, 2, K], INT64))
+            out = g.op("Reshape", g.op("Transpose", out, perm=[0, 2, 1, 3]), g.const(list(dims), INT64))
+        if self.source.arch == "gemma3" and name.endswith("norm.weight") and info.dtype == "F32":
+            out = g.op("Sub", out, g.scalar(1.0))  # (llama.cpp keeps Gemma's norms as 1 + w)
+        return out
+
+
+def gguf_graph(source) -> Graph:
+    """The decoder over a GGUF file's own bytes (GGUFView): the file itself is its external data
+    (GGUF_LOCATION); the graph holds only nodes and the tensors' offsets."""
+    decoder = _Decoder(source.config, False, _long_rope(source.config, source.config_dict), GGUFView(source))
+    return decoder.build()
 
 
 def _long_rope(config: ModelConfig, config_dict: dict) -> tuple[list[float], int] | None:

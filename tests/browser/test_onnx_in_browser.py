@@ -105,11 +105,21 @@ def test_without_webgpu_chat_runs_on_onnx_runtime_web(no_webgpu, chat_model, tmp
     app.page.set_input_files(app.sel("onnx-files"), [str(p) for p in files])
     app.wait_text("onnx-info", "wasm")
     prompt = "Where is the key?"
-    app.page.fill(app.sel("gen-prompt"), prompt)
     app.page.fill(app.sel("gen-max-tokens"), "12")
+    shown = ask(app, prompt)
+    ours = loralab("generate", chat_model, "--adapter", tmp_path / "adapter", "--chat", prompt, "--max-new-tokens", 12)
+    assert shown == ours.stdout.removesuffix("\n")  # (print's own newline)
+
+    app.page.click(app.sel("onnx-default"))  # the built-in model: its GGUF read in place, nothing else fetched
+    app.wait_text("onnx-info", "read in place", timeout=300_000)
+    assert "Paris" in ask(app, "What is the capital of France?")
+
+
+def ask(app: App, prompt: str) -> str:
+    """The third column's answer to `prompt` (Answer clicked, its stream finished)."""
+    app.page.fill(app.sel("gen-prompt"), prompt)
+    app.page.evaluate("document.querySelector('[data-testid=gen-output-onnx]').dataset.done = ''")
     app.page.click(app.sel("gen-run"))
     app.page.wait_for_function("document.querySelector('[data-testid=gen-output-onnx]').dataset.done === '1'",
                                timeout=300_000)
-    ours = loralab("generate", chat_model, "--adapter", tmp_path / "adapter", "--chat", prompt, "--max-new-tokens", 12)
-    shown = app.page.eval_on_selector(app.sel("gen-output-onnx"), "e => e.textContent")
-    assert shown == ours.stdout.removesuffix("\n")  # (print's own newline)
+    return app.page.eval_on_selector(app.sel("gen-output-onnx"), "e => e.textContent")

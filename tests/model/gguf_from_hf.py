@@ -78,8 +78,9 @@ def write_gpt2(config: dict, tensors: dict, out: Path) -> Path:
     return out
 
 
-def write(folder: Path, out: Path) -> Path:
-    """`folder` (config.json + model.safetensors, float32) as a GGUF file at `out`."""
+def write(folder: Path, out: Path, types: tuple = ()) -> Path:
+    """`folder` (config.json + model.safetensors, float32) as a GGUF file at `out`; with `types`
+    (gguf.GGMLQuantizationType values), the 2-D tensors take them in turn (quantized by gguf-py)."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -144,7 +145,15 @@ def write(folder: Path, out: Path) -> Path:
             value = llama_permute(value, heads if "q_proj" in name else kv_heads)
         if arch == "gemma3" and name.endswith("norm.weight"):  # llama.cpp's converter: Gemma's norms as 1 + w
             value = value + 1
-        writer.add_tensor(gguf_name(name, arch), np.ascontiguousarray(value.astype(np.float32)))
+        value = np.ascontiguousarray(value.astype(np.float32))
+        if types and value.ndim == 2:
+            kind = types[sum(1 for n in tensors if n < name and tensors[n].ndim == 2) % len(types)]
+            if kind == gguf.GGMLQuantizationType.F16:
+                writer.add_tensor(gguf_name(name, arch), value.astype(np.float16))
+            else:
+                writer.add_tensor(gguf_name(name, arch), gguf.quants.quantize(value, kind), raw_dtype=kind)
+            continue
+        writer.add_tensor(gguf_name(name, arch), value)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -541,7 +541,8 @@ async def _onnx_answer(chat: OnnxChat, ids: list[int], req) -> tuple[str, int]:
 @dataclass(frozen=True)
 class OnnxLoad:
     base_url: str
-    files: dict[str, str] = field(default_factory=dict)  # an ONNX folder's files: name (or path) -> URL
+    files: dict[str, str] = field(default_factory=dict)  # an ONNX folder's files (or a .gguf): name -> URL
+    default: bool = False  # the built-in model (its GGUF, read in place)
 
 
 @command("onnx_load", OnnxLoad)
@@ -555,6 +556,9 @@ async def onnx_load(w: Worker, req: OnnxLoad) -> dict:
 
     w.base_url = w.cache.base = req.base_url
     by_name = {name.rsplit("/", 1)[-1]: url for name, url in req.files.items()}
+    gguf_name = next((n for n in by_name if n.lower().endswith(".gguf")), None)
+    if req.default or gguf_name:
+        return await _onnx_load_gguf(w, req, gguf_name and by_name[gguf_name], gguf_name)
     models = [n for n in ("model_q4.onnx", "model.onnx") if n in by_name] or sorted(n for n in by_name if n.endswith(".onnx"))
     if not models:
         raise UsageError("the ONNX folder has no .onnx model (onnx/model.onnx or onnx/model_q4.onnx)")
@@ -592,6 +596,50 @@ async def onnx_load(w: Worker, req: OnnxLoad) -> dict:
     name = str(config_dict.get("_name_or_path") or "").rsplit("/", 1)[-1] or config.family
     w.onnx = OnnxChat(decoder, tokenizer, config, name)
     return {"name": name, "model": model, "provider": decoder.provider, "family": config.family}
+
+
+async def _onnx_load_gguf(w: Worker, req: OnnxLoad, url: str | None, name: str | None) -> dict:
+    """A GGUF file (the built-in model when url is None) in ONNX Runtime Web's wasm provider,
+    converted in the page: a small ONNX graph that reads the file's own bytes as its external data
+    (onnx_export.GGUFView), so nothing is downloaded but the GGUF, which the model cache keeps."""
+    from ..formats import onnx
+    from ..model.gguf_model import GGUFModel
+    from ..onnx_export import GGUF_LOCATION, gguf_graph
+    from ..session import read_tokenizer_files
+    from .ort import WebOrtDecoder, load_ort
+    from .tokenizer import BrowserTokenizer
+
+    bodies = {}
+
+    async def fetch(url: str, missing_ok: bool = False, file: str | None = None):
+        body = bodies[url] = await w.fetch(url, missing_ok, file)
+        return body
+
+    if url is None:
+        item = ("model:default", "model", DEFAULT_MODEL.rsplit("/", 1)[-1].removesuffix(".gguf"), {"kind": "default"})
+        async with w.cache.loading(*item):
+            source = await GGUFModel.from_url(js.URL.new(DEFAULT_MODEL, w.base_url).href,
+                                              DEFAULT_MODEL.rsplit("/", 1)[-1], fetch)
+    else:
+        source = await GGUFModel.from_url(url, name, fetch)
+    body = next(iter(bodies.values()))
+    tokenizer_json, tok_config, template, _ = await read_tokenizer_files(source)
+    if tokenizer_json is None:
+        raise UsageError(f"{source.name}: the file has no tokenizer to chat with")
+    tokenizer = await BrowserTokenizer.create(req.base_url, tokenizer_json, tok_config, template)
+    chunks: list[bytes] = []
+    await onnx.write_model(chunks.append, gguf_graph(source))
+    external = js.Array.new()
+    external.push(js.Object.fromEntries(to_js([["path", GGUF_LOCATION], ["data", body.view(0, body.size)]])))
+    if w.onnx is not None:
+        w.onnx.decoder.release()
+        w.onnx = None
+    ort = await load_ort(req.base_url)
+    decoder = await WebOrtDecoder.create(ort, to_js(memoryview(b"".join(chunks))), source.config, ["wasm"], external)
+    label = source.name.removesuffix(".gguf")
+    w.onnx = OnnxChat(decoder, tokenizer, source.config, label)
+    return {"name": label, "model": f"{source.name}, read in place", "provider": decoder.provider,
+            "family": source.config.family}
 
 
 @command("onnx_generate", OnnxCompare)

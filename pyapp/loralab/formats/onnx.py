@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from ..errors import UsageError
 
 # TensorProto.DataType
-FLOAT, UINT8, INT32, INT64, BOOL, FLOAT16 = 1, 2, 6, 7, 9, 10
-ITEM_BYTES = {FLOAT: 4, UINT8: 1, INT32: 4, INT64: 8, BOOL: 1, FLOAT16: 2}
+FLOAT, UINT8, INT8, INT32, INT64, BOOL, FLOAT16, BFLOAT16 = 1, 2, 3, 6, 7, 9, 10, 16
+ITEM_BYTES = {FLOAT: 4, UINT8: 1, INT8: 1, INT32: 4, INT64: 8, BOOL: 1, FLOAT16: 2, BFLOAT16: 2}
 
 IR_VERSION = 8  # opset 17's
 PROTOBUF_LIMIT = 2 ** 31 - 1
@@ -59,12 +59,15 @@ def _packed_ints(number: int, values) -> bytes:
 @dataclass(frozen=True)
 class Tensor:
     """An initializer: name, element type, dims, and its bytes (raw, little-endian) now or, with
-    data None, streamed later (write_model's `data`)."""
+    data None, streamed later (write_model's `data`); or, with `at` (file, offset), bytes that
+    already lie in another file beside the model (ONNX external data nobody writes: e.g. a GGUF
+    file's tensor blocks, read in place)."""
 
     name: str
     dtype: int
     dims: tuple[int, ...]
     data: bytes | None = None
+    at: tuple[str, int] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -168,7 +171,10 @@ def _sizes(graph: Graph, external: str | None) -> tuple[list[bytes], int]:
     body += b"".join(_len(12, v.encode()) for v in graph.outputs)
     total = len(body)
     for t in graph.initializers:
-        if external is not None and t.data is None:
+        if t.at is not None:
+            head = _tensor_head(t, t.at)
+            length = len(head)
+        elif external is not None and t.data is None:
             head = _tensor_head(t, (external, offset))
             offset += t.nbytes
             length = len(head)
@@ -208,6 +214,9 @@ async def write_model(write: Callable[[bytes], object], graph: Graph,
     write(_model_head(graph) + _varint(7 << 3 | 2) + _varint(total) + parts[0])
     pending = data.__aiter__() if data is not None else None
     for t, head in zip(graph.initializers, parts[1:]):
+        if t.at is not None:  # (its bytes are in their own file already)
+            write(_varint(5 << 3 | 2) + _varint(len(head)) + head)
+            continue
         if t.data is not None:  # (small constants: always inline)
             if len(t.data) != t.nbytes:
                 raise ValueError(f"initializer {t.name}: {len(t.data)} bytes for {t.nbytes}")
