@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from loralab.formats import onnx as writer
-from loralab.formats.onnx import FLOAT, FLOAT16, INT64, Graph, Node, Tensor, Value, floats, ints
+from loralab.formats.onnx import FLOAT, FLOAT16, Graph, Node, Tensor, Value, floats, ints
 
 
 def graph() -> tuple[Graph, dict[str, np.ndarray]]:
