@@ -251,3 +251,25 @@ def test_gguf_read_in_place_refuses_what_it_cannot_decode(tmp_path):
     gguf_from_hf.write(model, tmp_path / "k.gguf", (gguf.GGMLQuantizationType.Q5_0,))
     with pytest.raises(UsageError, match=r"k\.gguf: tensor .* is Q5_0; without WebGPU"):
         gguf_graph(GGUFModel.from_path(str(tmp_path / "k.gguf")))
+
+
+def test_a_model_over_the_protobuf_limit_keeps_its_weights_in_onnx_data(tmp_path, monkeypatch):
+    """Over protobuf's 2 GB (the limit lowered here so a tiny model crosses it) the weights go to
+    onnx/model.onnx_data, config.json names it for transformers.js, and onnxruntime runs the pair."""
+    from loralab import cli
+    from loralab.formats import onnx as writer
+
+    model = hf.tiny_model("qwen2", tmp_path / "model", seed=3, tied=False)
+    peft_model = hf.peft_model(model, b_std=0.05)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    monkeypatch.setattr(writer, "PROTOBUF_LIMIT", 50_000)
+    out = tmp_path / "onnx"
+    assert cli.main(["export", str(tmp_path / "adapter"), "--to", "onnx", "--model", str(model), "--out", str(out),
+                     "--onnx-dtype", "fp32"]) == 0
+    assert (out / "onnx" / "model.onnx").stat().st_size < 50_000 < (out / "onnx" / "model.onnx_data").stat().st_size
+    config = json.loads((out / "config.json").read_text())
+    assert config["transformers.js_config"]["use_external_data_format"] == {"model.onnx": 1}
+    with torch.no_grad():
+        reference = peft_model(input_ids=torch.tensor([IDS])).logits.numpy()
+    logits = run(session(out / "onnx" / "model.onnx"), np.array([IDS]))[0]
+    assert np.abs(logits - reference).max() <= 1e-4

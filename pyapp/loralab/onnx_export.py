@@ -50,11 +50,10 @@ Q4_FILE = "onnx/model_q4.onnx"
 
 @dataclass(frozen=True)
 class Stream:
-    """An initializer whose bytes come from the GPU: engine tensor `source` as float32 ("f32"),
+    """Initializers whose bytes come from the GPU: engine tensor `name` as float32 ("f32"),
     float16 ("f16"), or 4-bit blocks ("q4": three initializers, name + _q4, _scales, _zp)."""
 
     name: str
-    source: str
     kind: str
 
 
@@ -91,7 +90,7 @@ class _Builder:
 
     def weight(self, name: str, dims: tuple[int, ...], kind: str = "f32") -> str:
         self.inits.append(Tensor(name, FLOAT16 if kind == "f16" else FLOAT, dims))
-        self.streams.append(Stream(name, name, kind))
+        self.streams.append(Stream(name, kind))
         return name if kind == "f32" else self.op("Cast", name, to=FLOAT)
 
 
@@ -119,7 +118,7 @@ class _Decoder:
         g.inits += [Tensor(base + "_q4", UINT8, (out_f, blocks, Q_BLOCK // 2)),
                     Tensor(base + "_scales", FLOAT, (out_f * blocks,)),
                     Tensor(base + "_zp", UINT8, (out_f * -(-blocks // 2),))]
-        g.streams.append(Stream(base, base, "q4"))
+        g.streams.append(Stream(base, "q4"))
         y = g.op("MatMulNBits", x, base + "_q4", base + "_scales", base + "_zp", domain=MS,
                  K=in_f, N=out_f, bits=4, block_size=Q_BLOCK)
         return g.op("Add", y, self.tensor(name + ".bias", (out_f,))) if bias else y
@@ -356,7 +355,7 @@ def decoder_graph(config: ModelConfig, config_dict: dict | None = None, q4: bool
     decoder = _Decoder(config, q4, _long_rope(config, config_dict or {}))
     graph = decoder.build()
     known = expected_shapes(config)
-    missing = [s.source for s in decoder.g.streams if s.source not in known]
+    missing = [s.name for s in decoder.g.streams if s.name not in known]
     if missing:
         raise ValueError(f"the ONNX graph reads tensors the model does not have: {missing[:3]}")
     return graph, decoder.g.streams
@@ -367,10 +366,10 @@ async def _stream(device: Device, ops: Ops, config: ModelConfig, weights: dict[s
     """Each stream's bytes, merged (W + scaling · B · A where the adapter has the projection)."""
     shapes = expected_shapes(config)
     for s in streams:
-        shape, temps = shapes[s.source], []
+        shape, temps = shapes[s.name], []
         numel = math.prod(shape)
         try:
-            buf = _merged_matrix(device, ops, config, s.source, weights[s.source], shape, lora, temps)
+            buf = _merged_matrix(device, ops, config, s.name, weights[s.name], shape, lora, temps)
             if s.kind == "f32":
                 yield s.name, (await device.read_buffer(buf))[: numel * 4]
             elif s.kind == "f16":

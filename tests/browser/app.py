@@ -129,8 +129,11 @@ class App:
         """(base answer, adapter answer) to the prompt in the compare panel."""
         if prompt is not None:
             self.page.fill(self.sel("gen-prompt"), prompt)
-        self.page.evaluate("document.querySelector('[data-testid=gen-output-adapter]').dataset.done = ''")
+        self.page.evaluate("for (const id of ['adapter', 'onnx'])"
+                           " document.querySelector(`[data-testid=gen-output-${id}]`).dataset.done = ''")
         self.page.click(self.sel("gen-run"))
-        self.page.wait_for_function("document.querySelector('[data-testid=gen-output-adapter]').dataset.done === '1'",
+        # (the third answer, ONNX Runtime Web's, comes last; the status is "ready" again after it)
+        self.page.wait_for_function("document.querySelector('[data-testid=gen-output-adapter]').dataset.done === '1'"
+                                    " && document.querySelector('[data-testid=gen-output-onnx]').dataset.done === '1'",
                                     timeout=timeout)
         return self.text("gen-output-base"), self.text("gen-output-adapter")

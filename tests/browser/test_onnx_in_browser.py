@@ -50,6 +50,8 @@ def test_compare_panel_answers_with_onnx_runtime_web_and_exports_onnx(app, chat_
     assert result["max_abs_diff"] <= 1e-4, result
     assert app.text("gen-output-onnx") == adapter_answer
     app.ready()
+    on_wasm = app.engine("onnx_compare", {"prompt": "Who guards the gate?", "max_new_tokens": 4, "provider": "wasm"})
+    assert on_wasm["provider"] == "wasm" and on_wasm["max_abs_diff"] <= 1e-4, on_wasm
 
     page.select_option(app.sel("export-onnx-dtype"), "fp32")
     with zipfile.ZipFile(app.download("export-onnx", tmp_path / "onnx.zip")) as zf:
@@ -114,6 +116,15 @@ def test_without_webgpu_chat_runs_on_onnx_runtime_web(no_webgpu, chat_model, tmp
     app.wait_text("onnx-info", "read in place", timeout=300_000)
     assert "Paris" in ask(app, "What is the capital of France?")
 
+    app.page.reload()  # both are kept: the ONNX folder loads again from the model cache
+    app.engine_up()
+    app.page.wait_for_function("document.querySelectorAll('[data-testid=cache-item][data-kind=onnx]').length === 1",
+                               timeout=60_000)
+    app.page.click("[data-testid=cache-item][data-kind=onnx] [data-testid=cache-use]")
+    app.wait_text("onnx-info", "wasm")
+    app.page.fill(app.sel("gen-max-tokens"), "12")
+    assert ask(app, prompt) == shown
+
 
 def ask(app: App, prompt: str) -> str:
     """The third column's answer to `prompt` (Answer clicked, its stream finished)."""
@@ -123,3 +134,39 @@ def ask(app: App, prompt: str) -> str:
     app.page.wait_for_function("document.querySelector('[data-testid=gen-output-onnx]').dataset.done === '1'",
                                timeout=300_000)
     return app.page.eval_on_selector(app.sel("gen-output-onnx"), "e => e.textContent")
+
+
+@pytest.mark.slow
+def test_without_webgpu_the_built_in_model_chats_offline_after_one_visit(playwright):
+    """One visit online without WebGPU (the built-in model loaded into ONNX Runtime Web once), then
+    the server gone and the browser offline: after a reload the page chats again, its runtime from
+    the service worker's cache and the model from the model cache."""
+    from loralab.devserver import serve_in_background
+    from tests.rig import DIST
+
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run",
+        "--disable-webgpu"])
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        guard = PageGuard(context, page)
+        server, url = serve_in_background(DIST)
+        page.goto(url + "?autoload=0")
+        app = App(page)
+        app.engine_up()
+        page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=120_000)
+        page.click(app.sel("onnx-default"))
+        app.wait_text("onnx-info", "read in place", timeout=300_000)
+        server.shutdown()
+        server.server_close()
+        context.set_offline(True)
+        guard.allow_console = ("Failed to load resource", "ERR_INTERNET_DISCONNECTED", "ERR_CONNECTION_REFUSED")
+        page.reload()
+        app.engine_up()
+        page.click(app.sel("onnx-default"))
+        app.wait_text("onnx-info", "read in place", timeout=300_000)
+        assert "Paris" in ask(app, "What is the capital of France?")
+        guard.check()
+    finally:
+        browser.close()

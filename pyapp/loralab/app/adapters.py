@@ -106,5 +106,6 @@ async def on_generate(event) -> None:
         if result:
             await onnx.compare_onnx(payload)
     finally:
+        el("gen-output-onnx").dataset.done = "1"
         state["busy"] = False
     refresh_status()

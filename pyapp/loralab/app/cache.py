@@ -5,8 +5,8 @@ from __future__ import annotations
 from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
 from pyscript import document, window  # type: ignore[import-not-found]
 
-from . import client, dataset, model
-from .page import el, mib, state
+from . import client, dataset, model, onnx
+from .page import el, mib, show_error, state
 
 
 async def keep_storage() -> None:
@@ -55,7 +55,7 @@ async def render_cache() -> None:
             cell.textContent = text
             row.append(cell)
         actions = document.createElement("td")
-        for label, testid, handler in (("Load" if item["kind"] == "model" else "Use", "cache-use", use_cached),
+        for label, testid, handler in (("Load" if item["kind"] in ("model", "onnx") else "Use", "cache-use", use_cached),
                                        ("Delete", "cache-delete", delete_cached)):
             button = document.createElement("button")
             button.type = "button"
@@ -71,7 +71,13 @@ async def render_cache() -> None:
 
 def use_cached(item: dict):
     async def handler(event) -> None:
-        if item["kind"] == "model":
+        if state.get("mode") == "onnx":  # no WebGPU: models chat through ONNX Runtime Web
+            if item["kind"] in ("model", "onnx"):
+                await onnx.load_cached(item)
+            return
+        if item["kind"] == "onnx":
+            show_error(f"{item['name']} is an ONNX model: it runs where WebGPU is missing; load a model to train")
+        elif item["kind"] == "model":
             await model.load_model({"kind": "cached", "id": item["id"]}, item["name"])
         else:
             result = await client.call("cache_dataset", {"id": item["id"]})

@@ -72,6 +72,7 @@ async def start() -> None:
         return
     if result["adapter"] is None:  # no WebGPU: chat through ONNX Runtime Web only
         onnx.enter_onnx_mode(result["no_webgpu"])
+        await cache.render_cache()
         return
     hardware.render_hw_info(result["adapter"], result["check"])
     plan.default_precision(result["adapter"]["f16"])

@@ -26,9 +26,20 @@ def enter_onnx_mode(reason: str) -> None:
 
 
 async def load_onnx(files: list) -> None:
-    """An ONNX folder's files (chosen or dropped) into ONNX Runtime Web."""
+    """An ONNX folder's files (chosen or dropped), or a .gguf, into ONNX Runtime Web."""
     urls = {(f.webkitRelativePath or f.name): window.URL.createObjectURL(f) for f in files}
-    await _load({"base_url": document.baseURI, "files": urls}, "the ONNX folder")
+    stamps = {(f.webkitRelativePath or f.name): [f.size, f.lastModified] for f in files}
+    await _load({"base_url": document.baseURI, "files": urls, "stamps": stamps}, "the ONNX folder")
+
+
+async def load_cached(item: dict) -> None:
+    """A model kept from an earlier visit (an ONNX folder, a GGUF or the built-in model)."""
+    if item["id"] == "model:default":
+        await on_onnx_default(None)
+    elif item["kind"] == "onnx":
+        await _load({"base_url": document.baseURI, "id": item["id"]}, item["name"])
+    else:
+        show_error(f"{item['name']} runs with WebGPU; without it the built-in model, ONNX folders and GGUF files chat")
 
 
 async def on_onnx_files(event) -> None:
@@ -49,6 +60,9 @@ async def _load(request: dict, label: str) -> None:
                                       f"{result['provider']} provider"
         show_error(None)
     refresh_status()
+    from . import cache
+
+    await cache.render_cache()
 
 
 async def generate_onnx(payload: dict) -> None:

@@ -98,6 +98,8 @@ class BrowserTokenizer:
         return ids, offsets
 
     def decode(self, ids: list[int]) -> str:
+        if not ids:  # (an answer that ended at once; the JS library refuses an empty list)
+            return ""
         options = to_js({"skip_special_tokens": True}, dict_converter=js.Object.fromEntries)
         return str(self._tok.decode(to_js(ids), options))
 

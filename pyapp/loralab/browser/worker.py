@@ -475,6 +475,7 @@ class OnnxCompare:
     max_new_tokens: int = 48
     temperature: float = 0.0
     top_p: float = 1.0
+    provider: str = "auto"  # onnx_compare: ONNX Runtime Web's "webgpu" or "wasm" provider ("auto": webgpu, else wasm)
 
 
 @command("onnx_compare", OnnxCompare)
@@ -494,7 +495,10 @@ async def onnx_compare(w: Worker, req: OnnxCompare) -> dict:
     model = session.need_model()
     session.need_idle("the ONNX comparison")
     lora = session.adapter()
-    key = (id(model), model.dtype, id(lora), session.run.step if session.run else -1)
+    if req.provider not in ("auto", "webgpu", "wasm"):
+        raise UsageError(f"provider is auto, webgpu or wasm, not {req.provider!r}")
+    providers = ["webgpu", "wasm"] if req.provider == "auto" else [req.provider]
+    key = (id(model), model.dtype, id(lora), session.run.step if session.run else -1, req.provider)
     chat = w.onnx
     if chat is None or chat.key != key:
         if chat is not None:
@@ -509,7 +513,7 @@ async def onnx_compare(w: Worker, req: OnnxCompare) -> dict:
         finally:
             out.close()
         ort = await load_ort(w.base_url)
-        decoder = await WebOrtDecoder.create(ort, await opfs.read_js(ONNX_COMPARE), model.config, ["webgpu", "wasm"])
+        decoder = await WebOrtDecoder.create(ort, await opfs.read_js(ONNX_COMPARE), model.config, providers)
         await opfs.remove(ONNX_COMPARE)  # (the session holds its own copy)
         chat = w.onnx = OnnxChat(decoder, session.need_tokenizer("generation"), model.config, model.name, key)
     ids = session.prompt_ids(req.prompt)
@@ -542,35 +546,67 @@ async def _onnx_answer(chat: OnnxChat, ids: list[int], req) -> tuple[str, int]:
 class OnnxLoad:
     base_url: str
     files: dict[str, str] = field(default_factory=dict)  # an ONNX folder's files (or a .gguf): name -> URL
+    stamps: dict = field(default_factory=dict)  # file name -> [size, modified], to recognise them again
     default: bool = False  # the built-in model (its GGUF, read in place)
+    id: str | None = None  # a cache item ("onnx:…") to load again from the model cache
 
 
 @command("onnx_load", OnnxLoad)
 async def onnx_load(w: Worker, req: OnnxLoad) -> dict:
-    """Chat without WebGPU: an ONNX decoder folder (transformers.js' layout: config.json,
-    tokenizer.json, tokenizer_config.json, onnx/model_q4.onnx or onnx/model.onnx, and its
-    .onnx_data when it has one) in ONNX Runtime Web's wasm provider. -> {"name", "model", "provider"}."""
+    """Chat without WebGPU, in ONNX Runtime Web's wasm provider: an ONNX decoder folder
+    (transformers.js' layout: config.json, tokenizer.json, tokenizer_config.json,
+    onnx/model_q4.onnx or onnx/model.onnx, and its .onnx_data when it has one), a .gguf read in
+    place, the built-in model (`default`), or one of these kept in the model cache (`id`). The
+    files are kept in the model cache, so the model also loads offline on a later visit.
+    -> {"name", "model", "provider", "family", "item"}."""
+    w.base_url = w.cache.base = req.base_url
+    if req.id is not None:  # kept from an earlier visit: every file from the model cache
+        item = await w.cache.get(req.id)
+        if item is None or item["kind"] != "onnx":
+            raise UsageError(f"{req.id}: this ONNX model is no longer in the browser cache; choose its files again")
+        by_name, item_id = {name: name for name in item["source"]["files"]}, req.id
+    else:
+        by_name = {name.rsplit("/", 1)[-1]: url for name, url in req.files.items()}
+        stamp = json.dumps(sorted((name.rsplit("/", 1)[-1], value) for name, value in req.stamps.items()))
+        item_id = "onnx:files:" + hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    gguf_name = next((n for n in by_name if n.lower().endswith(".gguf")), None)
+    if not req.default and not gguf_name:
+        models = [n for n in ("model_q4.onnx", "model.onnx") if n in by_name] or sorted(
+            n for n in by_name if n.endswith(".onnx"))
+        if not models:
+            raise UsageError("the ONNX folder has no .onnx model (onnx/model.onnx or onnx/model_q4.onnx)")
+        for needed in ("config.json", "tokenizer.json"):
+            if needed not in by_name:
+                raise UsageError(f"the ONNX folder has no {needed}; drop the whole folder (config, tokenizer and onnx/)")
+        data_name = models[0] + "_data"
+        keep = [n for n in by_name if n in ("config.json", "tokenizer.json", "tokenizer_config.json",
+                                            "chat_template.jinja", models[0], data_name)]
+        by_name = {n: by_name[n] for n in keep}
+    if req.default:
+        item = ("model:default", "model", DEFAULT_MODEL.rsplit("/", 1)[-1].removesuffix(".gguf"), {"kind": "default"})
+    else:
+        item = (item_id, "onnx", gguf_name or "ONNX model", {"kind": "onnx", "files": sorted(by_name)})
+    async with w.cache.loading(*item) as kept:  # (the files are kept for later visits, offline too)
+        if req.default or gguf_name:
+            result = await _onnx_load_gguf(w, req, gguf_name and by_name[gguf_name], gguf_name)
+        else:
+            result = await _onnx_load_folder(w, req, by_name, models[0])
+        kept["name"] = result["name"]
+    return {**result, "item": item[0]}
+
+
+async def _onnx_load_folder(w: Worker, req: OnnxLoad, by_name: dict[str, str], model: str) -> dict:
+    """An ONNX folder's decoder in ONNX Runtime Web's wasm provider, its tokenizer in the worker."""
     from ..config import ModelConfig
     from .ort import OnnxRuntimeError, WebOrtDecoder, load_ort
     from .tokenizer import BrowserTokenizer
 
-    w.base_url = w.cache.base = req.base_url
-    by_name = {name.rsplit("/", 1)[-1]: url for name, url in req.files.items()}
-    gguf_name = next((n for n in by_name if n.lower().endswith(".gguf")), None)
-    if req.default or gguf_name:
-        return await _onnx_load_gguf(w, req, gguf_name and by_name[gguf_name], gguf_name)
-    models = [n for n in ("model_q4.onnx", "model.onnx") if n in by_name] or sorted(n for n in by_name if n.endswith(".onnx"))
-    if not models:
-        raise UsageError("the ONNX folder has no .onnx model (onnx/model.onnx or onnx/model_q4.onnx)")
-    for needed in ("config.json", "tokenizer.json"):
-        if needed not in by_name:
-            raise UsageError(f"the ONNX folder has no {needed}; drop the whole folder (config, tokenizer and onnx/)")
-
     async def fetch_text(name: str) -> str | None:
-        return None if name not in by_name else str(await (await js.fetch(by_name[name])).text())
+        return None if name not in by_name else (await w.fetch(by_name[name], file=name)).text()
 
     async def fetch_bytes(name: str):
-        return js.Uint8Array.new(await (await js.fetch(by_name[name])).arrayBuffer())
+        body = await w.fetch(by_name[name], file=name)
+        return body.view(0, body.size)
 
     config_dict = loads(await fetch_text("config.json"), "config.json", ModelConfigError)
     config = ModelConfig.from_dict(config_dict, "config.json")
@@ -579,7 +615,6 @@ async def onnx_load(w: Worker, req: OnnxLoad) -> dict:
         raise UsageError("tokenizer_config.json: expected a JSON object")
     tokenizer = await BrowserTokenizer.create(req.base_url, await fetch_text("tokenizer.json"), tok_config,
                                               await fetch_text("chat_template.jinja"))
-    model = models[0]
     external = None
     data_name = model + "_data"
     if data_name in by_name:
@@ -593,7 +628,7 @@ async def onnx_load(w: Worker, req: OnnxLoad) -> dict:
         decoder = await WebOrtDecoder.create(ort, await fetch_bytes(model), config, ["wasm"], external)
     except OnnxRuntimeError as exc:
         raise OnnxRuntimeError(f"{model}: {exc}") from None
-    name = str(config_dict.get("_name_or_path") or "").rsplit("/", 1)[-1] or config.family
+    name = str(config_dict.get("_name_or_path") or "").rsplit("/", 1)[-1] or f"ONNX {config.family}"
     w.onnx = OnnxChat(decoder, tokenizer, config, name)
     return {"name": name, "model": model, "provider": decoder.provider, "family": config.family}
 
@@ -616,10 +651,8 @@ async def _onnx_load_gguf(w: Worker, req: OnnxLoad, url: str | None, name: str |
         return body
 
     if url is None:
-        item = ("model:default", "model", DEFAULT_MODEL.rsplit("/", 1)[-1].removesuffix(".gguf"), {"kind": "default"})
-        async with w.cache.loading(*item):
-            source = await GGUFModel.from_url(js.URL.new(DEFAULT_MODEL, w.base_url).href,
-                                              DEFAULT_MODEL.rsplit("/", 1)[-1], fetch)
+        source = await GGUFModel.from_url(js.URL.new(DEFAULT_MODEL, w.base_url).href, DEFAULT_MODEL.rsplit("/", 1)[-1],
+                                          fetch)
     else:
         source = await GGUFModel.from_url(url, name, fetch)
     body = next(iter(bodies.values()))
