@@ -414,3 +414,85 @@ def test_each_family_trains_and_exports_what_peft_and_llama_cpp_load(tmp_path, t
                      {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"})
     arch = kind
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == arch
+
+
+def peft_loss(model, tokens_file, seq_len: int = 16) -> tuple[float, int]:
+    """Mean loss per target token of a (PEFT) model over the tokens file, as `loralab eval` counts."""
+    total, count = 0.0, 0
+    for line in tokens_file.read_text().splitlines():
+        rec = json.loads(line)
+        ids, labels = rec["input_ids"][:seq_len], rec.get("labels", rec["input_ids"])[:seq_len]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+        targets = torch.tensor(labels[1:])
+        total += torch.nn.functional.cross_entropy(logits[:-1], targets, ignore_index=-100, reduction="sum").item()
+        count += int((targets != -100).sum())
+    return total / count, count
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "phi3"])
+def test_dora_trains_and_exports_what_peft_loads(tmp_path, tokens_file, kind):
+    """`train --dora`: the adapter says use_dora and holds every magnitude; PEFT loads it and
+    reproduces `loralab eval` (≤ 1e-4); it continues training from itself (--adapter); the merged
+    folder and the ONNX export equal PEFT's base + adapter; GGUF-LoRA, which has no magnitudes, is
+    refused with a message."""
+    import onnxruntime
+    import peft
+
+    model = hf.tiny_model(kind, tmp_path / kind, seed=12, tied=False)
+    out = tmp_path / "adapter"
+    loralab("train", model, tokens_file, "--out", out, "--steps", 4, "--batch-size", 3, "--seq-len", 16,
+            "--lr", 2e-2, "--rank", 4, "--alpha", 8, "--dora")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["use_dora"] is True
+    from safetensors.numpy import load_file
+
+    magnitudes = {k: v for k, v in load_file(out / "adapter_model.safetensors").items() if "magnitude" in k}
+    assert len(magnitudes) == 2 * len(config["target_modules"]) and all(v.ndim == 1 for v in magnitudes.values())
+    ours = json.loads(loralab("eval", model, tokens_file, "--adapter", out, "--seq-len", 16).stdout)
+    with_adapter = peft.PeftModel.from_pretrained(hf.load_hf(model), str(out)).eval()
+    loss, count = peft_loss(with_adapter, tokens_file)
+    assert ours["tokens"] == count and ours["loss"] == pytest.approx(loss, abs=1e-4)
+    again = tmp_path / "again"
+    loralab("train", model, tokens_file, "--out", again, "--steps", 2, "--batch-size", 3, "--seq-len", 16,
+            "--lr", 2e-2, "--adapter", out)
+    assert json.loads((again / "adapter_config.json").read_text())["use_dora"] is True
+
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35, 8]])
+    with torch.no_grad():
+        reference = with_adapter(input_ids=ids).logits.numpy()
+    loralab("export", out, "--to", "merged", "--model", model, "--out", tmp_path / "merged")
+    with torch.no_grad():
+        merged = hf.load_hf(tmp_path / "merged")(ids).logits.numpy()
+    assert np.abs(merged - reference).max() <= 1e-4
+    loralab("export", out, "--to", "onnx", "--model", model, "--out", tmp_path / "onnx", "--onnx-dtype", "fp32")
+    sess = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy()),
+             "position_ids": np.arange(ids.shape[1])[None]}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values."):
+            feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+    assert np.abs(sess.run(["logits"], feeds)[0] - reference).max() <= 1e-4
+    refused = loralab("export", out, "--to", "gguf", "--model", model, "--out", tmp_path / "x.gguf", ok=False)
+    assert refused.returncode == 2 and "DoRA" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_dora_over_a_quantized_base_matches_peft_over_the_same_values(tmp_path, tokens_file):
+    """DoRA with the frozen weights kept as Q8_0 (QLoRA's way): the weight norms come from the
+    dequantized values, so `eval` equals PEFT's DoRA over the base as Q8_0 holds it."""
+    import gguf
+    import peft
+
+    model = hf.tiny_model("llama", tmp_path / "llama", seed=13, tied=False)
+    out = tmp_path / "adapter"
+    loralab("train", model, tokens_file, "--out", out, "--steps", 3, "--batch-size", 3, "--seq-len", 16,
+            "--lr", 2e-2, "--rank", 4, "--dora", "--weights", "q8")
+    ours = json.loads(loralab("eval", model, tokens_file, "--adapter", out, "--seq-len", 16, "--weights", "q8").stdout)
+    base = hf.load_hf(model)
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if p.ndim == 2 and ".layers." in name:
+                q8 = gguf.quants.quantize(p.numpy(), gguf.GGMLQuantizationType.Q8_0)
+                p.copy_(torch.tensor(gguf.quants.dequantize(q8, gguf.GGMLQuantizationType.Q8_0)))
+    loss, _ = peft_loss(peft.PeftModel.from_pretrained(base, str(out)).eval(), tokens_file)
+    assert ours["loss"] == pytest.approx(loss, abs=1e-4)

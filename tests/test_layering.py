@@ -21,7 +21,7 @@ LAYERS = [
     ("kernels", ["kernels", "ops", "selftest"]),
     ("lora", ["lora"]),
     ("model", ["model.*"]),
-    ("train", ["train", "generate", "merge", "onnx_export", "plan", "bench", "bench_torch"]),
+    ("train", ["train", "generate", "merge", "onnx_export", "onnx_decode", "plan", "bench", "bench_torch"]),
     ("entry", ["session", "cli"]),
     ("browser", ["gpu.browser", "browser.*"]),
     ("app", ["app.*"]),

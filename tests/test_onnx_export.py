@@ -273,3 +273,23 @@ def test_a_model_over_the_protobuf_limit_keeps_its_weights_in_onnx_data(tmp_path
         reference = peft_model(input_ids=torch.tensor([IDS])).logits.numpy()
     logits = run(session(out / "onnx" / "model.onnx"), np.array([IDS]))[0]
     assert np.abs(logits - reference).max() <= 1e-4
+
+
+def test_decoder_shape_from_any_decoders_config():
+    """Chat through an ONNX folder reads the cache shape the way transformers.js does, for families
+    the engine may not train too; a config without it gets a message naming the field."""
+    from loralab.config import ModelConfigError
+    from loralab.onnx_decode import DecoderShape
+
+    assert DecoderShape.from_config({"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024}) == \
+        DecoderShape(12, 12, 64, 1024)
+    assert DecoderShape.from_config({"num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+                                     "head_dim": 128, "hidden_size": 1024, "max_position_embeddings": 40960}) == \
+        DecoderShape(28, 8, 128, 40960)
+    assert DecoderShape.from_config({"model_type": "gemma3", "text_config": {
+        "num_hidden_layers": 26, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+        "max_position_embeddings": 32768}}) == DecoderShape(26, 1, 256, 32768)
+    with pytest.raises(ModelConfigError, match="num_hidden_layers or n_layer or num_layers is missing"):
+        DecoderShape.from_config({"hidden_size": 64})
+    with pytest.raises(ModelConfigError, match="head_dim"):
+        DecoderShape.from_config({"num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": "x"})

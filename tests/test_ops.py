@@ -280,6 +280,44 @@ def test_to_f16_rounds_like_numpy(ops, arrays):
     np.testing.assert_array_equal(got, rounded)
 
 
+@pytest.mark.parametrize("N, K, r", [(37, 70, 3), (130, 200, 8), (1, 5, 1)])
+def test_dora_kernels_like_numpy(ops, arrays, N, K, r):
+    """DoRA's weight norm (with the adapter, without it, over float16 weights), the magnitude over
+    the direction (per column with a residual and bias, per row), and the magnitude's gradient
+    (written and accumulated)."""
+    g = rng("dora")
+    W = g.standard_normal((N, K)).astype(np.float32)
+    A, B = g.standard_normal((r, K)).astype(np.float32), g.standard_normal((N, r)).astype(np.float32)
+    n = arrays.empty(N)
+    arrays.submit(ops.dora_norm(n, arrays.up(W), arrays.up(A), arrays.up(B), N, K, r, 0.7))
+    np.testing.assert_allclose(arrays.down(n, (N,)), ref.dora_norm(W, A, B, 0.7), rtol=1e-5)
+    arrays.submit(ops.dora_norm(n, arrays.up(W), None, None, N, K))
+    np.testing.assert_allclose(arrays.down(n, (N,)), ref.dora_norm(W), rtol=1e-5)
+    packed, W16 = to_f16_buffer(ops, arrays, W)
+    arrays.submit(ops.dora_norm(n, packed, arrays.up(A), arrays.up(B), N, K, r, 0.7))
+    np.testing.assert_allclose(arrays.down(n, (N,)), ref.dora_norm(W16, A, B, 0.7), rtol=1e-5)
+
+    T = 29
+    m, norms = g.uniform(0.5, 2, N).astype(np.float32), g.uniform(0.5, 2, N).astype(np.float32)
+    x, res, bias = (g.standard_normal((T, N)).astype(np.float32), g.standard_normal((T, N)).astype(np.float32),
+                    g.standard_normal(N).astype(np.float32))
+    y = arrays.empty(T * N)
+    mb, nb = arrays.up(m), arrays.up(norms)
+    arrays.submit(ops.dora_scale(y, arrays.up(x), mb, nb, T, N, res=arrays.up(res), bias=arrays.up(bias)))
+    np.testing.assert_allclose(arrays.down(y, (T, N)), ref.dora_scale(x, m, norms, res=res, bias=bias), rtol=1e-6,
+                               atol=1e-6)
+    rows = arrays.empty(N * K)
+    arrays.submit(ops.dora_scale(rows, arrays.up(W), mb, nb, N, K, by_row=True))
+    np.testing.assert_allclose(arrays.down(rows, (N, K)), ref.dora_scale(W, m, norms, by_row=True), rtol=1e-6)
+
+    dy, p = g.standard_normal((T, N)).astype(np.float32), g.standard_normal((T, N)).astype(np.float32)
+    dm = arrays.empty(N)
+    arrays.submit(ops.dora_grad(dm, arrays.up(dy), arrays.up(p), nb, T, N))
+    np.testing.assert_allclose(arrays.down(dm, (N,)), ref.dora_grad(dy, p, norms), rtol=1e-4, atol=1e-5)
+    arrays.submit(ops.dora_grad(dm, arrays.up(dy), arrays.up(p), nb, T, N, accumulate=True))
+    np.testing.assert_allclose(arrays.down(dm, (N,)), 2 * ref.dora_grad(dy, p, norms), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("N, K", [(5, 64), (3, 96), (7, 70), (2, 32)])
 def test_quantize_nbits_like_numpy(ops, arrays, N, K):
     """MatMulNBits' 4-bit blocks (ONNX export): codes, scales and zero points as ref.quantize_nbits,

@@ -355,7 +355,7 @@ async def export_onnx(s, out: str, dtype: str) -> int:
     return 0
 
 
-FLAG_NAMES = {"r": "rank", "use_rslora": "rslora", "shuffle": "no-shuffle"}  # the flags' names, where not the field's
+FLAG_NAMES = {"r": "rank", "use_rslora": "rslora", "use_dora": "dora", "shuffle": "no-shuffle"}  # the flags' names, where not the field's
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:

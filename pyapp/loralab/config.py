@@ -479,6 +479,8 @@ class LoraConfig:
     targets: tuple[str, ...] = field(default=PROJECTIONS, metadata={"help": "projections that get an adapter"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input (training only)"})
     use_rslora: bool = field(default=False, metadata={"help": "scale by alpha / sqrt(r) (rank-stabilised LoRA)"})
+    use_dora: bool = field(default=False, metadata={
+        "help": "DoRA: a trained magnitude per output times the direction of W + scaling · B · A (PEFT's use_dora)"})
     rank_pattern: tuple[tuple[str, int], ...] = field(
         default=(), metadata={"help": "per-module ranks, (pattern, r) pairs as PEFT's rank_pattern"})
     alpha_pattern: tuple[tuple[str, float], ...] = field(
@@ -504,6 +506,9 @@ class LoraConfig:
                              f"mlp.c_proj)")
         if not 0.0 <= number(self.dropout, "LoRA dropout", UsageError) < 1.0:
             raise UsageError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
+        if self.use_dora and self.dropout > 0:
+            raise UsageError("DoRA runs without LoRA dropout here (PEFT's DoRA with dropout takes a second product "
+                             "over the dropped input, not yet built): set dropout to 0")
 
     @property
     def scaling(self) -> float:

@@ -55,7 +55,7 @@ class Generator:
         T, C, V = len(ids), self.config.hidden_size, self.config.vocab_size
         self.device.write_buffer(self.model.ids, struct.pack(f"<{T}I", *ids))
         self.device.write_buffer(self.model.pos, struct.pack(f"<{T}I", *range(start, start + T)))
-        cmds = self.model.forward(rows=T, cache=self.cache, start=start)
+        cmds = self.model.forward(rows=T, cache=self.cache, start=start, norms=start == 0)  # (DoRA's: once)
         cmds.append(Copy(self.model.xnf, (T - 1) * C * 4, self.last, 0, C * 4))
         cmds.extend(self.ops.matmul(self.logits, self.last, self.model.lm_head, 1, V, C))
         self.device.submit(cmds)

@@ -22,11 +22,11 @@ from .gpu.device import VIEW_ALIGNMENT, Buffer, Device
 class LoraTensor:
     layer: int
     module: str  # the projection it serves, e.g. "q_proj" (a fused module's A: the fused name)
-    kind: str  # "A" (r × in) or "B" (out × r)
+    kind: str  # "A" (r × in), "B" (out × r) or DoRA's magnitude "M" (out × 1)
     shape: tuple[int, int]
     offset: int  # bytes into the flat buffers
     site: str = ""  # the module PEFT names it by ("qkv_proj" for q's rows of Phi-3's B), if not `module`
-    row: int = 0  # its first row in that module's B
+    row: int = 0  # its first row in that module's B (or M)
 
     @property
     def numel(self) -> int:
@@ -34,7 +34,10 @@ class LoraTensor:
 
     @property
     def peft_key(self) -> str:
-        return f"base_model.model.{module_name(self.layer, self.site or self.module)}.lora_{self.kind}.weight"
+        name = module_name(self.layer, self.site or self.module)
+        if self.kind == "M":  # PEFT's DoRA magnitude: a vector, saved without ".weight"
+            return f"base_model.model.{name}.lora_magnitude_vector"
+        return f"base_model.model.{name}.lora_{self.kind}.weight"
 
 
 def layout(config: ModelConfig, lora: LoraConfig) -> tuple[list[LoraTensor], int]:
@@ -61,6 +64,12 @@ def layout(config: ModelConfig, lora: LoraConfig) -> tuple[list[LoraTensor], int
                 rows = config.projection_shape(part)[0]
                 add(layer, part, "B", (rows, r), module if part != module else "", row)
                 row += rows
+            if lora.use_dora:  # DoRA: a magnitude per output row, in the same parts
+                row = 0
+                for part in parts:
+                    rows = config.projection_shape(part)[0]
+                    add(layer, part, "M", (rows, 1), module if part != module else "", row)
+                    row += rows
     return tensors, max(offset, VIEW_ALIGNMENT)
 
 
@@ -104,6 +113,10 @@ class LoraState:
     def has(self, layer: int, module: str) -> bool:
         return (layer, module, "A") in self._views
 
+    def dora(self, layer: int, module: str) -> bool:
+        """Whether `module`'s adapter is DoRA's (a trained magnitude per output row)."""
+        return (layer, module, "M") in self._views
+
     def rank(self, layer: int, module: str) -> int:
         """The rank of the adapter `module` uses (its fused module's, on Phi-3)."""
         return self.config.rank(layer, self.model_config.site(module))
@@ -140,6 +153,25 @@ class LoraState:
             if t.kind == "A"
         ]
 
+    def init_magnitudes(self, ops, weights: dict[str, Buffer]) -> None:
+        """DoRA's magnitudes as PEFT starts them: the norm of each output row of W (B is zero), a
+        quantized W dequantized first."""
+        from .ops import QUANT_DTYPES
+
+        for t in self.tensors:
+            if t.kind != "M":
+                continue
+            W = weights[f"{module_name(t.layer, t.module)}.weight"]
+            out_f, in_f = self.model_config.projection_shape(t.module)
+            temp = None
+            if W.dtype in QUANT_DTYPES:
+                temp = self.device.create_buffer(out_f * in_f * 4, label="dora.dequantized")
+                self.device.submit([ops.dequantize(temp, W, out_f, in_f)])
+                W = temp
+            self.device.submit([ops.dora_norm(self.param(t.layer, t.module, "M"), W, None, None, out_f, in_f)])
+            if temp is not None:
+                self.device.destroy_buffer(temp)
+
     def load_state(self, state: dict[str, bytes]) -> None:
         """Write float32 tensors {peft_key: raw bytes} (as read from an adapter) into the parameters
         (a fused module's B split into its parts' rows)."""
@@ -149,13 +181,14 @@ class LoraState:
                 self.device.write_buffer(self.params, data[at : at + t.numel * 4], t.offset)
                 at += t.numel * 4
 
-    def peft_tensors(self, raw: bytes) -> dict[str, tuple[tuple[int, int], bytes]]:
+    def peft_tensors(self, raw: bytes) -> dict[str, tuple[tuple[int, ...], bytes]]:
         """{peft_key: (shape, float32 bytes)} out of a readback of the flat buffers (parameters or
-        gradients): a fused module's B joined from its parts."""
+        gradients): a fused module's B (and DoRA magnitude) joined from its parts."""
         out = {}
         for key, parts in self.parts.items():
             rows = sum(t.shape[0] for t in parts)
-            out[key] = ((rows, parts[0].shape[1]), b"".join(raw[t.offset : t.offset + t.numel * 4] for t in parts))
+            shape = (rows,) if parts[0].kind == "M" else (rows, parts[0].shape[1])
+            out[key] = (shape, b"".join(raw[t.offset : t.offset + t.numel * 4] for t in parts))
         return out
 
     async def read_state(self) -> dict[str, tuple[tuple[int, int], bytes]]:

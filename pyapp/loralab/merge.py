@@ -74,6 +74,14 @@ def _merged_matrix(device: Device, ops: Ops, config: ModelConfig, name: str, buf
             merged, lora.param(layer, module, "B"), lora.param(layer, module, "A"), out_f, in_f, r,
             trans_b=True, alpha=scale, beta=1.0))
         buf = merged
+        if lora.dora(layer, module):  # DoRA, as PEFT merges it: each row times m / ‖its row‖
+            norms = device.create_buffer(out_f * 4, label=f"{name}.norms")
+            scaled = device.create_buffer(buf.size, label=f"{name}.dora")
+            temps += [norms, scaled]
+            device.submit([ops.dora_norm(norms, merged, None, None, out_f, in_f),
+                           ops.dora_scale(scaled, merged, lora.param(layer, module, "M"), norms, out_f, in_f,
+                                          by_row=True)])
+            buf = scaled
     return buf
 
 

@@ -46,6 +46,9 @@ KERNELS = (
     "to_f16",
     "transpose",
     "quantize_nbits",
+    "dora_norm",
+    "dora_scale",
+    "dora_grad",
 )
 # Frozen weights kept quantized on the GPU (wgsl/include/qweight.wgsl): Buffer.dtype -> (bits
 # per code, values per group, NF4 table). Codes, then a f32 scale per group, then (affine types)
@@ -90,7 +93,8 @@ def quant_layout(dtype: str, numel: int) -> tuple[int, int, int]:
 
 
 # Pipelines specialised for float16 weights: (kernel, override constant).
-F16_VARIANTS = (("matmul", "B_F16"), ("matmul_thin", "A_F16"), ("matmul_thin", "B_F16"), ("embedding", "TABLE_F16"))
+F16_VARIANTS = (("matmul", "B_F16"), ("matmul_thin", "A_F16"), ("matmul_thin", "B_F16"), ("embedding", "TABLE_F16"),
+                ("dora_norm", "W_F16"))
 
 MAX_GROUPS = 65535
 # The gated MLP's activations (glu.wgsl's `act`): SiLU (Llama, Qwen), tanh-approximated GELU (Gemma).
@@ -678,6 +682,33 @@ class Ops:
         each word's low byte)."""
         blocks = -(-K // 32)
         return [self._elementwise("quantize_nbits", N * -(-blocks // 2), dict(N=N, K=K), W=w, Q=q, scales=scales, zp=zp)]
+
+    # -- DoRA (Liu et al. 2024, as PEFT's use_dora) ---------------------------------------------
+    def dora_norm(self, n: Buffer, W: Buffer, A: Buffer | None, B: Buffer | None, N: int, K: int, r: int = 0,
+                  s: float = 0.0) -> Dispatch:
+        """n[N] = the rows' norms of W[N, K] + s · B[N, r] · A[r, K] (W float32 or float16; s = 0:
+        of W alone, A and B unused)."""
+        if W.dtype in QUANT_DTYPES:
+            raise ValueError("dora_norm reads float32 or float16 weights: dequantize a quantized one first")
+        kernel = self.f16[("dora_norm", "W_F16")] if W.dtype == "f16" else self.k["dora_norm"]
+        if W.dtype == "f16" and ("dora_norm", "W_F16") not in self.f16:
+            raise ValueError("dora_norm: no float16 pipeline; call Ops.prepare(f16_weights=True) first")
+        spare = self._spare()
+        return kernel.dispatch(self.device, grid_1d(N), dict(N=N, K=K, r=r, s=s if r else 0.0),
+                               W=W, A=A if r else spare, B=B if r else spare, norms=n)
+
+    def dora_scale(self, y: Buffer, x: Buffer, m: Buffer, n: Buffer, rows: int, cols: int, by_row: bool = False,
+                   res: Buffer | None = None, bias: Buffer | None = None) -> Dispatch:
+        """y = (m / n) · x per column of x[rows, cols] (+ res + bias), or with by_row per row."""
+        spare = self._spare()
+        params = dict(rows=rows, cols=cols, by_row=int(by_row), has_res=int(res is not None), has_bias=int(bias is not None))
+        return self._elementwise("dora_scale", rows * cols, params, x=x, m=m, norms=n, res=res or spare,
+                                 bias=bias or spare, y=y)
+
+    def dora_grad(self, dm: Buffer, dy: Buffer, p: Buffer, n: Buffer, T: int, N: int, accumulate: bool = False) -> Dispatch:
+        """dm[N] (+)= Σ_t dy[t, :] · p[t, :] / n (DoRA's magnitude gradient, n held constant)."""
+        return self._rows("dora_grad", -(-N // 64), dict(T=T, N=N, beta=1.0 if accumulate else 0.0), dy=dy, p=p,
+                          norms=n, dm=dm)
 
     def to_f16(self, y: Buffer, x: Buffer, N: int) -> Dispatch:
         """y (u32 words) ← float16 pairs of x[N]."""

@@ -56,6 +56,25 @@ def transpose(x: np.ndarray, first: int = 0, n: int | None = None) -> np.ndarray
     return np.ascontiguousarray(x[:, first:first + n].T)
 
 
+def dora_norm(W: np.ndarray, A: np.ndarray | None = None, B: np.ndarray | None = None, s: float = 0.0) -> np.ndarray:
+    """‖W + s · B · A‖₂ of each row (wgsl/dora_norm.wgsl; PEFT's DoRA weight norm)."""
+    V = W.astype(np.float64) + (s * (B.astype(np.float64) @ A.astype(np.float64)) if s else 0.0)
+    return np.sqrt((V * V).sum(1)).astype(np.float32)
+
+
+def dora_scale(x: np.ndarray, m: np.ndarray, n: np.ndarray, by_row: bool = False, res: np.ndarray | None = None,
+               bias: np.ndarray | None = None) -> np.ndarray:
+    """(m / n) · x per column (or per row) + res + bias (wgsl/dora_scale.wgsl)."""
+    g = (m / n).astype(np.float32)
+    y = x * (g[:, None] if by_row else g[None, :])
+    return y + (res if res is not None else 0) + (bias[None, :] if bias is not None else 0)
+
+
+def dora_grad(dy: np.ndarray, p: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Σ_t dy · p / n per column (wgsl/dora_grad.wgsl)."""
+    return ((dy.astype(np.float64) * p).sum(0) / n).astype(np.float32)
+
+
 def quantize_nbits(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """w [N, K] as MatMulNBits' 4-bit blocks of 32 (wgsl/quantize_nbits.wgsl): codes [N, blocks,
     32] (unpacked), scales [N, blocks], zero points [N, blocks]."""

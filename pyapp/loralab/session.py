@@ -145,13 +145,16 @@ def fit_seq_len(records: list[Sequence], limit: int) -> int:
 
 
 def make_lora(ops: Ops, config: ModelConfig, lora_config: LoraConfig, state: dict | None = None,
-              seed: int = 0) -> LoraState:
-    """An adapter on the GPU: from `state` ({peft_key: (shape, f32 bytes)}) or PEFT's init with `seed`."""
+              seed: int = 0, weights: dict[str, Buffer] | None = None) -> LoraState:
+    """An adapter on the GPU: from `state` ({peft_key: (shape, f32 bytes)}) or PEFT's init with
+    `seed` (DoRA's magnitudes from the model's `weights`)."""
     lora = LoraState(ops.device, config, lora_config)
     if state is not None:
         lora.load_state({key: data for key, (_, data) in state.items()})
     else:
         ops.device.submit(lora.init_dispatches(ops, seed))
+        if lora_config.use_dora:
+            lora.init_magnitudes(ops, weights)
     return lora
 
 
@@ -533,7 +536,7 @@ class Session:
         if restore is None and self.imported is not None:
             adapter = make_lora(self.ops, model.config, *self.imported, train.seed)
         else:
-            adapter = make_lora(self.ops, model.config, lora or LoraConfig(), None, train.seed)
+            adapter = make_lora(self.ops, model.config, lora or LoraConfig(), None, train.seed, model.weights)
         try:
             if train.precision == "mixed":
                 await self.ops.prepare(mixed=True)
@@ -755,6 +758,18 @@ class Session:
         if lora is None:
             raise UsageError("train or import an adapter first")
         await write_merged_gguf(write, self.device, self.ops, source, model.weights, lora, quant)
+
+
+async def gguf_as_onnx(source) -> tuple[bytes, str]:
+    """A GGUF model (model.gguf_model.GGUFModel) as a small ONNX decoder that reads the file's own
+    bytes in place (onnx_export.GGUFView), for ONNX Runtime without a GPU: (the model, the name the
+    GGUF file must have as its external data)."""
+    from .formats import onnx
+    from .onnx_export import GGUF_LOCATION, gguf_graph
+
+    chunks: list[bytes] = []
+    await onnx.write_model(chunks.append, gguf_graph(source))
+    return b"".join(chunks), GGUF_LOCATION
 
 
 def prompt_tokens(tok: Tokenizer, text: str, chat: bool | None, name: str) -> list[int]:

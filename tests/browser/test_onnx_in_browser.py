@@ -35,6 +35,7 @@ def test_compare_panel_answers_with_onnx_runtime_web_and_exports_onnx(app, chat_
 
     page = app.page
     app.engine_up()
+    assert page.locator("[data-testid=onnx-files]").is_hidden()  # (chat without WebGPU only)
     app.load_model_files(chat_model)
     app.use_dataset_file(chat_jsonl(tmp_path / "chat.jsonl"))
     app.train({"steps": 4, "lr": 0.02, "batch-size": 3, "report-every": 2})

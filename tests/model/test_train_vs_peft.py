@@ -37,11 +37,11 @@ def records(n: int, S: int, seed: int) -> list[Sequence]:
     return out
 
 
-def peft_run(path, data, config: TrainConfig, r, alpha, steps):
+def peft_run(path, data, config: TrainConfig, r, alpha, steps, **lora):
     """The reference: PEFT model, torch AdamW/SGD, transformers' scheduler, clip_grad_norm_."""
     import transformers
 
-    model = hf.peft_model(path, r=r, alpha=alpha, seed=11)
+    model = hf.peft_model(path, r=r, alpha=alpha, seed=11, **lora)
     start = hf.lora_state(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
@@ -74,10 +74,10 @@ def peft_run(path, data, config: TrainConfig, r, alpha, steps):
     return start, losses, hf.lora_state(model)
 
 
-def ours_run(gpu, ops, run, path, data, config: TrainConfig, start, r, alpha):
+def ours_run(gpu, ops, run, path, data, config: TrainConfig, start, r, alpha, **lora_fields):
     source = HFFolder(str(path))
     weights = run(upload_weights(gpu, source.config, source, ops))
-    lora = LoraState(gpu, source.config, LoraConfig(r=r, alpha=alpha))
+    lora = LoraState(gpu, source.config, LoraConfig(r=r, alpha=alpha, **lora_fields))
     lora.load_state({k: v.tobytes() for k, v in start.items()})
     model = Transformer(gpu, ops, source.config, weights, lora, config.batch_size, config.seq_len)
     trainer = Trainer(gpu, ops, model, lora, config, data)
@@ -108,6 +108,26 @@ def test_adamw_losses_follow_peft(gpu, ops, run, llama_dir, qwen_dir, tmp_path, 
     assert reports[0]["lr"] == 0.0 and reports[3]["lr"] == pytest.approx(lr_at(config, 3, 10))
     for key, ref in ref_final.items():
         np.testing.assert_allclose(final[key], ref, rtol=1e-2, atol=1e-4, err_msg=key)
+
+
+@pytest.mark.parametrize("accum, model", [(1, "llama"), (2, "gemma3"), (2, "phi3"), (1, "gpt2")])
+def test_dora_adamw_steps_follow_peft(gpu, ops, run, llama_dir, tmp_path, accum, model, monkeypatch):
+    """10 AdamW steps of DoRA (magnitudes trained, weight decay and clipping over them too) as a
+    PEFT use_dora loop takes them, from the same start."""
+    from loralab.model import transformer
+
+    if accum > 1:
+        monkeypatch.setattr(transformer, "GRAD_SLICE_TOKENS", 8)
+    path = llama_dir if model == "llama" else hf.tiny_model(model, tmp_path / model, seed=7)
+    config = TrainConfig(steps=10, batch_size=2, seq_len=12, grad_accum=accum, lr=5e-3, lr_schedule="cosine",
+                         warmup_steps=3, weight_decay=0.01, max_grad_norm=0.5, shuffle=False, report_every=5)
+    data = records(9, 12, seed=2)
+    start, ref_losses, ref_final = peft_run(path, data, config, 4, 8.0, 10, use_dora=True)
+    assert any("magnitude" in k for k in start)
+    losses, final, _, _ = ours_run(gpu, ops, run, path, data, config, start, 4, 8.0, use_dora=True)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-3)
+    for key, ref in ref_final.items():
+        np.testing.assert_allclose(final[key].reshape(ref.shape), ref, rtol=1e-2, atol=1e-4, err_msg=key)
 
 
 def test_sgd_update_matches_peft(gpu, ops, run, llama_dir):

@@ -60,10 +60,10 @@ def test_logits_in_row_chunks_give_the_same_loss_and_gradients(gpu, ops, run, ar
 
     B, S = 2, 64
     ids, labels = hf.batch(5, B, S, ignore_prefix=2)
-    results = []
+    results, vocab = [], HFFolder(str(model_dir)).config.vocab_size
     for chunk_rows in (None, 64):
         if chunk_rows:
-            monkeypatch.setattr(transformer, "LOGITS_CHUNK_BYTES", chunk_rows * config.vocab_size * 4)
+            monkeypatch.setattr(transformer, "LOGITS_CHUNK_BYTES", chunk_rows * vocab * 4)
         config, lora, model = build(gpu, ops, run, model_dir, LoraConfig(r=4, alpha=8), B, S)
         assert len(model.chunks) == (B * S // chunk_rows if chunk_rows else 1)
         gpu.submit(lora.init_dispatches(ops, seed=3))
@@ -135,6 +135,51 @@ def test_loss_and_every_lora_gradient_match_peft(gpu, ops, run, arrays, model_di
         scale = np.abs(ref).max()
         assert scale > 0, key
         np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-3 * scale, err_msg=key)
+
+
+def dora_peft_model(model_dir, r: int = 4, alpha: float = 8.0):
+    """PEFT's DoRA over the model: B random and the magnitudes moved off their initial norms, so
+    that m / ‖W + s·B·A‖ differs from 1 in every row."""
+    pm = hf.peft_model(model_dir, r=r, alpha=alpha, b_std=0.05, use_dora=True)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+    return pm
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["dora", "dora-checkpointing"])
+def test_dora_logits_loss_and_every_gradient_match_peft(gpu, ops, run, arrays, model_dir, checkpointing):
+    """DoRA (use_dora): the logits, the loss and every gradient, the magnitudes' included, as PEFT
+    computes them (its weight norm held constant in the backward pass)."""
+    B, S, r, alpha = 2, 9, 4, 8.0
+    pm = dora_peft_model(model_dir, r, alpha)
+    ids, labels = hf.batch(1, B, S, ignore_prefix=3)
+    out = pm(input_ids=torch.tensor(ids), labels=torch.tensor(labels))
+    out.loss.backward()
+    ref_grads = {k.replace("lora_magnitude_vector.weight", "lora_magnitude_vector"): v
+                 for k, v in hf.lora_grads(pm).items()}
+    assert any("magnitude" in k for k in ref_grads)
+
+    config, lora, model = build(gpu, ops, run, model_dir, LoraConfig(r=r, alpha=alpha, use_dora=True), B, S,
+                                checkpointing)
+    lora.load_state({k: v.tobytes() for k, v in hf.lora_state(pm).items()})
+    flat_ids, targets, n = make_batch([Sequence(list(i), list(l)) for i, l in zip(ids.tolist(), labels.tolist())], B, S)
+    model.write_batch(flat_ids, targets)
+    logits = arrays.empty(B * S * config.vocab_size)
+    gpu.submit(model.forward() + model.logits_into(logits))
+    assert np.abs(arrays.down(logits, (B, S, config.vocab_size)) - out.logits.detach().numpy()).max() <= 1e-4
+    history = arrays.up(np.zeros(1, np.float32))
+    step = arrays.up(np.frombuffer(step_scalars(ops), np.float32))
+    gpu.submit(model.forward() + model.loss(history, step, backward=True) + model.backward(accumulate_grads=False))
+    assert arrays.down(history, (1,))[0] / n == pytest.approx(out.loss.item(), rel=1e-4)
+    grads = grads_by_key(run, gpu, lora, n)
+    assert set(ref_grads) == set(grads)
+    for key, ref in ref_grads.items():
+        scale = np.abs(ref).max()
+        assert scale > 0, key
+        np.testing.assert_allclose(grads[key].reshape(ref.shape), ref, rtol=1e-3, atol=1e-3 * scale, err_msg=key)
 
 
 def test_lora_dropout_matches_peft_with_the_same_masks(gpu, ops, run, arrays, model_dir):

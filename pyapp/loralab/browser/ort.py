@@ -13,9 +13,8 @@ import struct
 import js  # type: ignore[import-not-found]
 from pyodide.ffi import JsException, to_js  # type: ignore[import-not-found]
 
-from ..config import ModelConfig
 from ..errors import UserError, one_line
-from ..onnx_decode import cache_shape
+from ..onnx_decode import DecoderShape
 from .tokenizer import _import
 
 ORT_MODULE = "vendor/ort/ort.webgpu.min.mjs"
@@ -43,13 +42,13 @@ class WebOrtDecoder:
     """A decoder session: run() feeds the ids, mask, positions and cache, returns the last
     logits and the present cache (kept as ONNX Runtime tensors, never copied into Python)."""
 
-    def __init__(self, ort, session, config: ModelConfig, provider: str):
-        self.ort, self.session, self.provider = ort, session, provider
-        self.layers, self.kv_heads, self.head_dim = cache_shape(config)
+    def __init__(self, ort, session, shape: DecoderShape, provider: str):
+        self.ort, self.session, self.provider, self.shape = ort, session, provider, shape
+        self.layers, self.kv_heads, self.head_dim = shape.layers, shape.kv_heads, shape.head_dim
         self.inputs = {str(n) for n in session.inputNames}
 
     @classmethod
-    async def create(cls, ort, model, config: ModelConfig, providers: list[str], external=None) -> "WebOrtDecoder":
+    async def create(cls, ort, model, shape: DecoderShape, providers: list[str], external=None) -> "WebOrtDecoder":
         """A session over `model` (a Uint8Array of the .onnx file) on the first provider of
         `providers` that takes it ("webgpu", "wasm"); `external`: its external data files, a
         list of {path, data}."""
@@ -66,7 +65,7 @@ class WebOrtDecoder:
             except JsException as exc:
                 errors.append(f"{provider}: {one_line(exc)}")
                 continue
-            return cls(ort, session, config, provider)
+            return cls(ort, session, shape, provider)
         raise OnnxRuntimeError("ONNX Runtime Web could not load the model (" + "; ".join(errors) + ")")
 
     async def run(self, ids: list[int], start: int, past) -> tuple[list[float], object]:

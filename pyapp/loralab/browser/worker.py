@@ -464,7 +464,6 @@ class OnnxChat:
 
     decoder: object  # browser.ort.WebOrtDecoder
     tokenizer: object | None
-    config: object  # ModelConfig
     name: str
     key: tuple = ()
 
@@ -487,7 +486,7 @@ async def onnx_compare(w: Worker, req: OnnxCompare) -> dict:
     -> {"text", "provider", "max_abs_diff", "max_abs_logit", "tokens_per_s"}."""
     import time
 
-    from ..onnx_decode import prompt_logits
+    from ..onnx_decode import DecoderShape, prompt_logits
     from . import opfs
     from .ort import OnnxRuntimeError, WebOrtDecoder, load_ort
 
@@ -513,9 +512,10 @@ async def onnx_compare(w: Worker, req: OnnxCompare) -> dict:
         finally:
             out.close()
         ort = await load_ort(w.base_url)
-        decoder = await WebOrtDecoder.create(ort, await opfs.read_js(ONNX_COMPARE), model.config, providers)
+        decoder = await WebOrtDecoder.create(ort, await opfs.read_js(ONNX_COMPARE), DecoderShape.of(model.config),
+                                             providers)
         await opfs.remove(ONNX_COMPARE)  # (the session holds its own copy)
-        chat = w.onnx = OnnxChat(decoder, session.need_tokenizer("generation"), model.config, model.name, key)
+        chat = w.onnx = OnnxChat(decoder, session.need_tokenizer("generation"), model.name, key)
     ids = session.prompt_ids(req.prompt)
     theirs = await prompt_logits(chat.decoder, ids)
     ours = await session.next_logits(req.prompt, lora)
@@ -537,7 +537,7 @@ async def _onnx_answer(chat: OnnxChat, ids: list[int], req) -> tuple[str, int]:
         report({"kind": "token", "which": "onnx", "text": tok.decode(out)})
 
     stop = {tok.eos_id} if tok.eos_id is not None else set()
-    max_len = min(chat.config.max_position_embeddings, len(ids) + req.max_new_tokens)
+    max_len = min(chat.decoder.shape.max_positions, len(ids) + req.max_new_tokens)
     await onnx_generate(chat.decoder, ids, req.max_new_tokens, max_len, req.temperature, req.top_p, 0, stop, on_token)
     return tok.decode(out), len(out)
 
@@ -597,7 +597,7 @@ async def onnx_load(w: Worker, req: OnnxLoad) -> dict:
 
 async def _onnx_load_folder(w: Worker, req: OnnxLoad, by_name: dict[str, str], model: str) -> dict:
     """An ONNX folder's decoder in ONNX Runtime Web's wasm provider, its tokenizer in the worker."""
-    from ..config import ModelConfig
+    from ..onnx_decode import DecoderShape
     from .ort import OnnxRuntimeError, WebOrtDecoder, load_ort
     from .tokenizer import BrowserTokenizer
 
@@ -609,7 +609,9 @@ async def _onnx_load_folder(w: Worker, req: OnnxLoad, by_name: dict[str, str], m
         return body.view(0, body.size)
 
     config_dict = loads(await fetch_text("config.json"), "config.json", ModelConfigError)
-    config = ModelConfig.from_dict(config_dict, "config.json")
+    if not isinstance(config_dict, dict):
+        raise ModelConfigError("config.json: expected a JSON object")
+    shape = DecoderShape.from_config(config_dict)
     tok_config = loads(await fetch_text("tokenizer_config.json") or "{}", "tokenizer_config.json", UsageError)
     if not isinstance(tok_config, dict):
         raise UsageError("tokenizer_config.json: expected a JSON object")
@@ -625,22 +627,22 @@ async def _onnx_load_folder(w: Worker, req: OnnxLoad, by_name: dict[str, str], m
         w.onnx = None
     ort = await load_ort(req.base_url)
     try:
-        decoder = await WebOrtDecoder.create(ort, await fetch_bytes(model), config, ["wasm"], external)
+        decoder = await WebOrtDecoder.create(ort, await fetch_bytes(model), shape, ["wasm"], external)
     except OnnxRuntimeError as exc:
         raise OnnxRuntimeError(f"{model}: {exc}") from None
-    name = str(config_dict.get("_name_or_path") or "").rsplit("/", 1)[-1] or f"ONNX {config.family}"
-    w.onnx = OnnxChat(decoder, tokenizer, config, name)
-    return {"name": name, "model": model, "provider": decoder.provider, "family": config.family}
+    family = str(config_dict.get("model_type") or "decoder")
+    name = str(config_dict.get("_name_or_path") or "").rsplit("/", 1)[-1] or f"ONNX {family}"
+    w.onnx = OnnxChat(decoder, tokenizer, name)
+    return {"name": name, "model": model, "provider": decoder.provider, "family": family}
 
 
 async def _onnx_load_gguf(w: Worker, req: OnnxLoad, url: str | None, name: str | None) -> dict:
     """A GGUF file (the built-in model when url is None) in ONNX Runtime Web's wasm provider,
     converted in the page: a small ONNX graph that reads the file's own bytes as its external data
     (onnx_export.GGUFView), so nothing is downloaded but the GGUF, which the model cache keeps."""
-    from ..formats import onnx
     from ..model.gguf_model import GGUFModel
-    from ..onnx_export import GGUF_LOCATION, gguf_graph
-    from ..session import read_tokenizer_files
+    from ..onnx_decode import DecoderShape
+    from ..session import gguf_as_onnx, read_tokenizer_files
     from .ort import WebOrtDecoder, load_ort
     from .tokenizer import BrowserTokenizer
 
@@ -660,17 +662,17 @@ async def _onnx_load_gguf(w: Worker, req: OnnxLoad, url: str | None, name: str |
     if tokenizer_json is None:
         raise UsageError(f"{source.name}: the file has no tokenizer to chat with")
     tokenizer = await BrowserTokenizer.create(req.base_url, tokenizer_json, tok_config, template)
-    chunks: list[bytes] = []
-    await onnx.write_model(chunks.append, gguf_graph(source))
+    graph, location = await gguf_as_onnx(source)
     external = js.Array.new()
-    external.push(js.Object.fromEntries(to_js([["path", GGUF_LOCATION], ["data", body.view(0, body.size)]])))
+    external.push(js.Object.fromEntries(to_js([["path", location], ["data", body.view(0, body.size)]])))
     if w.onnx is not None:
         w.onnx.decoder.release()
         w.onnx = None
     ort = await load_ort(req.base_url)
-    decoder = await WebOrtDecoder.create(ort, to_js(memoryview(b"".join(chunks))), source.config, ["wasm"], external)
+    decoder = await WebOrtDecoder.create(ort, to_js(memoryview(graph)), DecoderShape.of(source.config),
+                                         ["wasm"], external)
     label = source.name.removesuffix(".gguf")
-    w.onnx = OnnxChat(decoder, tokenizer, source.config, label)
+    w.onnx = OnnxChat(decoder, tokenizer, label)
     return {"name": label, "model": f"{source.name}, read in place", "provider": decoder.provider,
             "family": source.config.family}
 

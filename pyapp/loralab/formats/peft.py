@@ -2,7 +2,7 @@
 
 Keys: base_model.model.model.layers.{i}.{self_attn|mlp}.{proj}.lora_{A|B}.weight (GPT-2:
 base_model.model.transformer.h.{i}.{attn|mlp}.{c_attn|c_proj|c_fc}…), A (r, in), B (out, r),
-float32 on export. Anything else in an adapter is refused with the tensor's name.
+and with DoRA …{proj}.lora_magnitude_vector (out,); float32 on export. Anything else in an adapter is refused with the tensor's name.
 Pure Python: used by the CLI and, with bytes from JS, by the browser.
 """
 
@@ -34,16 +34,16 @@ CONFIG_FILE = "adapter_config.json"
 ADAPTER_MEMBERS = (ADAPTER_FILE, CONFIG_FILE, "adapter_model.bin")
 MAX_ADAPTER_BYTES = 1 << 30  # an r = 64 adapter of a 7B model is about 640 MB
 KEY = re.compile(r"^base_model\.model\.(?:model\.layers|transformer\.h)\.(\d+)\.(self_attn|mlp|attn)\.(\w+)"
-                 r"\.lora_([AB])(?:\.default)?\.weight$")
+                 r"\.(?:lora_([AB])(?:\.default)?\.weight|lora_magnitude_vector(?:\.default)?(?:\.weight)?)$")
 
 
 def parse_key(key: str) -> tuple[int, str, str] | None:
-    """(layer, module, "A" or "B") of an adapter tensor's key, the module as MODULES names it,
-    or None when the key is not one of a supported module."""
+    """(layer, module, "A", "B" or DoRA's magnitude "M") of an adapter tensor's key, the module as
+    MODULES names it, or None when the key is not one of a supported module."""
     m = KEY.match(key)
     if not m:
         return None
-    layer, block, module, kind = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+    layer, block, module, kind = int(m.group(1)), m.group(2), m.group(3), m.group(4) or "M"
     module = f"{block}.c_proj" if module == "c_proj" else module
     if module not in MODULES or not key.startswith(f"base_model.model.{module_name(layer, module)}.lora_"):
         return None
@@ -71,7 +71,7 @@ def adapter_config(lora: LoraConfig, base_model: str, revision: str | None = Non
         "bias": "none",
         "fan_in_fan_out": any(t in GPT2_SITES for t in lora.targets),  # (GPT-2's Conv1D weights)
         "use_rslora": lora.use_rslora,
-        "use_dora": False,
+        "use_dora": lora.use_dora,
         "modules_to_save": None,
         "init_lora_weights": True,
         "inference_mode": True,
@@ -148,9 +148,6 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
     raw = loads(files[CONFIG_FILE], where, AdapterError, unique=True)
     if not isinstance(raw, dict) or raw.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{where}: not a LoRA adapter config (peft_type {short(raw.get('peft_type')) if isinstance(raw, dict) else '?'})")
-    for unsupported in ("use_dora",):
-        if raw.get(unsupported):
-            raise AdapterError(f"{where}: {unsupported} adapters are not supported")
     patterns = {}
     for name in ("rank_pattern", "alpha_pattern"):
         value = raw.get(name) or {}
@@ -161,7 +158,8 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
         r = field(raw, "r", integer, where, AdapterError, 8, lo=1, hi=MAX_RANK)
         lora_fields = dict(r=r, alpha=field(raw, "lora_alpha", number, where, AdapterError, float(r)),
                            dropout=field(raw, "lora_dropout", number, where, AdapterError, 0.0, lo=0.0, hi=1.0),
-                           use_rslora=field(raw, "use_rslora", boolean, where, AdapterError, False), **patterns)
+                           use_rslora=field(raw, "use_rslora", boolean, where, AdapterError, False),
+                           use_dora=field(raw, "use_dora", boolean, where, AdapterError, False), **patterns)
         LoraConfig(**lora_fields)  # checks the patterns before any is matched
     except AdapterError:
         raise
@@ -179,9 +177,15 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} is not a LoRA A/B matrix of a supported projection")
         if info.dtype not in ("F32", "F16", "BF16"):
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} has dtype {info.dtype}; float is needed")
-        if len(info.shape) != 2:
-            raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} has shape {list(info.shape)}; LoRA matrices are 2-D")
-        key = name.replace(".default.weight", ".weight")
+        layer, module, kind = parsed
+        if len(info.shape) != (1 if kind == "M" else 2):
+            raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} has shape {list(info.shape)}; "
+                               + ("DoRA's magnitude is a vector" if kind == "M" else "LoRA matrices are 2-D"))
+        if kind == "M" and not lora_fields["use_dora"]:
+            raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} is a DoRA magnitude, but {CONFIG_FILE} "
+                               f"does not say use_dora")
+        key = (f"base_model.model.{module_name(layer, module)}.lora_magnitude_vector" if kind == "M"
+               else name.replace(".default.weight", ".weight"))
         if key in state:
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {key} appears twice (with and without .default)")
         values = to_f32_bytes(info.dtype, data[info.start : info.end])
@@ -190,9 +194,9 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} holds a NaN or infinite value "
                                f"(element {bad:,}); the adapter is damaged")
         state[key] = (info.shape, values)
-        layer, module, kind = parsed
         targets.add(module)
-        ranks[key] = (layer, module, info.shape[0] if kind == "A" else info.shape[1])
+        if kind != "M":
+            ranks[key] = (layer, module, info.shape[0] if kind == "A" else info.shape[1])
     if not state:
         raise AdapterError(f"{source}/{ADAPTER_FILE}: holds no LoRA tensors")
     lora = LoraConfig(targets=tuple(p for p in MODULES if p in targets), **lora_fields)
@@ -218,6 +222,8 @@ def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = 
             r = lora.rank(layer, module)
             expected[f"{base}.lora_A.weight"] = (r, in_f)
             expected[f"{base}.lora_B.weight"] = (out_f, r)
+            if lora.use_dora:
+                expected[f"{base}.lora_magnitude_vector"] = (out_f,)
     for key, (shape, _) in state.items():
         if key not in expected:
             raise AdapterError(f"{source}: tensor {key} does not exist in this model ({model.num_layers} layers); "
@@ -238,7 +244,7 @@ def model_card(base_model: str, lora: LoraConfig, history: list[dict], dataset: 
     valid = [h for h in history if h.get("kind") == "eval"]
     lines = [f"# LoRA adapter for {base_model}", "", "Trained with LoRA Lab (LoRA on WebGPU).", "",
              f"- base model: {base_model}", f"- r = {lora.r}, lora_alpha = {lora.alpha}, target modules: {', '.join(lora.targets)}",
-             f"- dropout {lora.dropout}, rsLoRA: {lora.use_rslora}"]
+             f"- dropout {lora.dropout}, rsLoRA: {lora.use_rslora}, DoRA: {lora.use_dora}"]
     if dataset:
         lines.append("- data: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dataset.items()))
     if training:

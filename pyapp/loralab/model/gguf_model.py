@@ -23,7 +23,7 @@ from ..config import (
     LoraConfig,
     ModelConfig,
 )
-from ..errors import short
+from ..errors import UsageError, short
 from ..formats.gguf import GGUFError, GGUFFile
 from ..formats.gguf import read as read_gguf
 from ..formats.safetensors import TensorInfo
@@ -450,7 +450,11 @@ def gguf_lora(state: dict[str, tuple[tuple[int, ...], bytes]], lora: LoraConfig,
               base_name: str = "") -> bytes:
     """The adapter as llama.cpp's GGUF-LoRA (what convert_lora_to_gguf.py writes): general.type
     "adapter", adapter.type "lora", adapter.lora.alpha, tensors blk.N.<name>.weight.lora_a / .lora_b.
-    For Llama, B's rows of q and k take llama.cpp's RoPE row order, as the base GGUF's q/k do."""
+    For Llama, B's rows of q and k take llama.cpp's RoPE row order, as the base GGUF's q/k do.
+    DoRA adapters have no GGUF-LoRA form (llama.cpp applies B · A only): refused."""
+    if lora.use_dora:
+        raise UsageError("llama.cpp's GGUF-LoRA holds B and A only, not DoRA's magnitudes: export the merged "
+                         "model instead (a folder, or over a GGUF base a re-quantized GGUF)")
     from ..config import module_name
     from ..formats.gguf import write
     from ..formats.peft import parse_key

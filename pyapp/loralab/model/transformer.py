@@ -10,7 +10,7 @@ Base weights are frozen: only the LoRA tensors get gradients.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import PROJECTIONS, ModelConfig, module_name
 from ..errors import UsageError
@@ -78,6 +78,7 @@ class LayerActivations:
     up: Buffer  # [T, I]
     h: Buffer  # [T, I] act(gate) · up (input of down_proj)
     u: dict  # module -> [T, r]: x · Aᵀ, the LoRA inner activation
+    p: dict = field(default_factory=dict)  # DoRA module -> [T, out]: x · Wᵀ + s · u · Bᵀ, before the magnitude
     qkv: Buffer | None = None  # q, k, v one after the other (their views), for the fused product
     u_qkv: Buffer | None = None  # u of q, k, v, blocks Transformer.u_block floats apart (their views)
     # With qk_norm (Qwen3): q and k above are the projections' outputs; attention reads these,
@@ -169,13 +170,14 @@ class Transformer:
             u = {}
             for m in [m for m in cfg.projections if cfg.site(m) in lora.config.targets] if lora else ():
                 u[m] = u_views[ATTENTION_INPUTS.index(m)] if m in ATTENTION_INPUTS else buf(T * r, f"l{l}.u.{m}")
+            p = {m: buf(T * cfg.projection_shape(m)[0], f"l{l}.dora_p.{m}") for m in dora_modules}
             a = LayerActivations(
                 xn1=buf(T * C, f"l{l}.xn1"), rstd1=buf(T, f"l{l}.rstd1"), q=q, k=k, v=v,
                 attn=buf(T * cfg.q_size, f"l{l}.attn"), lse=buf(T * cfg.num_heads, f"l{l}.lse"),
                 mid=buf(T * C, f"l{l}.mid"), xn2=buf(T * C, f"l{l}.xn2"), rstd2=buf(T, f"l{l}.rstd2"),
                 gate=buf(T * I, f"l{l}.gate") if cfg.gated_mlp else None, up=buf(T * I, f"l{l}.up"),
                 h=buf(T * I, f"l{l}.h"),
-                u=u, qkv=qkv, u_qkv=u_qkv,
+                u=u, qkv=qkv, u_qkv=u_qkv, p=p,
             )
             if cfg.sandwich_norms:
                 a.ao, a.rstd_ao = buf(T * C, f"l{l}.ao"), buf(T, f"l{l}.rstd_ao")
@@ -185,6 +187,20 @@ class Transformer:
                 a.rstd_q, a.rstd_k = buf(T * cfg.num_heads, f"l{l}.rstd_q"), buf(T * cfg.num_kv_heads, f"l{l}.rstd_k")
             return a
 
+        # DoRA: each adapted module's weight norms (one view per module, recomputed from A and B
+        # in every forward pass), and each layer keeps its projections before the magnitude.
+        dora_modules = [m for m in cfg.projections if lora and lora.dora(0, m)]
+        self.dora_norms: dict[tuple[int, str], Buffer] = {}
+        if dora_modules:
+            step = VIEW_ALIGNMENT // 4
+            sizes = {m: -(-cfg.projection_shape(m)[0] // step) * step for m in dora_modules}
+            norms = buf(cfg.num_layers * sum(sizes.values()), "dora.norms")
+            at = 0
+            for l in range(cfg.num_layers):
+                for m in dora_modules:
+                    self.dora_norms[(l, m)] = norms.view(at * 4, cfg.projection_shape(m)[0] * 4)
+                    at += sizes[m]
+            self.dp = buf(T * max(cfg.projection_shape(m)[0] for m in dora_modules), "dora.dp")
         layers = [layer_activations(l) for l in range(kept)]
         self.layers = layers * cfg.num_layers if checkpointing else layers
         self.xnf, self.rstdf = buf(T * C, "xnf"), buf(T, "rstdf")
@@ -280,10 +296,31 @@ class Transformer:
             x_in = self._lora_input(cmds, x, layer, module, T, step)
             cmds.extend(ops.matmul(u, x_in, self.lora.param(layer, module, "A"), T, r, in_f))
             plus = Product(u, self.lora.param(layer, module, "B"), r, alpha=s)
+            if self.lora.dora(layer, module):  # DoRA: y = (m / n) · (x · Wᵀ + s · u · Bᵀ) (+ residual, bias)
+                p = self.layers[layer].p[module]
+                cmds.extend(ops.matmul(p, x, self._matrix(cmds, layer, module, T), T, out_f, in_f, plus=plus))
+                bias = self._weight(layer, module, "bias") if self._has_bias(module) else None
+                cmds.append(ops.dora_scale(y, p, self.lora.param(layer, module, "M"), self.dora_norms[(layer, module)],
+                                           T, out_f, res=residual, bias=bias))
+                return
         cmds.extend(ops.matmul(y, x, self._matrix(cmds, layer, module, T), T, out_f, in_f,
                                beta=1.0 if residual else beta, plus=plus, c_in=residual))
         if self._has_bias(module):
             cmds.append(ops.bias_add(y, self._weight(layer, module, "bias"), T, out_f))
+
+    def _dora_norms(self, cmds: list) -> None:
+        """Each DoRA module's weight norms ‖W + s · B · A‖ per output row, from the adapter as it
+        is now (held constant through the backward pass, as PEFT detaches them); a quantized
+        weight is dequantized into the scratch first."""
+        for (layer, module), n in self.dora_norms.items():
+            out_f, in_f = self.config.projection_shape(module)
+            weight = self._weight(layer, module)
+            if weight.dtype in QUANT_DTYPES:
+                cmds.append(self.ops.dequantize(self.wscratch, weight, out_f, in_f))
+                weight = self.wscratch
+            lora = self.lora
+            cmds.append(self.ops.dora_norm(n, weight, lora.param(layer, module, "A"), lora.param(layer, module, "B"),
+                                           out_f, in_f, lora.rank(layer, module), lora.scaling(layer, module)))
 
     def _has_bias(self, module: str) -> bool:
         """Whether the projection adds a bias (Qwen2's q, k and v; every one of GPT-2's)."""
@@ -333,6 +370,8 @@ class Transformer:
         has = [self.lora.has(layer, m) for m in ATTENTION_INPUTS]
         if not any(has):
             return weight
+        if any(self.lora.dora(layer, m) for m in ATTENTION_INPUTS):  # (each scales its own output)
+            return None
         lora = self.lora
         if (not all(has) or lora.config.dropout > 0 or len({lora.rank(layer, m) for m in ATTENTION_INPUTS}) > 1
                 or len({lora.scaling(layer, m) for m in ATTENTION_INPUTS}) > 1):
@@ -395,6 +434,12 @@ class Transformer:
                                        beta=beta_dx))
             return
         r, lora = self.lora.rank(layer, module), self.lora
+        if lora.dora(layer, module):  # DoRA: dm (+)= Σ dy · p / n; the rest sees dy · m / n
+            n, m = self.dora_norms[(layer, module)], lora.param(layer, module, "M")
+            grad, _ = self._grad_out(layer, module, "M")
+            cmds.append(ops.dora_grad(grad, dy, self.layers[layer].p[module], n, T, out_f, accumulate_grads))
+            cmds.append(ops.dora_scale(self.dp, dy, m, n, T, out_f))
+            dy = self.dp
         x_in = self._lora_grads(cmds, dy, x, layer, module, accumulate_grads, step, self.du)
         if dx is None:
             return
@@ -424,13 +469,17 @@ class Transformer:
                                               w_offset=self.config.norm_offset, center=self.config.layer_norm))
 
     def forward(self, rows: int | None = None, cache: "KVCache | None" = None, start: int = 0,
-                step: Buffer | None = None) -> list:
+                step: Buffer | None = None, norms: bool = True) -> list:
         """Embedding, every layer, the final norm: xnf holds the normalised last hidden states.
         With a KV cache (generation, B = 1): only the first `rows` tokens, at positions
         start…start+rows−1 (written to `pos` by the caller), attending to the cache.
-        `step` marks a training pass: LoRA dropout draws its masks from step's seed."""
+        `step` marks a training pass: LoRA dropout draws its masks from step's seed. `norms`:
+        DoRA's weight norms are computed first (False: the adapter has not changed since)."""
         cfg, T = self.config, rows or self.T
-        cmds: list = [self.ops.embedding(self.res[0], self.ids, self.w["model.embed_tokens.weight"], T, cfg.hidden_size,
+        cmds: list = []
+        if norms:
+            self._dora_norms(cmds)
+        cmds += [self.ops.embedding(self.res[0], self.ids, self.w["model.embed_tokens.weight"], T, cfg.hidden_size,
                                          cfg.vocab_size, cfg.embed_scale)]
         if cfg.learned_positions:  # GPT-2: plus the positions' embeddings
             cmds.append(self.ops.embedding(self.res[0], self.pos, self.w["model.embed_positions.weight"], T,
@@ -493,6 +542,8 @@ class Transformer:
                        p + "post_feedforward_layernorm.weight", T, C, residual=a.mid)
         elif not recompute:
             self._linear(cmds, self.res[l + 1], a.h, l, "down_proj", T, step=step, residual=a.mid)
+        elif self.lora and self.lora.dora(l, "down_proj"):  # u and DoRA's p (dxn is free: its output goes there)
+            self._linear(cmds, self.dxn, a.h, l, "down_proj", T, step=step, residual=a.mid)
         elif self.lora and self.lora.has(l, "down_proj"):  # down_proj's LoRA input activation u
             x_in = self._lora_input(cmds, a.h, l, "down_proj", T, step)
             cmds.extend(ops.matmul(a.u["down_proj"], x_in, self.lora.param(l, "down_proj", "A"), T,
