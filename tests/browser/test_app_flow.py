@@ -237,3 +237,30 @@ def test_the_new_families_train_in_the_page_and_export_for_peft(app, tmp_path, k
         r=config["r"], lora_alpha=config["lora_alpha"], target_modules=config["target_modules"]))
     result = peft.set_peft_model_state_dict(model, load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert not result.unexpected_keys and not [k for k in result.missing_keys if "lora_" in k]
+
+
+def test_dora_trains_in_the_page_and_its_adapter_loads_in_peft(app, model_folder, tmp_path):
+    """The plan's DoRA box: the run trains magnitudes too; the downloaded adapter says use_dora,
+    holds every magnitude and loads in PEFT; the GGUF-LoRA download is refused with a message."""
+    import zipfile
+
+    import peft
+    import torch  # noqa: F401 (PEFT's backend)
+
+    page = app.page
+    app.engine_up()
+    app.load_model_files(model_folder)
+    app.use_dataset_file(chat_jsonl(tmp_path / "c.jsonl"))
+    app.set_plan({"steps": 3, "lr": 0.02, "batch-size": 3, "report-every": 1})
+    page.check(app.sel("cfg-use-dora"))
+    page.dispatch_event(app.sel("cfg-use-dora"), "change")
+    page.click(app.sel("train-start"))
+    app.wait_state("done")
+    with zipfile.ZipFile(app.download("export-adapter", tmp_path / "dora.zip")) as zf:
+        zf.extractall(tmp_path / "dora")
+    config = json.loads((tmp_path / "dora" / "adapter_config.json").read_text())
+    assert config["use_dora"] is True
+    loaded = peft.PeftModel.from_pretrained(hf.load_hf(model_folder), str(tmp_path / "dora"))
+    assert any("lora_magnitude_vector" in k for k in loaded.state_dict())
+    page.click(app.sel("export-gguf"))
+    app.shown_error("DoRA")
