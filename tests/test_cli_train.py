@@ -496,3 +496,34 @@ def test_dora_over_a_quantized_base_matches_peft_over_the_same_values(tmp_path, 
                 p.copy_(torch.tensor(gguf.quants.dequantize(q8, gguf.GGMLQuantizationType.Q8_0)))
     loss, _ = peft_loss(peft.PeftModel.from_pretrained(base, str(out)).eval(), tokens_file)
     assert ours["loss"] == pytest.approx(loss, abs=1e-4)
+
+
+def test_progressive_rank_resumes_across_a_switch_like_a_straight_run(tmp_path, model_dir, tokens_file):
+    """--rank-schedule progressive: the metrics name each step's rank; stopped at step 3 (the switch
+    is before step 4) and resumed, the run gives the straight run's losses and adapter; the
+    exported adapter has the final rank, which PEFT loads."""
+    from safetensors.numpy import load_file
+
+    common = ["--steps", 6, "--batch-size", 3, "--seq-len", 16, "--lr", 2e-2, "--rank", 4,
+              "--rank-schedule", "progressive", "--rank-steps", "2@0,4@3", "--report-every", 2]
+    loralab("train", model_dir, tokens_file, "--out", tmp_path / "straight", "--metrics", tmp_path / "straight.jsonl",
+            *common)
+    ckpt = tmp_path / "ckpt"
+    loralab("train", model_dir, tokens_file, "--out", tmp_path / "half", "--metrics", tmp_path / "split.jsonl",
+            "--checkpoint-dir", ckpt, "--save-every", 3, "--stop-after", 3, *common)
+    loralab("train", model_dir, tokens_file, "--out", tmp_path / "resumed", "--metrics", tmp_path / "split.jsonl",
+            "--resume", ckpt, *common)
+    straight = [json.loads(line) for line in (tmp_path / "straight.jsonl").read_text().splitlines()]
+    split = [json.loads(line) for line in (tmp_path / "split.jsonl").read_text().splitlines()]
+    assert [m["rank"] for m in straight] == [2, 2, 2, 4, 4, 4]
+    assert [m["step"] for m in split] == list(range(1, 7))
+    np.testing.assert_allclose([m["loss"] for m in split], [m["loss"] for m in straight], rtol=1e-5)
+    a = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-7, err_msg=key)
+    assert json.loads((tmp_path / "straight" / "adapter_config.json").read_text())["r"] == 4
+    assert all(v.shape[0 if "lora_A" in k else 1] == 4 for k, v in a.items())
+    import peft
+
+    peft.PeftModel.from_pretrained(hf.load_hf(model_dir), str(tmp_path / "straight"))

@@ -481,6 +481,10 @@ class LoraConfig:
     use_rslora: bool = field(default=False, metadata={"help": "scale by alpha / sqrt(r) (rank-stabilised LoRA)"})
     use_dora: bool = field(default=False, metadata={
         "help": "DoRA: a trained magnitude per output times the direction of W + scaling · B · A (PEFT's use_dora)"})
+    rank_schedule: str = field(default="fixed", metadata={
+        "help": "fixed: rank r throughout; progressive: grow to r at the steps of rank_steps"})
+    rank_steps: str = field(default="", metadata={
+        "help": "progressive: RANK@STEP,… from step 0 up to r, e.g. 4@0,8@100,16@300 with r = 16"})
     rank_pattern: tuple[tuple[str, int], ...] = field(
         default=(), metadata={"help": "per-module ranks, (pattern, r) pairs as PEFT's rank_pattern"})
     alpha_pattern: tuple[tuple[str, float], ...] = field(
@@ -506,6 +510,9 @@ class LoraConfig:
                              f"mlp.c_proj)")
         if not 0.0 <= number(self.dropout, "LoRA dropout", UsageError) < 1.0:
             raise UsageError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
+        if self.rank_schedule not in RANK_SCHEDULES:
+            raise UsageError(f"rank_schedule is one of {', '.join(RANK_SCHEDULES)}, not {short(self.rank_schedule)}")
+        _ = self.rank_switches  # (checks rank_steps)
         if self.use_dora and self.dropout > 0:
             raise UsageError("DoRA runs without LoRA dropout here (PEFT's DoRA with dropout takes a second product "
                              "over the dropped input, not yet built): set dropout to 0")
@@ -529,11 +536,44 @@ class LoraConfig:
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
     @property
+    def rank_switches(self) -> tuple[tuple[int, int], ...]:
+        """Progressive: ((step, rank), …) from step 0 to rank r, each rank from its step on
+        (fixed: ((0, r),)). Checked here: increasing steps and ranks, ending at r."""
+        if self.rank_schedule != "progressive":
+            if self.rank_steps:
+                raise UsageError("rank_steps goes with rank_schedule progressive")
+            return ((0, self.r),)
+        if not isinstance(self.rank_steps, str) or not self.rank_steps.strip():
+            raise UsageError("rank_schedule progressive needs rank_steps, e.g. 4@0,8@100,16@300 (rank@step, up to r)")
+        out = []
+        for part in self.rank_steps.split(","):
+            rank, at, step = part.strip().partition("@")
+            if not at or not rank.strip().isdigit() or not step.strip().isdigit():
+                raise UsageError(f"rank_steps: {short(part.strip())} is not RANK@STEP (e.g. 8@100)")
+            out.append((int(step), int(rank)))
+        if out[0][0] != 0:
+            raise UsageError(f"rank_steps must start at step 0 (it starts at step {out[0][0]})")
+        for (s0, r0), (s1, r1) in zip(out, out[1:]):
+            if s1 <= s0 or r1 <= r0:
+                raise UsageError(f"rank_steps must grow: steps and ranks both increasing ({r0}@{s0} then {r1}@{s1})")
+        if out[-1][1] != self.r:
+            raise UsageError(f"rank_steps must end at the rank r = {self.r} (it ends at {out[-1][1]}): give --rank "
+                             f"{out[-1][1]}")
+        if self.rank_pattern:
+            raise UsageError("rank_schedule progressive goes without a rank_pattern")
+        return tuple(out)
+
+    def rank_at(self, step: int) -> int:
+        """The rank in use at optimizer step `step` (0: the first)."""
+        return [rank for at, rank in self.rank_switches if at <= step][-1]
+
+    @property
     def max_rank(self) -> int:
         return max([self.r] + [int(v) for _, v in self.rank_pattern])
 
 
 SCHEDULES = ("constant", "linear", "cosine")
+RANK_SCHEDULES = ("fixed", "progressive")
 OPTIMIZERS = ("adamw", "sgd")
 # The arithmetic of the large (tiled) matmuls: float32, or float16 products summed in float32
 # (wgsl/matmul_f16.wgsl; needs the adapter's shader-f16). The adapter, its gradients, the
@@ -598,7 +638,7 @@ class TrainConfig:
 # may take (ops.GGML_QUANTIZERS writes them on the GPU with ggml's reference quantizers).
 MERGED_GGUF_TYPES = ("Q8_0", "Q4_0")
 
-CHOICES = {"lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS, "precision": PRECISIONS}  # fields with a fixed set of values
+CHOICES = {"lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS, "precision": PRECISIONS, "rank_schedule": RANK_SCHEDULES}  # fields with a fixed set of values
 DATASET_FORMATS = ("tokens", "text", "completion", "chat", "alpaca")  # (and "auto": detect per file)
 
 # Model configurations `loralab bench` and the app's hardware panel time with random weights.

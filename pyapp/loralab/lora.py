@@ -146,12 +146,24 @@ class LoraState:
         return parts.view(t.offset, (count - 1) * self.nbytes + t.numel * 4)
 
     def init_dispatches(self, ops, seed: int) -> list:
-        """PEFT's init on the GPU: A seeded kaiming-uniform, B zero (fresh buffers are zero)."""
+        """PEFT's init on the GPU: A seeded kaiming-uniform, B zero (fresh buffers are zero). A
+        progressive rank schedule starts with its first rank's rows of A; the rest stay zero."""
+        return self.grow_dispatches(ops, 0, self.config.rank_switches[0][1], seed)
+
+    def grow_dispatches(self, ops, rank_from: int, rank_to: int, seed: int) -> list:
+        """Rows rank_from…rank_to − 1 of every A initialised as PEFT initialises A (B's columns
+        for them are zero, so the model's function does not change, and with zero gradients
+        until then, AdamW's moments for them are zero too)."""
         return [
-            ops.lora_init(self.params, t.offset // 4, t.numel, t.shape[1], seed)
+            ops.lora_init(self.params, t.offset // 4 + rank_from * t.shape[1], (min(rank_to, t.shape[0]) - rank_from)
+                          * t.shape[1], t.shape[1], seed)
             for t in self.tensors
-            if t.kind == "A"
+            if t.kind == "A" and rank_from < min(rank_to, t.shape[0])
         ]
+
+    def rank_now(self, step: int) -> int:
+        """The adapter's rank in use at optimizer step `step` (a progressive schedule's)."""
+        return self.config.rank_at(step)
 
     def init_magnitudes(self, ops, weights: dict[str, Buffer]) -> None:
         """DoRA's magnitudes as PEFT starts them: the norm of each output row of W (B is zero), a

@@ -493,6 +493,7 @@ class Session:
                 advice = f"keep the weights as {smaller[-1]} ({precisions[smaller[-1]] / 2**20:,.0f} MiB)"
         return {"memory": memory, "budget": budget, "fits": fits, "advice": advice, "gflops": rate,
                 "step_seconds": step_s, "steps": steps, "total_seconds": step_s * steps,
+                "rank_schedule": rank_schedule_words(lora, steps),
                 "weights": {"current": model.dtype, "choices": precisions},
                 "precision": {"f32_gflops": self.gflops, "mixed_gflops": self.gflops_mixed,
                               "faster": self.faster_precision()}}
@@ -758,6 +759,18 @@ class Session:
         if lora is None:
             raise UsageError("train or import an adapter first")
         await write_merged_gguf(write, self.device, self.ops, source, model.weights, lora, quant)
+
+
+def rank_schedule_words(lora: LoraConfig, steps: int) -> str:
+    """What the rank schedule will do in a run of `steps` optimizer steps, in words (the plan)."""
+    if lora.rank_schedule == "fixed":
+        return f"rank {lora.r} throughout" + (" (per-module ranks from rank_pattern)" if lora.rank_pattern else "")
+    parts = [f"rank {rank} from step {at + 1}" for at, rank in lora.rank_switches if at < steps]
+    late = [f"{rank}@{at}" for at, rank in lora.rank_switches if at >= steps]
+    words = "progressive: " + ", ".join(parts) + ("" if not late else f" (never reached in {steps} steps: "
+                                                 f"{', '.join(late)})")
+    return words + (f"; memory and time are rank {lora.r}'s throughout: the rows not yet in use are zeros that "
+                    f"the optimizer leaves alone")
 
 
 async def gguf_as_onnx(source) -> tuple[bytes, str]:

@@ -163,9 +163,19 @@ class Trainer:
         if self.config.grad_accum > 1:
             self._micro_batch(True)
 
+    def grow_rank(self) -> None:
+        """A progressive rank schedule's switch due before step self.step + 1: the new rows of A
+        initialised (B's new columns are zero: the loss does not change at the switch)."""
+        switches = dict(self.lora.config.rank_switches)
+        if self.step in switches and self.step > 0:
+            before = self.lora.config.rank_at(self.step - 1)
+            self.device.submit(self.lora.grow_dispatches(self.ops, before, switches[self.step],
+                                                         self.config.seed + self.step))
+
     def run_step(self, slot: int) -> tuple[int, float]:
         """Record and submit optimizer step self.step + 1; returns its target-token count and the
         epoch (a fraction) its data came from."""
+        self.grow_rank()
         batches = self._batches()
         epoch = self.order.epoch + self.order.index / self.order.count
         n_targets = sum(n for _, _, n in batches)
@@ -234,7 +244,7 @@ class Trainer:
                     "kind": "train", "step": first + i + 1, "total_steps": self.total_steps, "loss": loss,
                     "lr": lr_at(c, first + i, self.total_steps), "grad_norm": norms[i], "targets": count,
                     "tokens": (first + i + 1) * tokens_per_step, "tokens_per_s": tokens_per_step / seconds[i],
-                    "epoch": epoch,
+                    "epoch": epoch, "rank": self.lora.rank_now(first + i),
                 }
                 self.history.append(record)
                 if on_report:

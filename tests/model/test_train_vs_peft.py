@@ -172,3 +172,60 @@ def test_nan_loss_stops_and_keeps_last_good_adapter(gpu, ops, run, llama_dir):
     assert all(np.isfinite(v).all() for v in kept.values())
     trainer = Trainer(gpu, ops, model, lora, config, data)
     assert np.isfinite(run(evaluate(gpu, model, data, trainer.eval_hist, trainer.step_buf))["loss"])
+
+
+def test_progressive_rank_switch_keeps_the_loss_and_the_new_entries_start_as_peft_would(gpu, ops, run, llama_dir):
+    """rank_schedule progressive 2@0,4@3 (r = 4): before step 4 the adapter's rows 2-3 of A and
+    columns 2-3 of B are zero with zero AdamW moments; at the switch the new rows of A get PEFT's
+    init (within ±1/√in), B's new columns stay zero, so the loss just before and just after the
+    switch is the same; after it, all four ranks train."""
+    source = HFFolder(str(llama_dir))
+    weights = run(upload_weights(gpu, source.config, source, ops))
+    lora_config = LoraConfig(r=4, alpha=8.0, rank_schedule="progressive", rank_steps="2@0,4@3")
+    lora = LoraState(gpu, source.config, lora_config)
+    gpu.submit(lora.init_dispatches(ops, seed=5))
+    config = TrainConfig(steps=6, batch_size=2, seq_len=12, lr=2e-2, shuffle=False, report_every=3)
+    data = records(9, 12, seed=4)
+    model = Transformer(gpu, ops, source.config, weights, lora, 2, 12)
+    trainer = Trainer(gpu, ops, model, lora, config, data)
+    history = run(trainer.train(stop_after=3))
+    assert [h["rank"] for h in history] == [2, 2, 2]
+
+    def tensors(buffer):
+        raw = run(gpu.read_buffer(buffer))
+        return {k: np.frombuffer(b, np.float32).reshape(s) for k, (s, b) in lora.peft_tensors(raw).items()}
+
+    params, m, v = tensors(lora.params), tensors(lora.m), tensors(lora.v)
+    a_key = next(k for k in params if k.endswith("q_proj.lora_A.weight"))
+    b_key = a_key.replace("lora_A", "lora_B")
+    assert np.abs(params[a_key][:2]).max() > 0 and np.abs(params[b_key][:, :2]).max() > 0
+    for t in (params, m, v):
+        assert not t[a_key][2:].any() and not t[b_key][:, 2:].any()
+    before = run(evaluate(gpu, model, data[:4], trainer.eval_hist, trainer.step_buf))["loss"]
+    trainer.grow_rank()
+    after = run(evaluate(gpu, model, data[:4], trainer.eval_hist, trainer.step_buf))["loss"]
+    assert after == pytest.approx(before, abs=1e-6)
+    grown = tensors(lora.params)
+    bound = 1 / np.sqrt(source.config.hidden_size)
+    assert 0 < np.abs(grown[a_key][2:]).max() <= bound and not grown[b_key][:, 2:].any()
+    np.testing.assert_array_equal(grown[a_key][:2], params[a_key][:2])
+    history = run(trainer.train())
+    assert [h["rank"] for h in history] == [2, 2, 2, 4, 4, 4]
+    assert np.abs(tensors(lora.params)[b_key][:, 2:]).max() > 0, "the new ranks train after the switch"
+
+
+def test_rank_schedule_is_checked():
+    from loralab.errors import UsageError
+
+    assert LoraConfig(r=16, rank_schedule="progressive", rank_steps="4@0,8@100,16@300").rank_switches == (
+        (0, 4), (100, 8), (300, 16))
+    assert LoraConfig(r=16, rank_schedule="progressive", rank_steps="4@0,8@100,16@300").rank_at(150) == 8
+    for bad, message in (({"rank_schedule": "progressive"}, "needs rank_steps"),
+                         ({"rank_schedule": "progressive", "rank_steps": "4@1,8@5"}, "start at step 0"),
+                         ({"rank_schedule": "progressive", "rank_steps": "4@0,2@5"}, "must grow"),
+                         ({"rank_schedule": "progressive", "rank_steps": "4@0,x@5"}, "not RANK@STEP"),
+                         ({"rank_schedule": "progressive", "rank_steps": "4@0,16@5"}, "end at the rank r = 8"),
+                         ({"rank_steps": "4@0,8@5"}, "goes with rank_schedule progressive"),
+                         ({"rank_schedule": "adaptive"}, "rank_schedule is one of")):
+        with pytest.raises(UsageError, match=message):
+            LoraConfig(r=8, **bad)

@@ -157,7 +157,7 @@ async def update_estimate(event=None) -> None:
                 f"About {result['step_seconds']:.2f} s per step")
         if result["steps"]:
             text += f", {result['total_seconds'] / 60:.1f} min for {result['steps']} steps"
-        text += f" at this GPU's measured {rate(result['gflops'])}."
+        text += f" at this GPU's measured {rate(result['gflops'])}. Rank: {result['rank_schedule']}."
         await hardware.show_gpu_status()
         if not result["fits"]:
             text += f" This will not fit: {result['advice']}."

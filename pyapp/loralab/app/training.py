@@ -70,6 +70,8 @@ def on_report(text: str) -> None:
         el("train-step").textContent = f"{record['step']} / {record['total_steps']}"
         el("train-loss").textContent = f"{record['loss']:.4f}"
         el("train-speed").textContent = f"{record['tokens_per_s']:,.0f} tokens/s"
+        if record.get("rank") is not None:
+            el("train-rank").textContent = str(record["rank"])
         per_step = record["tokens"] / max(1, record["step"])
         remaining = (record["total_steps"] - record["step"]) * per_step / max(record["tokens_per_s"], 1e-9)
         el("train-eta").textContent = f"{remaining:,.0f} s"
