@@ -527,3 +527,24 @@ def test_progressive_rank_resumes_across_a_switch_like_a_straight_run(tmp_path, 
     import peft
 
     peft.PeftModel.from_pretrained(hf.load_hf(model_dir), str(tmp_path / "straight"))
+
+
+def test_auto_rank_schedule_chooses_the_run_and_it_trains(tmp_path, model_dir, tokens_file):
+    """--rank-schedule auto: the CLI says what it chose and why (rank, targets, sequence length,
+    batch, accumulation, checkpointing, weights, steps), and that plan runs on this machine: the
+    adapter has the chosen rank on every projection and loads in PEFT."""
+    import peft
+
+    out = tmp_path / "adapter"
+    done = loralab("train", model_dir, tokens_file, "--out", out, "--rank-schedule", "auto", "--time-budget", "2m")
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    auto = next(e for e in events if e.get("event") == "auto_plan")
+    assert set(auto["reasons"]) == {"seq_len", "rank", "targets", "batch_size", "grad_accum", "gradient_checkpointing",
+                                    "weights", "steps"}
+    assert auto["estimated_seconds"] <= 120
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 8 and sorted(config["target_modules"]) == sorted(hf.PROJECTIONS)
+    peft.PeftModel.from_pretrained(hf.load_hf(model_dir), str(out))
+    bad = loralab("train", model_dir, tokens_file, "--out", out, "--rank-schedule", "auto", "--time-budget", "soon",
+                  ok=False)
+    assert bad.returncode == 2 and "time_budget 'soon' is not a duration" in bad.stderr

@@ -150,6 +150,9 @@ async def cmd_train(args) -> int:
         config = config_from_args(TrainConfig, args)
     await start_gpu(s)
     run = await s.start_run(config, lora_config, restore, args.weights)
+    if s.auto is not None:  # rank_schedule auto: what was chosen, and why
+        print(json.dumps({"event": "auto_plan", "weights": s.auto["weights"], "reasons": s.auto["reasons"],
+                          "estimated_seconds": s.auto["total_seconds"]}), file=sys.stderr)
     print(json.dumps({"event": "start", "dataset": dataset.summary.as_dict(), "steps": run.trainer.total_steps,
                       "trainable_parameters": run.lora.trainable_parameters,
                       "seq_len": run.trainer.config.seq_len}), file=sys.stderr)

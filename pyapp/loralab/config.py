@@ -482,7 +482,9 @@ class LoraConfig:
     use_dora: bool = field(default=False, metadata={
         "help": "DoRA: a trained magnitude per output times the direction of W + scaling · B · A (PEFT's use_dora)"})
     rank_schedule: str = field(default="fixed", metadata={
-        "help": "fixed: rank r throughout; progressive: grow to r at the steps of rank_steps"})
+        "help": "fixed: rank r throughout; progressive: grow to r at the steps of rank_steps; auto: the rank, "
+                "targets, batch, sequence length, accumulation, checkpointing and weights chosen for this GPU, "
+                "the data and time_budget"})
     rank_steps: str = field(default="", metadata={
         "help": "progressive: RANK@STEP,… from step 0 up to r, e.g. 4@0,8@100,16@300 with r = 16"})
     rank_pattern: tuple[tuple[str, int], ...] = field(
@@ -573,7 +575,22 @@ class LoraConfig:
 
 
 SCHEDULES = ("constant", "linear", "cosine")
-RANK_SCHEDULES = ("fixed", "progressive")
+RANK_SCHEDULES = ("fixed", "progressive", "auto")
+
+
+def parse_duration(text: str, what: str = "time budget") -> float | None:
+    """Seconds of "90s", "10m", "1.5h" or a bare number of seconds ("": none)."""
+    text = (text or "").strip().lower()
+    if not text:
+        return None
+    unit = {"s": 1, "m": 60, "h": 3600}.get(text[-1])
+    try:
+        value = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not a duration such as 90s, 10m or 1.5h") from None
+    if not 0 < value < float("inf"):
+        raise UsageError(f"{what} must be a positive duration, not {text!r}")
+    return value
 OPTIMIZERS = ("adamw", "sgd")
 # The arithmetic of the large (tiled) matmuls: float32, or float16 products summed in float32
 # (wgsl/matmul_f16.wgsl; needs the adapter's shader-f16). The adapter, its gradients, the
@@ -602,6 +619,8 @@ class TrainConfig:
     shuffle: bool = field(default=True, metadata={"help": "shuffle records each epoch"})
     report_every: int = field(default=10, metadata={"help": "read losses back every N steps"})
     eval_every: int = field(default=0, metadata={"help": "validation loss every N steps (0: at the end only)"})
+    time_budget: str = field(default="", metadata={
+        "help": "with rank_schedule auto: the longest the run may take, e.g. 10m (90s, 1.5h; empty: no limit)"})
     precision: str = field(default="f32", metadata={"help": "f32, or mixed: the large matmuls multiply in float16 "
                                                             "(GPUs with shader-f16), summing in float32"})
 
@@ -622,6 +641,7 @@ class TrainConfig:
             problems.append("lr, weight_decay, max_grad_norm and warmup_steps cannot be negative")
         if problems:
             raise UsageError("; ".join(problems))
+        parse_duration(self.time_budget, "time_budget")
 
     @classmethod
     def field_help(cls) -> dict[str, str]:

@@ -276,6 +276,7 @@ class Session:
     _imported_gpu: LoraState | None = None
     gflops: float | None = None  # the measured matmul rate the plan's time estimate uses
     gflops_mixed: float | None = None  # the same product in float16 arithmetic (shader-f16 only)
+    auto: dict | None = None  # the last run's rank_schedule auto choice (plan.auto_plan), if it had one
 
     # -- the GPU ---------------------------------------------------------------------------------
     async def start(self, device: Device, read_source: SourceReader) -> None:
@@ -469,6 +470,10 @@ class Session:
         from .plan import estimate_memory, estimate_step_seconds, memory_budget
 
         budget = budget if budget is not None else memory_budget(self.device.info)
+        auto = None
+        if lora.rank_schedule == "auto" and self.dataset is not None and self.dataset.train:
+            auto = await self.auto_plan(train, lora, budget)
+            train, lora = auto["train"], auto["lora"]
         model = await self.upload()
         if self.dataset is not None and self.dataset.train:  # the shape start_run builds
             train = replace(train, seq_len=fit_seq_len(self.dataset.train + self.dataset.valid, train.seq_len))
@@ -493,10 +498,27 @@ class Session:
                 advice = f"keep the weights as {smaller[-1]} ({precisions[smaller[-1]] / 2**20:,.0f} MiB)"
         return {"memory": memory, "budget": budget, "fits": fits, "advice": advice, "gflops": rate,
                 "step_seconds": step_s, "steps": steps, "total_seconds": step_s * steps,
-                "rank_schedule": rank_schedule_words(lora, steps),
+                "rank_schedule": rank_schedule_words(lora, steps) if auto is None else "auto: " + "; ".join(
+                    f"{part.replace('_', ' ')} {why}" for part, why in auto["reasons"].items()),
+                "auto": None if auto is None else {"train": asdict(auto["train"]), "lora": asdict(auto["lora"]),
+                                                   "weights": auto["weights"], "reasons": auto["reasons"]},
                 "weights": {"current": model.dtype, "choices": precisions},
                 "precision": {"f32_gflops": self.gflops, "mixed_gflops": self.gflops_mixed,
                               "faster": self.faster_precision()}}
+
+    async def auto_plan(self, train: TrainConfig, lora: LoraConfig, budget: int | None = None) -> dict:
+        """rank_schedule auto: the run chosen for this GPU, the dataset and train.time_budget
+        (plan.auto_plan: the configs, the weights' precision and a reason for each choice)."""
+        from .plan import auto_plan, memory_budget
+
+        dataset = self.need_dataset()
+        model = await self.upload()
+        if self.gflops is None:
+            await self.measure_arithmetic()
+        rate = self.gflops_mixed if train.precision == "mixed" and self.gflops_mixed else self.gflops
+        return auto_plan(self.ops, model.config, model.weights, dataset.train, train, lora,
+                         budget if budget is not None else memory_budget(self.device.info), rate, self.precisions(),
+                         model.dtype)
 
     async def measure_arithmetic(self) -> None:
         """The tiled matmul's rate on this GPU, in float32 and (with shader-f16) in float16
@@ -531,6 +553,12 @@ class Session:
         if self.run is not None and self.run.going:
             raise UsageError("a training run is already going; stop it first")
         dataset = self.need_dataset()
+        self.auto = None
+        if lora is not None and lora.rank_schedule == "auto" and restore is None and self.imported is None:
+            self.free_run()
+            self.auto = await self.auto_plan(train, lora)  # the run as chosen (the weights too)
+            train, lora = self.auto["train"], self.auto["lora"]
+            weights_dtype = self.auto["weights"]
         model = await self.upload(weights_dtype)
         self.free_run()
         train = replace(train, seq_len=fit_seq_len(dataset.train + dataset.valid, train.seq_len))

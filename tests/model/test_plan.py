@@ -127,3 +127,65 @@ def test_auto_weights_take_the_first_precision_whose_weights_fit(tmp_path, run, 
     model = run(session.upload())
     assert model.dtype == "q4" and "nf4" in weight_types(model.weights)
     assert run(session.plan(TrainConfig(steps=1, batch_size=1, seq_len=8), LoraConfig(r=2)))["weights"]["current"] == "q4"
+
+
+# Three GPUs by what the plan knows of them: the memory budget and the measured matmul rate.
+GPUS = {"tiny": (384 << 20, 5.0), "swiftshader-like": (2 << 30, 20.0), "h200-like": (140 << 30, 30_000.0)}
+
+
+@pytest.mark.parametrize("name", list(GPUS))
+def test_auto_plan_fits_each_gpu_and_the_time_budget(ops, name):
+    """rank_schedule auto for SmolLM2-135M (its shape, weights on a counting device) and 400 chat
+    examples: the chosen plan's estimated peak memory is within the GPU's budget (with the fifth
+    kept free), its estimated time within the 10-minute budget, and every part has a reason."""
+    from loralab.bench import random_weights
+    from loralab.config import NAMED_CONFIGS, ModelConfig
+    from loralab.data.batches import Sequence
+    from dataclasses import replace
+
+    from loralab.plan import AUTO_MEMORY_SHARE, auto_plan
+
+    budget, gflops = GPUS[name]
+    config = ModelConfig.from_dict(NAMED_CONFIGS["smollm2-135m"])
+    counting = CountingDevice(ops.device.info)
+    weights = random_weights(ops.on(counting), config)
+    now = sum(b.size for b in weights.values())
+    precisions = {"auto": now, "f32": now, "f16": now // 2, "q8": now * 34 // 128, "q4": now * 18 // 128}
+    rng = np.random.default_rng(1)
+    records = []
+    for _ in range(400):
+        n = int(rng.integers(60, 700))
+        records.append(Sequence(list(range(n)), [-100] * (n // 3) + list(range(n // 3, n))))
+    choice = auto_plan(ops, config, weights, records, TrainConfig(epochs=2, time_budget="10m"),
+                       LoraConfig(rank_schedule="auto"), budget, gflops, precisions, "f32")
+    assert choice["memory"]["total"] <= AUTO_MEMORY_SHARE * budget
+    assert choice["total_seconds"] <= 600
+    assert set(choice["reasons"]) == {"seq_len", "rank", "targets", "batch_size", "grad_accum",
+                                      "gradient_checkpointing", "weights", "steps"}
+    train, lora = choice["train"], choice["lora"]
+    assert lora.rank_schedule == "fixed" and lora.r == 16 and set(lora.targets) == set(config.lora_modules())
+    if name == "tiny":  # float32 weights alone are over the budget: smaller weights, checkpointing
+        assert choice["weights"] in ("q8", "q4") and train.gradient_checkpointing
+    else:
+        assert train.seq_len == 699
+    if name == "h200-like":
+        assert choice["weights"] == "f32" and not train.gradient_checkpointing and train.batch_size == 16
+        assert train.steps == 0  # two whole epochs fit the budget there
+    else:  # the slow GPUs: as many steps as 10 minutes allow, fewer than two epochs take
+        epochs_steps = replace(train, steps=0).total_steps(len(records))
+        assert 1 <= train.steps < epochs_steps and "min allow" in choice["reasons"]["steps"]
+
+
+def test_auto_plan_refuses_a_gpu_nothing_fits(ops):
+    from loralab.bench import random_weights
+    from loralab.config import NAMED_CONFIGS, ModelConfig
+    from loralab.data.batches import Sequence
+    from loralab.errors import UserError
+    from loralab.plan import auto_plan
+
+    config = ModelConfig.from_dict(NAMED_CONFIGS["smollm2-135m"])
+    weights = random_weights(ops.on(CountingDevice(ops.device.info)), config)
+    now = sum(b.size for b in weights.values())
+    with pytest.raises(UserError, match="no plan fits this GPU"):
+        auto_plan(ops, config, weights, [Sequence(list(range(50)), list(range(50)))] * 30, TrainConfig(),
+                  LoraConfig(rank_schedule="auto"), 32 << 20, 5.0, {"q4": now // 8}, "f32")
