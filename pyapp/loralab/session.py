@@ -793,6 +793,8 @@ def rank_schedule_words(lora: LoraConfig, steps: int) -> str:
     """What the rank schedule will do in a run of `steps` optimizer steps, in words (the plan)."""
     if lora.rank_schedule == "fixed":
         return f"rank {lora.r} throughout" + (" (per-module ranks from rank_pattern)" if lora.rank_pattern else "")
+    if lora.rank_schedule == "auto":
+        return "auto: the rank and the rest of the run are chosen once a dataset is in use"
     parts = [f"rank {rank} from step {at + 1}" for at, rank in lora.rank_switches if at < steps]
     late = [f"{rank}@{at}" for at, rank in lora.rank_switches if at >= steps]
     words = "progressive: " + ", ".join(parts) + ("" if not late else f" (never reached in {steps} steps: "
