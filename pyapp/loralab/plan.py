@@ -99,33 +99,30 @@ def auto_plan(ops: Ops, config: ModelConfig, weights: dict[str, Buffer], records
                           rank_pattern=(), alpha_pattern=())
     effective = max(1, min(AUTO_SEQUENCES_PER_STEP, len(records) // 25))
     now = sum(b.size for b in weights.values())
-    choice = None
     # The first that fits, in this order: the weights as loaded before a smaller precision (no
     # quality lost), without gradient checkpointing before with it (a third less compute), the
     # largest micro-batch (accumulation keeps the same sequences per step).
     # Last of all, shorter sequences (the examples' ends cut), halving down to 128 tokens.
     lengths = [seq_len] + [n for n in (seq_len // 2, seq_len // 4, seq_len // 8) if n >= 128]
-    for length in lengths:
-        for dtype in ("current", "f16", "q8", "q4"):
-            if dtype != "current" and precisions.get(dtype, now) >= now:
-                continue  # (only a smaller precision can help)
-            for ckpt in (False, True):
-                for batch in [b for b in AUTO_BATCHES if b <= effective]:
-                    candidate = replace(train, seq_len=length, batch_size=batch, grad_accum=max(1, effective // batch),
-                                        gradient_checkpointing=ckpt)
-                    memory = estimate_memory(ops, config, weights, candidate, chosen_lora, records)
-                    if dtype != "current":  # (estimated over the loaded weights, their bytes exchanged)
-                        memory = {**memory, "weights": precisions[dtype],
-                                  "total": memory["total"] - now + precisions[dtype]}
-                    if memory["total"] <= room:
-                        choice = (dtype, candidate, memory)
-                        break
-                if choice:
-                    break
-            if choice:
-                break
-        if choice:
-            break
+
+    def first_fit() -> tuple[str, TrainConfig, dict] | None:
+        for length in lengths:
+            for dtype in ("current", "f16", "q8", "q4"):
+                if dtype != "current" and precisions.get(dtype, now) >= now:
+                    continue  # (only a smaller precision can help)
+                for ckpt in (False, True):
+                    for batch in [b for b in AUTO_BATCHES if b <= effective]:
+                        candidate = replace(train, seq_len=length, batch_size=batch,
+                                            grad_accum=max(1, effective // batch), gradient_checkpointing=ckpt)
+                        memory = estimate_memory(ops, config, weights, candidate, chosen_lora, records)
+                        if dtype != "current":  # (estimated over the loaded weights, their bytes exchanged)
+                            memory = {**memory, "weights": precisions[dtype],
+                                      "total": memory["total"] - now + precisions[dtype]}
+                        if memory["total"] <= room:
+                            return dtype, candidate, memory
+        return None
+
+    choice = first_fit()
     if choice is None:
         raise UserError(f"no plan fits this GPU's {budget / 2**30:.1f} GiB: even 4-bit weights, one sequence of "
                         f"{lengths[-1]} tokens and gradient checkpointing need more; choose a smaller model")
