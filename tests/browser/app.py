@@ -125,10 +125,12 @@ class App:
         d.value.save_as(save_as)
         return Path(save_as)
 
-    def generate(self, prompt: str | None = None, timeout: int = 300_000) -> tuple[str, str]:
-        """(base answer, adapter answer) to the prompt in the compare panel."""
+    def generate(self, prompt: str | None = None, timeout: int = 300_000, onnx: bool = False) -> tuple[str, str]:
+        """(base answer, adapter answer) to the prompt in the compare panel; with `onnx`, ONNX
+        Runtime Web's third answer too (its own tests ask for it: it exports the model first)."""
         if prompt is not None:
             self.page.fill(self.sel("gen-prompt"), prompt)
+        self.page.set_checked(self.sel("gen-onnx"), onnx)
         self.page.evaluate("for (const id of ['adapter', 'onnx'])"
                            " document.querySelector(`[data-testid=gen-output-${id}]`).dataset.done = ''")
         self.page.click(self.sel("gen-run"))

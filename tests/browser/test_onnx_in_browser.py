@@ -40,7 +40,8 @@ def test_compare_panel_answers_with_onnx_runtime_web_and_exports_onnx(app, chat_
     app.use_dataset_file(chat_jsonl(tmp_path / "chat.jsonl"))
     app.train({"steps": 4, "lr": 0.02, "batch-size": 3, "report-every": 2})
     page.evaluate("document.querySelector('[data-testid=gen-output-onnx]').dataset.done = ''")
-    _, adapter_answer = app.generate("Where is the key?")
+    assert page.is_checked(app.sel("gen-onnx"))  # (on by default)
+    _, adapter_answer = app.generate("Where is the key?", onnx=True)
     page.wait_for_function("document.querySelector('[data-testid=gen-output-onnx]').dataset.done === '1'",
                            timeout=300_000)
     check = app.page.locator("[data-testid=onnx-check]")

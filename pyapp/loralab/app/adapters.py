@@ -103,7 +103,7 @@ async def on_generate(event) -> None:
         el("gen-output-base").textContent = result["base"] if result else ""
         el("gen-output-adapter").textContent = (result["adapter"] or "(train an adapter first)") if result else ""
         el("gen-output-adapter").dataset.done = "1"  # streamed text is final now
-        if result:
+        if result and el("gen-onnx").checked:  # the third answer: our ONNX export in ONNX Runtime Web
             await onnx.compare_onnx(payload)
     finally:
         el("gen-output-onnx").dataset.done = "1"
