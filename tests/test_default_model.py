@@ -85,10 +85,9 @@ def test_chat_loss_masks_the_prompt_like_the_tokenizers_own_template(tmp_path, r
     assert ours["loss"] == pytest.approx(total / count, rel=1e-3)
 
 
-def test_default_gguf_read_in_place_by_onnxruntime_matches_transformers(tmp_path, reference):
+def test_default_gguf_read_in_place_by_onnxruntime_matches_transformers(tmp_path, run, reference):
     """Chat without WebGPU runs the built-in model's own GGUF bytes in ONNX Runtime (Q4_1 and
     Q8_0 blocks decoded by the graph, once): transformers' logits on the same file (≤ 1e-3)."""
-    import asyncio
     import shutil
 
     import numpy as np
@@ -100,7 +99,7 @@ def test_default_gguf_read_in_place_by_onnxruntime_matches_transformers(tmp_path
 
     shutil.copy(default_model_path(), tmp_path / GGUF_LOCATION)
     with open(tmp_path / "model.onnx", "wb") as f:
-        asyncio.run(onnx.write_model(f.write, gguf_graph(GGUFModel.from_path(str(tmp_path / GGUF_LOCATION)))))
+        run(onnx.write_model(f.write, gguf_graph(GGUFModel.from_path(str(tmp_path / GGUF_LOCATION)))))
     sess = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     ids = np.array([TOKENS[1]])
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}

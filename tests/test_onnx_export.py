@@ -37,7 +37,7 @@ def session(path: Path):
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def run(sess, ids: np.ndarray, mask: np.ndarray | None = None, positions: np.ndarray | None = None,
+def ort_run(sess, ids: np.ndarray, mask: np.ndarray | None = None, positions: np.ndarray | None = None,
         past: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """logits, then present.N.key/value, for ids [B, S] after `past` (empty by default)."""
     B, S = ids.shape
@@ -70,12 +70,12 @@ def test_onnx_export_runs_in_onnxruntime_like_peft(tmp_path, kind):
     names = [o.name for o in sess.get_outputs()]
     layers = peft_model.base_model.model.config.num_hidden_layers
     assert names == ["logits"] + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    whole = run(sess, ids)
+    whole = ort_run(sess, ids)
     assert np.abs(whole[0] - reference).max() <= 1e-4
 
-    step = run(sess, ids[:, :6])  # then one token at a time through the cache
+    step = ort_run(sess, ids[:, :6])  # then one token at a time through the cache
     for t in range(6, len(IDS)):
-        step = run(sess, ids[:, t:t + 1], past=step[1:])
+        step = ort_run(sess, ids[:, t:t + 1], past=step[1:])
         assert np.abs(step[0][0, -1] - reference[0, t]).max() <= 1e-4, t
 
     pad = 3  # a batch of two: the second row left-padded (mask 0, positions from its first token)
@@ -83,7 +83,7 @@ def test_onnx_export_runs_in_onnxruntime_like_peft(tmp_path, kind):
     batch = np.stack([ids[0], np.concatenate([np.zeros(pad, np.int64), short[0]])])
     mask = np.stack([np.ones(len(IDS)), np.concatenate([np.zeros(pad), np.ones(len(IDS) - pad)])])
     positions = np.stack([np.arange(len(IDS)), np.concatenate([np.ones(pad), np.arange(len(IDS) - pad)])])
-    padded = run(sess, batch, mask, positions)[0]
+    padded = ort_run(sess, batch, mask, positions)[0]
     with torch.no_grad():
         alone = peft_model(input_ids=torch.tensor(short)).logits.numpy()
     assert np.abs(padded[0] - reference[0]).max() <= 1e-4
@@ -130,9 +130,9 @@ def test_onnx_q4_variant_is_matmulnbits_of_the_merged_weights(tmp_path):
     with torch.no_grad():
         params["model.embed_tokens.weight"].copy_(torch.tensor(table.astype(np.float32)))
         reference = merged(input_ids=torch.tensor([IDS])).logits.numpy()
-    logits = run(session(out / "onnx" / "model_q4.onnx"), np.array([IDS]))[0]
+    logits = ort_run(session(out / "onnx" / "model_q4.onnx"), np.array([IDS]))[0]
     assert np.abs(logits - reference).max() <= 1e-4
-    full = run(session(out / "onnx" / "model.onnx"), np.array([IDS]))[0]
+    full = ort_run(session(out / "onnx" / "model.onnx"), np.array([IDS]))[0]
     print(f"q4 vs float32 export: max |Δlogit| {np.abs(logits - full).max():.4f} of max |logit| {np.abs(full).max():.4f}")
 
 
@@ -160,7 +160,7 @@ def test_onnx_export_from_a_gguf_kept_quantized(tmp_path):
                 q8 = gguf.quants.quantize(p.numpy(), gguf.GGMLQuantizationType.Q8_0)
                 p.copy_(torch.tensor(gguf.quants.dequantize(q8, gguf.GGMLQuantizationType.Q8_0)))
         reference = peft.PeftModel.from_pretrained(base, str(tmp_path / "adapter"))(input_ids=torch.tensor([IDS])).logits
-    logits = run(session(tmp_path / "onnx" / "onnx" / "model.onnx"), np.array([IDS]))[0]
+    logits = ort_run(session(tmp_path / "onnx" / "onnx" / "model.onnx"), np.array([IDS]))[0]
     assert np.abs(logits - reference.numpy()).max() <= 1e-4
 
 
@@ -193,12 +193,10 @@ def test_transformers_js_generates_like_loralab(tmp_path, dtype):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen3", "gemma3"])
-def test_gguf_read_in_place_runs_in_onnxruntime(tmp_path, kind):
+def test_gguf_read_in_place_runs_in_onnxruntime(tmp_path, run, kind):
     """Chat without WebGPU reads a GGUF file in place (onnx_export.gguf_graph: the file is the
     model's external data): Q8_0, Q4_0, Q4_1 and F16 matrices, llama.cpp's q/k row order (Llama)
     and Gemma's 1 + w norms give transformers' logits over the same dequantized weights (≤ 1e-4)."""
-    import asyncio
-
     import gguf
     import onnx
 
@@ -216,7 +214,7 @@ def test_gguf_read_in_place_runs_in_onnxruntime(tmp_path, kind):
     model = hf.tiny_model(kind, tmp_path / "model", seed=6, tied=kind != "llama", **extra)
     gguf_from_hf.write(model, tmp_path / GGUF_LOCATION, types)
     with open(tmp_path / "model.onnx", "wb") as f:
-        asyncio.run(writer.write_model(f.write, gguf_graph(GGUFModel.from_path(str(tmp_path / GGUF_LOCATION)))))
+        run(writer.write_model(f.write, gguf_graph(GGUFModel.from_path(str(tmp_path / GGUF_LOCATION)))))
     assert (tmp_path / "model.onnx").stat().st_size < 200_000  # the graph only: the weights stay in the GGUF
     onnx.checker.check_model(str(tmp_path / "model.onnx"))
     reference = hf.load_hf(model)
@@ -233,7 +231,7 @@ def test_gguf_read_in_place_runs_in_onnxruntime(tmp_path, kind):
                 value = value.reshape(heads, -1, 2, value.shape[1]).swapaxes(1, 2).reshape(p.shape)
             p.copy_(torch.tensor(np.asarray(value, np.float32)))
         expected = reference(input_ids=torch.tensor([IDS])).logits.numpy()
-    logits = run(session(tmp_path / "model.onnx"), np.array([IDS]))[0]
+    logits = ort_run(session(tmp_path / "model.onnx"), np.array([IDS]))[0]
     assert np.abs(logits - expected).max() <= 1e-4
 
 
@@ -264,14 +262,18 @@ def test_a_model_over_the_protobuf_limit_keeps_its_weights_in_onnx_data(tmp_path
     peft_model.save_pretrained(tmp_path / "adapter")
     monkeypatch.setattr(writer, "PROTOBUF_LIMIT", 50_000)
     out = tmp_path / "onnx"
-    assert cli.main(["export", str(tmp_path / "adapter"), "--to", "onnx", "--model", str(model), "--out", str(out),
-                     "--onnx-dtype", "fp32"]) == 0
+    from concurrent.futures import ThreadPoolExecutor
+
+    args = ["export", str(tmp_path / "adapter"), "--to", "onnx", "--model", str(model), "--out", str(out),
+            "--onnx-dtype", "fp32"]
+    with ThreadPoolExecutor(1) as pool:  # (its own thread: Playwright's event loop may run on this one)
+        assert pool.submit(cli.main, args).result() == 0
     assert (out / "onnx" / "model.onnx").stat().st_size < 50_000 < (out / "onnx" / "model.onnx_data").stat().st_size
     config = json.loads((out / "config.json").read_text())
     assert config["transformers.js_config"]["use_external_data_format"] == {"model.onnx": 1}
     with torch.no_grad():
         reference = peft_model(input_ids=torch.tensor([IDS])).logits.numpy()
-    logits = run(session(out / "onnx" / "model.onnx"), np.array([IDS]))[0]
+    logits = ort_run(session(out / "onnx" / "model.onnx"), np.array([IDS]))[0]
     assert np.abs(logits - reference).max() <= 1e-4
 
 

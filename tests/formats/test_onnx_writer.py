@@ -3,7 +3,6 @@ graph written inline and with external data, streamed initializers, every attrib
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import numpy as np
@@ -46,14 +45,14 @@ def expected(x: np.ndarray, data: dict[str, np.ndarray]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("external", [False, True], ids=["inline", "external-data"])
-def test_written_model_loads_checks_and_runs(tmp_path, external):
+def test_written_model_loads_checks_and_runs(tmp_path, run, external):
     import onnx
     import onnxruntime
 
     g, data = graph()
     path = tmp_path / "model.onnx"
     with open(path, "wb") as f, open(tmp_path / "model.onnx_data", "wb") as d:
-        asyncio.run(writer.write_model(f.write, g, stream(data), ("model.onnx_data", d.write) if external else None))
+        run(writer.write_model(f.write, g, stream(data), ("model.onnx_data", d.write) if external else None))
     if external:
         assert (tmp_path / "model.onnx_data").stat().st_size == 6 * 6 * 4 + 6 * 2
     else:
@@ -68,7 +67,7 @@ def test_written_model_loads_checks_and_runs(tmp_path, external):
     np.testing.assert_allclose(y, expected(x, data), rtol=1e-4, atol=1e-5)
 
 
-def test_streamed_initializers_must_arrive_in_order_and_size(tmp_path):
+def test_streamed_initializers_must_arrive_in_order_and_size(tmp_path, run):
     g, data = graph()
 
     async def wrong():
@@ -79,15 +78,15 @@ def test_streamed_initializers_must_arrive_in_order_and_size(tmp_path):
 
     for bad in (wrong(), short()):
         with pytest.raises(ValueError, match="initializer w"):
-            asyncio.run(writer.write_model(lambda _: None, g, bad))
+            run(writer.write_model(lambda _: None, g, bad))
 
 
-def test_over_two_gigabytes_needs_external_data():
+def test_over_two_gigabytes_needs_external_data(run):
     big = Graph("big", [Node("Identity", ["w"], ["y"])], [], [Value("y", FLOAT, (1 << 29,))],
                 [Tensor("w", FLOAT, (1 << 29,))], {"": 17})
     assert writer.model_size(big) > writer.PROTOBUF_LIMIT
     with pytest.raises(Exception, match="2 GB"):
-        asyncio.run(writer.write_model(lambda _: None, big))
+        run(writer.write_model(lambda _: None, big))
 
 
 def test_folder_config_names_the_external_data_for_transformers_js():

@@ -138,11 +138,11 @@ def test_auto_plan_fits_each_gpu_and_the_time_budget(ops, name):
     """rank_schedule auto for SmolLM2-135M (its shape, weights on a counting device) and 400 chat
     examples: the chosen plan's estimated peak memory is within the GPU's budget (with the fifth
     kept free), its estimated time within the 10-minute budget, and every part has a reason."""
+    from dataclasses import replace
+
     from loralab.bench import random_weights
     from loralab.config import NAMED_CONFIGS, ModelConfig
     from loralab.data.batches import Sequence
-    from dataclasses import replace
-
     from loralab.plan import AUTO_MEMORY_SHARE, auto_plan
 
     budget, gflops = GPUS[name]
