@@ -436,7 +436,6 @@ def test_dora_trains_and_exports_what_peft_loads(tmp_path, tokens_file, kind):
     reproduces `loralab eval` (≤ 1e-4); it continues training from itself (--adapter); the merged
     folder and the ONNX export equal PEFT's base + adapter; GGUF-LoRA, which has no magnitudes, is
     refused with a message."""
-    import onnxruntime
     import peft
 
     model = hf.tiny_model(kind, tmp_path / kind, seed=12, tied=False)
@@ -466,13 +465,10 @@ def test_dora_trains_and_exports_what_peft_loads(tmp_path, tokens_file, kind):
         merged = hf.load_hf(tmp_path / "merged")(ids).logits.numpy()
     assert np.abs(merged - reference).max() <= 1e-4
     loralab("export", out, "--to", "onnx", "--model", model, "--out", tmp_path / "onnx", "--onnx-dtype", "fp32")
-    sess = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy()),
-             "position_ids": np.arange(ids.shape[1])[None]}
-    for i in sess.get_inputs():
-        if i.name.startswith("past_key_values."):
-            feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
-    assert np.abs(sess.run(["logits"], feeds)[0] - reference).max() <= 1e-4
+    from tests.test_onnx_export import ort_run, session
+
+    logits = ort_run(session(tmp_path / "onnx" / "onnx" / "model.onnx"), ids.numpy())[0]
+    assert np.abs(logits - reference).max() <= 1e-4
     refused = loralab("export", out, "--to", "gguf", "--model", model, "--out", tmp_path / "x.gguf", ok=False)
     assert refused.returncode == 2 and "DoRA" in refused.stderr and "Traceback" not in refused.stderr
 

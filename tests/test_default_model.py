@@ -91,22 +91,17 @@ def test_default_gguf_read_in_place_by_onnxruntime_matches_transformers(tmp_path
     import shutil
 
     import numpy as np
-    import onnxruntime
 
     from loralab.formats import onnx
     from loralab.model.gguf_model import GGUFModel
     from loralab.onnx_export import GGUF_LOCATION, gguf_graph
+    from tests.test_onnx_export import ort_run, session
 
     shutil.copy(default_model_path(), tmp_path / GGUF_LOCATION)
     with open(tmp_path / "model.onnx", "wb") as f:
         run(onnx.write_model(f.write, gguf_graph(GGUFModel.from_path(str(tmp_path / GGUF_LOCATION)))))
-    sess = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     ids = np.array([TOKENS[1]])
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
-    for i in sess.get_inputs():
-        if i.name.startswith("past_key_values."):
-            feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
-    logits = sess.run(["logits"], feeds)[0]
+    logits = ort_run(session(tmp_path / "model.onnx"), ids)[0]
     with torch.no_grad():
         expected = reference(torch.tensor(ids)).logits.numpy()
     assert np.abs(logits - expected).max() <= 1e-3

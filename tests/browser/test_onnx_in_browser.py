@@ -15,6 +15,7 @@ from tests.browser.app import App
 from tests.browser.test_app_flow import chat_jsonl, make_chat_model
 from tests.model import hf
 from tests.rig import CHROMIUM, PageGuard
+from tests.test_onnx_export import ort_run, session
 
 pytestmark = pytest.mark.browser
 pytest.importorskip("torch")
@@ -29,7 +30,6 @@ def test_compare_panel_answers_with_onnx_runtime_web_and_exports_onnx(app, chat_
     """After a short run: the third answer comes from ONNX Runtime Web and equals base + adapter's
     (greedy); the check line's largest logit difference is ≤ 1e-4; the ONNX zip's model runs in
     onnxruntime like PEFT with the downloaded adapter."""
-    import onnxruntime
     import peft
     import torch
 
@@ -62,12 +62,7 @@ def test_compare_panel_answers_with_onnx_runtime_web_and_exports_onnx(app, chat_
     with zipfile.ZipFile(app.download("export-adapter", tmp_path / "adapter.zip")) as zf:
         zf.extractall(tmp_path / "adapter")
     ids = np.array([[5, 9, 17, 33, 2, 40, 7]])
-    sess = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
-    for i in sess.get_inputs():
-        if i.name.startswith("past_key_values."):
-            feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
-    logits = sess.run(["logits"], feeds)[0]
+    logits = ort_run(session(tmp_path / "onnx" / "onnx" / "model.onnx"), ids)[0]
     with torch.no_grad():
         reference = peft.PeftModel.from_pretrained(hf.load_hf(chat_model), str(tmp_path / "adapter"))(
             input_ids=torch.tensor(ids)).logits.numpy()

@@ -469,11 +469,7 @@ class OnnxChat:
 
 
 @dataclass(frozen=True)
-class OnnxCompare:
-    prompt: str
-    max_new_tokens: int = 48
-    temperature: float = 0.0
-    top_p: float = 1.0
+class OnnxCompare(Generate):
     provider: str = "auto"  # onnx_compare: ONNX Runtime Web's "webgpu" or "wasm" provider ("auto": webgpu, else wasm)
 
 
