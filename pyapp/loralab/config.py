@@ -482,15 +482,26 @@ class LoraConfig:
     use_dora: bool = field(default=False, metadata={
         "help": "DoRA: a trained magnitude per output times the direction of W + scaling · B · A (PEFT's use_dora)"})
     rank_schedule: str = field(default="fixed", metadata={
-        "help": "fixed: rank r throughout; progressive: grow to r at the steps of rank_steps; auto: the rank, "
-                "targets, batch, sequence length, accumulation, checkpointing and weights chosen for this GPU, "
-                "the data and time_budget"})
+        "help": "fixed: rank r throughout; progressive: grow to r at the steps of rank_steps; adaptive: AdaLoRA "
+                "(SVD-form adapters started at rank r, pruned by importance to an average of target_r); auto: the "
+                "rank, targets, batch, sequence length, accumulation, checkpointing and weights chosen for this "
+                "GPU, the data and time_budget"})
     rank_steps: str = field(default="", metadata={
         "help": "progressive: RANK@STEP,… from step 0 up to r, e.g. 4@0,8@100,16@300 with r = 16"})
     rank_pattern: tuple[tuple[str, int], ...] = field(
         default=(), metadata={"help": "per-module ranks, (pattern, r) pairs as PEFT's rank_pattern"})
     alpha_pattern: tuple[tuple[str, float], ...] = field(
         default=(), metadata={"help": "per-module alphas, (pattern, alpha) pairs as PEFT's alpha_pattern"})
+    # adaptive (AdaLoRA, Zhang et al. 2023, as PEFT's AdaLoraConfig; r is its init_r):
+    target_r: int = field(default=0, metadata={"help": "adaptive: the average rank left per module at the end"})
+    tinit: int = field(default=0, metadata={"help": "adaptive: steps before any pruning"})
+    tfinal: int = field(default=0, metadata={"help": "adaptive: the last steps, at the final ranks"})
+    delta_t: int = field(default=1, metadata={"help": "adaptive: steps between two budget allocations"})
+    ada_beta1: float = field(default=0.85, metadata={"help": "adaptive: the importance's moving average"})
+    ada_beta2: float = field(default=0.85, metadata={"help": "adaptive: the uncertainty's moving average"})
+    orth_reg_weight: float = field(default=0.5, metadata={"help": "adaptive: the orthogonality regulariser's weight"})
+    total_step: int = field(default=0, metadata={
+        "help": "adaptive: the steps the budget schedule spans (0: the run's)"})
 
     def __post_init__(self):
         for name in ("rank_pattern", "alpha_pattern"):  # from JSON: lists (or a dict) -> pairs
@@ -515,12 +526,41 @@ class LoraConfig:
         if self.rank_schedule not in RANK_SCHEDULES:
             raise UsageError(f"rank_schedule is one of {', '.join(RANK_SCHEDULES)}, not {short(self.rank_schedule)}")
         _ = self.rank_switches  # (checks rank_steps)
+        if self.rank_schedule == "adaptive":
+            self._check_adaptive()
         if self.use_dora and self.dropout > 0:
             raise UsageError("DoRA runs without LoRA dropout here (PEFT's DoRA with dropout takes a second product "
                              "over the dropped input, not yet built): set dropout to 0")
 
+    def _check_adaptive(self) -> None:
+        """AdaLoRA's fields, checked as PEFT's AdaLoraConfig checks them (and what this engine adds)."""
+        if self.use_dora or self.use_rslora:
+            raise UsageError("rank_schedule adaptive (AdaLoRA) goes without DoRA and rsLoRA (PEFT has neither for it)")
+        if self.r > MAX_ADAPTIVE_RANK:
+            raise UsageError(f"rank_schedule adaptive starts at rank ≤ {MAX_ADAPTIVE_RANK} per module (got {self.r})")
+        integer(self.target_r, "adaptive target_r", UsageError, 1)
+        if self.target_r >= self.r:
+            raise UsageError(f"adaptive: target_r ({self.target_r}) must be below the starting rank r ({self.r})")
+        for name in ("tinit", "tfinal", "total_step"):
+            integer(getattr(self, name), f"adaptive {name}", UsageError, 0)
+        integer(self.delta_t, "adaptive delta_t", UsageError, 1)
+        for name in ("ada_beta1", "ada_beta2"):
+            if not 0.0 < number(getattr(self, name), f"adaptive {name}", UsageError) < 1.0:
+                raise UsageError(f"adaptive {name} must be in (0, 1) (got {getattr(self, name)})")
+        if number(self.orth_reg_weight, "orth_reg_weight", UsageError) < 0:
+            raise UsageError(f"orth_reg_weight must be ≥ 0 (got {self.orth_reg_weight})")
+        if self.total_step and self.tinit >= self.total_step - self.tfinal:
+            raise UsageError(f"adaptive: tinit {self.tinit} and tfinal {self.tfinal} leave no steps of "
+                             f"{self.total_step} for pruning; lower them or train longer")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.rank_schedule == "adaptive"
+
     @property
     def scaling(self) -> float:
+        if self.adaptive:  # AdaLoRA: lora_alpha / (ranknum + 1e-5), ranknum its starting rank
+            return self.alpha / (self.r + 1e-5)
         return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
 
     @staticmethod
@@ -534,6 +574,8 @@ class LoraConfig:
         return int(self._match(self.rank_pattern, layer, module, self.r))
 
     def scaling_for(self, layer: int, module: str) -> float:
+        if self.adaptive:  # (a pruned module keeps its starting ranknum, as PEFT's)
+            return float(self._match(self.alpha_pattern, layer, module, self.alpha)) / (self.r + 1e-5)
         r, alpha = self.rank(layer, module), float(self._match(self.alpha_pattern, layer, module, self.alpha))
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
@@ -575,7 +617,8 @@ class LoraConfig:
 
 
 SCHEDULES = ("constant", "linear", "cosine")
-RANK_SCHEDULES = ("fixed", "progressive", "auto")
+RANK_SCHEDULES = ("fixed", "progressive", "adaptive", "auto")
+MAX_ADAPTIVE_RANK = 64  # (adalora.wgsl keeps a module's r × r Gram rows in registers)
 
 
 def parse_duration(text: str, what: str = "time budget") -> float | None:

@@ -22,7 +22,7 @@ from .gpu.device import VIEW_ALIGNMENT, Buffer, Device
 class LoraTensor:
     layer: int
     module: str  # the projection it serves, e.g. "q_proj" (a fused module's A: the fused name)
-    kind: str  # "A" (r × in), "B" (out × r) or DoRA's magnitude "M" (out × 1)
+    kind: str  # "A" (r × in), "B" (out × r), DoRA's magnitude "M" (out × 1) or AdaLoRA's singular values "E" (r × 1)
     shape: tuple[int, int]
     offset: int  # bytes into the flat buffers
     site: str = ""  # the module PEFT names it by ("qkv_proj" for q's rows of Phi-3's B), if not `module`
@@ -59,6 +59,8 @@ def layout(config: ModelConfig, lora: LoraConfig) -> tuple[list[LoraTensor], int
             in_f = config.projection_shape(parts[0])[1]
             r = lora.rank(layer, module)
             add(layer, module, "A", (r, in_f))
+            if lora.adaptive:  # AdaLoRA: B · diag(E) · A, E after its A
+                add(layer, module, "E", (r, 1))
             row = 0
             for part in parts:
                 rows = config.projection_shape(part)[0]
@@ -71,6 +73,27 @@ def layout(config: ModelConfig, lora: LoraConfig) -> tuple[list[LoraTensor], int
                     add(layer, part, "M", (rows, 1), module if part != module else "", row)
                     row += rows
     return tensors, max(offset, VIEW_ALIGNMENT)
+
+
+def adalora_control(lora: LoraConfig, step: int, total: int, init_bgt: int, modules: int) -> tuple[int, int, int, int]:
+    """AdaLoRA's allocation after optimizer step `step` (0-based, PEFT's update_and_allocate(
+    global_step)) of a schedule over `total` steps: (update the importance?, mask mode, triplets
+    to prune k, the budget in force after it). Mode 0: none; 1: prune the k least important
+    (a budget step, or the forced one at total − tfinal); 2: re-apply the last mask (final phase).
+    The budget falls from init_bgt (every module at r) to target_r per module along a cubic
+    between tinit and total − tfinal, and is allocated every delta_t steps."""
+    target = lora.target_r * modules
+    final = total - lora.tfinal
+    if step < final:
+        if step <= lora.tinit:
+            return 1, 0, 0, init_bgt
+        budget = int((init_bgt - target) * (1 - (step - lora.tinit) / (final - lora.tinit)) ** 3 + target)
+        if step % lora.delta_t:
+            return 1, 0, 0, adalora_control(lora, step - step % lora.delta_t, total, init_bgt, modules)[3]
+        return 1, 1, init_bgt - budget, budget
+    if step == final:
+        return 0, 1, init_bgt - target, target
+    return 0, 2, 0, target
 
 
 class LoraState:
@@ -101,9 +124,68 @@ class LoraState:
             if t.kind == "A":  # the projections read their module's A
                 for part in sites[t.module]:
                     self._views[(t.layer, part, "A")] = view
+        self.adaptive = lora.adaptive
+        if self.adaptive:
+            self._adalora_buffers()
+
+    # -- AdaLoRA -----------------------------------------------------------------------------------
+    def _adalora_buffers(self) -> None:
+        """AdaLoRA's module table (include/adalora.wgsl), the B · diag(E) the model reads (`eff`,
+        the flat layout), and the mask of kept triplets (1.0 or 0.0 per singular value, module by
+        module: `triplets`)."""
+        import struct
+
+        words, self.triplets, self.max_rows, self.modules = [], 0, 0, []
+        for t in self.tensors:
+            if t.kind == "A":
+                row = [t.offset // 4, 0, t.shape[0], t.shape[1], 0, 0, 0, 0, 0, 0, self.triplets, 0]
+                words.append(row)
+                self.modules.append((t.layer, t.module))
+                self.triplets += t.shape[0]
+                parts = 0
+            elif t.kind == "E":
+                row[1] = t.offset // 4
+            elif t.kind == "B":
+                row[4 + 2 * parts], row[5 + 2 * parts] = t.offset // 4, t.shape[0]
+                row[11] += t.shape[0]
+                self.max_rows = max(self.max_rows, row[11])
+                parts += 1
+        self.M, self.R = len(words), max(w[2] for w in words)
+        flat = [w for row in words for w in row]
+        self.table = self.device.create_buffer(4 * len(flat), label="adalora.table")
+        self.device.write_buffer(self.table, struct.pack(f"<{len(flat)}I", *flat))
+        self.eff = self.device.create_buffer(self.nbytes, label="adalora.eff_B")
+        self.mask = self.device.create_buffer(4 * self.triplets, label="adalora.mask")
+        self.device.write_buffer(self.mask, struct.pack(f"<{self.triplets}f", *[1.0] * self.triplets))
+        for t in self.tensors:  # the model reads B · diag(E): B's views into eff
+            if t.kind == "B":
+                key = (t.layer, t.module, "B")
+                self._views[key] = (t, self.eff.view(t.offset, t.numel * 4), self._views[key][2])
+
+    def apply_dispatches(self, ops) -> list:
+        """What makes the adapter readable by the model after its parameters changed: AdaLoRA's
+        B · diag(E) (nothing for other adapters)."""
+        return [ops.adalora_apply(self.eff, self.params, self.table, self.M, self.R)] if self.adaptive else []
+
+    @property
+    def b_source(self) -> Buffer:
+        """The flat buffer whose B regions the model multiplies by (AdaLoRA's B · diag(E))."""
+        return self.eff if self.adaptive else self.params
+
+    async def ranks(self) -> dict[tuple[int, str], int]:
+        """AdaLoRA: each module's singular values left by the pruning, {(layer, module): rank}."""
+        import struct
+
+        mask = struct.unpack(f"<{self.triplets}f", await self.device.read_buffer(self.mask))
+        out, at = {}, 0
+        for layer, module in self.modules:
+            r = self.rank(layer, module)
+            out[(layer, module)] = sum(1 for v in mask[at : at + r] if v != 0.0)
+            at += r
+        return out
 
     def release(self) -> None:
-        for buf in (self.params, self.grads, self.m, self.v):
+        for buf in (self.params, self.grads, self.m, self.v) + ((self.table, self.eff, self.mask) if self.adaptive else ()):
             self.device.destroy_buffer(buf)
 
     @property
@@ -147,7 +229,11 @@ class LoraState:
 
     def init_dispatches(self, ops, seed: int) -> list:
         """PEFT's init on the GPU: A seeded kaiming-uniform, B zero (fresh buffers are zero). A
-        progressive rank schedule starts with its first rank's rows of A; the rest stay zero."""
+        progressive rank schedule starts with its first rank's rows of A; the rest stay zero.
+        AdaLoRA's: A and B ~ N(0, 0.02²), E zero."""
+        if self.adaptive:
+            return [ops.lora_init(self.params, t.offset // 4, t.numel, 1, seed, std=0.02)
+                    for t in self.tensors if t.kind in "AB"]
         return self.grow_dispatches(ops, 0, self.config.rank_switches[0][1], seed)
 
     def grow_dispatches(self, ops, rank_from: int, rank_to: int, seed: int) -> list:

@@ -49,6 +49,15 @@ KERNELS = (
     "dora_norm",
     "dora_scale",
     "dora_grad",
+    "adalora_apply",
+    "adalora_grad",
+    "orth_gram",
+    "orth_grad",
+    "orth_sum",
+    "ada_ipt",
+    "ada_score",
+    "ada_kth",
+    "ada_mask",
 )
 # Frozen weights kept quantized on the GPU (wgsl/include/qweight.wgsl): Buffer.dtype -> (bits
 # per code, values per group, NF4 table). Codes, then a f32 scale per group, then (affine types)
@@ -710,6 +719,52 @@ class Ops:
         return self._rows("dora_grad", -(-N // 64), dict(T=T, N=N, beta=1.0 if accumulate else 0.0), dy=dy, p=p,
                           norms=n, dm=dm)
 
+    # -- AdaLoRA (Zhang et al. 2023, as PEFT's AdaLoraModel and RankAllocator) ---------------------
+    # Every kernel covers all M modules of the adapter through `table` (LoraState.adalora_table);
+    # R is the largest module rank, the triplets (a singular value with its A row and B column)
+    # are numbered module by module.
+    def adalora_apply(self, eff: Buffer, lora: Buffer, table: Buffer, M: int, R: int) -> Dispatch:
+        """eff's B regions ← B · diag(E) of every module (what the model multiplies by)."""
+        return self.k["adalora_apply"].dispatch(self.device, (R, M), dict(M=M), adalora_table=table, lora=lora, eff=eff)
+
+    def adalora_grad(self, grads: Buffer, lora: Buffer, table: Buffer, M: int, R: int) -> Dispatch:
+        """The gradients of eff's B → those of B and E, in place (dE = colsum(dEff ∘ B), dB = dEff · E)."""
+        return self.k["adalora_grad"].dispatch(self.device, (R, M), dict(M=M), adalora_table=table, lora=lora,
+                                               grads=grads)
+
+    def orth_reg(self, grads: Buffer, fro: Buffer, gram: Buffer, lora: Buffer, table: Buffer, step: Buffer, M: int,
+                 R: int, max_rows: int, weight: float) -> list[Dispatch]:
+        """The orthogonality regulariser weight · mean over every A and B of ‖AAᵀ − I‖_F, ‖BᵀB − I‖_F:
+        its gradient added to `grads` (raw, divided by step's grad_scale), each norm in fro [M, 2]."""
+        c = weight / (2 * M)
+        return [self.k["orth_gram"].dispatch(self.device, (R * R, M, 2), dict(M=M, R=R), adalora_table=table,
+                                             lora=lora, gram=gram),
+                self.k["orth_grad"].dispatch(self.device, (max(R, -(-max_rows // 64)), M, 2), dict(M=M, R=R, c=c),
+                                             adalora_table=table, lora=lora, gram=gram, step=step, grads=grads,
+                                             fro=fro)]
+
+    def orth_sum(self, history: Buffer, fro: Buffer, step: Buffer, M: int, weight: float) -> Dispatch:
+        """history[step.slot] ← the regulariser's value, weight / (2M) · Σ fro."""
+        return self.k["orth_sum"].dispatch(self.device, (1,), dict(count=2 * M, c=weight / (2 * M)), fro=fro,
+                                           step=step, history=history)
+
+    def ada_ipt(self, ema: Buffer, unc: Buffer, lora: Buffer, grads: Buffer, clip: Buffer, ctl: Buffer, N: int,
+                beta1: float, beta2: float) -> Dispatch:
+        """The importance's moving averages over the flat adapter, when ctl[0] says so."""
+        params = dict(N=N, beta1=beta1, beta2=beta2, one_minus_beta1=1.0 - beta1, one_minus_beta2=1.0 - beta2)
+        return self._elementwise("ada_ipt", N, params, lora=lora, grads=grads, clip=clip, ctl=ctl, ema=ema, unc=unc)
+
+    def ada_prune(self, lora: Buffer, mask: Buffer, scores: Buffer, threshold: Buffer, ema: Buffer, unc: Buffer,
+                  ctl: Buffer, table: Buffer, M: int, R: int, N: int) -> list[Dispatch]:
+        """ctl[1] == 1: every triplet's score, the ctl[2]-th smallest as the threshold, the triplets
+        at or below it pruned (E ← 0) and the mask stored; ctl[1] == 2: E ← 0 where the mask is 0."""
+        return [self.k["ada_score"].dispatch(self.device, (R, M), dict(M=M), adalora_table=table, ema=ema, unc=unc,
+                                             ctl=ctl, scores=scores),
+                self.k["ada_kth"].dispatch(self.device, (-(-N // 64),), dict(N=N), scores=scores, ctl=ctl,
+                                           threshold=threshold),
+                self.k["ada_mask"].dispatch(self.device, (-(-R // 64), M), dict(M=M), adalora_table=table,
+                                            scores=scores, threshold=threshold, ctl=ctl, mask=mask, lora=lora)]
+
     def to_f16(self, y: Buffer, x: Buffer, N: int) -> Dispatch:
         """y (u32 words) ← float16 pairs of x[N]."""
         return self._elementwise("to_f16", -(-N // 2), dict(N=N), x=x, y=y)
@@ -828,8 +883,10 @@ class Ops:
         """y (+)= x · mask / (1 − p), the mask drawn from (step[5] seed, stream)."""
         return self._elementwise("dropout", N, dict(N=N, p=p, stream=stream, accumulate=int(accumulate)), x=x, step=step, y=y)
 
-    def lora_init(self, A: Buffer, offset: int, N: int, fan_in: int, seed: int) -> Dispatch:
-        return self._elementwise("lora_init", N, dict(N=N, offset=offset, seed=seed, bound=1.0 / math.sqrt(fan_in)), A=A)
+    def lora_init(self, A: Buffer, offset: int, N: int, fan_in: int, seed: int, std: float = 0.0) -> Dispatch:
+        """A[offset : offset + N] seeded: U(±1/√fan_in), or with std > 0 N(0, std²)."""
+        return self._elementwise("lora_init", N, dict(N=N, offset=offset, seed=seed, bound=1.0 / math.sqrt(fan_in),
+                                                      sigma=std), A=A)
 
 
 async def measure_subgroup_size(device: Device, library: KernelLibrary) -> int:

@@ -248,10 +248,13 @@ def _pcg(v: np.ndarray) -> np.ndarray:
     return ((word >> np.uint64(22)) ^ word) & mask
 
 
-def lora_init(offset: int, N: int, fan_in: int, seed: int) -> np.ndarray:
+def lora_init(offset: int, N: int, fan_in: int, seed: int, std: float = 0.0) -> np.ndarray:
     """The values wgsl/lora_init.wgsl writes at [offset, offset + N)."""
     r = _pcg(_pcg(np.array([seed], np.uint64)) ^ (np.uint64(offset) + np.arange(N, dtype=np.uint64)))
     u = (r >> np.uint64(8)).astype(np.float32) / np.float32(16777216.0)
+    if std > 0:
+        u1 = ((_pcg(r) >> np.uint64(8)).astype(np.float32) + np.float32(1.0)) / np.float32(16777216.0)
+        return (np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u) * std).astype(np.float32)
     return ((np.float32(2.0) * u - np.float32(1.0)) * np.float32(1.0 / np.sqrt(fan_in))).astype(np.float32)
 
 

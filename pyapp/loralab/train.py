@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .data.batches import BatchOrder, Sequence, make_batch
 from .errors import UsageError, UserError
 from .gpu.device import Copy, Device, Recording, Timestamp
-from .lora import LoraState
+from .lora import LoraState, adalora_control
 from .model.transformer import Transformer
 from .ops import Ops
 
@@ -106,15 +106,50 @@ class Trainer:
         # GPU timestamps at the start of each reporting window and the end of each step, for each
         # step's own throughput (None without timestamp-query: the window's average is used).
         self.timer = device.create_timer(n + 1)
+        if lora.adaptive:
+            self._adalora_buffers()
         self.tokens_seen = 0
         self.history: list[dict] = []
         self._recorded: dict[bool, Recording] = {}
         self._optimizer_cmds = Recording(self._optimizer())
 
+    def _adalora_buffers(self) -> None:
+        """AdaLoRA's training state: the importance's moving averages (flat, like the adapter), the
+        triplet scores, the threshold, the Gram matrices and norms of the regulariser, its history,
+        and `ctl` (update, mask mode, k: adalora_control) written before each step."""
+        lora, device, n = self.lora, self.device, self.config.report_every
+        self.ada = {"ema": device.create_buffer(lora.nbytes, label="adalora.ema"),
+                    "unc": device.create_buffer(lora.nbytes, label="adalora.unc"),
+                    "scores": device.create_buffer(4 * lora.triplets, label="adalora.scores"),
+                    "threshold": device.create_buffer(16, label="adalora.threshold"),
+                    "gram": device.create_buffer(4 * lora.M * 2 * lora.R * lora.R, label="adalora.gram"),
+                    "fro": device.create_buffer(4 * lora.M * 2, label="adalora.fro"),
+                    "orth_hist": device.create_buffer(4 * n, label="orth_reg_history"),
+                    "ctl": device.create_buffer(16, label="adalora.ctl")}
+        # A pruned adapter (imported with PEFT's rank_pattern) keeps its ranks: no more allocation.
+        self.ada_total = lora.config.total_step or self.total_steps
+        self.ada_pruned = bool(lora.config.rank_pattern)
+        if not self.ada_pruned and self.ada_total - lora.config.tfinal <= lora.config.tinit:
+            raise UsageError(f"adaptive: tinit {lora.config.tinit} and tfinal {lora.config.tfinal} leave no steps of "
+                             f"{self.ada_total} for pruning; lower them or train longer")
+
+    def ada_control(self, step: int) -> tuple[int, int, int, int]:
+        """adalora_control for 0-based step `step` of this run ((0, 0, 0, budget) once pruned)."""
+        lora = self.lora
+        if self.ada_pruned:
+            return 0, 0, 0, lora.triplets
+        return adalora_control(lora.config, step, self.ada_total, lora.triplets, lora.M)
+
+    def rank_at(self, step: int) -> float:
+        """The rank shown for 0-based step `step`: the schedule's, or AdaLoRA's mean rank after it."""
+        if not self.lora.adaptive:
+            return self.lora.rank_now(step)
+        return round(self.ada_control(step)[3] / self.lora.M, 2)
+
     def release(self) -> None:
         """Free the trainer's own buffers (the model's and the adapter's belong to the caller)."""
         for buf in (self.step_buf, self.loss_hist, self.norm_hist, self.clip, self.partial, self.last_good,
-                    self.eval_hist):
+                    self.eval_hist, *getattr(self, "ada", {}).values()):
             self.device.destroy_buffer(buf)
         if self.timer is not None:
             self.device.destroy_timer(self.timer)
@@ -122,7 +157,8 @@ class Trainer:
     # -- recording ----------------------------------------------------------------------------
     def _optimizer(self) -> list:
         c, ops, lora = self.config, self.ops, self.lora
-        cmds = ops.grad_norm(self.clip, self.partial, lora.grads, self.step_buf, self.loss_hist, lora.numel,
+        pre, post = self._adalora_commands() if lora.adaptive else ([], [])
+        cmds = pre + ops.grad_norm(self.clip, self.partial, lora.grads, self.step_buf, self.loss_hist, lora.numel,
                              c.max_grad_norm)
         if c.optimizer == "adamw":
             cmds.append(ops.adamw(lora.params, lora.m, lora.v, lora.grads, self.step_buf, self.clip, self.last_good,
@@ -130,7 +166,23 @@ class Trainer:
         else:
             cmds.append(ops.sgd(lora.params, lora.grads, self.step_buf, self.clip, self.last_good, lora.numel,
                                 weight_decay=c.weight_decay))
-        return cmds
+        return cmds + post
+
+    def _adalora_commands(self) -> tuple[list, list]:
+        """AdaLoRA around the optimizer (PEFT's order): before it, B's and E's gradients from the
+        model's and the orthogonality regulariser's gradient (and value); after it, the importance
+        update and the pruning that adalora_control asks of this step (through `ctl`)."""
+        ops, lora, a, cfg = self.ops, self.lora, self.ada, self.lora.config
+        pre = [ops.adalora_grad(lora.grads, lora.params, lora.table, lora.M, lora.R)]
+        if cfg.orth_reg_weight > 0:
+            pre += ops.orth_reg(lora.grads, a["fro"], a["gram"], lora.params, lora.table, self.step_buf, lora.M, lora.R,
+                                lora.max_rows, cfg.orth_reg_weight)
+        pre.append(ops.orth_sum(a["orth_hist"], a["fro"], self.step_buf, lora.M, cfg.orth_reg_weight))
+        post = [ops.ada_ipt(a["ema"], a["unc"], lora.params, lora.grads, self.clip, a["ctl"], lora.numel,
+                            cfg.ada_beta1, cfg.ada_beta2),
+                *ops.ada_prune(lora.params, lora.mask, a["scores"], a["threshold"], a["ema"], a["unc"], a["ctl"],
+                               lora.table, lora.M, lora.R, lora.triplets)]
+        return pre, post
 
     def _write_step(self, lr: float, t: int, grad_scale: float, slot: int, micro: int) -> None:
         """The Step struct (wgsl/include/step.wgsl), written before each micro-batch's submit
@@ -180,6 +232,9 @@ class Trainer:
         epoch = self.order.epoch + self.order.index / self.order.count
         n_targets = sum(n for _, _, n in batches)
         lr = lr_at(self.config, self.step, self.total_steps)
+        if self.lora.adaptive:
+            update, mode, k, _ = self.ada_control(self.step)
+            self.device.write_buffer(self.ada["ctl"], struct.pack("<4I", update, mode, k, 0))
         for micro, (ids, targets, _) in enumerate(batches):
             self._write_step(lr, self.step + 1, 1.0 / max(1, n_targets), slot, micro)
             self.model.write_batch(ids, targets)
@@ -232,6 +287,8 @@ class Trainer:
             steps = [self.run_step(slot) for slot in range(window)]
             losses = struct.unpack(f"<{window}f", await self.device.read_buffer(self.loss_hist, 0, 4 * window))
             norms = struct.unpack(f"<{window}f", await self.device.read_buffer(self.norm_hist, 0, 4 * window))
+            orth = (struct.unpack(f"<{window}f", await self.device.read_buffer(self.ada["orth_hist"], 0, 4 * window))
+                    if self.lora.adaptive else None)
             elapsed = time.perf_counter() - started
             seconds = await self._step_seconds(window, elapsed)
             tokens_per_step = c.batch_size * c.seq_len * c.grad_accum
@@ -244,8 +301,10 @@ class Trainer:
                     "kind": "train", "step": first + i + 1, "total_steps": self.total_steps, "loss": loss,
                     "lr": lr_at(c, first + i, self.total_steps), "grad_norm": norms[i], "targets": count,
                     "tokens": (first + i + 1) * tokens_per_step, "tokens_per_s": tokens_per_step / seconds[i],
-                    "epoch": epoch, "rank": self.lora.rank_now(first + i),
+                    "epoch": epoch, "rank": self.rank_at(first + i),
                 }
+                if orth is not None:  # AdaLoRA: the regulariser added to the loss, on its own
+                    record["orth_reg"] = orth[i]
                 self.history.append(record)
                 if on_report:
                     on_report(record)
@@ -268,15 +327,24 @@ class Trainer:
         the adapter, AdamW's moments, the step, the data order position and the history."""
         from dataclasses import asdict
 
-        buffers = {name: await self.device.read_buffer(buf) for name, buf in
-                   (("params", self.lora.params), ("m", self.lora.m), ("v", self.lora.v))}
+        buffers = {name: await self.device.read_buffer(buf) for name, buf in self._state_buffers()}
         meta = {"step": self.step, "order": self.order.state(), "train": asdict(self.config),
                 "lora": {**asdict(self.lora.config), "targets": list(self.lora.config.targets)},
                 "history": self.history, "tokens_seen": self.tokens_seen}
         return meta, buffers
 
+    def _state_buffers(self) -> list[tuple[str, object]]:
+        """The GPU buffers a checkpoint holds: the adapter and AdamW's moments (AdaLoRA: and its
+        importance averages and mask)."""
+        out = [("params", self.lora.params), ("m", self.lora.m), ("v", self.lora.v)]
+        if self.lora.adaptive:
+            out += [("ada_ema", self.ada["ema"]), ("ada_unc", self.ada["unc"]), ("ada_mask", self.lora.mask)]
+        return out
+
     def restore(self, meta: dict, buffers: dict[str, bytes]) -> None:
-        for name, buf in (("params", self.lora.params), ("m", self.lora.m), ("v", self.lora.v)):
+        for name, buf in self._state_buffers():
+            if name not in buffers:
+                raise UsageError(f"checkpoint lacks {name} (it was saved by a run of another rank schedule)")
             if len(buffers[name]) != buf.size:
                 raise UsageError(f"checkpoint {name} holds {len(buffers[name])} bytes; this adapter needs {buf.size}")
             self.device.write_buffer(buf, buffers[name])

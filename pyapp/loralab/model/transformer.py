@@ -401,7 +401,7 @@ class Transformer:
         if r:
             for m in ATTENTION_INPUTS:
                 cmds.extend(ops.matmul(a.u[m], a.xn1, self.lora.param(layer, m, "A"), T, r, C))
-            plus = Product(a.u_qkv, self.lora.params, 3 * r, alpha=self.lora.scaling(layer, "q_proj"))
+            plus = Product(a.u_qkv, self.lora.b_source, 3 * r, alpha=self.lora.scaling(layer, "q_proj"))
         cmds.extend(ops.matmul(a.qkv, a.xn1, weight, T, N, C, plus=plus, blocks=blocks))
         if self._has_bias("q_proj"):
             for m, y in zip(ATTENTION_INPUTS, (a.q, a.k, a.v)):
@@ -474,10 +474,13 @@ class Transformer:
         With a KV cache (generation, B = 1): only the first `rows` tokens, at positions
         start…start+rows−1 (written to `pos` by the caller), attending to the cache.
         `step` marks a training pass: LoRA dropout draws its masks from step's seed. `norms`:
-        DoRA's weight norms are computed first (False: the adapter has not changed since)."""
+        DoRA's weight norms (AdaLoRA's B · diag E) are computed first (False: the adapter has not
+        changed since)."""
         cfg, T = self.config, rows or self.T
         cmds: list = []
         if norms:
+            if self.lora:
+                cmds += self.lora.apply_dispatches(self.ops)
             self._dora_norms(cmds)
         cmds += [self.ops.embedding(self.res[0], self.ids, self.w["model.embed_tokens.weight"], T, cfg.hidden_size,
                                          cfg.vocab_size, cfg.embed_scale)]
