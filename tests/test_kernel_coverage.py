@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ATTENTION = ("attention", "ref.attention", "tests/test_ops.py::test_attention_forward_and_backward")
 ATTENTION_BACKWARD = ("attention_backward", "ref.attention_backward", "tests/test_ops.py::test_attention_forward_and_backward")
 MATMUL = "ref.matmul"
+ADALORA = "tests/test_ops.py::test_adalora_kernels_like_numpy"
 # kernel file: (Ops method, numpy twin or "-- why none", the test that checks it)
 KERNELS = {
     "adamw": ("adamw", "ref.adamw", "tests/test_ops.py::test_adamw_steps"),
@@ -65,6 +66,15 @@ KERNELS = {
                       "tests/gpu/test_device.py::test_the_subgroup_probe_measures_a_power_of_two"),
     "glu": ("glu", "ref.glu", "tests/test_ops.py::test_glu_forward_and_backward"),
     "glu_backward": ("glu_backward", "ref.glu_backward", "tests/test_ops.py::test_glu_forward_and_backward"),
+    "adalora_apply": ("adalora_apply", "ref.adalora_apply", ADALORA),
+    "adalora_grad": ("adalora_grad", "ref.adalora_grad", ADALORA),
+    "orth_gram": ("orth_reg", "ref.orth_reg", ADALORA),
+    "orth_grad": ("orth_reg", "ref.orth_reg", ADALORA),
+    "orth_sum": ("orth_sum", "ref.orth_reg", ADALORA),
+    "ada_ipt": ("ada_ipt", "ref.ada_ipt", ADALORA),
+    "ada_score": ("ada_prune", "ref.ada_prune", ADALORA),
+    "ada_kth": ("ada_prune", "ref.ada_prune", ADALORA),
+    "ada_mask": ("ada_prune", "ref.ada_prune", ADALORA),
     "to_f16": ("to_f16", "-- numpy's float16 cast is the reference", "tests/test_ops.py::test_to_f16_rounds_like_numpy"),
 }
 

@@ -759,3 +759,80 @@ def test_lora_init_is_seeded_uniform(ops, arrays):
     bound = 1 / np.sqrt(fan_in)
     assert np.abs(A).max() <= bound and A.std() == pytest.approx(bound / np.sqrt(3), rel=0.05)
     assert not np.array_equal(A, ref.lora_init(offset, N, fan_in, 1235))
+    arrays.submit(ops.lora_init(flat, offset, N, fan_in, seed=99, std=0.02))  # AdaLoRA's N(0, 0.02²)
+    A = arrays.down(flat, (offset + N + 8,))[offset : offset + N]
+    np.testing.assert_allclose(A, ref.lora_init(offset, N, fan_in, 99, std=0.02), rtol=1e-5, atol=1e-7)
+    assert A.mean() == pytest.approx(0.0, abs=2e-3) and A.std() == pytest.approx(0.02, rel=0.05)
+
+
+def test_adalora_kernels_like_numpy(ops, arrays):
+    """AdaLoRA's kernels over a flat adapter of three modules (ranks 3, 3 and 2; one B in two parts,
+    as a fused module's): B · diag(E), the gradients of B and E, the orthogonality regulariser,
+    the importance averages and a budget step's pruning, then the final phase's re-masking."""
+    import struct
+
+    g = rng("adalora")
+    table, at, t_base = [], 0, 0
+    for r, n, parts in ((3, 5, (7,)), (3, 4, (6, 5)), (2, 6, (9,))):
+        row = [at, at + r * n, r, n, 0, 0, 0, 0, 0, 0, t_base, sum(parts)]
+        at += r * n + r
+        for p, rows in enumerate(parts):
+            row[4 + 2 * p], row[5 + 2 * p] = at, rows
+            at += rows * r + 3  # (padding between parts, never touched)
+        table.append(row)
+        t_base += r
+    M, R, N, max_rows = len(table), 3, t_base, 11
+    flat = g.standard_normal(at).astype(np.float32)
+    pads = np.ones(at, bool)
+    for a_off, e_off, r, n, *rest in table:
+        pads[a_off : e_off + r] = False
+        for p in range(3):
+            pads[rest[2 * p] : rest[2 * p] + rest[2 * p + 1] * r] = False
+    flat[pads] = 0.0
+    words = [w for row in table for w in row]
+    tb = arrays.gpu.create_buffer(4 * len(words), label="table")
+    arrays.gpu.write_buffer(tb, struct.pack(f"<{len(words)}I", *words))
+    lora = arrays.up(flat)
+
+    eff = arrays.empty(at)
+    arrays.submit(ops.adalora_apply(eff, lora, tb, M, R))
+    np.testing.assert_allclose(arrays.down(eff, (at,)), ref.adalora_apply(flat, table), rtol=1e-6)
+
+    dflat = g.standard_normal(at).astype(np.float32) * ~pads
+    grads = arrays.up(dflat)
+    arrays.submit(ops.adalora_grad(grads, lora, tb, M, R))
+    expect = ref.adalora_grad(dflat, flat, table)
+    np.testing.assert_allclose(arrays.down(grads, (at,)), expect, rtol=1e-5, atol=1e-6)
+
+    step = arrays.up(np.frombuffer(step_scalars(ops, grad_scale=0.25, slot=2), np.float32))
+    fro, gram, hist = arrays.empty(2 * M), arrays.empty(M * 2 * R * R), arrays.empty(4)
+    arrays.submit(ops.orth_reg(grads, fro, gram, lora, tb, step, M, R, max_rows, 0.5))
+    arrays.submit(ops.orth_sum(hist, fro, step, M, 0.5))
+    expect, ref_fro, value = ref.orth_reg(expect, flat, table, 0.5, 0.25)
+    np.testing.assert_allclose(arrays.down(grads, (at,)), expect, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(arrays.down(fro, (2 * M,)), ref_fro, rtol=1e-5)
+    assert arrays.down(hist, (4,))[2] == pytest.approx(value, rel=1e-5)
+
+    ema0, unc0 = (np.abs(g.standard_normal(at)).astype(np.float32) * ~pads for _ in range(2))
+    ema, unc = arrays.up(ema0), arrays.up(unc0)
+    clip, ctl = arrays.up(np.array([0.0, 0.3, 0.0], np.float32)), arrays.gpu.create_buffer(16, label="ctl")
+    ref_ema, ref_unc = ref.ada_ipt(ema0, unc0, flat, expect, 0.3, 0.85, 0.8)
+    scores, threshold, mask = arrays.empty(N), arrays.empty(4), arrays.up(np.ones(N, np.float32))
+    ref_lora, ref_mask, ref_scores = ref.ada_prune(flat, np.ones(N, np.float32), ref_ema, ref_unc, table, 1, 3)
+    arrays.gpu.write_buffer(ctl, struct.pack("<4I", 1, 1, 3, 0))
+    arrays.submit(ops.ada_ipt(ema, unc, lora, grads, clip, ctl, at, 0.85, 0.8))
+    np.testing.assert_allclose(arrays.down(ema, (at,)), ref_ema, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(arrays.down(unc, (at,)), ref_unc, rtol=1e-5, atol=1e-7)
+    arrays.submit(ops.ada_prune(lora, mask, scores, threshold, ema, unc, ctl, tb, M, R, N))
+    np.testing.assert_allclose(arrays.down(scores, (N,)), ref_scores, rtol=1e-5)
+    np.testing.assert_array_equal(arrays.down(mask, (N,)), ref_mask)
+    assert ref_mask.sum() == N - 3
+    np.testing.assert_array_equal(arrays.down(lora, (at,)), ref_lora)
+
+    revived = ref_lora.copy()  # the optimizer moves pruned values; the final phase prunes them again
+    revived[[row[1] for row in table]] = 9.0
+    arrays.gpu.write_buffer(lora, revived.tobytes())
+    arrays.gpu.write_buffer(ctl, struct.pack("<4I", 0, 2, 0, 0))
+    arrays.submit(ops.ada_prune(lora, mask, scores, threshold, ema, unc, ctl, tb, M, R, N))
+    np.testing.assert_array_equal(arrays.down(lora, (at,)), ref.ada_prune(revived, ref_mask, ref_ema, ref_unc,
+                                                                           table, 2, 0)[0])

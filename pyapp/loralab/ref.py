@@ -316,3 +316,86 @@ def nf4_quantize(x: np.ndarray, block: int = 64) -> tuple[np.ndarray, np.ndarray
 def nf4_dequantize(codes: np.ndarray, absmax: np.ndarray, block: int = 64) -> np.ndarray:
     """NF4 level · absmax of each value's block (bitsandbytes' dequantize_4bit)."""
     return (NF4_LEVELS[codes] * np.repeat(absmax, block)[: codes.size]).astype(np.float32)
+
+
+# -- AdaLoRA (wgsl/adalora_*.wgsl, orth_*.wgsl, ada_*.wgsl) over the flat adapter and its module
+# table (lora.LoraState.adalora_table: rows of [a_off, e_off, r, in, b_off0, rows0, b_off1, rows1,
+# b_off2, rows2, t_base, rows]).
+def _adalora_modules(flat: np.ndarray, table: list[list[int]]):
+    """Per module: (A view [r, in], E view [r], B rows stacked [rows, r] and the B parts' views)."""
+    out = []
+    for a_off, e_off, r, n, *parts_and_rest in table:
+        parts = [(parts_and_rest[2 * p], parts_and_rest[2 * p + 1]) for p in range(3) if parts_and_rest[2 * p + 1]]
+        A = flat[a_off : a_off + r * n].reshape(r, n)
+        E = flat[e_off : e_off + r]
+        Bs = [flat[off : off + rows * r].reshape(rows, r) for off, rows in parts]
+        out.append((A, E, Bs))
+    return out
+
+
+def adalora_apply(lora: np.ndarray, table: list[list[int]]) -> np.ndarray:
+    """The flat buffer with every B replaced by B · diag(E) (the rest zero)."""
+    eff = np.zeros_like(lora)
+    for (_, E, Bs), (_, _, views) in zip(_adalora_modules(lora, table), _adalora_modules(eff, table)):
+        for B, out in zip(Bs, views):
+            out[...] = B * E[None, :]
+    return eff
+
+
+def adalora_grad(grads: np.ndarray, lora: np.ndarray, table: list[list[int]]) -> np.ndarray:
+    """dE = Σ_o dEff ∘ B per column, dB = dEff · diag(E) (A's gradient unchanged)."""
+    out = grads.copy()
+    for (_, E, Bs), (_, dE, dBs) in zip(_adalora_modules(lora, table), _adalora_modules(out, table)):
+        dE[...] = sum((dB * B).sum(axis=0, dtype=np.float64) for dB, B in zip(dBs, Bs)).astype(np.float32)
+        for dB in dBs:
+            dB *= E[None, :]
+    return out
+
+
+def orth_reg(grads: np.ndarray, lora: np.ndarray, table: list[list[int]], weight: float, grad_scale: float):
+    """(grads + the regulariser's gradient / grad_scale, [‖AAᵀ − I‖, ‖BᵀB − I‖] per module, its value)."""
+    out, fro = grads.copy(), []
+    c = weight / (2 * len(table))
+    for (A, _, Bs), (dA, _, dBs) in zip(_adalora_modules(lora, table), _adalora_modules(out, table)):
+        A64, B64 = A.astype(np.float64), np.concatenate(Bs).astype(np.float64)
+        for P, which in ((A64, 0), (B64, 1)):
+            R = (P @ P.T if which == 0 else P.T @ P) - np.eye(P.shape[0] if which == 0 else P.shape[1])
+            f = np.linalg.norm(R)
+            fro.append(f)
+            if f == 0:
+                continue
+            if which == 0:
+                dA += (2 * c / (f * grad_scale) * (R @ A64)).astype(np.float32)
+            else:
+                g, at = 2 * c / (f * grad_scale) * (B64 @ R), 0
+                for dB in dBs:
+                    dB += g[at : at + dB.shape[0]].astype(np.float32)
+                    at += dB.shape[0]
+    return out, np.array(fro, np.float32), np.float32(c * sum(fro))
+
+
+def ada_ipt(ema: np.ndarray, unc: np.ndarray, lora: np.ndarray, grads: np.ndarray, factor: float, beta1: float,
+            beta2: float) -> tuple[np.ndarray, np.ndarray]:
+    """PEFT's RankAllocator.update_ipt over the flat adapter, the gradient times `factor`."""
+    ipt = np.abs(lora * (grads * np.float32(factor)))
+    ema = np.float32(beta1) * ema + np.float32(1 - beta1) * ipt
+    unc = np.float32(beta2) * unc + np.float32(1 - beta2) * np.abs(ipt - ema)
+    return ema.astype(np.float32), unc.astype(np.float32)
+
+
+def ada_prune(lora: np.ndarray, mask: np.ndarray, ema: np.ndarray, unc: np.ndarray, table: list[list[int]],
+              mode: int, k: int):
+    """(lora with pruned E zeroed, mask, scores) as ada_mask leaves them after ada_score and ada_kth
+    (PEFT's mask_to_budget: mode 1; mask_using_rank_pattern: mode 2)."""
+    lora, mask, s = lora.copy(), mask.copy(), ema * unc
+    scores = np.concatenate([
+        s_E + (s_A.mean(axis=1, dtype=np.float64) + np.concatenate(s_Bs).mean(axis=0, dtype=np.float64))
+        for s_A, s_E, s_Bs in _adalora_modules(s, table)]).astype(np.float32)
+    if mode == 1:
+        keep = scores > np.sort(scores)[k - 1] if k else np.ones(len(scores), bool)
+        mask[:] = keep
+    for (_, E, _), (_, _, r, *_rest) in zip(_adalora_modules(lora, table), table):
+        base = _rest[-2]
+        if mode:
+            E[mask[base : base + r] == 0] = 0.0
+    return lora, mask, scores
