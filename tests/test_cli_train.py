@@ -544,3 +544,59 @@ def test_auto_rank_schedule_chooses_the_run_and_it_trains(tmp_path, model_dir, t
     bad = loralab("train", model_dir, tokens_file, "--out", out, "--rank-schedule", "auto", "--time-budget", "soon",
                   ok=False)
     assert bad.returncode == 2 and "time_budget 'soon' is not a duration" in bad.stderr
+
+
+def test_adaptive_rank_trains_exports_peft_adalora_and_plain_lora(tmp_path, model_dir, tokens_file):
+    """--rank-schedule adaptive: the metrics carry each step's mean rank and orth_reg; the CLI ends
+    with the rank map; the adapter is PEFT's AdaLoRA (pruned tensors, rank_pattern) and PEFT's
+    evaluation of it equals `loralab eval` (≤ 1e-4), as does the plain-LoRA export's (rank_pattern);
+    a run stopped and resumed equals the straight run; training continues from the pruned adapter."""
+    import peft
+    from safetensors.numpy import load_file
+
+    common = ["--steps", 10, "--batch-size", 3, "--seq-len", 16, "--lr", 3e-2, "--rank", 6, "--alpha", 8,
+              "--rank-schedule", "adaptive", "--target-r", 3, "--tinit", 2, "--tfinal", 3, "--report-every", 3]
+    out = tmp_path / "ada"
+    done = loralab("train", model_dir, tokens_file, "--out", out, "--metrics", tmp_path / "m.jsonl", *common)
+    metrics = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [m["rank"] for m in metrics][:3] == [6, 6, 6] and metrics[-1]["rank"] == 3
+    assert all(m["orth_reg"] > 0 for m in metrics)
+    rank_map = next(json.loads(line) for line in done.stderr.splitlines() if '"rank_map"' in line)["ranks"]
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "ADALORA" and (config["init_r"], config["target_r"], config["total_step"]) == (6, 3, 10)
+    assert {k.removesuffix(".lora_E"): sum(v) for k, v in config["rank_pattern"].items()} == rank_map
+    assert sum(rank_map.values()) == 3 * len(rank_map)
+    tensors = load_file(out / "adapter_model.safetensors")
+    for name, k in rank_map.items():
+        assert tensors[f"base_model.model.{name}.lora_E"].shape == (k, 1)
+        assert tensors[f"base_model.model.{name}.lora_B"].shape[1] == k
+
+    ours = json.loads(loralab("eval", model_dir, tokens_file, "--adapter", out, "--seq-len", 16).stdout)
+    with_adapter = peft.PeftModel.from_pretrained(hf.load_hf(model_dir), str(out)).eval()
+    loss, count = peft_loss(with_adapter, tokens_file)
+    assert ours["tokens"] == count and ours["loss"] == pytest.approx(loss, abs=1e-4)
+    plain = tmp_path / "plain"
+    loralab("export", out, "--to", "lora", "--model", model_dir, "--out", plain)
+    plain_config = json.loads((plain / "adapter_config.json").read_text())
+    assert plain_config["peft_type"] == "LORA"
+    assert plain_config["rank_pattern"] == {name: max(1, k) for name, k in rank_map.items()}
+    as_lora = peft.PeftModel.from_pretrained(hf.load_hf(model_dir), str(plain)).eval()
+    assert peft_loss(as_lora, tokens_file)[0] == pytest.approx(loss, abs=1e-4)
+
+    ckpt = tmp_path / "ckpt"
+    loralab("train", model_dir, tokens_file, "--out", tmp_path / "half", "--metrics", tmp_path / "split.jsonl",
+            "--checkpoint-dir", ckpt, "--save-every", 4, "--stop-after", 4, *common)
+    loralab("train", model_dir, tokens_file, "--out", tmp_path / "resumed", "--metrics", tmp_path / "split.jsonl",
+            "--resume", ckpt, *common)
+    split = [json.loads(line) for line in (tmp_path / "split.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([m["loss"] for m in split], [m["loss"] for m in metrics], rtol=1e-5)
+    resumed = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    for key, value in tensors.items():
+        np.testing.assert_allclose(resumed[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+
+    again = tmp_path / "again"
+    loralab("train", model_dir, tokens_file, "--out", again, "--steps", 2, "--batch-size", 3, "--seq-len", 16,
+            "--lr", 1e-2, "--adapter", out)
+    continued = json.loads((again / "adapter_config.json").read_text())
+    assert continued["peft_type"] == "ADALORA" and continued["rank_pattern"] == config["rank_pattern"]
+    peft.PeftModel.from_pretrained(hf.load_hf(model_dir), str(again))

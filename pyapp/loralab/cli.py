@@ -179,6 +179,9 @@ async def cmd_train(args) -> int:
         if metrics:
             metrics.close()
     save_adapter(args.out, await s.peft_files())
+    ranks = await s.rank_map()
+    if ranks is not None:  # rank_schedule adaptive: the ranks the pruning left per module
+        print(json.dumps({"event": "rank_map", "ranks": ranks}), file=sys.stderr)
     if failure:
         print(f"loralab: {failure}; the adapter in {args.out} is that last good one", file=sys.stderr)
         return 3
@@ -304,14 +307,20 @@ async def cmd_bench(args) -> int:
 
 
 async def cmd_export(args) -> int:
-    """An adapter as llama.cpp GGUF-LoRA, or merged into the base model as a Hugging Face folder
-    (or, with --quantize, as a GGUF file re-quantized)."""
+    """An adapter as llama.cpp GGUF-LoRA, merged into the base model as a Hugging Face folder (or,
+    with --quantize, as a GGUF file re-quantized) or ONNX, or as plain PEFT LoRA."""
     s = await open_session(args.model, args.hub_endpoint)
     if args.quantize:
         if args.to != "merged":
             raise UsageError("--quantize goes with --to merged")
         s.gguf_base()
     import_adapter(s, args.adapter_dir)
+    if args.to == "lora":
+        from .formats.peft import save_adapter
+
+        save_adapter(args.out, await s.peft_files(plain=True))
+        print(json.dumps({"event": "exported", "to": "lora", "out": args.out}), file=sys.stderr)
+        return 0
     if args.to == "gguf":
         data = await s.gguf_adapter()
         with open(args.out, "wb") as f:
@@ -470,9 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="an adapter as llama.cpp GGUF-LoRA, or merged into the base model (a folder, "
                                       "a re-quantized GGUF or ONNX)")
     x.add_argument("adapter_dir", help="a PEFT adapter folder or .zip")
-    x.add_argument("--to", choices=["gguf", "merged", "onnx"], required=True,
+    x.add_argument("--to", choices=["gguf", "merged", "onnx", "lora"], required=True,
                    help="gguf: a llama.cpp GGUF-LoRA file; merged: a Hugging Face folder with the adapter merged "
-                        "in; onnx: a folder for transformers.js / onnxruntime (onnx/model.onnx, onnx/model_q4.onnx)")
+                        "in; onnx: a folder for transformers.js / onnxruntime (onnx/model.onnx, onnx/model_q4.onnx); "
+                        "lora: a plain PEFT LoRA folder (an AdaLoRA adapter's ranks as its rank_pattern)")
     x.add_argument("--onnx-dtype", choices=list(ONNX_DTYPES), default="both",
                    help="with --to onnx: float32 (model.onnx), 4-bit MatMulNBits (model_q4.onnx) or both")
     x.add_argument("--model", required=True, help="the base model the adapter was trained on")

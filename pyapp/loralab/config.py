@@ -510,9 +510,12 @@ class LoraConfig:
             object.__setattr__(self, name, tuple((str(k), v) for k, v in pairs))
         integer(self.r, "LoRA rank r", UsageError, 1, MAX_RANK)
         number(self.alpha, "lora_alpha", UsageError)
+        if self.rank_schedule == "adaptive" and not self.target_r:  # (PEFT's defaults: 8 of 12)
+            object.__setattr__(self, "target_r", max(1, round(self.r * 2 / 3)))
         for key, value in self.rank_pattern:
-            compile_key(key, "rank_pattern")
-            integer(value, f"rank_pattern {key!r}: the rank", UsageError, 1, MAX_RANK)
+            compile_key(key, "rank_pattern")  # (AdaLoRA prunes a module to rank 0)
+            integer(value, f"rank_pattern {key!r}: the rank", UsageError, 0 if self.rank_schedule == "adaptive" else 1,
+                    MAX_RANK)
         for key, value in self.alpha_pattern:
             compile_key(key, "alpha_pattern")
             number(value, f"alpha_pattern {key!r}: lora_alpha", UsageError)
@@ -571,6 +574,11 @@ class LoraConfig:
         return default if key is None else dict(pattern)[key]
 
     def rank(self, layer: int, module: str) -> int:
+        """The module's rank on the GPU (an AdaLoRA module pruned to 0 keeps one zero triplet)."""
+        return max(1, self.stored_rank(layer, module)) if self.adaptive else self.stored_rank(layer, module)
+
+    def stored_rank(self, layer: int, module: str) -> int:
+        """The module's rank as its adapter file stores it."""
         return int(self._match(self.rank_pattern, layer, module, self.r))
 
     def scaling_for(self, layer: int, module: str) -> float:

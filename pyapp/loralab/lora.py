@@ -274,6 +274,8 @@ class LoraState:
         """Write float32 tensors {peft_key: raw bytes} (as read from an adapter) into the parameters
         (a fused module's B split into its parts' rows)."""
         for key, data in state.items():
+            if not data:  # (an AdaLoRA module pruned to rank 0: its one triplet stays zero)
+                continue
             at = 0
             for t in self.parts[key]:
                 self.device.write_buffer(self.params, data[at : at + t.numel * 4], t.offset)
@@ -292,6 +294,38 @@ class LoraState:
     async def read_state(self) -> dict[str, tuple[tuple[int, int], bytes]]:
         """{peft_key: (shape, float32 bytes)} of the current parameters: one readback."""
         return self.peft_tensors(await self.device.read_buffer(self.params))
+
+    async def read_pruned(self) -> tuple[LoraConfig, dict[str, tuple[tuple[int, ...], bytes]]]:
+        """The adapter as its file keeps it: for AdaLoRA, each module's kept triplets only (the
+        rows of A and E and the columns of B the mask keeps, as PEFT's save resizes them), with
+        the ranks left as the config's rank_pattern; other adapters as read_state."""
+        import dataclasses
+        import struct
+
+        from .config import module_name
+
+        state = await self.read_state()
+        if not self.adaptive:
+            return self.config, state
+        mask = struct.unpack(f"<{self.triplets}f", await self.device.read_buffer(self.mask))
+        out, pattern, at = {}, [], 0
+        for layer, module in self.modules:
+            r = self.rank(layer, module)
+            keep = [i for i in range(r) if mask[at + i] != 0.0 and i < self.config.stored_rank(layer, module)]
+            at += r
+            pattern.append((module_name(layer, module), len(keep)))
+            base = f"base_model.model.{module_name(layer, module)}"
+            for kind in "AEB":
+                shape, data = state[f"{base}.lora_{kind}.weight"]
+                rows, cols = shape
+                if kind == "B":  # columns
+                    words = struct.unpack(f"<{rows * cols}f", data)
+                    picked = [words[o * cols + i] for o in range(rows) for i in keep]
+                    out[f"{base}.lora_B.weight"] = ((rows, len(keep)), struct.pack(f"<{len(picked)}f", *picked))
+                else:  # rows
+                    out[f"{base}.lora_{kind}.weight"] = ((len(keep), cols),
+                                                         b"".join(data[i * cols * 4 : (i + 1) * cols * 4] for i in keep))
+        return dataclasses.replace(self.config, rank_pattern=tuple(pattern)), out
 
     def zero_optimizer(self) -> None:
         zeros = bytes(self.nbytes)

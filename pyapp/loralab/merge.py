@@ -64,6 +64,7 @@ def _merged_matrix(device: Device, ops: Ops, config: ModelConfig, name: str, buf
         buf = plain
     site = _lora_site(name)
     if site is not None and lora is not None and lora.has(*site):
+        device.submit(lora.apply_dispatches(ops))  # (AdaLoRA: B · diag(E) from the parameters as they are)
         layer, module = site
         out_f, in_f = config.projection_shape(module)
         r, scale = lora.rank(layer, module), lora.scaling(layer, module)

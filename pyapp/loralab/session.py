@@ -455,7 +455,7 @@ class Session:
     async def adapter_state(self) -> tuple[LoraConfig, dict, list[dict]]:
         """(config, {peft key: (shape, f32 bytes)}, history) of the current adapter."""
         if self.run is not None:
-            return self.run.lora.config, await self.run.lora.read_state(), self.run.history
+            return (*await self.run.lora.read_pruned(), self.run.history)
         if self.imported is not None:
             return (*self.imported, [])
         raise UsageError("train or import an adapter first")
@@ -665,13 +665,16 @@ class Session:
         return Generation(tok.decode(out), out, len(ids), time.perf_counter() - started)
 
     # -- exports -----------------------------------------------------------------------------------------------
-    async def peft_files(self) -> dict[str, bytes]:
+    async def peft_files(self, plain: bool = False) -> dict[str, bytes]:
         """The adapter as a PEFT folder: adapter_model.safetensors (with the run's history in its
-        metadata), adapter_config.json naming the base model, and a README.md model card."""
-        from .formats.peft import adapter_files, model_card
+        metadata), adapter_config.json naming the base model, and a README.md model card. An
+        AdaLoRA adapter is PEFT's AdaLoRA, or with `plain` LoRA with its ranks as rank_pattern."""
+        from .formats.peft import adalora_as_lora, adapter_files, model_card
 
         model = self.need_model()
         lora_config, state, history = await self.adapter_state()
+        if plain and lora_config.adaptive:
+            lora_config, state = adalora_as_lora(lora_config, state)
         base_model, revision = model.reference
         files = adapter_files(state, lora_config, base_model,
                               {"loralab_history": json.dumps(history[-HISTORY_KEPT:])}, revision)
@@ -684,9 +687,24 @@ class Session:
         """The adapter as a llama.cpp GGUF-LoRA file."""
         from .model.gguf_model import gguf_lora
 
+        from .formats.peft import adalora_as_lora
+
         model = self.need_model()
         lora_config, state, _ = await self.adapter_state()
+        if lora_config.adaptive:  # (llama.cpp's LoRA is B · A: AdaLoRA's as plain LoRA)
+            lora_config, state = adalora_as_lora(lora_config, state)
         return gguf_lora(state, lora_config, model.config, model.name)
+
+    async def rank_map(self) -> dict[str, int] | None:
+        """An adaptive run's ranks left per module {module name: rank} (None for other runs)."""
+        from .config import module_name
+
+        lora = self.adapter()
+        if lora is None or not lora.adaptive:
+            return None
+        if self.run is None:  # an imported AdaLoRA adapter: its stored ranks
+            return {module_name(l, m): lora.config.stored_rank(l, m) for l, m in lora.modules}
+        return {module_name(l, m): k for (l, m), k in (await lora.ranks()).items()}
 
     def merged_folder_files(self) -> dict[str, bytes]:
         """The merged model folder's small files (config, generation config, tokenizer)."""

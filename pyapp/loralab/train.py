@@ -127,7 +127,11 @@ class Trainer:
                     "orth_hist": device.create_buffer(4 * n, label="orth_reg_history"),
                     "ctl": device.create_buffer(16, label="adalora.ctl")}
         # A pruned adapter (imported with PEFT's rank_pattern) keeps its ranks: no more allocation.
-        self.ada_total = lora.config.total_step or self.total_steps
+        if not lora.config.total_step:  # (the schedule's span, kept with the adapter as PEFT's total_step)
+            import dataclasses
+
+            lora.config = dataclasses.replace(lora.config, total_step=self.total_steps)
+        self.ada_total = lora.config.total_step
         self.ada_pruned = bool(lora.config.rank_pattern)
         if not self.ada_pruned and self.ada_total - lora.config.tfinal <= lora.config.tinit:
             raise UsageError(f"adaptive: tinit {lora.config.tinit} and tfinal {lora.config.tfinal} leave no steps of "

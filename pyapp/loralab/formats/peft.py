@@ -34,16 +34,17 @@ CONFIG_FILE = "adapter_config.json"
 ADAPTER_MEMBERS = (ADAPTER_FILE, CONFIG_FILE, "adapter_model.bin")
 MAX_ADAPTER_BYTES = 1 << 30  # an r = 64 adapter of a 7B model is about 640 MB
 KEY = re.compile(r"^base_model\.model\.(?:model\.layers|transformer\.h)\.(\d+)\.(self_attn|mlp|attn)\.(\w+)"
-                 r"\.(?:lora_([AB])(?:\.default)?\.weight|lora_magnitude_vector(?:\.default)?(?:\.weight)?)$")
+                 r"\.(?:lora_([AB])(?:\.default)?\.weight|lora_magnitude_vector(?:\.default)?(?:\.weight)?"
+                 r"|lora_([ABE])(?:\.default)?)$")  # (the last: AdaLoRA's, parameters without .weight)
 
 
 def parse_key(key: str) -> tuple[int, str, str] | None:
-    """(layer, module, "A", "B" or DoRA's magnitude "M") of an adapter tensor's key, the module as
+    """(layer, module, "A", "B", DoRA's magnitude "M" or AdaLoRA's "E") of an adapter tensor's key, the module as
     MODULES names it, or None when the key is not one of a supported module."""
     m = KEY.match(key)
     if not m:
         return None
-    layer, block, module, kind = int(m.group(1)), m.group(2), m.group(3), m.group(4) or "M"
+    layer, block, module, kind = int(m.group(1)), m.group(2), m.group(3), m.group(4) or m.group(5) or "M"
     module = f"{block}.c_proj" if module == "c_proj" else module
     if module not in MODULES or not key.startswith(f"base_model.model.{module_name(layer, module)}.lora_"):
         return None
@@ -59,6 +60,8 @@ def adapter_config(lora: LoraConfig, base_model: str, revision: str | None = Non
     if {"attn.c_proj", "mlp.c_proj"} <= set(targets):  # GPT-2's both c_proj, as PEFT users name them
         targets = [t for t in targets if t != "mlp.c_proj"]
         targets[targets.index("attn.c_proj")] = "c_proj"
+    if lora.adaptive:
+        return adalora_config(lora, targets, base_model, revision)
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -81,11 +84,62 @@ def adapter_config(lora: LoraConfig, base_model: str, revision: str | None = Non
     }
 
 
+def adalora_config(lora: LoraConfig, targets: list[str], base_model: str, revision: str | None) -> dict:
+    """PEFT's AdaLoraConfig of an adaptive adapter (LoraState.read_pruned): rank_pattern as PEFT
+    keeps it, a mask over the init_r triplets per module (its kept ones first: the saved tensors
+    hold only those, so their places among the init_r do not matter to PEFT's load)."""
+    pattern = {f"{key}.lora_E": [True] * int(k) + [False] * (lora.r - int(k)) for key, k in lora.rank_pattern}
+    return {
+        "peft_type": "ADALORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "revision": revision, "r": lora.r, "init_r": lora.r, "target_r": lora.target_r, "tinit": lora.tinit,
+        "tfinal": lora.tfinal, "deltaT": lora.delta_t, "beta1": lora.ada_beta1, "beta2": lora.ada_beta2,
+        "orth_reg_weight": lora.orth_reg_weight, "total_step": lora.total_step, "lora_alpha": lora.alpha,
+        "target_modules": targets, "lora_dropout": lora.dropout, "bias": "none",
+        "fan_in_fan_out": any(t in GPT2_SITES for t in lora.targets), "use_rslora": False, "use_dora": False,
+        "modules_to_save": None, "init_lora_weights": True, "inference_mode": True,
+        "rank_pattern": pattern or None, "alpha_pattern": dict(lora.alpha_pattern), "layers_to_transform": None,
+    }
+
+
+def adalora_as_lora(lora: LoraConfig, state: dict) -> tuple[LoraConfig, dict]:
+    """An AdaLoRA adapter (read_pruned's) as plain LoRA with the same update: per module of rank
+    k, A' = diag(E) · A and B' = B · lora_alpha / (init_r + 1e-5), with r = lora_alpha = k in
+    rank_pattern and alpha_pattern (scaling 1). A module pruned to rank 0 becomes rank 1 of zeros
+    (LoRA has no rank 0)."""
+    import struct
+
+    out, ranks = {}, []
+    for key, (shape, data) in state.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        base = key.removesuffix(".lora_A.weight")
+        k, cols = shape
+        e = struct.unpack(f"<{k}f", state[f"{base}.lora_E.weight"][1])
+        a = struct.unpack(f"<{k * cols}f", data)
+        (rows, _), b_data = state[f"{base}.lora_B.weight"]
+        b = struct.unpack(f"<{rows * k}f", b_data)
+        scale = lora.scaling_for(0, "q_proj")  # (one for every module: lora_alpha / (init_r + 1e-5))
+        if k == 0:
+            out[key] = ((1, cols), bytes(4 * cols))
+            out[f"{base}.lora_B.weight"] = ((rows, 1), bytes(4 * rows))
+        else:
+            out[key] = ((k, cols), struct.pack(f"<{k * cols}f", *(a[i * cols + j] * e[i] for i in range(k)
+                                                                    for j in range(cols))))
+            out[f"{base}.lora_B.weight"] = ((rows, k), struct.pack(f"<{rows * k}f", *(v * scale for v in b)))
+        ranks.append((base.removeprefix("base_model.model."), max(1, k)))
+    r = max(k for _, k in ranks)
+    plain = LoraConfig(r=r, alpha=float(r), targets=lora.targets, dropout=lora.dropout, rank_pattern=tuple(ranks),
+                       alpha_pattern=tuple((name, float(k)) for name, k in ranks))
+    return plain, out
+
+
 def adapter_files(state: dict[str, tuple[tuple[int, int], bytes]], lora: LoraConfig, base_model: str,
                   metadata: dict[str, str] | None = None, revision: str | None = None) -> dict[str, bytes]:
-    """{file name: bytes} of a PEFT adapter from LoraState.read_state(); `base_model` and
-    `revision` as model.identity.base_model_reference gives them."""
-    tensors = {key: ("F32", shape, data) for key, (shape, data) in state.items()}
+    """{file name: bytes} of a PEFT adapter from LoraState.read_pruned(); `base_model` and
+    `revision` as model.identity.base_model_reference gives them. AdaLoRA's parameters are saved
+    without ".weight", as PEFT saves them."""
+    tensors = {(key.removesuffix(".weight") if lora.adaptive else key): ("F32", shape, data)
+               for key, (shape, data) in state.items()}
     return {
         ADAPTER_FILE: serialize(tensors, {"format": "pt", **(metadata or {})}),
         CONFIG_FILE: json.dumps(adapter_config(lora, base_model, revision), indent=2).encode(),
@@ -146,20 +200,36 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
         raise AdapterError(f"{source}: {CONFIG_FILE} is missing (it holds r, lora_alpha and target_modules)")
     where = f"{source}/{CONFIG_FILE}"
     raw = loads(files[CONFIG_FILE], where, AdapterError, unique=True)
-    if not isinstance(raw, dict) or raw.get("peft_type", "LORA") != "LORA":
-        raise AdapterError(f"{where}: not a LoRA adapter config (peft_type {short(raw.get('peft_type')) if isinstance(raw, dict) else '?'})")
+    if not isinstance(raw, dict) or raw.get("peft_type", "LORA") not in ("LORA", "ADALORA"):
+        raise AdapterError(f"{where}: not a LoRA or AdaLoRA adapter config (peft_type "
+                           f"{short(raw.get('peft_type')) if isinstance(raw, dict) else '?'})")
+    adaptive = raw.get("peft_type") == "ADALORA"
     patterns = {}
     for name in ("rank_pattern", "alpha_pattern"):
         value = raw.get(name) or {}
         if not isinstance(value, dict):
             raise AdapterError(f"{where}: {name} must map module names to numbers")
+        if adaptive and name == "rank_pattern":  # AdaLoRA's: {module.lora_E: [kept?] per triplet}
+            value = _adalora_ranks(value, where)
         patterns[name] = tuple(value.items())
     try:
-        r = field(raw, "r", integer, where, AdapterError, 8, lo=1, hi=MAX_RANK)
+        if adaptive:
+            r = field(raw, "init_r", integer, where, AdapterError, 12, lo=1, hi=MAX_RANK)
+            extra = dict(rank_schedule="adaptive", target_r=field(raw, "target_r", integer, where, AdapterError, 8, lo=1),
+                         tinit=field(raw, "tinit", integer, where, AdapterError, 0),
+                         tfinal=field(raw, "tfinal", integer, where, AdapterError, 0),
+                         delta_t=field(raw, "deltaT", integer, where, AdapterError, 1, lo=1),
+                         ada_beta1=field(raw, "beta1", number, where, AdapterError, 0.85),
+                         ada_beta2=field(raw, "beta2", number, where, AdapterError, 0.85),
+                         orth_reg_weight=field(raw, "orth_reg_weight", number, where, AdapterError, 0.5),
+                         total_step=field(raw, "total_step", integer, where, AdapterError, 0))
+        else:
+            r = field(raw, "r", integer, where, AdapterError, 8, lo=1, hi=MAX_RANK)
+            extra = {}
         lora_fields = dict(r=r, alpha=field(raw, "lora_alpha", number, where, AdapterError, float(r)),
                            dropout=field(raw, "lora_dropout", number, where, AdapterError, 0.0, lo=0.0, hi=1.0),
                            use_rslora=field(raw, "use_rslora", boolean, where, AdapterError, False),
-                           use_dora=field(raw, "use_dora", boolean, where, AdapterError, False), **patterns)
+                           use_dora=field(raw, "use_dora", boolean, where, AdapterError, False), **patterns, **extra)
         LoraConfig(**lora_fields)  # checks the patterns before any is matched
     except AdapterError:
         raise
@@ -181,11 +251,15 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
         if len(info.shape) != (1 if kind == "M" else 2):
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} has shape {list(info.shape)}; "
                                + ("DoRA's magnitude is a vector" if kind == "M" else "LoRA matrices are 2-D"))
+        if kind != "M" and name.endswith(".weight") == adaptive:  # (AdaLoRA's tensors are parameters: no .weight)
+            raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} is " + (
+                "a LoRA tensor in an AdaLoRA adapter (its tensors are lora_A, lora_E and lora_B)" if adaptive
+                else f"an AdaLoRA tensor, but {CONFIG_FILE} does not say peft_type ADALORA"))
         if kind == "M" and not lora_fields["use_dora"]:
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {name!r} is a DoRA magnitude, but {CONFIG_FILE} "
                                f"does not say use_dora")
         key = (f"base_model.model.{module_name(layer, module)}.lora_magnitude_vector" if kind == "M"
-               else name.replace(".default.weight", ".weight"))
+               else f"base_model.model.{module_name(layer, module)}.lora_{kind}.weight")
         if key in state:
             raise AdapterError(f"{source}/{ADAPTER_FILE}: tensor {key} appears twice (with and without .default)")
         values = to_f32_bytes(info.dtype, data[info.start : info.end])
@@ -196,16 +270,27 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
         state[key] = (info.shape, values)
         targets.add(module)
         if kind != "M":
-            ranks[key] = (layer, module, info.shape[0] if kind == "A" else info.shape[1])
+            ranks[key] = (layer, module, info.shape[1] if kind == "B" else info.shape[0])
     if not state:
         raise AdapterError(f"{source}/{ADAPTER_FILE}: holds no LoRA tensors")
     lora = LoraConfig(targets=tuple(p for p in MODULES if p in targets), **lora_fields)
     for key, (layer, module, rank) in sorted(ranks.items()):
-        if rank != lora.rank(layer, module):
+        if rank != lora.stored_rank(layer, module):
             said = f"r = {lora.r}" + (" with its rank_pattern" if lora.rank_pattern else "")
             raise AdapterError(f"{source}: {CONFIG_FILE} says {said}, i.e. rank {lora.rank(layer, module)} for "
                                f"{key}, but the tensor has rank {rank}")
     return lora, state, raw
+
+
+def _adalora_ranks(pattern: dict, where: str) -> dict[str, int]:
+    """PEFT AdaLoRA's rank_pattern ({"model.layers.0.self_attn.q_proj.lora_E": [True, False, …]})
+    as module ranks ({"model.layers.0.self_attn.q_proj": 1})."""
+    out = {}
+    for key, kept in pattern.items():
+        if not isinstance(kept, list) or not all(isinstance(v, bool) for v in kept):
+            raise AdapterError(f"{where}: rank_pattern {short(key)} must list true/false per singular value")
+        out[re.sub(r"\.lora_E(\.default)?$", "", str(key))] = sum(kept)
+    return out
 
 
 def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = "adapter") -> None:
@@ -219,9 +304,11 @@ def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = 
         for module in targets:
             out_f, in_f = model.projection_shape(module)
             base = f"base_model.model.{module_name(layer, module)}"
-            r = lora.rank(layer, module)
+            r = lora.stored_rank(layer, module)
             expected[f"{base}.lora_A.weight"] = (r, in_f)
             expected[f"{base}.lora_B.weight"] = (out_f, r)
+            if lora.adaptive:
+                expected[f"{base}.lora_E.weight"] = (r, 1)
             if lora.use_dora:
                 expected[f"{base}.lora_magnitude_vector"] = (out_f,)
     for key, (shape, _) in state.items():
@@ -249,6 +336,9 @@ def model_card(base_model: str, lora: LoraConfig, history: list[dict], dataset: 
         lines.append("- data: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dataset.items()))
     if training:
         lines.append("- training config: " + ", ".join(f"{k} = {v}" for k, v in training.items()))
+    if lora.adaptive:
+        lines.append(f"- AdaLoRA: from rank {lora.r} per module to an average of {lora.target_r} (tinit {lora.tinit}, "
+                     f"tfinal {lora.tfinal}, deltaT {lora.delta_t}, orth_reg_weight {lora.orth_reg_weight})")
     if lora.rank_pattern or lora.alpha_pattern:
         lines.append(f"- per-module ranks {dict(lora.rank_pattern)}, alphas {dict(lora.alpha_pattern)}")
     if train:
