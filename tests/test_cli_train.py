@@ -600,3 +600,38 @@ def test_adaptive_rank_trains_exports_peft_adalora_and_plain_lora(tmp_path, mode
     continued = json.loads((again / "adapter_config.json").read_text())
     assert continued["peft_type"] == "ADALORA" and continued["rank_pattern"] == config["rank_pattern"]
     peft.PeftModel.from_pretrained(hf.load_hf(model_dir), str(again))
+
+
+def test_a_peft_made_adalora_adapter_evaluates_like_peft(tmp_path, model_dir, tokens_file):
+    """An AdaLoRA adapter trained and pruned by PEFT itself (some modules down to rank 0) imports
+    and evaluates as PEFT evaluates it; one whose tensors say LoRA while its config says AdaLoRA is
+    refused, naming the tensor."""
+    import peft
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(hf.load_hf(model_dir), peft.AdaLoraConfig(
+        init_r=4, target_r=1, tinit=1, tfinal=2, deltaT=1, total_step=8, lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    ids = torch.randint(0, 96, (2, 12))
+    for step in range(8):
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        model.base_model.update_and_allocate(step)
+        opt.zero_grad()
+    out = tmp_path / "peft-ada"
+    model.save_pretrained(out)
+    pattern = json.loads((out / "adapter_config.json").read_text())["rank_pattern"]
+    assert any(sum(v) == 0 for v in pattern.values()) and any(sum(v) > 1 for v in pattern.values())
+    reference = peft.PeftModel.from_pretrained(hf.load_hf(model_dir), str(out)).eval()
+    loss, count = peft_loss(reference, tokens_file)
+    ours = json.loads(loralab("eval", model_dir, tokens_file, "--adapter", out, "--seq-len", 16).stdout)
+    assert ours["tokens"] == count and ours["loss"] == pytest.approx(loss, abs=1e-4)
+
+    tensors = load_file(out / "adapter_model.safetensors")
+    save_file({(k + ".weight" if "lora_A" in k else k): v for k, v in tensors.items()},
+              out / "adapter_model.safetensors")
+    refused = loralab("eval", model_dir, tokens_file, "--adapter", out, ok=False)
+    assert refused.returncode == 2 and "a LoRA tensor in an AdaLoRA adapter" in refused.stderr
+    assert "lora_A.weight" in refused.stderr and "Traceback" not in refused.stderr

@@ -220,12 +220,17 @@ def test_rank_schedule_is_checked():
     assert LoraConfig(r=16, rank_schedule="progressive", rank_steps="4@0,8@100,16@300").rank_switches == (
         (0, 4), (100, 8), (300, 16))
     assert LoraConfig(r=16, rank_schedule="progressive", rank_steps="4@0,8@100,16@300").rank_at(150) == 8
+    assert LoraConfig(r=12, rank_schedule="adaptive").target_r == 8  # (PEFT's defaults: 12 → 8)
     for bad, message in (({"rank_schedule": "progressive"}, "needs rank_steps"),
                          ({"rank_schedule": "progressive", "rank_steps": "4@1,8@5"}, "start at step 0"),
                          ({"rank_schedule": "progressive", "rank_steps": "4@0,2@5"}, "must grow"),
                          ({"rank_schedule": "progressive", "rank_steps": "4@0,x@5"}, "not RANK@STEP"),
                          ({"rank_schedule": "progressive", "rank_steps": "4@0,16@5"}, "end at the rank r = 8"),
                          ({"rank_steps": "4@0,8@5"}, "goes with rank_schedule progressive"),
-                         ({"rank_schedule": "adaptive"}, "rank_schedule is one of")):
+                         ({"rank_schedule": "adaptively"}, "rank_schedule is one of"),
+                         ({"rank_schedule": "adaptive", "target_r": 8}, "must be below the starting rank"),
+                         ({"rank_schedule": "adaptive", "use_dora": True}, "goes without DoRA"),
+                         ({"rank_schedule": "adaptive", "total_step": 10, "tinit": 6, "tfinal": 4}, "leave no steps"),
+                         ({"rank_schedule": "adaptive", "ada_beta1": 1.0}, r"must be in \(0, 1\)")):
         with pytest.raises(UsageError, match=message):
             LoraConfig(r=8, **bad)
