@@ -857,7 +857,12 @@ def run_in_background(run: Run, report: Callable[[dict], None], **train_args) ->
                 report({"kind": "state", "state": "error", "error": one_line(failure), "step": run.step,
                         "device_lost": False})
                 return
-            report({"kind": "state", "state": run.state, "step": run.step})
+            end = {"kind": "state", "state": run.state, "step": run.step}
+            if run.lora.adaptive:  # AdaLoRA: the ranks its pruning left, for the page's map
+                from .config import module_name
+
+                end["rank_map"] = {module_name(l, m): k for (l, m), k in (await run.lora.ranks()).items()}
+            report(end)
         except Exception as exc:
             lost = run.trainer.device.lost_reason is not None
             message = one_line(exc) if isinstance(exc, UserError) else f"internal error: {one_line(exc)}"

@@ -239,9 +239,11 @@ def test_the_new_families_train_in_the_page_and_export_for_peft(app, tmp_path, k
     assert not result.unexpected_keys and not [k for k in result.missing_keys if "lora_" in k]
 
 
-def test_dora_trains_in_the_page_and_its_adapter_loads_in_peft(app, model_folder, tmp_path):
+def test_dora_and_adaptive_rank_train_in_the_page_and_load_in_peft(app, model_folder, tmp_path):
     """The plan's DoRA box: the run trains magnitudes too; the downloaded adapter says use_dora,
-    holds every magnitude and loads in PEFT; the GGUF-LoRA download is refused with a message."""
+    holds every magnitude and loads in PEFT; the GGUF-LoRA download is refused with a message.
+    Then rank schedule adaptive: the console's rank falls to the target, the rank map shows each
+    layer's ranks, and the download is a PEFT AdaLoRA adapter that PEFT loads."""
     import zipfile
 
     import peft
@@ -264,3 +266,19 @@ def test_dora_trains_in_the_page_and_its_adapter_loads_in_peft(app, model_folder
     assert any("lora_magnitude_vector" in k for k in loaded.state_dict())
     page.click(app.sel("export-gguf"))
     app.shown_error("DoRA")
+
+    page.uncheck(app.sel("cfg-use-dora"))
+    page.select_option(app.sel("cfg-rank-schedule"), "adaptive")
+    app.set_plan({"steps": 6, "rank": 4, "target-r": 2, "tinit": 1, "tfinal": 2})
+    page.click(app.sel("train-start"))
+    page.wait_for_selector(app.sel("rank-map") + " table", timeout=600_000)  # (the map comes with the end)
+    app.wait_state("done")
+    assert page.text_content(app.sel("train-rank")) == "2.0"
+    cells = page.eval_on_selector_all(app.sel("rank-map") + " tbody td", "tds => tds.map(td => +td.textContent)")
+    assert len(cells) == 2 * 7 and sum(cells) == 2 * 14  # tiny model: 2 layers × 7 projections, 2 on average
+    with zipfile.ZipFile(app.download("export-adapter", tmp_path / "ada.zip")) as zf:
+        zf.extractall(tmp_path / "ada")
+    config = json.loads((tmp_path / "ada" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "ADALORA" and config["init_r"] == 4
+    assert sorted(sum(v) for v in config["rank_pattern"].values()) == sorted(cells)
+    peft.PeftModel.from_pretrained(hf.load_hf(model_folder), str(tmp_path / "ada"))

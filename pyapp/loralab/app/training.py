@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pyscript import window  # type: ignore[import-not-found]
+from pyscript import document, window  # type: ignore[import-not-found]
 
 from . import checkpoints, client, hardware, plan
 from .page import download, el, refresh_status, show_error, state
@@ -61,6 +61,8 @@ def on_report(text: str) -> None:
         refresh_status()
         if record["state"] in ("done", "stopped", "error"):
             asyncio.ensure_future(hardware.show_gpu_status())
+        if record.get("rank_map"):
+            show_rank_map(record["rank_map"])
         return
     state["records"].append(record)
     if record["kind"] == "eval":
@@ -82,11 +84,53 @@ def on_report(text: str) -> None:
         draw_chart()
 
 
+def show_rank_map(ranks: dict[str, int]) -> None:
+    """An adaptive run's ranks per layer and module as a heatmap table (darker: more rank kept)."""
+    import re
+
+    cells: dict[int, dict[str, int]] = {}
+    for name, k in ranks.items():
+        m = re.search(r"\.(\d+)\.(?:self_attn\.|mlp\.)?(.+)$", name)
+        if m:
+            cells.setdefault(int(m.group(1)), {})[m.group(2)] = int(k)
+    modules = list(dict.fromkeys(module for row in cells.values() for module in row))
+    top = max([1, *ranks.values()])
+    figure = el("rank-map")
+    figure.innerHTML = ""
+    caption = document.createElement("figcaption")
+    caption.textContent = (f"Ranks AdaLoRA kept per layer and module: {sum(ranks.values())} singular values "
+                           f"in all, {sum(ranks.values()) / max(1, len(ranks)):.2f} per module on average")
+    table = document.createElement("table")
+    head = table.createTHead().insertRow()
+    for text in ["layer", *modules]:
+        th = document.createElement("th")
+        th.scope, th.textContent = "col", text
+        head.append(th)
+    body = table.createTBody()
+    for layer in sorted(cells):
+        row = body.insertRow()
+        th = document.createElement("th")
+        th.scope, th.textContent = "row", str(layer)
+        row.append(th)
+        for module in modules:
+            k = cells[layer].get(module)
+            cell = row.insertCell()
+            cell.textContent = "" if k is None else str(k)
+            if k is not None:
+                light = 96 - int(56 * k / top)
+                cell.style.background = f"hsl(210 70% {light}%)"
+                cell.style.color = "#fff" if light < 62 else "#111"
+                cell.title = f"layer {layer} {module}: rank {k}"
+    figure.append(caption, table)
+    figure.hidden = False
+
+
 async def on_train_start(event) -> None:
     train, lora = plan.read_plan()
     if train is None:
         return
     state["records"] = []
+    el("rank-map").hidden = True
     state["started_at"] = window.performance.now() / 1000
     el("train-step").textContent = "0"
     payload = plan.plan_payload(train, lora)
