@@ -685,9 +685,8 @@ class Session:
 
     async def gguf_adapter(self) -> bytes:
         """The adapter as a llama.cpp GGUF-LoRA file."""
-        from .model.gguf_model import gguf_lora
-
         from .formats.peft import adalora_as_lora
+        from .model.gguf_model import gguf_lora
 
         model = self.need_model()
         lora_config, state, _ = await self.adapter_state()
@@ -813,6 +812,17 @@ def rank_schedule_words(lora: LoraConfig, steps: int) -> str:
         return f"rank {lora.r} throughout" + (" (per-module ranks from rank_pattern)" if lora.rank_pattern else "")
     if lora.rank_schedule == "auto":
         return "auto: the rank and the rest of the run are chosen once a dataset is in use"
+    if lora.adaptive:
+        if lora.rank_pattern:
+            return (f"adaptive (AdaLoRA), continuing at the ranks its adapter was pruned to (no more pruning; "
+                    f"the orthogonality regulariser at weight {lora.orth_reg_weight:g})")
+        total = lora.total_step or steps
+        return (f"adaptive (AdaLoRA): every module starts at rank {lora.r} in SVD form; after step {lora.tinit} the "
+                f"budget falls along a cubic to an average of {lora.target_r} per module by step "
+                f"{total - lora.tfinal}, every {lora.delta_t} step(s) pruning the singular values whose smoothed "
+                f"importance |weight × gradient| is lowest, so modules end with different ranks; the last "
+                f"{lora.tfinal} steps train at the final ranks; orthogonality regulariser weight "
+                f"{lora.orth_reg_weight:g}. Memory and time are rank {lora.r}'s throughout")
     parts = [f"rank {rank} from step {at + 1}" for at, rank in lora.rank_switches if at < steps]
     late = [f"{rank}@{at}" for at, rank in lora.rank_switches if at >= steps]
     words = "progressive: " + ", ".join(parts) + ("" if not late else f" (never reached in {steps} steps: "

@@ -153,3 +153,12 @@ def test_budget_schedule_is_peft_s():
         else:
             assert mode == (1 if step == 40 - ADA["tfinal"] else 2)
             assert budget == 3 * 14
+
+
+def test_the_plan_says_what_adaptive_will_do():
+    from loralab.session import rank_schedule_words
+
+    words = rank_schedule_words(LoraConfig(**ada_fields(ADA, 0, 8.0)), 30)
+    assert "rank 6" in words and "average of 3" in words and "after step 4" in words and "by step 22" in words
+    pruned = LoraConfig(**ada_fields(ADA, 30, 8.0), rank_pattern={"model.layers.0.self_attn.q_proj": 0})
+    assert "no more pruning" in rank_schedule_words(pruned, 30)
