@@ -626,7 +626,7 @@ class LoraConfig:
 
 SCHEDULES = ("constant", "linear", "cosine")
 RANK_SCHEDULES = ("fixed", "progressive", "adaptive", "auto")
-MAX_ADAPTIVE_RANK = 64  # (adalora.wgsl keeps a module's r × r Gram rows in registers)
+MAX_ADAPTIVE_RANK = 255  # (orth_gram's grid has r² workgroups along x, at most 65535)
 
 
 def parse_duration(text: str, what: str = "time budget") -> float | None:
