@@ -16,12 +16,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyapp" / "loralab"
 
 # Low to high. A module's layer is the first pattern it matches.
 LAYERS = [
-    ("base", ["errors", "checks", "patterns", "config", "ref", "devserver"]),
+    ("base", ["errors", "checks", "patterns", "config", "ref", "devserver", "recipe_train"]),
     ("io", ["gpu.device", "gpu.native", "gpu.counting", "formats.*", "data.*"]),
     ("kernels", ["kernels", "ops", "selftest"]),
     ("lora", ["lora"]),
     ("model", ["model.*"]),
-    ("train", ["train", "generate", "merge", "onnx_export", "onnx_decode", "plan", "bench", "bench_torch"]),
+    ("train", ["train", "generate", "merge", "onnx_export", "onnx_decode", "plan", "bench", "bench_torch", "recipe"]),
     ("entry", ["session", "cli"]),
     ("browser", ["gpu.browser", "browser.*"]),
     ("app", ["app.*"]),

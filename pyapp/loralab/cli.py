@@ -306,6 +306,27 @@ async def cmd_bench(args) -> int:
     return 0
 
 
+async def cmd_recipe(args) -> int:
+    """The plan as a folder that TRL's SFTTrainer + PEFT run on GPU servers (recipe.py)."""
+    s = await open_session(args.model, args.hub_endpoint)
+    use_dataset(s, args, args.valid_fraction if not args.valid else 0.0)
+    train, lora = config_from_args(TrainConfig, args), config_from_args(LoraConfig, args)
+    if lora.rank_schedule == "auto":
+        await start_gpu(s)
+    files = await s.recipe_files(train, lora, args.weights, args.save_every)
+    for path, data in files.items():
+        target = os.path.join(args.out, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(data)
+    notes = json.loads(files["loralab.json"])["notes"]
+    for note in notes:
+        print(f"loralab: recipe: {note}", file=sys.stderr)
+    print(json.dumps({"event": "recipe", "out": args.out, "files": sorted(files), "notes": len(notes)}),
+          file=sys.stderr)
+    return 0
+
+
 async def cmd_export(args) -> int:
     """An adapter as llama.cpp GGUF-LoRA, merged into the base model as a Hugging Face folder (or,
     with --quantize, as a GGUF file re-quantized) or ONNX, or as plain PEFT LoRA."""
@@ -431,6 +452,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stop-after", type=int, default=None, help="stop cleanly after step K (checkpoint written)")
     t.add_argument("--resume", help="continue the run saved in this checkpoint folder, to --steps in total")
 
+    r = sub.add_parser("recipe", help="the same job for GPU servers: TRL + PEFT + accelerate (DDP, FSDP, DeepSpeed), "
+                                      "as a folder")
+    r.add_argument("data", help="dataset file: .jsonl, .json, .csv or .txt")
+    r.add_argument("--model", required=True, help="`default`, a .gguf file, a Hugging Face model folder or repo id")
+    r.add_argument("--out", required=True, help="the recipe folder (train.py, loralab.json, data/, accelerate/, …)")
+    add_config_arguments(r, TrainConfig)
+    add_config_arguments(r, LoraConfig)
+    r.add_argument("--format", choices=formats, default="auto")
+    r.add_argument("--valid", help="a separate validation file")
+    r.add_argument("--packing", action="store_true", help="concatenate short examples up to --seq-len")
+    r.add_argument("--train-on-prompt", action="store_true", help="take the loss on every token, prompts included")
+    r.add_argument("--valid-fraction", type=float, default=0.0, help="hold out this fraction of the records")
+    r.add_argument("--save-every", type=int, default=0, help="save a checkpoint every N steps on the server")
+
     e = sub.add_parser("eval", help="mean loss over every target token of a dataset; prints JSON")
     e.add_argument("model")
     e.add_argument("data")
@@ -491,9 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --to merged over a GGUF model: write a GGUF file (--out) whose merged matrices are "
                         "re-quantized to this type, every other tensor and the metadata as the base has them")
 
-    for command in (t, e, g, b, x):
+    for command in (t, e, g, b, x, r):
         command.add_argument("--hub-endpoint", help="where repo ids are fetched from (default: the public hub)")
-    for command in (t, e, g, x):
+    for command in (t, e, g, x, r):
         command.add_argument("--weights", choices=WEIGHT_DTYPES, default="auto",
                              help="the frozen weight matrices on the GPU: auto (a quantized GGUF stays quantized, "
                                   "float weights stay float32), f32, f16 (half the memory), q8 (Q8_0) or q4 "
@@ -505,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"info": cmd_info, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "bench": cmd_bench,
-            "export": cmd_export}
+            "export": cmd_export, "recipe": cmd_recipe}
 
 
 def main(argv: list[str] | None = None) -> int:

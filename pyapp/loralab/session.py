@@ -405,7 +405,9 @@ class Session:
         `valid_fraction` of it for validation, or using the separate `valid` (name, text)."""
         model = self.need_model()
         source = {"name": name, "text": text, "format": fmt, "seq_len": seq_len, "valid_fraction": valid_fraction,
-                  "train_on_prompt": train_on_prompt}
+                  "train_on_prompt": train_on_prompt, "packing": packing}
+        if valid is not None:
+            source.update(valid_name=valid[0], valid_text=valid[1])
         records, summary = load_dataset(name, text, fmt, model.tokenizer, seq_len, model.config.vocab_size,
                                         train_on_prompt)
         if valid is not None:
@@ -682,6 +684,26 @@ class Session:
         files["README.md"] = model_card(model.name, lora_config, history,
                                         self.dataset.card() if self.dataset else None, training).encode()
         return files
+
+    async def recipe_files(self, train: TrainConfig, lora: LoraConfig | None = None, weights: str = "auto",
+                           save_every: int = 0) -> dict[str, bytes]:
+        """The server recipe for this plan over the session's dataset (recipe.recipe_files): a plan
+        with rank_schedule auto is resolved for this GPU first; without `lora`, the imported
+        adapter's configuration."""
+        from .recipe import PROBE_TEXT, recipe_files
+
+        model, dataset = self.need_model(), self.need_dataset()
+        if lora is None:
+            lora = self.imported[0] if self.imported is not None else LoraConfig()
+        if lora.rank_schedule == "auto":
+            chosen = await self.auto_plan(train, lora)
+            train, lora, weights = chosen["train"], chosen["lora"], chosen["weights"]
+        if weights == "auto":  # (the weights as this session holds them, by the choice that made them)
+            weights = {"nf4": "q4", "q8_0": "q8"}.get(getattr(model, "dtype", None) or "", "auto")
+        model_id, revision = model.reference
+        probe = model.tokenizer.encode(PROBE_TEXT, add_special_tokens=False) if model.tokenizer else []
+        return recipe_files(model_id, revision, hasattr(model.source, "gguf"), train, lora, dataset.source,
+                            dataset.train, dataset.valid, probe, weights, save_every)
 
     async def gguf_adapter(self) -> bytes:
         """The adapter as a llama.cpp GGUF-LoRA file."""

@@ -282,3 +282,14 @@ def test_dora_and_adaptive_rank_train_in_the_page_and_load_in_peft(app, model_fo
     assert config["peft_type"] == "ADALORA" and config["init_r"] == 4
     assert sorted(sum(v) for v in config["rank_pattern"].values()) == sorted(cells)
     peft.PeftModel.from_pretrained(hf.load_hf(model_folder), str(tmp_path / "ada"))
+
+    # "Run on a GPU server": the same plan as a TRL + PEFT recipe, with the differences listed
+    with zipfile.ZipFile(app.download("export-recipe", tmp_path / "recipe.zip")) as zf:
+        names = set(zf.namelist())
+        plan = json.loads(zf.read("loralab.json"))
+    assert {"train.py", "README.md", "requirements.txt", "data/c.jsonl", "data/train.tokens.jsonl",
+            "accelerate/fsdp.yaml", "accelerate/deepspeed_zero3.yaml"} <= names
+    assert plan["peft_kwargs"]["peft_type"] == "ADALORA" and plan["peft_kwargs"]["init_r"] == 4
+    assert plan["sft_kwargs"]["max_steps"] == 6
+    page.wait_for_selector(app.sel("recipe-notes") + " li")
+    assert "update_and_allocate" in page.text_content(app.sel("recipe-notes"))

@@ -69,6 +69,30 @@ def export_handler(fmt: str):
     return handler
 
 
+async def export_recipe(event) -> None:
+    """The plan as a recipe for GPU servers (TRL + PEFT + accelerate) with the dataset, a zip;
+    what the server run does differently from this page's is listed under the button."""
+    import base64
+
+    from . import plan
+
+    train, lora = plan.read_plan()
+    if train is None:
+        return
+    payload = {**plan.plan_payload(train, lora), "save_every": max(0, int(float(el("checkpoint-every").value or 0)))}
+    result = await client.busy_call("Writing the server recipe…", "export_recipe", payload)
+    if result:
+        download(result["name"], [to_js(memoryview(base64.b64decode(result["base64"])))], "application/zip")
+        notes = el("recipe-notes")
+        notes.innerHTML = ""
+        for text in result["notes"] or ["Every part of this plan has its TRL/PEFT equivalent."]:
+            item = document.createElement("li")
+            item.textContent = text
+            notes.append(item)
+        notes.hidden = False
+    refresh_status()
+
+
 async def on_adapter_files(event) -> None:
     files = event.target.files
     await import_adapter_files([files.item(i) for i in range(files.length)])

@@ -38,6 +38,7 @@ def wire() -> None:
     on("export-gguf", "click", adapters.export_handler("gguf"))
     on("export-merged", "click", adapters.export_merged)
     on("export-onnx", "click", adapters.export_onnx)
+    on("export-recipe", "click", adapters.export_recipe)
     on("adapter-files", "change", adapters.on_adapter_files)
     on("eval-run", "click", adapters.on_evaluate)
     on("checkpoint-resume", "click", checkpoints.on_checkpoint_resume)

@@ -737,6 +737,30 @@ async def export_adapter(w: Worker, req: Export) -> dict:
 
 
 @dataclass(frozen=True)
+class ExportRecipe:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    save_every: int = 0
+
+
+@command("export_recipe", ExportRecipe)
+async def export_recipe(w: Worker, req: ExportRecipe) -> dict:
+    """{"name", "base64", "notes"}: the plan as a recipe for GPU servers (TRL + PEFT + accelerate,
+    recipe.py) in a zip, and what the server run does differently (also in its README)."""
+    import base64
+    import json
+
+    from ..formats.peft import zip_bytes
+
+    session = await w.ready()
+    session.need_model()
+    files = await session.recipe_files(req.train, req.lora, save_every=req.save_every)
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in session.model.name)[:60] or "model"
+    return {"name": f"loralab-recipe-{name}.zip", "base64": base64.b64encode(zip_bytes(files)).decode(),
+            "notes": json.loads(files["loralab.json"])["notes"]}
+
+
+@dataclass(frozen=True)
 class ExportMerged:
     quantize: str = ""  # "": a Hugging Face folder in a zip; a GGUF type: the GGUF base re-quantized
 
