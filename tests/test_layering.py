@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyapp" / "loralab"
 
 # Low to high. A module's layer is the first pattern it matches.
 LAYERS = [
-    ("base", ["errors", "checks", "patterns", "config", "ref", "devserver", "recipe_train"]),
+    ("base", ["errors", "checks", "patterns", "config", "ref", "devserver", "recipe_train", "presets"]),
     ("io", ["gpu.device", "gpu.native", "gpu.counting", "formats.*", "data.*"]),
     ("kernels", ["kernels", "ops", "selftest"]),
     ("lora", ["lora"]),

@@ -293,3 +293,38 @@ def test_dora_and_adaptive_rank_train_in_the_page_and_load_in_peft(app, model_fo
     assert plan["sft_kwargs"]["max_steps"] == 6
     page.wait_for_selector(app.sel("recipe-notes") + " li")
     assert "update_and_allocate" in page.text_content(app.sel("recipe-notes"))
+
+
+def test_the_plan_speaks_plainly_and_the_page_fits_a_phone(app, model_folder, tmp_path):
+    """The plan says in one paragraph what it trains and for how long; a preset fills the fields
+    from the data and the GPU; a risky learning rate is called out; Edit plan shows and hides the
+    fields. At 390 px (and 1280 px) the page never scrolls sideways, even with an answer that is
+    one long word."""
+    page = app.page
+    app.engine_up()
+    app.load_model_files(model_folder)
+    app.use_dataset_file(chat_jsonl(tmp_path / "c.jsonl"))
+    app.wait_text("plan-summary", "examples")
+    assert "Trains r = 8 adapters" in page.text_content(app.sel("plan-summary"))
+    page.select_option(app.sel("plan-preset"), "quick")
+    app.wait_text("plan-summary", "all attention projections")
+    assert page.input_value(app.sel("cfg-lr")) == "0.0003" and page.input_value(app.sel("cfg-rank")) == "8"
+    assert page.input_value(app.sel("cfg-steps")) == "3"  # one epoch: 9 examples, 4 a step
+    assert page.input_value(app.sel("plan-preset")) == "quick"
+
+    assert not page.is_visible(app.sel("cfg-steps"))
+    page.click(app.sel("plan-open"))
+    assert page.is_visible(app.sel("cfg-steps"))
+    app.set_plan({"lr": "0.05"})
+    app.wait_text("plan-warnings", "far above the usual")
+    assert page.input_value(app.sel("plan-preset")) == ""  # edited by hand: custom again
+    page.click(app.sel("plan-open"))
+    assert not page.is_visible(app.sel("cfg-steps"))
+
+    page.evaluate("document.querySelector('[data-testid=gen-output-adapter]').textContent = 'x'.repeat(4000)")
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_timeout(100)
+        wide = page.evaluate("""(w) => [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > w)
+            .map(e => (e.dataset.testid || e.id || e.tagName) + ':' + Math.round(e.getBoundingClientRect().right)).slice(0, 12)""", width)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, f"sideways scroll at {width} px: {wide}"

@@ -23,6 +23,7 @@ async def use_dataset(name: str, text: str) -> None:
             + (f"; {s['validation_records']} held out for validation" if s["validation_records"] else "")
             + "".join(f"; {note}" for note in s["notes"]))
         state["cuts_most"] = s["cuts_most"]
+        state["train_records"], state["longest"] = result["train_records"], result["longest"]
         preview = el("dataset-preview")
         preview.replaceChildren()
         for item in result["preview"]:
@@ -34,6 +35,7 @@ async def use_dataset(name: str, text: str) -> None:
     refresh_status()
     if result:
         await cache.render_cache()
+        await plan.update_estimate()
 
 
 async def on_dataset_file(event) -> None:

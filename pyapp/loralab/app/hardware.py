@@ -8,23 +8,23 @@ from pyodide.ffi import jsnull  # type: ignore[import-not-found]
 from pyscript import document  # type: ignore[import-not-found]
 
 from . import client
-from .page import el, mib, rate, refresh_status, render_rows
+from .page import el, elapsed, mib, rate, refresh_status, render_rows
 
 
 def render_hw_info(adapter: dict, check: dict) -> None:
     limits = adapter["limits"]
     render_rows("hw-info", [
         ("Adapter", f"{adapter['vendor'] or '?'} · {adapter['architecture'] or '?'}"),
-        ("Device", adapter["device"] or adapter["description"] or "–"),
+        ("Device", adapter["device"] or adapter["description"] or "not reported by the browser"),
         ("shader-f16", "yes" if adapter["f16"] else "no"),
         ("subgroups", "yes" if adapter["subgroups"] else "no"),
         ("Max storage binding", mib(limits.get("maxStorageBufferBindingSize"))),
         ("Max buffer", mib(limits.get("maxBufferSize"))),
         ("Workgroup storage", f"{(limits.get('maxComputeWorkgroupStorageSize') or 0) // 1024} KiB"),
         ("Invocations / workgroup", str(limits.get("maxComputeInvocationsPerWorkgroup"))),
-        ("Kernel check", "matmul {}×{}·{}ᵀ: {} (max error {:g}, {:.0f} ms)".format(
-            check["shape"][0], check["shape"][2], check["shape"][1], "verified" if check["ok"] else "WRONG",
-            check["max_abs_error"], check["ms"])),
+        ("Kernel check", "a {}×{} by {}×{} matrix product: {} (largest error {:.1e}, took {})".format(
+            check["shape"][0], check["shape"][2], check["shape"][2], check["shape"][1],
+            "verified against the CPU" if check["ok"] else "WRONG", check["max_abs_error"], elapsed(check["ms"]))),
     ])
     hw = el("hw-info")
     hw.dataset.vendor = adapter["vendor"]

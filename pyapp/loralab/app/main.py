@@ -26,6 +26,7 @@ def wire() -> None:
     on("dataset-text", "input", dataset.on_dataset_typed)
     on("chart-log", "change", lambda event: training.draw_chart())
     on("plan-open", "click", plan.toggle_plan)
+    on("plan-preset", "change", plan.on_preset)
     form = document.getElementById("plan-form")
     proxy = create_proxy(plan.update_estimate)
     state["proxies"].append(proxy)

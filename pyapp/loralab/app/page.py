@@ -83,8 +83,19 @@ def mib(n: int | None) -> str:
     return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
 
 
-def rate(gflops: float) -> str:
+def rate(gflops: float | None) -> str:
+    if not gflops:  # (never "0 GFLOP/s": nothing was measured)
+        return "not measured"
     return f"{gflops:,.0f} GFLOP/s" if gflops >= 100 else f"{gflops:.3g} GFLOP/s"
+
+
+def elapsed(ms: float) -> str:
+    """A duration for people: 850 ms, 4.2 s, 1 min 2 s."""
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    return f"{int(ms // 60_000)} min {ms % 60_000 / 1000:.0f} s"
 
 
 def render_rows(testid: str, rows: list[tuple[str, str]]) -> None:

@@ -18,6 +18,9 @@ from ..config import (
     option_fields,
 )
 from ..errors import UserError, one_line
+from ..presets import preset_values
+from ..presets import summary as plan_summary
+from ..presets import warnings as plan_warnings
 from . import client, hardware, model
 from .page import el, mib, rate, refresh_status, save, saved, show_error, state
 
@@ -141,7 +144,46 @@ def plan_payload(train: TrainConfig, lora: LoraConfig) -> dict:
             "lora": {f.name: list(v) if isinstance(v := getattr(lora, f.name), tuple) else v for f in fields(LoraConfig)}}
 
 
+def set_fields(values: dict) -> None:
+    """Plan fields by name ({"steps": 40, "r": 16, "targets": "q_proj,v_proj"}) into the form."""
+    for name, value in values.items():
+        control = document.querySelector(f'[name="train.{name}"]')
+        if control is None or control is jsnull:
+            control = document.querySelector(f'[name="lora.{name}"]')
+        if control is None or control is jsnull:
+            continue
+        if control.type == "checkbox":
+            control.checked = bool(value)
+        else:
+            control.value = f"{value:g}" if isinstance(value, float) else str(value)
+
+
+async def on_preset(event) -> None:
+    """A preset sets the plan's fields from the model, the dataset and the measured GPU
+    (presets.preset_values); editing a field afterwards makes the plan custom again."""
+    name = el("plan-preset").value
+    if not name:
+        return
+    parameters = (state.get("model") or {}).get("parameters") or 0
+    values = preset_values(name, state.get("train_records") or 0, state.get("longest") or 256, parameters,
+                           state.get("gflops"))
+    set_fields(values)
+    await update_estimate()
+
+
+def show_warnings(items: list[str]) -> None:
+    node = el("plan-warnings")
+    node.replaceChildren()
+    for text in items:
+        item = document.createElement("li")
+        item.textContent = text
+        node.append(item)
+    node.hidden = not items
+
+
 async def update_estimate(event=None) -> None:
+    if event is not None:  # (a field edited by hand: the plan is no longer the preset's)
+        el("plan-preset").value = ""
     train, lora = read_plan()
     if train is None:
         return
@@ -151,6 +193,15 @@ async def update_estimate(event=None) -> None:
         return
     result = await client.call("plan", payload)
     if result:
+        records = state.get("train_records") or 0
+        state["gflops"] = result["gflops"] or None
+        if result["steps"] and records:
+            el("plan-summary").textContent = plan_summary(payload["train"], payload["lora"], records, result["steps"],
+                                                          result["total_seconds"], result["memory"]["total"])
+            show_warnings(plan_warnings(payload["train"], records, result["steps"], bool(state.get("cuts_most"))))
+        else:
+            el("plan-summary").textContent = "Add a dataset: the plan then says how many steps it trains and for how long."
+            show_warnings([])
         m = result["memory"]
         text = (f"GPU memory: {mib(m['total'])} (weights {mib(m['weights'])}, activations {mib(m['activations'])}, "
                 f"logits {mib(m['logits'])}, adapter + optimizer {mib(m['adapter_and_optimizer'])}). "
@@ -166,9 +217,6 @@ async def update_estimate(event=None) -> None:
             await update_estimate()
             return
         text += words
-        if state.get("cuts_most"):
-            text += (f" The sequence length ({train.seq_len}) cuts most examples of the dataset: their ends "
-                     f"are not trained on; raise it if memory allows.")
         el("plan-estimate").textContent = text
         render_precisions(result["weights"])
 

@@ -308,7 +308,8 @@ async def set_dataset(w: Worker, req: SetDataset) -> dict:
     tok = session.model.tokenizer
     preview = [{"token": tok.decode([i]), "trained": label != -100}
                for i, label in zip(first.input_ids[:64], first.labels[:64])]
-    return {"summary": dataset.info(), "preview": preview}
+    return {"summary": dataset.info(), "preview": preview, "train_records": len(dataset.train),
+            "longest": max(len(s.input_ids) for s in dataset.train + dataset.valid)}
 
 
 # -- the plan and training ---------------------------------------------------------------------------------
