@@ -277,6 +277,8 @@ class Session:
     gflops: float | None = None  # the measured matmul rate the plan's time estimate uses
     gflops_mixed: float | None = None  # the same product in float16 arithmetic (shader-f16 only)
     auto: dict | None = None  # the last run's rank_schedule auto choice (plan.auto_plan), if it had one
+    # Long operations report here: on_progress(what, fraction from 0 to 1) (the app's progress bar).
+    on_progress: Callable[[str, float], None] | None = None
 
     # -- the GPU ---------------------------------------------------------------------------------
     async def start(self, device: Device, read_source: SourceReader) -> None:
@@ -322,7 +324,11 @@ class Session:
         if model.weights is None:
             device = self.device  # (GpuError before any GPU work when there is none)
             await self.ops.specialize_head_dim(model.config.head_dim)
-            model.weights = await upload_weights(device, model.config, model.source, self.ops, dtype)
+            progress = None
+            if self.on_progress is not None:
+                def progress(done: int, total: int) -> None:
+                    self.on_progress("Reading the weights onto the GPU", done / max(1, total))
+            model.weights = await upload_weights(device, model.config, model.source, self.ops, dtype, progress)
             model.dtype = dtype
         return model
 

@@ -113,3 +113,21 @@ def download(name: str, parts, kind: str) -> None:
     link.href = window.URL.createObjectURL(blob)
     link.download = name
     link.click()
+
+
+def show_progress(what: str, fraction: float) -> None:
+    """The header's progress bar (testid progress, data-progress 0…1) for a long operation the
+    engine reports: what it is, how far, and the time left at the pace so far; hidden at the end."""
+    node = el("progress")
+    now = window.performance.now() / 1000
+    if node.hidden or state.get("progress_what") != what or fraction < float(node.dataset.progress or 0):
+        state["progress_what"], state["progress_start"] = what, (now, fraction)
+    start, at = state["progress_start"]
+    left = ""
+    if 0.02 < fraction < 1 and fraction > at and now > start:
+        left = f", about {max(1, round((now - start) / (fraction - at) * (1 - fraction))):,} s left"
+    node.dataset.progress = f"{fraction:.4f}"
+    node.setAttribute("aria-valuenow", str(round(100 * fraction)))
+    node.querySelector(".progress-bar span").style.width = f"{100 * fraction:.1f}%"
+    node.querySelector(".progress-text").textContent = f"{what}: {100 * fraction:.0f}%{left}"
+    node.hidden = fraction >= 1

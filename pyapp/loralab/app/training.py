@@ -7,7 +7,7 @@ import json
 from pyscript import document, window  # type: ignore[import-not-found]
 
 from . import checkpoints, client, hardware, plan
-from .page import download, el, refresh_status, show_error, state
+from .page import download, el, refresh_status, show_error, show_progress, state
 
 
 def draw_chart() -> None:
@@ -40,6 +40,9 @@ def on_report(text: str) -> None:
     import asyncio
 
     record = json.loads(text)
+    if record["kind"] == "progress":
+        show_progress(record["what"], record["fraction"])
+        return
     if record["kind"] == "token":
         el(f"gen-output-{record['which']}").textContent = record["text"]
         return

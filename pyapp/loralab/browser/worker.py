@@ -48,6 +48,7 @@ class Worker:
         self.cache = DataCache()
         self.fetch = make_fetch(self.cache)  # model files through the cache while an item loads
         self.session = Session()
+        self.session.on_progress = progress_reporter()
         self.device: BrowserDevice | None = None
         self.kernels: KernelLibrary | None = None
         self.base_url = ""
@@ -120,6 +121,20 @@ def report(record: dict) -> None:
     callback = getattr(window, "loralabOnReport", None)
     if callback is not None:
         callback(json.dumps(record))
+
+
+def progress_reporter():
+    """Session.on_progress for the page: {"kind": "progress", "what", "fraction"} records, at most
+    one per percent (and always the start and the end)."""
+    last = {"what": None, "fraction": -1.0}
+
+    def on_progress(what: str, fraction: float) -> None:
+        fraction = min(1.0, max(0.0, fraction))
+        if what != last["what"] or fraction - last["fraction"] >= 0.01 or fraction in (0.0, 1.0):
+            last.update(what=what, fraction=fraction)
+            report({"kind": "progress", "what": what, "fraction": fraction})
+
+    return on_progress
 
 
 @dataclass(frozen=True)

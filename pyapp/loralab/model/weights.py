@@ -7,6 +7,7 @@ Sources hand over tensors by Hugging Face name; `HFFolder` reads a local model f
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Protocol
@@ -273,7 +274,7 @@ WEIGHT_DTYPES = ("auto", "f32", "f16", "q8", "q4")
 
 
 async def upload_weights(device: Device, config: ModelConfig, source: WeightSource, ops=None,
-                         dtype: str = "auto") -> dict[str, Buffer]:
+                         dtype: str = "auto", progress=None) -> dict[str, Buffer]:
     """Check every tensor the config needs against the source, then upload it. The frozen
     matrices are kept as:
       "auto": as the source has them: GGUF block types stay quantized on the GPU (repacked,
@@ -282,7 +283,8 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
       "f16":  float16 pairs at half the memory (converted on the GPU);
       "q4"/"q8": the linear projections quantized on the GPU to bitsandbytes' NF4 or ggml's
               Q8_0, as QLoRA does (the embeddings and the head keep "auto"'s choice).
-    Norms and biases stay float32. Every choice but plain float32 needs `ops`."""
+    Norms and biases stay float32. Every choice but plain float32 needs `ops`. `progress(done,
+    total)` hears of each tensor as it lands (counted in values)."""
     from ..ops import GGUF_TYPES, QUANTIZE_TO
 
     if dtype not in WEIGHT_DTYPES:
@@ -320,7 +322,11 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
     permutation = getattr(source, "row_permutation", lambda name: 0)
     projection = {f"{module_name(i, m)}.weight" for i in range(config.num_layers) for m in config.projections}
     held: tuple | None = None  # (file tensor, its float32 buffer): the Conv1D weight whose columns are read
+    total, done = sum(math.prod(shape) for shape in shapes.values()), 0
     for name, shape in shapes.items():
+        if progress is not None:
+            progress(done, total)
+        done += math.prod(shape)
         info = available[name]
         if isinstance(info, ColumnRange):
             held = await _hold(device, source, info, held)
@@ -349,6 +355,8 @@ async def upload_weights(device: Device, config: ModelConfig, source: WeightSour
         weights[name] = await _converted(device, ops, buffer, shape, name, dtype, projection)
     if held is not None:
         device.destroy_buffer(held[1])
+    if progress is not None:
+        progress(total, total)
     return fuse_attention_inputs(device, config, weights)
 
 
