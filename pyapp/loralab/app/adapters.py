@@ -100,13 +100,20 @@ async def on_adapter_files(event) -> None:
 
 async def import_adapter_files(files: list) -> None:
     urls = {f.name: window.URL.createObjectURL(f) for f in files}
+    el("adapter-info").textContent = ""  # (a failed import leaves no word of an earlier one)
     result = await client.call("import_adapter", {"files": urls})
+    state["adapter"] = bool(result) or state.get("adapter")
     if result:
         state["train"] = "idle"
         el("train-state").textContent = "idle"
         el("adapter-info").textContent = (f"Imported: r = {result['r']}, alpha = {result['alpha']}, "
                                           f"{', '.join(result['targets'])}; compare it below or train on")
     refresh_status()
+
+
+def shown_answer(text: str) -> str:
+    """An answer as the compare panel shows it: one of only whitespace says so instead of an empty box."""
+    return text if text.strip() else f"(an answer of only whitespace: {len(text)} character{'s' * (len(text) != 1)})"
 
 
 async def on_generate(event) -> None:
@@ -124,8 +131,9 @@ async def on_generate(event) -> None:
     state["busy"] = True  # (until the third answer is in too)
     try:
         result = await client.busy_call("Generating…", "generate", payload)
-        el("gen-output-base").textContent = result["base"] if result else ""
-        el("gen-output-adapter").textContent = (result["adapter"] or "(train an adapter first)") if result else ""
+        el("gen-output-base").textContent = shown_answer(result["base"]) if result else ""
+        el("gen-output-adapter").textContent = (shown_answer(result["adapter"]) if result["adapter"] is not None
+                                                else "(train or import an adapter first, then compare here)") if result else ""
         el("gen-output-adapter").dataset.done = "1"  # streamed text is final now
         if result and el("gen-onnx").checked:  # the third answer: our ONNX export in ONNX Runtime Web
             await onnx.compare_onnx(payload)

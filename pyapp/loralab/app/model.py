@@ -12,7 +12,7 @@ WEIGHT_TYPE_NAMES = {"f32": "float32", "f16": "float16", "nf4": "NF4"}
 
 
 async def load_model(request: dict, label: str) -> None:
-    state["model"] = None
+    state["model"], state["adapter"] = None, False
     result = await client.busy_call(f"Loading {label}…", "load_model", request)
     if result:
         m = result["model"]

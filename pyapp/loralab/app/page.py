@@ -31,33 +31,57 @@ def show_error(message: str | None) -> None:
     node.hidden = not message
 
 
-def refresh_status() -> None:
-    """"ready" exactly when training can start: engine up, a model loaded, nothing running."""
+def start_blocker() -> str:
+    """Why Start cannot be pressed now ("" when it can), for its tooltip and the hint beside it."""
+    if state["model"] is None:
+        return "Load a model first (the picker at the top, or drop its files on the page)."
+    if not state["dataset"]:
+        return "Add a dataset first: choose a file or paste JSONL in the Dataset panel."
+    if state["train"] in ("running", "paused"):
+        return "A run is going: pause or stop it first."
     if state["busy"]:
-        return
+        return "Wait for the current task to finish."
+    return ""
+
+
+def refresh_status() -> None:
+    """"ready" exactly when training can start: engine up, a model loaded, nothing running. While
+    a task runs (busy) the status line is its own and the actions that would collide wait."""
+    busy, going = state["busy"], state["train"] in ("running", "paused")
     if state.get("mode") == "onnx":  # no WebGPU: only chat through ONNX Runtime Web
         loaded = state.get("onnx")
-        set_status(f"Chat only (no WebGPU): {loaded}" if loaded else "Chat only (no WebGPU): choose a model", "idle")
-        el("gen-run").disabled = not loaded
+        if not busy:
+            set_status(f"Chat only (no WebGPU): {loaded}" if loaded else "Chat only (no WebGPU): choose a model", "idle")
+        el("gen-run").disabled = busy or not loaded
         return
-    if state["model"] is None:
-        set_status("No model loaded", "idle")
-    elif state["train"] in ("running", "paused"):
-        set_status(f"Training ({state['train']})", "busy")
-    else:
-        set_status("ready", "ready")
-    for testid, enabled in (("train-start", state["model"] is not None and state["dataset"]
-                             and state["train"] not in ("running", "paused")),
+    if not busy:
+        if state["model"] is None:
+            set_status("No model loaded", "idle")
+        elif going:
+            set_status(f"Training ({state['train']})", "busy")
+        else:
+            set_status("ready", "ready")
+    model, adapter = state["model"] is not None, bool(state.get("adapter"))
+    blocker = start_blocker()
+    for testid, enabled in (("train-start", not blocker),
                             ("train-pause", state["train"] == "running"),
                             ("train-resume", state["train"] == "paused"),
-                            ("train-stop", state["train"] in ("running", "paused")),
-                            ("gen-run", state["model"] is not None and state["train"] not in ("running", "paused")),
-                            ("eval-run", state["model"] is not None and state["dataset"]
-                             and state["train"] not in ("running", "paused")),
-                            ("checkpoint-resume", state["model"] is not None
-                             and state["train"] not in ("running", "paused")),
-                            ("plan-weights", state["model"] is not None and state["train"] not in ("running", "paused"))):
+                            ("train-stop", going),
+                            ("gen-run", model and not going and not busy),
+                            ("eval-run", model and state["dataset"] and not going and not busy),
+                            ("checkpoint-resume", model and not going and not busy),
+                            ("plan-weights", model and not going and not busy),
+                            ("export-adapter", adapter and not busy),
+                            ("export-gguf", adapter and not busy),
+                            ("export-merged", adapter and not going and not busy),
+                            ("export-onnx", model and not going and not busy),
+                            ("export-recipe", model and state["dataset"] and not busy),
+                            ("metrics-download", bool(state["records"]) or state["train"] != "idle")):
         el(testid).disabled = not enabled
+    el("train-start").title = blocker or "Start training with this plan"
+    hint = el("train-hint")
+    if hint is not None:
+        hint.textContent = "" if not blocker or going else blocker
 
 
 def on(testid: str, event: str, handler) -> None:

@@ -54,6 +54,8 @@ def on_report(text: str) -> None:
                                                f"Saved at step {record['step']}")
         el("checkpoint-status").dataset.step = str(record["step"])
         return
+    if record["kind"] in ("train", "state") and (record.get("step") or 0) > 0:
+        state["adapter"] = True  # (a run that took a step has an adapter to export)
     if record["kind"] == "state":
         state["train"] = record["state"]
         el("train-state").textContent = record["state"]
