@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -328,3 +329,27 @@ def test_the_plan_speaks_plainly_and_the_page_fits_a_phone(app, model_folder, tm
         wide = page.evaluate("""(w) => [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > w)
             .map(e => (e.dataset.testid || e.id || e.tagName) + ':' + Math.round(e.getBoundingClientRect().right)).slice(0, 12)""", width)
         assert page.evaluate("document.documentElement.scrollWidth") <= width, f"sideways scroll at {width} px: {wide}"
+
+
+AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def test_axe_finds_no_serious_accessibility_problems(app, model_folder, tmp_path):
+    """axe-core (WCAG 2 A/AA rules) over the page with a model, a dataset, the plan's fields open
+    and a trained adapter: no serious or critical violations."""
+    page = app.page
+    app.engine_up()
+    app.load_model_files(model_folder)
+    app.use_dataset_file(chat_jsonl(tmp_path / "c.jsonl"))
+    app.train({"steps": 2, "batch-size": 3, "report-every": 1})
+    page.add_script_tag(path=str(AXE))
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        result = page.evaluate("""() => axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']}})
+            .then(r => r.violations.map(v => ({id: v.id, impact: v.impact,
+                                               nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))})))""")
+        bad = [v for v in result if v["impact"] in ("serious", "critical")]
+        assert not bad, f"at {width} px: {bad}"
+    page.evaluate("document.querySelector('main').append(document.createElement('button'))")  # the audit bites
+    ids = page.evaluate("() => axe.run(document, {runOnly: ['button-name']}).then(r => r.violations.map(v => v.id))")
+    assert ids == ["button-name"]
