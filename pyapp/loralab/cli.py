@@ -418,6 +418,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
                                 help=help_text)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, formats: list[str]) -> None:
+    """The flags of a training run (`train`, `recipe`): every TrainConfig and LoraConfig field and
+    how the dataset is read."""
+    add_config_arguments(parser, TrainConfig)
+    add_config_arguments(parser, LoraConfig)
+    parser.add_argument("--format", choices=formats, default="auto")
+    parser.add_argument("--valid", help="a separate validation file")
+    parser.add_argument("--packing", action="store_true", help="concatenate short examples up to --seq-len")
+    parser.add_argument("--train-on-prompt", action="store_true", help="take the loss on every token, prompts included")
+    parser.add_argument("--valid-fraction", type=float, default=0.0, help="hold out this fraction of the records")
+
+
 def config_from_args(cls, args):
     """TrainConfig or LoraConfig from the flags add_config_arguments made."""
     values = {f.name: getattr(args, f.name) for f in option_fields(cls)}
@@ -439,13 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", help="dataset file: .jsonl, .json, .csv or .txt")
     t.add_argument("--out", required=True, help="folder for adapter_model.safetensors + adapter_config.json")
     t.add_argument("--adapter", help="start from this PEFT adapter (folder or .zip); its r/alpha/targets win")
-    add_config_arguments(t, TrainConfig)
-    add_config_arguments(t, LoraConfig)
-    t.add_argument("--format", choices=formats, default="auto")
-    t.add_argument("--valid", help="a separate validation file")
-    t.add_argument("--packing", action="store_true", help="concatenate short examples up to --seq-len")
-    t.add_argument("--train-on-prompt", action="store_true", help="take the loss on every token, prompts included")
-    t.add_argument("--valid-fraction", type=float, default=0.0, help="hold out this fraction of the records")
+    add_run_arguments(t, formats)
     t.add_argument("--metrics", help="write one JSON line per optimizer step to this file")
     t.add_argument("--checkpoint-dir", help="save the full training state here (every --save-every steps and at the end)")
     t.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (with --checkpoint-dir)")
@@ -457,13 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("data", help="dataset file: .jsonl, .json, .csv or .txt")
     r.add_argument("--model", required=True, help="`default`, a .gguf file, a Hugging Face model folder or repo id")
     r.add_argument("--out", required=True, help="the recipe folder (train.py, loralab.json, data/, accelerate/, …)")
-    add_config_arguments(r, TrainConfig)
-    add_config_arguments(r, LoraConfig)
-    r.add_argument("--format", choices=formats, default="auto")
-    r.add_argument("--valid", help="a separate validation file")
-    r.add_argument("--packing", action="store_true", help="concatenate short examples up to --seq-len")
-    r.add_argument("--train-on-prompt", action="store_true", help="take the loss on every token, prompts included")
-    r.add_argument("--valid-fraction", type=float, default=0.0, help="hold out this fraction of the records")
+    add_run_arguments(r, formats)
     r.add_argument("--save-every", type=int, default=0, help="save a checkpoint every N steps on the server")
 
     e = sub.add_parser("eval", help="mean loss over every target token of a dataset; prints JSON")

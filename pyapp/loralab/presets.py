@@ -71,6 +71,11 @@ def summary(train: dict, lora: dict, records: int, steps: int, seconds: float | 
 
 
 def duration(seconds: float) -> str:
+    """A duration for people: 850 ms, 4.2 s, 12 min, 1.5 h."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

@@ -8,7 +8,8 @@ from pyodide.ffi import jsnull  # type: ignore[import-not-found]
 from pyscript import document  # type: ignore[import-not-found]
 
 from . import client
-from .page import el, elapsed, mib, rate, refresh_status, render_rows
+from ..presets import duration
+from .page import el, mib, rate, refresh_status, render_rows
 
 
 def render_hw_info(adapter: dict, check: dict) -> None:
@@ -24,7 +25,7 @@ def render_hw_info(adapter: dict, check: dict) -> None:
         ("Invocations / workgroup", str(limits.get("maxComputeInvocationsPerWorkgroup"))),
         ("Kernel check", "a {}×{} by {}×{} matrix product: {} (largest error {:.1e}, took {})".format(
             check["shape"][0], check["shape"][2], check["shape"][2], check["shape"][1],
-            "verified against the CPU" if check["ok"] else "WRONG", check["max_abs_error"], elapsed(check["ms"]))),
+            "verified against the CPU" if check["ok"] else "WRONG", check["max_abs_error"], duration(check["ms"] / 1000))),
     ])
     hw = el("hw-info")
     hw.dataset.vendor = adapter["vendor"]

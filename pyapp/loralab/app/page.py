@@ -113,15 +113,6 @@ def rate(gflops: float | None) -> str:
     return f"{gflops:,.0f} GFLOP/s" if gflops >= 100 else f"{gflops:.3g} GFLOP/s"
 
 
-def elapsed(ms: float) -> str:
-    """A duration for people: 850 ms, 4.2 s, 1 min 2 s."""
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f} s"
-    return f"{int(ms // 60_000)} min {ms % 60_000 / 1000:.0f} s"
-
-
 def render_rows(testid: str, rows: list[tuple[str, str]]) -> None:
     dl = el(testid)
     dl.replaceChildren()
