@@ -7,8 +7,8 @@ import json
 from pyodide.ffi import jsnull  # type: ignore[import-not-found]
 from pyscript import document  # type: ignore[import-not-found]
 
-from . import client
 from ..presets import duration
+from . import client
 from .page import el, mib, rate, refresh_status, render_rows
 
 
