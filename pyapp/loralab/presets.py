@@ -31,7 +31,7 @@ def preset_values(name: str, records: int, longest: int, parameters: int, gflops
     `records` training examples whose longest is `longest` tokens, a model of `parameters`
     weights and a GPU measured at `gflops` (None: not measured, no time cap). The sequence length
     covers the longest example (in steps of 64, at most 1024); the steps are the preset's epochs,
-    capped so the run takes about the preset's minutes on this GPU, and at least 10."""
+    capped (to no fewer than 10) so the run takes about the preset's minutes on this GPU."""
     label, r, targets, epochs, lr, minutes = PRESETS[name]
     seq_len = min(1024, max(64, 64 * math.ceil(longest / 64)))
     batch, accum = 4, (1 if name == "quick" else 2)
