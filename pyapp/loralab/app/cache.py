@@ -20,8 +20,11 @@ async def keep_storage() -> None:
 
 
 async def render_cache() -> None:
+    """The cache panel from the engine's list. Renders can overlap (a load's tail, a limit change):
+    only the one started last writes, so an older list never paints over a newer one."""
+    state["cache_render"] = mine = state.get("cache_render", 0) + 1
     result = await client.call("cache_list", background=True)
-    if not result:
+    if not result or state["cache_render"] != mine:
         return
     storage = window.navigator.storage
     if hasattr(storage, "estimate"):
@@ -34,6 +37,8 @@ async def render_cache() -> None:
         persisted = bool(await storage.persisted())
         el("storage-persist").textContent = ("Storage is persistent." if persisted else
                                              "Storage is not persistent: the browser may clear it when space runs low.")
+    if state["cache_render"] != mine:
+        return
     limit = el("cache-limit")
     if document.activeElement != limit:
         limit.value = f"{result['limit'] / 2**20:.2f}".rstrip("0").rstrip(".")
