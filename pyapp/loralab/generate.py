@@ -75,7 +75,7 @@ async def decode(step: Callable[[list[int], int], Awaitable[list[float]]], promp
     """The tokens after `prompt`: step(ids, start) runs `ids` at positions start… through a
     model's KV cache and returns the logits after the last one (our engine's, or an ONNX
     runtime's); one prefill, then one token per step until a stop id, max_new_tokens or
-    max_len positions."""
+    max_len positions, or until on_token(token) returns True (the person pressed Stop)."""
     if not prompt:
         raise UsageError("the prompt is empty")
     rng = random.Random(seed)
@@ -87,8 +87,8 @@ async def decode(step: Callable[[list[int], int], Awaitable[list[float]]], promp
         if token in stop_ids:
             break
         out.append(token)
-        if on_token:
-            on_token(token)
+        if on_token and on_token(token):
+            break
         if position >= max_len or len(out) == max_new_tokens:
             break
         logits = await step([token], position)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from .config import PRECISIONS
 from .errors import UsageError
@@ -229,8 +230,14 @@ class Ops:
         return ops
 
     @classmethod
-    async def load(cls, device: Device, library: KernelLibrary) -> "Ops":
-        kernels = {name: await library.get(name) for name in KERNELS}
+    async def load(cls, device: Device, library: KernelLibrary,
+                   on_progress: Callable[[str, float], None] | None = None) -> "Ops":
+        """Every base kernel compiled for `device` (on_progress(what, fraction) as they go)."""
+        kernels = {}
+        for i, name in enumerate(KERNELS, 1):
+            kernels[name] = await library.get(name)
+            if on_progress is not None:
+                on_progress("Compiling the GPU kernels", i / len(KERNELS))
         for entry in ("repack", "quantize_nf4", "quantize_q8_0", "to_ggml"):
             kernels[entry] = await library.get("quantize", entry)
         ops = cls(device, kernels, library)

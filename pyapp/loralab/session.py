@@ -289,7 +289,7 @@ class Session:
             self.run, self._imported_gpu = None, None
             if self.model is not None:
                 self.model.weights = None
-        self.ops = await Ops.load(device, KernelLibrary(device, read_source))
+        self.ops = await Ops.load(device, KernelLibrary(device, read_source), self.on_progress)
 
     @property
     def device(self) -> Device:
@@ -414,8 +414,11 @@ class Session:
                   "train_on_prompt": train_on_prompt, "packing": packing}
         if valid is not None:
             source.update(valid_name=valid[0], valid_text=valid[1])
+        progress = self.on_progress
         records, summary = load_dataset(name, text, fmt, model.tokenizer, seq_len, model.config.vocab_size,
-                                        train_on_prompt)
+                                        train_on_prompt, (lambda f: progress(f"Tokenizing {name}", f)) if progress else None)
+        if progress is not None:
+            progress(f"Tokenizing {name}", 1.0)
         if valid is not None:
             held, _ = load_dataset(valid[0], valid[1], fmt, model.tokenizer, seq_len, model.config.vocab_size,
                                    train_on_prompt)
@@ -629,11 +632,11 @@ class Session:
         return {**result, "records": len(records), "set": which}
 
     # -- generation ----------------------------------------------------------------------------------------
-    def prompt_ids(self, text: str, chat: bool | None = None) -> list[int]:
+    def prompt_ids(self, text: str | list[dict], chat: bool | None = None) -> list[int]:
         """Token ids of a prompt (see prompt_tokens)."""
         return prompt_tokens(self.need_tokenizer("generation"), text, chat, self.need_model().name)
 
-    async def next_logits(self, prompt: str, lora: LoraState | None) -> list[float]:
+    async def next_logits(self, prompt: str | list[dict], lora: LoraState | None) -> list[float]:
         """Our engine's logits after the prompt (as generate reads it), with `lora` or without."""
         from .generate import Generator
 
@@ -645,11 +648,14 @@ class Session:
         finally:
             gen.release()
 
-    async def generate(self, prompt: str, lora: LoraState | None, max_new_tokens: int = 64, chat: bool | None = None,
+    async def generate(self, prompt: str | list[dict], lora: LoraState | None, max_new_tokens: int = 64,
+                       chat: bool | None = None,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                       on_text: Callable[[str], None] | None = None, weights_dtype: str | None = None) -> Generation:
+                       on_text: Callable[[str], None] | None = None, weights_dtype: str | None = None,
+                       stop: Callable[[], bool] | None = None) -> Generation:
         """The model's continuation of `prompt` (see prompt_ids) with `lora` (None: the base
-        model); `on_text` gets the answer so far after every token."""
+        model); `on_text` gets the answer so far after every token; the answer ends early once
+        `stop()` is true."""
         from .generate import Generator
 
         tok = self.need_tokenizer("generation")
@@ -657,10 +663,11 @@ class Session:
         model = await self.upload(weights_dtype)
         out: list[int] = []
 
-        def on_token(token: int) -> None:
+        def on_token(token: int) -> bool:
             out.append(token)
             if on_text is not None:
                 on_text(tok.decode(out))
+            return stop is not None and stop()
 
         gen = Generator(self.device, self.ops, model.config, model.weights, lora,
                         min(model.config.max_position_embeddings, len(ids) + max_new_tokens))
@@ -743,10 +750,11 @@ class Session:
 
     def merged_size(self) -> int:
         """Bytes of the merged model.safetensors."""
-        from .merge import merged_bytes, merged_dtype
+        from .merge import merged_bytes, merged_dtype, safetensors_header
 
         model = self.need_model()
-        return merged_bytes(model.config, merged_dtype(model.weights or {}))
+        dtype = merged_dtype(model.weights or {})
+        return len(safetensors_header(model.config, dtype)) + merged_bytes(model.config, dtype)
 
     async def write_merged(self, write: Callable[[bytes], object]) -> None:
         """model.safetensors of the base model with the adapter merged in, tensor by tensor."""
@@ -756,7 +764,21 @@ class Session:
         lora = self.adapter()
         if lora is None:
             raise UsageError("train or import an adapter first")
+        write = self._counted(write, self.merged_size(), "Merging the adapter into the model")
         await write_merged(write, self.device, self.ops, model.config, model.weights, lora)
+
+    def _counted(self, write: Callable[[bytes], object], total: int, what: str) -> Callable[[bytes], object]:
+        """`write` reporting on_progress(what, bytes written / total) as an export streams out."""
+        if self.on_progress is None or total <= 0:
+            return write
+        done, report = [0], self.on_progress
+
+        def counted(data: bytes) -> object:
+            done[0] += len(data)
+            report(what, min(1.0, done[0] / total))
+            return write(data)
+
+        return counted
 
     def onnx_files(self, dtype: str = "both") -> list[tuple[str, bool, str | None]]:
         """The ONNX folder's models for `dtype` (fp32, q4 or both): (path, q4, the path of its
@@ -831,6 +853,7 @@ class Session:
         lora = self.adapter()
         if lora is None:
             raise UsageError("train or import an adapter first")
+        write = self._counted(write, self.merged_gguf_size(quant), f"Merging the adapter into the model ({quant})")
         await write_merged_gguf(write, self.device, self.ops, source, model.weights, lora, quant)
 
 
@@ -871,16 +894,36 @@ async def gguf_as_onnx(source) -> tuple[bytes, str]:
     return b"".join(chunks), GGUF_LOCATION
 
 
-def prompt_tokens(tok: Tokenizer, text: str, chat: bool | None, name: str) -> list[int]:
+def prompt_tokens(tok: Tokenizer, text: str | list[dict], chat: bool | None, name: str) -> list[int]:
     """Token ids of a prompt: one user message through the chat template (`chat` True: the model
-    `name` must have one; None: when it has one), or the text as it is (`chat` False)."""
+    `name` must have one; None: when it has one), or the text as it is (`chat` False). A list of
+    messages ({"role", "content"}: a system prompt, earlier turns, the question) is a conversation,
+    always through the template."""
     template = getattr(tok, "chat_template", None)
+    if not isinstance(text, str):
+        if not template:
+            raise TokenizerError(f"{name}: the model has no chat template, so it takes no system prompt or "
+                                 "conversation; ask one plain question at a time")
+        rendered = tok.apply_chat_template(text, add_generation_prompt=True)
+        return tok.encode(rendered, add_special_tokens=False)
     if chat and not template:
         raise TokenizerError(f"{name}: the model has no chat template; give a plain prompt")
     if chat or (chat is None and template):
         text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
         return tok.encode(text, add_special_tokens=False)
     return tok.encode(text)
+
+
+def conversation(question: str, system: str = "", turns: list[tuple[str, str | None]] = ()) -> str | list[dict]:
+    """The messages for a question after earlier (question, answer) turns, under a system prompt;
+    the plain question when there is neither. A turn without an answer is left out."""
+    if not system and not turns:
+        return question
+    messages = [{"role": "system", "content": system}] if system else []
+    for asked, answered in turns:
+        if answered is not None:
+            messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
+    return messages + [{"role": "user", "content": question}]
 
 
 def run_in_background(run: Run, report: Callable[[dict], None], **train_args) -> asyncio.Task:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..checks import loads
 from ..config import DATASET_FORMATS
@@ -278,7 +278,10 @@ def _labelled(tok: Tokenizer, text: str, spans: list[tuple[int, int]], train_on_
 
 
 def load_dataset(name: str, text: str, fmt: str = "auto", tokenizer: Tokenizer | None = None, seq_len: int | None = None,
-                 vocab_size: int | None = None, train_on_prompt: bool = False) -> tuple[list[Sequence], DatasetSummary]:
+                 vocab_size: int | None = None, train_on_prompt: bool = False,
+                 on_progress: Callable[[float], None] | None = None) -> tuple[list[Sequence], DatasetSummary]:
+    """The records of a dataset file tokenized for training, and their summary; on_progress gets
+    the fraction of records done (every 1%)."""
     records = read_records(name, text)
     detected = fmt == "auto"
     if detected:
@@ -290,7 +293,10 @@ def load_dataset(name: str, text: str, fmt: str = "auto", tokenizer: Tokenizer |
     # Examples longer than the sequence are cut before tokenizing: no token spans more than
     # max_token_chars characters, so twice (seq_len + 1) of them leaves every kept token intact.
     max_chars = 2 * (seq_len + 1) * getattr(tokenizer, "max_token_chars", 1024) if seq_len else None
+    every = max(1, len(records) // 100)
     for number, record in enumerate(records, 1):
+        if on_progress is not None and number % every == 0:
+            on_progress(number / len(records))
         where = f"{name} record {number}"
         try:
             seq = encode_record(record, fmt, tokenizer, where, train_on_prompt, max_chars)
