@@ -46,6 +46,7 @@ VENDOR = [
     # ONNX Runtime Web: the module with the WebGPU and wasm providers, and the wasm it loads.
     ("onnxruntime-web/dist", ["ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs",
                               "ort-wasm-simd-threaded.asyncify.wasm"], "vendor/ort"),
+    ("uplot/dist", ["uPlot.iife.min.js", "uPlot.min.css"], "vendor/uplot"),  # the training chart
 ]
 
 # Pure-Python packages the browser's Python imports (chat templates: jinja2, which needs

@@ -1,5 +1,7 @@
 """Screenshots of the app for the README: `.venv/bin/python -m tests.browser.screenshots docs/screenshots`
-(after `python3 build.py build`). Trains the tiny chat model of test_app_flow in headless Chromium."""
+(after `python3 build.py build`). Trains the tiny chat model of test_app_flow in headless Chromium,
+light and dark, at 1280 px and on a 390 px phone screen (which must not scroll sideways).
+tests/browser/test_screenshots.py runs it into a temporary folder."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from tests.browser.test_app_flow import chat_jsonl, make_chat_model
 from tests.rig import CHROMIUM, CHROMIUM_FLAGS, DIST
 
 
-def main(out: Path) -> None:
+def main(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp())
     folder = make_chat_model(work / "tiny-chat")
@@ -32,7 +34,7 @@ def main(out: Path) -> None:
             page.set_input_files("[data-testid=dataset-files]", str(data))
             page.wait_for_function("document.querySelector('[data-testid=dataset-summary]').textContent.includes('records')")
             page.click("[data-testid=plan-open]")
-            for testid, value in (("cfg-steps", "40"), ("cfg-lr", "0.01"), ("cfg-batch-size", "3"), ("cfg-report-every", "2")):
+            for testid, value in (("cfg-steps", "24"), ("cfg-lr", "0.01"), ("cfg-batch-size", "3"), ("cfg-report-every", "2")):
                 page.fill(f"[data-testid={testid}]", value)
             page.dispatch_event("[data-testid=cfg-steps]", "change")
             page.wait_for_timeout(1500)
@@ -44,9 +46,16 @@ def main(out: Path) -> None:
             page.wait_for_function("document.querySelector('[data-testid=gen-output-adapter]').dataset.done === '1'",
                                    timeout=300_000)
             page.screenshot(path=str(out / f"trained-{scheme}.png"), full_page=True)
+            page.set_viewport_size({"width": 390, "height": 844})  # a phone
+            page.wait_for_timeout(500)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            if width > 390:
+                raise SystemExit(f"at 390 px the page is {width} px wide")
+            page.screenshot(path=str(out / f"trained-{scheme}-390.png"), full_page=True)
             page.close()
         browser.close()
     server.shutdown()
+    return sorted(out.glob("*.png"))
 
 
 if __name__ == "__main__":

@@ -49,20 +49,35 @@ def model_folder(tmp_path_factory):
     return make_chat_model(tmp_path_factory.mktemp("tiny-chat"))
 
 
+def current_step(page) -> str:
+    return page.get_attribute("[data-testid=steps]", "data-current")
+
+
 def test_files_chat_train_pause_resume_download_compare(app, model_folder, tmp_path):
     page = app.page
     app.engine_up()
+    page.wait_for_function("document.querySelector('[data-testid=steps]').dataset.current === 'model'")
+    assert "Load a model" in app.text("step-next")
     app.load_model_files(model_folder)
     assert "LlamaForCausalLM" in app.text("model-card")
+    assert current_step(page) == "data"
 
     app.use_dataset_file(chat_jsonl(tmp_path / "chat.jsonl"), "9 records", valid="0.2")
     assert "1 held out for validation" in app.text("dataset-summary")
     assert "chat" in app.text("dataset-summary")
+    assert current_step(page) == "plan"
+    assert page.locator("[data-testid=dataset-examples] tbody tr").count() == 8  # the 8 training examples
+    assert page.locator("[data-testid=dataset-examples] .trained").count() > 0  # trained tokens highlighted
+    assert page.is_visible(app.sel("dataset-lengths")) and page.is_visible(app.sel("dataset-examples"))
+    assert page.locator("[data-testid=dataset-lengths-plot] rect").count() > 0  # the histogram's bars
+    assert page.get_attribute(app.sel("dataset-lengths"), "data-cut") == "0"
+    assert "None will be cut" in app.text("dataset-lengths-caption")
 
     page.fill("[data-testid=gen-prompt]", "What is the password?")  # also the sample prompt at evaluations
     app.set_plan({"steps": 40, "lr": 0.01, "batch-size": 3, "seq-len": 64, "rank": 8, "alpha": 16, "report-every": 2,
                   "eval-every": 20})
     page.fill("[data-testid=checkpoint-every]", "0")
+    assert current_step(page) == "train"
 
     page.click("[data-testid=train-start]")
     page.wait_for_function("parseInt(document.querySelector('[data-testid=train-step]').textContent) >= 4", timeout=120_000)
@@ -97,13 +112,90 @@ def test_files_chat_train_pause_resume_download_compare(app, model_folder, tmp_p
     losses = [r["loss"] for r in lines if r["kind"] == "train"]
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, losses
 
+    assert current_step(page) == "try"
     base, adapter = app.generate()
     assert base != adapter
-    assert page.locator("[data-testid=loss-chart] polyline").count() == 1
-    assert page.locator("[data-testid=loss-chart] circle").count() >= 1  # validation loss points
+    assert current_step(page) == "done"
+    assert re.fullmatch(r"\d+ tokens?", app.text("gen-tokens-adapter"))
+    assert page.is_disabled(app.sel("gen-stop"))
+    series = json.loads(page.get_attribute("[data-testid=loss-chart]", "data-series"))
+    assert series["loss"] == series["smoothed loss"] == series["learning rate"] == 40, series
+    assert series["validation loss"] >= 1, series
+    assert page.locator("[data-testid=loss-chart] canvas").count() == 1  # uPlot drew it
+    assert "training loss" in page.get_attribute("[data-testid=loss-chart]", "aria-label")
     assert any(r["kind"] == "eval" for r in lines)
     app.wait_text("train-sample", "→")
+    assert page.locator("[data-testid=train-samples] li").count() >= 1  # every sample, on the timeline
     assert "GPU memory in use" in app.text("hw-info")
+
+    # Stop during an answer: the answers end, what came stays, the page is ready again
+    page.fill(app.sel("gen-max-tokens"), "1024")
+    page.fill(app.sel("gen-temperature"), "1.5")
+    page.click(app.sel("gen-run"))
+    page.wait_for_selector("[data-testid=gen-stop]:not([disabled])", timeout=30_000)
+    page.click(app.sel("gen-stop"))
+    page.wait_for_selector("[data-testid=gen-run]:not([disabled])", timeout=300_000)
+    app.ready()
+    assert page.is_disabled(app.sel("gen-stop"))
+
+    # The compare panel as a chat: the template is shown, earlier turns are listed (and, ticked, continued)
+    assert "<|im_start|>" in page.text_content(app.sel("chat-template"))  # (inside a closed <details>)
+    page.fill(app.sel("gen-max-tokens"), "8")
+    page.fill(app.sel("gen-temperature"), "0")
+    page.fill(app.sel("gen-system"), "You guard the gate.")
+    page.check(app.sel("gen-history"))
+    app.generate("Who guards the gate?")
+    history = page.locator("[data-testid=chat-history] > li")
+    assert history.count() == 2 and "What is the password?" in history.nth(0).inner_text()
+    page.click(app.sel("chat-clear"))
+    assert page.is_hidden(app.sel("chat-history"))
+
+
+def run_rows(page, count: int, timeout: int = 600_000):
+    page.wait_for_function(f"document.querySelectorAll('[data-testid=run-item]').length === {count}", timeout=timeout)
+    return page.locator("[data-testid=run-item]")
+
+
+def chart_series(page) -> dict:
+    return json.loads(page.get_attribute("[data-testid=loss-chart]", "data-series") or "{}")
+
+
+def test_runs_are_kept_overlaid_reused_and_deleted(app, model_folder, tmp_path):
+    """Each run that ends is kept (plan, metrics, adapter); two runs' curves overlay on the chart,
+    a past run's adapter answers in the compare panel, and the list survives a reload."""
+    page = app.page
+    app.engine_up()
+    assert not page.locator(app.sel("runs-empty")).is_hidden()
+    app.load_model_files(model_folder)
+    app.use_dataset_file(chat_jsonl(tmp_path / "c.jsonl"), valid="0.2")
+    app.train({"steps": 6, "lr": 0.02, "batch-size": 3, "report-every": 2, "eval-every": 3})
+    run_rows(page, 1, 120_000)
+    _, first_answer = app.generate("Where is the key?")
+    app.set_plan({"lr": 0.001})
+    page.click(app.sel("train-start"))
+    rows = run_rows(page, 2)
+    assert "lr 0.001" in rows.nth(0).inner_text() and "lr 0.02" in rows.nth(1).inner_text()  # newest first
+    assert page.locator(app.sel("runs-empty")).is_hidden()
+    for i in range(2):
+        rows.nth(i).locator("[data-testid=run-overlay]").check()
+    page.wait_for_function("""() => Object.keys(JSON.parse(document.querySelector('[data-testid=loss-chart]')
+        .dataset.series || '{}')).filter((k) => k.endsWith(': loss')).length === 2""", timeout=60_000)
+    series = chart_series(page)
+    assert series["loss"] == 6 and [v for k, v in series.items() if k.endswith(": loss")] == [6, 6], series
+    assert sum(1 for k in series if k.endswith(": validation")) == 2, series
+
+    rows.nth(1).locator("[data-testid=run-use]").click()  # the first run's adapter, back in the compare panel
+    app.wait_text("adapter-info", "Using the adapter of run")
+    app.ready()
+    _, again = app.generate("Where is the key?")
+    assert again == first_answer
+
+    page.reload()
+    app.engine_up()
+    rows = run_rows(page, 2, 120_000)
+    rows.nth(0).locator("[data-testid=run-delete]").click()
+    rows = run_rows(page, 1, 60_000)
+    assert "lr 0.02" in rows.nth(0).inner_text()
 
 
 def test_dropping_files_loads_the_model_and_the_dataset(app, model_folder, tmp_path):

@@ -7,7 +7,7 @@ import json
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 from pyscript import document, window  # type: ignore[import-not-found]
 
-from . import client, onnx
+from . import chat, client, onnx
 from .page import download, el, refresh_status, show_error, state
 
 
@@ -65,6 +65,8 @@ def export_handler(fmt: str):
             import base64
 
             download(result["name"], [to_js(memoryview(base64.b64decode(result["base64"])))], "application/octet-stream")
+            state["tried"] = True
+            refresh_status()
 
     return handler
 
@@ -122,22 +124,40 @@ async def on_generate(event) -> None:
         show_error("Type a prompt first.")
         return
     payload = {"prompt": prompt, "max_new_tokens": int(float(el("gen-max-tokens").value or 64)),
-               "temperature": float(el("gen-temperature").value or 0), "top_p": float(el("gen-top-p").value or 1)}
+               "temperature": float(el("gen-temperature").value or 0), "top_p": float(el("gen-top-p").value or 1),
+               **chat.context()}
+    chat.start_turn()
     if state.get("mode") == "onnx":
-        await onnx.generate_onnx(payload)
+        answer = await onnx.generate_onnx(payload)
+        if answer is not None:
+            chat.finish_turn(prompt, {"onnx": answer})
         return
     el("gen-output-base").textContent = el("gen-output-adapter").textContent = "…"
+    for which in ("base", "adapter", "onnx"):
+        el(f"gen-tokens-{which}").textContent = ""
     el("gen-output-adapter").dataset.done = ""
-    state["busy"] = True  # (until the third answer is in too)
+    state["busy"] = state["answering"] = True  # (until the third answer is in too)
+    refresh_status()  # (Stop on, the other actions off)
     try:
         result = await client.busy_call("Generating…", "generate", payload)
         el("gen-output-base").textContent = shown_answer(result["base"]) if result else ""
         el("gen-output-adapter").textContent = (shown_answer(result["adapter"]) if result["adapter"] is not None
                                                 else "(train or import an adapter first, then compare here)") if result else ""
         el("gen-output-adapter").dataset.done = "1"  # streamed text is final now
-        if result and el("gen-onnx").checked:  # the third answer: our ONNX export in ONNX Runtime Web
-            await onnx.compare_onnx(payload)
+        state["tried"] = state.get("tried") or bool(result and result["adapter"] is not None)
+        onnx_answer = None
+        if result and result["stopped"]:
+            el("gen-stop").dataset.stopped = "1"
+        elif result and el("gen-onnx").checked:  # the third answer: our ONNX export in ONNX Runtime Web
+            onnx_answer = await onnx.compare_onnx(payload)
+        if result:
+            chat.finish_turn(prompt, {"base": result["base"], "adapter": result["adapter"], "onnx": onnx_answer})
     finally:
         el("gen-output-onnx").dataset.done = "1"
-        state["busy"] = False
+        state["busy"] = state["answering"] = False
     refresh_status()
+
+
+async def on_generate_stop(event) -> None:
+    """Stop: the answers end after the token being generated (what came so far stays)."""
+    await client.call("generate_stop")

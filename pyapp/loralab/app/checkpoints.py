@@ -22,11 +22,26 @@ async def show_checkpoint(prefix: str = "") -> None:
 
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(saved_run["saved_at"]))
     loss = f", loss {saved_run['loss']:.4f}" if saved_run["loss"] is not None else ""
+    needs_model = state["model"] is None
     el("checkpoint-info").textContent = (
         f"{prefix}A training run is saved in this browser: {saved_run['model']} on {saved_run['dataset']}, "
-        f"step {saved_run['step']} of {saved_run['total_steps']} ({saved_run['state']}{loss}), saved {when}.")
+        f"step {saved_run['step']} of {saved_run['total_steps']} ({saved_run['state']}{loss}), saved {when}."
+        + (f" To resume it, load {saved_run['model']} first." if needs_model else ""))
     offer.dataset.step = str(saved_run["step"])
     offer.hidden = False
+    load = el("checkpoint-load-model")
+    load.hidden = not (needs_model and saved_run.get("model_item"))
+    load.textContent = f"Load {saved_run['model']}"
+    state["checkpoint_model"] = (saved_run.get("model_item"), saved_run["model"])
+
+
+async def on_checkpoint_load_model(event) -> None:
+    """Load the saved run's model (kept in this browser's model cache), so the run can resume."""
+    from . import model
+
+    item, name = state.get("checkpoint_model") or (None, None)
+    if item:
+        await model.load_model({"kind": "cached", "id": item}, name)
 
 
 async def on_checkpoint_resume(event) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pyscript import document  # type: ignore[import-not-found]
 
 from . import cache, client, plan
+from .chart import length_histogram
 from .page import el, refresh_status, show_error, state
 
 
@@ -24,18 +25,73 @@ async def use_dataset(name: str, text: str) -> None:
             + "".join(f"; {note}" for note in s["notes"]))
         state["cuts_most"] = s["cuts_most"]
         state["train_records"], state["longest"] = result["train_records"], result["longest"]
-        preview = el("dataset-preview")
-        preview.replaceChildren()
-        for item in result["preview"]:
-            span = document.createElement("span")
-            span.textContent = item["token"]
-            if item["trained"]:
-                span.className = "trained"
-            preview.append(span)
+        el("dataset-preview").replaceChildren(*token_spans(result["preview"]))
+        state["lengths"] = result["lengths"]
+        show_examples(result["examples"])
+        show_lengths(train.seq_len if train else 256)
     refresh_status()
     if result:
         await cache.render_cache()
         await plan.update_estimate()
+
+
+def token_spans(tokens: list[dict]) -> list:
+    """Tokens as spans, the trained ones (those the loss is taken on) highlighted."""
+    spans = []
+    for item in tokens:
+        span = document.createElement("span")
+        span.textContent = item["token"]
+        if item["trained"]:
+            span.className = "trained"
+        spans.append(span)
+    return spans
+
+
+def show_examples(examples: list[dict]) -> None:
+    """The first examples as the model sees them: length, trained tokens, the text token by token."""
+    body = el("dataset-examples").querySelector("tbody")
+    body.replaceChildren()
+    for number, example in enumerate(examples, 1):
+        row = body.insertRow()
+        for text in (str(number), f"{example['tokens']:,}", f"{example['trained']:,}"):
+            row.insertCell().textContent = text
+        cell = row.insertCell()
+        cell.className = "preview"
+        cell.append(*token_spans(example["preview"]))
+        if len(example["preview"]) < example["tokens"]:
+            cell.append(document.createTextNode(" …"))
+    el("dataset-examples-wrap").hidden = not examples
+
+
+def show_lengths(seq_len: int) -> None:
+    """The histogram of the examples' token lengths against the plan's sequence length, and how
+    many examples training will cut."""
+    lengths = state.get("lengths") or []
+    figure = el("dataset-lengths")
+    figure.hidden = not lengths
+    if not lengths:
+        return
+    h = length_histogram(lengths, seq_len)
+    peak = max(h["counts"]) or 1
+    w, height, bars = 600, 120, len(h["counts"])
+    svg = [f'<svg viewBox="0 0 {w} {height}" role="img" aria-labelledby="dataset-lengths-caption" '
+           f'preserveAspectRatio="none" class="histogram">']
+    for i, count in enumerate(h["counts"]):
+        x, bh = i * w / bars, height * count / peak
+        cut = (i + 1) * h["width"] > seq_len
+        svg.append(f'<rect x="{x + 1:.1f}" y="{height - bh:.1f}" width="{w / bars - 2:.1f}" height="{bh:.1f}" '
+                   f'class="{"cut" if cut else "kept"}"><title>{i * h["width"]:,}–{(i + 1) * h["width"] - 1:,} tokens: '
+                   f'{count:,} examples</title></rect>')
+    x = min(w - 1, w * seq_len / (bars * h["width"]))
+    svg.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height}" class="limit"/></svg>'
+               f'<div class="axis"><span>0</span><span>{bars * h["width"]:,} tokens</span></div>')
+    el("dataset-lengths-plot").innerHTML = "".join(svg)
+    cut = h["cut"]
+    el("dataset-lengths-caption").textContent = (
+        f"Token lengths of the {len(lengths):,} examples; the line is the sequence length ({seq_len:,}). "
+        + (f"{cut:,} example{'s' if cut != 1 else ''} ({cut / len(lengths):.0%}) will be cut to it."
+           if cut else "None will be cut."))
+    figure.dataset.cut = str(cut)
 
 
 async def on_dataset_file(event) -> None:

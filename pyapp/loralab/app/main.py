@@ -11,7 +11,7 @@ import json
 from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
 from pyscript import document, window, workers  # type: ignore[import-not-found]
 
-from . import adapters, cache, checkpoints, client, dataset, hardware, model, onnx, plan, training
+from . import adapters, cache, chat, checkpoints, client, dataset, hardware, model, onnx, plan, runs, training
 from .page import el, on, refresh_status, saved, set_status, show_error, state
 
 
@@ -44,12 +44,15 @@ def wire() -> None:
     on("eval-run", "click", adapters.on_evaluate)
     on("checkpoint-resume", "click", checkpoints.on_checkpoint_resume)
     on("checkpoint-discard", "click", checkpoints.on_checkpoint_discard)
+    on("checkpoint-load-model", "click", checkpoints.on_checkpoint_load_model)
     on("cache-limit", "change", cache.on_cache_limit)
     on("hw-bench", "click", hardware.on_bench)
     on("plan-weights", "change", plan.on_weights)
     on("gen-run", "click", adapters.on_generate)
+    on("gen-stop", "click", adapters.on_generate_stop)
     on("onnx-files", "change", onnx.on_onnx_files)
     on("onnx-default", "click", onnx.on_onnx_default)
+    chat.wire()
     report = create_proxy(training.on_report)
     state["proxies"].append(report)
     window.loralabOnReport = report
@@ -82,6 +85,7 @@ async def start() -> None:
         set_status("Stopped: the GPU computed a wrong result", "error")
         show_error(f"The kernel self-check failed on this GPU (max error {result['check']['max_abs_error']}).")
         return
+    await runs.render_runs()
     last = saved()
     autoload = window.location.search.find("autoload=0") < 0
     if last.get("hub_endpoint"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyscript import window  # type: ignore[import-not-found]
 
-from . import adapters, cache, checkpoints, client, dataset, hardware, onnx, plan
+from . import adapters, cache, chat, checkpoints, client, dataset, hardware, onnx, plan
 from .page import el, mib, refresh_status, render_rows, save, show_error, state
 
 # How the model card names the GPU weight types (the GGUF block types by their own names).
@@ -18,6 +18,8 @@ async def load_model(request: dict, label: str) -> None:
         m = result["model"]
         state["model"] = m
         render_model_card(m)
+        chat.show_template(m["chat_template"])
+        chat.on_clear(None)  # (a new model: a new conversation)
         state["dataset"] = False
         el("dataset-summary").textContent = "No dataset yet."
     refresh_status()

@@ -21,6 +21,7 @@ def enter_onnx_mode(reason: str) -> None:
     show_error(reason + " " + NO_TRAINING)
     el("hw-info").dataset.check = "no-webgpu"
     el("onnx-chat").hidden = False
+    el("steps").hidden = True  # (the guided steps are training's)
     el("gen-output-base").textContent = el("gen-output-adapter").textContent = "(needs WebGPU)"
     refresh_status()
 
@@ -65,19 +66,26 @@ async def _load(request: dict, label: str) -> None:
     await cache.render_cache()
 
 
-async def generate_onnx(payload: dict) -> None:
+async def generate_onnx(payload: dict) -> str | None:
     """Chat without WebGPU: the ONNX model's answer in the third column."""
     el("gen-output-onnx").dataset.done = ""
     el("gen-output-onnx").textContent = "…"
-    result = await client.busy_call("Generating with ONNX Runtime Web…", "onnx_generate", payload)
+    el("gen-tokens-onnx").textContent = ""
+    state["answering"] = True
+    refresh_status()
+    try:
+        result = await client.busy_call("Generating with ONNX Runtime Web…", "onnx_generate", payload)
+    finally:
+        state["answering"] = False
     el("gen-output-onnx").textContent = result["text"] if result else ""
     if result:
         el("onnx-check").textContent = f"ONNX Runtime Web ({result['provider']}): {result['tokens_per_s']:,.1f} tokens/s"
     el("gen-output-onnx").dataset.done = "1"
     refresh_status()
+    return result["text"] if result else None
 
 
-async def compare_onnx(payload: dict) -> None:
+async def compare_onnx(payload: dict) -> str | None:
     """The third answer next to our engine's two, and how far ONNX Runtime Web's logits are from ours."""
     node, check = el("gen-output-onnx"), el("onnx-check")
     node.dataset.done = ""
@@ -94,3 +102,4 @@ async def compare_onnx(payload: dict) -> None:
         node.textContent = ""
         check.textContent = "ONNX Runtime Web did not answer: " + answer["error"]
     node.dataset.done = "1"
+    return answer["text"] if answer["ok"] else None

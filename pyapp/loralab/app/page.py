@@ -53,6 +53,7 @@ def refresh_status() -> None:
         if not busy:
             set_status(f"Chat only (no WebGPU): {loaded}" if loaded else "Chat only (no WebGPU): choose a model", "idle")
         el("gen-run").disabled = busy or not loaded
+        el("gen-stop").disabled = not state.get("answering")
         return
     if not busy:
         if state["model"] is None:
@@ -68,6 +69,7 @@ def refresh_status() -> None:
                             ("train-resume", state["train"] == "paused"),
                             ("train-stop", going),
                             ("gen-run", model and not going and not busy),
+                            ("gen-stop", bool(state.get("answering"))),
                             ("eval-run", model and state["dataset"] and not going and not busy),
                             ("checkpoint-resume", model and not going and not busy),
                             ("plan-weights", model and not going and not busy),
@@ -82,6 +84,44 @@ def refresh_status() -> None:
     hint = el("train-hint")
     if hint is not None:
         hint.textContent = "" if not blocker or going else blocker
+    refresh_steps()
+
+
+STEPS = (  # the guided flow: (step, done when, what to do while it is the current one)
+    ("model", lambda: state["model"] is not None,
+     "Load a model: the built-in one, your files (a Hugging Face folder or a .gguf) or a Hugging Face repo id."),
+    ("data", lambda: bool(state["dataset"]),
+     "Add a dataset: choose a file, paste JSONL, or drop it on the page."),
+    ("plan", lambda: bool(state.get("plan_seen")) or state["train"] != "idle" or bool(state.get("adapter")),
+     "Check the plan: pick a preset or edit the fields; it says how long and how much GPU memory."),
+    ("train", lambda: bool(state.get("adapter")),
+     "Press Start and watch the loss fall."),
+    ("try", lambda: bool(state.get("tried")),
+     "Ask the base model and base + adapter the same question, then download the adapter."),
+)
+
+
+def refresh_steps() -> None:
+    """The step bar: each step done, current (the first not done) or to do, and what to do next."""
+    current = None
+    for name, done, _ in STEPS:
+        item = document.querySelector(f'.steps li[data-step="{name}"]')
+        if item is None:
+            return
+        finished = done()
+        item.dataset.state = "done" if finished else ("current" if current is None else "todo")
+        link = item.querySelector("a")
+        link.querySelector(".step-state").textContent = {"done": " (done)", "current": " (current step)"}.get(
+            item.dataset.state, "")
+        if not finished and current is None:
+            current = name
+            link.setAttribute("aria-current", "step")
+        else:
+            link.removeAttribute("aria-current")
+    todo = {name: text for name, _, text in STEPS}
+    el("step-next").textContent = (f"Next: {todo[current]}" if current else
+                                   "All steps done: train again with another plan, or compare runs below.")
+    el("steps").dataset.current = current or "done"
 
 
 def on(testid: str, event: str, handler) -> None:

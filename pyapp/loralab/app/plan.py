@@ -82,6 +82,13 @@ def build_plan_form() -> None:
         control.name = f"{group}.{f.name}"
         control.dataset.testid = "cfg-" + TESTID_NAMES.get(f.name, f.name).replace("_", "-")
         control.setAttribute("data-testid", control.dataset.testid)
+        if label.title:  # the field's help, shown (touch screens have no tooltips) and read with the field
+            help_text = document.createElement("small")
+            help_text.className = "help"
+            help_text.id = f"help-{f.name}"
+            help_text.textContent = label.title
+            control.setAttribute("aria-describedby", help_text.id)
+            label.append(help_text)
         form.append(label)
 
 
@@ -168,7 +175,9 @@ async def on_preset(event) -> None:
     values = preset_values(name, state.get("train_records") or 0, state.get("longest") or 256, parameters,
                            state.get("gflops"))
     set_fields(values)
+    state["plan_seen"] = True
     await update_estimate()
+    refresh_status()
 
 
 def show_warnings(items: list[str]) -> None:
@@ -189,6 +198,9 @@ async def update_estimate(event=None) -> None:
         return
     payload = plan_payload(train, lora)
     save(plan={**payload["train"], **payload["lora"]})
+    from .dataset import show_lengths  # (dataset imports this module)
+
+    show_lengths(train.seq_len)
     if state["model"] is None:
         return
     result = await client.call("plan", payload)
@@ -253,3 +265,5 @@ def toggle_plan(event) -> None:
     form = document.getElementById("plan-form")
     form.hidden = not form.hidden
     el("plan-open").setAttribute("aria-expanded", "false" if form.hidden else "true")
+    state["plan_seen"] = True
+    refresh_status()

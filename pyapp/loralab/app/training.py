@@ -7,32 +7,31 @@ import json
 from pyscript import document, window  # type: ignore[import-not-found]
 
 from . import checkpoints, client, hardware, plan
+from .chart import chart_spec, describe
 from .page import download, el, refresh_status, show_error, show_progress, state
 
 
 def draw_chart() -> None:
-    points = [(r["step"], r["loss"]) for r in state["records"] if r.get("kind") == "train"]
-    svg = el("loss-chart")
-    if len(points) < 1:
-        svg.innerHTML = ""
-        return
-    import math
+    """The chart (uPlot through static/chart.js) from this run's records and the overlaid runs."""
+    overlays = list(state.get("overlays", {}).values())
+    node = el("loss-chart")
+    spec = chart_spec(state["records"], overlays, bool(el("chart-log").checked),
+                      180 if window.innerWidth < 600 else 240)
+    node.setAttribute("aria-label", describe(state["records"], overlays))
+    node.dataset.series = json.dumps({s["label"]: sum(v is not None for v in s["data"]) for s in spec["series"]})
+    window.loralabChart.draw(node, json.dumps(spec))
 
-    log = el("chart-log").checked
-    xs = [p[0] for p in points]
-    ys = [math.log10(max(p[1], 1e-9)) if log else p[1] for p in points]
-    x0, x1 = 1, max(max(xs), state["total"] or 1, 2)
-    y0, y1 = min(ys), max(ys)
-    span = (y1 - y0) or 1.0
-    coords = " ".join(f"{40 + 550 * (x - x0) / (x1 - x0):.1f},{10 + 130 * (y1 - y) / span:.1f}" for x, y in points)
-    evals = [(r["step"], math.log10(max(r["loss"], 1e-9)) if log else r["loss"])
-             for r in state["records"] if r.get("kind") == "eval"]
-    dots = "".join(f'<circle r="3" cx="{40 + 550 * (x - x0) / (x1 - x0):.1f}" '
-                   f'cy="{10 + 130 * (y1 - min(max(y, y0), y1)) / span:.1f}"/>' for x, y in evals)
-    top, bottom = (10 ** y1, 10 ** y0) if log else (y1, y0)
-    svg.innerHTML = (f'<polyline points="{coords}"/>{dots}<text x="2" y="14">{top:.3f}</text>'
-                     f'<text x="2" y="144">{bottom:.3f}</text><text x="520" y="156">step {x1}'
-                     f'{" (log)" if log else ""}</text>')
+
+def add_sample(record: dict) -> None:
+    """A sample generation at an evaluation point: the latest beside the chart, all in the timeline."""
+    el("train-sample").textContent = f"Step {record['step']}, {record['prompt']!r} → {record['text']}"
+    item = document.createElement("li")
+    item.dataset.step = str(record["step"])
+    step = document.createElement("strong")
+    step.textContent = f"step {record['step']}: "
+    item.append(step, document.createTextNode(record["text"]))
+    el("train-samples").append(item)
+    el("train-samples").hidden = False
 
 
 def on_report(text: str) -> None:
@@ -45,9 +44,18 @@ def on_report(text: str) -> None:
         return
     if record["kind"] == "token":
         el(f"gen-output-{record['which']}").textContent = record["text"]
+        n = record.get("tokens", 0)
+        el(f"gen-tokens-{record['which']}").textContent = f"{n} token{'s' if n != 1 else ''}"
         return
     if record["kind"] == "sample":
-        el("train-sample").textContent = f"Step {record['step']}, {record['prompt']!r} → {record['text']}"
+        add_sample(record)
+        return
+    if record["kind"] == "run_kept":
+        from . import runs
+
+        if record.get("error"):
+            el("checkpoint-status").textContent = record["error"]
+        asyncio.ensure_future(runs.render_runs())
         return
     if record["kind"] == "checkpoint":
         el("checkpoint-status").textContent = (f"Not saved: {record['error']}" if record.get("error") else
@@ -136,6 +144,8 @@ async def on_train_start(event) -> None:
         return
     state["records"] = []
     el("rank-map").hidden = True
+    el("train-samples").replaceChildren()
+    el("train-samples").hidden = True
     state["started_at"] = window.performance.now() / 1000
     el("train-step").textContent = "0"
     payload = plan.plan_payload(train, lora)

@@ -44,8 +44,12 @@ def make_fetch(cache):
         try:
             response = await js.fetch(url)
         except Exception as exc:  # a JsException: the network, CORS, a revoked blob: URL
-            offline = "" if js.navigator.onLine else "; this browser is offline and the file is not in its cache"
-            raise FetchError(f"{url}: could not be fetched ({exc}{offline})") from None
+            if not js.navigator.onLine:
+                raise FetchError(f"{url}: this browser is offline and the file is not in its cache; connect once "
+                                 "to fetch it, or load a model kept in this browser (Kept in this browser)") from None
+            reason = str(exc).removeprefix("TypeError: ").removeprefix("Error: ")
+            raise FetchError(f"{url}: could not be reached ({reason}); check the address, the hub setting "
+                             "and the connection") from None
         if response.status == 404 and missing_ok:
             if use_cache:
                 await cache.store(url, file, None)

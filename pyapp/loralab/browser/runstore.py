@@ -40,10 +40,11 @@ async def begin(dataset: dict) -> None:
     await opfs.write(DATASET, json.dumps({**dataset, "sha256": _digest(dataset["text"])}).encode())
 
 
-async def save(trainer, model_name: str, config: ModelConfig, dataset: dict, save_every: int, state: str) -> dict:
+async def save(trainer, model_name: str, config: ModelConfig, dataset: dict, save_every: int, state: str,
+               model_item: str | None = None) -> dict:
     meta, buffers = await trainer.state()
     losses = [r["loss"] for r in meta["history"] if r.get("kind") == "train"]
-    meta["app"] = {"model": model_name, "fingerprint": fingerprint(config), "state": state,
+    meta["app"] = {"model": model_name, "model_item": model_item, "fingerprint": fingerprint(config), "state": state,
                    "dataset": dataset["name"], "dataset_sha256": _digest(dataset["text"]), "save_every": save_every,
                    "total_steps": trainer.total_steps, "saved_at": time.time(), "loss": losses[-1] if losses else None}
     await opfs.write(STATE, pack(meta, buffers))
@@ -53,7 +54,8 @@ async def save(trainer, model_name: str, config: ModelConfig, dataset: dict, sav
 def summary(meta: dict) -> dict:
     app = meta["app"]
     return {"step": meta["step"], "total_steps": app["total_steps"], "state": app["state"], "model": app["model"],
-            "dataset": app["dataset"], "saved_at": app["saved_at"], "loss": app["loss"]}
+            "dataset": app["dataset"], "saved_at": app["saved_at"], "loss": app["loss"],
+            "model_item": app.get("model_item") if isinstance(app.get("model_item"), str) else None}
 
 
 async def load() -> tuple[dict, dict[str, bytes], dict] | None:

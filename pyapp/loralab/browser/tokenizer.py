@@ -47,7 +47,7 @@ class BrowserTokenizer:
         self.eos_id = self._id(self.eos_token)
         pad_id = self._id(token_text(config.get("pad_token")))
         self.pad_id = pad_id if pad_id is not None else (self.eos_id or 0)
-        self.chat_template = template is not None
+        self.chat_template = template.text if template is not None else None  # (the model card shows it)
         self._bytes = _byte_decoder()
 
     @classmethod

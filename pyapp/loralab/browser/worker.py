@@ -32,8 +32,8 @@ from ..gpu.device import GpuError
 from ..kernels import KernelLibrary, SourceReader
 from ..model.remote import RemoteFolder
 from ..selftest import matmul_check
-from ..session import Session, checkpoint_configs, run_in_background
-from . import runstore
+from ..session import Session, checkpoint_configs, conversation, run_in_background
+from . import runs, runstore
 from .datacache import ABSENT, DataCache
 from .fetch import make_fetch
 from .opfs import StorageError
@@ -48,13 +48,17 @@ class Worker:
         self.cache = DataCache()
         self.fetch = make_fetch(self.cache)  # model files through the cache while an item loads
         self.session = Session()
-        self.session.on_progress = progress_reporter()
+        # An operation of several stages (a model's first load: the kernels, then the weights) maps
+        # each stage's progress into its share of one bar: {stage: (start, end, label)}.
+        self.stages: dict[str, tuple[float, float, str]] = {}
+        self.session.on_progress = progress_reporter(self.stages)
         self.device: BrowserDevice | None = None
         self.kernels: KernelLibrary | None = None
         self.base_url = ""
         self.model_item: str | None = None  # the cache item of the loaded model
         self.commands: dict = dict(COMMANDS)
         self.onnx = None  # OnnxChat: ONNX Runtime Web's session (the compare panel, or chat without WebGPU)
+        self.answer_stop = False  # the compare panel's Stop: the answers being generated end at the next token
 
     def reader(self) -> SourceReader:
         """Kernel sources fetched from the site's `wgsl/` folder (the worker runs from a blob:
@@ -123,13 +127,18 @@ def report(record: dict) -> None:
         callback(json.dumps(record))
 
 
-def progress_reporter():
+def progress_reporter(stages: dict[str, tuple[float, float, str]] | None = None):
     """Session.on_progress for the page: {"kind": "progress", "what", "fraction"} records, at most
-    one per percent (and always the start and the end)."""
+    one per percent (and always the start and the end). A stage listed in `stages` reports its
+    share of the operation it belongs to, so that operation's bar only moves forward."""
     last = {"what": None, "fraction": -1.0}
+    stages = {} if stages is None else stages
 
     def on_progress(what: str, fraction: float) -> None:
         fraction = min(1.0, max(0.0, fraction))
+        if what in stages:
+            start, end, what = stages[what]
+            fraction = start + (end - start) * fraction
         if what != last["what"] or fraction - last["fraction"] >= 0.01 or fraction in (0.0, 1.0):
             last.update(what=what, fraction=fraction)
             report({"kind": "progress", "what": what, "fraction": fraction})
@@ -239,6 +248,20 @@ async def load_model(w: Worker, req: LoadModel) -> dict:
     if req.kind == "cached":
         req = await cached_request(w, req.id or "")
     item_id, name, item_source = cache_item(req)
+    compiled = w.session.ops is not None and w.session.ops.device is w.device
+    kernels_share = 0.0 if compiled else KERNELS_SHARE
+    w.stages.update({"Compiling the GPU kernels": (0.0, kernels_share, f"Loading {name}: compiling the GPU kernels"),
+                     "Reading the weights onto the GPU": (kernels_share, 1.0, f"Loading {name}: reading the weights")})
+    try:
+        return await _load_model(w, req, item_id, name, item_source)
+    finally:
+        w.stages.clear()
+
+
+KERNELS_SHARE = 0.15  # of a first model load's bar: compiling the kernels (then the weights)
+
+
+async def _load_model(w: Worker, req: LoadModel, item_id: str, name: str, item_source: dict) -> dict:
     session = await w.ready()
     async with w.cache.loading(req.item or item_id, "model", name, item_source):
         source, reference = await open_source(w, req)
@@ -319,12 +342,21 @@ async def set_dataset(w: Worker, req: SetDataset) -> dict:
         await w.cache.keep_text(item_id, dataset.source["name"], req.text)
     except Exception as exc:  # storage is a convenience here: the dataset is in use either way
         js.console.warn(f"LoRA Lab: the dataset was not kept in the browser cache: {exc}")
-    first = dataset.train[0] if dataset.train else dataset.valid[0]
     tok = session.model.tokenizer
-    preview = [{"token": tok.decode([i]), "trained": label != -100}
-               for i, label in zip(first.input_ids[:64], first.labels[:64])]
-    return {"summary": dataset.info(), "preview": preview, "train_records": len(dataset.train),
-            "longest": max(len(s.input_ids) for s in dataset.train + dataset.valid)}
+
+    def preview(seq, n: int) -> list[dict]:
+        return [{"token": tok.decode([i]), "trained": label != -100} for i, label in zip(seq.input_ids[:n], seq.labels[:n])]
+
+    every = dataset.train + dataset.valid
+    examples = [{"tokens": len(s.input_ids), "trained": sum(1 for label in s.labels[1:] if label != -100),
+                 "preview": preview(s, PREVIEW_TOKENS)} for s in dataset.train[:PREVIEW_EXAMPLES]]
+    return {"summary": dataset.info(), "preview": preview(every[0], 64), "examples": examples,
+            "train_records": len(dataset.train), "longest": max(len(s.input_ids) for s in every),
+            "lengths": [len(s.input_ids) for s in every]}
+
+
+PREVIEW_EXAMPLES = 8  # the dataset panel's table of examples
+PREVIEW_TOKENS = 160
 
 
 # -- the plan and training ---------------------------------------------------------------------------------
@@ -370,20 +402,30 @@ def start_background(w: Worker, run, save_every: int, stop_after: int | None, sa
 
     session = w.session
     model, dataset = session.model, session.dataset
+    samples: list[dict] = []
 
     async def sample(step: int) -> None:
         out = await session.generate(sample_prompt, run.lora, 32)
-        report({"kind": "sample", "step": step, "prompt": sample_prompt, "text": out.text})
+        samples.append({"step": step, "prompt": sample_prompt, "text": out.text})
+        report({"kind": "sample", **samples[-1]})
+
+    async def keep() -> None:
+        try:
+            report({"kind": "run_kept", **await runs.keep(session, run, samples)})
+        except Exception as exc:  # the run itself is fine; the person is told it was not kept
+            report({"kind": "run_kept", "error": f"the run could not be kept in this browser: {one_line(exc)}"})
 
     def on_report(record: dict) -> None:
         report(record)
         if record["kind"] == "eval" and sample_prompt:  # a sample generation at each evaluation point
             asyncio.ensure_future(sample(record["step"]))
+        if record["kind"] == "state" and record["state"] in ("done", "stopped") and run.step > 0:
+            asyncio.ensure_future(keep())  # the finished run joins the runs list
 
     async def on_checkpoint(trainer) -> None:
         try:
             saved = await runstore.save(trainer, model.name, model.config, dataset.source, save_every,
-                                        run.checkpoint_state())
+                                        run.checkpoint_state(), w.model_item)
             report({"kind": "checkpoint", **saved})
         except Exception as exc:  # training goes on; the person is told that saving failed
             report({"kind": "checkpoint", "error": f"the checkpoint could not be saved: {one_line(exc)}",
@@ -444,11 +486,25 @@ async def evaluate_adapter(w: Worker, req: Empty) -> dict:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """An earlier turn of the compare panel's chat: the question and each column's answer."""
+    user: str
+    base: str | None = None
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
 class Generate:
     prompt: str
     max_new_tokens: int = 48
     temperature: float = 0.0
     top_p: float = 1.0
+    system: str = ""  # a system prompt (through the chat template)
+    history: list[Turn] = field(default_factory=list)  # earlier turns: each column continues its own chat
+
+    def messages(self, which: str) -> str | list[dict]:
+        """The prompt for column `which` ("base" or "adapter"): the question, or the conversation."""
+        return conversation(self.prompt, self.system, [(t.user, getattr(t, which)) for t in self.history])
 
 
 @command("generate", Generate)
@@ -458,16 +514,37 @@ async def generate(w: Worker, req: Generate) -> dict:
     session = await w.ready()
     session.need_model()
     session.need_idle("generation")
+    w.answer_stop = False
     answers = {}
     for label, lora in (("base", None), ("adapter", session.adapter())):
         if label == "adapter" and lora is None:
             answers[label] = None
             continue
-        out = await session.generate(req.prompt, lora, req.max_new_tokens, None, req.temperature, req.top_p,
-                                     on_text=lambda text, which=label: report({"kind": "token", "which": which,
-                                                                                "text": text}))
+        if w.answer_stop:
+            answers[label] = ""
+            continue
+        out = await session.generate(req.messages(label), lora, req.max_new_tokens, None, req.temperature, req.top_p,
+                                     on_text=token_reporter(label), stop=lambda: w.answer_stop)
         answers[label] = out.text
-    return answers
+    return {**answers, "stopped": w.answer_stop}
+
+
+def token_reporter(which: str):
+    """on_text for a streamed answer: {"kind": "token", "which", "text", "tokens"} to the page."""
+    count = [0]
+
+    def on_text(text: str) -> None:
+        count[0] += 1
+        report({"kind": "token", "which": which, "text": text, "tokens": count[0]})
+
+    return on_text
+
+
+@command("generate_stop", Empty)
+async def generate_stop(w: Worker, req: Empty) -> dict:
+    """End the answers being generated (the compare panel's Stop) after their current token."""
+    w.answer_stop = True
+    return {}
 
 
 # -- ONNX Runtime Web ------------------------------------------------------------------------------------------
@@ -528,9 +605,10 @@ async def onnx_compare(w: Worker, req: OnnxCompare) -> dict:
                                              providers)
         await opfs.remove(ONNX_COMPARE)  # (the session holds its own copy)
         chat = w.onnx = OnnxChat(decoder, session.need_tokenizer("generation"), model.name, key)
-    ids = session.prompt_ids(req.prompt)
+    prompt = req.messages("adapter" if lora is not None else "base")  # (the exported model's own chat)
+    ids = session.prompt_ids(prompt)
     theirs = await prompt_logits(chat.decoder, ids)
-    ours = await session.next_logits(req.prompt, lora)
+    ours = await session.next_logits(prompt, lora)
     diff = max(abs(a - b) for a, b in zip(theirs, ours))
     started = time.perf_counter()
     text, tokens = await _onnx_answer(chat, ids, req)
@@ -543,10 +621,12 @@ async def _onnx_answer(chat: OnnxChat, ids: list[int], req) -> tuple[str, int]:
     from ..onnx_decode import onnx_generate
 
     tok, out = chat.tokenizer, []
+    w = WORKER
 
-    def on_token(token: int) -> None:
+    def on_token(token: int) -> bool:
         out.append(token)
-        report({"kind": "token", "which": "onnx", "text": tok.decode(out)})
+        report({"kind": "token", "which": "onnx", "text": tok.decode(out), "tokens": len(out)})
+        return w is not None and w.answer_stop
 
     stop = {tok.eos_id} if tok.eos_id is not None else set()
     max_len = min(chat.decoder.shape.max_positions, len(ids) + req.max_new_tokens)
@@ -698,7 +778,8 @@ async def onnx_generate_command(w: Worker, req: OnnxCompare) -> dict:
 
     if w.onnx is None:
         raise UsageError("load an ONNX model first")
-    ids = prompt_tokens(w.onnx.tokenizer, req.prompt, None, w.onnx.name)
+    ids = prompt_tokens(w.onnx.tokenizer, req.messages("base"), None, w.onnx.name)  # (its answers ride in "base")
+    w.answer_stop = False
     started = time.perf_counter()
     text, tokens = await _onnx_answer(w.onnx, ids, req)
     return {"text": text, "provider": w.onnx.decoder.provider,
@@ -746,10 +827,16 @@ async def export_adapter(w: Worker, req: Export) -> dict:
     session = await w.ready()
     session.need_model()
     if req.format == "gguf":
-        data, name = await session.gguf_adapter(), "adapter.gguf"
+        data, name = await session.gguf_adapter(), f"{file_stem(session)}-lora.gguf"
     else:
-        data, name = zip_bytes(await session.peft_files()), "adapter.zip"
+        data, name = zip_bytes(await session.peft_files()), f"{file_stem(session)}-lora-adapter.zip"
     return {"name": name, "base64": base64.b64encode(data).decode()}
+
+
+def file_stem(session: Session) -> str:
+    """The loaded model's name as a file name's start (download names say what they hold)."""
+    name = session.need_model().name.rsplit("/", 1)[-1].removesuffix(".gguf")
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60].strip("-.") or "model"
 
 
 @dataclass(frozen=True)
@@ -771,8 +858,7 @@ async def export_recipe(w: Worker, req: ExportRecipe) -> dict:
     session = await w.ready()
     session.need_model()
     files = await session.recipe_files(req.train, req.lora, save_every=req.save_every)
-    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in session.model.name)[:60] or "model"
-    return {"name": f"loralab-recipe-{name}.zip", "base64": base64.b64encode(zip_bytes(files)).decode(),
+    return {"name": f"loralab-recipe-{file_stem(session)}.zip", "base64": base64.b64encode(zip_bytes(files)).decode(),
             "notes": json.loads(files["loralab.json"])["notes"]}
 
 
@@ -792,14 +878,14 @@ async def export_merged(w: Worker, req: ExportMerged) -> dict:
     from .opfs import SyncFile
 
     session = await w.ready()
-    model = session.need_model()
+    session.need_model()
     await session.adapter_state()  # (an adapter is needed before anything is written)
     size = session.merged_gguf_size(req.quantize) if req.quantize else session.merged_size()
     quota = await storage_free()
     if quota is not None and size > quota:
         raise StorageError(f"the merged model needs {size / 2**20:,.0f} MiB of browser storage and "
                            f"{quota / 2**20:,.0f} MiB are free; download the adapter instead")
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.name).removesuffix(".gguf")
+    safe = file_stem(session)
     path = "loralab/exports/merged-model." + ("gguf" if req.quantize else "zip")
     out = await SyncFile.create(path)
     try:
@@ -835,7 +921,7 @@ async def export_onnx(w: Worker, req: ExportOnnx) -> dict:
     from .opfs import SyncFile
 
     session = await w.ready()
-    model = session.need_model()
+    session.need_model()
     await session.adapter_state()  # (an adapter is needed before anything is written)
     files = session.onnx_files(req.dtype)
     size = session.onnx_bytes(req.dtype)
@@ -843,7 +929,7 @@ async def export_onnx(w: Worker, req: ExportOnnx) -> dict:
     if quota is not None and size > quota:
         raise StorageError(f"the ONNX export needs {size / 2**20:,.0f} MiB of browser storage and "
                            f"{quota / 2**20:,.0f} MiB are free; choose the 4-bit variant or download the adapter")
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.name).removesuffix(".gguf")
+    safe = file_stem(session)
     path = "loralab/exports/onnx-model.zip"
     out = await SyncFile.create(path)
     try:
@@ -947,6 +1033,38 @@ async def cache_dataset(w: Worker, req: Item) -> dict:
     """-> {"name", "text"} of a cached dataset."""
     name, text = await w.cache.read_text(req.id)
     return {"name": name, "text": text}
+
+
+# -- kept runs -------------------------------------------------------------------------------------------------
+@command("runs_list", Empty)
+async def runs_list(w: Worker, req: Empty) -> dict:
+    """The runs kept in this browser, newest first: {"runs": [{id, name, model, dataset, state,
+    step, total_steps, loss, val_loss, created_at}]}."""
+    return {"runs": await runs.index()}
+
+
+@command("run_detail", Item)
+async def run_detail(w: Worker, req: Item) -> dict:
+    """One kept run: its summary, plan (train, lora), metric records and sample generations."""
+    return await runs.detail(req.id)
+
+
+@command("run_use", Item)
+async def run_use(w: Worker, req: Item) -> dict:
+    """A kept run's adapter, loaded as an imported one (checked against the loaded model): it
+    answers in the compare panel and the next run starts from it."""
+    session = await w.ready()
+    session.need_model()
+    session.need_idle("loading a kept run's adapter")
+    summary = await runs.detail(req.id)
+    lora = session.import_adapter(files_from_zip(await runs.adapter_zip(req.id), f"run {summary['name']}"),
+                                  f"the adapter of run {summary['name']!r}")
+    return {"name": summary["name"], "r": lora.r, "alpha": lora.alpha, "targets": list(lora.targets)}
+
+
+@command("run_delete", Item)
+async def run_delete(w: Worker, req: Item) -> dict:
+    return {"runs": await runs.delete(req.id)}
 
 
 # -- the saved run ---------------------------------------------------------------------------------------------

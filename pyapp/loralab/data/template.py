@@ -92,6 +92,7 @@ class ChatTemplate:
 
         if not isinstance(text, str):
             raise TemplateError(f"the chat template must be text, not {type(text).__name__}")
+        self.text = text
         self._env = _sandbox()
         self.has_generation = bool(GENERATION_TAG.search(text))
         try:
