@@ -113,8 +113,11 @@ async def import_adapter_files(files: list) -> None:
     refresh_status()
 
 
-def shown_answer(text: str) -> str:
-    """An answer as the compare panel shows it: one of only whitespace says so instead of an empty box."""
+def shown_answer(text: str, stopped: bool = False) -> str:
+    """An answer as the compare panel shows it: one of only whitespace says so instead of an empty
+    box, and an answer Stop cut off before its first token says that."""
+    if stopped and not text:
+        return "(stopped before this answer began)"
     return text if text.strip() else f"(an answer of only whitespace: {len(text)} character{'s' * (len(text) != 1)})"
 
 
@@ -140,9 +143,10 @@ async def on_generate(event) -> None:
     refresh_status()  # (Stop on, the other actions off)
     try:
         result = await client.busy_call("Generating…", "generate", payload)
-        el("gen-output-base").textContent = shown_answer(result["base"]) if result else ""
-        el("gen-output-adapter").textContent = (shown_answer(result["adapter"]) if result["adapter"] is not None
-                                                else "(train or import an adapter first, then compare here)") if result else ""
+        el("gen-output-base").textContent = shown_answer(result["base"], result["stopped"]) if result else ""
+        el("gen-output-adapter").textContent = (
+            shown_answer(result["adapter"], result["stopped"]) if result["adapter"] is not None
+            else "(train or import an adapter first, then compare here)") if result else ""
         el("gen-output-adapter").dataset.done = "1"  # streamed text is final now
         state["tried"] = state.get("tried") or bool(result and result["adapter"] is not None)
         onnx_answer = None

@@ -611,22 +611,21 @@ async def onnx_compare(w: Worker, req: OnnxCompare) -> dict:
     ours = await session.next_logits(prompt, lora)
     diff = max(abs(a - b) for a, b in zip(theirs, ours))
     started = time.perf_counter()
-    text, tokens = await _onnx_answer(chat, ids, req)
+    text, tokens = await _onnx_answer(w, chat, ids, req)
     return {"text": text, "provider": chat.decoder.provider, "max_abs_diff": diff,
             "max_abs_logit": max(abs(x) for x in ours), "tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9)}
 
 
-async def _onnx_answer(chat: OnnxChat, ids: list[int], req) -> tuple[str, int]:
+async def _onnx_answer(w: Worker, chat: OnnxChat, ids: list[int], req) -> tuple[str, int]:
     """ONNX Runtime Web's answer to the prompt ids, streamed as "onnx" tokens."""
     from ..onnx_decode import onnx_generate
 
     tok, out = chat.tokenizer, []
-    w = WORKER
 
     def on_token(token: int) -> bool:
         out.append(token)
         report({"kind": "token", "which": "onnx", "text": tok.decode(out), "tokens": len(out)})
-        return w is not None and w.answer_stop
+        return w.answer_stop
 
     stop = {tok.eos_id} if tok.eos_id is not None else set()
     max_len = min(chat.decoder.shape.max_positions, len(ids) + req.max_new_tokens)
@@ -781,7 +780,7 @@ async def onnx_generate_command(w: Worker, req: OnnxCompare) -> dict:
     ids = prompt_tokens(w.onnx.tokenizer, req.messages("base"), None, w.onnx.name)  # (its answers ride in "base")
     w.answer_stop = False
     started = time.perf_counter()
-    text, tokens = await _onnx_answer(w.onnx, ids, req)
+    text, tokens = await _onnx_answer(w, w.onnx, ids, req)
     return {"text": text, "provider": w.onnx.decoder.provider,
             "tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9)}
 
