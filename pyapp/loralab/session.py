@@ -303,6 +303,7 @@ class Session:
         """Read a model's tokenizer files and make it the session's model (its weights are not on
         the GPU yet: `upload`). The previous model, its adapter and run are freed only once the
         new one has been read, so a bad file leaves the session as it was."""
+        self.need_idle("loading another model")
         tokenizer_json, tok_config, template, generation = await read_tokenizer_files(source)
         if tokenizer_json is None:
             if need_tokenizer:

@@ -171,6 +171,13 @@ def test_cache_manager_reuses_deletes_and_evicts_least_recently_used(app_page, h
     second = f"model:hub:{hub}/lab/second"
     page.wait_for_function(f"[...document.querySelectorAll('[data-testid=cache-item]')].some(r => r.dataset.id === '{second}')")
     assert set(cached(page)) == {second}
+    # The field shows the limit rounded; a change event on it unedited (a blur) keeps the exact limit.
+    limit = int(float(f"{size * 1.5 / 2**20:.3f}") * 2**20)
+    engine_limit = "window.loralabEngine('cache_list', '{}').then(r => JSON.parse(r).limit)"
+    assert page.evaluate(engine_limit) == limit
+    page.wait_for_function("document.querySelector('[data-testid=cache-limit]').value.length > 0")
+    page.dispatch_event("[data-testid=cache-limit]", "change")
+    assert page.evaluate(engine_limit) == limit  # (the handler's call, had it made one, went first)
 
 
 def test_a_new_build_is_announced_and_replaces_the_old_cache(page, page_guard, tmp_path):

@@ -8,8 +8,10 @@ import json
 import zipfile
 
 import numpy as np
+import pytest
 
 from loralab.config import LoraConfig, TrainConfig
+from loralab.errors import UsageError
 from loralab.generate import Generator
 from loralab.gpu.native import NativeDevice
 from loralab.kernels import directory_reader
@@ -48,6 +50,12 @@ def test_compiling_tokenizing_and_merging_report_progress(tmp_path, run):
     merged = steps("Merging the adapter into the model")
     assert merged == sorted(merged) and merged[-1] == 1.0 and len(merged) > 3
     assert len(zipfile.ZipFile(out).read("model.safetensors")) == session.merged_size()
+
+    # (While that run is going, another model does not replace its model under it.)
+    assert session.run.going
+    with pytest.raises(UsageError, match="loading another model waits until training is stopped"):
+        run(session.open_model(HFFolder(str(tmp_path / "model")), ("another", None), no_tokenizer))
+    assert session.model.reference == ("tiny", None) and session.run.going
 
 
 def test_an_answer_ends_where_on_token_says_stop(gpu, ops, run, tmp_path):

@@ -41,7 +41,8 @@ async def render_cache() -> None:
         return
     limit = el("cache-limit")
     if document.activeElement != limit:
-        limit.value = f"{result['limit'] / 2**20:.2f}".rstrip("0").rstrip(".")
+        limit.value = shown = f"{result['limit'] / 2**20:.2f}".rstrip("0").rstrip(".")
+        limit.setAttribute("data-shown", shown)
     body = el("cache-list").querySelector("tbody")
     body.replaceChildren()
     for proxy in state.pop("cache_proxies", []):  # the old rows' handlers go with the rows
@@ -101,6 +102,10 @@ def delete_cached(item: dict):
 
 
 async def on_cache_limit(event) -> None:
-    mib = float(el("cache-limit").value or 0)
-    await client.call("cache_set_limit", {"bytes": int(mib * 2**20)})
+    """A limit typed in MiB. The field shows the limit rounded, so a change event on an unedited
+    field (a blur after a refresh rewrote it) must not set the rounded value in its place."""
+    limit = el("cache-limit")
+    if limit.value == limit.getAttribute("data-shown"):
+        return
+    await client.call("cache_set_limit", {"bytes": int(float(limit.value or 0) * 2**20)})
     await render_cache()

@@ -141,26 +141,33 @@ class DataCache:
         item = index["items"].pop(item_id, None)
         if item is None:
             raise UsageError(f"{item_id}: no such item in the browser cache")
-        cache = await self._cache()
-        for key, entry in item["files"].items():
-            if entry != ABSENT:
-                await cache.delete(key)
+        await self._drop_files(item)
         await self._save()
         return int(item["bytes"])
 
     async def evict(self, keep: str | None = None) -> list[str]:
-        """Delete least recently used items until the total fits the limit."""
+        """Delete least recently used items until the total fits the limit. They leave the index
+        at once, so a list read while their files go never shows more than the limit."""
         index = await self._index()
-        evicted = []
-        while sum(i["bytes"] for i in index["items"].values()) > index["limit"]:
-            candidates = [i for i in index["items"].values() if i["id"] != keep]
-            if not candidates:
+        total = sum(i["bytes"] for i in index["items"].values())
+        gone = []
+        for item in sorted(index["items"].values(), key=lambda i: i.get("last_used", 0)):
+            if total <= index["limit"]:
                 break
-            oldest = min(candidates, key=lambda i: i.get("last_used", 0))
-            await self.delete(oldest["id"])
-            evicted.append(oldest["id"])
-        return evicted
+            if item["id"] != keep:
+                gone.append(index["items"].pop(item["id"]))
+                total -= item["bytes"]
+        for item in gone:
+            await self._drop_files(item)
+        if gone:
+            await self._save()
+        return [item["id"] for item in gone]
 
+    async def _drop_files(self, item: dict) -> None:
+        cache = await self._cache()
+        for key, entry in item["files"].items():
+            if entry != ABSENT:
+                await cache.delete(key)
 
     async def keep_text(self, item_id: str, name: str, text: str) -> None:
         """A dataset as its own item (one file)."""

@@ -36,6 +36,7 @@ from ..session import Session, checkpoint_configs, conversation, run_in_backgrou
 from . import runs, runstore
 from .datacache import ABSENT, DataCache
 from .fetch import make_fetch
+from .modeluse import ModelUse
 from .opfs import StorageError
 
 DEFAULT_MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,6 +60,7 @@ class Worker:
         self.commands: dict = dict(COMMANDS)
         self.onnx = None  # OnnxChat: ONNX Runtime Web's session (the compare panel, or chat without WebGPU)
         self.answer_stop = False  # the compare panel's Stop: the answers being generated end at the next token
+        self.model_use = ModelUse()  # calls run at once: none sees the model replaced under it
 
     def reader(self) -> SourceReader:
         """Kernel sources fetched from the site's `wgsl/` folder (the worker runs from a blob:
@@ -93,9 +95,17 @@ COMMANDS: dict = {}  # name -> (request class, handler)
 DEBUG_COMMANDS: dict = {}
 
 
-def command(name: str, request: type, debug: bool = False):
+def command(name: str, request: type, debug: bool = False, model: str | None = None):
+    """Register a command. `model`: "use" for one that reads the loaded model across awaits,
+    "change" for one that replaces it (see browser.modeluse)."""
+
     def register(fn):
-        (DEBUG_COMMANDS if debug else COMMANDS)[name] = (request, fn)
+        handler = fn
+        if model is not None:
+            async def handler(w: Worker, req):
+                async with w.model_use.using() if model == "use" else w.model_use.changing():
+                    return await fn(w, req)
+        (DEBUG_COMMANDS if debug else COMMANDS)[name] = (request, handler)
         return fn
 
     return register
@@ -235,7 +245,7 @@ async def cached_request(w: Worker, item_id: str) -> LoadModel:
     return LoadModel(kind="files", files=files, name=item["name"], item=item_id)
 
 
-@command("load_model", LoadModel)
+@command("load_model", LoadModel, model="change")
 async def load_model(w: Worker, req: LoadModel) -> dict:
     """A model -> its card. {"kind": "default"} | {"kind": "files", "files": {name: url}} |
     {"kind": "repo", "repo", "endpoint"?} | {"kind": "cached", "id"}. Weights go from the fetched
@@ -311,7 +321,7 @@ class SetWeights:
     weights: str  # model.weights.WEIGHT_DTYPES
 
 
-@command("set_weights", SetWeights)
+@command("set_weights", SetWeights, model="change")
 async def set_weights(w: Worker, req: SetWeights) -> dict:
     """The loaded model's weights again in another precision (auto, f32, f16, q8, q4) -> its card."""
     session = await w.ready()
@@ -329,7 +339,7 @@ class SetDataset:
     train_on_prompt: bool = False
 
 
-@command("set_dataset", SetDataset)
+@command("set_dataset", SetDataset, model="use")
 async def set_dataset(w: Worker, req: SetDataset) -> dict:
     """A dataset for the loaded model -> its summary and a preview of the first example. It is
     kept in the browser cache (pasted text as one item, replaced as the person edits it)."""
@@ -366,7 +376,7 @@ class Plan:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
-@command("plan", Plan)
+@command("plan", Plan, model="use")
 async def plan(w: Worker, req: Plan) -> dict:
     """GPU memory and time estimates against this GPU, and whether the plan fits, with a concrete
     fix when it does not."""
@@ -384,7 +394,7 @@ class TrainStart:
     sample_prompt: str | None = None
 
 
-@command("train_start", TrainStart)
+@command("train_start", TrainStart, model="use")
 async def train_start(w: Worker, req: TrainStart) -> dict:
     """Start training in the background; progress arrives through report ({"kind": "train" |
     "eval" | "state" | "sample" | "checkpoint", ...}). The full training state is saved to the
@@ -472,7 +482,7 @@ async def train_status(w: Worker, req: Empty) -> dict:
 
 
 # -- evaluation and generation ------------------------------------------------------------------------------
-@command("evaluate_adapter", Empty)
+@command("evaluate_adapter", Empty, model="use")
 async def evaluate_adapter(w: Worker, req: Empty) -> dict:
     """Mean loss per target token of the base model and of base + adapter on the validation set
     (the whole dataset when nothing is held out): {"base", "adapter" | null, "tokens", "records", "set"}."""
@@ -507,7 +517,7 @@ class Generate:
         return conversation(self.prompt, self.system, [(t.user, getattr(t, which)) for t in self.history])
 
 
-@command("generate", Generate)
+@command("generate", Generate, model="use")
 async def generate(w: Worker, req: Generate) -> dict:
     """The base model's answer and, once there is an adapter, base + adapter's; each streams
     ({"kind": "token", "which", "text"}). The chat template is applied when there is one."""
@@ -566,7 +576,7 @@ class OnnxCompare(Generate):
     provider: str = "auto"  # onnx_compare: ONNX Runtime Web's "webgpu" or "wasm" provider ("auto": webgpu, else wasm)
 
 
-@command("onnx_compare", OnnxCompare)
+@command("onnx_compare", OnnxCompare, model="use")
 async def onnx_compare(w: Worker, req: OnnxCompare) -> dict:
     """The third answer of the compare panel: the loaded model with its adapter (if any) exported
     to ONNX (float32, into the private file system) and run by ONNX Runtime Web (its WebGPU
@@ -791,7 +801,7 @@ class ImportAdapter:
     files: dict[str, str]  # file name -> URL
 
 
-@command("import_adapter", ImportAdapter)
+@command("import_adapter", ImportAdapter, model="use")
 async def import_adapter(w: Worker, req: ImportAdapter) -> dict:
     """A PEFT adapter (a .zip, or adapter_model.safetensors + adapter_config.json), checked against
     the loaded model; it then answers in the compare panel and is where the next run starts."""
@@ -813,7 +823,7 @@ class Export:
     format: str = "peft"  # "peft" | "gguf"
 
 
-@command("export_adapter", Export)
+@command("export_adapter", Export, model="use")
 async def export_adapter(w: Worker, req: Export) -> dict:
     """{"name", "base64"}: a PEFT zip (adapter_model.safetensors, adapter_config.json, README.md)
     or a llama.cpp GGUF-LoRA file."""
@@ -845,7 +855,7 @@ class ExportRecipe:
     save_every: int = 0
 
 
-@command("export_recipe", ExportRecipe)
+@command("export_recipe", ExportRecipe, model="use")
 async def export_recipe(w: Worker, req: ExportRecipe) -> dict:
     """{"name", "base64", "notes"}: the plan as a recipe for GPU servers (TRL + PEFT + accelerate,
     recipe.py) in a zip, and what the server run does differently (also in its README)."""
@@ -866,7 +876,7 @@ class ExportMerged:
     quantize: str = ""  # "": a Hugging Face folder in a zip; a GGUF type: the GGUF base re-quantized
 
 
-@command("export_merged", ExportMerged)
+@command("export_merged", ExportMerged, model="use")
 async def export_merged(w: Worker, req: ExportMerged) -> dict:
     """The adapter merged into the base model, written to the browser's private file system
     (streamed tensor by tensor) for the page to download from there: a Hugging Face folder in a
@@ -908,7 +918,7 @@ class ExportOnnx:
     dtype: str = "both"  # fp32 (onnx/model.onnx), q4 (onnx/model_q4.onnx, MatMulNBits) or both
 
 
-@command("export_onnx", ExportOnnx)
+@command("export_onnx", ExportOnnx, model="use")
 async def export_onnx(w: Worker, req: ExportOnnx) -> dict:
     """The base model with the adapter merged in as an ONNX folder (transformers.js' layout: config,
     tokenizer, onnx/model.onnx and/or onnx/model_q4.onnx) in a zip written to the browser's
@@ -968,8 +978,8 @@ class Bench:
     rank: int = 8
 
 
-@command("bench", Bench)
-@command("bench_step", Bench)
+@command("bench", Bench, model="use")
+@command("bench_step", Bench, model="use")
 async def bench_step(w: Worker, req: Bench) -> dict:
     """The `loralab bench` training step in this browser -> tokens/s, ms/step, host_ms_per_step
     (writing the batch, encoding and submitting: the browser's own cost), dispatches and submits
@@ -1027,7 +1037,7 @@ async def cache_set_limit(w: Worker, req: Limit) -> dict:
     return {"evicted": await w.cache.set_limit(req.bytes, keep)}
 
 
-@command("cache_dataset", Item)
+@command("cache_dataset", Item, model="use")
 async def cache_dataset(w: Worker, req: Item) -> dict:
     """-> {"name", "text"} of a cached dataset."""
     name, text = await w.cache.read_text(req.id)
@@ -1048,7 +1058,7 @@ async def run_detail(w: Worker, req: Item) -> dict:
     return await runs.detail(req.id)
 
 
-@command("run_use", Item)
+@command("run_use", Item, model="use")
 async def run_use(w: Worker, req: Item) -> dict:
     """A kept run's adapter, loaded as an imported one (checked against the loaded model): it
     answers in the compare panel and the next run starts from it."""
@@ -1078,7 +1088,7 @@ async def checkpoint_info(w: Worker, req: Empty) -> dict:
     return {"checkpoint": runstore.summary(found[0]) if found else None}
 
 
-@command("checkpoint_resume", Empty)
+@command("checkpoint_resume", Empty, model="use")
 async def checkpoint_resume(w: Worker, req: Empty) -> dict:
     """Continue the saved run exactly where it was (same model, dataset, data order, schedule and
     optimizer state); after a lost GPU device a new device is started and the model uploaded again."""
@@ -1117,7 +1127,7 @@ class Tokenize:
     chats: list[list[dict]] = field(default_factory=list)
 
 
-@command("tokenize", Tokenize, debug=True)
+@command("tokenize", Tokenize, debug=True, model="use")
 async def tokenize(w: Worker, req: Tokenize) -> dict:
     """The browser's tokenizer on its own: ids of each text, and ids, labels and rendered text of
     each chat (loss on assistant turns, as in training)."""
