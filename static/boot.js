@@ -36,11 +36,12 @@
     event.preventDefault();
     const files = [...event.dataTransfer.files];
     const entries = [...event.dataTransfer.items].map((item) => item.webkitGetAsEntry ? item.webkitGetAsEntry() : null);
-    const folders = entries.some((entry) => entry && entry.isDirectory);
+    const folder = entries.find((entry) => entry && entry.isDirectory);  // (its name names the model)
+    const folders = Boolean(folder);
     const gathered = folders
       ? (async () => { const out = []; for (const e of entries) if (e) await walk(e, out); return out; })()
       : Promise.resolve(files);
-    gathered.then((all) => { if (window.loralabOnDrop) window.loralabOnDrop(all); },
+    gathered.then((all) => { if (window.loralabOnDrop) window.loralabOnDrop(all, folder ? folder.name : null); },
                   (error) => console.warn("LoRA Lab: could not read the dropped folder", error));
   });
   if (!("serviceWorker" in navigator)) {  // (http on a LAN address, or disabled): no offline use

@@ -24,6 +24,7 @@ window.loralabChart = (() => {
         label: s.label, scale: s.axis, stroke: s.color || css(s.css || "--accent"), width: s.width || 1.5,
         dash: s.dash || undefined, spanGaps: true,
         ...(s.points_only ? {paths: dot, points: {show: true, size: 7, fill: s.color || css(s.css)}} : {points: {show: false}}),
+        ...(s.notes ? {value: (u, v, si, i) => (i != null && s.notes[i]) || "–"} : {}),  // (the readout is the text)
       }))],
     };
   };

@@ -51,6 +51,22 @@ def test_overlays_share_the_step_axis():
     assert "run A: 2 at step 6" in describe(records({1: 3.0}), [other])
 
 
+def test_sample_answers_are_marked_on_the_smoothed_curve_with_their_text():
+    samples = [{"step": 2, "text": "The key is\nunder the mat."}, {"step": 3, "text": "x" * 200}]
+    spec = chart_spec(records({1: 3.0, 2: 2.5, 3: 2.0}), [], log=False, samples=samples)
+    mark = next(s for s in spec["series"] if s["label"] == "sample answer")
+    smooth = series(spec)["smoothed loss"]
+    assert mark["points_only"] and mark["data"] == [None, smooth[1], smooth[2]]
+    assert mark["notes"][:2] == [None, "The key is under the mat."]
+    assert len(mark["notes"][2]) == 80 and mark["notes"][2].endswith("…")
+    assert "sample answers at step 2, 3" in describe(records({1: 3.0}), [], samples)
+    # A sample between reported steps sits on the last reported value before it.
+    spec = chart_spec(records({2: 2.5, 4: 2.0}), [], log=False, samples=[{"step": 3, "text": ""}])
+    mark = next(s for s in spec["series"] if s["label"] == "sample answer")
+    assert spec["x"] == [2, 3, 4] and mark["data"][1] == series(spec)["smoothed loss"][0]
+    assert mark["notes"][1] == "(an empty answer)"
+
+
 def test_log_scale_floors_zero_and_drops_non_finite():
     got = series(chart_spec(records({1: 0.0, 2: float("nan"), 3: 1.0}), [], log=True))
     assert got["loss"] == [FLOOR, None, 1.0]

@@ -61,6 +61,17 @@ def module_name(layer: int, module: str) -> str:
 _LAYER_INDEX = re.compile(r"^(?:model\.layers|(?:transformer\.)?h)\.(\d+)\.")
 
 
+def model_name(config: dict) -> str | None:
+    """A name for a model given as loose files (no folder, no .gguf): where it came from
+    (`_name_or_path`, which transformers writes into config.json), else its type; None when the
+    config says neither."""
+    origin = str(config.get("_name_or_path") or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    if origin not in ("", "."):
+        return origin
+    kind = config.get("model_type")
+    return f"{kind} model" if isinstance(kind, str) and kind.strip() else None
+
+
 class ModelConfigError(UserError):
     """config.json describes a model LoRA Lab cannot train, or is inconsistent."""
 

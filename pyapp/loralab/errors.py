@@ -19,6 +19,10 @@ class UsageError(UserError):
     """A request that does not fit the current state or the options given ("load a model first")."""
 
 
+class Cancelled(UserError):
+    """The person cancelled a long operation (a model load, an export) while it ran."""
+
+
 def short(value, limit: int = 60) -> str:
     """A value as it may appear in a one-line message: its repr, cut to `limit` characters."""
     text = repr(value)

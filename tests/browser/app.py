@@ -120,6 +120,7 @@ class App:
     def download(self, testid: str, save_as=None) -> Path:
         with self.page.expect_download() as d:
             self.page.click(self.sel(testid))
+        self.download_name = d.value.suggested_filename
         if save_as is None:
             return Path(d.value.path())
         d.value.save_as(save_as)

@@ -59,7 +59,7 @@ def test_files_chat_train_pause_resume_download_compare(app, model_folder, tmp_p
     page.wait_for_function("document.querySelector('[data-testid=steps]').dataset.current === 'model'")
     assert "Load a model" in app.text("step-next")
     app.load_model_files(model_folder)
-    assert "LlamaForCausalLM" in app.text("model-card")
+    assert "LlamaForCausalLM" in app.text("model-card") and "llama model" in app.text("model-card")
     assert current_step(page) == "data"
 
     app.use_dataset_file(chat_jsonl(tmp_path / "chat.jsonl"), "9 records", valid="0.2")
@@ -125,7 +125,10 @@ def test_files_chat_train_pause_resume_download_compare(app, model_folder, tmp_p
     assert "training loss" in page.get_attribute("[data-testid=loss-chart]", "aria-label")
     assert any(r["kind"] == "eval" for r in lines)
     app.wait_text("train-sample", "→")
-    assert page.locator("[data-testid=train-samples] li").count() >= 1  # every sample, on the timeline
+    assert page.locator("[data-testid=train-samples] li").count() >= 1  # every sample, listed
+    page.wait_for_function("""JSON.parse(document.querySelector('[data-testid=loss-chart]').dataset.series)['sample answer']
+        === document.querySelectorAll('[data-testid=train-samples] li').length""")  # and marked on the chart
+    assert "sample answers at step" in page.get_attribute("[data-testid=loss-chart]", "aria-label")
     assert "GPU memory in use" in app.text("hw-info")
 
     # Stop during an answer: the answers end, what came stays, the page is ready again
@@ -220,6 +223,7 @@ def test_export_then_import_round_trip_and_bad_adapters(app, model_folder, tmp_p
     app.use_dataset_file(chat_jsonl(tmp_path / "c.jsonl"))
     app.train({"steps": 6, "lr": 0.02, "batch-size": 3, "report-every": 3})
     zpath = app.download("export-adapter", tmp_path / "adapter.zip")
+    assert app.download_name.startswith("llama-model")  # (loose files: named from their config.json)
     with zipfile.ZipFile(zpath) as zf:
         assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= set(zf.namelist())
         zf.extractall(tmp_path / "adapter")

@@ -180,6 +180,58 @@ def test_cache_manager_reuses_deletes_and_evicts_least_recently_used(app_page, h
     assert page.evaluate(engine_limit) == limit  # (the handler's call, had it made one, went first)
 
 
+class StallingHub(IsolatedHandler):
+    """A hub whose weights arrive halfway and then stall (a slow or stuck network), until `go`."""
+
+    cross_origin = True
+    quiet = True
+    go = threading.Event()
+
+    def copyfile(self, source, outputfile):
+        if not self.path.endswith("model.safetensors"):
+            return super().copyfile(source, outputfile)
+        data = source.read()
+        outputfile.write(data[: len(data) // 2])
+        outputfile.flush()
+        StallingHub.go.wait(120)
+        outputfile.write(data[len(data) // 2:])
+
+
+def test_a_model_load_is_cancelled_while_its_weights_download_and_the_loaded_model_stays(app_page, model_folder,
+                                                                                        tmp_path):
+    page = app_page
+    app = App(page)
+    app.engine_up()
+    app.load_model_files(model_folder)
+    shutil.copytree(model_folder, tmp_path / "hub" / "lab" / "slow" / "resolve" / "main")
+    StallingHub.go.clear()
+    server = Server(("127.0.0.1", 0), functools.partial(StallingHub, directory=str(tmp_path / "hub")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page.select_option("[data-testid=model-select]", "repo")
+        page.fill("[data-testid=model-repo]", "lab/slow")
+        page.fill("[data-testid=hub-endpoint]", f"http://127.0.0.1:{server.server_port}")
+        page.click("[data-testid=model-load]")
+        # The bar says how much of the weights came, and offers Cancel.
+        page.wait_for_function("""document.querySelector('[data-testid=progress]').textContent.includes('model.safetensors')
+            && document.querySelector('[data-testid=progress]').textContent.includes('MiB')""", timeout=60_000)
+        assert 0 < float(page.get_attribute("[data-testid=progress]", "data-progress")) < 1
+        page.click("[data-testid=progress-cancel]")
+        app.wait_text("notice", "Cancelled")
+        app.ready()
+        assert page.is_hidden("[data-testid=progress]") and page.is_hidden("[data-testid=progress-cancel]")
+        assert page.is_hidden("[data-testid=error]")
+        assert "llama model" in app.text("model-card")  # the model loaded before is still the one loaded
+        kept = page.evaluate("window.loralabEngine('model_info', '{}').then(JSON.parse)")
+        assert kept["model"]["name"] == "llama model"
+        assert not [i for i in cached(page) if "lab/slow" in i]  # a cancelled load is not kept
+    finally:
+        StallingHub.go.set()
+        server.shutdown()
+    app.use_dataset_file(chat_jsonl(tmp_path / "c.jsonl"))  # and it trains
+    app.train({"steps": 1, "batch-size": 2, "seq-len": 32, "report-every": 1})
+
+
 def test_a_new_build_is_announced_and_replaces_the_old_cache(page, page_guard, tmp_path):
     import build
 

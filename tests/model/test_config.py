@@ -166,3 +166,17 @@ def test_gpt2_reads_its_own_field_names_and_targets_its_conv1d_modules():
 def test_gpt2_fields_the_engine_cannot_run_are_refused(change, field):
     with pytest.raises(ModelConfigError, match=field):
         ModelConfig.from_dict({**GPT2, **change})
+
+
+@pytest.mark.parametrize(("config", "name"), [
+    ({"_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "model_type": "llama"}, "SmolLM2-135M-Instruct"),
+    ({"_name_or_path": "/home/me/out/checkpoint-500/", "model_type": "qwen3"}, "checkpoint-500"),
+    ({"_name_or_path": "C:\\models\\my-gemma", "model_type": "gemma3_text"}, "my-gemma"),
+    ({"_name_or_path": "", "model_type": "qwen3"}, "qwen3 model"),
+    ({"_name_or_path": ".", "model_type": "llama"}, "llama model"),
+    ({"architectures": ["LlamaForCausalLM"]}, None),
+])
+def test_loose_model_files_are_named_from_their_config(config, name):
+    from loralab.config import model_name
+
+    assert model_name(config) == name

@@ -35,13 +35,17 @@ def curves(records: list[dict]) -> tuple[dict[int, float], dict[int, float], dic
     return train, evals, lr
 
 
-def chart_spec(records: list[dict], overlays: list[dict], log: bool, height: int = 240) -> dict:
-    """{"x", "log", "height", "series": [{label, data, axis, css | color, points_only?, dash?}]}:
-    this run's loss, smoothed loss, validation loss (points) and learning rate (right axis), then
-    each overlaid run ({"name", "records"}) as a dashed loss line and its validation points."""
+def chart_spec(records: list[dict], overlays: list[dict], log: bool, height: int = 240,
+               samples: list[dict] = ()) -> dict:
+    """{"x", "log", "height", "series": [{label, data, axis, css | color, points_only?, dash?,
+    notes?}]}: this run's loss, smoothed loss, validation loss (points), its sample answers
+    ({"step", "text"}: marks on the smoothed curve whose hover readout is the answer, `notes`)
+    and learning rate (right axis), then each overlaid run ({"name", "records"}) as a dashed
+    loss line and its validation points."""
     train, evals, lr = curves(records)
     others = [(o["name"], *curves(o["records"])[:2]) for o in overlays]
-    steps = sorted(set(train) | set(evals) | {s for _, t, e in others for s in (*t, *e)})
+    answers = {int(a["step"]): str(a["text"]) for a in samples}
+    steps = sorted(set(train) | set(evals) | set(answers) | {s for _, t, e in others for s in (*t, *e)})
     series = []
     if train:
         order = sorted(train)
@@ -51,6 +55,12 @@ def chart_spec(records: list[dict], overlays: list[dict], log: bool, height: int
     if evals:
         series.append({"label": "validation loss", "data": _column(steps, evals, log), "axis": "y", "css": "--ok",
                        "points_only": True})
+    if answers and train:
+        order = sorted(train)
+        ema = dict(zip(order, smoothed([train[s] for s in order])))
+        at = {s: ema[max((t for t in order if t <= s), default=order[0])] for s in answers}
+        series.append({"label": "sample answer", "data": _column(steps, at, log), "axis": "y", "css": "--mark",
+                       "points_only": True, "notes": [_note(answers[s]) if s in answers else None for s in steps]})
     if lr:
         series.append({"label": "learning rate", "data": _column(steps, lr, False), "axis": "lr", "css": "--muted",
                        "dash": [4, 4], "width": 1})
@@ -64,7 +74,12 @@ def chart_spec(records: list[dict], overlays: list[dict], log: bool, height: int
     return {"x": steps, "log": log, "height": height, "series": series}
 
 
-def describe(records: list[dict], overlays: list[dict]) -> str:
+def _note(text: str, most: int = 80) -> str:
+    text = " ".join(text.split()) or "(an empty answer)"
+    return text if len(text) <= most else text[:most - 1] + "…"
+
+
+def describe(records: list[dict], overlays: list[dict], samples: list[dict] = ()) -> str:
     """The chart in words (its accessible name)."""
     train, evals, _ = curves(records)
     parts = []
@@ -74,6 +89,8 @@ def describe(records: list[dict], overlays: list[dict]) -> str:
     if evals:
         last = max(evals)
         parts.append(f"validation loss {evals[last]:.4g} at step {last}")
+    if samples:
+        parts.append("sample answers at step " + ", ".join(str(a["step"]) for a in samples))
     for o in overlays:
         t, _, _ = curves(o["records"])
         if t:

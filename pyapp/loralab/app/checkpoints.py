@@ -47,7 +47,7 @@ async def on_checkpoint_load_model(event) -> None:
 async def on_checkpoint_resume(event) -> None:
     result = await client.busy_call("Resuming the saved run…", "checkpoint_resume")
     if result:
-        state["records"] = list(result["history"])
+        state["records"], state["samples"] = list(result["history"]), []
         state["adapter"] = result["step"] > 0
         state["total"] = result["total_steps"]
         state["started_at"] = window.performance.now() / 1000

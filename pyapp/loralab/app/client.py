@@ -8,7 +8,7 @@ import json
 from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
 from pyscript import window  # type: ignore[import-not-found]
 
-from .page import set_status, show_error, state
+from .page import el, hide_progress, set_status, show_error, show_notice, state
 
 
 async def call(name: str, payload: dict | str = "{}", background: bool = False) -> dict | None:
@@ -17,10 +17,16 @@ async def call(name: str, payload: dict | str = "{}", background: bool = False) 
     text = payload if isinstance(payload, str) else json.dumps(payload)
     result = json.loads(await state["engine"].call(name, text))
     if not result["ok"]:
+        if result.get("cancelled"):  # the person's own Cancel: a notice, not an error
+            hide_progress()
+            show_error(None)
+            show_notice(f"Cancelled ({result['error'].removesuffix(': cancelled')}).")
+            return None
         show_error(result["error"])
         return None
     if not background:
         show_error(None)
+        show_notice(None)
     return result
 
 
@@ -43,3 +49,14 @@ def expose_engine(engine) -> None:
     proxy = create_proxy(call_engine)
     state["proxies"].append(proxy)
     window.loralabEngine = proxy
+
+
+async def on_cancel(event) -> None:
+    """The progress bar's Cancel: the engine stops the operation (a load keeps the model it had
+    when its files were still arriving)."""
+    el("progress-cancel").disabled = True
+    try:
+        await call("cancel", background=True)
+    finally:
+        el("progress-cancel").disabled = False
+

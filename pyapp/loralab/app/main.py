@@ -46,6 +46,7 @@ def wire() -> None:
     on("checkpoint-discard", "click", checkpoints.on_checkpoint_discard)
     on("checkpoint-load-model", "click", checkpoints.on_checkpoint_load_model)
     on("cache-limit", "change", cache.on_cache_limit)
+    on("progress-cancel", "click", client.on_cancel)
     on("hw-bench", "click", hardware.on_bench)
     on("plan-weights", "change", plan.on_weights)
     on("gen-run", "click", adapters.on_generate)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from pyscript import window  # type: ignore[import-not-found]
 
+from ..config import model_name
 from . import adapters, cache, chat, checkpoints, client, dataset, hardware, onnx, plan
 from .page import el, mib, refresh_status, render_rows, save, show_error, state
 
@@ -12,6 +15,7 @@ WEIGHT_TYPE_NAMES = {"f32": "float32", "f16": "float16", "nf4": "NF4"}
 
 
 async def load_model(request: dict, label: str) -> None:
+    before = state["model"], state.get("adapter", False), state.get("dataset", False)
     state["model"], state["adapter"] = None, False
     result = await client.busy_call(f"Loading {label}…", "load_model", request)
     if result:
@@ -22,6 +26,13 @@ async def load_model(request: dict, label: str) -> None:
         chat.on_clear(None)  # (a new model: a new conversation)
         state["dataset"] = False
         el("dataset-summary").textContent = "No dataset yet."
+    else:  # failed or cancelled: a load that stopped before its weights keeps the model there was
+        kept = await client.call("model_info", background=True)
+        if kept and kept["model"] and before[0] and kept["model"]["name"] == before[0]["name"]:
+            state["model"], state["adapter"], state["dataset"] = before
+        elif kept and not kept["model"] and before[0]:
+            render_rows("model-card", [("Model", "none loaded: the load stopped after the last model was unloaded")])
+            state["dataset"] = False
     refresh_status()
     if result:
         await hardware.show_gpu_status()
@@ -43,18 +54,30 @@ def render_model_card(m: dict) -> None:
     ])
 
 
-async def load_model_files(files: list) -> None:
+async def load_model_files(files: list, folder: str | None = None) -> None:
     """A Hugging Face folder's files or one .gguf: handed to the engine as blob: URLs (with
-    their size and date, which identify them in the browser cache)."""
+    their size and date, which identify them in the browser cache). The model is named after the
+    .gguf, the folder (dropped, or chosen with its files), or what its config.json says."""
     urls = {f.name: window.URL.createObjectURL(f) for f in files}
     if urls:
         stamps = {f.name: [int(f.size), int(f.lastModified)] for f in files}
-        folder = next((str(f.webkitRelativePath).split("/")[0] for f in files if f.webkitRelativePath), None)
+        folder = folder or next((str(f.webkitRelativePath).split("/")[0] for f in files if f.webkitRelativePath), None)
         gguf = next((f.name for f in files if f.name.lower().endswith(".gguf")), None)
-        name = gguf or folder or "your model"
+        name = gguf or folder or await name_from_config(files) or "your model"
         el("model-select").value = "files"
         await load_model({"kind": "files", "files": urls, "stamps": stamps, "name": name}, name)
         save(model="files")
+
+
+async def name_from_config(files: list) -> str | None:
+    config = next((f for f in files if f.name == "config.json"), None)
+    if config is None:
+        return None
+    try:
+        found = json.loads(str(await config.text()))
+    except ValueError:
+        return None  # (the engine says what is wrong with it)
+    return model_name(found) if isinstance(found, dict) else None
 
 
 async def on_model_files(event) -> None:
@@ -69,10 +92,12 @@ MODEL_FILES = (".gguf", ".safetensors", "config.json", "tokenizer.json", "tokeni
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
-async def on_drop(files) -> None:
-    """Files (folders already flattened by static/boot.js) dropped anywhere on the page: an
-    adapter (a .zip or its files) is imported, model files load the model, anything else is a dataset."""
+async def on_drop(files, folder=None) -> None:
+    """Files (folders already flattened by static/boot.js, which names the first folder) dropped
+    anywhere on the page: an adapter (a .zip or its files) is imported, model files load the
+    model, anything else is a dataset."""
     files = list(files)
+    folder = folder if isinstance(folder, str) and folder else None
     if state.get("mode") == "onnx":  # no WebGPU: a dropped folder is an ONNX model to chat with
         await onnx.load_onnx(files)
         return
@@ -80,7 +105,7 @@ async def on_drop(files) -> None:
     model = [f for f in files if f not in adapter and any(f.name.endswith(suffix) for suffix in MODEL_FILES)]
     data = [f for f in files if f not in model and f not in adapter]
     if model:
-        await load_model_files(model)
+        await load_model_files(model, folder)
     if adapter:
         await adapters.import_adapter_files(adapter)
     if data:

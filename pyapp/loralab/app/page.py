@@ -31,6 +31,13 @@ def show_error(message: str | None) -> None:
     node.hidden = not message
 
 
+def show_notice(message: str | None) -> None:
+    """A line about what the person did (a cancelled load), beside the error area."""
+    node = el("notice")
+    node.textContent = message or ""
+    node.hidden = not message
+
+
 def start_blocker() -> str:
     """Why Start cannot be pressed now ("" when it can), for its tooltip and the hint beside it."""
     if state["model"] is None:
@@ -170,9 +177,11 @@ def download(name: str, parts, kind: str) -> None:
     link.click()
 
 
-def show_progress(what: str, fraction: float) -> None:
+def show_progress(what: str, fraction: float, detail: str | None = None, cancellable: bool = False) -> None:
     """The header's progress bar (testid progress, data-progress 0…1) for a long operation the
-    engine reports: what it is, how far, and the time left at the pace so far; hidden at the end."""
+    engine reports: what it is, how far (with `detail`: the bytes of a download), and the time
+    left at the pace so far; hidden at the end. Cancel (progress-cancel) shows while the
+    operation can be cancelled."""
     node = el("progress")
     now = window.performance.now() / 1000
     if node.hidden or state.get("progress_what") != what or fraction < float(node.dataset.progress or 0):
@@ -184,5 +193,11 @@ def show_progress(what: str, fraction: float) -> None:
     node.dataset.progress = f"{fraction:.4f}"
     node.setAttribute("aria-valuenow", str(round(100 * fraction)))
     node.querySelector(".progress-bar span").style.width = f"{100 * fraction:.1f}%"
-    node.querySelector(".progress-text").textContent = f"{what}: {100 * fraction:.0f}%{left}"
+    node.querySelector(".progress-text").textContent = (f"{what}: {100 * fraction:.0f}%"
+                                                        + (f" ({detail})" if detail else "") + left)
     node.hidden = fraction >= 1
+    el("progress-cancel").hidden = node.hidden or not cancellable
+
+
+def hide_progress() -> None:
+    el("progress").hidden = el("progress-cancel").hidden = True

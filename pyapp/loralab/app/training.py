@@ -15,15 +15,18 @@ def draw_chart() -> None:
     """The chart (uPlot through static/chart.js) from this run's records and the overlaid runs."""
     overlays = list(state.get("overlays", {}).values())
     node = el("loss-chart")
+    samples = state.get("samples", [])
     spec = chart_spec(state["records"], overlays, bool(el("chart-log").checked),
-                      180 if window.innerWidth < 600 else 240)
-    node.setAttribute("aria-label", describe(state["records"], overlays))
+                      180 if window.innerWidth < 600 else 240, samples)
+    node.setAttribute("aria-label", describe(state["records"], overlays, samples))
     node.dataset.series = json.dumps({s["label"]: sum(v is not None for v in s["data"]) for s in spec["series"]})
     window.loralabChart.draw(node, json.dumps(spec))
 
 
 def add_sample(record: dict) -> None:
-    """A sample generation at an evaluation point: the latest beside the chart, all in the timeline."""
+    """A sample generation at an evaluation point: the latest beside the chart, all listed under it
+    and marked on it (hovering the mark reads the answer)."""
+    state.setdefault("samples", []).append({"step": record["step"], "text": record["text"]})
     el("train-sample").textContent = f"Step {record['step']}, {record['prompt']!r} → {record['text']}"
     item = document.createElement("li")
     item.dataset.step = str(record["step"])
@@ -32,6 +35,7 @@ def add_sample(record: dict) -> None:
     item.append(step, document.createTextNode(record["text"]))
     el("train-samples").append(item)
     el("train-samples").hidden = False
+    draw_chart()
 
 
 def on_report(text: str) -> None:
@@ -40,7 +44,7 @@ def on_report(text: str) -> None:
 
     record = json.loads(text)
     if record["kind"] == "progress":
-        show_progress(record["what"], record["fraction"])
+        show_progress(record["what"], record["fraction"], record.get("detail"), bool(record.get("cancellable")))
         return
     if record["kind"] == "token":
         el(f"gen-output-{record['which']}").textContent = record["text"]
@@ -142,7 +146,7 @@ async def on_train_start(event) -> None:
     train, lora = plan.read_plan()
     if train is None:
         return
-    state["records"] = []
+    state["records"], state["samples"] = [], []
     el("rank-map").hidden = True
     el("train-samples").replaceChildren()
     el("train-samples").hidden = True

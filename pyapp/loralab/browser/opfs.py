@@ -43,13 +43,26 @@ async def _file(path: str, create: bool):
         raise StorageError(f"browser storage: {path}: {exc}") from None
 
 
-async def write(path: str, data) -> None:
-    """Replace `path` with `data` (bytes-like or a JS typed array)."""
+CHUNK = 8 << 20  # a large write goes in pieces of this size, so its progress can be followed
+
+
+async def write(path: str, data, progress=None) -> None:
+    """Replace `path` with `data` (bytes-like or a JS typed array); `progress(fraction written)`
+    after each piece when given."""
     handle = await _file(path, create=True)
     try:
         stream = await handle.createWritable()
-        await stream.write(to_js(memoryview(data).cast("B")) if isinstance(data, (bytes, bytearray, memoryview)) else data)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            view = memoryview(data).cast("B")
+            for start in range(0, len(view), CHUNK):
+                await stream.write(to_js(view[start:start + CHUNK]))
+                if progress is not None:
+                    progress(min(1.0, (start + CHUNK) / len(view)))
+        else:
+            await stream.write(data)
         await stream.close()
+        if progress is not None:
+            progress(1.0)
     except JsException as exc:
         raise StorageError(f"browser storage: could not write {path} ({exc}); free some space and try again") from None
 

@@ -41,13 +41,18 @@ async def begin(dataset: dict) -> None:
 
 
 async def save(trainer, model_name: str, config: ModelConfig, dataset: dict, save_every: int, state: str,
-               model_item: str | None = None) -> dict:
+               model_item: str | None = None, progress=None) -> dict:
+    """The run's whole state to the private file system; `progress(fraction)`: reading it from
+    the GPU is the first tenth, writing it the rest."""
+    progress = progress or (lambda fraction: None)
+    progress(0.0)
     meta, buffers = await trainer.state()
+    progress(0.1)
     losses = [r["loss"] for r in meta["history"] if r.get("kind") == "train"]
     meta["app"] = {"model": model_name, "model_item": model_item, "fingerprint": fingerprint(config), "state": state,
                    "dataset": dataset["name"], "dataset_sha256": _digest(dataset["text"]), "save_every": save_every,
                    "total_steps": trainer.total_steps, "saved_at": time.time(), "loss": losses[-1] if losses else None}
-    await opfs.write(STATE, pack(meta, buffers))
+    await opfs.write(STATE, pack(meta, buffers), lambda f: progress(0.1 + 0.9 * f))
     return summary(meta)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import traceback
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import js  # type: ignore[import-not-found]
@@ -25,7 +26,7 @@ from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
 from ..checks import build, loads
 from ..config import LoraConfig, ModelConfigError, TrainConfig
-from ..errors import UsageError, UserError, one_line
+from ..errors import Cancelled, UsageError, UserError, one_line
 from ..formats.peft import files_from_zip
 from ..gpu.browser import NO_ADAPTER, NO_WEBGPU, BrowserDevice
 from ..gpu.device import GpuError
@@ -47,12 +48,15 @@ class Worker:
 
     def __init__(self):
         self.cache = DataCache()
-        self.fetch = make_fetch(self.cache)  # model files through the cache while an item loads
+        # Model files through the cache while an item loads; downloads report their bytes, and
+        # stop when the operation is cancelled.
+        self.fetch = make_fetch(self.cache, self.on_download, lambda: None if self.abort is None else self.abort.signal)
         self.session = Session()
         # An operation of several stages (a model's first load: the kernels, then the weights) maps
         # each stage's progress into its share of one bar: {stage: (start, end, label)}.
         self.stages: dict[str, tuple[float, float, str]] = {}
-        self.session.on_progress = progress_reporter(self.stages)
+        self.abort = None  # the AbortController of the long operation the page may cancel now
+        self.session.on_progress = progress_reporter(self.stages, self)
         self.device: BrowserDevice | None = None
         self.kernels: KernelLibrary | None = None
         self.base_url = ""
@@ -61,6 +65,21 @@ class Worker:
         self.onnx = None  # OnnxChat: ONNX Runtime Web's session (the compare panel, or chat without WebGPU)
         self.answer_stop = False  # the compare panel's Stop: the answers being generated end at the next token
         self.model_use = ModelUse()  # calls run at once: none sees the model replaced under it
+
+    def on_download(self, name: str, done: int, total: int) -> None:
+        self.session.on_progress(DOWNLOADING, done / max(1, total), f"{name}: {done / 2**20:,.1f} of {total / 2**20:,.1f} MiB")
+
+    @asynccontextmanager
+    async def cancellable(self):
+        """A long operation the page may cancel (the `cancel` command): its downloads are aborted
+        and its progress reports raise errors.Cancelled."""
+        if self.abort is not None:
+            raise UsageError("another long operation is running; wait for it or cancel it")
+        self.abort = js.AbortController.new()
+        try:
+            yield
+        finally:
+            self.abort = None
 
     def reader(self) -> SourceReader:
         """Kernel sources fetched from the site's `wgsl/` folder (the worker runs from a blob:
@@ -122,6 +141,8 @@ async def call(name: str, request: str = "{}") -> str:
         kind, handler = WORKER.commands[name]
         req = build(kind, loads(request or "{}", f"the {name} request", UsageError), f"the {name} request", UsageError)
         return json.dumps({"ok": True, **await handler(WORKER, req)})
+    except Cancelled as exc:
+        return json.dumps({"ok": False, "cancelled": True, "error": one_line(exc)})
     except UserError as exc:
         return json.dumps({"ok": False, "error": one_line(exc)})
     except Exception as exc:  # an engine bug: say so, keep the page alive
@@ -137,21 +158,32 @@ def report(record: dict) -> None:
         callback(json.dumps(record))
 
 
-def progress_reporter(stages: dict[str, tuple[float, float, str]] | None = None):
-    """Session.on_progress for the page: {"kind": "progress", "what", "fraction"} records, at most
-    one per percent (and always the start and the end). A stage listed in `stages` reports its
-    share of the operation it belongs to, so that operation's bar only moves forward."""
+DOWNLOADING = "Downloading"  # (the stage of a model load in which its files arrive)
+
+
+def progress_reporter(stages: dict[str, tuple[float, float, str]] | None = None, worker: Worker | None = None):
+    """Session.on_progress for the page: {"kind": "progress", "what", "fraction", "detail"?,
+    "cancellable"} records, at most one per percent (and always the start and the end, and a
+    new detail). A stage listed in `stages` reports its share of the operation it belongs to, so
+    that operation's bar only moves forward. When the page cancelled the operation (`worker`'s
+    abort signal), the next report raises errors.Cancelled, which ends the operation."""
     last = {"what": None, "fraction": -1.0}
     stages = {} if stages is None else stages
 
-    def on_progress(what: str, fraction: float) -> None:
+    def on_progress(what: str, fraction: float, detail: str | None = None) -> None:
+        abort = None if worker is None else worker.abort
+        if abort is not None and abort.signal.aborted:
+            raise Cancelled(f"{stages[what][2] if what in stages else what}: cancelled")
         fraction = min(1.0, max(0.0, fraction))
         if what in stages:
             start, end, what = stages[what]
             fraction = start + (end - start) * fraction
+        elif what == DOWNLOADING:
+            return  # (a download outside a model load: the cache's own reads, an adapter)
         if what != last["what"] or fraction - last["fraction"] >= 0.01 or fraction in (0.0, 1.0):
             last.update(what=what, fraction=fraction)
-            report({"kind": "progress", "what": what, "fraction": fraction})
+            report({"kind": "progress", "what": what, "fraction": fraction, "detail": detail,
+                    "cancellable": abort is not None})
 
     return on_progress
 
@@ -217,6 +249,24 @@ class LoadModel:
     item: str | None = None
 
 
+@command("model_info", Empty)
+async def model_info(w: Worker, req: Empty) -> dict:
+    """{"model": the loaded model's card, or None}: what the engine holds after a load that failed
+    or was cancelled (a load cancelled while its files arrive keeps the model loaded before)."""
+    model = w.session.model
+    return {"model": None if model is None or not model.weights else model.card()}
+
+
+@command("cancel", Empty)
+async def cancel(w: Worker, req: Empty) -> dict:
+    """Cancel the long operation that runs (a model load, a merged or ONNX export): its download
+    stops at once, its work at the next progress report. -> {"cancelled": whether one ran}."""
+    if w.abort is None:
+        return {"cancelled": False}
+    w.abort.abort()
+    return {"cancelled": True}
+
+
 def cache_item(req: LoadModel) -> tuple[str, str, dict]:
     """(id, name, source) of the cache item a load_model request reads: the same model asked
     for again (the same repo, the same files by name, size and date) is the same item."""
@@ -259,16 +309,22 @@ async def load_model(w: Worker, req: LoadModel) -> dict:
         req = await cached_request(w, req.id or "")
     item_id, name, item_source = cache_item(req)
     compiled = w.session.ops is not None and w.session.ops.device is w.device
-    kernels_share = 0.0 if compiled else KERNELS_SHARE
-    w.stages.update({"Compiling the GPU kernels": (0.0, kernels_share, f"Loading {name}: compiling the GPU kernels"),
-                     "Reading the weights onto the GPU": (kernels_share, 1.0, f"Loading {name}: reading the weights")})
+    kernels = 0.0 if compiled else KERNELS_SHARE
+    files = kernels + (1 - kernels) * DOWNLOAD_SHARE  # (a model in the browser cache skips this part)
+    w.stages.update({"Compiling the GPU kernels": (0.0, kernels, f"Loading {name}: compiling the GPU kernels"),
+                     DOWNLOADING: (kernels, files, f"Loading {name}: reading its files"),
+                     "Reading the weights onto the GPU": (files, 1.0, f"Loading {name}: reading the weights")})
     try:
-        return await _load_model(w, req, item_id, name, item_source)
+        async with w.cancellable():
+            return await _load_model(w, req, item_id, name, item_source)
     finally:
         w.stages.clear()
 
 
-KERNELS_SHARE = 0.15  # of a first model load's bar: compiling the kernels (then the weights)
+# A model load's bar: compiling the kernels (a first load only), then its files (downloaded, or
+# read from the person's disk), then the weights onto the GPU.
+KERNELS_SHARE = 0.15
+DOWNLOAD_SHARE = 0.5
 
 
 async def _load_model(w: Worker, req: LoadModel, item_id: str, name: str, item_source: dict) -> dict:
@@ -432,12 +488,16 @@ def start_background(w: Worker, run, save_every: int, stop_after: int | None, sa
         if record["kind"] == "state" and record["state"] in ("done", "stopped") and run.step > 0:
             asyncio.ensure_future(keep())  # the finished run joins the runs list
 
+    def saving(fraction: float) -> None:  # (its own bar: a cancellable export may run beside it)
+        report({"kind": "progress", "what": "Saving the checkpoint", "fraction": fraction})
+
     async def on_checkpoint(trainer) -> None:
         try:
             saved = await runstore.save(trainer, model.name, model.config, dataset.source, save_every,
-                                        run.checkpoint_state(), w.model_item)
+                                        run.checkpoint_state(), w.model_item, saving)
             report({"kind": "checkpoint", **saved})
         except Exception as exc:  # training goes on; the person is told that saving failed
+            saving(1.0)
             report({"kind": "checkpoint", "error": f"the checkpoint could not be saved: {one_line(exc)}",
                     "step": trainer.step})
 
@@ -884,8 +944,6 @@ async def export_merged(w: Worker, req: ExportMerged) -> dict:
     -> {"path", "name", "bytes"}."""
     import zipfile
 
-    from .opfs import SyncFile
-
     session = await w.ready()
     session.need_model()
     await session.adapter_state()  # (an adapter is needed before anything is written)
@@ -896,8 +954,7 @@ async def export_merged(w: Worker, req: ExportMerged) -> dict:
                            f"{quota / 2**20:,.0f} MiB are free; download the adapter instead")
     safe = file_stem(session)
     path = "loralab/exports/merged-model." + ("gguf" if req.quantize else "zip")
-    out = await SyncFile.create(path)
-    try:
+    async with w.cancellable(), export_file(path) as out:
         if req.quantize:
             await session.write_merged_gguf(out.write, req.quantize)
         else:
@@ -907,10 +964,24 @@ async def export_merged(w: Worker, req: ExportMerged) -> dict:
                 with zf.open("model.safetensors", "w", force_zip64=True) as entry:
                     await session.write_merged(entry.write)
         written = out.tell()
-    finally:
-        out.close()
     name = f"{safe}-merged-{req.quantize}.gguf" if req.quantize else f"{safe}-merged.zip"
     return {"path": path, "name": name, "bytes": written}
+
+
+@asynccontextmanager
+async def export_file(path: str):
+    """A file in the browser's private file system that an export streams into; one that did
+    not end (an error, a cancel) is removed, not left to take up the person's storage."""
+    from .opfs import SyncFile, remove
+
+    out = await SyncFile.create(path)
+    try:
+        yield out
+    except BaseException:
+        out.close()
+        await remove(path)
+        raise
+    out.close()
 
 
 @dataclass(frozen=True)
@@ -927,8 +998,6 @@ async def export_onnx(w: Worker, req: ExportOnnx) -> dict:
     import io
     import zipfile
 
-    from .opfs import SyncFile
-
     session = await w.ready()
     session.need_model()
     await session.adapter_state()  # (an adapter is needed before anything is written)
@@ -940,8 +1009,7 @@ async def export_onnx(w: Worker, req: ExportOnnx) -> dict:
                            f"{quota / 2**20:,.0f} MiB are free; choose the 4-bit variant or download the adapter")
     safe = file_stem(session)
     path = "loralab/exports/onnx-model.zip"
-    out = await SyncFile.create(path)
-    try:
+    async with w.cancellable(), export_file(path) as out:
         with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, data in session.onnx_folder_files({p: bool(d) for p, _, d in files}).items():
                 zf.writestr(name, data)
@@ -955,8 +1023,6 @@ async def export_onnx(w: Worker, req: ExportOnnx) -> dict:
                     with zf.open(onnx_path, "w", force_zip64=True) as entry:
                         await session.write_onnx(entry.write, q4)
         written = out.tell()
-    finally:
-        out.close()
     return {"path": path, "name": f"{safe}-onnx-{req.dtype}.zip", "bytes": written}
 
 
