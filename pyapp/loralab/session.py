@@ -818,11 +818,19 @@ class Session:
                          external: Callable[[bytes], object] | None = None) -> None:
         """The ONNX decoder (onnx/model.onnx, or onnx/model_q4.onnx with q4) with the adapter, if
         any, merged in; with `external`, its weights are written there (the .onnx_data file)."""
-        from .onnx_export import write_onnx
+        from .onnx_export import onnx_size, write_onnx
 
         model = await self.upload()
+        what = "Writing the ONNX model" + (" (4-bit)" if q4 else "")
+        total = onnx_size(model.config, model.config_dict, q4)  # (the weights are nearly all of it)
+        if external is not None:
+            external = self._counted(external, total, what)
+        else:
+            write = self._counted(write, total, what)
         await write_onnx(write, self.device, self.ops, model.config, model.config_dict, model.weights, self.adapter(),
                          q4, external)
+        if self.on_progress is not None:
+            self.on_progress(what, 1.0)
 
     def gguf_base(self, what: str = "a re-quantized merged model"):
         """The model's GGUF source, for exports written over it (else a UsageError naming `what`)."""

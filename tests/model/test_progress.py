@@ -20,7 +20,7 @@ from loralab.session import Session
 from tests.model import hf
 
 
-def test_compiling_tokenizing_and_merging_report_progress(tmp_path, run):
+def test_compiling_tokenizing_merging_and_onnx_writing_report_progress(tmp_path, run):
     hf.tiny_model("llama", tmp_path / "model", seed=4)
     seen: list[tuple[str, float]] = []
     session = Session()
@@ -50,6 +50,11 @@ def test_compiling_tokenizing_and_merging_report_progress(tmp_path, run):
     merged = steps("Merging the adapter into the model")
     assert merged == sorted(merged) and merged[-1] == 1.0 and len(merged) > 3
     assert len(zipfile.ZipFile(out).read("model.safetensors")) == session.merged_size()
+
+    onnx = io.BytesIO()
+    run(session.write_onnx(onnx.write))
+    written = steps("Writing the ONNX model")
+    assert written == sorted(written) and written[-1] == 1.0 and len(written) > 3 and onnx.tell() > 0
 
     # (While that run is going, another model does not replace its model under it.)
     assert session.run.going
