@@ -213,9 +213,11 @@ def test_a_model_load_is_cancelled_while_its_weights_download_and_the_loaded_mod
         page.fill("[data-testid=hub-endpoint]", f"http://127.0.0.1:{server.server_port}")
         page.click("[data-testid=model-load]")
         # The bar says how much of the weights came, and offers Cancel.
-        page.wait_for_function("""document.querySelector('[data-testid=progress]').textContent.includes('model.safetensors')
-            && document.querySelector('[data-testid=progress]').textContent.includes('MiB')""", timeout=60_000)
-        assert 0 < float(page.get_attribute("[data-testid=progress]", "data-progress")) < 1
+        page.wait_for_function("""(() => { const bar = document.querySelector('[data-testid=progress]');
+            return bar.textContent.includes('model.safetensors') && bar.textContent.includes('MiB')
+                && parseFloat(bar.dataset.progress) > 0; })()""", timeout=60_000)
+        assert float(page.get_attribute("[data-testid=progress]", "data-progress")) < 1
+        assert page.is_visible("[data-testid=progress-cancel]")
         page.click("[data-testid=progress-cancel]")
         app.wait_text("notice", "Cancelled")
         app.ready()

@@ -56,6 +56,7 @@ class Worker:
         # each stage's progress into its share of one bar: {stage: (start, end, label)}.
         self.stages: dict[str, tuple[float, float, str]] = {}
         self.abort = None  # the AbortController of the long operation the page may cancel now
+        self.abort_reports: tuple[str, ...] = ()  # …and the names of its progress reports
         self.session.on_progress = progress_reporter(self.stages, self)
         self.device: BrowserDevice | None = None
         self.kernels: KernelLibrary | None = None
@@ -70,16 +71,17 @@ class Worker:
         self.session.on_progress(DOWNLOADING, done / max(1, total), f"{name}: {done / 2**20:,.1f} of {total / 2**20:,.1f} MiB")
 
     @asynccontextmanager
-    async def cancellable(self):
+    async def cancellable(self, *reports: str):
         """A long operation the page may cancel (the `cancel` command): its downloads are aborted
-        and its progress reports raise errors.Cancelled."""
+        and its progress reports (those whose name starts with one of `reports`; other calls
+        running beside it report too) raise errors.Cancelled."""
         if self.abort is not None:
             raise UsageError("another long operation is running; wait for it or cancel it")
-        self.abort = js.AbortController.new()
+        self.abort, self.abort_reports = js.AbortController.new(), reports
         try:
             yield
         finally:
-            self.abort = None
+            self.abort, self.abort_reports = None, ()
 
     def reader(self) -> SourceReader:
         """Kernel sources fetched from the site's `wgsl/` folder (the worker runs from a blob:
@@ -171,7 +173,7 @@ def progress_reporter(stages: dict[str, tuple[float, float, str]] | None = None,
     stages = {} if stages is None else stages
 
     def on_progress(what: str, fraction: float, detail: str | None = None) -> None:
-        abort = None if worker is None else worker.abort
+        abort = None if worker is None or not what.startswith(worker.abort_reports) else worker.abort
         if abort is not None and abort.signal.aborted:
             raise Cancelled(f"{stages[what][2] if what in stages else what}: cancelled")
         fraction = min(1.0, max(0.0, fraction))
@@ -315,7 +317,7 @@ async def load_model(w: Worker, req: LoadModel) -> dict:
                      DOWNLOADING: (kernels, files, f"Loading {name}: reading its files"),
                      "Reading the weights onto the GPU": (files, 1.0, f"Loading {name}: reading the weights")})
     try:
-        async with w.cancellable():
+        async with w.cancellable(*w.stages):
             return await _load_model(w, req, item_id, name, item_source)
     finally:
         w.stages.clear()
@@ -954,7 +956,7 @@ async def export_merged(w: Worker, req: ExportMerged) -> dict:
                            f"{quota / 2**20:,.0f} MiB are free; download the adapter instead")
     safe = file_stem(session)
     path = "loralab/exports/merged-model." + ("gguf" if req.quantize else "zip")
-    async with w.cancellable(), export_file(path) as out:
+    async with w.cancellable("Merging the adapter"), export_file(path) as out:
         if req.quantize:
             await session.write_merged_gguf(out.write, req.quantize)
         else:
@@ -1009,7 +1011,7 @@ async def export_onnx(w: Worker, req: ExportOnnx) -> dict:
                            f"{quota / 2**20:,.0f} MiB are free; choose the 4-bit variant or download the adapter")
     safe = file_stem(session)
     path = "loralab/exports/onnx-model.zip"
-    async with w.cancellable(), export_file(path) as out:
+    async with w.cancellable("Writing the ONNX model"), export_file(path) as out:
         with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, data in session.onnx_folder_files({p: bool(d) for p, _, d in files}).items():
                 zf.writestr(name, data)
