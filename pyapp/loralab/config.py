@@ -67,7 +67,7 @@ def model_name(config: dict) -> str | None:
     config says neither."""
     origin = str(config.get("_name_or_path") or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
     if origin not in ("", "."):
-        return origin
+        return origin[:100]
     kind = config.get("model_type")
     return f"{kind} model" if isinstance(kind, str) and kind.strip() else None
 

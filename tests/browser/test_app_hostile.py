@@ -22,6 +22,11 @@ def test_hostile_files_get_one_line_errors_and_the_app_stays_usable(app, tmp_pat
     F.model_folder(bad_model, config={**F.CONFIG, "num_attention_heads": 0})
     page.set_input_files("[data-testid=model-files]", [str(p) for p in sorted(bad_model.iterdir())])
     assert "config.json" in shown_error("num_attention_heads")
+    nested = tmp_path / "nested-config"
+    F.model_folder(nested)
+    (nested / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # (the page reads it for a name too)
+    page.set_input_files("[data-testid=model-files]", [str(p) for p in sorted(nested.iterdir())])
+    assert "config.json" in shown_error("nested too deeply")
     (tmp_path / "deep.gguf").write_bytes(gguf_with({"general.alignment": (F.U32, 24)}))
     page.set_input_files("[data-testid=model-files]", str(tmp_path / "deep.gguf"))
     assert "deep.gguf" in shown_error("general.alignment")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from pyscript import window  # type: ignore[import-not-found]
 
+from ..checks import loads
 from ..config import model_name
+from ..errors import UsageError, UserError
 from . import adapters, cache, chat, checkpoints, client, dataset, hardware, onnx, plan
 from .page import el, mib, refresh_status, render_rows, save, show_error, state
 
@@ -70,14 +70,19 @@ async def load_model_files(files: list, folder: str | None = None) -> None:
 
 
 async def name_from_config(files: list) -> str | None:
+    """The name config.json gives (config.model_name), or None: a missing, huge or broken file
+    only goes without a name here; the engine says what is wrong with it."""
     config = next((f for f in files if f.name == "config.json"), None)
-    if config is None:
+    if config is None or int(config.size) > CONFIG_MOST:
         return None
     try:
-        found = json.loads(str(await config.text()))
-    except ValueError:
-        return None  # (the engine says what is wrong with it)
+        found = loads(str(await config.text()), "config.json", UsageError)
+    except UserError:
+        return None
     return model_name(found) if isinstance(found, dict) else None
+
+
+CONFIG_MOST = 1 << 20  # (a model's config.json is a few KiB)
 
 
 async def on_model_files(event) -> None:
