@@ -103,6 +103,9 @@ def test_without_webgpu_chat_runs_on_onnx_runtime_web(no_webgpu, chat_model, tmp
     files = sorted(p for p in out.rglob("*") if p.is_file())
     app.page.set_input_files(app.sel("onnx-files"), [str(p) for p in files])
     app.wait_text("onnx-info", "wasm")
+    # (its files went through the progress bar, which ended and went away)
+    assert app.page.get_attribute(app.sel("progress"), "data-progress") == "1.0000"
+    assert app.page.is_hidden(app.sel("progress"))
     prompt = "Where is the key?"
     app.page.fill(app.sel("gen-max-tokens"), "12")
     shown = ask(app, prompt)

@@ -749,13 +749,23 @@ async def onnx_load(w: Worker, req: OnnxLoad) -> dict:
         item = ("model:default", "model", DEFAULT_MODEL.rsplit("/", 1)[-1].removesuffix(".gguf"), {"kind": "default"})
     else:
         item = (item_id, "onnx", gguf_name or "ONNX model", {"kind": "onnx", "files": sorted(by_name)})
-    async with w.cache.loading(*item) as kept:  # (the files are kept for later visits, offline too)
-        if req.default or gguf_name:
-            result = await _onnx_load_gguf(w, req, gguf_name and by_name[gguf_name], gguf_name)
-        else:
-            result = await _onnx_load_folder(w, req, by_name, models[0])
-        kept["name"] = result["name"]
+    # Its bar: the files as they arrive, then starting ONNX Runtime on them; Cancel stops the download.
+    w.stages.update({DOWNLOADING: (0.0, 0.9, f"Loading {item[2]}: reading its files"),
+                     ORT_START: (0.9, 1.0, f"Loading {item[2]}: starting ONNX Runtime")})
+    try:
+        async with w.cancellable(*w.stages), w.cache.loading(*item) as kept:  # (kept for later visits, offline too)
+            if req.default or gguf_name:
+                result = await _onnx_load_gguf(w, req, gguf_name and by_name[gguf_name], gguf_name)
+            else:
+                result = await _onnx_load_folder(w, req, by_name, models[0])
+            kept["name"] = result["name"]
+            w.session.on_progress(ORT_START, 1.0)
+    finally:
+        w.stages.clear()
     return {**result, "item": item[0]}
+
+
+ORT_START = "Starting ONNX Runtime"
 
 
 async def _onnx_load_folder(w: Worker, req: OnnxLoad, by_name: dict[str, str], model: str) -> dict:
