@@ -38,6 +38,7 @@ async def busy_call(status: str, name: str, payload: dict | str = "{}") -> dict 
         return await call(name, payload)
     finally:
         state["busy"] = False
+        hide_progress()  # (a task that failed part way leaves no bar standing)
 
 
 def expose_engine(engine) -> None:

@@ -39,6 +39,7 @@ from .datacache import ABSENT, DataCache
 from .fetch import make_fetch
 from .modeluse import ModelUse
 from .opfs import StorageError
+from .progress import DOWNLOADING, Progress
 
 DEFAULT_MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -48,16 +49,12 @@ class Worker:
 
     def __init__(self):
         self.cache = DataCache()
-        # Model files through the cache while an item loads; downloads report their bytes, and
-        # stop when the operation is cancelled.
-        self.fetch = make_fetch(self.cache, self.on_download, lambda: None if self.abort is None else self.abort.signal)
+        # The page's progress bar (and Cancel) for the long operations; model files come through
+        # the cache while an item loads, their downloads report their bytes and stop on Cancel.
+        self.progress = Progress(report)
+        self.fetch = make_fetch(self.cache, self.progress.download, self.progress.signal)
         self.session = Session()
-        # An operation of several stages (a model's first load: the kernels, then the weights) maps
-        # each stage's progress into its share of one bar: {stage: (start, end, label)}.
-        self.stages: dict[str, tuple[float, float, str]] = {}
-        self.abort = None  # the AbortController of the long operation the page may cancel now
-        self.abort_reports: tuple[str, ...] = ()  # …and the names of its progress reports
-        self.session.on_progress = progress_reporter(self.stages, self)
+        self.session.on_progress = self.progress
         self.device: BrowserDevice | None = None
         self.kernels: KernelLibrary | None = None
         self.base_url = ""
@@ -67,21 +64,9 @@ class Worker:
         self.answer_stop = False  # the compare panel's Stop: the answers being generated end at the next token
         self.model_use = ModelUse()  # calls run at once: none sees the model replaced under it
 
-    def on_download(self, name: str, done: int, total: int) -> None:
-        self.session.on_progress(DOWNLOADING, done / max(1, total), f"{name}: {done / 2**20:,.1f} of {total / 2**20:,.1f} MiB")
-
-    @asynccontextmanager
-    async def cancellable(self, *reports: str):
-        """A long operation the page may cancel (the `cancel` command): its downloads are aborted
-        and its progress reports (those whose name starts with one of `reports`; other calls
-        running beside it report too) raise errors.Cancelled."""
-        if self.abort is not None:
-            raise UsageError("another long operation is running; wait for it or cancel it")
-        self.abort, self.abort_reports = js.AbortController.new(), reports
-        try:
-            yield
-        finally:
-            self.abort, self.abort_reports = None, ()
+    def cancellable(self, *reports: str, stages: dict[str, tuple[float, float, str]] | None = None):
+        """A long operation the page may cancel (the `cancel` command): see browser.progress."""
+        return self.progress.cancellable(js.AbortController.new(), *reports, stages=stages)
 
     def reader(self) -> SourceReader:
         """Kernel sources fetched from the site's `wgsl/` folder (the worker runs from a blob:
@@ -160,36 +145,6 @@ def report(record: dict) -> None:
         callback(json.dumps(record))
 
 
-DOWNLOADING = "Downloading"  # (the stage of a model load in which its files arrive)
-
-
-def progress_reporter(stages: dict[str, tuple[float, float, str]] | None = None, worker: Worker | None = None):
-    """Session.on_progress for the page: {"kind": "progress", "what", "fraction", "detail"?,
-    "cancellable"} records, at most one per percent (and always the start and the end, and a
-    new detail). A stage listed in `stages` reports its share of the operation it belongs to, so
-    that operation's bar only moves forward. When the page cancelled the operation (`worker`'s
-    abort signal), the next report raises errors.Cancelled, which ends the operation."""
-    last = {"what": None, "fraction": -1.0}
-    stages = {} if stages is None else stages
-
-    def on_progress(what: str, fraction: float, detail: str | None = None) -> None:
-        abort = None if worker is None or not what.startswith(worker.abort_reports) else worker.abort
-        if abort is not None and abort.signal.aborted:
-            raise Cancelled(f"{stages[what][2] if what in stages else what}: cancelled")
-        fraction = min(1.0, max(0.0, fraction))
-        if what in stages:
-            start, end, what = stages[what]
-            fraction = start + (end - start) * fraction
-        elif what == DOWNLOADING:
-            return  # (a download outside a model load: the cache's own reads, an adapter)
-        if what != last["what"] or fraction - last["fraction"] >= 0.01 or fraction in (0.0, 1.0):
-            last.update(what=what, fraction=fraction)
-            report({"kind": "progress", "what": what, "fraction": fraction, "detail": detail,
-                    "cancellable": abort is not None})
-
-    return on_progress
-
-
 @dataclass(frozen=True)
 class Empty:
     pass
@@ -263,10 +218,7 @@ async def model_info(w: Worker, req: Empty) -> dict:
 async def cancel(w: Worker, req: Empty) -> dict:
     """Cancel the long operation that runs (a model load, a merged or ONNX export): its download
     stops at once, its work at the next progress report. -> {"cancelled": whether one ran}."""
-    if w.abort is None:
-        return {"cancelled": False}
-    w.abort.abort()
-    return {"cancelled": True}
+    return {"cancelled": w.progress.cancel()}
 
 
 def cache_item(req: LoadModel) -> tuple[str, str, dict]:
@@ -313,14 +265,11 @@ async def load_model(w: Worker, req: LoadModel) -> dict:
     compiled = w.session.ops is not None and w.session.ops.device is w.device
     kernels = 0.0 if compiled else KERNELS_SHARE
     files = kernels + (1 - kernels) * DOWNLOAD_SHARE  # (a model in the browser cache skips this part)
-    w.stages.update({"Compiling the GPU kernels": (0.0, kernels, f"Loading {name}: compiling the GPU kernels"),
-                     DOWNLOADING: (kernels, files, f"Loading {name}: reading its files"),
-                     "Reading the weights onto the GPU": (files, 1.0, f"Loading {name}: reading the weights")})
-    try:
-        async with w.cancellable(*w.stages):
-            return await _load_model(w, req, item_id, name, item_source)
-    finally:
-        w.stages.clear()
+    stages = {"Compiling the GPU kernels": (0.0, kernels, f"Loading {name}: compiling the GPU kernels"),
+              DOWNLOADING: (kernels, files, f"Loading {name}: reading its files"),
+              "Reading the weights onto the GPU": (files, 1.0, f"Loading {name}: reading the weights")}
+    with w.cancellable(stages=stages):
+        return await _load_model(w, req, item_id, name, item_source)
 
 
 # A model load's bar: compiling the kernels (a first load only), then its files (downloaded, or
@@ -750,18 +699,16 @@ async def onnx_load(w: Worker, req: OnnxLoad) -> dict:
     else:
         item = (item_id, "onnx", gguf_name or "ONNX model", {"kind": "onnx", "files": sorted(by_name)})
     # Its bar: the files as they arrive, then starting ONNX Runtime on them; Cancel stops the download.
-    w.stages.update({DOWNLOADING: (0.0, 0.9, f"Loading {item[2]}: reading its files"),
-                     ORT_START: (0.9, 1.0, f"Loading {item[2]}: starting ONNX Runtime")})
-    try:
-        async with w.cancellable(*w.stages), w.cache.loading(*item) as kept:  # (kept for later visits, offline too)
+    stages = {DOWNLOADING: (0.0, 0.9, f"Loading {item[2]}: reading its files"),
+              ORT_START: (0.9, 1.0, f"Loading {item[2]}: starting ONNX Runtime")}
+    with w.cancellable(stages=stages):
+        async with w.cache.loading(*item) as kept:  # (the files are kept for later visits, offline too)
             if req.default or gguf_name:
                 result = await _onnx_load_gguf(w, req, gguf_name and by_name[gguf_name], gguf_name)
             else:
                 result = await _onnx_load_folder(w, req, by_name, models[0])
             kept["name"] = result["name"]
-            w.session.on_progress(ORT_START, 1.0)
-    finally:
-        w.stages.clear()
+        w.progress(ORT_START, 1.0)
     return {**result, "item": item[0]}
 
 
@@ -966,16 +913,17 @@ async def export_merged(w: Worker, req: ExportMerged) -> dict:
                            f"{quota / 2**20:,.0f} MiB are free; download the adapter instead")
     safe = file_stem(session)
     path = "loralab/exports/merged-model." + ("gguf" if req.quantize else "zip")
-    async with w.cancellable("Merging the adapter"), export_file(path) as out:
-        if req.quantize:
-            await session.write_merged_gguf(out.write, req.quantize)
-        else:
-            with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for name, data in session.merged_folder_files().items():
-                    zf.writestr(name, data)
-                with zf.open("model.safetensors", "w", force_zip64=True) as entry:
-                    await session.write_merged(entry.write)
-        written = out.tell()
+    with w.cancellable("Merging the adapter"):
+        async with export_file(path) as out:
+            if req.quantize:
+                await session.write_merged_gguf(out.write, req.quantize)
+            else:
+                with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                    for name, data in session.merged_folder_files().items():
+                        zf.writestr(name, data)
+                    with zf.open("model.safetensors", "w", force_zip64=True) as entry:
+                        await session.write_merged(entry.write)
+            written = out.tell()
     name = f"{safe}-merged-{req.quantize}.gguf" if req.quantize else f"{safe}-merged.zip"
     return {"path": path, "name": name, "bytes": written}
 
@@ -1021,20 +969,21 @@ async def export_onnx(w: Worker, req: ExportOnnx) -> dict:
                            f"{quota / 2**20:,.0f} MiB are free; choose the 4-bit variant or download the adapter")
     safe = file_stem(session)
     path = "loralab/exports/onnx-model.zip"
-    async with w.cancellable("Writing the ONNX model"), export_file(path) as out:
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for name, data in session.onnx_folder_files({p: bool(d) for p, _, d in files}).items():
-                zf.writestr(name, data)
-            for onnx_path, q4, data_path in files:
-                if data_path:  # the weights stream into their own entry; the small graph follows
-                    graph = io.BytesIO()
-                    with zf.open(data_path, "w", force_zip64=True) as entry:
-                        await session.write_onnx(graph.write, q4, entry.write)
-                    zf.writestr(onnx_path, graph.getvalue())
-                else:
-                    with zf.open(onnx_path, "w", force_zip64=True) as entry:
-                        await session.write_onnx(entry.write, q4)
-        written = out.tell()
+    with w.cancellable("Writing the ONNX model"):
+        async with export_file(path) as out:
+            with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for name, data in session.onnx_folder_files({p: bool(d) for p, _, d in files}).items():
+                    zf.writestr(name, data)
+                for onnx_path, q4, data_path in files:
+                    if data_path:  # the weights stream into their own entry; the small graph follows
+                        graph = io.BytesIO()
+                        with zf.open(data_path, "w", force_zip64=True) as entry:
+                            await session.write_onnx(graph.write, q4, entry.write)
+                        zf.writestr(onnx_path, graph.getvalue())
+                    else:
+                        with zf.open(onnx_path, "w", force_zip64=True) as entry:
+                            await session.write_onnx(entry.write, q4)
+            written = out.tell()
     return {"path": path, "name": f"{safe}-onnx-{req.dtype}.zip", "bytes": written}
 
 
