@@ -6,12 +6,10 @@ import asyncio
 
 from loralab.browser.modeluse import ModelUse
 
-
-def run(coro):
-    return asyncio.run(coro)
+# (`run` is conftest's: a loop of its own thread, since pytest-playwright may hold this thread's)
 
 
-def test_users_share_and_a_change_waits_for_them_then_holds_off_new_users():
+def test_users_share_and_a_change_waits_for_them_then_holds_off_new_users(run):
     async def main():
         lock, log = ModelUse(), []
 
@@ -42,7 +40,7 @@ def test_users_share_and_a_change_waits_for_them_then_holds_off_new_users():
     assert log.index("c in") > log.index("change out")
 
 
-def test_a_change_that_fails_releases_the_model():
+def test_a_change_that_fails_releases_the_model(run):
     async def main():
         lock = ModelUse()
         try:
