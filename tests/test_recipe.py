@@ -206,3 +206,25 @@ def test_two_processes_write_an_adapter_loralab_evaluates_as_peft(tmp_path, chat
     reference = peft.PeftModel.from_pretrained(hf.load_hf(model), str(adapter)).eval()
     loss, count = peft_loss(reference, tokens_file, seq_len=48)
     assert ours["tokens"] == count and ours["loss"] == pytest.approx(loss, abs=1e-4)
+
+
+@pytest.mark.parametrize("name, valid_name, want", [
+    ("..", None, "data/dataset.jsonl"),
+    ("../../outside.jsonl", None, "data/outside.jsonl"),
+    ("C:\\Users\\me\\chats.jsonl", None, "data/chats.jsonl"),
+    ("train.tokens.jsonl", None, "data/original-train.tokens.jsonl"),
+    ("same.jsonl", "same.jsonl", "data/same.jsonl"),
+])
+def test_the_copied_dataset_keeps_inside_data_and_overwrites_nothing(name, valid_name, want):
+    """The dataset's own name picks its place in the recipe: never outside `data/`, never over the
+    token files the recipe trains on, and a validation file of the same name gets its own."""
+    source = {**SOURCE, "name": name, "text": "TRAIN\n"}
+    if valid_name:
+        source.update(valid_name=valid_name, valid_text="VALID\n")
+    files = recipe_files("org/model", None, False, *PLANS["defaults"], source, records(), records(2), [1])
+    assert files[want] == b"TRAIN\n"
+    assert json.loads(files["loralab.json"])["dataset"]["file"] == want
+    assert all(path.startswith(("data/", "accelerate/")) or "/" not in path for path in files)
+    assert files["data/train.tokens.jsonl"].startswith(b"{")
+    if valid_name:
+        assert files["data/original-same.jsonl"] == b"VALID\n"

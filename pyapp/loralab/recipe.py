@@ -190,14 +190,28 @@ def readme(model_id: str, data_file: str, plan_notes: list[str], total_steps: in
     return "\n".join(lines) + "\n"
 
 
+TOKEN_FILES = ("data/train.tokens.jsonl", "data/valid.tokens.jsonl")
+
+
+def data_path(name: str | None, default: str, taken) -> str:
+    """Where a copied dataset goes in the recipe: `data/` and the file's own base name (any
+    folders in it dropped, "." / ".." / empty replaced by `default`), never a path the recipe
+    already uses (the token files, the other copy): "original-" goes before a name taken."""
+    base = str(name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if base in ("", ".", ".."):
+        base = default
+    while f"data/{base}" in taken:
+        base = f"original-{base}"
+    return f"data/{base}"
+
+
 def recipe_files(model_id: str, revision: str | None, gguf: bool, train: TrainConfig, lora: LoraConfig,
                  source: dict, train_records: list[Sequence], valid_records: list[Sequence], probe_ids: list[int],
                  weights: str = "auto", save_every: int = 0) -> dict[str, bytes]:
     """{path: bytes} of the recipe folder for a plan over a tokenized dataset (`source` as
     session.Dataset keeps it: the file's name and text, its format and options)."""
     total = train.total_steps(len(train_records))
-    name = Path(source.get("name") or "dataset.jsonl").name
-    data_file = f"data/{name}"
+    data_file = data_path(source.get("name"), "dataset.jsonl", TOKEN_FILES)
     labels_differ = any(any(lab not in (IGNORE, i) for i, lab in zip(s.input_ids, s.labels)) for s in train_records)
     plan_notes = notes(train, lora, source, weights, gguf, labels_differ)
     plan = {
@@ -229,7 +243,7 @@ def recipe_files(model_id: str, revision: str | None, gguf: bool, train: TrainCo
     if valid_records:
         files["data/valid.tokens.jsonl"] = tokens_jsonl(valid_records)
     if source.get("valid_name"):
-        files[f"data/{Path(source['valid_name']).name}"] = str(source.get("valid_text", "")).encode()
+        files[data_path(source["valid_name"], "valid.jsonl", files)] = str(source.get("valid_text", "")).encode()
     for kind in ACCELERATE_CONFIGS:
         files[f"accelerate/{kind}.yaml"] = accelerate_config(kind, train.precision == "mixed").encode()
     return files

@@ -92,6 +92,8 @@ class Trainer:
         self.train_set, self.valid_set, self.pad_id = train, valid or [], pad_id
         self.order = BatchOrder(len(train), config.batch_size, config.shuffle, config.seed)
         self.total_steps = config.total_steps(len(train))
+        if lora.adaptive:
+            self._adalora_span()
         self.step = 0  # optimizer steps done
         n = config.report_every
         self.step_buf = device.create_buffer(step_bytes(ops), label="step")  # see _write_step
@@ -113,19 +115,9 @@ class Trainer:
         self._recorded: dict[bool, Recording] = {}
         self._optimizer_cmds = Recording(self._optimizer())
 
-    def _adalora_buffers(self) -> None:
-        """AdaLoRA's training state: the importance's moving averages (flat, like the adapter), the
-        triplet scores, the threshold, the Gram matrices and norms of the regulariser, its history,
-        and `ctl` (update, mask mode, k: adalora_control) written before each step."""
-        lora, device, n = self.lora, self.device, self.config.report_every
-        self.ada = {"ema": device.create_buffer(lora.nbytes, label="adalora.ema"),
-                    "unc": device.create_buffer(lora.nbytes, label="adalora.unc"),
-                    "scores": device.create_buffer(4 * lora.triplets, label="adalora.scores"),
-                    "threshold": device.create_buffer(16, label="adalora.threshold"),
-                    "gram": device.create_buffer(4 * lora.M * 2 * lora.R * lora.R, label="adalora.gram"),
-                    "fro": device.create_buffer(4 * lora.M * 2, label="adalora.fro"),
-                    "orth_hist": device.create_buffer(4 * n, label="orth_reg_history"),
-                    "ctl": device.create_buffer(16, label="adalora.ctl")}
+    def _adalora_span(self) -> None:
+        """AdaLoRA's schedule over this run (checked before any buffer is made for it)."""
+        lora = self.lora
         # A pruned adapter (imported with PEFT's rank_pattern) keeps its ranks: no more allocation.
         if not lora.config.total_step:  # (the schedule's span, kept with the adapter as PEFT's total_step)
             import dataclasses
@@ -136,6 +128,21 @@ class Trainer:
         if not self.ada_pruned and self.ada_total - lora.config.tfinal <= lora.config.tinit:
             raise UsageError(f"adaptive: tinit {lora.config.tinit} and tfinal {lora.config.tfinal} leave no steps of "
                              f"{self.ada_total} for pruning; lower them or train longer")
+
+    def _adalora_buffers(self) -> None:
+        """AdaLoRA's training state: the importance's moving averages (flat, like the adapter), the
+        triplet scores, the threshold, the Gram matrices and norms of the regulariser, its history,
+        and `ctl` (update, mask mode, k: adalora_control) written before each step."""
+        lora = self.lora
+        device, n = self.device, self.config.report_every
+        self.ada = {"ema": device.create_buffer(lora.nbytes, label="adalora.ema"),
+                    "unc": device.create_buffer(lora.nbytes, label="adalora.unc"),
+                    "scores": device.create_buffer(4 * lora.triplets, label="adalora.scores"),
+                    "threshold": device.create_buffer(16, label="adalora.threshold"),
+                    "gram": device.create_buffer(4 * lora.M * 2 * lora.R * lora.R, label="adalora.gram"),
+                    "fro": device.create_buffer(4 * lora.M * 2, label="adalora.fro"),
+                    "orth_hist": device.create_buffer(4 * n, label="orth_reg_history"),
+                    "ctl": device.create_buffer(16, label="adalora.ctl")}
 
     def ada_control(self, step: int) -> tuple[int, int, int, int]:
         """adalora_control for 0-based step `step` of this run ((0, 0, 0, budget) once pruned)."""

@@ -162,3 +162,20 @@ def test_the_plan_says_what_adaptive_will_do():
     assert "rank 6" in words and "average of 3" in words and "after step 4" in words and "by step 22" in words
     pruned = LoraConfig(**ada_fields(ADA, 30, 8.0), rank_pattern={"model.layers.0.self_attn.q_proj": 0})
     assert "no more pruning" in rank_schedule_words(pruned, 30)
+
+
+def test_a_run_too_short_for_the_schedule_is_refused_before_its_buffers(gpu, ops, run, tmp_path):
+    """Without total_step the schedule spans the run: tinit + tfinal covering it is refused by name
+    before the trainer makes any buffer (nothing left allocated on the GPU by the refusal)."""
+    from loralab.errors import UsageError
+
+    path = hf.tiny_model("llama", tmp_path / "llama", seed=5)
+    source = HFFolder(str(path))
+    weights = run(upload_weights(gpu, source.config, source, ops))
+    fields = ada_fields(ADA, 0, 8.0)
+    lora = LoraState(gpu, source.config, LoraConfig(**fields))
+    model = Transformer(gpu, ops, source.config, weights, lora, 2, 12)
+    before = gpu.allocated_bytes
+    with pytest.raises(UsageError, match="leave no steps of 10 for pruning"):
+        Trainer(gpu, ops, model, lora, TrainConfig(steps=10, batch_size=2, seq_len=12), records(4, 12, seed=2))
+    assert gpu.allocated_bytes == before
