@@ -107,3 +107,34 @@ def test_records_with_nothing_to_learn_are_counted_not_fatal(tokenizer_parts):
                                "1 with no trained tokens)", "1 of 3 truncated, 1 with no trained tokens left, dropped"]
     with pytest.raises(DatasetError, match="no token is trained on.*3 records skipped"):
         load_dataset("d.jsonl", "".join(json.dumps(r) + "\n" for r in rows[1:4]), "auto", tok, 64, 49152)
+
+
+def test_openai_content_parts_null_content_and_a_byte_order_mark(tokenizer_parts):
+    """Content as OpenAI's list of text parts trains as the joined string; null content (a turn that
+    only calls tools) as empty; a turn with an image is skipped and counted; a byte-order mark
+    before the first record (Notepad, Excel) is not part of it, in JSONL and in a CSV's header."""
+    from loralab.data.formats import read_records
+
+    tok = HFTokenizer(tokenizer_parts[0], tokenizer_parts[1], TEMPLATES["qwen2"][0])
+    plain = {"messages": [{"role": "user", "content": "Two parts"}, {"role": "assistant", "content": "Joined."}]}
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Two "}, {"type": "text", "text": "parts"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "Joined."}]}]}
+    want = encode_record(plain, "chat", tok, "test")
+    got = encode_record(parts, "chat", tok, "test")
+    assert (got.input_ids, got.labels) == (want.input_ids, want.labels)
+    tool_call = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None},
+                              {"role": "assistant", "content": "done"}]}
+    assert "None" not in tok.decode(encode_record(tool_call, "chat", tok, "test").input_ids)
+    image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                          {"role": "assistant", "content": "A cat."}]}
+    _, summary = load_dataset("d.jsonl", "".join(json.dumps(r) + "\n" for r in (plain, image)), "auto", tok, 64, 49152)
+    assert summary.skipped == {"with a part of type 'image_url' (text models only)": 1}
+    with pytest.raises(DatasetError, match="d.jsonl record 1: a message's content is a string or a list of text parts"):
+        load_dataset("d.jsonl", json.dumps({"messages": [{"role": "user", "content": {"a": 1}}]}), "auto", tok, 64, 49152)
+
+    assert read_records("d.jsonl", "\ufeff" + json.dumps(plain) + "\n") == [plain]
+    rows = read_records("d.csv", "\ufeffinstruction,input,output\nSay hi,,hello\n")
+    assert rows == [{"instruction": "Say hi", "input": "", "output": "hello"}]
+    sequences, summary = load_dataset("d.jsonl", json.dumps({"input": "Say hi", "output": "hello"}), "auto", tok, 64, 49152)
+    assert summary.format == "alpaca"
+    assert tok.decode(sequences[0].input_ids).count("Say hi") == 1 and "\n\nSay hi" not in tok.decode(sequences[0].input_ids)

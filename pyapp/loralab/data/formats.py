@@ -3,8 +3,8 @@ them into token sequences with loss masks.
 
 Formats: tokens {"input_ids", "labels"?}; text {"text"} (or plain text, one document per
 blank-line-separated block); completion {"prompt", "completion"}; chat {"messages": [{"role",
-"content"}]} or ShareGPT {"conversations": [{"from", "value"}]}; alpaca {"instruction",
-"input"?, "output"}. By default the loss covers completions and assistant turns only (TRL's
+"content"}]} (content a string or a list of text parts) or ShareGPT {"conversations": [{"from",
+"value"}]}; alpaca {"instruction"?, "input"?, "output"} (one of the first two at least). By default the loss covers completions and assistant turns only (TRL's
 convention, the end-of-turn token included); `train_on_prompt` takes it on every token.
 """
 
@@ -84,7 +84,9 @@ class DatasetSummary:
 
 
 def read_records(name: str, text: str) -> list[dict]:
-    """Records of a file by its extension; errors name the file and line."""
+    """Records of a file by its extension; errors name the file and line. A byte-order mark
+    (Windows editors and spreadsheets write one) is not part of the first record."""
+    text = text.removeprefix("\ufeff")
     lower = name.lower()
     if lower.endswith(".jsonl"):
         records = []
@@ -138,7 +140,7 @@ def detect_format(record: dict) -> str | None:
         return "chat"
     if {"prompt", "completion"} <= keys:
         return "completion"
-    if {"instruction", "output"} <= keys:
+    if {"instruction", "output"} <= keys or {"input", "output"} <= keys:
         return "alpaca"
     if "text" in keys:
         return "text"
@@ -161,8 +163,31 @@ def _messages(record: dict, where: str) -> list[dict]:
         role = SHAREGPT_ROLES.get(str(m[role_key]).lower()) if role_key == "from" else str(m[role_key])
         if role is None:
             raise SkipRecord("with an unknown speaker")
-        out.append({"role": role, "content": str(m[content_key])})
+        out.append({"role": role, "content": _content(m[content_key], where)})
     return out
+
+
+def _content(value, where: str) -> str:
+    """A message's text: a string; OpenAI's list of parts ([{"type": "text", "text": …}], joined);
+    null (an assistant turn that only calls tools) as empty. Images and other media are for
+    models this engine does not train: such records are skipped and counted."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        texts = []
+        for part in value:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif isinstance(part, dict) and isinstance(part.get("type"), str):
+                raise SkipRecord(f"with a part of type {part['type'][:40]!r} (text models only)")
+            else:
+                raise DatasetError(f"{where}: a message's content is a string or a list of text parts")
+        return "".join(texts)
+    if isinstance(value, dict):
+        raise DatasetError(f"{where}: a message's content is a string or a list of text parts")
+    return str(value)
 
 
 def _need(tok: Tokenizer | None, fmt: str, where: str) -> Tokenizer:
@@ -203,10 +228,10 @@ def encode_record(record: dict, fmt: str, tok: Tokenizer | None, where: str, tra
     if fmt in ("completion", "alpaca"):
         if fmt == "alpaca":
             if "output" not in record:
-                raise DatasetError(f"{where}: an alpaca record needs 'instruction' and 'output'")
+                raise DatasetError(f"{where}: an alpaca record needs 'output' and an 'instruction' or 'input'")
             _need(tok, fmt, where)
-            instruction, extra = str(record.get("instruction", "")), str(record.get("input") or "")
-            user = instruction + ("\n\n" + extra if extra else "")
+            instruction, extra = str(record.get("instruction") or ""), str(record.get("input") or "")
+            user = "\n\n".join(part for part in (instruction, extra) if part)
             try:
                 chat = [{"role": "user", "content": user}, {"role": "assistant", "content": str(record["output"])}]
                 return _encode_chat(chat, tok, where, train_on_prompt, max_chars)
