@@ -119,9 +119,10 @@ def test_generate_prints_text(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["bad_json", "empty", "missing_model", "unsupported_arch", "bad_shape", "foreign_adapter",
-                                  "pickle_adapter", "vocab", "unknown_format", "missing_field", "no_tokenizer"])
+                                  "pickle_adapter", "vocab", "unknown_format", "missing_field", "no_tokenizer",
+                                  "out_is_a_file", "out_under_a_file", "metrics_without_folder", "nan_lr", "beta_one"])
 def test_user_errors_are_one_clear_line(tmp_path, model_dir, tokens_file, case):
-    data, model, extra = tokens_file, model_dir, []
+    data, model, extra, out_dir = tokens_file, model_dir, [], tmp_path / "o"
     expect = ""
     if case == "bad_json":
         data = tmp_path / "bad.jsonl"
@@ -174,7 +175,17 @@ def test_user_errors_are_one_clear_line(tmp_path, model_dir, tokens_file, case):
         data = tmp_path / "text.jsonl"
         data.write_text('{"text": "hello"}\n')
         expect = "needs the model's tokenizer (tokenizer.json)"
-    out = loralab("train", model, data, "--out", tmp_path / "o", "--steps", 1, *extra, ok=False)
+    elif case in ("out_is_a_file", "out_under_a_file"):
+        (tmp_path / "o").write_text("a file the run must not end on")
+        out_dir = tmp_path / "o" if case == "out_is_a_file" else tmp_path / "o" / "adapter"
+        expect = "a file is there; give a folder" if case == "out_is_a_file" else "is a file, so the folder cannot be made"
+    elif case == "metrics_without_folder":
+        extra, expect = ["--metrics", tmp_path / "nope" / "m.jsonl"], "--metrics"
+    elif case == "nan_lr":
+        extra, expect = ["--lr", "nan"], "lr must be a finite number, not nan"
+    elif case == "beta_one":
+        extra, expect = ["--beta2", "1"], "beta2 is 1; it must be below 1"
+    out = loralab("train", model, data, "--out", out_dir, "--steps", 1, *extra, ok=False)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]

@@ -36,7 +36,10 @@ def number(value, what: str, error: type[UserError], lo: float = -math.inf, hi: 
     if not math.isfinite(value):
         raise error(f"{what} must be a finite number, not {value}")
     if value < lo or value > hi or (open_lo and value == lo):
-        bound = f"greater than {lo:g}" if open_lo and hi == math.inf else f"between {lo:g} and {hi:g}"
+        if hi == math.inf:
+            bound = f"greater than {lo:g}" if open_lo else f"at least {lo:g}"
+        else:
+            bound = f"between {lo:g} and {hi:g}"
         raise error(f"{what} is {value:g}; it must be {bound}")
     return value
 

@@ -107,6 +107,30 @@ def use_dataset(session: Session, args, valid_fraction: float = 0.0) -> Dataset:
     return dataset
 
 
+def output_folder(path: str, flag: str) -> None:
+    """Checked before any work starts (and nothing made yet): a folder there, or one that can be
+    made in the nearest folder that exists. A run that ends with nowhere to save its adapter
+    would lose it."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: a file is there; give a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{flag} {path}: {existing} is a file, so the folder cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {existing} is not writable")
+
+
+def output_file(path: str, flag: str) -> None:
+    """A file to be written: not a folder, in a folder that exists."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: a folder is there; give a file name")
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag} {path}: no folder {parent}")
+
+
 def import_adapter(session: Session, path: str) -> None:
     from .formats.peft import files_from_path
 
@@ -133,6 +157,11 @@ async def cmd_info(args) -> int:
 async def cmd_train(args) -> int:
     from .formats.peft import save_adapter
 
+    output_folder(args.out, "--out")
+    if args.checkpoint_dir:
+        output_folder(args.checkpoint_dir, "--checkpoint-dir")
+    if args.metrics:
+        output_file(args.metrics, "--metrics")
     s = await open_session(args.model, args.hub_endpoint)
     dataset = use_dataset(s, args, args.valid_fraction if not args.valid else 0.0)
     restore = None
@@ -178,7 +207,16 @@ async def cmd_train(args) -> int:
     finally:
         if metrics:
             metrics.close()
-    save_adapter(args.out, await s.peft_files())
+    files = await s.peft_files()
+    try:
+        save_adapter(args.out, files)
+    except OSError as exc:  # (the folder was checked at the start; a full disk or a vanished mount)
+        import tempfile
+
+        rescue = tempfile.mkdtemp(prefix="loralab-adapter-")
+        save_adapter(rescue, files)
+        raise UserError(f"--out {args.out}: cannot save the adapter ({exc.strerror or exc}); it was saved to "
+                        f"{rescue} instead") from None
     ranks = await s.rank_map()
     if ranks is not None:  # rank_schedule adaptive: the ranks the pruning left per module
         print(json.dumps({"event": "rank_map", "ranks": ranks}), file=sys.stderr)
@@ -308,6 +346,7 @@ async def cmd_bench(args) -> int:
 
 async def cmd_recipe(args) -> int:
     """The plan as a folder that TRL's SFTTrainer + PEFT run on GPU servers (recipe.py)."""
+    output_folder(args.out, "--out")
     s = await open_session(args.model, args.hub_endpoint)
     use_dataset(s, args, args.valid_fraction if not args.valid else 0.0)
     train, lora = config_from_args(TrainConfig, args), config_from_args(LoraConfig, args)
@@ -330,6 +369,10 @@ async def cmd_recipe(args) -> int:
 async def cmd_export(args) -> int:
     """An adapter as llama.cpp GGUF-LoRA, merged into the base model as a Hugging Face folder (or,
     with --quantize, as a GGUF file re-quantized) or ONNX, or as plain PEFT LoRA."""
+    if args.to == "gguf" or args.to == "merged" and args.quantize:
+        output_file(args.out, "--out")
+    else:
+        output_folder(args.out, "--out")
     s = await open_session(args.model, args.hub_endpoint)
     if args.quantize:
         if args.to != "merged":

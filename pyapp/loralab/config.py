@@ -699,8 +699,19 @@ class TrainConfig:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}")
-        if self.lr < 0 or self.weight_decay < 0 or self.max_grad_norm < 0 or self.warmup_steps < 0:
-            problems.append("lr, weight_decay, max_grad_norm and warmup_steps cannot be negative")
+        # Finite and in range (a NaN learning rate would train to a NaN adapter without a word).
+        for name, lo, hi in (("epochs", 0.0, math.inf), ("lr", 0.0, math.inf), ("weight_decay", 0.0, math.inf),
+                             ("max_grad_norm", 0.0, math.inf), ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0),
+                             ("eps", 0.0, math.inf)):
+            try:
+                value = number(getattr(self, name), name, UsageError, lo, hi)
+            except UsageError as exc:
+                problems.append(str(exc))
+                continue
+            if name in ("beta1", "beta2") and value == 1.0 or name == "eps" and value == 0.0:
+                problems.append(f"{name} is {value:g}; it must be {'below 1' if name != 'eps' else 'above 0'}")
+        if self.warmup_steps < 0:
+            problems.append("warmup_steps cannot be negative")
         if problems:
             raise UsageError("; ".join(problems))
         parse_duration(self.time_budget, "time_budget")
