@@ -118,6 +118,20 @@ def test_generate_prints_text(model_dir, tmp_path):
     assert json.loads(out.stderr.strip().splitlines()[-1])["new_tokens"] == 5
 
 
+@pytest.mark.parametrize("flags, expect", [
+    (["--max-new-tokens", "0"], "max_new_tokens is 0; it must lie between 1"),
+    (["--max-new-tokens", "-3"], "max_new_tokens is -3"),
+    (["--temperature", "-1"], "temperature is -1"),
+    (["--top-p", "0"], "top_p is 0; it must be greater than 0 and at most 1"),
+    (["--temperature", "nan"], "temperature must be a finite number"),
+])
+def test_generate_refuses_sampling_settings_by_name(model_dir, flags, expect):
+    out = loralab("generate", model_dir, "--prompt", "w1 w2", *flags, ok=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("loralab: ") and expect in last, last
+
+
 @pytest.mark.parametrize("case", ["bad_json", "empty", "missing_model", "unsupported_arch", "bad_shape", "foreign_adapter",
                                   "pickle_adapter", "vocab", "unknown_format", "missing_field", "no_tokenizer",
                                   "out_is_a_file", "out_under_a_file", "metrics_without_folder", "nan_lr", "beta_one"])

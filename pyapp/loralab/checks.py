@@ -39,7 +39,7 @@ def number(value, what: str, error: type[UserError], lo: float = -math.inf, hi: 
         if hi == math.inf:
             bound = f"greater than {lo:g}" if open_lo else f"at least {lo:g}"
         else:
-            bound = f"between {lo:g} and {hi:g}"
+            bound = f"greater than {lo:g} and at most {hi:g}" if open_lo else f"between {lo:g} and {hi:g}"
         raise error(f"{what} is {value:g}; it must be {bound}")
     return value
 

@@ -31,7 +31,7 @@ from .data.tokenizer import TokenizerError
 from .errors import UsageError, UserError, one_line
 from .model.weights import WEIGHT_DTYPES
 from .ops import ATTENTION_VARIANTS
-from .session import ONNX_DTYPES, Dataset, Session, checkpoint_configs
+from .session import ONNX_DTYPES, Dataset, Session, check_sampling, checkpoint_configs
 
 
 def open_source(spec: str, hub_endpoint: str | None = None):
@@ -240,6 +240,7 @@ async def cmd_eval(args) -> int:
 
 
 async def cmd_generate(args) -> int:
+    check_sampling(args.max_new_tokens, args.temperature, args.top_p)
     s = await open_session(args.model, args.hub_endpoint)
     s.need_tokenizer("generate")
     if args.adapter:

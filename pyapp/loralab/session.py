@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
-from .checks import build, loads
+from .checks import build, integer, loads, number
 from .config import LoraConfig, ModelConfig, TrainConfig
 from .data.batches import Sequence, pack
 from .data.formats import DatasetError, DatasetSummary, Tokenizer, load_dataset
@@ -260,6 +260,13 @@ class Generation:
     @property
     def tokens_per_s(self) -> float:
         return len(self.ids) / self.seconds if self.seconds else 0.0
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """Generation's settings, refused by name before any GPU work."""
+    integer(max_new_tokens, "max_new_tokens", UsageError, 1, 1 << 20)
+    number(temperature, "temperature", UsageError, 0.0, 100.0)
+    number(top_p, "top_p", UsageError, 0.0, 1.0, open_lo=True)
 
 
 @dataclass
@@ -659,6 +666,7 @@ class Session:
         `stop()` is true."""
         from .generate import Generator
 
+        check_sampling(max_new_tokens, temperature, top_p)
         tok = self.need_tokenizer("generation")
         ids = self.prompt_ids(prompt, chat)
         model = await self.upload(weights_dtype)
