@@ -412,6 +412,8 @@ def test_the_plan_speaks_plainly_and_the_page_fits_a_phone(app, model_folder, tm
     assert not page.is_visible(app.sel("cfg-steps"))
     page.click(app.sel("plan-open"))
     assert page.is_visible(app.sel("cfg-steps"))
+    app.set_plan({"lr": "-1"})  # the dataclass's own check, said as one line
+    assert "Plan: lr is -1; it must be at least 0" in app.shown_error("lr is -1")
     app.set_plan({"lr": "0.05"})
     app.wait_text("plan-warnings", "far above the usual")
     assert page.input_value(app.sel("plan-preset")) == ""  # edited by hand: custom again

@@ -124,24 +124,24 @@ def suggest_precision(measured: dict, train: TrainConfig) -> str | None:
 def read_plan() -> tuple[TrainConfig | None, LoraConfig | None]:
     """The plan as the two dataclasses (their own validation), or (None, None) with the error shown."""
     values = {"train": {}, "lora": {}}
-    for group, f in plan_fields():
-        control = document.querySelector(f'[name="{group}.{f.name}"]')
-        if control is None or control is jsnull:
-            continue
-        if f.type in ("bool", bool):
-            value = bool(control.checked)
-        elif f.type in ("int", int):
-            value = int(float(control.value or 0))
-        elif f.type in ("float", float):
-            value = float(control.value or 0)
-        elif f.name == "targets":
-            value = tuple(t.strip() for t in control.value.split(",") if t.strip()) or PROJECTIONS
-        else:
-            value = control.value
-        values[group][f.name] = value
     try:
+        for group, f in plan_fields():
+            control = document.querySelector(f'[name="{group}.{f.name}"]')
+            if control is None or control is jsnull:
+                continue
+            if f.type in ("bool", bool):
+                value = bool(control.checked)
+            elif f.type in ("int", int):
+                value = int(float(control.value or 0))  # (1e400 is inf: OverflowError, told as the others)
+            elif f.type in ("float", float):
+                value = float(control.value or 0)
+            elif f.name == "targets":
+                value = tuple(t.strip() for t in control.value.split(",") if t.strip()) or PROJECTIONS
+            else:
+                value = control.value
+            values[group][f.name] = value
         return TrainConfig(**values["train"]), LoraConfig(**values["lora"])
-    except (TypeError, ValueError, UserError) as exc:
+    except (TypeError, ValueError, OverflowError, UserError) as exc:
         show_error(f"Plan: {one_line(exc)}")
         return None, None
 
