@@ -372,7 +372,11 @@ def test_export_merged_over_a_quantized_base_is_float16_and_equals_peft(tmp_path
 
 
 @pytest.mark.parametrize("patterns", [{}, {"rank_pattern": {"k_proj": 2, "layers.0.mlp.gate_proj": 6},
-                                          "alpha_pattern": {"o_proj": 2.0}}], ids=["uniform", "rank-alpha-patterns"])
+                                          "alpha_pattern": {"o_proj": 2.0}},
+                                      {"layers_to_transform": [1]},
+                                      {"exclude_modules": ["layers.0.self_attn.q_proj", "down_proj"]},
+                                      {"exclude_modules": r".*\.0\.mlp\..*"}],
+                         ids=["uniform", "rank-alpha-patterns", "layers-to-transform", "exclude-list", "exclude-regex"])
 def test_a_peft_made_adapter_evaluates_like_peft(tmp_path, model_dir, tokens_file, patterns):
     pm = hf.peft_model(model_dir, r=4, alpha=8.0, b_std=0.1, seed=5, **patterns)
     pm.save_pretrained(tmp_path / "peft-adapter")

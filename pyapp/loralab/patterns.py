@@ -93,6 +93,21 @@ def compile_key(key: str, what: str = "rank_pattern") -> re.Pattern:
     return compiled
 
 
+def compile_whole(pattern: str, what: str) -> re.Pattern:
+    """A regular expression PEFT matches against a whole module name (a string target_modules or
+    exclude_modules), after the same check as compile_key's; PatternError otherwise."""
+    if not isinstance(pattern, str) or not pattern or len(pattern) > 4 * MAX_KEY:
+        raise PatternError(f"{what} {short(pattern)} must be a pattern of 1 to {4 * MAX_KEY} characters")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise PatternError(f"{what} {short(pattern)} is not a valid pattern ({exc})") from None
+    why = _unsafe(pattern)
+    if why:
+        raise PatternError(f"{what} {short(pattern)} could take a very long time to match ({why})")
+    return compiled
+
+
 def first_match(keys, name: str, what: str = "rank_pattern"):
     """PEFT's get_pattern_key: the first key whose pattern matches the end of `name`, else None."""
     for key in keys:

@@ -450,8 +450,8 @@ class Session:
         from .formats.peft import check_fits, parse_adapter
 
         model = self.need_model()
-        lora_config, state, _ = parse_adapter(files, where)
-        check_fits(lora_config, state, model.config, where)
+        lora_config, state, raw = parse_adapter(files, where)
+        check_fits(lora_config, state, model.config, where, raw)
         self.free_run()
         self.drop_imported()
         self.imported = (lora_config, state)

@@ -51,3 +51,35 @@ def test_an_adapter_for_another_model_names_the_tensor():
                                             KEY.format("B"): ("F32", (8, 2), bytes(64))}))
     with pytest.raises(AdapterError, match=r"q_proj.lora_A.weight has shape \[2, 12\], expected \[2, 8\]"):
         check_fits(lora, state, MODEL)
+
+
+TWO_LAYERS = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+                                    "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2})
+
+
+def test_projections_the_config_leaves_out_are_zero_and_others_still_required():
+    """layers_to_transform / exclude_modules: the projections left out get zero A and B (no
+    adapter); a tensor for one of them, or a left-out projection the config does not explain, is
+    refused; they go with plain LoRA only."""
+    one = {KEY.format("A"): ("F32", (2, 8), bytes(64)), KEY.format("B"): ("F32", (8, 2), bytes(64))}
+    for extra in ({"layers_to_transform": [0]}, {"layers_to_transform": 0},
+                  {"exclude_modules": ["layers.1.self_attn.q_proj"]}, {"exclude_modules": r"model\.layers\.1\..*"}):
+        config = {**CONFIG, **extra}
+        lora, state, raw = parse_adapter(adapter(one, config))
+        check_fits(lora, state, TWO_LAYERS, raw=raw)
+        zero_b = state[KEY.format("B").replace("layers.0", "layers.1")]
+        assert zero_b == ((8, 2), bytes(64)), extra
+    lora, state, raw = parse_adapter(adapter(one, {**CONFIG, "layers_to_transform": [1]}))
+    with pytest.raises(AdapterError, match="layers.0.self_attn.q_proj.lora_A.weight is of a projection that"):
+        check_fits(lora, state, TWO_LAYERS, raw=raw)
+    lora, state, raw = parse_adapter(adapter(one, CONFIG))
+    with pytest.raises(AdapterError, match="layers.1.self_attn.q_proj.lora_A.weight is missing"):
+        check_fits(lora, state, TWO_LAYERS, raw=raw)
+    for bad, message in (({"layers_to_transform": ["0"]}, "layers_to_transform must be a layer index"),
+                         ({"exclude_modules": "(("}, "exclude_modules '\\(\\(' is not a valid pattern"),
+                         ({"exclude_modules": "(.|.)*z"}, "could take a very long time"),
+                         ({"exclude_modules": 3}, "exclude_modules must be"),
+                         ({"layers_to_transform": [0], "use_dora": True}, "with DoRA are not supported")):
+        with pytest.raises(AdapterError, match=message):
+            lora, state, raw = parse_adapter(adapter(one, {**CONFIG, **bad}))
+            check_fits(lora, state, TWO_LAYERS, raw=raw)

@@ -17,6 +17,7 @@ import zipfile
 from ..checks import boolean, field, integer, loads, number
 from ..config import FUSED, GPT2_SITES, MAX_RANK, PROJECTIONS, LoraConfig, ModelConfig, module_name
 from ..errors import UserError, short
+from ..patterns import compile_whole
 from .archive import read_members
 from .safetensors import (
     SafetensorsError,
@@ -235,6 +236,9 @@ def parse_adapter(files: dict[str, bytes], source: str = "adapter") -> tuple[Lor
         raise
     except UserError as exc:
         raise AdapterError(f"{where}: {exc}") from None
+    if left_out(raw, where) is not None and (adaptive or lora_fields["use_dora"]):
+        raise AdapterError(f"{where}: layers_to_transform / exclude_modules with "
+                           f"{'AdaLoRA' if adaptive else 'DoRA'} are not supported (LoRA adapters only)")
     data = files[ADAPTER_FILE]
     try:
         header = parse_header(data, len(data), f"{source}/{ADAPTER_FILE}")
@@ -293,9 +297,47 @@ def _adalora_ranks(pattern: dict, where: str) -> dict[str, int]:
     return out
 
 
-def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = "adapter") -> None:
-    """Every tensor of the adapter matches the model's layers and shapes, and every expected one is there."""
+def left_out(raw: dict, where: str):
+    """PEFT's layers_to_transform and exclude_modules as one test, `(layer, module) -> bool` for
+    the projections the adapter leaves alone, or None when it leaves none out."""
+    layers = raw.get("layers_to_transform")
+    exclude = raw.get("exclude_modules")
+    if layers is None and not exclude:
+        return None
+    if layers is not None:
+        layers = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
+        if not isinstance(layers, list) or not layers or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in layers):
+            raise AdapterError(f"{where}: layers_to_transform must be a layer index or a list of them")
+        layers = set(layers)
+    pattern = None
+    if isinstance(exclude, str):  # (PEFT: a string is matched whole as a regular expression)
+        try:
+            pattern = compile_whole(exclude, "exclude_modules")
+        except UserError as exc:
+            raise AdapterError(f"{where}: {exc}") from None
+    elif exclude and not (isinstance(exclude, list) and all(isinstance(m, str) for m in exclude)):
+        raise AdapterError(f"{where}: exclude_modules must be a module name list or a regular expression")
+
+    def skipped(layer: int, module: str) -> bool:
+        if layers is not None and layer not in layers:
+            return True
+        name = module_name(layer, module)
+        if pattern is not None:
+            return pattern.fullmatch(name) is not None
+        return any(name == m or name.endswith("." + m) for m in exclude or ())
+
+    return skipped
+
+
+def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = "adapter", raw: dict | None = None) -> None:
+    """Every tensor of the adapter matches the model's layers and shapes, and every expected one is
+    there. Projections the config leaves out (PEFT's layers_to_transform, exclude_modules: `raw`,
+    the adapter_config.json) get zero A and B, which is no adapter at all and stays so in training
+    (both gradients are products with the other, zero, matrix)."""
+    skip = left_out(raw, f"{source}/{CONFIG_FILE}") if raw is not None else None
     expected = {}
+    zero = set()
     try:
         targets = model.lora_targets(lora.targets)
     except UserError as exc:
@@ -307,6 +349,8 @@ def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = 
             r = lora.stored_rank(layer, module)
             expected[f"{base}.lora_A.weight"] = (r, in_f)
             expected[f"{base}.lora_B.weight"] = (out_f, r)
+            if skip is not None and skip(layer, module):
+                zero.update((f"{base}.lora_A.weight", f"{base}.lora_B.weight"))
             if lora.adaptive:
                 expected[f"{base}.lora_E.weight"] = (r, 1)
             if lora.use_dora:
@@ -318,6 +362,12 @@ def check_fits(lora: LoraConfig, state: dict, model: ModelConfig, source: str = 
         if tuple(shape) != expected[key]:
             raise AdapterError(f"{source}: tensor {key} has shape {list(shape)}, expected {list(expected[key])} "
                                f"for this model; the adapter was made for another model")
+        if key in zero:
+            raise AdapterError(f"{source}: tensor {key} is of a projection that {CONFIG_FILE}'s layers_to_transform "
+                               f"or exclude_modules leaves out")
+    for key in zero:
+        shape = expected[key]
+        state[key] = (shape, bytes(4 * shape[0] * shape[1]))
     missing = [k for k in expected if k not in state]
     if missing:
         raise AdapterError(f"{source}: tensor {missing[0]} is missing ({len(missing)} missing in all)")
