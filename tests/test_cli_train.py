@@ -132,6 +132,22 @@ def test_generate_refuses_sampling_settings_by_name(model_dir, flags, expect):
     assert last.startswith("loralab: ") and expect in last, last
 
 
+@pytest.mark.parametrize("command, expect", [
+    (["bench", "--config", "tiny", "--batch-size", "0", "--steps", "1"], "the benchmark needs a batch size"),
+    (["bench", "--config", "tiny", "--seq-len", "1", "--steps", "1"], "a sequence length of at least 2"),
+    (["bench", "--config", "tiny", "--steps", "0"], "steps of at least 1"),
+    (["eval", "MODEL", "DATA", "--seq-len", "0"], "seq_len is 0; it must lie between 2"),
+    (["eval", "MODEL", "DATA", "--batch-size", "0"], "batch_size is 0; it must lie between 1"),
+])
+def test_sizes_are_refused_by_name_before_any_work(model_dir, tokens_file, command, expect):
+    """Sizes that were tracebacks (a zero-sized buffer, a division by zero) or a silent 0.0 loss."""
+    command = [model_dir if c == "MODEL" else tokens_file if c == "DATA" else c for c in command]
+    out = loralab(*command, ok=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("loralab: ") and expect in last, last
+
+
 @pytest.mark.parametrize("case", ["bad_json", "empty", "missing_model", "unsupported_arch", "bad_shape", "foreign_adapter",
                                   "pickle_adapter", "vocab", "unknown_format", "missing_field", "no_tokenizer",
                                   "out_is_a_file", "out_under_a_file", "metrics_without_folder", "nan_lr", "beta_one"])

@@ -12,6 +12,7 @@ import time
 
 from .config import PROJECTIONS, LoraConfig, ModelConfig, TrainConfig, module_name
 from .data.batches import Sequence
+from .errors import UsageError
 from .gpu.device import Device
 from .lora import LoraState
 from .model.transformer import Transformer
@@ -81,11 +82,19 @@ def bench_quant_dtypes(dtype: str) -> tuple[str, ...]:
     return (QUANTIZE_TO[dtype],) if dtype in QUANTIZE_TO else ()
 
 
+def check_bench_sizes(batch: int, seq_len: int, steps: int, rank: int) -> None:
+    """The benchmark's sizes, refused by name before any GPU work."""
+    if batch < 1 or seq_len < 2 or steps < 1 or rank < 1:
+        raise UsageError("the benchmark needs a batch size and steps of at least 1, a sequence length of at least 2 "
+                         "and a rank of at least 1")
+
+
 async def bench_training(ops: Ops, config: ModelConfig, batch: int, seq_len: int, steps: int, rank: int,
                          weights: dict | None = None, warmup: int = 2, checkpointing: bool = False,
                          weights_dtype: str = "f32", attention: str = "auto", precision: str = "f32") -> dict:
     """Time `steps` training steps after `warmup` ones; every buffer it made is freed after
     (the weights too, when it generated them)."""
+    check_bench_sizes(batch, seq_len, steps, rank)
     device: Device = ops.device
     attention = await ops.specialize_head_dim(config.head_dim, attention)
     own_weights = weights is None

@@ -265,11 +265,13 @@ async def cmd_bench(args) -> int:
         bench_cross_entropy,
         bench_matmul,
         bench_training,
+        check_bench_sizes,
         profile_step,
         timeline_step,
     )
     from .config import ModelConfig
 
+    check_bench_sizes(args.batch_size, args.seq_len, args.steps, args.rank)
     s = await open_session(args.model, args.hub_endpoint) if args.model else Session()
     await start_gpu(s)
     if args.model:

@@ -417,6 +417,7 @@ class Session:
                     packing: bool = False) -> Dataset:
         """Tokenize a dataset for the model and make it the training set, holding out
         `valid_fraction` of it for validation, or using the separate `valid` (name, text)."""
+        integer(seq_len, "seq_len", UsageError, 2, 1 << 20)  # (one token has nothing after it to predict)
         model = self.need_model()
         source = {"name": name, "text": text, "format": fmt, "seq_len": seq_len, "valid_fraction": valid_fraction,
                   "train_on_prompt": train_on_prompt, "packing": packing}
@@ -618,6 +619,7 @@ class Session:
         from .model.transformer import Transformer
         from .train import evaluate, step_bytes
 
+        integer(batch_size, "batch_size", UsageError, 1, 1 << 16)
         self.need_idle("evaluation")
         dataset = self.need_dataset()
         model = await self.upload()

@@ -1012,9 +1012,10 @@ async def bench_step(w: Worker, req: Bench) -> dict:
     (writing the batch, encoding and submitting: the browser's own cost), dispatches and submits
     per step, peak GPU bytes. "loaded" times the loaded model's own weights; named configs use
     random weights (freed after)."""
-    from ..bench import bench_training
+    from ..bench import bench_training, check_bench_sizes
     from ..config import NAMED_CONFIGS, ModelConfig
 
+    check_bench_sizes(req.batch_size, req.seq_len, req.steps, req.rank)
     session = await w.ready()
     session.need_idle("the benchmark")
     if req.config == "loaded":
@@ -1024,9 +1025,6 @@ async def bench_step(w: Worker, req: Bench) -> dict:
         config, weights, label = ModelConfig.from_dict(NAMED_CONFIGS[req.config], req.config), None, req.config
     else:
         raise UsageError(f"unknown benchmark config {req.config!r}; choose the loaded model or {', '.join(NAMED_CONFIGS)}")
-    if req.batch_size < 1 or req.seq_len < 2 or req.steps < 1 or req.rank < 1:
-        raise UsageError("the benchmark needs a batch size and steps of at least 1, a sequence length of at least 2 "
-                         "and a rank of at least 1")
     result = await bench_training(session.ops, config, req.batch_size, req.seq_len, req.steps, req.rank, weights,
                                   warmup=1)
     return {**result, "config": label}
