@@ -132,6 +132,12 @@ def test_openai_content_parts_null_content_and_a_byte_order_mark(tokenizer_parts
     with pytest.raises(DatasetError, match="d.jsonl record 1: a message's content is a string or a list of text parts"):
         load_dataset("d.jsonl", json.dumps({"messages": [{"role": "user", "content": {"a": 1}}]}), "auto", tok, 64, 49152)
 
+    mixed = {"conversations": plain["messages"]}  # (dumps put role/content lists under ShareGPT's key)
+    again = encode_record(mixed, "chat", tok, "test")
+    assert (again.input_ids, again.labels) == (want.input_ids, want.labels)
+    with pytest.raises(DatasetError, match="each message needs 'role' and 'content' \\(or ShareGPT's"):
+        encode_record({"messages": [{"speaker": "user", "text": "x"}]}, "chat", tok, "test")
+
     assert read_records("d.jsonl", "\ufeff" + json.dumps(plain) + "\n") == [plain]
     rows = read_records("d.csv", "\ufeffinstruction,input,output\nSay hi,,hello\n")
     assert rows == [{"instruction": "Say hi", "input": "", "output": "hello"}]

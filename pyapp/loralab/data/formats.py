@@ -148,19 +148,20 @@ def detect_format(record: dict) -> str | None:
 
 
 def _messages(record: dict, where: str) -> list[dict]:
-    if "messages" in record:
-        raw, role_key, content_key = record["messages"], "role", "content"
-    else:
-        raw, role_key, content_key = record["conversations"], "from", "value"
+    """The conversation as chat messages. Each message is {"role", "content"} or ShareGPT's
+    {"from", "value"}, whichever list holds it (dumps mix them: "conversations" of role/content)."""
+    raw = record["messages"] if "messages" in record else record["conversations"]
     if raw == [] or raw is None:
         raise SkipRecord("with an empty conversation")
     if not isinstance(raw, list):
         raise DatasetError(f"{where}: the conversation must be a list of messages")
     out = []
     for m in raw:
+        sharegpt = isinstance(m, dict) and "from" in m and "role" not in m
+        role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
         if not isinstance(m, dict) or role_key not in m or content_key not in m:
-            raise DatasetError(f"{where}: each message needs {role_key!r} and {content_key!r}")
-        role = SHAREGPT_ROLES.get(str(m[role_key]).lower()) if role_key == "from" else str(m[role_key])
+            raise DatasetError(f"{where}: each message needs 'role' and 'content' (or ShareGPT's 'from' and 'value')")
+        role = SHAREGPT_ROLES.get(str(m[role_key]).lower()) if sharegpt else str(m[role_key])
         if role is None:
             raise SkipRecord("with an unknown speaker")
         out.append({"role": role, "content": _content(m[content_key], where)})
