@@ -214,6 +214,7 @@ def test_two_processes_write_an_adapter_loralab_evaluates_as_peft(tmp_path, chat
     ("C:\\Users\\me\\chats.jsonl", None, "data/chats.jsonl"),
     ("train.tokens.jsonl", None, "data/original-train.tokens.jsonl"),
     ("same.jsonl", "same.jsonl", "data/same.jsonl"),
+    ("a\nb\x00.jsonl", None, "data/a_b_.jsonl"),
 ])
 def test_the_copied_dataset_keeps_inside_data_and_overwrites_nothing(name, valid_name, want):
     """The dataset's own name picks its place in the recipe: never outside `data/`, never over the

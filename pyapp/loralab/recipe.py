@@ -195,9 +195,11 @@ TOKEN_FILES = ("data/train.tokens.jsonl", "data/valid.tokens.jsonl")
 
 def data_path(name: str | None, default: str, taken) -> str:
     """Where a copied dataset goes in the recipe: `data/` and the file's own base name (any
-    folders in it dropped, "." / ".." / empty replaced by `default`), never a path the recipe
-    already uses (the token files, the other copy): "original-" goes before a name taken."""
+    folders in it dropped, control characters as "_", at most 200 characters, "." / ".." / empty
+    replaced by `default`), never a path the recipe already uses (the token files, the other
+    copy): "original-" goes before a name taken."""
     base = str(name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    base = "".join("_" if ord(ch) < 32 or ch == "\x7f" else ch for ch in base)[:200]
     if base in ("", ".", ".."):
         base = default
     while f"data/{base}" in taken:
