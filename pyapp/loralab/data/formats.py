@@ -4,8 +4,9 @@ them into token sequences with loss masks.
 Formats: tokens {"input_ids", "labels"?}; text {"text"} (or plain text, one document per
 blank-line-separated block); completion {"prompt", "completion"}; chat {"messages": [{"role",
 "content"}]} (content a string or a list of text parts) or ShareGPT {"conversations": [{"from",
-"value"}]}; alpaca {"instruction"?, "input"?, "output"} (one of the first two at least). By default the loss covers completions and assistant turns only (TRL's
-convention, the end-of-turn token included); `train_on_prompt` takes it on every token.
+"value"}]}; alpaca {"instruction"?, "input"?, "output"} (one of the first two at least). By
+default the loss covers completions and assistant turns only (TRL's convention, the end-of-turn
+token included); `train_on_prompt` takes it on every token.
 """
 
 from __future__ import annotations
